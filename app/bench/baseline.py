@@ -1,0 +1,92 @@
+"""The physical limit to compare against: a bare aiohttp loop posting the same requests
+to the same fake servers at the same concurrency. Run as its own process.
+
+python -m app.bench.baseline --imo URL --twilio URL --requests N --concurrency C
+prints one JSON line: {"requests": N, "seconds": s, "rate": r}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import time
+
+import aiohttp
+import orjson
+
+from app.cli import new_event_loop
+
+
+async def run(imo_url: str, twilio_url: str, requests: int, concurrency: int) -> dict[str, float]:
+    imo_auth = "Basic " + base64.b64encode(b"fake-imo:fake-imo-password").decode()
+    twilio_auth = (
+        "Basic " + base64.b64encode(b"ACfake00000000000000000000000000:fake-twilio-token").decode()
+    )
+    messages_url = (
+        f"{twilio_url}/2010-04-01/Accounts/ACfake00000000000000000000000000/Messages.json"
+    )
+    next_index = 0
+
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        phone = f"+88017{i:07d}{3 if i % 2 == 0 else 4}"
+        if i % 2 == 0:
+            body = orjson.dumps(
+                {
+                    "phone": phone,
+                    "msg": "Your next visit is on 2026-12-01.",
+                    "title": "Reminder",
+                    "contents": [{"key": "Message", "value": "Your next visit is on 2026-12-01."}],
+                    "callback_url": "http://127.0.0.1:9/x",
+                }
+            )
+            headers = {"Authorization": imo_auth, "Content-Type": "application/json"}
+            async with session.post(
+                f"{imo_url}/send_notification", data=body, headers=headers
+            ) as r:
+                await r.read()
+        else:
+            form = {
+                "To": phone,
+                "From": "+15005550006",
+                "Body": "Your next visit is on 2026.",
+                "StatusCallback": "http://127.0.0.1:9/x",
+            }
+            async with session.post(
+                messages_url, data=form, headers={"Authorization": twilio_auth}
+            ) as r:
+                await r.read()
+
+    async def lane(session: aiohttp.ClientSession) -> None:
+        nonlocal next_index
+        while next_index < requests:
+            i = next_index
+            next_index += 1
+            await one(session, i)
+
+    # The adapters' own client settings: a connection limit and a per-request time-out.
+    connector = aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(lane(session) for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    return {"requests": requests, "seconds": seconds, "rate": requests / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--imo", required=True)
+    parser.add_argument("--twilio", required=True)
+    parser.add_argument("--requests", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, default=200)
+    args = parser.parse_args()
+    # The same event loop as the workers', so the ratio compares like with like.
+    loop = new_event_loop()
+    result = loop.run_until_complete(run(args.imo, args.twilio, args.requests, args.concurrency))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""`notify bench callbacks`: Imo read receipts and signed Twilio statuses posted at the API
+by a load generator in another process; every one must be reflected in the database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app import embedded
+from app.bench.common import (
+    PeakMemory,
+    Result,
+    console,
+    fakes_and_env,
+    fresh_database,
+    run_module,
+)
+from app.config import get_settings
+
+# N sent notifications, each with one sent attempt: even attempt ids on Imo, odd on SMS.
+SEED = [
+    """
+    INSERT INTO patients (id, full_name, phone_numbers, mobile_e164, country, locale,
+                          time_zone, reminder_consent)
+    SELECT 'c-' || i, 'Patient', '[]'::jsonb, '+8801711000003', 'BD', 'en', 'Asia/Dhaka',
+           'granted'
+    FROM generate_series(1, :n) AS i
+    """,
+    """
+    INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables, title,
+                               body, state, due_at, expires_at, channel_index, retry_count,
+                               sent_at)
+    SELECT md5('n' || i)::uuid, 'c-' || i, 'appointment_reminder', 'appointment_reminder.basic',
+           'en', '{}'::jsonb, 'Reminder', 'Text', 'sent', now(), now() + interval '4 days',
+           0, 0, now()
+    FROM generate_series(1, :n) AS i
+    """,
+    """
+    INSERT INTO delivery_attempts (id, notification_id, channel, status, provider_message_id,
+                                   sent_at)
+    SELECT i, md5('n' || i)::uuid, CASE WHEN i % 2 = 0 THEN 'imo' ELSE 'sms' END, 'sent',
+           CASE WHEN i % 2 = 0 THEN 'post-' || i ELSE 'SM' || lpad(i::text, 32, '0') END, now()
+    FROM generate_series(1, :n) AS i
+    """,
+]
+
+
+async def seed(engine: AsyncEngine, n: int) -> None:
+    async with engine.begin() as connection:
+        for statement in SEED:
+            await connection.execute(text(statement), {"n": n})
+
+
+async def reflected(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT status, count(*) FROM delivery_attempts GROUP BY status")
+        )
+        attempts = {f"attempts {status}": count for status, count in rows.all()}
+        rows = await connection.execute(
+            text("SELECT state, count(*) FROM notifications GROUP BY state")
+        )
+        return {**attempts, **{f"notifications {state}": count for state, count in rows.all()}}
+
+
+async def measure(n: int, concurrency: int) -> dict[str, object]:
+    database_url = await fresh_database("clinic_notify_bench_callbacks")
+    engine = create_async_engine(database_url)
+    await seed(engine, n)
+    with fakes_and_env(database_url, get_settings().redis_url) as processes:
+        port = embedded.free_port()
+        api = processes.start("api", "api", "--port", str(port))
+        processes.wait_http(f"http://127.0.0.1:{port}/healthz")
+        env = processes.env
+        with PeakMemory(api.pid) as memory:
+            load = await run_module(
+                "app.bench.loadgen",
+                "--api",
+                f"http://127.0.0.1:{port}",
+                "--first",
+                "1",
+                "--count",
+                str(n),
+                "--secret",
+                env["SECRET_KEY"],
+                "--twilio-token",
+                env["TWILIO_AUTH_TOKEN"],
+                "--public-base",
+                env["PUBLIC_BASE_URL"],
+                "--concurrency",
+                str(concurrency),
+            )
+    counts = await reflected(engine)
+    await engine.dispose()
+    expected_read, expected_delivered = n // 2, n - n // 2
+    lost = (expected_read - counts.get("attempts read", 0)) + (
+        expected_delivered - counts.get("attempts delivered", 0)
+    )
+    console.print(counts)
+    return {
+        "callbacks": n,
+        "concurrency": concurrency,
+        "accepted/s": load["items_rate"],
+        "p50 ms": load["p50_ms"],
+        "p99 ms": load["p99_ms"],
+        "non-2xx": sum(load["failures"].values()),
+        "lost": lost,
+        "peak MB api": memory.peak_mb,
+    }
+
+
+def run(sizes: list[int], concurrency: int, json_path: Path | None) -> Result:
+    result = Result("callbacks: provider webhooks at the API, then checked in PostgreSQL")
+    for n in sizes:
+        result.add(**asyncio.run(measure(n, concurrency)))
+    result.show()
+    result.write_json(json_path)
+    return result

@@ -1,0 +1,95 @@
+"""`notify bench ...`: the benchmarks. Each prints a table; `--json PATH` keeps the rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+bench_cli = typer.Typer(help="Benchmarks (see docs/benchmarks.md).", no_args_is_help=True)
+
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the rows here.")]
+
+
+@bench_cli.command("dispatch")
+def dispatch(
+    reminders: Annotated[list[int], typer.Option("--reminders", "-n")] = [100_000],  # noqa: B006
+    workers: Annotated[list[int], typer.Option("--workers", "-w")] = [1],  # noqa: B006
+    concurrency: Annotated[int, typer.Option(help="In-flight sends per worker.")] = 200,
+    batch: Annotated[int, typer.Option(help="Notifications claimed per batch.")] = 500,
+    json_path: JsonOption = None,
+) -> None:
+    """N due reminders (half Imo, half SMS) sent by real workers vs a bare aiohttp loop."""
+    from app.bench import dispatch as bench_dispatch
+    from app.cli import prepare_environment
+
+    prepare_environment()
+    bench_dispatch.run(reminders, workers, concurrency, batch, json_path)
+
+
+@bench_cli.command("invitations")
+def invitations(
+    patients: Annotated[list[int], typer.Option("--patients", "-n")] = [100_000],  # noqa: B006
+    concurrency: Annotated[int, typer.Option(help="Invitations in flight.")] = 100,
+    batch: Annotated[int, typer.Option(help="Patients claimed per batch.")] = 1000,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Instead: W workers under this Imo limit; the rate the fake sees."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="With --rate.")] = 4,
+    seconds: Annotated[float, typer.Option(help="With --rate: patients = rate x this.")] = 20.0,
+    json_path: JsonOption = None,
+) -> None:
+    """An unthrottled Imo invitation round vs a bare aiohttp loop; or, with --rate, the
+    aggregate rate of several workers sharing one limit."""
+    from app.bench import invitations as bench_invitations
+    from app.cli import prepare_environment
+
+    prepare_environment()
+    bench_invitations.run(
+        patients, concurrency, batch, json_path, rate=rate, workers=workers, seconds=seconds
+    )
+
+
+@bench_cli.command("callbacks")
+def callbacks(
+    callbacks: Annotated[list[int], typer.Option("--callbacks", "-n")] = [20_000],  # noqa: B006
+    concurrency: Annotated[int, typer.Option(help="Connections of the load generator.")] = 64,
+    json_path: JsonOption = None,
+) -> None:
+    """Imo read receipts and Twilio statuses at the API: rate, latency, none lost."""
+    from app.bench import callbacks as bench_callbacks
+    from app.cli import prepare_environment
+
+    prepare_environment()
+    bench_callbacks.run(callbacks, concurrency, json_path)
+
+
+@bench_cli.command("schedule")
+def schedule(
+    notifications: Annotated[list[int], typer.Option("--notifications", "-n")] = [10_000],  # noqa: B006
+    concurrency: Annotated[int, typer.Option(help="Connections of the load generator.")] = 32,
+    batch: Annotated[int, typer.Option(help="Patients per batch request.")] = 1000,
+    json_path: JsonOption = None,
+) -> None:
+    """Patients (batch) and notifications (one by one) created through the API."""
+    from app.bench import schedule as bench_schedule
+    from app.cli import prepare_environment
+
+    prepare_environment()
+    bench_schedule.run(notifications, concurrency, batch, json_path)
+
+
+@bench_cli.command("results")
+def results(
+    memberships: Annotated[list[int], typer.Option("--memberships", "-n")] = [1_000_000],  # noqa: B006
+    repeats: Annotated[int, typer.Option(help="Times the results are computed.")] = 5,
+    json_path: JsonOption = None,
+) -> None:
+    """An experiment's results (and its per-patient CSV rows) on N memberships."""
+    from app.bench import results as bench_results
+    from app.cli import prepare_environment
+
+    prepare_environment()
+    bench_results.run(memberships, repeats, json_path)

@@ -1,0 +1,198 @@
+"""What every benchmark shares: a fresh database, the fakes and workers as processes,
+set-based seeding, peak memory, and a table that puts each rate next to its baseline.
+
+Benchmarks measure; they never assert. Rates are compared within one run (ratios), since
+the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app import cli as notify_cli
+from app import embedded
+
+FAKE_IMO = {"username": notify_cli.FAKE_IMO_USERNAME, "password": notify_cli.FAKE_IMO_PASSWORD}
+console = Console(highlight=False, width=160)
+
+
+@dataclass
+class Result:
+    name: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, **row: Any) -> None:
+        self.rows.append(row)
+
+    def show(self) -> None:
+        table = Table(title=self.name)
+        for column in self.rows[0] if self.rows else []:
+            table.add_column(column, justify="right")
+        for row in self.rows:
+            table.add_row(*(_fmt(v) for v in row.values()))
+        console.print(table)
+
+    def write_json(self, path: Path | None) -> None:
+        if path is not None:
+            path.write_text(json.dumps({"benchmark": self.name, "rows": self.rows}, indent=2))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+async def fresh_database(name: str) -> str:
+    """Drop and create database `name` next to the configured (or embedded) one; migrate."""
+    database_url, _ = notify_cli.prepare_environment()
+    admin = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    await asyncio.to_thread(notify_cli.upgrade_head, url, configure_logging=False)
+    return url
+
+
+class PeakMemory:
+    """Samples the RSS of a process (and its children) in a thread; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self.process.memory_info().rss
+                for child in self.process.children(recursive=True):
+                    rss += child.memory_info().rss
+                self.peak = max(self.peak, rss)
+            except psutil.Error:
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 1e6
+
+
+@dataclass
+class Processes:
+    env: dict[str, str]
+    workdir: Path
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with (self.workdir / f"{name}.log").open("ab") as log:  # the child keeps its copy
+            child = notify_cli.spawn(
+                notify_cli.notify_command(*args),
+                self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        self.children.append(child)
+        return child
+
+    def wait_http(self, url: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not notify_cli.http_ok(url):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up; logs in {self.workdir}")
+            time.sleep(0.05)
+
+    def stop(self, children: list[subprocess.Popen[bytes]] | None = None) -> None:
+        targets = children if children is not None else self.children
+        notify_cli.stop_processes(targets)
+        for child in targets:
+            if child in self.children:
+                self.children.remove(child)
+
+
+@contextmanager
+def fakes_and_env(database_url: str, redis_url: str, **settings: str) -> Iterator[Processes]:
+    """Fake Imo and Twilio (callbacks off) on free ports, and the environment for
+    workers/API pointing at them, unthrottled, with the window always open."""
+    workdir = Path(tempfile.mkdtemp(prefix="clinic-notify-bench-"))
+    imo_port, twilio_port = embedded.free_port(), embedded.free_port()
+    env = {
+        **os.environ,
+        "APP_ENV": "test",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789",
+        "PUBLIC_BASE_URL": "http://127.0.0.1:9",
+        "IMO_BASE_URL": f"http://127.0.0.1:{imo_port}/api/simple",
+        "IMO_USERNAME": notify_cli.FAKE_IMO_USERNAME,
+        "IMO_PASSWORD": notify_cli.FAKE_IMO_PASSWORD,
+        "TWILIO_BASE_URL": f"http://127.0.0.1:{twilio_port}",
+        "TWILIO_ACCOUNT_SID": notify_cli.FAKE_TWILIO_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": notify_cli.FAKE_TWILIO_AUTH_TOKEN,
+        "TWILIO_SMS_FROM": notify_cli.FAKE_TWILIO_SMS_FROM,
+        "IMO_RATE_LIMIT_PER_SECOND": "1000000",
+        "TWILIO_RATE_LIMIT_PER_SECOND": "1000000",
+        "MESSAGING_WINDOW_START": "00:00",
+        "MESSAGING_WINDOW_END": "23:59:59.999999",
+        "LOG_LEVEL": "WARNING",
+        "DATA_DIR": str(workdir / "data"),
+        **settings,
+    }
+    processes = Processes(env, workdir)
+    try:
+        off = ["--set", "callbacks_enabled=false"]
+        processes.start("fake-imo", "fake-imo", "--port", str(imo_port), *off)
+        processes.start("fake-twilio", "fake-twilio", "--port", str(twilio_port), *off)
+        processes.wait_http(f"http://127.0.0.1:{imo_port}/_fake/stats")
+        processes.wait_http(f"http://127.0.0.1:{twilio_port}/_fake/stats")
+        yield processes
+    finally:
+        processes.stop()
+
+
+async def run_module(module: str, *args: str) -> dict[str, Any]:
+    """Run `python -m module args` (our own load generators) in its own process; parse the
+    one JSON line it prints. Off the event loop, which keeps polling meanwhile."""
+    completed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", module, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result

@@ -1,0 +1,147 @@
+"""`notify bench dispatch`: N due reminders (half Imo-subscribed, half SMS) sent end to end
+by real worker processes, against the bare-aiohttp baseline on the same fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.bench.common import (
+    PeakMemory,
+    Result,
+    console,
+    fakes_and_env,
+    fresh_database,
+    run_module,
+)
+from app.config import get_settings
+
+# Even i: an Imo-subscribed patient (fake Imo digit 3: accepted); odd i: SMS (digit 4).
+SEED = [
+    """
+    INSERT INTO patients (id, full_name, phone_numbers, mobile_e164, country, locale,
+                          time_zone, reminder_consent)
+    SELECT 'b-' || i, 'Patient ' || i,
+           jsonb_build_array(jsonb_build_object(
+               'number', '+88017' || lpad(i::text, 7, '0') || (3 + i % 2), 'type', 'mobile')),
+           '+88017' || lpad(i::text, 7, '0') || (3 + i % 2), 'BD', 'en', 'Asia/Dhaka', 'granted'
+    FROM generate_series(0, :n - 1) AS i
+    """,
+    """
+    INSERT INTO imo_authorizations (patient_id, status, subscribed_at)
+    SELECT 'b-' || i, 'subscribed', now() FROM generate_series(0, :n - 1, 2) AS i
+    """,
+    """
+    INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables, title,
+                               body, state, due_at, expires_at, channel_index, retry_count)
+    SELECT gen_random_uuid(), 'b-' || i, 'appointment_reminder', 'appointment_reminder.basic',
+           'en', '{}'::jsonb, 'Appointment Reminder',
+           'Dear Patient, your next visit to Dhaka Medical is on 2026-12-01.',
+           'scheduled', now() + interval '1 day', now() + interval '5 days', 0, 0
+    FROM generate_series(0, :n - 1) AS i
+    """,
+]
+
+
+async def seed(engine: AsyncEngine, n: int) -> None:
+    async with engine.begin() as connection:
+        for statement in SEED:
+            await connection.execute(text(statement), {"n": n})
+    async with engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.execute(text("VACUUM ANALYZE"))
+
+
+async def settled(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        count = await connection.scalar(
+            text("SELECT count(*) FROM notifications WHERE state NOT IN ('scheduled', 'sending')")
+        )
+    return int(count or 0)
+
+
+async def measure(n: int, workers: int, concurrency: int, batch: int) -> dict[str, object]:
+    database_url = await fresh_database("clinic_notify_bench_dispatch")
+    redis_url = get_settings().redis_url
+    engine = create_async_engine(database_url)
+    started = time.perf_counter()
+    await seed(engine, n)
+    console.print(f"seeded {n:,} reminders in {time.perf_counter() - started:.1f}s")
+    env = {
+        "DISPATCH_CONCURRENCY": str(concurrency),
+        "DISPATCH_BATCH_SIZE": str(batch),
+        "DISPATCH_IDLE_SECONDS": "0.05",
+    }
+    with fakes_and_env(database_url, redis_url, **env) as processes:
+        ready = [processes.workdir / f"worker-{i}.ready" for i in range(workers)]
+        children = [
+            processes.start(f"worker-{i}", "worker", "--ready-file", str(path))
+            for i, path in enumerate(ready)
+        ]
+        deadline = time.monotonic() + 60
+        while not all(path.exists() for path in ready):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers did not start; logs in {processes.workdir}")
+            await asyncio.sleep(0.05)
+        memories = [PeakMemory(child.pid) for child in children]
+        for memory in memories:
+            memory.__enter__()
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE notifications SET due_at = now()"))
+        t0 = time.perf_counter()
+        while (done := await settled(engine)) < n:
+            await asyncio.sleep(0.1)
+            if time.perf_counter() - t0 > 3600:
+                raise RuntimeError(f"only {done:,} of {n:,} settled in an hour")
+        seconds = time.perf_counter() - t0
+        for memory in memories:
+            memory.__exit__()
+        async with engine.connect() as connection:
+            states: dict[str, int] = dict(
+                (
+                    await connection.execute(
+                        text("SELECT state, count(*) FROM notifications GROUP BY state")
+                    )
+                ).all()
+            )
+        processes.stop(children)
+        baseline = await run_module(
+            "app.bench.baseline",
+            "--imo",
+            processes.env["IMO_BASE_URL"],
+            "--twilio",
+            processes.env["TWILIO_BASE_URL"],
+            "--requests",
+            str(n),
+            "--concurrency",
+            str(concurrency * workers),
+        )
+    await engine.dispose()
+    rate = n / seconds
+    return {
+        "reminders": n,
+        "workers": workers,
+        "seconds": seconds,
+        "sent/s": rate,
+        "baseline/s": baseline["rate"],
+        "ratio": rate / baseline["rate"],
+        "peak MB/worker": max(m.peak_mb for m in memories),
+        "sent": states.get("sent", 0),
+        "other states": {k: v for k, v in states.items() if k != "sent"},
+    }
+
+
+def run(
+    sizes: list[int], workers: list[int], concurrency: int, batch: int, json_path: Path | None
+) -> Result:
+    result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
+    for n in sizes:
+        for count in workers:
+            result.add(**asyncio.run(measure(n, count, concurrency, batch)))
+    result.show()
+    result.write_json(json_path)
+    return result

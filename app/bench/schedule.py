@@ -1,0 +1,78 @@
+"""`notify bench schedule`: patients and notifications created through the API."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app import embedded
+from app.bench.common import PeakMemory, Result, fakes_and_env, fresh_database, run_module
+from app.cli import create_api_key
+from app.config import get_settings
+
+
+async def measure(n: int, concurrency: int, batch: int) -> list[dict[str, object]]:
+    database_url = await fresh_database("clinic_notify_bench_schedule")
+    _, key = await create_api_key(database_url, "bench")
+    rows: list[dict[str, object]] = []
+    with fakes_and_env(database_url, get_settings().redis_url) as processes:
+        port = embedded.free_port()
+        api = processes.start("api", "api", "--port", str(port))
+        processes.wait_http(f"http://127.0.0.1:{port}/healthz")
+        common = [
+            "--api",
+            f"http://127.0.0.1:{port}",
+            "--api-key",
+            key,
+            "--first",
+            "0",
+            "--count",
+            str(n),
+            "--concurrency",
+            str(concurrency),
+        ]
+        with PeakMemory(api.pid) as memory:
+            patients = await run_module(
+                "app.bench.loadgen", "--mode", "patients", "--batch", str(batch), *common
+            )
+            notifications = await run_module(
+                "app.bench.loadgen", "--mode", "notifications", *common
+            )
+    engine = create_async_engine(database_url)
+    async with engine.connect() as connection:
+        stored = {
+            table: await connection.scalar(text(f"SELECT count(*) FROM {table}"))  # noqa: S608
+            for table in ("patients", "notifications")
+        }
+    await engine.dispose()
+    for name, table, load in (
+        (f"patients, batches of {batch}", "patients", patients),
+        ("notifications, one by one", "notifications", notifications),
+    ):
+        rows.append(
+            {
+                "created": name,
+                "items": load["items"],
+                "requests": load["requests"],
+                "items/s": load["items_rate"],
+                "p50 ms": load["p50_ms"],
+                "p99 ms": load["p99_ms"],
+                "non-2xx": sum(load["failures"].values()),
+                "peak MB api": memory.peak_mb,
+                "stored": stored[table],
+            }
+        )
+    return rows
+
+
+def run(sizes: list[int], concurrency: int, batch: int, json_path: Path | None) -> Result:
+    result = Result("schedule: patients and notifications created through the API")
+    for n in sizes:
+        for row in asyncio.run(measure(n, concurrency, batch)):
+            result.add(**row)
+    result.show()
+    result.write_json(json_path)
+    return result

@@ -1,0 +1,127 @@
+"""What every provider adapter speaks: frozen dataclasses in and out, two errors.
+
+Adapters know providers and nothing else: no database, no policy. Every failure of a
+provider is mapped into `TransientChannelError` (time-out, 429, 5xx: retry or fall
+back) or `PermanentChannelError` (no account, invalid number: do not retry); vendor
+exceptions never leak past an adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class ChannelName(enum.StrEnum):
+    IMO = "imo"
+    WHATSAPP = "whatsapp"
+    SMS = "sms"
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message to one phone, already rendered and allowed by policy."""
+
+    phone_e164: str
+    text: str
+    locale: str
+    title: str
+    # Where the provider reports on this message (read receipts, statuses).
+    callback_url: str
+    recipient_name: str = ""
+    # A button under the message (Imo's `action` and `url`), when the channel has one.
+    action: str = ""
+    action_url: str = ""
+    # Used by adapters that rotate senders, so a message keeps its sender on retry.
+    reference: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    provider_message_id: str
+    provider_status: str
+
+
+class ChannelError(Exception):
+    """A provider refused or failed a request. `detail` carries the evidence."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "",
+        provider_status: str = "",
+        detail: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.provider_status = provider_status
+        self.detail: dict[str, object] = detail or {}
+
+
+class TransientChannelError(ChannelError):
+    """Time-out, connection error, 429 or 5xx: the same request may succeed later.
+
+    `retry_after` is the provider's own hint in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class PermanentChannelError(ChannelError):
+    """The provider will never take this message: do not retry on this channel.
+
+    `recipient_invalid` marks a number that no channel can reach (Twilio 21211).
+    `unexpected` marks an answer outside the provider's known vocabulary, which is
+    reported to Sentry with the request and response.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        recipient_invalid: bool = False,
+        unexpected: bool = False,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.recipient_invalid = recipient_invalid
+        self.unexpected = unexpected
+
+
+class Channel(Protocol):
+    name: ChannelName
+    base_url: str
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """Send one message. Raises TransientChannelError or PermanentChannelError."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """An Imo invitation to subscribe, already rendered in the patient's language."""
+
+    phone_e164: str
+    text: str
+    title: str
+    action: str
+    recipient_name: str
+    # Identifies the patient: Imo's acceptance callback does not name them.
+    callback_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvitationResult:
+    """The answer to an Imo invitation: `invited`, `subscribed` or `no_imo_account`.
+
+    `not_subscribed` too, when Imo says so of an invitation.
+    """
+
+    status: str
+    provider_status: str = ""
+    detail: dict[str, object] = field(default_factory=dict)

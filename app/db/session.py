@@ -1,0 +1,42 @@
+"""One engine and one sessionmaker per process, built at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+
+def create_engine_and_sessionmaker(
+    database_url: str, *, pool_size: int = 10
+) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
+    engine = create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        # asyncpg prepares statements itself; keep its cache for the hot queries.
+        connect_args={"server_settings": {"application_name": "clinic-notify"}},
+    )
+    return engine, async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A request's unit of work: commits when the endpoint returns, before the response.
+
+    `scope="function"` below makes the teardown run before the response is sent, so a
+    client that sees 2xx can rely on the write; an exception rolls everything back.
+    """
+    async with request.app.state.sessionmaker() as session:
+        yield session
+        await session.commit()
+
+
+DbSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]

@@ -1,0 +1,57 @@
+"""Build the configured channels and their shared rate limits for a worker process."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from redis.asyncio import Redis
+
+from app.channels.base import Channel, ChannelName
+from app.channels.imo import ImoChannel
+from app.channels.twilio_sms import TwilioSmsChannel
+from app.config import Settings
+from app.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+
+def build_channels(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Channel]:
+    """Every channel whose credentials are set; missing ones are skipped with a warning."""
+    channels: dict[str, Channel] = {}
+    if settings.imo_base_url and settings.imo_username:
+        channels[ChannelName.IMO] = ImoChannel(
+            base_url=settings.imo_base_url,
+            username=settings.imo_username,
+            password=settings.imo_password.get_secret_value(),
+            session=http,
+            timeout=settings.imo_timeout_seconds,
+        )
+    if settings.twilio_account_sid and settings.twilio_sms_from:
+        channels[ChannelName.SMS] = TwilioSmsChannel(
+            base_url=settings.twilio_base_url,
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token.get_secret_value(),
+            senders=settings.twilio_sms_from,
+            session=http,
+            timeout=settings.twilio_timeout_seconds,
+        )
+    missing = {ChannelName.IMO, ChannelName.SMS} - channels.keys()
+    if missing:
+        log.warning("channels not configured", extra={"channels": sorted(missing)})
+    return channels
+
+
+def build_limiters(settings: Settings, redis: Redis) -> dict[str, RateLimiter]:
+    """One limiter per provider account, held in Redis and shared by every worker."""
+    return {
+        ChannelName.IMO: RateLimiter(redis, "ratelimit:imo", settings.imo_rate_limit_per_second),
+        ChannelName.SMS: RateLimiter(
+            redis, "ratelimit:twilio", settings.twilio_rate_limit_per_second
+        ),
+    }
+
+
+def http_session(concurrency: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector)

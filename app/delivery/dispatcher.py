@@ -1,0 +1,422 @@
+"""The send loop: claim due notifications in batches, send, write the results back.
+
+Every worker process runs one. A batch costs a handful of statements whatever its size:
+claim (1), per round of channels: insert attempts (1), record answers (1), settle (1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sentry_sdk
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.callbacks import urls
+from app.channels.base import (
+    Channel,
+    ChannelError,
+    ChannelName,
+    OutgoingMessage,
+    PermanentChannelError,
+    SendResult,
+)
+from app.config import Settings
+from app.delivery import policy
+from app.delivery import repository as delivery_repository
+from app.delivery.policy import ClaimedNotification, Outcome, SendOn
+from app.notifications.states import AttemptStatus, NotificationState
+from app.notifications.window import MessagingWindow
+from app.observability import ATTEMPTS, report_unexpected
+from app.ratelimit import RateLimiter
+from app.security import TokenSigner
+
+log = logging.getLogger(__name__)
+S = NotificationState
+
+# How long a round waits for PostgreSQL to come back before giving up on writing down
+# the providers' answers it holds (which then end `unconfirmed`, via the sweeper).
+WRITE_BACK_RETRY_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _NotSent:
+    """A send that never reached the provider, and has no attempt.
+
+    `ours` False: the sweeper released the claim meanwhile (another worker may hold it
+    now), so this worker must neither send nor settle it.
+    """
+
+    reason: str
+    ours: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    notification: ClaimedNotification
+    step: SendOn
+
+    @property
+    def channel(self) -> str:
+        return self.step.chain[self.step.index]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        channels: dict[str, Channel],
+        limiters: dict[str, RateLimiter],
+        signer: TokenSigner,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.channels = channels
+        self.limiters = limiters
+        self.signer = signer
+        self.clock = clock
+        self.window = MessagingWindow(
+            settings.messaging_window_start, settings.messaging_window_end
+        )
+        self._semaphore = asyncio.Semaphore(settings.dispatch_concurrency)
+        self._taking = asyncio.Lock()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until `stop` is set; idle polls are `dispatch_idle_seconds` apart."""
+        while not stop.is_set():
+            try:
+                claimed = await self.dispatch_once()
+            except Exception:
+                # PostgreSQL or Redis away: what was claimed is settled by the sweeper.
+                log.exception("dispatch batch failed; retrying")
+                sentry_sdk.capture_exception()
+                claimed = 0
+                await _sleep_or_stop(stop, 2.0)
+            if claimed < self.settings.dispatch_batch_size:
+                await _sleep_or_stop(stop, self.settings.dispatch_idle_seconds)
+
+    async def dispatch_once(self) -> int:
+        """Claim and handle one batch; returns how many notifications were claimed."""
+        async with self.sessionmaker() as session:
+            claimed = await delivery_repository.claim_due(
+                session, self.settings.dispatch_batch_size
+            )
+            await session.commit()
+        if not claimed:
+            return 0
+        now = self.clock()
+        settled: dict[uuid.UUID, Outcome] = {}
+        sends: list[_Send] = []
+        available = set(self.channels)
+        for notification in claimed:
+            step = policy.first_step(
+                notification,
+                now=now,
+                window=self.window,
+                settings=self.settings,
+                available=available,
+            )
+            if isinstance(step, SendOn):
+                step = self._allowed(notification, step)
+            if isinstance(step, SendOn):
+                sends.append(_Send(notification, step))
+            else:
+                settled[notification.id] = step
+        # Each round tries one channel per notification; failures fall back at once.
+        while sends:
+            sends = await self._round(sends, settled)
+            settled = {}
+        if settled:
+            async with self.sessionmaker() as session:
+                await delivery_repository.settle(session, settled)
+                await session.commit()
+        return len(claimed)
+
+    def _allowed(self, notification: ClaimedNotification, step: SendOn) -> Outcome | SendOn:
+        """Outside production, only allow-listed numbers reach a real provider."""
+        channel = self.channels[step.chain[step.index]]
+        assert notification.mobile_e164 is not None
+        if self.settings.recipient_allowed(notification.mobile_e164, channel.base_url):
+            return step
+        return Outcome(
+            S.DENIED,
+            channel_chain=step.chain,
+            channel_index=step.index,
+            failure_reason=f"not in ALLOWED_RECIPIENTS (APP_ENV={self.settings.app_env})",
+        )
+
+    async def _round(
+        self, sends: Sequence[_Send], settled: dict[uuid.UUID, Outcome]
+    ) -> list[_Send]:
+        attempt_ids: dict[uuid.UUID, int] = {}
+        answers = await self._send_all(sends, attempt_ids)
+
+        now = self.clock()
+        results: list[delivery_repository.AttemptResult] = []
+        fallbacks: list[_Send] = []
+        downgrades: dict[str, str] = {}
+        for send, answer in zip(sends, answers, strict=True):
+            n = send.notification
+            if isinstance(answer, _NotSent):
+                if answer.ours:
+                    # Never handed to the provider: due again soon, on the same channel.
+                    due = now + policy.backoff(0, self.settings, None)
+                    settled[n.id] = Outcome(
+                        S.SCHEDULED,
+                        channel_chain=send.step.chain,
+                        channel_index=send.step.index,
+                        due_at=self.window.next_moment(due, n.time_zone),
+                        retry_count=n.retry_count,
+                        failure_reason=answer.reason,
+                    )
+                continue
+            attempt_id = attempt_ids[n.id]
+            if isinstance(answer, SendResult):
+                ATTEMPTS.labels(send.channel, "sent").inc()
+                results.append(
+                    delivery_repository.AttemptResult(
+                        attempt_id,
+                        AttemptStatus.SENT,
+                        answer.provider_message_id,
+                        answer.provider_status,
+                        None,
+                        None,
+                    )
+                )
+                settled[n.id] = Outcome(
+                    S.SENT,
+                    channel_chain=send.step.chain,
+                    channel_index=send.step.index,
+                    retry_count=n.retry_count,
+                    sent_at=now,
+                )
+                continue
+            ATTEMPTS.labels(send.channel, type(answer).__name__).inc()
+            self._report(send, answer)
+            results.append(
+                delivery_repository.AttemptResult(
+                    attempt_id,
+                    AttemptStatus.FAILED,
+                    None,
+                    getattr(answer, "provider_status", None) or None,
+                    getattr(answer, "code", None) or type(answer).__name__,
+                    (getattr(answer, "message", "") or str(answer))[:500],
+                )
+            )
+            downgrade = policy.imo_downgrade(send.channel, answer)
+            if downgrade:
+                downgrades[n.patient_id] = downgrade
+            following = policy.after_error(
+                n, send.step, answer, now=now, window=self.window, settings=self.settings
+            )
+            if isinstance(following, SendOn):
+                following = self._allowed(n, following)
+            if isinstance(following, SendOn):
+                fallbacks.append(_Send(n, following))
+                # Persist the step now: a crash before the next round must not resend
+                # on the channel that already failed.
+                settled[n.id] = Outcome(
+                    S.SENDING,
+                    channel_chain=following.chain,
+                    channel_index=following.index,
+                )
+            else:
+                settled[n.id] = following
+
+        async def write_back(session: AsyncSession) -> None:
+            stored = await delivery_repository.record_attempts(session, results)
+            await delivery_repository.settle(
+                session, self._reconcile(sends, attempt_ids, stored, settled)
+            )
+            await delivery_repository.downgrade_imo(session, downgrades)
+
+        await self._retrying(write_back)
+        return fallbacks
+
+    async def _retrying(self, work: Callable[[AsyncSession], Awaitable[None]]) -> None:
+        """Run one unit of work, retried while PostgreSQL is unreachable (a restart, a
+        fail-over) for up to WRITE_BACK_RETRY_SECONDS.
+
+        The messages are out already: their answers are worth waiting for, since a
+        round that gives up leaves them `unconfirmed`. `work` must be idempotent.
+        """
+        deadline = time.monotonic() + WRITE_BACK_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                async with self.sessionmaker() as session:
+                    await work(session)
+                    await session.commit()
+                return
+            except (DBAPIError, OSError) as exc:
+                disconnected = isinstance(exc, OSError | OperationalError | InterfaceError) or (
+                    isinstance(exc, DBAPIError) and exc.connection_invalidated
+                )
+                if not disconnected or time.monotonic() > deadline:
+                    raise
+                log.warning("database unreachable; retrying the write-back: %s", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _reconcile(
+        self,
+        sends: Sequence[_Send],
+        attempt_ids: dict[uuid.UUID, int],
+        stored: dict[int, str],
+        settled: dict[uuid.UUID, Outcome],
+    ) -> dict[uuid.UUID, Outcome]:
+        """A callback that beat our own write decides: read/delivered stand, and a
+        failure reported before we wrote `sent` falls back as it would have after."""
+        for send in sends:
+            outcome = settled.get(send.notification.id)
+            if outcome is None or outcome.state is not S.SENT:
+                continue
+            status = stored.get(attempt_ids[send.notification.id])
+            if status in (AttemptStatus.DELIVERED, AttemptStatus.READ):
+                settled[send.notification.id] = Outcome(
+                    S(status),
+                    channel_chain=outcome.channel_chain,
+                    channel_index=outcome.channel_index,
+                    sent_at=outcome.sent_at,
+                )
+            elif status == AttemptStatus.FAILED:
+                settled[send.notification.id] = policy.after_delivery_failure(
+                    send.notification.imo_status,
+                    send.step,
+                    self.clock(),
+                    "the provider reported the message failed",
+                )
+        return settled
+
+    async def _send_all(
+        self, sends: Sequence[_Send], attempt_ids: dict[uuid.UUID, int]
+    ) -> list[SendResult | Exception | _NotSent]:
+        """Send one round, filling `attempt_ids` as attempts are written.
+
+        Each rate-limit chunk's attempts are written and committed just before that
+        chunk goes out, not the round's all at once: a worker killed mid-round leaves
+        `sending` (then `unconfirmed`) attempts only for what it had handed to a
+        provider; the rest of its claim has no attempt and is requeued by the sweeper.
+        """
+        answers: list[SendResult | Exception | _NotSent] = [_NotSent("not sent")] * len(sends)
+        by_channel: dict[str, list[int]] = defaultdict(list)
+        for position, send in enumerate(sends):
+            by_channel[send.channel].append(position)
+
+        async def send_one(position: int) -> None:
+            send = sends[position]
+            try:
+                message = self._message(send, attempt_ids[send.notification.id])
+                answers[position] = await self.channels[send.channel].send(message)
+            except Exception as exc:  # ChannelErrors, and adapter bugs: never lose the row
+                answers[position] = exc
+            finally:
+                self._semaphore.release()
+
+        async def begin(chunk: list[int]) -> None:
+            async with self.sessionmaker() as session:
+                written = await delivery_repository.insert_attempts(
+                    session,
+                    [
+                        (
+                            sends[p].notification.id,
+                            sends[p].channel,
+                            sends[p].notification.claimed_at,
+                        )
+                        for p in chunk
+                    ],
+                )
+                await session.commit()
+            attempt_ids.update(written)
+
+        async def send_channel(channel: str, positions: list[int]) -> None:
+            limiter = self.limiters[channel]
+            size = min(limiter.max_chunk, self.settings.dispatch_concurrency)
+            tasks = []
+            try:
+                for start in range(0, len(positions), size):
+                    chunk = positions[start : start + size]
+                    await limiter.acquire(len(chunk))
+                    # One chunk at a time takes its permits and writes its attempts: two
+                    # channels each holding part of the semaphore would deadlock.
+                    async with self._taking:
+                        for _ in chunk:
+                            await self._semaphore.acquire()
+                        try:
+                            await begin(chunk)
+                        except BaseException:
+                            for _ in chunk:
+                                self._semaphore.release()
+                            raise
+                    for position in chunk:
+                        if sends[position].notification.id in attempt_ids:
+                            tasks.append(asyncio.create_task(send_one(position)))
+                        else:
+                            self._semaphore.release()
+                            answers[position] = _NotSent("claim lost to the sweeper", ours=False)
+            except Exception as exc:
+                # Redis (the rate limit) or PostgreSQL away: what has no attempt was not
+                # sent and is due again; what went out is recorded after the gather.
+                log.warning("round cut short: %s", type(exc).__name__)
+                for position in positions:
+                    if sends[position].notification.id not in attempt_ids:
+                        answers[position] = _NotSent(f"not sent: {type(exc).__name__}")
+            await asyncio.gather(*tasks)
+
+        await asyncio.gather(*(send_channel(c, p) for c, p in by_channel.items()))
+        return answers
+
+    def _message(self, send: _Send, attempt_id: int) -> OutgoingMessage:
+        n = send.notification
+        assert n.mobile_e164 is not None
+        if send.channel == ChannelName.IMO:
+            callback_url = urls.imo_read_receipt_url(self.settings, self.signer, attempt_id)
+        else:
+            callback_url = urls.twilio_status_url(self.settings, attempt_id)
+        return OutgoingMessage(
+            phone_e164=n.mobile_e164,
+            text=n.body,
+            locale=n.locale,
+            title=n.title,
+            callback_url=callback_url,
+            recipient_name=n.full_name,
+            action=self.settings.imo_action_label if self.settings.imo_action_url else "",
+            action_url=self.settings.imo_action_url,
+            reference=str(n.id),
+        )
+
+    def _report(self, send: _Send, error: Exception) -> None:
+        if isinstance(error, PermanentChannelError) and error.unexpected:
+            report_unexpected(send.channel, error.message, error.detail)
+        elif not isinstance(error, ChannelError):
+            log.error("channel adapter raised %r", type(error).__name__, exc_info=error)
+            sentry_sdk.capture_exception(error)
+
+
+async def sweep(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
+) -> tuple[int, int]:
+    """Settle what dead workers left in `sending` -> (requeued, unconfirmed)."""
+    stale_before = now - timedelta(seconds=settings.sending_stale_after_seconds)
+    async with sessionmaker() as session:
+        counts = await delivery_repository.sweep_stale_sending(session, stale_before)
+        await session.commit()
+    if any(counts):
+        log.warning("swept stale sending", extra={"requeued": counts[0], "unconfirmed": counts[1]})
+    return counts
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,214 @@
+"""Delivery rules, as pure functions: who may be messaged, on which channels, and what a
+provider's answer means for the notification. No I/O here, so every rule is unit-tested.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from app.channels.base import ChannelName, PermanentChannelError, TransientChannelError
+from app.config import Settings
+from app.notifications.states import NotificationState
+from app.notifications.window import MessagingWindow
+
+S = NotificationState
+
+# What an Imo refusal says about the patient's authorisation.
+IMO_DOWNGRADES = {"not_subscribed": "not_subscribed", "nonexistent_user": "no_imo_account"}
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedNotification:
+    """A notification a worker has claimed, with what sending it needs of its patient."""
+
+    id: uuid.UUID
+    patient_id: str
+    title: str
+    body: str
+    locale: str
+    expires_at: datetime
+    channel_chain: list[str] | None
+    channel_index: int
+    retry_count: int
+    full_name: str
+    mobile_e164: str | None
+    country: str
+    time_zone: str
+    reminder_consent: str
+    imo_status: str | None
+    # The claim's moment: a fencing token, so that a claim lost to the sweeper is not sent.
+    claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where one notification stands after a step of the dispatcher."""
+
+    state: NotificationState
+    channel_chain: list[str] | None = None
+    channel_index: int = 0
+    due_at: datetime | None = None
+    retry_count: int = 0
+    failure_reason: str | None = None
+    # Set when a channel accepted the message.
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendOn:
+    """Send on `chain[index]` next."""
+
+    chain: list[str]
+    index: int
+
+
+def channel_chain(
+    settings: Settings, country: str, imo_status: str | None, available: set[str]
+) -> list[str]:
+    """The channels to try for a patient, in order: configured, available, eligible."""
+    chains = settings.channel_chains
+    wanted = chains.get(country.upper(), chains.get("*", [ChannelName.SMS.value]))
+    return [
+        name
+        for name in wanted
+        if name in available and (name != ChannelName.IMO or imo_status == "subscribed")
+    ]
+
+
+def first_step(
+    n: ClaimedNotification,
+    *,
+    now: datetime,
+    window: MessagingWindow,
+    settings: Settings,
+    available: set[str],
+) -> Outcome | SendOn:
+    """What to do with a freshly claimed notification: refuse it, put it off, or send."""
+    if now >= n.expires_at:
+        return Outcome(S.EXPIRED, failure_reason="not sent while still useful")
+    if n.reminder_consent != "granted":
+        return Outcome(S.DENIED, failure_reason="no reminder consent")
+    if n.mobile_e164 is None:
+        return Outcome(S.DENIED, failure_reason="no mobile number")
+    if not window.contains(now, n.time_zone):
+        return Outcome(
+            S.SCHEDULED,
+            channel_chain=n.channel_chain,
+            channel_index=n.channel_index,
+            due_at=window.next_moment(now, n.time_zone),
+            retry_count=n.retry_count,
+        )
+    chain = n.channel_chain
+    if chain is None:
+        chain = channel_chain(settings, n.country, n.imo_status, available)
+    return next_channel(n, chain, n.channel_index)
+
+
+def usable_index(chain: list[str], index: int, imo_status: str | None) -> int | None:
+    """The first channel from `index` on that can take the message, if any.
+
+    Imo is skipped once the patient's authorisation is no longer `subscribed`.
+    """
+    for position in range(index, len(chain)):
+        if chain[position] != ChannelName.IMO or imo_status == "subscribed":
+            return position
+    return None
+
+
+def next_channel(n: ClaimedNotification, chain: list[str], index: int) -> Outcome | SendOn:
+    """The first usable channel from `index` on, or `failed` when none is left."""
+    usable = usable_index(chain, index, n.imo_status)
+    if usable is not None:
+        return SendOn(chain, usable)
+    return Outcome(
+        S.FAILED,
+        channel_chain=chain,
+        channel_index=index,
+        failure_reason="no channel left to try" if chain else "no channel for this patient",
+    )
+
+
+def backoff(retry_count: int, settings: Settings, retry_after: float | None) -> timedelta:
+    """Capped exponential backoff with full jitter; never sooner than the provider asked."""
+    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2**retry_count)
+    delay = random.uniform(ceiling / 2, ceiling)
+    return timedelta(seconds=max(delay, retry_after or 0.0))
+
+
+def after_error(
+    n: ClaimedNotification,
+    step: SendOn,
+    error: Exception,
+    *,
+    now: datetime,
+    window: MessagingWindow,
+    settings: Settings,
+) -> Outcome | SendOn:
+    """A channel refused or failed: deny, retry later, fall back, or fail."""
+    channel = step.chain[step.index]
+    reason = describe(channel, error)
+    if isinstance(error, PermanentChannelError) and error.recipient_invalid:
+        return Outcome(
+            S.DENIED, channel_chain=step.chain, channel_index=step.index, failure_reason=reason
+        )
+    retriable = isinstance(error, TransientChannelError) and channel != ChannelName.IMO
+    if retriable and n.retry_count < settings.retry_max_attempts:
+        assert isinstance(error, TransientChannelError)
+        due = now + backoff(n.retry_count, settings, error.retry_after)
+        return Outcome(
+            S.SCHEDULED,
+            channel_chain=step.chain,
+            channel_index=step.index,
+            due_at=window.next_moment(due, n.time_zone),
+            retry_count=n.retry_count + 1,
+            failure_reason=reason,
+        )
+    # Imo: any failure falls back at once (the fallback is the common path there).
+    following = next_channel(n, step.chain, step.index + 1)
+    if isinstance(following, Outcome):
+        return Outcome(
+            S.FAILED,
+            channel_chain=step.chain,
+            channel_index=step.index,
+            failure_reason=reason,
+        )
+    return following
+
+
+def after_delivery_failure(
+    imo_status: str | None, step: SendOn, now: datetime, reason: str
+) -> Outcome:
+    """A channel took the message, then reported it failed (Twilio `undelivered`):
+    due again at once on the next channel, or `failed` when none is left."""
+    channel = step.chain[step.index]
+    index = usable_index(step.chain, step.index + 1, imo_status)
+    if index is not None:
+        return Outcome(
+            S.SCHEDULED,
+            channel_chain=step.chain,
+            channel_index=index,
+            due_at=now,
+            failure_reason=f"{channel}: {reason}",
+        )
+    return Outcome(
+        S.FAILED,
+        channel_chain=step.chain,
+        channel_index=step.index,
+        failure_reason=f"{channel}: {reason}",
+    )
+
+
+def describe(channel: str, error: Exception) -> str:
+    code = getattr(error, "code", "") or type(error).__name__
+    message = getattr(error, "message", "") or str(error)
+    return f"{channel}: {code}: {message}"[:500]
+
+
+def imo_downgrade(channel: str, error: Exception) -> str | None:
+    """The authorisation status an Imo refusal implies, if any."""
+    if channel != ChannelName.IMO or not isinstance(error, PermanentChannelError):
+        return None
+    return IMO_DOWNGRADES.get(error.code)

@@ -1,0 +1,106 @@
+"""Group commit for provider reports: thousands of callbacks a second on a small machine.
+
+Each API process collects the reports that arrive within a few milliseconds and applies
+them in one transaction with set-based SQL. Every caller waits for the commit that holds
+its report, so an acknowledged callback is never lost; a failed batch fails every caller
+in it (the provider sees a 5xx and may retry). Locks are taken in id order, so batches of
+concurrent API processes cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.delivery.status import Report, apply_reports
+
+log = logging.getLogger(__name__)
+
+
+class ReportBatcher:
+    """Collects reports for up to `max_wait` seconds or `max_batch` reports, then applies
+    them together. `sessionmaker` is looked up per batch (tests swap it)."""
+
+    def __init__(
+        self,
+        sessionmaker: Callable[[], async_sessionmaker[AsyncSession]],
+        *,
+        max_batch: int = 500,
+        max_wait: float = 0.005,
+        parallel: int = 4,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        # Batches committing at once: while one waits for its WAL flush, the next fills.
+        self._slots = asyncio.Semaphore(parallel)
+        self._applying: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Queue[tuple[Report, asyncio.Future[bool]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="report-batcher")
+
+    async def stop(self) -> None:
+        """Stop taking reports; batches already being applied finish."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._applying:
+            await asyncio.gather(*self._applying, return_exceptions=True)
+
+    async def submit(self, report: Report) -> bool:
+        """Whether the report changed anything. Raises UnknownAttempt, or the batch's
+        database error."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._queue.put((report, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + self._max_wait
+            while len(batch) < self._max_batch:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0 and self._queue.empty():
+                    break
+                try:
+                    batch.append(
+                        self._queue.get_nowait()
+                        if not self._queue.empty()
+                        else await asyncio.wait_for(self._queue.get(), timeout)
+                    )
+                except TimeoutError:
+                    break
+            await self._slots.acquire()
+            task = asyncio.create_task(self._apply(batch))
+            self._applying.add(task)
+            task.add_done_callback(self._applied)
+
+    def _applied(self, task: asyncio.Task[None]) -> None:
+        self._applying.discard(task)
+        self._slots.release()
+
+    async def _apply(self, batch: list[tuple[Report, asyncio.Future[bool]]]) -> None:
+        try:
+            async with self._sessionmaker()() as session:
+                results = await apply_reports(session, [report for report, _ in batch])
+                await session.commit()
+        except Exception as exc:  # every caller of the batch hears of it
+            log.exception("applying provider reports failed", extra={"reports": len(batch)})
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

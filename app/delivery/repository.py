@@ -1,0 +1,452 @@
+"""The send path's SQL: set-based, one statement per batch, never a query per row."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.delivery.policy import ClaimedNotification, Outcome
+from app.experiments import repository as experiment_repository
+from app.notifications.states import ATTEMPT_RANK, NotificationState
+
+_CLAIM = text(
+    """
+    WITH due AS (
+        SELECT id FROM notifications
+        WHERE state = 'scheduled' AND due_at <= now()
+        ORDER BY due_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE notifications AS n
+        SET state = 'sending', claimed_at = now(), updated_at = now()
+        FROM due WHERE n.id = due.id
+        RETURNING n.id, n.patient_id, n.title, n.body, n.locale, n.expires_at,
+                  n.channel_chain, n.channel_index, n.retry_count, n.claimed_at
+    )
+    SELECT c.*, p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
+           a.status AS imo_status
+    FROM claimed AS c
+    JOIN patients AS p ON p.id = c.patient_id
+    LEFT JOIN imo_authorizations AS a ON a.patient_id = c.patient_id
+    """
+)
+
+
+async def claim_due(session: AsyncSession, limit: int) -> list[ClaimedNotification]:
+    """Move up to `limit` due notifications to `sending` for this worker alone.
+
+    SKIP LOCKED lets any number of workers claim at once without waiting on or
+    double-claiming each other's rows.
+    """
+    rows = (await session.execute(_CLAIM, {"limit": limit})).mappings().all()
+    return [ClaimedNotification(**row) for row in rows]
+
+
+_INSERT_ATTEMPTS = text(
+    """
+    WITH ours AS (
+        SELECT n.id, v.channel
+        FROM unnest(CAST(:notification_ids AS uuid[]), CAST(:channels AS text[]),
+                    CAST(:claimed_ats AS timestamptz[])) AS v(notification_id, channel, claimed_at)
+        JOIN notifications AS n ON n.id = v.notification_id
+        WHERE n.state = 'sending' AND n.claimed_at = v.claimed_at
+        -- In id order, as every other writer of several notifications: no deadlocks.
+        ORDER BY n.id
+        FOR UPDATE OF n
+    )
+    INSERT INTO delivery_attempts (notification_id, channel, status, created_at, updated_at)
+    SELECT id, channel, 'sending', now(), now() FROM ours
+    RETURNING id, notification_id
+    """
+)
+
+
+async def insert_attempts(
+    session: AsyncSession, attempts: Sequence[tuple[uuid.UUID, str, datetime | None]]
+) -> dict[uuid.UUID, int]:
+    """Record that these (notification, channel, claimed_at) sends are about to happen
+    -> attempt ids, for the notifications this worker still holds.
+
+    Written and committed BEFORE the provider is called: a crash after the call leaves
+    a `sending` attempt behind, which the sweeper marks `unconfirmed` instead of resending.
+    `claimed_at` is the claim's fencing token: a notification the sweeper released (and
+    another worker may have claimed) since gets no attempt, and must not be sent. The
+    row lock keeps the sweeper from releasing it between this check and the commit.
+    """
+    rows = await session.execute(
+        _INSERT_ATTEMPTS,
+        {
+            "notification_ids": [notification_id for notification_id, _, _ in attempts],
+            "channels": [channel for _, channel, _ in attempts],
+            "claimed_ats": [claimed_at for _, _, claimed_at in attempts],
+        },
+    )
+    return {row.notification_id: row.id for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    attempt_id: int
+    status: str  # sent | failed
+    provider_message_id: str | None
+    provider_status: str | None
+    error_code: str | None
+    error_message: str | None
+
+
+_RECORD_ATTEMPTS = text(
+    """
+    UPDATE delivery_attempts AS a SET
+        status = CASE WHEN a.status IN ('sending', 'unconfirmed') THEN v.status ELSE a.status END,
+        provider_message_id = COALESCE(a.provider_message_id, v.provider_message_id),
+        provider_status = CASE WHEN a.status IN ('sending', 'unconfirmed')
+                               THEN v.provider_status ELSE a.provider_status END,
+        error_code = COALESCE(a.error_code, v.error_code),
+        error_message = COALESCE(a.error_message, v.error_message),
+        sent_at = CASE WHEN v.status = 'sent' THEN COALESCE(a.sent_at, now()) ELSE a.sent_at END,
+        failed_at = CASE WHEN v.status = 'failed' AND a.failed_at IS NULL
+                         THEN now() ELSE a.failed_at END,
+        updated_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
+                CAST(:provider_message_ids AS text[]), CAST(:provider_statuses AS text[]),
+                CAST(:error_codes AS text[]), CAST(:error_messages AS text[]))
+         AS v(id, status, provider_message_id, provider_status, error_code, error_message)
+    WHERE a.id = v.id
+    RETURNING a.id, a.status
+    """
+)
+
+
+async def record_attempts(
+    session: AsyncSession, results: Sequence[AttemptResult]
+) -> dict[int, str]:
+    """Write providers' answers; returns each attempt's status as stored afterwards.
+
+    A provider callback may have got there first (a read receipt before our own write):
+    the stored status then stands, and the caller reconciles with what it returns.
+    """
+    if not results:
+        return {}
+    rows = await session.execute(
+        _RECORD_ATTEMPTS,
+        {
+            "ids": [r.attempt_id for r in results],
+            "statuses": [r.status for r in results],
+            "provider_message_ids": [r.provider_message_id for r in results],
+            "provider_statuses": [r.provider_status for r in results],
+            "error_codes": [r.error_code for r in results],
+            "error_messages": [r.error_message for r in results],
+        },
+    )
+    return {row.id: row.status for row in rows}
+
+
+_SETTLE = text(
+    """
+    UPDATE notifications AS n SET
+        state = CASE
+            WHEN n.state IN ('delivered', 'read') AND v.state = 'sent' THEN n.state
+            ELSE v.state END,
+        channel_chain = CASE WHEN v.chain IS NULL THEN n.channel_chain
+                             ELSE string_to_array(v.chain, ',') END,
+        channel_index = v.channel_index,
+        due_at = COALESCE(v.due_at, n.due_at),
+        retry_count = v.retry_count,
+        failure_reason = v.failure_reason,
+        sent_at = COALESCE(n.sent_at, v.sent_at),
+        delivered_at = CASE WHEN v.state = 'delivered' THEN COALESCE(n.delivered_at, now())
+                            ELSE n.delivered_at END,
+        read_at = CASE WHEN v.state = 'read' THEN COALESCE(n.read_at, now()) ELSE n.read_at END,
+        -- Still `sending` (falling back to the next channel): the claim stands. (Swept
+        -- meanwhile, it has none: a fresh one lets the sweeper find it again.)
+        claimed_at = CASE WHEN v.state = 'sending' THEN COALESCE(n.claimed_at, now())
+                          ELSE NULL END,
+        updated_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]), CAST(:chains AS text[]),
+                CAST(:channel_indexes AS int[]), CAST(:due_ats AS timestamptz[]),
+                CAST(:retry_counts AS int[]), CAST(:failure_reasons AS text[]),
+                CAST(:sent_ats AS timestamptz[]))
+         AS v(id, state, chain, channel_index, due_at, retry_count, failure_reason, sent_at)
+    WHERE n.id = v.id AND n.state IN ('sending', 'sent', 'delivered', 'read')
+    """
+)
+
+
+async def settle(session: AsyncSession, outcomes: dict[uuid.UUID, Outcome]) -> None:
+    """Write where each claimed notification stands now, in one statement.
+
+    A callback that already moved a notification to `delivered`/`read` is kept.
+    """
+    if not outcomes:
+        return
+    items = list(outcomes.items())
+    await session.execute(
+        _SETTLE,
+        {
+            "ids": [notification_id for notification_id, _ in items],
+            "states": [o.state.value for _, o in items],
+            "chains": [",".join(o.channel_chain) if o.channel_chain else None for _, o in items],
+            "channel_indexes": [o.channel_index for _, o in items],
+            "due_ats": [o.due_at for _, o in items],
+            "retry_counts": [o.retry_count for _, o in items],
+            "failure_reasons": [o.failure_reason for _, o in items],
+            "sent_ats": [o.sent_at for _, o in items],
+        },
+    )
+    # Failed on every channel: an experiment member whose reminder this was is evicted
+    # (and still counted), so that the results can say how many could not be reached.
+    failed = [n for n, o in items if o.state == NotificationState.FAILED]
+    await experiment_repository.evict_undeliverable(session, failed)
+
+
+_DOWNGRADE_IMO = text(
+    """
+    UPDATE imo_authorizations AS a SET status = v.status, updated_at = now()
+    FROM unnest(CAST(:patient_ids AS text[]), CAST(:statuses AS text[])) AS v(patient_id, status)
+    WHERE a.patient_id = v.patient_id AND a.status = 'subscribed'
+    """
+)
+
+
+async def downgrade_imo(session: AsyncSession, downgrades: dict[str, str]) -> None:
+    """Imo said these patients are no longer reachable there: next time, go straight to
+    the fallback channel."""
+    if downgrades:
+        await session.execute(
+            _DOWNGRADE_IMO,
+            {"patient_ids": list(downgrades), "statuses": list(downgrades.values())},
+        )
+
+
+_RELEASE_UNSTARTED = text(
+    """
+    UPDATE notifications AS n SET state = 'scheduled', claimed_at = NULL, updated_at = now()
+    WHERE n.state = 'sending' AND n.claimed_at < :stale_before
+      AND NOT EXISTS (SELECT 1 FROM delivery_attempts AS a
+                      WHERE a.notification_id = n.id AND a.status <> 'failed')
+      AND n.id IN (SELECT id FROM notifications WHERE state = 'sending'
+                   AND claimed_at < :stale_before ORDER BY claimed_at LIMIT :limit
+                   FOR UPDATE SKIP LOCKED)
+    RETURNING n.id
+    """
+)
+
+_MARK_UNCONFIRMED = text(
+    """
+    WITH stale AS (
+        SELECT id FROM notifications
+        WHERE state = 'sending' AND claimed_at < :stale_before
+        ORDER BY claimed_at LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), unconfirmed AS (
+        UPDATE delivery_attempts AS a
+        SET status = 'unconfirmed', updated_at = now(),
+            error_message = 'the worker stopped before recording the provider''s answer'
+        FROM stale WHERE a.notification_id = stale.id AND a.status = 'sending'
+        RETURNING a.notification_id, 1 AS rank
+    ), taken AS (
+        -- A provider's callback may have beaten the dead worker's write: the message
+        -- went out, and how far it got is known.
+        SELECT notification_id, max(rank) AS rank FROM (
+            SELECT notification_id, rank FROM unconfirmed
+            UNION ALL
+            SELECT a.notification_id,
+                   CASE a.status WHEN 'read' THEN 3 WHEN 'delivered' THEN 2 ELSE 1 END
+            FROM delivery_attempts AS a JOIN stale ON a.notification_id = stale.id
+            WHERE a.status IN ('sent', 'delivered', 'read')
+        ) AS ranked GROUP BY notification_id
+    )
+    UPDATE notifications AS n
+    SET state = CASE taken.rank WHEN 3 THEN 'read' WHEN 2 THEN 'delivered' ELSE 'sent' END,
+        claimed_at = NULL, updated_at = now(), sent_at = COALESCE(n.sent_at, now()),
+        delivered_at = CASE WHEN taken.rank >= 2 THEN COALESCE(n.delivered_at, now())
+                            ELSE n.delivered_at END,
+        read_at = CASE WHEN taken.rank = 3 THEN COALESCE(n.read_at, now()) ELSE n.read_at END,
+        failure_reason = CASE
+            WHEN EXISTS (SELECT 1 FROM delivery_attempts AS a
+                         WHERE a.notification_id = n.id
+                           AND a.status IN ('sent', 'delivered', 'read'))
+            THEN n.failure_reason
+            ELSE 'unconfirmed: handed to the provider, answer not recorded; not resent' END
+    FROM taken WHERE n.id = taken.notification_id
+    RETURNING n.id
+    """
+)
+
+
+async def sweep_stale_sending(
+    session: AsyncSession, stale_before: datetime, limit: int = 1000
+) -> tuple[int, int]:
+    """Settle notifications a dead worker left in `sending` -> (requeued, settled).
+
+    Never sent to a provider (no attempt, or only failed ones): due again. Possibly
+    sent (an attempt was under way): `sent` with the attempt `unconfirmed`. Sent for
+    sure (a callback already raised an attempt): `sent`, `delivered` or `read`, as the
+    attempt. Either way never resent, so never sent twice.
+    """
+    unconfirmed = len(
+        (
+            await session.execute(_MARK_UNCONFIRMED, {"stale_before": stale_before, "limit": limit})
+        ).all()
+    )
+    requeued = len(
+        (
+            await session.execute(
+                _RELEASE_UNSTARTED, {"stale_before": stale_before, "limit": limit}
+            )
+        ).all()
+    )
+    return requeued, unconfirmed
+
+
+def _rank_sql(column: str) -> str:
+    cases = " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in ATTEMPT_RANK.items())
+    return f"(CASE {column} {cases} END)"
+
+
+# Built from ATTEMPT_RANK's constants only; every value is a bound parameter. Rows are
+# locked in id order so concurrent batches cannot deadlock.
+_ADVANCE_ATTEMPTS = text(
+    f"""
+    WITH v AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
+            CAST(:provider_message_ids AS text[]), CAST(:provider_statuses AS text[]),
+            CAST(:error_codes AS text[]), CAST(:error_messages AS text[])
+        ) AS v(id, status, provider_message_id, provider_status, error_code, error_message)
+    ), old AS (
+        SELECT a.id, a.status, a.provider_message_id FROM delivery_attempts AS a
+        WHERE a.id IN (SELECT id FROM v) ORDER BY a.id FOR UPDATE
+    )
+    UPDATE delivery_attempts AS a SET
+        status = CASE WHEN {_rank_sql("v.status")} > {_rank_sql("old.status")}
+                      THEN v.status ELSE a.status END,
+        provider_message_id = COALESCE(a.provider_message_id, v.provider_message_id),
+        provider_status = CASE WHEN {_rank_sql("v.status")} > {_rank_sql("old.status")}
+                               THEN COALESCE(v.provider_status, a.provider_status)
+                               ELSE a.provider_status END,
+        error_code = COALESCE(v.error_code, a.error_code),
+        error_message = COALESCE(v.error_message, a.error_message),
+        sent_at = CASE WHEN v.status IN ('sent', 'delivered', 'read')
+                       THEN COALESCE(a.sent_at, now()) ELSE a.sent_at END,
+        delivered_at = CASE WHEN v.status IN ('delivered', 'read')
+                            THEN COALESCE(a.delivered_at, now()) ELSE a.delivered_at END,
+        read_at = CASE WHEN v.status = 'read' THEN COALESCE(a.read_at, now()) ELSE a.read_at END,
+        failed_at = CASE WHEN v.status = 'failed' AND {_rank_sql("old.status")} < 3
+                         THEN now() ELSE a.failed_at END,
+        updated_at = now()
+    FROM v JOIN old ON old.id = v.id
+    WHERE a.id = v.id
+      AND (old.provider_message_id IS NULL OR v.provider_message_id IS NULL
+           OR old.provider_message_id = v.provider_message_id)
+    RETURNING a.id, a.notification_id, a.channel, old.status AS old_status, a.status AS status
+    """  # noqa: S608
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AdvancedAttempt:
+    notification_id: uuid.UUID
+    channel: str
+    old_status: str
+    status: str
+
+    @property
+    def changed(self) -> bool:
+        return self.old_status != self.status
+
+
+async def advance_attempts(
+    session: AsyncSession, reports: Sequence[Any]
+) -> dict[int, AdvancedAttempt]:
+    """Raise each reported attempt's status if the report ranks higher; never lower it.
+
+    `reports` have attempt_id, status, provider_message_id, provider_status, error_code
+    and error_message, one per attempt. Attempts missing from the answer do not exist,
+    or their provider id is another message's.
+    """
+    if not reports:
+        return {}
+    rows = await session.execute(
+        _ADVANCE_ATTEMPTS,
+        {
+            "ids": [r.attempt_id for r in reports],
+            "statuses": [str(r.status) for r in reports],
+            "provider_message_ids": [r.provider_message_id for r in reports],
+            "provider_statuses": [r.provider_status for r in reports],
+            "error_codes": [r.error_code for r in reports],
+            "error_messages": [r.error_message for r in reports],
+        },
+    )
+    return {row.id: AdvancedAttempt(*row[1:]) for row in rows}
+
+
+_RAISE_NOTIFICATIONS = text(
+    """
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[])) AS v(id, state)
+    ), locked AS (
+        SELECT n.id FROM notifications AS n WHERE n.id IN (SELECT id FROM v)
+        ORDER BY n.id FOR UPDATE
+    )
+    UPDATE notifications AS n SET
+        state = v.state,
+        delivered_at = COALESCE(n.delivered_at, now()),
+        read_at = CASE WHEN v.state = 'read' THEN COALESCE(n.read_at, now()) ELSE n.read_at END,
+        failure_reason = NULL,
+        updated_at = now()
+    FROM v JOIN locked ON locked.id = v.id
+    WHERE n.id = v.id
+      AND (n.state = 'sent' OR (n.state = 'delivered' AND v.state = 'read'))
+    """
+)
+
+
+async def raise_notifications(
+    session: AsyncSession, reached: Sequence[tuple[uuid.UUID, str]]
+) -> None:
+    """Move accepted notifications up to `delivered`/`read`; never down, never from a
+    state in which the dispatcher still holds them."""
+    best: dict[uuid.UUID, str] = {}
+    for notification_id, state in reached:
+        if best.get(notification_id) != "read":
+            best[notification_id] = str(state)
+    if best:
+        await session.execute(
+            _RAISE_NOTIFICATIONS, {"ids": list(best), "states": list(best.values())}
+        )
+
+
+async def lock_notification_for_callback(
+    session: AsyncSession, notification_id: uuid.UUID
+) -> tuple[str, list[str] | None, int, str | None] | None:
+    """(state, channel_chain, channel_index, patient's Imo status), row locked."""
+    row = (
+        await session.execute(
+            text(
+                """
+                SELECT n.state, n.channel_chain, n.channel_index, a.status
+                FROM notifications AS n
+                LEFT JOIN imo_authorizations AS a ON a.patient_id = n.patient_id
+                WHERE n.id = :id FOR UPDATE OF n
+                """
+            ),
+            {"id": notification_id},
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1], row[2], row[3])
+
+
+async def latest_attempt_id(session: AsyncSession, notification_id: uuid.UUID) -> int | None:
+    latest: int | None = await session.scalar(
+        text("SELECT max(id) FROM delivery_attempts WHERE notification_id = :id"),
+        {"id": notification_id},
+    )
+    return latest

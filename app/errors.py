@@ -1,0 +1,112 @@
+"""One error hierarchy with an HTTP status each, and the handlers that render them.
+
+Every error answer is JSON: `{"error": {"code": ..., "message": ..., "details": [...]}}`.
+Expected failures are 4xx; only the unexpected reaches Sentry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not_found"
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    code = "forbidden"
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+
+
+class InvalidInput(AppError):
+    """Well-formed JSON that breaks a rule: an unknown template, a missing variable."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+def field_error(field: str, message: str) -> InvalidInput:
+    return InvalidInput(message, details=[{"field": field, "message": message}])
+
+
+def _body(code: str, message: str, details: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    # ("body", "phone_numbers", 0, "number") -> "phone_numbers[0].number"
+    parts: list[str] = []
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts) or str(loc[0] if loc else "")
+
+
+def validation_details(errors: Any) -> list[dict[str, Any]]:
+    return [
+        {"field": _location(err.get("loc", ())), "message": err.get("msg", "invalid")}
+        for err in errors
+    ]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(
+            _body(exc.code, exc.message, exc.details), exc.status_code, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = validation_details(exc.errors())
+        fields = ", ".join(sorted({d["field"] for d in details if d["field"]}))
+        message = f"invalid request: {fields}" if fields else "invalid request"
+        return JSONResponse(_body("invalid_request", message, details), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(_body(code, str(exc.detail), []), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Sentry's FastAPI integration captures it; the log line carries the route only.
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return JSONResponse(_body("internal_error", "internal error", []), 500)

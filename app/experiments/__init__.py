@@ -1,0 +1,1 @@
+"""A/B experiments of reminder plans: enrolment, assignment, eviction and results."""

@@ -1,0 +1,161 @@
+"""`notify experiments report ID [--csv PATH]`: an experiment's results in the terminal,
+and its per-patient rows as CSV for the researcher's own analysis."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.experiments.schemas import ExperimentResults
+
+experiments_cli = typer.Typer(help="A/B experiments of reminder plans.", no_args_is_help=True)
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+CSV_COLUMNS = (
+    "patient_id",
+    "group",
+    "enrolled_at",
+    "appointment_id",
+    "appointment_date",
+    "reached",
+    "returned",
+    "days_to_return",
+    "evicted_reason",
+)
+
+
+@experiments_cli.command("report")
+def report(
+    experiment_id: Annotated[uuid.UUID, typer.Argument(help="The experiment's id.")],
+    csv_path: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Also write one row per enrolled patient here.", dir_okay=False),
+    ] = None,
+) -> None:
+    """Print an experiment's results per group, as GET /v1/experiments/{id}/results."""
+    from app.cli import prepare_environment
+
+    database_url, _ = prepare_environment()
+    raise typer.Exit(asyncio.run(run_report(database_url, experiment_id, csv_path)))
+
+
+async def run_report(database_url: str, experiment_id: uuid.UUID, csv_path: Path | None) -> int:
+    """Print the report (and write the CSV); returns the exit code."""
+    from app.db.session import create_engine_and_sessionmaker
+
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            return await report_from(session, experiment_id, csv_path)
+    finally:
+        await engine.dispose()
+
+
+async def report_from(
+    session: AsyncSession, experiment_id: uuid.UUID, csv_path: Path | None
+) -> int:
+    """The report from this session's view of the database; returns the exit code."""
+    from app.errors import NotFound
+    from app.experiments import repository as experiment_repository
+    from app.experiments import service as experiment_service
+
+    try:
+        results = await experiment_service.results(session, experiment_id)
+    except NotFound as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        return 1
+    console.print(results_table(results))
+    console.print(channels_table(results))
+    console.print(f"[dim]{results.methods.population}; {results.methods.test}.[/dim]")
+    if csv_path is None:
+        return 0
+    written = 0
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        rows = experiment_repository.patient_rows(
+            session, experiment_id, results.experiment.return_window_days
+        )
+        async for row in rows:
+            writer.writerow(
+                [
+                    row.patient_id,
+                    row.group,
+                    row.enrolled_at.isoformat(),
+                    row.appointment_id,
+                    row.appointment_date.isoformat(),
+                    str(row.reached).lower(),
+                    str(row.returned).lower(),
+                    "" if row.days_to_return is None else row.days_to_return,
+                    row.evicted_reason or "",
+                ]
+            )
+            written += 1
+    console.print(f"Wrote {written:,} patients to {csv_path}")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _interval(interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return "-"
+    return f"{interval[0] * 100:.1f} to {interval[1] * 100:.1f}"
+
+
+def results_table(results: ExperimentResults) -> Table:
+    experiment = results.experiment
+    table = Table(
+        title=f"{experiment.name} ({experiment.status}, {experiment.start_date} to "
+        f"{experiment.end_date}, return window {experiment.return_window_days} days)",
+        title_justify="left",
+    )
+    for name in ("group", "plan", "enrolled", "evicted", "reminders", "reached"):
+        table.add_column(name, justify="left" if name in ("group", "plan") else "right")
+    for name in ("returned", "awaiting", "rate", "95% CI", "vs control", "95% CI", "p"):
+        table.add_column(name, justify="right")
+    for group in results.groups:
+        versus = group.versus_control
+        table.add_row(
+            group.name,
+            group.reminder_plan or "(none)",
+            f"{group.enrolled:,}",
+            f"{group.evicted:,}",
+            f"{group.reminders:,}",
+            f"{group.patients_reached:,}",
+            f"{group.returned:,}",
+            f"{group.awaiting_outcome:,}",
+            _percent(group.return_rate),
+            _interval(group.return_rate_ci95),
+            "-" if versus is None else f"{versus.difference * 100:+.1f} pts",
+            "-" if versus is None else _interval(versus.ci95),
+            "-" if versus is None else f"{versus.p_value:.3g}",
+        )
+    return table
+
+
+def channels_table(results: ExperimentResults) -> Table:
+    table = Table(title="Delivery attempts by channel", title_justify="left")
+    for name in ("group", "channel", "attempts", "reached", "by status"):
+        table.add_column(name, justify="right" if name in ("attempts", "reached") else "left")
+    for group in results.groups:
+        for channel, counts in group.attempts_by_channel.items():
+            statuses = ", ".join(f"{s} {n:,}" for s, n in sorted(counts.by_status.items()))
+            table.add_row(
+                group.name, channel, f"{counts.attempts:,}", f"{counts.reached:,}", statuses
+            )
+    return table

@@ -1,0 +1,513 @@
+"""A fake Twilio Messages API: a real aiohttp server that messages nobody.
+
+It answers `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` as Twilio does
+(form-encoded `To`, `From`, `Body`, `StatusCallback`; HTTP Basic auth
+`AccountSid:AuthToken`) and then walks each accepted message through its statuses
+by POSTing signed status callbacks (`X-Twilio-Signature`) to its `StatusCallback`:
+`sent` after `callback_delay` seconds, then the final status after another
+`callback_delay`.
+
+Steering by the last digit of `To`:
+
+| last digit of `To` | answer | status callbacks |
+|---|---|---|
+| `8` | 400, code 21211 (not a valid phone number) | none |
+| `7` | 201 `queued` | `sent`, then `failed`, ErrorCode 30006 (landline or unreachable carrier) |
+| `6` | 201 `queued` | `sent`, then `undelivered`, ErrorCode 30003 (unreachable handset) |
+| any other | 201 `queued` | `sent`, then `delivered` |
+
+Missing `To`, `From` or `Body` is a 400 with code 21604, 21603 or 21602; wrong
+credentials a 401 with code 20003.
+
+Fault injection, drawn once per request from a seeded `random.Random` (all 0 by
+default, disjoint, summing to at most 1):
+
+- `error_rate`: 500 with a non-JSON body; the message is not accepted.
+- `timeout_rate`: no answer for 30 s (longer than any client time-out); not accepted.
+- `rate_limited_rate`: 429 with code 20429 and `Retry-After: 1`; not accepted.
+- `garbage_rate`: the message IS accepted (counted, callbacks sent) but the 201's body
+  is not JSON: what a client must not retry blindly.
+
+Test hooks:
+
+- `GET /_fake/stats`: `requests`, `accepted`, `responses` by status code, `faults`,
+  `to` and `from` (accepted messages per number), and `callbacks`: `sent` (2xx),
+  `rejected` (by the final non-2xx status), `failed` (no answer after retries) and
+  `pending` (messages whose callbacks are still to come).
+- `POST /_fake/reset`: back to the start: the starting configuration, zero counters,
+  the RNG re-seeded, pending callbacks dropped.
+- `POST /_fake/config` with a JSON object of any of `error_rate`, `timeout_rate`,
+  `garbage_rate`, `rate_limited_rate`, `callback_delay`, `callbacks_enabled`, `seed`
+  (re-seeds the RNG): changes them now and answers the configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from app.channels import twilio_signature
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "2010-04-01"
+# Longer than any client time-out: the request simply never gets an answer.
+HANG_SECONDS = 30.0
+CALLBACK_ATTEMPTS = 3
+CALLBACK_TIMEOUT_SECONDS = 10.0
+
+# Fields `POST /_fake/config` may change at runtime.
+RUNTIME_FIELDS = frozenset(
+    {
+        "error_rate",
+        "timeout_rate",
+        "garbage_rate",
+        "rate_limited_rate",
+        "callback_delay",
+        "callbacks_enabled",
+        "seed",
+    }
+)
+_RATE_FIELDS = ("error_rate", "timeout_rate", "rate_limited_rate", "garbage_rate")
+
+# Last digit of `To` -> (final status, ErrorCode), for accepted messages.
+_FINAL_STATUS_BY_DIGIT: dict[str, tuple[str, str | None]] = {
+    "7": ("failed", "30006"),
+    "6": ("undelivered", "30003"),
+}
+_DELIVERED: tuple[str, str | None] = ("delivered", None)
+_INVALID_NUMBER_DIGIT = "8"
+
+_GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>\x00\xff"
+
+
+@dataclass(frozen=True, slots=True)
+class FakeTwilioConfig:
+    account_sid: str = "ACfake00000000000000000000000000"
+    auth_token: str = "fake-twilio-token"  # noqa: S105 - the fake's own, well-known token
+    callback_delay: float = 1.0
+    error_rate: float = 0.0
+    timeout_rate: float = 0.0
+    garbage_rate: float = 0.0
+    rate_limited_rate: float = 0.0
+    callbacks_enabled: bool = True
+    seed: int = 0
+    # Status callbacks in flight at once, across all messages.
+    callback_concurrency: int = 100
+
+    def __post_init__(self) -> None:
+        for name in _RATE_FIELDS:
+            rate = getattr(self, name)
+            if isinstance(rate, bool) or not isinstance(rate, int | float):
+                raise ValueError(f"{name} must be a number")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if sum(getattr(self, name) for name in _RATE_FIELDS) > 1.0 + 1e-9:
+            raise ValueError("the fault rates must add up to at most 1")
+        delay = self.callback_delay
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+            raise ValueError("callback_delay must be a number of seconds >= 0")
+        if not isinstance(self.callbacks_enabled, bool):
+            raise ValueError("callbacks_enabled must be true or false")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError("seed must be an integer")
+        if self.callback_concurrency < 1:
+            raise ValueError("callback_concurrency must be at least 1")
+
+    def public(self) -> dict[str, object]:
+        """The configuration without the auth token."""
+        fields = dataclasses.asdict(self)
+        del fields["auth_token"]
+        return fields
+
+
+def _twilio_error(status: int, code: int, message: str) -> web.Response:
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def _num_segments(body: str) -> int:
+    # Plain ASCII approximates GSM-7 (160 per message, 153 per part); anything else,
+    # Bengali included, goes as UCS-2 (70, or 67 per part), counted in UTF-16 units.
+    if body.isascii():
+        units, single, part = len(body), 160, 153
+    else:
+        units, single, part = len(body.encode("utf-16-le")) // 2, 70, 67
+    return 1 if units <= single else math.ceil(units / part)
+
+
+def _rfc2822_now() -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
+
+
+class FakeTwilio:
+    """The fake's state and handlers; one per `create_app`."""
+
+    def __init__(self, config: FakeTwilioConfig) -> None:
+        self.start_config = config
+        self.config = config
+        self._expected_auth = self._basic_auth(config)
+        self._rng = random.Random(config.seed)
+        self._session: aiohttp.ClientSession | None = None
+        self._semaphore = asyncio.Semaphore(config.callback_concurrency)
+        self._walks: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
+        self._reset_counters()
+
+    @staticmethod
+    def _basic_auth(config: FakeTwilioConfig) -> str:
+        raw = f"{config.account_sid}:{config.auth_token}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+    def _reset_counters(self) -> None:
+        self.requests = 0
+        self.accepted = 0
+        self.responses: Counter[int] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.to_counts: Counter[str] = Counter()
+        self.from_counts: Counter[str] = Counter()
+        self.callbacks_sent = 0
+        self.callbacks_failed = 0
+        self.callbacks_rejected: Counter[int] = Counter()
+
+    # --- the Messages API -------------------------------------------------------------
+
+    async def create_message(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        response = await self._create_message(request)
+        self.responses[response.status] += 1
+        return response
+
+    async def _create_message(self, request: web.Request) -> web.StreamResponse:
+        config = self.config
+        if request.match_info["account_sid"] != config.account_sid or not self._authorized(
+            request.headers.get("Authorization", "")
+        ):
+            return _twilio_error(401, 20003, "Authenticate")
+
+        fault = self._draw_fault(config)
+        if fault == "error":
+            return web.Response(
+                status=500, body=b"Internal Server Error\x00", content_type="text/html"
+            )
+        if fault == "timeout":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), HANG_SECONDS)
+            return web.Response(status=503, body=b"shutting down")
+        if fault == "rate_limited":
+            response = _twilio_error(429, 20429, "Too Many Requests")
+            response.headers["Retry-After"] = "1"
+            return response
+
+        form = await request.post()
+        to, sender, body = form.get("To"), form.get("From"), form.get("Body")
+        if not isinstance(to, str) or not to:
+            return _twilio_error(400, 21604, "A 'To' phone number is required.")
+        if not isinstance(sender, str) or not sender:
+            return _twilio_error(400, 21603, "A 'From' phone number is required.")
+        if not isinstance(body, str) or not body:
+            return _twilio_error(400, 21602, "Message body is required.")
+        if to[-1] == _INVALID_NUMBER_DIGIT:
+            return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+
+        sid = "SM" + os.urandom(16).hex()
+        self.accepted += 1
+        self.to_counts[to] += 1
+        self.from_counts[sender] += 1
+        callback_url = form.get("StatusCallback")
+        if config.callbacks_enabled and isinstance(callback_url, str) and callback_url:
+            final = _FINAL_STATUS_BY_DIGIT.get(to[-1], _DELIVERED)
+            self._start_walk(callback_url, sid, to, sender, final)
+
+        if fault == "garbage":
+            return web.Response(status=201, body=_GARBAGE_BODY, content_type="application/json")
+        now = _rfc2822_now()
+        uri = f"/{API_VERSION}/Accounts/{config.account_sid}/Messages/{sid}.json"
+        return _json(
+            {
+                "account_sid": config.account_sid,
+                "api_version": API_VERSION,
+                "body": body,
+                "date_created": now,
+                "date_sent": None,
+                "date_updated": now,
+                "direction": "outbound-api",
+                "error_code": None,
+                "error_message": None,
+                "from": sender,
+                "messaging_service_sid": None,
+                "num_media": "0",
+                "num_segments": str(_num_segments(body)),
+                "price": None,
+                "price_unit": "USD",
+                "sid": sid,
+                "status": "queued",
+                "subresource_uris": {"media": uri.removesuffix(".json") + "/Media.json"},
+                "to": to,
+                "uri": uri,
+            },
+            status=201,
+        )
+
+    def _authorized(self, header: str) -> bool:
+        if header == self._expected_auth:
+            return True
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            credentials = base64.b64decode(encoded.strip(), validate=True).decode()
+        except ValueError:
+            return False
+        login, _, password = credentials.partition(":")
+        return (login, password) == (self.config.account_sid, self.config.auth_token)
+
+    def _draw_fault(self, config: FakeTwilioConfig) -> str | None:
+        if not (
+            config.error_rate
+            or config.timeout_rate
+            or config.rate_limited_rate
+            or config.garbage_rate
+        ):
+            return None
+        draw = self._rng.random()
+        for name, rate in (
+            ("error", config.error_rate),
+            ("timeout", config.timeout_rate),
+            ("rate_limited", config.rate_limited_rate),
+            ("garbage", config.garbage_rate),
+        ):
+            if draw < rate:
+                self.faults[name] += 1
+                return name
+            draw -= rate
+        return None
+
+    # --- status callbacks -------------------------------------------------------------
+
+    def _start_walk(
+        self, url: str, sid: str, to: str, sender: str, final: tuple[str, str | None]
+    ) -> None:
+        task = asyncio.create_task(self._walk(url, sid, to, sender, final))
+        self._walks.add(task)
+        task.add_done_callback(self._walks.discard)
+
+    async def _walk(
+        self, url: str, sid: str, to: str, sender: str, final: tuple[str, str | None]
+    ) -> None:
+        """`sent`, then the final status, in order, each after `callback_delay`."""
+        common = {
+            "AccountSid": self.config.account_sid,
+            "ApiVersion": API_VERSION,
+            "From": sender,
+            "MessageSid": sid,
+            "SmsSid": sid,
+            "To": to,
+        }
+        final_status, error_code = final
+        try:
+            await asyncio.sleep(self.config.callback_delay)
+            await self._post_callback(url, {**common, "MessageStatus": "sent", "SmsStatus": "sent"})
+            await asyncio.sleep(self.config.callback_delay)
+            params = {**common, "MessageStatus": final_status, "SmsStatus": final_status}
+            if error_code:
+                params["ErrorCode"] = error_code
+            await self._post_callback(url, params)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A callback must never take the fake down.
+            log.exception("status callback walk failed")
+
+    async def _post_callback(self, url: str, params: dict[str, str]) -> None:
+        session = self._session
+        if session is None or session.closed:
+            self.callbacks_failed += 1
+            return
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            twilio_signature.SIGNATURE_HEADER: twilio_signature.sign(
+                self.config.auth_token, url, params
+            ),
+        }
+        data = urlencode(params).encode()
+        status: int | None = None
+        for attempt in range(CALLBACK_ATTEMPTS):
+            try:
+                async with (
+                    self._semaphore,
+                    session.post(url, data=data, headers=headers, allow_redirects=False) as answer,
+                ):
+                    status = answer.status
+                    await answer.read()
+            except (aiohttp.ClientError, TimeoutError):
+                status = None
+            if status is not None and status < 500:
+                break
+            if attempt + 1 < CALLBACK_ATTEMPTS:
+                await asyncio.sleep(0.1 * 2**attempt)
+        if status is None:
+            self.callbacks_failed += 1
+        elif 200 <= status < 300:
+            self.callbacks_sent += 1
+        else:
+            self.callbacks_rejected[status] += 1
+
+    async def _cancel_walks(self) -> None:
+        walks = list(self._walks)
+        for task in walks:
+            task.cancel()
+        await asyncio.gather(*walks, return_exceptions=True)
+
+    # --- test hooks -------------------------------------------------------------------
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "requests": self.requests,
+                "accepted": self.accepted,
+                "responses": {str(code): n for code, n in self.responses.items()},
+                "faults": dict(self.faults),
+                "to": dict(self.to_counts),
+                "from": dict(self.from_counts),
+                "callbacks": {
+                    "sent": self.callbacks_sent,
+                    "failed": self.callbacks_failed,
+                    "rejected": {str(code): n for code, n in self.callbacks_rejected.items()},
+                    "pending": len(self._walks),
+                },
+            }
+        )
+
+    async def reset(self, request: web.Request) -> web.Response:
+        await self._cancel_walks()
+        self._apply(self.start_config)
+        self._reset_counters()
+        return _json(self.config.public())
+
+    async def change_config(self, request: web.Request) -> web.Response:
+        try:
+            changes: Any = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _json({"error": "the body must be a JSON object"}, status=400)
+        if not isinstance(changes, dict):
+            return _json({"error": "the body must be a JSON object"}, status=400)
+        unknown = sorted(set(changes) - RUNTIME_FIELDS)
+        if unknown:
+            return _json({"error": f"cannot change: {', '.join(unknown)}"}, status=400)
+        try:
+            config = dataclasses.replace(self.config, **changes)
+        except (TypeError, ValueError) as exc:
+            return _json({"error": str(exc)}, status=400)
+        self._apply(config, reseed="seed" in changes)
+        return _json(self.config.public())
+
+    def _apply(self, config: FakeTwilioConfig, *, reseed: bool = True) -> None:
+        self.config = config
+        if reseed:
+            self._rng.seed(config.seed)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def client_session(self, app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=self.config.callback_concurrency)
+        timeout = aiohttp.ClientTimeout(total=CALLBACK_TIMEOUT_SECONDS)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            self._session = session
+            yield
+            self._session = None
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        # Hung requests answer now, so the server does not wait for them.
+        self._closing.set()
+        await self._cancel_walks()
+
+
+FAKE_TWILIO = web.AppKey("fake_twilio", FakeTwilio)
+
+
+def create_app(config: FakeTwilioConfig | None = None) -> web.Application:
+    fake = FakeTwilio(config or FakeTwilioConfig())
+    app = web.Application()
+    app[FAKE_TWILIO] = fake
+    app.router.add_post(
+        f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json", fake.create_message
+    )
+    app.router.add_get("/_fake/stats", fake.stats)
+    app.router.add_post("/_fake/reset", fake.reset)
+    app.router.add_post("/_fake/config", fake.change_config)
+    app.cleanup_ctx.append(fake.client_session)
+    app.on_shutdown.append(fake.on_shutdown)
+    return app
+
+
+async def start_fake_twilio(
+    config: FakeTwilioConfig | None = None, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
+    """Start the fake on `host:port` (0: any free port). Stop it with `runner.cleanup()`."""
+    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=2048)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_port: int = runner.addresses[0][1]
+    return runner, bound_port
+
+
+def run(host: str = "127.0.0.1", port: int = 0, config: FakeTwilioConfig | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; prints the base URL once listening."""
+
+    async def serve() -> None:
+        runner, bound_port = await start_fake_twilio(config, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        display_host = f"[{host}]" if ":" in host else host
+        print(f"http://{display_host}:{bound_port}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+__all__ = [
+    "FakeTwilio",
+    "FakeTwilioConfig",
+    "create_app",
+    "run",
+    "start_fake_twilio",
+]

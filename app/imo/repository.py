@@ -1,0 +1,412 @@
+"""SQL of invitation rounds: set-based, one statement per batch, keyset scans.
+
+Candidates are consenting patients with a mobile (`ix_patients_invitable`) for whom
+`app.imo.rules.is_candidate` holds; `_CANDIDATE` is that rule in SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import ImoInvitationBatch, ImoInvitationRound
+from app.models.imo_authorization import IMO_AUTHORIZATION_STATUSES
+from app.models.imo_invitation_batch import BATCH_COUNTERS
+
+_INVITABLE = "p.reminder_consent = 'granted' AND p.mobile_e164 IS NOT NULL"
+_CANDIDATE = (
+    "(a.patient_id IS NULL OR (a.status <> 'subscribed'"
+    " AND (a.last_invited_at IS NULL OR a.last_invited_at < :reinvite_before)))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """What inviting one patient needs."""
+
+    id: str
+    full_name: str
+    mobile_e164: str
+    locale: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedPatient:
+    id: str
+    full_name: str
+    mobile_e164: str
+    locale: str
+    eligible: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBatch:
+    time_zone: str
+    state: str
+    live: bool
+    not_before: datetime | None
+
+
+# ---------------------------------------------------------------------------- rounds
+
+_INSERT_ROUND = text(
+    """
+    INSERT INTO imo_invitation_rounds
+        (state, trigger, trigger_key, invite_limit, reinvite_before)
+    VALUES ('running', :trigger, :trigger_key, :invite_limit, :reinvite_before)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+    """
+)
+
+
+async def insert_round(
+    session: AsyncSession,
+    *,
+    trigger: str,
+    trigger_key: str | None,
+    invite_limit: int | None,
+    reinvite_before: datetime,
+) -> int | None:
+    """A new running round's id; None when one is running (or `trigger_key` was used).
+
+    ON CONFLICT DO NOTHING answers both unique indexes without an error, so the
+    caller's transaction stays usable.
+    """
+    round_id = await session.scalar(
+        _INSERT_ROUND,
+        {
+            "trigger": trigger,
+            "trigger_key": trigger_key,
+            "invite_limit": invite_limit,
+            "reinvite_before": reinvite_before,
+        },
+    )
+    return int(round_id) if round_id is not None else None
+
+
+async def running_round_id(session: AsyncSession) -> int | None:
+    round_id = await session.scalar(
+        text("SELECT id FROM imo_invitation_rounds WHERE state = 'running'")
+    )
+    return int(round_id) if round_id is not None else None
+
+
+async def round_by_trigger_key(session: AsyncSession, key: str) -> ImoInvitationRound | None:
+    round_id = await session.scalar(
+        text("SELECT id FROM imo_invitation_rounds WHERE trigger_key = :key"), {"key": key}
+    )
+    if round_id is None:
+        return None
+    return await session.get(ImoInvitationRound, round_id)
+
+
+async def lock_round(session: AsyncSession, round_id: int) -> ImoInvitationRound | None:
+    """The round, locked until the transaction ends: claims of one round are serial."""
+    return await session.get(
+        ImoInvitationRound, round_id, with_for_update=True, populate_existing=True
+    )
+
+
+_COUNT_BY_ZONE = text(
+    f"""
+    SELECT p.time_zone, count(*) AS candidates
+    FROM patients AS p
+    LEFT JOIN imo_authorizations AS a ON a.patient_id = p.id
+    WHERE {_INVITABLE} AND {_CANDIDATE}
+    GROUP BY p.time_zone
+    """  # noqa: S608 - constants only
+)
+
+
+async def candidates_by_zone(session: AsyncSession, reinvite_before: datetime) -> dict[str, int]:
+    """Candidates per time zone: one pass over the patients, when a round is planned."""
+    rows = await session.execute(_COUNT_BY_ZONE, {"reinvite_before": reinvite_before})
+    return {row.time_zone: int(row.candidates) for row in rows}
+
+
+# ---------------------------------------------------------------------------- batches
+
+_SCAN = text(
+    f"""
+    WITH scanned AS (
+        SELECT p.id, p.full_name, p.mobile_e164, p.locale
+        FROM patients AS p
+        WHERE {_INVITABLE} AND p.time_zone = :zone AND p.id > :after
+        ORDER BY p.id
+        LIMIT :scan_limit
+    )
+    SELECT s.id, s.full_name, s.mobile_e164, s.locale, {_CANDIDATE} AS eligible
+    FROM scanned AS s
+    LEFT JOIN imo_authorizations AS a ON a.patient_id = s.id
+    ORDER BY s.id
+    """  # noqa: S608 - constants only
+)
+
+
+async def scan_zone(
+    session: AsyncSession, zone: str, after: str, reinvite_before: datetime, scan_limit: int
+) -> list[ScannedPatient]:
+    """The next `scan_limit` invitable patients of `zone` after id `after`, in id order,
+    each marked eligible or not. Bounded work per call, whatever share is eligible."""
+    rows = await session.execute(
+        _SCAN,
+        {
+            "zone": zone,
+            "after": after,
+            "reinvite_before": reinvite_before,
+            "scan_limit": scan_limit,
+        },
+    )
+    return [ScannedPatient(*row) for row in rows]
+
+
+_BATCH_PATIENTS = text(
+    f"""
+    SELECT p.id, p.full_name, p.mobile_e164, p.locale
+    FROM patients AS p
+    LEFT JOIN imo_authorizations AS a ON a.patient_id = p.id
+    WHERE {_INVITABLE} AND p.time_zone = :zone AND p.id > :after AND p.id <= :last
+      AND {_CANDIDATE} AND p.id <> ALL(CAST(:skip_ids AS varchar[]))
+    ORDER BY p.id
+    """  # noqa: S608 - constants only
+)
+
+
+async def batch_patients(
+    session: AsyncSession, batch: ImoInvitationBatch, reinvite_before: datetime
+) -> list[Candidate]:
+    """The patients of a batch still to invite.
+
+    Whoever this round reached is no longer among them: a known answer made them
+    non-candidates (invited now, or subscribed), `skip_ids` holds the rest.
+    """
+    rows = await session.execute(
+        _BATCH_PATIENTS,
+        {
+            "zone": batch.time_zone,
+            "after": batch.after_id,
+            "last": batch.last_id,
+            "reinvite_before": reinvite_before,
+            "skip_ids": batch.skip_ids,
+        },
+    )
+    return [Candidate(*row) for row in rows]
+
+
+async def insert_batch(
+    session: AsyncSession,
+    *,
+    round_id: int,
+    zone: str,
+    after_id: str,
+    last_id: str,
+    size: int,
+    owner: str,
+    lease_seconds: float,
+) -> ImoInvitationBatch:
+    batch_id = await session.scalar(
+        text(
+            """
+            INSERT INTO imo_invitation_batches
+                (round_id, time_zone, after_id, last_id, size, state, owner, lease_until)
+            VALUES (:round_id, :zone, :after_id, :last_id, :size, 'claimed', :owner,
+                    now() + make_interval(secs => :lease))
+            RETURNING id
+            """
+        ),
+        {
+            "round_id": round_id,
+            "zone": zone,
+            "after_id": after_id,
+            "last_id": last_id,
+            "size": size,
+            "owner": owner,
+            "lease": lease_seconds,
+        },
+    )
+    batch = await session.get(ImoInvitationBatch, batch_id)
+    assert batch is not None
+    return batch
+
+
+_TAKE_OVER = text(
+    """
+    UPDATE imo_invitation_batches AS b
+    SET state = 'claimed', owner = :owner, lease_until = now() + make_interval(secs => :lease),
+        not_before = NULL, claims = b.claims + 1, updated_at = now()
+    WHERE b.id = (
+        SELECT id FROM imo_invitation_batches
+        WHERE round_id = :round_id AND time_zone = ANY(CAST(:zones AS varchar[]))
+          AND ((state = 'claimed' AND lease_until < now())
+               OR (state = 'waiting' AND (not_before IS NULL OR not_before <= :now)))
+        ORDER BY id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING b.id
+    """
+)
+
+
+async def take_over_batch(
+    session: AsyncSession,
+    round_id: int,
+    zones: Sequence[str],
+    owner: str,
+    lease_seconds: float,
+    now: datetime,
+) -> ImoInvitationBatch | None:
+    """Claim a batch of `zones` that a dead worker left, or that waited long enough."""
+    batch_id = await session.scalar(
+        _TAKE_OVER,
+        {
+            "round_id": round_id,
+            "zones": list(zones),
+            "owner": owner,
+            "lease": lease_seconds,
+            "now": now,
+        },
+    )
+    if batch_id is None:
+        return None
+    return await session.get(ImoInvitationBatch, batch_id, populate_existing=True)
+
+
+async def open_batches(session: AsyncSession, round_id: int) -> list[OpenBatch]:
+    rows = await session.execute(
+        text(
+            """
+            SELECT time_zone, state, (state = 'claimed' AND lease_until >= now()) AS live,
+                   not_before
+            FROM imo_invitation_batches
+            WHERE round_id = :round_id AND state <> 'done'
+            """
+        ),
+        {"round_id": round_id},
+    )
+    return [OpenBatch(*row) for row in rows]
+
+
+async def close_empty_batch(session: AsyncSession, batch_id: int) -> None:
+    await session.execute(
+        text(
+            "UPDATE imo_invitation_batches SET state = 'done', owner = NULL, lease_until = NULL,"
+            " updated_at = now() WHERE id = :id"
+        ),
+        {"id": batch_id},
+    )
+
+
+_COUNTER_UPDATES = ", ".join(f"{name} = {name} + :{name}" for name in BATCH_COUNTERS)
+_RECORD_BATCH = text(
+    f"""
+    UPDATE imo_invitation_batches SET
+        {_COUNTER_UPDATES},
+        skip_ids = skip_ids || CAST(:skip_ids AS varchar[]),
+        state = :state,
+        owner = CASE WHEN :state = 'claimed' THEN owner END,
+        lease_until = CASE WHEN :state = 'claimed'
+                           THEN now() + make_interval(secs => :lease) END,
+        not_before = :not_before,
+        updated_at = now()
+    WHERE id = :id AND owner = :owner AND state = 'claimed'
+    RETURNING id
+    """  # noqa: S608 - constants only
+)
+
+# A subscription that arrived (by callback) after the patient was picked is newer than
+# any answer to the invitation: it stands.
+_UPSERT_AUTHORIZATIONS = text(
+    """
+    INSERT INTO imo_authorizations (patient_id, status, last_invited_at, subscribed_at)
+    SELECT v.patient_id, v.status, v.invited_at,
+           CASE WHEN v.status = 'subscribed' THEN v.invited_at END
+    FROM unnest(CAST(:patient_ids AS varchar[]), CAST(:statuses AS varchar[]),
+                CAST(:invited_at AS timestamptz[])) AS v(patient_id, status, invited_at)
+    JOIN patients AS p ON p.id = v.patient_id
+    ON CONFLICT (patient_id) DO UPDATE SET
+        status = CASE WHEN imo_authorizations.status = 'subscribed' THEN 'subscribed'
+                      ELSE excluded.status END,
+        last_invited_at = GREATEST(imo_authorizations.last_invited_at, excluded.last_invited_at),
+        subscribed_at = CASE WHEN excluded.status = 'subscribed'
+                             THEN COALESCE(imo_authorizations.subscribed_at,
+                                           excluded.subscribed_at)
+                             ELSE imo_authorizations.subscribed_at END,
+        updated_at = now()
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """Answers gathered since the last write of one batch, and where the batch goes."""
+
+    # patient id -> (authorisation status, when it was invited)
+    authorizations: Mapping[str, tuple[str, datetime]]
+    counters: Mapping[str, int]
+    skip_ids: Sequence[str]
+    # `claimed` (still working: renew the lease), `done`, or `waiting` from `not_before`.
+    state: str = "claimed"
+    not_before: datetime | None = None
+
+
+async def record(
+    session: AsyncSession, batch_id: int, owner: str, lease_seconds: float, rec: BatchRecord
+) -> bool:
+    """Write a batch's answers: its counters, lease and state (1 statement) and the
+    patients' authorisations (1 statement). False, writing nothing, when `owner` no
+    longer holds the batch (its lease ran out and another worker took it over): the
+    caller rolls back and stops."""
+    params: dict[str, Any] = {name: rec.counters.get(name, 0) for name in BATCH_COUNTERS}
+    params.update(
+        id=batch_id,
+        owner=owner,
+        skip_ids=list(rec.skip_ids),
+        state=rec.state,
+        lease=lease_seconds,
+        not_before=rec.not_before,
+    )
+    if await session.scalar(_RECORD_BATCH, params) is None:
+        return False
+    if rec.authorizations:
+        assert {s for s, _ in rec.authorizations.values()} <= set(IMO_AUTHORIZATION_STATUSES)
+        await session.execute(
+            _UPSERT_AUTHORIZATIONS,
+            {
+                "patient_ids": list(rec.authorizations),
+                "statuses": [status for status, _ in rec.authorizations.values()],
+                "invited_at": [at for _, at in rec.authorizations.values()],
+            },
+        )
+    return True
+
+
+# ---------------------------------------------------------------------------- reading
+
+_SUMS = ", ".join(f"COALESCE(sum({name}), 0) AS {name}" for name in BATCH_COUNTERS)
+
+
+async def round_counts(session: AsyncSession, round_id: int) -> dict[str, int]:
+    """The round's answers so far, by result: the sum over its batches."""
+    row = (
+        await session.execute(
+            text(f"SELECT {_SUMS} FROM imo_invitation_batches WHERE round_id = :id"),  # noqa: S608
+            {"id": round_id},
+        )
+    ).one()
+    return {name: int(value) for name, value in zip(BATCH_COUNTERS, row, strict=True)}
+
+
+async def authorization_counts(session: AsyncSession) -> tuple[int, dict[str, int]]:
+    """(patients, patients by authorisation status): two index scans, no join."""
+    total = await session.scalar(text("SELECT count(*) FROM patients"))
+    rows = await session.execute(
+        text("SELECT status, count(*) FROM imo_authorizations GROUP BY status")
+    )
+    return int(total or 0), {status: int(count) for status, count in rows}

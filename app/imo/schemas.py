@@ -1,0 +1,80 @@
+"""Wire shapes of Imo invitation rounds and authorisations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.imo.service import RoundProgress
+
+
+class InvitationRunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Invite at most this many patients in this round (default: all).",
+    )
+
+
+class InvitationCounts(BaseModel):
+    invited: int = Field(description="Imo sent the invitation (or had sent it before)")
+    subscribed: int = Field(description="Already subscribed")
+    not_subscribed: int
+    no_imo_account: int
+    unexpected: int = Field(description="Answers outside Imo's known vocabulary; next round")
+    transient: int = Field(description="Failed after retries (time-outs, 5xx); next round")
+    denied: int = Field(description="Not in ALLOWED_RECIPIENTS outside production")
+
+
+class InvitationRunOut(BaseModel):
+    id: int
+    state: Literal["running", "paused", "completed"] = Field(
+        description="`paused`: what is left waits for the messaging window to open (`paused_until`)"
+    )
+    trigger: str = Field(examples=["api"], description="`schedule`, `api`, `cli` or `bench`")
+    limit: int | None
+    candidates: int | None = Field(
+        description="Patients to invite, counted when the round started (null until then)"
+    )
+    reached: int = Field(description="Patients with an answer so far")
+    progress: float | None = Field(description="reached / candidates, 0 to 1")
+    counts: InvitationCounts
+    started_at: datetime
+    updated_at: datetime
+    paused_until: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_progress(cls, progress: RoundProgress) -> Self:
+        return cls(
+            id=progress.id,
+            state=progress.state,
+            trigger=progress.trigger,
+            limit=progress.limit,
+            candidates=progress.candidates,
+            reached=progress.reached,
+            progress=progress.progress,
+            counts=InvitationCounts.model_validate(progress.counts),
+            started_at=progress.started_at,
+            updated_at=progress.updated_at,
+            paused_until=progress.paused_until,
+            finished_at=progress.finished_at,
+        )
+
+
+class AuthorizationStatusCounts(BaseModel):
+    none: int = Field(description="No authorisation yet (never invited)")
+    invited: int
+    subscribed: int
+    not_subscribed: int
+    no_imo_account: int
+
+
+class AuthorizationSummaryOut(BaseModel):
+    patients: int
+    by_status: AuthorizationStatusCounts

@@ -1,0 +1,71 @@
+"""Structured logs: one JSON object a line, with ids; never a full phone number or text.
+
+`redact()` is the last guard: any E.164-looking number in a message or field is masked
+before a line is written, whatever the caller passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import orjson
+
+# +8801711000001 -> +88017******01; also bare national mobiles (01711000001). Runs of
+# digits only, so dates, times and ids with separators are left alone.
+_PHONE = re.compile(r"(?<![\w.:/-])\+?\d{9,15}(?![\w.])")
+
+_STANDARD_ATTRS = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime"}
+)
+
+
+def mask_phone(number: str) -> str:
+    """Keep enough to tell numbers apart in a log (country code, last two digits)."""
+    digits = re.sub(r"\D", "", number)
+    if len(digits) < 6:
+        return "*" * len(digits)
+    head = digits[:5] if number.startswith("+") else digits[:2]
+    stars = "*" * (len(digits) - len(head) - 2)
+    return ("+" if number.startswith("+") else "") + head + stars + digits[-2:]
+
+
+def redact(value: str) -> str:
+    return _PHONE.sub(lambda m: mask_phone(m.group(0)), value)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json else TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Access logs would carry callback tokens and query strings; the API logs its own.
+    logging.getLogger("uvicorn.access").disabled = True
+    for noisy in ("httpx", "arq.worker", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,86 @@
+"""create_app(): the HTTP API. The lifespan builds the engine, Redis and arq pools."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq import create_pool
+from fastapi import APIRouter, Depends, FastAPI
+
+from app import observability
+from app.appointments import endpoints as appointment_endpoints
+from app.auth.dependencies import require_api_key
+from app.callbacks import endpoints as callback_endpoints
+from app.config import Settings, get_settings
+from app.db.session import create_engine_and_sessionmaker
+from app.delivery.reports import ReportBatcher
+from app.errors import install_error_handlers
+from app.experiments import endpoints as experiment_endpoints
+from app.imo import endpoints as imo_endpoints
+from app.logs import configure_logging
+from app.notifications import endpoints as notification_endpoints
+from app.ops import endpoints as ops_endpoints
+from app.patients import endpoints as patient_endpoints
+from app.redis import redis_settings
+from app.reminder_plans import endpoints as reminder_plan_endpoints
+from app.templates import endpoints as template_endpoints
+
+API_DESCRIPTION = """
+Reminds patients of their clinic visits over Imo, WhatsApp and SMS.
+
+Every `/v1` route needs `Authorization: Bearer <api key>` (create one with
+`notify api-keys create NAME`). Errors are JSON:
+`{"error": {"code", "message", "details": [{"field", "message"}]}}`.
+Lists are paginated with an opaque `cursor`; times are ISO 8601 with an offset; phone
+numbers are E.164.
+"""
+
+
+def v1_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    router.include_router(patient_endpoints.router)
+    router.include_router(notification_endpoints.router)
+    router.include_router(template_endpoints.router)
+    router.include_router(appointment_endpoints.router)
+    router.include_router(reminder_plan_endpoints.router)
+    router.include_router(experiment_endpoints.router)
+    router.include_router(imo_endpoints.router)
+    return router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    observability.init_sentry(settings, component="api")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
+        arq_pool = await create_pool(redis_settings(settings.redis_url))
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker
+        app.state.redis = arq_pool
+        # Provider reports are committed in groups; see app/delivery/reports.py.
+        app.state.reports = ReportBatcher(lambda: app.state.sessionmaker)
+        app.state.reports.start()
+        try:
+            yield
+        finally:
+            await app.state.reports.stop()
+            await arq_pool.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="clinic-notify",
+        version="1.0.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    observability.install_http_metrics(app)
+    app.include_router(v1_router())
+    app.include_router(callback_endpoints.router)
+    app.include_router(ops_endpoints.router)
+    return app

@@ -1,0 +1,32 @@
+"""Every table, imported here so Alembic and the app see one complete metadata."""
+
+from app.models.api_key import ApiKey
+from app.models.appointment import Appointment
+from app.models.experiment import Experiment
+from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
+from app.models.experiment_group import ExperimentGroup
+from app.models.experiment_membership import ExperimentMembership
+from app.models.imo_authorization import ImoAuthorization
+from app.models.imo_invitation_batch import ImoInvitationBatch
+from app.models.imo_invitation_round import ImoInvitationRound
+from app.models.notification import DeliveryAttempt, Notification
+from app.models.patient import Patient
+from app.models.reminder_plan import ReminderPlan
+from app.models.template import Template
+
+__all__ = [
+    "ApiKey",
+    "Appointment",
+    "DeliveryAttempt",
+    "Experiment",
+    "ExperimentEnrolmentDay",
+    "ExperimentGroup",
+    "ExperimentMembership",
+    "ImoAuthorization",
+    "ImoInvitationBatch",
+    "ImoInvitationRound",
+    "Notification",
+    "Patient",
+    "ReminderPlan",
+    "Template",
+]

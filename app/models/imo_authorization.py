@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, TimestampMixin
+
+IMO_AUTHORIZATION_STATUSES = ("invited", "subscribed", "not_subscribed", "no_imo_account")
+
+
+class ImoAuthorization(TimestampMixin, Base):
+    """Whether Imo will deliver to a patient: one row per patient, at most."""
+
+    __tablename__ = "imo_authorizations"
+    __table_args__ = (CheckConstraint(f"status IN {IMO_AUTHORIZATION_STATUSES}", name="status"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(
+        ForeignKey("patients.id", ondelete="CASCADE"), unique=True
+    )
+    status: Mapped[str] = mapped_column(String(20))
+    last_invited_at: Mapped[datetime | None]
+    subscribed_at: Mapped[datetime | None]

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, TimestampMixin
+from app.notifications.states import STORED_STATES, AttemptStatus
+
+
+class Notification(TimestampMixin, Base):
+    """One message to one patient, from scheduling to its final state."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        CheckConstraint(f"state IN {STORED_STATES}", name="state"),
+        UniqueConstraint("idempotency_key"),
+        # The dispatcher's claim: due scheduled rows in due order.
+        Index("ix_notifications_due", "due_at", postgresql_where=text("state = 'scheduled'")),
+        # The sweeper: rows a dead worker left in `sending`.
+        Index("ix_notifications_sending", "claimed_at", postgresql_where=text("state = 'sending'")),
+        Index("ix_notifications_patient_created", "patient_id", "created_at", "id"),
+        Index("ix_notifications_appointment", "appointment_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(50))
+    template_key: Mapped[str] = mapped_column(String(100))
+    locale: Mapped[str] = mapped_column(String(20))
+    variables: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    appointment_id: Mapped[str | None] = mapped_column(String(64))
+    remind_on: Mapped[date | None]
+    send_at: Mapped[datetime | None]
+
+    state: Mapped[str] = mapped_column(String(20))
+    due_at: Mapped[datetime]
+    # Past this moment the message is no longer useful: it ends `expired`.
+    expires_at: Mapped[datetime]
+    # The channels to try in order, fixed at the first dispatch, and the one reached.
+    channel_chain: Mapped[list[str] | None] = mapped_column(ARRAY(String(20)))
+    channel_index: Mapped[int] = mapped_column(Integer, default=0)
+    # Transient failures on the current channel, for backoff.
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_at: Mapped[datetime | None]
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # SHA-256 of the scheduling request, to refuse a reused key with another body.
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class DeliveryAttempt(TimestampMixin, Base):
+    """One try of one channel, for every channel in one table.
+
+    `status` is normalised across channels; `provider_status`, `error_code` and
+    `error_message` keep the provider's own words.
+    """
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (
+        CheckConstraint(f"status IN {tuple(s.value for s in AttemptStatus)}", name="status"),
+        UniqueConstraint("channel", "provider_message_id"),
+        Index("ix_delivery_attempts_notification", "notification_id", "id"),
+        Index(
+            "ix_delivery_attempts_sending",
+            "created_at",
+            postgresql_where=text("status = 'sending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    notification_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE")
+    )
+    channel: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))
+    provider_message_id: Mapped[str | None] = mapped_column(String(100))
+    provider_status: Mapped[str | None] = mapped_column(String(50))
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]

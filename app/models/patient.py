@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index, String, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, TimestampMixin
+
+CONSENT_VALUES = ("granted", "denied")
+
+
+class Patient(TimestampMixin, Base):
+    """The service's copy of a patient's contact record; the clinic system owns it."""
+
+    __tablename__ = "patients"
+    __table_args__ = (
+        CheckConstraint(
+            f"reminder_consent IN {CONSENT_VALUES}",
+            name="reminder_consent",
+        ),
+        # Invitation rounds stream consenting patients with a mobile in id order.
+        Index(
+            "ix_patients_invitable",
+            "id",
+            postgresql_where=text("reminder_consent = 'granted' AND mobile_e164 IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    full_name: Mapped[str] = mapped_column(String(200))
+    # [{"number": "+8801711000001", "type": "mobile"}, ...], numbers in E.164.
+    phone_numbers: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    # The first mobile number: the one messages go to.
+    mobile_e164: Mapped[str | None] = mapped_column(String(20))
+    country: Mapped[str] = mapped_column(String(2))
+    locale: Mapped[str] = mapped_column(String(20))
+    time_zone: Mapped[str] = mapped_column(String(64))
+    facility_id: Mapped[str | None] = mapped_column(String(64))
+    facility_name: Mapped[str | None] = mapped_column(String(200))
+    reminder_consent: Mapped[str] = mapped_column(String(10))

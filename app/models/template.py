@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, TimestampMixin
+
+
+class Template(TimestampMixin, Base):
+    """A message text in one locale, with `{named}` variables."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("key", "locale"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    key: Mapped[str] = mapped_column(String(100))
+    locale: Mapped[str] = mapped_column(String(20))
+    # The heading some channels show above the text (Imo's `title`).
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)

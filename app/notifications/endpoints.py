@@ -1,0 +1,98 @@
+"""HTTP for notifications: schedule, read, cancel, mute, unmute."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response, status
+
+from app.db.session import DbSession
+from app.errors import field_error
+from app.notifications import service as notification_service
+from app.notifications.schemas import NotificationIn, NotificationOut
+
+router = APIRouter(prefix="/notifications", tags=["notifications"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, wrong or revoked API key"}
+}
+_ACT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    404: {"description": "No such notification"},
+    409: {"description": "Already sent, or being sent"},
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Schedule one message to a patient",
+    responses={**_ERRORS, 422: {"description": "Bad body, unknown template or variable"}},
+)
+async def schedule_notification(
+    body: NotificationIn,
+    request: Request,
+    response: Response,
+    session: DbSession,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="Retrying with the same key returns the first answer instead of "
+            "scheduling twice; the same key with another body is a 422.",
+        ),
+    ] = None,
+) -> NotificationOut:
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise field_error("Idempotency-Key", "must be 1 to 255 characters")
+    notification, created = await notification_service.schedule(
+        session, body, request.app.state.settings, idempotency_key=idempotency_key
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+        return await _answer(session, notification.id)
+    return NotificationOut.from_model(notification)
+
+
+@router.get(
+    "/{notification_id}",
+    summary="A notification with its state, text and every delivery attempt",
+    responses={**_ERRORS, 404: {"description": "No such notification"}},
+)
+async def get_notification(notification_id: uuid.UUID, session: DbSession) -> NotificationOut:
+    return await _answer(session, notification_id)
+
+
+async def _answer(session: DbSession, notification_id: uuid.UUID) -> NotificationOut:
+    notification, attempts = await notification_service.get_with_attempts(session, notification_id)
+    return NotificationOut.from_model(notification, attempts)
+
+
+@router.post(
+    "/{notification_id}/cancel",
+    summary="Stop a notification that has not been sent (state `cleared`)",
+    responses=_ACT_ERRORS,
+)
+async def cancel_notification(notification_id: uuid.UUID, session: DbSession) -> NotificationOut:
+    await notification_service.cancel(session, notification_id)
+    return await _answer(session, notification_id)
+
+
+@router.post(
+    "/{notification_id}/mute",
+    summary="Pause a notification that has not been sent (state `muted`)",
+    responses=_ACT_ERRORS,
+)
+async def mute_notification(notification_id: uuid.UUID, session: DbSession) -> NotificationOut:
+    await notification_service.mute(session, notification_id)
+    return await _answer(session, notification_id)
+
+
+@router.post(
+    "/{notification_id}/unmute",
+    summary="Resume a muted notification",
+    responses=_ACT_ERRORS,
+)
+async def unmute_notification(notification_id: uuid.UUID, session: DbSession) -> NotificationOut:
+    await notification_service.unmute(session, notification_id)
+    return await _answer(session, notification_id)

@@ -1,0 +1,190 @@
+"""Notification rules: scheduling (with idempotency), reading, cancel, mute, unmute."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.errors import Conflict, InvalidInput, NotFound, field_error
+from app.models import DeliveryAttempt, Notification, Patient
+from app.notifications import repository as notification_repository
+from app.notifications.schemas import NotificationIn
+from app.notifications.states import ACCEPTED_STATES, NotificationState
+from app.notifications.window import MessagingWindow
+from app.observability import NOTIFICATIONS_SCHEDULED
+from app.templates import service as template_service
+
+S = NotificationState
+
+
+def window_of(settings: Settings) -> MessagingWindow:
+    return MessagingWindow(settings.messaging_window_start, settings.messaging_window_end)
+
+
+def request_hash(request: NotificationIn) -> str:
+    canonical = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def due_moment(
+    request: NotificationIn, patient: Patient, window: MessagingWindow, now: datetime
+) -> datetime:
+    """When the notification falls due, inside the window of the patient's time zone."""
+    if request.remind_on is not None:
+        moment = window.moment_on(request.remind_on, patient.time_zone, now)
+        if moment is None:
+            raise field_error(
+                "remind_on", f"the messaging window of {request.remind_on} has closed already"
+            )
+        return moment
+    wanted = max(request.send_at, now) if request.send_at is not None else now
+    return window.next_moment(wanted, patient.time_zone)
+
+
+def standard_variables(patient: Patient) -> dict[str, str]:
+    """Variables every template may use without the caller sending them."""
+    variables = {"patient_name": patient.full_name}
+    if patient.facility_name:
+        variables["facility_name"] = patient.facility_name
+    return variables
+
+
+async def schedule(
+    session: AsyncSession,
+    request: NotificationIn,
+    settings: Settings,
+    *,
+    idempotency_key: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Notification, bool]:
+    """Schedule one message; returns it and whether it was created now.
+
+    A repeated `idempotency_key` with the same body returns the first notification;
+    with another body it is an InvalidInput. Raises InvalidInput for an unknown
+    patient, template or missing variable. Flushes.
+    """
+    digest = request_hash(request)
+    if idempotency_key is not None:
+        existing = await _replay(session, idempotency_key, digest)
+        if existing is not None:
+            return existing, False
+
+    now = now or datetime.now(UTC)
+    patient = await session.get(Patient, request.patient_id)
+    if patient is None:
+        raise field_error("patient_id", f"no patient '{request.patient_id}'")
+    variables = {**standard_variables(patient), **{k: str(v) for k, v in request.variables.items()}}
+    rendered = await template_service.render(session, request.template, patient.locale, variables)
+    due_at = due_moment(request, patient, window_of(settings), now)
+
+    notification = Notification(
+        id=uuid.uuid4(),
+        patient_id=patient.id,
+        purpose=request.purpose,
+        template_key=rendered.key,
+        locale=rendered.locale,
+        variables=request.variables,
+        title=rendered.title,
+        body=rendered.body,
+        appointment_id=request.appointment_id,
+        remind_on=request.remind_on,
+        send_at=request.send_at,
+        state=S.SCHEDULED,
+        due_at=due_at,
+        expires_at=due_at + timedelta(days=settings.notification_expiry_days),
+        channel_index=0,
+        retry_count=0,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+    )
+    if idempotency_key is None:
+        session.add(notification)
+        await session.flush()
+    else:
+        # Two requests with one key racing: the unique constraint picks the winner.
+        try:
+            async with session.begin_nested():
+                session.add(notification)
+        except IntegrityError:
+            existing = await _replay(session, idempotency_key, digest)
+            if existing is None:
+                raise
+            return existing, False
+    NOTIFICATIONS_SCHEDULED.inc()
+    return notification, True
+
+
+async def _replay(session: AsyncSession, key: str, digest: str) -> Notification | None:
+    existing = await notification_repository.find_by_idempotency_key(session, key)
+    if existing is not None and existing.request_hash != digest:
+        raise InvalidInput(
+            "this Idempotency-Key was used with a different request body",
+            details=[{"field": "Idempotency-Key", "message": "reused with another body"}],
+        )
+    return existing
+
+
+async def get_with_attempts(
+    session: AsyncSession, notification_id: uuid.UUID
+) -> tuple[Notification, list[DeliveryAttempt]]:
+    notification = await notification_repository.get(session, notification_id)
+    if notification is None:
+        raise NotFound(f"no notification '{notification_id}'")
+    attempts = await notification_repository.attempts_of(session, [notification_id])
+    return notification, attempts.get(notification_id, [])
+
+
+async def _act(
+    session: AsyncSession,
+    notification_id: uuid.UUID,
+    *,
+    from_states: set[S],
+    to_state: S,
+    action: str,
+    **values: object,
+) -> Notification:
+    """Move a notification that has not been sent; a repeat of the same act is a no-op."""
+    moved = await notification_repository.transition(
+        session, notification_id, from_states, to_state, **values
+    )
+    if moved is not None:
+        return moved
+    current = await notification_repository.get(session, notification_id)
+    if current is None:
+        raise NotFound(f"no notification '{notification_id}'")
+    if current.state == to_state:
+        return current
+    if current.state == S.SENDING:
+        raise Conflict(f"cannot {action}: the notification is being sent right now")
+    if current.state in ACCEPTED_STATES:
+        raise Conflict(f"cannot {action}: the notification was already sent ({current.state})")
+    raise Conflict(f"cannot {action}: the notification is {current.state}")
+
+
+async def cancel(session: AsyncSession, notification_id: uuid.UUID) -> Notification:
+    return await _act(
+        session,
+        notification_id,
+        from_states={S.SCHEDULED, S.MUTED},
+        to_state=S.CLEARED,
+        action="cancel",
+        failure_reason="cancelled",
+    )
+
+
+async def mute(session: AsyncSession, notification_id: uuid.UUID) -> Notification:
+    return await _act(
+        session, notification_id, from_states={S.SCHEDULED}, to_state=S.MUTED, action="mute"
+    )
+
+
+async def unmute(session: AsyncSession, notification_id: uuid.UUID) -> Notification:
+    return await _act(
+        session, notification_id, from_states={S.MUTED}, to_state=S.SCHEDULED, action="unmute"
+    )

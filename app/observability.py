@@ -1,0 +1,111 @@
+"""Sentry and Prometheus: what operators on call see.
+
+Sentry hears only about the unexpected (a provider's unknown answer, a crash), always
+with context and never with a full phone number or message text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import sentry_sdk
+from fastapi import FastAPI
+from prometheus_client import Counter, Histogram
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+HTTP_REQUESTS = Counter(
+    "notify_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "notify_http_request_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+NOTIFICATIONS_SCHEDULED = Counter("notify_notifications_scheduled_total", "Notifications created")
+ATTEMPTS = Counter(
+    "notify_delivery_attempts_total",
+    "Delivery attempts by channel and outcome",
+    ["channel", "outcome"],
+)
+CALLBACKS = Counter(
+    "notify_provider_callbacks_total",
+    "Provider callbacks by provider and result",
+    ["provider", "result"],
+)
+UNEXPECTED_PROVIDER_ANSWERS = Counter(
+    "notify_unexpected_provider_answers_total",
+    "Answers outside a provider's known vocabulary",
+    ["provider"],
+)
+
+
+def init_sentry(settings: Settings, *, component: str) -> None:
+    if not settings.sentry_dsn:
+        return
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn,
+        environment=settings.app_env,
+        send_default_pii=False,
+        traces_sample_rate=0.0,
+    )
+    sentry_sdk.set_tag("component", component)
+
+
+def report_unexpected(provider: str, message: str, context: dict[str, Any]) -> None:
+    """A provider answered outside its known vocabulary: count, log, tell Sentry.
+
+    `context` must already be masked (adapters mask numbers and drop texts).
+    """
+    UNEXPECTED_PROVIDER_ANSWERS.labels(provider).inc()
+    log.warning("unexpected provider answer", extra={"provider": provider, "detail": message})
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("provider", provider)
+        scope.set_context("provider_exchange", context)
+        sentry_sdk.capture_message(f"{provider}: {message}", level="error")
+
+
+class HttpMetricsMiddleware:
+    """Counts requests by route template (not raw path: tokens stay out of labels)."""
+
+    def __init__(self, app: ASGIApp, routes: Any) -> None:
+        self.app = app
+        self.routes = routes
+
+    def _route(self, scope: Scope) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return str(getattr(route, "path", "other"))
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = self._route(scope)
+            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+            HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+
+
+def install_http_metrics(app: FastAPI) -> None:
+    app.add_middleware(HttpMetricsMiddleware, routes=app.router.routes)

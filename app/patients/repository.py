@@ -1,0 +1,119 @@
+"""SQL for patients."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    String,
+    Text,
+    bindparam,
+    cast,
+    column,
+    func,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import ImoAuthorization, Patient
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecord:
+    """A patient's columns, normalised and ready to store."""
+
+    id: str
+    full_name: str
+    phone_numbers: list[dict[str, Any]]
+    mobile_e164: str | None
+    country: str
+    locale: str
+    time_zone: str
+    facility_id: str | None
+    facility_name: str | None
+    reminder_consent: str
+
+
+_COLUMNS = tuple(f.name for f in fields(PatientRecord))
+# Each column travels as one array parameter: one statement, compiled once, for any
+# number of rows. Phone numbers go as JSON text, cast back to jsonb in the SELECT.
+_ROWS = (
+    func.unnest(
+        *(
+            bindparam(name, type_=ARRAY(Text if name == "phone_numbers" else String))
+            for name in _COLUMNS
+        )
+    )
+    .table_valued(*(column(name, Text if name == "phone_numbers" else String) for name in _COLUMNS))
+    .render_derived(name="given")
+)
+# The Core table, not the entity: with a parameter dict the ORM would run a bulk insert.
+_PATIENTS = Patient.metadata.tables[Patient.__tablename__]
+_INSERT = insert(_PATIENTS).from_select(
+    list(_COLUMNS),
+    select(
+        *(
+            cast(_ROWS.c[name], JSONB) if name == "phone_numbers" else _ROWS.c[name]
+            for name in _COLUMNS
+        )
+    ),
+)
+_UPSERT = _INSERT.on_conflict_do_update(
+    index_elements=["id"],
+    set_={
+        **{name: _INSERT.excluded[name] for name in _COLUMNS if name != "id"},
+        "updated_at": func.now(),
+    },
+).returning(
+    _PATIENTS.c.id,
+    # xmax is 0 on a freshly inserted row version, and set on one that an update made.
+    literal_column("(xmax = 0)", Boolean).label("created"),
+)
+
+
+async def upsert_many(session: AsyncSession, records: Sequence[PatientRecord]) -> dict[str, bool]:
+    """Insert or replace every record with one statement; id -> True if it was created.
+
+    The ids must be distinct: PostgreSQL refuses to update one row twice in a statement.
+    """
+    if not records:
+        return {}
+    parameters: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+    # In id order, so that two batches sharing ids lock their rows in the same order
+    # instead of deadlocking.
+    for record in sorted(records, key=lambda record: record.id):
+        for name, value in asdict(record).items():
+            parameters[name].append(json.dumps(value) if name == "phone_numbers" else value)
+    rows = await session.execute(_UPSERT, parameters)
+    return {patient_id: created for patient_id, created in rows}
+
+
+async def with_authorizations(
+    session: AsyncSession, patient_ids: Collection[str]
+) -> dict[str, tuple[Patient, ImoAuthorization | None]]:
+    """These patients with their Imo authorisation, in one query; unknown ids are absent."""
+    if not patient_ids:
+        return {}
+    rows = await session.execute(
+        select(Patient, ImoAuthorization)
+        .outerjoin(ImoAuthorization, ImoAuthorization.patient_id == Patient.id)
+        .where(Patient.id.in_(patient_ids)),
+        # A PUT may replace a patient this session has already loaded.
+        execution_options={"populate_existing": True},
+    )
+    return {patient.id: (patient, authorization) for patient, authorization in rows}
+
+
+async def get(session: AsyncSession, patient_id: str) -> Patient | None:
+    return await session.get(Patient, patient_id)
+
+
+async def exists(session: AsyncSession, patient_id: str) -> bool:
+    found = await session.scalar(select(Patient.id).where(Patient.id == patient_id))
+    return found is not None

@@ -1,0 +1,206 @@
+"""Wire shapes of patients."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self, cast
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    StringConstraints,
+    field_validator,
+)
+
+from app import phone
+from app.models import ImoAuthorization, Patient
+from app.notifications.schemas import NotificationOut
+from app.templates.schemas import Locale
+
+PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@~+=-]*$"
+MAX_PHONE_NUMBERS = 10
+MAX_BATCH_SIZE = 1000
+
+PatientId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=PATIENT_ID_PATTERN),
+    Field(
+        description="The clinic system's id: 1-64 letters, digits and `._:@~+=-`, "
+        "starting with a letter or digit",
+        examples=["p-1"],
+    ),
+]
+PhoneType = Literal["mobile", "landline"]
+Consent = Literal["granted", "denied"]
+
+
+def _country(value: str) -> str:
+    value = value.upper()
+    if not phone.is_known_country(value):
+        raise ValueError(f"'{value}' is not an ISO 3166 alpha-2 country with phone numbers")
+    return value
+
+
+def _time_zone(value: str) -> str:
+    if not phone.is_valid_time_zone(value):
+        raise ValueError(f"'{value}' is not an IANA time zone like 'Asia/Dhaka'")
+    return value
+
+
+class PhoneNumberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    number: str = Field(
+        min_length=1,
+        max_length=40,
+        description="National (read with `country`) or E.164",
+        examples=["01711000001", "+8801711000001"],
+    )
+    type: PhoneType = Field(description="Only mobiles are messaged")
+
+
+class Facility(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, examples=["f-12"])
+    name: str = Field(min_length=1, max_length=200, examples=["Dhaka Medical"])
+
+
+class PatientIn(BaseModel):
+    """A patient's contact record, as the clinic system holds it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    full_name: str = Field(min_length=1, max_length=200, examples=["Rahim Uddin"])
+    phone_numbers: list[PhoneNumberIn] = Field(
+        max_length=MAX_PHONE_NUMBERS,
+        description="The first mobile is the one messages go to",
+    )
+    country: Annotated[
+        str, StringConstraints(pattern=r"^[A-Za-z]{2}$"), AfterValidator(_country)
+    ] = Field(description="ISO 3166-1 alpha-2", examples=["BD"])
+    locale: Locale
+    time_zone: (
+        Annotated[str, StringConstraints(max_length=64), AfterValidator(_time_zone)] | None
+    ) = Field(
+        default=None,
+        description="IANA time zone; defaults from `country` (or the numbers' area)",
+        examples=["Asia/Dhaka"],
+    )
+    facility: Facility | None = None
+    reminder_consent: Consent = Field(description="`denied`: never messaged")
+
+
+class PatientBatchItemIn(PatientIn):
+    id: PatientId
+
+
+class PatientBatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Items are validated one by one in the service, so that one bad item does not
+    # sink the others; the annotation only documents their shape in the OpenAPI.
+    patients: list[Annotated[PatientBatchItemIn, SkipValidation]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_SIZE,
+        description=f"1 to {MAX_BATCH_SIZE:,} patients, answered in the same order. "
+        "An id given twice: the last valid item is stored, earlier ones answer "
+        "`duplicate_id`.",
+    )
+
+    @field_validator("patients", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_BATCH_SIZE:
+            raise ValueError(
+                f"a batch holds 1 to {MAX_BATCH_SIZE:,} patients, not {len(value):,}: "
+                "split it into several requests"
+            )
+        return value
+
+
+class PhoneNumberOut(BaseModel):
+    number: str = Field(description="E.164", examples=["+8801711000001"])
+    type: PhoneType
+
+
+class FacilityOut(BaseModel):
+    id: str
+    name: str
+
+
+class ImoAuthorizationOut(BaseModel):
+    status: str = Field(examples=["subscribed"])
+    last_invited_at: datetime | None
+
+
+class PatientOut(BaseModel):
+    id: str
+    full_name: str
+    phone_numbers: list[PhoneNumberOut]
+    mobile_e164: str | None = Field(description="The number messages go to")
+    country: str
+    locale: str
+    time_zone: str
+    facility: FacilityOut | None
+    reminder_consent: Consent
+    imo_authorization: ImoAuthorizationOut | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_model(cls, patient: Patient, authorization: ImoAuthorization | None) -> Self:
+        facility = None
+        if patient.facility_id is not None:
+            facility = FacilityOut(id=patient.facility_id, name=patient.facility_name or "")
+        return cls(
+            id=patient.id,
+            full_name=patient.full_name,
+            phone_numbers=[PhoneNumberOut.model_validate(n) for n in patient.phone_numbers],
+            mobile_e164=patient.mobile_e164,
+            country=patient.country,
+            locale=patient.locale,
+            time_zone=patient.time_zone,
+            facility=facility,
+            reminder_consent=cast(Consent, patient.reminder_consent),
+            imo_authorization=None
+            if authorization is None
+            else ImoAuthorizationOut(
+                status=authorization.status, last_invited_at=authorization.last_invited_at
+            ),
+            created_at=patient.created_at,
+            updated_at=patient.updated_at,
+        )
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ItemError(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class PatientBatchResult(BaseModel):
+    index: int = Field(description="The item's position in the request")
+    id: str | None = Field(description="The item's id, when it had a readable one")
+    status: Literal["created", "updated", "error"]
+    patient: PatientOut | None = None
+    error: ItemError | None = None
+
+
+class PatientBatchOut(BaseModel):
+    results: list[PatientBatchResult]
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page"
+    )

@@ -1,0 +1,1 @@
+"""Reminder plans: which reminders an appointment gets, as offsets from its date."""

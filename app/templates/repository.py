@@ -1,0 +1,48 @@
+"""SQL for templates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Template
+
+
+async def find_for_locales(
+    session: AsyncSession, key: str, locales: Sequence[str]
+) -> list[Template]:
+    """Templates `key` in any of `locales`, in the order of `locales`."""
+    rows = (
+        await session.scalars(
+            select(Template).where(Template.key == key, Template.locale.in_(locales))
+        )
+    ).all()
+    order = {locale: position for position, locale in enumerate(locales)}
+    return sorted(rows, key=lambda template: order[template.locale])
+
+
+async def upsert(session: AsyncSession, key: str, locale: str, title: str, body: str) -> Template:
+    statement = (
+        insert(Template)
+        .values(key=key, locale=locale, title=title, body=body)
+        .on_conflict_do_update(
+            index_elements=[Template.key, Template.locale],
+            set_={"title": title, "body": body, "updated_at": func.now()},
+        )
+        .returning(Template)
+    )
+    return (await session.scalars(statement, execution_options={"populate_existing": True})).one()
+
+
+async def get(session: AsyncSession, key: str, locale: str) -> Template | None:
+    return await session.scalar(
+        select(Template).where(Template.key == key, Template.locale == locale)
+    )
+
+
+async def list_all(session: AsyncSession) -> Sequence[Template]:
+    """Every template by key and locale: a table of a few dozen rows."""
+    return (await session.scalars(select(Template).order_by(Template.key, Template.locale))).all()

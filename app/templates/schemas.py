@@ -1,0 +1,100 @@
+"""Wire shapes of templates, and the locale tag that patients share with them."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from app.models import Template
+from app.templates.service import variables_of
+
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
+TEMPLATE_KEY_PATTERN = r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*$"
+
+
+def normalise_locale(value: str) -> str:
+    """A BCP-47-ish tag in its canonical case: `BN_bd` -> `bn-BD`, `zh-hant-tw` -> `zh-Hant-TW`.
+
+    Patients and templates are matched by exact tag, so both sides go through this.
+    Raises ValueError for anything that is not shaped like a language tag.
+    """
+    if not _LOCALE.fullmatch(value):
+        raise ValueError("not a language tag like 'en' or 'bn-BD'")
+    language, *subtags = value.replace("_", "-").split("-")
+    canonical = [language.lower()]
+    for subtag in subtags:
+        if len(subtag) == 4 and subtag.isalpha():
+            canonical.append(subtag.title())  # script
+        elif (len(subtag) == 2 and subtag.isalpha()) or (len(subtag) == 3 and subtag.isdigit()):
+            canonical.append(subtag.upper())  # region
+        else:
+            canonical.append(subtag.lower())
+    return "-".join(canonical)
+
+
+Locale = Annotated[
+    str,
+    StringConstraints(min_length=2, max_length=20),
+    AfterValidator(normalise_locale),
+    Field(examples=["bn-BD", "en"], description="A BCP 47 language tag"),
+]
+TemplateKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100, pattern=TEMPLATE_KEY_PATTERN),
+    Field(examples=["appointment_reminder.basic"]),
+]
+
+
+def _plain_variables(text: str) -> str:
+    variables_of(text)  # raises ValueError naming the bad placeholder
+    return text
+
+
+class TemplateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[str, AfterValidator(_plain_variables)] = Field(
+        min_length=1,
+        max_length=200,
+        description="The heading some channels show above the text; may use `{variables}`.",
+        examples=["Appointment Reminder"],
+    )
+    body: Annotated[str, AfterValidator(_plain_variables)] = Field(
+        min_length=1,
+        max_length=5000,
+        description="The message text; variables are plain `{name}` placeholders, "
+        "literal braces are doubled (`{{`, `}}`).",
+        examples=["Dear {patient_name}, your visit at {facility_name} is on {appointment_date}."],
+    )
+
+
+class TemplateOut(BaseModel):
+    key: str
+    locale: str
+    title: str
+    body: str
+    variables: list[str] = Field(description="The variables title and body use, sorted")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_model(cls, template: Template) -> Self:
+        return cls(
+            key=template.key,
+            locale=template.locale,
+            title=template.title,
+            body=template.body,
+            variables=sorted(variables_of(template.title) | variables_of(template.body)),
+            created_at=template.created_at,
+            updated_at=template.updated_at,
+        )
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateOut]
+    next_cursor: str | None = Field(
+        default=None, description="Always null: every template fits on one page"
+    )

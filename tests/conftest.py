@@ -1,0 +1,152 @@
+"""Shared fixtures: the session's PostgreSQL and Redis, transactional sessions, the stack.
+
+- `services`: `TEST_DATABASE_URL` / `TEST_REDIS_URL` when set (used as they are),
+  else an embedded PostgreSQL (database `clinic_notify_test`) and Redis in a fresh
+  temporary folder, stopped and removed at the end. Migrations run once, here.
+- `engine` (session), `db_connection` / `db_session` / `db_sessionmaker` (per test, in
+  one transaction rolled back at the end: the code under test may commit freely).
+- `redis` (per test, flushed at the end).
+- `stack` (session): the real API, a worker and the fake providers as processes; see
+  tests/stack.py. Tests that need their own stack use `run_stack(services, ...)`.
+
+A developer's `.env` never leaks into tests: settings read the environment only.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from app import embedded
+from app.cli import upgrade_head
+from app.config import Settings, get_settings
+from app.db.session import create_engine_and_sessionmaker
+from tests.stack import ACTIVE_STACKS, TEST_SECRET_KEY, Services, Stack, run_stack
+
+# Before any test module is imported, so that whatever reads settings sees these.
+Settings.model_config["env_file"] = None
+os.environ.update(
+    APP_ENV="test",
+    SECRET_KEY=TEST_SECRET_KEY,
+    # Port 9 (discard): callback URLs built in unit tests lead nowhere.
+    PUBLIC_BASE_URL="http://127.0.0.1:9",
+)
+get_settings.cache_clear()
+
+TEST_DATABASE = "clinic_notify_test"
+
+# The shared stack: fast callbacks so that end-to-end tests need not wait long.
+SHARED_STACK_FAKE_OPTIONS = {"callback_delay": 0.2}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def services() -> Iterator[Services]:
+    """Autouse: DATABASE_URL and REDIS_URL are in the environment (and settings) before
+    any other fixture builds an app or a worker from `get_settings()`."""
+    data_dir = Path(tempfile.mkdtemp(prefix="clinic-notify-test-"))
+    try:
+        database_url = os.environ.get("TEST_DATABASE_URL") or embedded.ensure_postgres(
+            data_dir, TEST_DATABASE, durable=False, fresh=True
+        )
+        redis_url = os.environ.get("TEST_REDIS_URL") or embedded.ensure_redis(data_dir)
+        os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url)
+        get_settings.cache_clear()
+        # In a thread: alembic's env.py runs (and then unsets) an event loop of its own.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(upgrade_head, database_url, configure_logging=False).result()
+        yield Services(database_url=database_url, redis_url=redis_url, data_dir=data_dir)
+    finally:
+        embedded.stop_all(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def engine(services: Services) -> AsyncIterator[AsyncEngine]:
+    engine, _ = create_engine_and_sessionmaker(services.database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside a transaction that is rolled back after the test."""
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        try:
+            yield connection
+        finally:
+            if transaction.is_active:
+                await transaction.rollback()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db_sessionmaker(db_connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the test's connection: their commits are savepoints, undone at the end.
+    Hand it to code that opens its own units of work (worker tasks, services)."""
+    return async_sessionmaker(
+        bind=db_connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db_session(
+    db_sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    async with db_sessionmaker() as session:
+        yield session
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(services: Services) -> AsyncIterator[Redis]:
+    client = Redis.from_url(services.redis_url)
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def stack(services: Services) -> AsyncIterator[Stack]:
+    """One real stack shared by the session's end-to-end tests; reset the fakes or count
+    deltas rather than assume a clean slate."""
+    async with run_stack(
+        services,
+        fake_imo_options=SHARED_STACK_FAKE_OPTIONS,
+        fake_twilio_options=SHARED_STACK_FAKE_OPTIONS,
+    ) as running:
+        yield running
+
+
+# ---------------------------------------------------------------------------- failure logs
+
+_LOG_OFFSETS = pytest.StashKey[dict[int, dict[str, int]]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach what the stack's processes wrote during a failed test to its report."""
+    report = yield
+    if report.when == "setup":
+        item.stash[_LOG_OFFSETS] = {id(s): s.log_offsets() for s in ACTIVE_STACKS}
+    if report.failed and ACTIVE_STACKS:
+        offsets = item.stash.get(_LOG_OFFSETS, {})
+        for number, running in enumerate(ACTIVE_STACKS):
+            report.sections.append(
+                (
+                    f"stack {number} processes ({report.when})",
+                    running.logs(offsets.get(id(running))),
+                )
+            )
+    return report

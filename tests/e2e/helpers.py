@@ -1,0 +1,93 @@
+"""Small helpers for end-to-end tests on the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from app.callbacks import urls
+from app.config import Settings
+from app.security import TokenSigner
+from tests.clock import daytime_zone
+from tests.factories import unique_id
+from tests.stack import TEST_SECRET_KEY, Stack
+
+
+def phone(last_digit: int) -> str:
+    """A fresh Bangladeshi mobile whose last digit steers the fakes."""
+    return f"+8801711{random.randrange(10_000, 99_999)}{last_digit}"
+
+
+async def put_patient(api: httpx.AsyncClient, number: str, **overrides: Any) -> dict[str, Any]:
+    patient_id = unique_id()
+    body: dict[str, Any] = {
+        "full_name": "Rahim Uddin",
+        "phone_numbers": [{"number": number, "type": "mobile"}],
+        "country": "BD",
+        "locale": "bn-BD",
+        "time_zone": daytime_zone(),
+        "facility": {"id": "f-12", "name": "Dhaka Medical"},
+        "reminder_consent": "granted",
+    }
+    body.update(overrides)
+    answer = await api.put(f"/v1/patients/{patient_id}", json=body)
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+async def accept_imo_invitation(stack: Stack, patient_id: str) -> None:
+    """What Imo does when the patient accepts: POST to the invitation's callback URL."""
+    settings = Settings(public_base_url=stack.api_url)
+    url = urls.imo_invitation_url(settings, TokenSigner(TEST_SECRET_KEY), patient_id)
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(url, json={"event": "accept_invite"})
+    assert answer.status_code == 200, answer.text
+
+
+async def schedule(
+    api: httpx.AsyncClient, patient_id: str, headers: dict[str, str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    body = {
+        "patient_id": patient_id,
+        "purpose": "appointment_reminder",
+        "template": "appointment_reminder.basic",
+        "variables": {"appointment_date": "2026-12-01"},
+        **extra,
+    }
+    answer = await api.post("/v1/notifications", json=body, headers=headers or {})
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], *, timeout: float = 20.0, interval: float = 0.1
+) -> Any:
+    """Poll `check` until it returns something truthy; fail with its last answer."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"not reached within {timeout}s; last: {last!r}")
+
+
+async def notification_in(
+    api: httpx.AsyncClient, notification_id: str, *states: str, timeout: float = 20.0
+) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        data = dict((await api.get(f"/v1/notifications/{notification_id}")).json())
+        return data if data["state"] in states else None
+
+    try:
+        result: dict[str, Any] = await eventually(check, timeout=timeout)
+    except AssertionError:
+        final = (await api.get(f"/v1/notifications/{notification_id}")).json()
+        raise AssertionError(f"never {states}: {final}") from None
+    return result

@@ -1,0 +1,77 @@
+"""`notify experiments report`: the results table and the per-patient CSV."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.experiments import cli as experiments_cli
+from app.experiments.cli import CSV_COLUMNS, report_from
+from tests.appointments.helpers import create_experiment, days, put_appointment, put_plan
+from tests.clock import daytime_zone
+from tests.factories import make_patient
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestReport:
+    async def test_prints_the_groups_and_writes_a_row_per_patient(
+        self,
+        api: httpx.AsyncClient,
+        db_session: AsyncSession,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(experiments_cli.console, "width", 250)
+        experiment = await create_experiment(api, await put_plan(api), return_window_days=3)
+        patients = [await make_patient(db_session, time_zone=daytime_zone()) for _ in range(6)]
+        appointments = [await put_appointment(api, p.id, days(1)) for p in patients]
+        visit = await api.post(
+            f"/v1/appointments/{appointments[0]['id']}/visit",
+            json={"visited_at": datetime.now(UTC).isoformat()},
+        )
+        assert visit.status_code == 200
+        path = tmp_path / "patients.csv"
+
+        code = await report_from(db_session, uuid.UUID(experiment["id"]), path)
+
+        assert code == 0
+        out = capsys.readouterr().out
+        assert experiment["name"] in out and "control" in out and "g1" in out
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert tuple(rows[0]) == CSV_COLUMNS
+        assert {r["patient_id"] for r in rows} == {p.id for p in patients}
+        by_patient = {r["patient_id"]: r for r in rows}
+        first = by_patient[patients[0].id]
+        assert (first["returned"], first["days_to_return"], first["evicted_reason"]) == (
+            "true",
+            "-1",
+            "",
+        )
+        assert by_patient[patients[1].id]["returned"] == "false"
+        assert by_patient[patients[1].id]["days_to_return"] == ""
+        assert {r["group"] for r in rows} <= {"control", "g1"}
+        assert {r["appointment_date"] for r in rows} == {days(1)}
+
+    async def test_an_unknown_experiment_exits_1(
+        self, db_session: AsyncSession, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert await report_from(db_session, uuid.uuid4(), None) == 1
+        assert "no experiment" in capsys.readouterr().err
+
+
+class TestCommand:
+    def test_is_registered(self) -> None:
+        answer = CliRunner().invoke(cli, ["experiments", "report", "--help"])
+        assert answer.exit_code == 0 and "--csv" in answer.output
+        bad = CliRunner().invoke(cli, ["experiments", "report", "not-a-uuid"])
+        assert bad.exit_code == 2

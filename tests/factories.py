@@ -1,0 +1,135 @@
+"""Small async factories and an API client for tests. Every id is unique per call.
+
+- `patient_body(**overrides)`: a valid `PUT /v1/patients/{id}` body (Bangladesh, mobile).
+- `make_patient(session, **overrides)`: a stored Patient row (flushed, not committed).
+- `make_notification(session, patient, **overrides)`: a stored Notification row.
+- `api_client(app, sessionmaker)`: an httpx client on the app whose units of work come
+  from `sessionmaker` (the test's rolled-back one), authorised with a fresh API key.
+- fixtures `api_app` (session: the app, lifespan running) and `api` (that client).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest_asyncio
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth import service as auth_service
+from app.config import Settings
+from app.main import create_app
+from app.models import Notification, Patient
+
+
+def unique_id(prefix: str = "p") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def patient_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "full_name": "Rahim Uddin",
+        "phone_numbers": [{"number": "01711000001", "type": "mobile"}],
+        "country": "BD",
+        "locale": "bn-BD",
+        "time_zone": "Asia/Dhaka",
+        "facility": {"id": "f-12", "name": "Dhaka Medical"},
+        "reminder_consent": "granted",
+    }
+    body.update(overrides)
+    return body
+
+
+async def make_patient(session: AsyncSession, **overrides: Any) -> Patient:
+    values: dict[str, Any] = {
+        "id": unique_id(),
+        "full_name": "Rahim Uddin",
+        "phone_numbers": [{"number": "+8801711000001", "type": "mobile"}],
+        "mobile_e164": "+8801711000001",
+        "country": "BD",
+        "locale": "bn-BD",
+        "time_zone": "Asia/Dhaka",
+        "facility_id": "f-12",
+        "facility_name": "Dhaka Medical",
+        "reminder_consent": "granted",
+    }
+    values.update(overrides)
+    patient = Patient(**values)
+    session.add(patient)
+    await session.flush()
+    return patient
+
+
+async def make_notification(
+    session: AsyncSession, patient: Patient, **overrides: Any
+) -> Notification:
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "patient_id": patient.id,
+        "purpose": "appointment_reminder",
+        "template_key": "appointment_reminder.basic",
+        "locale": patient.locale,
+        "variables": {"appointment_date": "2026-12-01"},
+        "title": "Appointment Reminder",
+        "body": "Your visit is on 2026-12-01.",
+        "state": "scheduled",
+        "due_at": now + timedelta(days=1),
+        "expires_at": now + timedelta(days=5),
+    }
+    values.update(overrides)
+    notification = Notification(**values)
+    session.add(notification)
+    await session.flush()
+    return notification
+
+
+@asynccontextmanager
+async def api_client(
+    app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app` (its lifespan already running) whose units of work come from
+    `sessionmaker` (the test's `db_sessionmaker`: commits are savepoints, rolled back
+    with the test). Requests must not run concurrently: one connection. The client
+    carries a fresh API key.
+    """
+    original = app.state.sessionmaker
+    app.state.sessionmaker = sessionmaker
+    async with sessionmaker() as session:
+        _, key = await auth_service.create_api_key(session, "test")
+        await session.commit()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {key}"},
+        ) as client:
+            yield client
+    finally:
+        app.state.sessionmaker = original
+
+
+# Fixtures, imported by the conftest files that want them (`from tests.factories import
+# api, api_app`) until the root conftest offers them.
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def api_app() -> AsyncIterator[FastAPI]:
+    """The whole app, its lifespan running, for the test session."""
+    app = create_app(Settings())
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(
+    api_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An authorised client of the app, sharing the test's rolled-back transaction: what
+    it writes, `db_session` sees, and what `db_session` flushes, it sees."""
+    async with api_client(api_app, db_sessionmaker) as client:
+        yield client

@@ -1,0 +1,195 @@
+"""Scheduling and acting on notifications through the API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import DeliveryAttempt
+from tests.clock import daytime_zone, night_zone
+from tests.factories import make_notification, make_patient
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def body(patient_id: str, **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "patient_id": patient_id,
+        "purpose": "appointment_reminder",
+        "template": "appointment_reminder.basic",
+        "variables": {"appointment_date": "2026-12-01"},
+        "appointment_id": "a-9",
+    }
+    values.update(overrides)
+    return values
+
+
+class TestSchedule:
+    async def test_renders_in_the_patients_language_and_is_due_now(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session, time_zone=daytime_zone())
+        answer = await api.post("/v1/notifications", json=body(patient.id))
+        assert answer.status_code == 201, answer.text
+        data = answer.json()
+        assert data["state"] == "pending"
+        assert data["locale"] == "bn-BD"
+        assert "Rahim Uddin" in data["text"] and "Dhaka Medical" in data["text"]
+        assert "2026-12-01" in data["text"]
+        assert data["attempts"] == [] and data["channel"] is None
+        assert datetime.fromisoformat(data["due_at"]).tzinfo is not None
+
+    async def test_falls_back_to_english(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session, locale="fr-FR")
+        answer = await api.post("/v1/notifications", json=body(patient.id))
+        assert answer.status_code == 201
+        assert answer.json()["locale"] == "en"
+        assert answer.json()["text"].startswith("Dear Rahim Uddin")
+
+    async def test_night_time_waits_for_the_window(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session, time_zone=night_zone())
+        answer = await api.post("/v1/notifications", json=body(patient.id))
+        data = answer.json()
+        assert data["state"] == "scheduled"
+        assert datetime.fromisoformat(data["due_at"]) > datetime.now(UTC) + timedelta(hours=5)
+
+    async def test_remind_on_a_future_day_opens_with_that_days_window(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session, time_zone="Asia/Dhaka")
+        day = date.today() + timedelta(days=3)
+        answer = await api.post("/v1/notifications", json=body(patient.id, remind_on=str(day)))
+        due = datetime.fromisoformat(answer.json()["due_at"])
+        assert due == datetime(day.year, day.month, day.day, 2, 0, tzinfo=UTC)  # 08:00 Dhaka
+
+    @pytest.mark.parametrize(
+        ("overrides", "field"),
+        [
+            ({"template": "nope.basic"}, "template"),
+            ({"variables": {}}, "variables.appointment_date"),
+            ({"remind_on": "2020-01-01"}, "remind_on"),
+            ({"patient_id": "nobody"}, "patient_id"),
+            ({"remind_on": "2030-01-01", "send_at": "2030-01-01T10:00:00+06:00"}, ""),
+            ({"send_at": "2030-01-01T10:00:00"}, "send_at"),
+            ({"purpose": "Not A Slug"}, "purpose"),
+            ({"surprise": 1}, "surprise"),
+        ],
+    )
+    async def test_bad_requests_are_422_naming_the_field(
+        self,
+        api: httpx.AsyncClient,
+        db_session: AsyncSession,
+        overrides: dict[str, Any],
+        field: str,
+    ) -> None:
+        patient = await make_patient(db_session)
+        values = body(**{"patient_id": patient.id, **overrides})
+        answer = await api.post("/v1/notifications", json=values)
+        assert answer.status_code == 422, answer.text
+        error = answer.json()["error"]
+        assert error["message"]
+        if field:
+            assert field in {d["field"] for d in error["details"]}, error
+
+    async def test_malformed_json_is_422(self, api: httpx.AsyncClient) -> None:
+        answer = await api.post(
+            "/v1/notifications", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 422
+        assert answer.json()["error"]["code"] == "invalid_request"
+
+
+class TestIdempotency:
+    async def test_a_retried_key_returns_the_first_answer(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        headers = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+        first = await api.post("/v1/notifications", json=body(patient.id), headers=headers)
+        again = await api.post("/v1/notifications", json=body(patient.id), headers=headers)
+        assert first.status_code == again.status_code == 201
+        assert first.json()["id"] == again.json()["id"]
+        assert again.headers["Idempotent-Replayed"] == "true"
+        listed = await api.get(f"/v1/patients/{patient.id}/notifications")
+        assert len(listed.json()["items"]) == 1
+
+    async def test_the_same_key_with_another_body_is_422(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        headers = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+        await api.post("/v1/notifications", json=body(patient.id), headers=headers)
+        other = body(patient.id, variables={"appointment_date": "2027-01-01"})
+        answer = await api.post("/v1/notifications", json=other, headers=headers)
+        assert answer.status_code == 422
+        assert answer.json()["error"]["details"][0]["field"] == "Idempotency-Key"
+
+
+class TestActions:
+    async def test_cancel_mute_unmute(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        created = (await api.post("/v1/notifications", json=body(patient.id))).json()
+        url = f"/v1/notifications/{created['id']}"
+        assert (await api.post(f"{url}/mute")).json()["state"] == "muted"
+        assert (await api.post(f"{url}/mute")).json()["state"] == "muted"
+        assert (await api.post(f"{url}/unmute")).json()["state"] == "pending"
+        cancelled = await api.post(f"{url}/cancel")
+        assert cancelled.json()["state"] == "cleared"
+        assert cancelled.json()["failure_reason"] == "cancelled"
+        assert (await api.post(f"{url}/cancel")).status_code == 200
+        refused = await api.post(f"{url}/unmute")
+        assert refused.status_code == 409 and "cleared" in refused.json()["error"]["message"]
+
+    @pytest.mark.parametrize("state", ["sending", "sent", "delivered", "read"])
+    async def test_acting_on_a_sent_notification_is_409(
+        self, api: httpx.AsyncClient, db_session: AsyncSession, state: str
+    ) -> None:
+        notification = await make_notification(
+            db_session, await make_patient(db_session), state=state
+        )
+        for action in ("cancel", "mute", "unmute"):
+            answer = await api.post(f"/v1/notifications/{notification.id}/{action}")
+            assert answer.status_code == 409, (state, action)
+            assert answer.json()["error"]["code"] == "conflict"
+
+    async def test_unknown_or_malformed_ids(self, api: httpx.AsyncClient) -> None:
+        assert (await api.get(f"/v1/notifications/{uuid.uuid4()}")).status_code == 404
+        assert (await api.post(f"/v1/notifications/{uuid.uuid4()}/cancel")).status_code == 404
+        assert (await api.get("/v1/notifications/not-a-uuid")).status_code == 422
+
+
+class TestRead:
+    async def test_shows_every_attempt_in_order(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        notification = await make_notification(
+            db_session, await make_patient(db_session), state="sent"
+        )
+        for channel, status, code in (("imo", "failed", "nonexistent_user"), ("sms", "sent", None)):
+            db_session.add(
+                DeliveryAttempt(
+                    notification_id=notification.id,
+                    channel=channel,
+                    status=status,
+                    error_code=code,
+                    provider_message_id=f"{channel}-1",
+                )
+            )
+        await db_session.flush()
+        data = (await api.get(f"/v1/notifications/{notification.id}")).json()
+        assert [(a["channel"], a["status"], a["error_code"]) for a in data["attempts"]] == [
+            ("imo", "failed", "nonexistent_user"),
+            ("sms", "sent", None),
+        ]
+        assert data["channel"] == "sms" and data["state"] == "sent"

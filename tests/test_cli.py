@@ -1,0 +1,92 @@
+"""The `notify` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import pytest
+from sqlalchemy import delete
+from typer.testing import CliRunner
+
+from app import cli
+from app.auth import service as auth_service
+from app.db.session import create_engine_and_sessionmaker
+from app.models import ApiKey
+from tests.stack import Services, with_redis_db
+
+runner = CliRunner()
+
+
+def run_notify(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli.notify_command(*args),
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class TestHelp:
+    def test_lists_every_command(self) -> None:
+        result = runner.invoke(cli.cli, ["--help"])
+        assert result.exit_code == 0
+        for name in ("dev", "migrate", "api", "worker", "api-keys", "fake-imo", "fake-twilio"):
+            assert name in result.output
+
+
+class TestSetOptions:
+    def test_values_are_json_else_text(self) -> None:
+        assert cli.parse_overrides(["error_rate=0.5", "callbacks-enabled=false", "x=abc"]) == {
+            "error_rate": 0.5,
+            "callbacks_enabled": False,
+            "x": "abc",
+        }
+
+    def test_a_pair_without_equals_is_refused(self) -> None:
+        with pytest.raises(Exception, match="KEY=VALUE"):
+            cli.parse_overrides(["oops"])
+
+
+class TestApiKeysCreate:
+    def test_the_key_is_the_last_line_and_works(self, services: Services) -> None:
+        result = runner.invoke(cli.cli, ["api-keys", "create", "cli-test"])
+        assert result.exit_code == 0, result.output
+        plaintext = result.output.strip().splitlines()[-1]
+
+        async def check_and_remove() -> bool:
+            engine, sessionmaker = create_engine_and_sessionmaker(services.database_url)
+            try:
+                async with sessionmaker() as session:
+                    found = await auth_service.authenticate(session, plaintext)
+                    await session.execute(delete(ApiKey).where(ApiKey.name == "cli-test"))
+                    await session.commit()
+                    return found is not None and found.name == "cli-test"
+            finally:
+                await engine.dispose()
+
+        assert asyncio.run(check_and_remove())
+
+
+class TestMigrate:
+    def test_is_idempotent_from_any_cwd(self, services: Services, tmp_path) -> None:
+        result = subprocess.run(
+            cli.notify_command("migrate"),
+            env={**os.environ, "DATABASE_URL": services.database_url},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+class TestWorker:
+    def test_burst_runs_the_queue_and_exits(self, services: Services) -> None:
+        redis_url = with_redis_db(services.redis_url, 14)
+        result = run_notify("worker", "--burst", env={"REDIS_URL": redis_url})
+        assert result.returncode == 0, result.stderr

@@ -1,0 +1,108 @@
+"""The arq worker: `notify worker` (any number, on any number of machines).
+
+Besides arq's jobs and crons, every worker process runs one dispatch loop: a batch
+claim with SKIP LOCKED is how workers share the sending without a queue per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from arq import cron
+from arq.connections import RedisSettings
+from redis.asyncio import Redis
+
+from app import observability
+from app.config import get_settings
+from app.db.session import create_engine_and_sessionmaker
+from app.delivery import channels as delivery_channels
+from app.delivery.dispatcher import Dispatcher, sweep
+from app.logs import configure_logging
+from app.redis import redis_settings
+from app.security import TokenSigner
+from workers import invitations
+
+log = logging.getLogger(__name__)
+Context = dict[str, Any]
+
+
+async def startup(ctx: Context) -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    observability.init_sentry(settings, component="worker")
+    engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
+    http = delivery_channels.http_session(settings.dispatch_concurrency)
+    limiter_redis = Redis.from_url(settings.redis_url, retry_on_timeout=True)
+    dispatcher = Dispatcher(
+        settings=settings,
+        sessionmaker=sessionmaker,
+        channels=delivery_channels.build_channels(settings, http),
+        limiters=delivery_channels.build_limiters(settings, limiter_redis),
+        signer=TokenSigner(settings.secret_key.get_secret_value()),
+    )
+    stop = asyncio.Event()
+    ctx.update(
+        settings=settings,
+        engine=engine,
+        sessionmaker=sessionmaker,
+        http=http,
+        limiter_redis=limiter_redis,
+        dispatcher=dispatcher,
+        stop=stop,
+        dispatch_tasks=[
+            asyncio.create_task(dispatcher.run(stop), name=f"dispatch-{number}")
+            for number in range(settings.dispatch_loops)
+        ],
+    )
+    await invitations.start(ctx)
+    log.info("worker started", extra={"channels": sorted(dispatcher.channels)})
+
+
+async def shutdown(ctx: Context) -> None:
+    if "stop" not in ctx:
+        return
+    ctx["stop"].set()
+    try:
+        await asyncio.wait_for(asyncio.gather(*ctx["dispatch_tasks"]), timeout=30)
+    except TimeoutError:
+        log.error("dispatch loop did not stop in time; the sweeper will settle its batch")
+    await invitations.stop(ctx)
+    await ctx["http"].close()
+    await ctx["limiter_redis"].aclose()
+    await ctx["engine"].dispose()
+
+
+async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
+    """Cron: settle notifications a dead worker left in `sending`. Safe on every worker."""
+    return await sweep(ctx["sessionmaker"], ctx["settings"], datetime.now(UTC))
+
+
+def _sweep_seconds(interval: int) -> set[int]:
+    """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
+    return {(17 + offset) % 60 for offset in range(0, 60, interval)}
+
+
+class WorkerSettings:
+    functions: ClassVar[list[Any]] = [
+        sweep_stale_sending,
+        invitations.run_invitation_round,
+        invitations.start_scheduled_invitation_round,
+    ]
+    cron_jobs: ClassVar[list[Any]] = [
+        cron(
+            sweep_stale_sending,
+            second=_sweep_seconds(get_settings().sweep_interval_seconds),
+            unique=True,
+            run_at_startup=True,
+        ),
+        invitations.scheduled_round_cron(get_settings()),
+    ]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings: ClassVar[RedisSettings] = redis_settings(get_settings().redis_url or "redis://")
+    max_jobs = 20
+    job_timeout = 3600
+    health_check_interval = 30
