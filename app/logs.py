@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import orjson
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 # +8801711000001 -> +88017******01; also bare national mobiles (01711000001). Runs of
 # digits only, so dates, times and ids with separators are left alone.
@@ -22,14 +23,25 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
-def mask_phone(number: str) -> str:
-    """Keep enough to tell numbers apart in a log (country code, last two digits)."""
-    digits = re.sub(r"\D", "", number)
-    if len(digits) < 6:
-        return "*" * len(digits)
-    head = digits[:5] if number.startswith("+") else digits[:2]
-    stars = "*" * (len(digits) - len(head) - 2)
-    return ("+" if number.startswith("+") else "") + head + stars + digits[-2:]
+def mask_phone(e164: str) -> str:
+    """`+8801711000001` -> `+88017******01`: country code, two more digits, last two;
+    enough to tell numbers apart in a log, not to dial one.
+
+    Anything that is not E.164 keeps only its last two characters.
+    """
+    if not (e164.startswith("+") and e164[1:].isdigit()):
+        return "*" * max(len(e164) - 2, 0) + e164[-2:]
+    digits = e164[1:]
+    country_code = next(
+        (digits[:n] for n in (1, 2, 3) if int(digits[:n] or 0) in COUNTRY_CODE_TO_REGION_CODE),
+        digits[:1],
+    )
+    national = digits[len(country_code) :]
+    if len(national) >= 7:
+        masked = national[:2] + "*" * (len(national) - 4) + national[-2:]
+    else:
+        masked = "*" * max(len(national) - 2, 0) + national[-2:]
+    return f"+{country_code}{masked}"
 
 
 def redact(value: str) -> str:

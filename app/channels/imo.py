@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 from yarl import URL
 
 from app.channels.base import (
@@ -31,6 +30,7 @@ from app.channels.base import (
     SendResult,
     TransientChannelError,
 )
+from app.logs import mask_phone
 
 _MAX_EVIDENCE_CHARS: Final = 2_000
 # Any envelope `status`: the documentation shows `not_subscribed` with an unknown one.
@@ -59,26 +59,6 @@ _NOTIFICATION_ANSWERS: Final[dict[tuple[int, str, str], _Known]] = {
     (200, _ANY, "not_subscribed"): _Known("not_subscribed", "not_subscribed"),
     (400, "error", "nonexistent_user"): _Known("nonexistent_user", "nonexistent_user"),
 }
-
-
-def mask_phone(e164: str) -> str:
-    """`+8801711000001` -> `+88017******01`: country code, two more digits, last two.
-
-    Anything that is not E.164 keeps only its last two characters.
-    """
-    if not (e164.startswith("+") and e164[1:].isdigit()):
-        return "*" * max(len(e164) - 2, 0) + e164[-2:]
-    digits = e164[1:]
-    country_code = next(
-        (digits[:n] for n in (1, 2, 3) if int(digits[:n] or 0) in COUNTRY_CODE_TO_REGION_CODE),
-        digits[:1],
-    )
-    national = digits[len(country_code) :]
-    if len(national) >= 7:
-        masked = national[:2] + "*" * (len(national) - 4) + national[-2:]
-    else:
-        masked = "*" * max(len(national) - 2, 0) + national[-2:]
-    return f"+{country_code}{masked}"
 
 
 def _redact_url(url: str) -> str:

@@ -21,7 +21,6 @@ from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import orjson
-from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from app.channels.base import (
     ChannelError,
@@ -31,6 +30,7 @@ from app.channels.base import (
     SendResult,
     TransientChannelError,
 )
+from app.logs import mask_phone
 
 API_VERSION = "2010-04-01"
 DETAIL_BODY_CHARS = 2_000
@@ -99,20 +99,6 @@ def parse_status_callback(params: Mapping[str, str]) -> TwilioStatus:
         error_code=params.get("ErrorCode") or None,
         error_message=params.get("ErrorMessage") or None,
     )
-
-
-def _mask_phone(phone: str) -> str:
-    """`+8801711000001` -> `+88017******01`: country code, two digits, the last two."""
-    digits = phone.removeprefix("+")
-    if len(digits) < 6 or not digits.isdigit():
-        return "*" * len(phone)
-    country_length = next(
-        (n for n in (1, 2, 3) if int(digits[:n]) in COUNTRY_CODE_TO_REGION_CODE), 1
-    )
-    shown = country_length + 2
-    if len(digits) - shown < 4:
-        shown = len(digits) - 4
-    return "+" + digits[:shown] + "*" * (len(digits) - shown - 2) + digits[-2:]
 
 
 class TwilioSmsChannel:
@@ -263,7 +249,7 @@ class TwilioSmsChannel:
         return {
             "request": {
                 "url": self._url,
-                "To": _mask_phone(message.phone_e164),
+                "To": mask_phone(message.phone_e164),
                 "From": sender,
                 "Body": {"length": len(message.text)},
                 # Without its query string, which may carry a token.
@@ -278,7 +264,7 @@ class TwilioSmsChannel:
     def _redact(text: str, message: OutgoingMessage) -> str:
         """`text` without the message's number or text, as Twilio may echo both."""
         phone = message.phone_e164
-        masked = _mask_phone(phone)
+        masked = mask_phone(phone)
         redacted = text.replace(phone, masked)
         bare = phone.removeprefix("+")
         if len(bare) >= 6:

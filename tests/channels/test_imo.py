@@ -23,8 +23,9 @@ from app.channels.base import (
     PermanentChannelError,
     TransientChannelError,
 )
-from app.channels.imo import ImoChannel, mask_phone
+from app.channels.imo import ImoChannel
 from app.fakes.imo import FakeImoConfig, base_url, start_fake_imo
+from app.logs import mask_phone
 
 USERNAME = "clinic"
 PASSWORD = "s3cret-pass"
