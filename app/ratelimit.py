@@ -44,6 +44,19 @@ redis.call('SET', KEYS[1], string.format('%.17g', new_tat),
 return {1, math.ceil(tat - now)}
 """
 
+# KEYS[1] as above; ARGV[1]: pause in microseconds. No slot starts before now + pause.
+_PAUSE = """
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) - 1700000000) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+local resume = now + tonumber(ARGV[1])
+if tat < resume then
+  redis.call('SET', KEYS[1], string.format('%.17g', resume),
+             'PX', math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
+end
+return 1
+"""
+
 # A refused low-priority caller never polls Redis faster than this.
 _MIN_RETRY_SECONDS = 0.001
 
@@ -86,6 +99,7 @@ class RateLimiter:
         # Script calls made (one Redis round-trip each, barring a reload): for metrics.
         self.round_trips = 0
         self._script = redis.register_script(_RESERVE)
+        self._pause = redis.register_script(_PAUSE)
         self._slot_us = 1_000_000 / rate_per_second
 
     async def acquire(self, n: int = 1, *, priority: Priority = "high") -> None:
@@ -124,3 +138,12 @@ class RateLimiter:
             if admitted:
                 return float(wait_us) / 1_000_000
             await asyncio.sleep(max(float(wait_us) / 1_000_000, _MIN_RETRY_SECONDS))
+
+    async def pause(self, seconds: float) -> None:
+        """Send nothing more for `seconds`, in every process: the provider said 429.
+
+        Later reservations queue behind the pause; calls already waiting for an earlier
+        slot still send (at most one chunk each). A pause never shortens a schedule.
+        """
+        if seconds > 0:
+            await self._pause(keys=[self.key], args=[repr(seconds * 1_000_000)])

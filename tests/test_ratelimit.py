@@ -128,6 +128,22 @@ class TestSchedule:
         assert 0.9 < await limiter.reserve(1) <= 1.0
 
 
+class TestPause:
+    @pytest.mark.asyncio
+    async def test_a_pause_holds_every_later_reservation(self, redis: Redis, key: str) -> None:
+        limiter, other_process = RateLimiter(redis, key, 100), RateLimiter(redis, key, 100)
+        await limiter.pause(2.0)
+        assert 1.9 < await other_process.reserve(1) <= 2.0
+        assert 2.0 < await limiter.reserve(1) <= 2.02
+
+    @pytest.mark.asyncio
+    async def test_a_pause_never_shortens_the_schedule(self, redis: Redis, key: str) -> None:
+        limiter = RateLimiter(redis, key, 1)
+        await limiter.reserve(5)
+        await limiter.pause(1.0)
+        assert 4.9 < await limiter.reserve(1) <= 5.0
+
+
 class TestPriority:
     @pytest.mark.asyncio
     async def test_low_priority_defers_and_high_is_not_pushed_back(

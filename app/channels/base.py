@@ -71,13 +71,20 @@ class TransientChannelError(ChannelError):
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.retry_after = retry_after
 
+    @property
+    def throttled(self) -> bool:
+        """The provider answered 429: the whole account must slow down, not one message."""
+        return self.provider_status == "429"
+
 
 class PermanentChannelError(ChannelError):
     """The provider will never take this message: do not retry on this channel.
 
     `recipient_invalid` marks a number that no channel can reach (Twilio 21211).
     `unexpected` marks an answer outside the provider's known vocabulary, which is
-    reported to Sentry with the request and response.
+    reported to Sentry with the request and response. `maybe_sent` marks a success
+    that could not be read (a 2xx without a message id): the provider may have taken
+    the message, so it is neither resent nor sent on another channel.
     """
 
     def __init__(
@@ -86,11 +93,13 @@ class PermanentChannelError(ChannelError):
         *,
         recipient_invalid: bool = False,
         unexpected: bool = False,
+        maybe_sent: bool = False,
         **kwargs: object,
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.recipient_invalid = recipient_invalid
         self.unexpected = unexpected
+        self.maybe_sent = maybe_sent
 
 
 class Channel(Protocol):

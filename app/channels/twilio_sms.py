@@ -198,6 +198,7 @@ class TwilioSmsChannel:
                 f"Twilio answered {status} without a message sid: it may have sent it",
                 code="unexpected",
                 unexpected=True,
+                maybe_sent=True,
                 **common,
             )
 

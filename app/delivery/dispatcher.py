@@ -28,6 +28,7 @@ from app.channels.base import (
     OutgoingMessage,
     PermanentChannelError,
     SendResult,
+    TransientChannelError,
 )
 from app.config import Settings
 from app.delivery import policy
@@ -45,6 +46,8 @@ S = NotificationState
 # How long a round waits for PostgreSQL to come back before giving up on writing down
 # the providers' answers it holds (which then end `unconfirmed`, via the sweeper).
 WRITE_BACK_RETRY_SECONDS = 30.0
+# A provider's 429 without a Retry-After pauses its account for this long.
+THROTTLE_PAUSE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +205,15 @@ class Dispatcher:
                     sent_at=now,
                 )
                 continue
-            ATTEMPTS.labels(send.channel, type(answer).__name__).inc()
+            unconfirmed = policy.maybe_sent(answer)
+            ATTEMPTS.labels(
+                send.channel, "unconfirmed" if unconfirmed else type(answer).__name__
+            ).inc()
             self._report(send, answer)
             results.append(
                 delivery_repository.AttemptResult(
                     attempt_id,
-                    AttemptStatus.FAILED,
+                    AttemptStatus.UNCONFIRMED if unconfirmed else AttemptStatus.FAILED,
                     None,
                     getattr(answer, "provider_status", None) or None,
                     getattr(answer, "code", None) or type(answer).__name__,
@@ -321,6 +327,8 @@ class Dispatcher:
                 answers[position] = await self.channels[send.channel].send(message)
             except Exception as exc:  # ChannelErrors, and adapter bugs: never lose the row
                 answers[position] = exc
+                if isinstance(exc, TransientChannelError) and exc.throttled:
+                    await self._back_off(send.channel, exc.retry_after)
             finally:
                 self._semaphore.release()
 
@@ -376,6 +384,14 @@ class Dispatcher:
 
         await asyncio.gather(*(send_channel(c, p) for c, p in by_channel.items()))
         return answers
+
+    async def _back_off(self, channel: str, retry_after: float | None) -> None:
+        """A 429: every worker holds its sends on `channel` for the provider's
+        Retry-After (at least THROTTLE_PAUSE_SECONDS), instead of hammering it."""
+        try:
+            await self.limiters[channel].pause(max(retry_after or 0.0, THROTTLE_PAUSE_SECONDS))
+        except Exception as exc:  # Redis away: the per-message backoff still holds
+            log.warning("could not pause %s: %s", channel, type(exc).__name__)
 
     def _message(self, send: _Send, attempt_id: int) -> OutgoingMessage:
         n = send.notification

@@ -150,6 +150,16 @@ def after_error(
     """A channel refused or failed: deny, retry later, fall back, or fail."""
     channel = step.chain[step.index]
     reason = describe(channel, error)
+    if maybe_sent(error):
+        # Resending, here or on another channel, could reach the patient twice.
+        return Outcome(
+            S.SENT,
+            channel_chain=step.chain,
+            channel_index=step.index,
+            retry_count=n.retry_count,
+            failure_reason=f"unconfirmed: {reason}",
+            sent_at=now,
+        )
     if isinstance(error, PermanentChannelError) and error.recipient_invalid:
         return Outcome(
             S.DENIED, channel_chain=step.chain, channel_index=step.index, failure_reason=reason
@@ -199,6 +209,11 @@ def after_delivery_failure(
         channel_index=step.index,
         failure_reason=f"{channel}: {reason}",
     )
+
+
+def maybe_sent(error: Exception) -> bool:
+    """The provider may have taken the message despite the error: never send it again."""
+    return isinstance(error, PermanentChannelError) and error.maybe_sent
 
 
 def describe(channel: str, error: Exception) -> str:

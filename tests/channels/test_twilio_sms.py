@@ -352,7 +352,7 @@ class TestAnswersTheFakeDoesNotGive:
             orjson.dumps({"sid": None, "status": "queued"}),
         ],
     )
-    async def test_success_without_a_readable_sid_is_unexpected_and_permanent(
+    async def test_success_without_a_readable_sid_is_unexpected_and_maybe_sent(
         self, session: aiohttp.ClientSession, stub: Stub, body: bytes
     ) -> None:
         async def accepted(request: web.Request) -> web.Response:
@@ -363,7 +363,7 @@ class TestAnswersTheFakeDoesNotGive:
         with pytest.raises(PermanentChannelError) as caught:
             await channel(session, stub.base_url).send(message())
 
-        assert caught.value.unexpected
+        assert caught.value.unexpected and caught.value.maybe_sent
         assert caught.value.code == "unexpected"
         assert not caught.value.recipient_invalid
         assert_redacted(caught.value.detail)

@@ -19,6 +19,7 @@ from app.channels.base import (
     Channel,
     ChannelName,
     OutgoingMessage,
+    PermanentChannelError,
     SendResult,
     TransientChannelError,
 )
@@ -412,3 +413,58 @@ class TestSafety:
         fresh, attempts = await reload(db_session, notification)
         assert fresh.state == "failed"
         assert [(a.status, a.error_code) for a in attempts] == [("failed", "30003")]
+
+
+class TestUnclearAnswers:
+    async def test_a_success_that_could_not_be_read_is_unconfirmed_and_never_resent(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        fakes: Fakes,
+        redis: Redis,
+    ) -> None:
+        unreadable = PermanentChannelError(
+            "Twilio answered 201 without a message sid: it may have sent it",
+            code="unexpected",
+            unexpected=True,
+            maybe_sent=True,
+        )
+        channel = ScriptedChannel(ChannelName.SMS, fakes.twilio_url, unreadable)
+        dispatcher = scripted_dispatcher(fakes, redis, db_sessionmaker, channel)
+        notification = await due(db_session, await patient_with(db_session, 3))
+        await dispatcher.dispatch_once()
+        fresh, attempts = await reload(db_session, notification)
+        assert fresh.state == "sent"
+        assert fresh.failure_reason is not None and fresh.failure_reason.startswith("unconfirmed")
+        assert [(a.status, a.error_code) for a in attempts] == [("unconfirmed", "unexpected")]
+
+        # The provider's own status callback confirms it after all.
+        async with db_sessionmaker() as session:
+            await delivery_status.report(
+                session, attempts[0].id, AttemptStatus.DELIVERED, provider_message_id="SM3"
+            )
+            await session.commit()
+        fresh, _ = await reload(db_session, notification)
+        statuses = await db_session.scalars(
+            select(DeliveryAttempt.status).where(DeliveryAttempt.notification_id == fresh.id)
+        )
+        assert (fresh.state, list(statuses)) == ("delivered", ["delivered"])
+        assert await dispatcher.dispatch_once() == 0
+        assert len(channel.sent) == 1
+
+    async def test_a_429_pauses_the_channel_for_every_worker(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        fakes: Fakes,
+        redis: Redis,
+    ) -> None:
+        throttled = TransientChannelError(
+            "Too Many Requests", code="20429", provider_status="429", retry_after=3
+        )
+        channel = ScriptedChannel(ChannelName.SMS, fakes.twilio_url, throttled)
+        dispatcher = scripted_dispatcher(fakes, redis, db_sessionmaker, channel)
+        await due(db_session, await patient_with(db_session, 3))
+        await dispatcher.dispatch_once()
+        other_worker = delivery_channels.build_limiters(dispatcher.settings, redis)["sms"]
+        assert 2.5 < await other_worker.reserve(1) <= 3.0

@@ -132,6 +132,13 @@ class TestAfterError:
         assert outcome.state is S.FAILED
         assert outcome.failure_reason == "sms: http_5xx: x"
 
+    def test_a_success_that_could_not_be_read_is_sent_never_resent(self) -> None:
+        error = PermanentChannelError("no sid", code="unexpected", unexpected=True, maybe_sent=True)
+        outcome = after(claimed(), SendOn(["whatsapp", "sms"], 0), error)
+        assert isinstance(outcome, Outcome)
+        assert (outcome.state, outcome.channel_index, outcome.sent_at) == (S.SENT, 0, NOW)
+        assert outcome.failure_reason == "unconfirmed: whatsapp: unexpected: no sid"
+
     def test_permanent_error_on_the_last_channel_fails(self) -> None:
         error = PermanentChannelError("unsubscribed", code="21610")
         outcome = after(claimed(), SendOn(["imo", "sms"], 1), error)
