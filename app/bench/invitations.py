@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,13 +36,16 @@ import aiohttp
 import httpx
 import orjson
 from rich.console import Console
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.bench.common import PeakMemory, Result, console, fakes_and_env, fresh_database
 from app.cli import FAKE_IMO_PASSWORD, FAKE_IMO_USERNAME, new_event_loop
 from app.config import get_settings
 
-BENCH_DATABASE = "clinic_notify_bench_invitations"
+# One database per run: benchmarks of other people on the same server never meet it.
+BENCH_DATABASE = f"clinic_notify_bench_invitations_{os.getpid()}"
 COPY_CHUNK = 50_000
 # Fake Imo answers by last digit: 0 no account, 1 invited (never accepts), 3-9 invited.
 # 2 (HTTP 500, retried with back-off) is left out: it measures waiting, not sending.
@@ -105,7 +110,28 @@ async def seed(database_url: str, n: int) -> float:
 
 
 async def _throughput(n: int, concurrency: int, batch: int) -> dict[str, Any]:
+    async with bench_database() as database_url:
+        return await _throughput_in(database_url, n, concurrency, batch)
+
+
+@contextlib.asynccontextmanager
+async def bench_database() -> AsyncIterator[str]:
+    """This run's fresh database, dropped at the end (a million patients take ~1 GB)."""
     database_url = await fresh_database(BENCH_DATABASE)
+    try:
+        yield database_url
+    finally:
+        admin = create_async_engine(
+            make_url(database_url).set(database="postgres"), isolation_level="AUTOCOMMIT"
+        )
+        async with admin.connect() as connection:
+            await connection.execute(
+                text(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+            )
+        await admin.dispose()
+
+
+async def _throughput_in(database_url: str, n: int, concurrency: int, batch: int) -> dict[str, Any]:
     seed_seconds = await seed(database_url, n)
     console.print(f"seeded {n:,} patients in {seed_seconds:.1f}s")
     env = {
@@ -178,8 +204,6 @@ async def round_in_process() -> dict[str, Any]:
     seconds = time.perf_counter() - started
     if code:
         raise RuntimeError(f"the round ended with {code}")
-    from sqlalchemy import text
-
     from app.db.session import create_engine_and_sessionmaker
     from app.imo import repository as imo_repository
 
@@ -240,8 +264,14 @@ async def baseline(imo_url: str, requests: int, concurrency: int) -> dict[str, f
 
 
 async def _shared_limit(rate: float, workers: int, seconds: float, batch: int) -> dict[str, Any]:
+    async with bench_database() as database_url:
+        return await _shared_limit_in(database_url, rate, workers, seconds, batch)
+
+
+async def _shared_limit_in(
+    database_url: str, rate: float, workers: int, seconds: float, batch: int
+) -> dict[str, Any]:
     n = int(rate * seconds)
-    database_url = await fresh_database(BENCH_DATABASE)
     await seed(database_url, n)
     env = {
         "IMO_RATE_LIMIT_PER_SECOND": str(rate),
@@ -317,7 +347,6 @@ async def start_round(env: dict[str, str]) -> int:
 
 
 async def wait_for_round(env: dict[str, str], round_id: int, within: float) -> None:
-    from sqlalchemy import text
 
     from app.db.session import create_engine_and_sessionmaker
 

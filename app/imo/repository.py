@@ -169,34 +169,85 @@ async def scan_zone(
 _BATCH_PATIENTS = text(
     f"""
     SELECT p.id, p.full_name, p.mobile_e164, p.locale
-    FROM patients AS p
+    FROM imo_invitation_batches AS b
+    JOIN patients AS p
+      ON p.time_zone = b.time_zone AND p.id > b.after_id AND p.id <= b.last_id
     LEFT JOIN imo_authorizations AS a ON a.patient_id = p.id
-    WHERE {_INVITABLE} AND p.time_zone = :zone AND p.id > :after AND p.id <= :last
-      AND {_CANDIDATE} AND p.id <> ALL(CAST(:skip_ids AS varchar[]))
+    WHERE b.id = :batch_id AND {_INVITABLE} AND {_CANDIDATE} AND p.id <> ALL(b.skip_ids)
     ORDER BY p.id
     """  # noqa: S608 - constants only
 )
 
 
 async def batch_patients(
-    session: AsyncSession, batch: ImoInvitationBatch, reinvite_before: datetime
+    session: AsyncSession, batch_id: int, reinvite_before: datetime
 ) -> list[Candidate]:
-    """The patients of a batch still to invite.
+    """The patients of a batch still to invite, in id order.
 
     Whoever this round reached is no longer among them: a known answer made them
-    non-candidates (invited now, or subscribed), `skip_ids` holds the rest.
+    non-candidates (invited now, or subscribed), `skip_ids` holds the rest. Call
+    `settle_unconfirmed` first on a batch taken over from a dead worker.
     """
     rows = await session.execute(
-        _BATCH_PATIENTS,
-        {
-            "zone": batch.time_zone,
-            "after": batch.after_id,
-            "last": batch.last_id,
-            "reinvite_before": reinvite_before,
-            "skip_ids": batch.skip_ids,
-        },
+        _BATCH_PATIENTS, {"batch_id": batch_id, "reinvite_before": reinvite_before}
     )
     return [Candidate(*row) for row in rows]
+
+
+_SETTLE_UNCONFIRMED = text(
+    f"""
+    WITH lost AS (
+        SELECT p.id
+        FROM imo_invitation_batches AS b
+        JOIN patients AS p
+          ON p.time_zone = b.time_zone AND p.id > b.after_id AND p.id <= b.sent_through
+        LEFT JOIN imo_authorizations AS a ON a.patient_id = p.id
+        WHERE b.id = :batch_id AND {_INVITABLE} AND {_CANDIDATE} AND p.id <> ALL(b.skip_ids)
+    )
+    UPDATE imo_invitation_batches SET
+        skip_ids = skip_ids || ARRAY(SELECT id FROM lost),
+        unconfirmed = unconfirmed + (SELECT count(*) FROM lost),
+        sent_through = NULL,
+        updated_at = now()
+    WHERE id = :batch_id
+    RETURNING (SELECT count(*) FROM lost)
+    """  # noqa: S608 - constants only
+)
+
+
+async def settle_unconfirmed(
+    session: AsyncSession, batch_id: int, reinvite_before: datetime
+) -> int:
+    """A dead worker's batch: its patients up to `sent_through` with no answer written
+    may have been sent a request. Skip them for this round (counted `unconfirmed`) so
+    that none gets a second one; returns how many."""
+    lost = await session.scalar(
+        _SETTLE_UNCONFIRMED, {"batch_id": batch_id, "reinvite_before": reinvite_before}
+    )
+    return int(lost or 0)
+
+
+_RESERVE = text(
+    """
+    UPDATE imo_invitation_batches
+    SET sent_through = :through, lease_until = now() + make_interval(secs => :lease),
+        updated_at = now()
+    WHERE id = :id AND owner = :owner AND state = 'claimed'
+    RETURNING id
+    """
+)
+
+
+async def reserve(
+    session: AsyncSession, batch_id: int, owner: str, through: str, lease_seconds: float
+) -> bool:
+    """Record, before they are sent, that requests to the batch's patients up to id
+    `through` may leave (renewing the lease). False, writing nothing, when `owner` no
+    longer holds the batch: the caller must not send."""
+    held = await session.scalar(
+        _RESERVE, {"id": batch_id, "owner": owner, "through": through, "lease": lease_seconds}
+    )
+    return held is not None
 
 
 async def insert_batch(
@@ -309,10 +360,12 @@ _RECORD_BATCH = text(
     UPDATE imo_invitation_batches SET
         {_COUNTER_UPDATES},
         skip_ids = skip_ids || CAST(:skip_ids AS varchar[]),
-        state = :state,
-        owner = CASE WHEN :state = 'claimed' THEN owner END,
-        lease_until = CASE WHEN :state = 'claimed'
+        state = CAST(:state AS varchar),
+        owner = CASE WHEN CAST(:state AS varchar) = 'claimed' THEN owner END,
+        lease_until = CASE WHEN CAST(:state AS varchar) = 'claimed'
                            THEN now() + make_interval(secs => :lease) END,
+        -- Leaving `claimed`, every request sent has its answer in this write.
+        sent_through = CASE WHEN CAST(:state AS varchar) = 'claimed' THEN sent_through END,
         not_before = :not_before,
         updated_at = now()
     WHERE id = :id AND owner = :owner AND state = 'claimed'

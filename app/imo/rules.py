@@ -21,9 +21,10 @@ AUTHORIZATION_ANSWERS: Final = frozenset(
     {"invited", "subscribed", "not_subscribed", "no_imo_account"}
 )
 # Answers that leave no authorisation behind: the patient is skipped for the rest of the
-# round (`unexpected`, `transient` after retries, `denied` by ALLOWED_RECIPIENTS) and is
-# a candidate again in the next round.
-SKIP_ANSWERS: Final = frozenset({"unexpected", "transient", "denied"})
+# round (`unexpected`, `transient` after retries, `denied` by ALLOWED_RECIPIENTS,
+# `unconfirmed`: its worker died with the request sent or about to be) and is a
+# candidate again in the next round.
+SKIP_ANSWERS: Final = frozenset({"unexpected", "transient", "denied", "unconfirmed"})
 assert set(BATCH_COUNTERS) == AUTHORIZATION_ANSWERS | SKIP_ANSWERS
 
 # The button under the invitation, by language (`en` otherwise).

@@ -6,18 +6,20 @@ Every worker process runs one `InvitationRunner.run` loop (beside its dispatch l
 semaphore (`IMO_INVITATION_CONCURRENCY` requests in flight) and the shared Imo limiter
 at low priority, so reminders go first.
 
-Answers are written while a batch is sent, every `flush_interval` seconds: the
-authorisations (one statement) and the batch's counters, skip list and lease (one
-statement). A worker that dies leaves its batch `claimed`; once the lease has run out
-another takes it over and re-reads the patients still to invite: whoever got an answer
-that was written is not among them.
+Before each group of requests leaves (`RESERVE_STEP` patients, fewer at low rates), the
+batch's `sent_through` is written and committed; answers are written while the batch is
+sent, every `flush_interval` seconds: the authorisations (one statement) and the
+batch's counters, skip list and lease (one statement). A worker that dies leaves its
+batch `claimed`; once the lease has run out another takes it over and re-reads the
+patients still to invite: whoever got an answer that was written is not among them, and
+whoever is at or before `sent_through` without one is counted `unconfirmed` and not
+sent again in this round.
 
-The crash window: requests whose answers were not written yet when a worker died are
-sent again. That is at most one flush interval of the worker's sends plus those in
-flight. Imo answers a repeated invitation `invited` (or `subscribed`) and does not invite
-again, so each patient still gets one invitation; the alternative, writing before
-sending, would lose invitations that were recorded and never sent. See
-docs/invitation-rounds.md.
+So a crash never sends one patient two invitations in a round (at most once). The
+window it leaves open: patients whose answer was not written yet (at most one flush
+interval of the worker's sends, plus those in flight, plus the rest of the group being
+sent) are `unconfirmed`: invited once or not at all, and candidates again in the next
+round. See docs/invitation-rounds.md.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ INVITATIONS = PrometheusCounter(
 # A batch that Imo failed entirely is put back this many times before its patients are
 # left for the next round.
 MAX_BATCH_CLAIMS = 3
+# Requests whose `sent_through` is recorded in one write before they leave: what a worker
+# killed at the worst moment leaves `unconfirmed` beyond the requests in flight.
+RESERVE_STEP = 100
 _MAX_BACKOFF_SECONDS = 300.0
 
 
@@ -114,6 +119,26 @@ class _BatchWriter:
         renew = self.runner.settings.imo_invitation_lease_seconds / 3
         if (pending and waited >= self.runner.flush_interval) or waited >= renew:
             self._task = asyncio.create_task(self._write_guarded("claimed", None))
+
+    async def reserve(self, through: str) -> bool:
+        """Record (committed) that requests up to patient `through` may leave. False, with
+        `error` set, when the batch was taken over or the write failed: send nothing."""
+        try:
+            async with self.runner.sessionmaker() as session:
+                held = await imo_repository.reserve(
+                    session,
+                    self.claim.batch_id,
+                    self.claim.owner,
+                    through,
+                    self.runner.settings.imo_invitation_lease_seconds,
+                )
+                await session.commit()
+        except Exception as exc:
+            self.error = exc
+            return False
+        if not held:
+            self.error = LeaseLost(f"batch {self.claim.batch_id} was taken over")
+        return held
 
     async def finish(self, state: str, not_before: datetime | None) -> None:
         """Write what is left and move the batch to `state`. Raises what a write raised."""
@@ -309,7 +334,9 @@ class InvitationRunner:
             if attempt:
                 hinted = max((after or 0.0 for _, after in current.transient), default=0.0)
                 await self._sleep(stop, max(delay, min(hinted, 60.0)))
-            current = await self._send_pass([p for p, _ in current.transient], claim, writer, stop)
+            current = await self._send_pass(
+                [p for p, _ in current.transient], claim, writer, stop, first=attempt == 0
+            )
             if current.halted is not None:
                 break
 
@@ -341,11 +368,18 @@ class InvitationRunner:
         claim: ClaimedBatch,
         writer: _BatchWriter,
         stop: asyncio.Event,
+        *,
+        first: bool,
     ) -> _Pass:
+        """Send one request to each of `patients` (in id order), each at its own slot of
+        the shared limit. The first pass records `sent_through` before each group leaves;
+        retries resend only requests that Imo failed, all of them recorded already."""
         transient: list[tuple[Candidate, float | None]] = []
         tasks: set[asyncio.Task[None]] = set()
         halted: str | None = None
-        chunk_size = self.limiter.max_chunk
+        loop = asyncio.get_running_loop()
+        slot_seconds = 1.0 / self.limiter.rate_per_second
+        group_size = min(self.limiter.max_chunk, RESERVE_STEP)
 
         async def invite(patient: Candidate, sent_at: datetime) -> None:
             result: str | BaseException
@@ -362,20 +396,29 @@ class InvitationRunner:
             else:
                 writer.add(answer, sent_at)
 
-        for start in range(0, len(patients), chunk_size):
+        for start in range(0, len(patients), group_size):
             if stop.is_set():
                 halted = "stopped"
                 break
             if writer.failed:
                 halted = "failed"
                 break
-            chunk = patients[start : start + chunk_size]
-            await self.limiter.acquire(len(chunk), priority="low")
+            group = patients[start : start + group_size]
+            delay = await self.limiter.reserve(len(group), priority="low")
+            first_slot = loop.time() + delay
             now = self.clock()
             if not self.window.contains(now, claim.time_zone):
                 halted = "window"
                 break
-            for patient in chunk:
+            if first and not await writer.reserve(group[-1].id):
+                halted = "failed"
+                break
+            for index, patient in enumerate(group):
+                # Each request at its own slot, never before: no burst above the rate in
+                # any second, whatever the group size.
+                wait = first_slot + index * slot_seconds - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 await self._semaphore.acquire()
                 task = asyncio.create_task(invite(patient, now))
                 tasks.add(task)

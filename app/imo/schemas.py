@@ -29,6 +29,10 @@ class InvitationCounts(BaseModel):
     unexpected: int = Field(description="Answers outside Imo's known vocabulary; next round")
     transient: int = Field(description="Failed after retries (time-outs, 5xx); next round")
     denied: int = Field(description="Not in ALLOWED_RECIPIENTS outside production")
+    unconfirmed: int = Field(
+        description="A worker died with the invitation in flight: not sent again in this "
+        "round (at most one invitation per round); next round"
+    )
 
 
 class InvitationRunOut(BaseModel):

@@ -155,8 +155,9 @@ async def claim_batch(
 ) -> ClaimedBatch | Idle:
     """Hand out the round's next batch to `owner`, or say why there is none.
 
-    Under the round's row lock: first a batch a dead worker left (lease run out) or one
-    that waited for its window, in a zone open now; else the next patients after a zone's
+    Under the round's row lock: first a batch a dead worker left (lease run out; its
+    patients up to `sent_through` without an answer become `unconfirmed`) or one that
+    waited for its window, in a zone open now; else the next patients after a zone's
     cursor. Completes the round when nothing is left, and records `paused_until` when
     what is left must wait for a window. The caller commits.
     """
@@ -174,7 +175,10 @@ async def claim_batch(
         batch = await imo_repository.take_over_batch(session, round_id, usable, owner, lease, now)
         if batch is None:
             break
-        patients = await imo_repository.batch_patients(session, batch, round_.reinvite_before)
+        if batch.sent_through is not None:
+            # Its worker died: whoever it may have sent a request to is not sent another.
+            await imo_repository.settle_unconfirmed(session, batch.id, round_.reinvite_before)
+        patients = await imo_repository.batch_patients(session, batch.id, round_.reinvite_before)
         if patients:
             round_.paused_until = None
             return ClaimedBatch(batch.id, owner, batch.time_zone, patients, batch.claims)

@@ -18,6 +18,7 @@ BATCH_COUNTERS = (
     "unexpected",
     "transient",
     "denied",
+    "unconfirmed",
 )
 
 
@@ -28,6 +29,9 @@ class ImoInvitationBatch(TimestampMixin, Base):
     is taken over once it has passed. The patients still to invite are always re-read
     from the range: whoever got a known answer is no longer a candidate, and
     `skip_ids` names the others this round reached (unexpected and failed answers).
+    `sent_through` is written (and committed) before each group of requests leaves: a
+    batch taken over from a dead worker invites nobody up to it again, so a crash never
+    makes a patient's phone get two invitations in one round (see `unconfirmed`).
     A `waiting` batch met the closing of its zone's messaging window, or Imo failing
     every request; it resumes from `not_before`.
     """
@@ -56,6 +60,9 @@ class ImoInvitationBatch(TimestampMixin, Base):
     not_before: Mapped[datetime | None]
     # Times the batch was claimed: a takeover after a crash or a wait is one more.
     claims: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    # Every patient of the batch up to this id may have been sent a request; NULL once
+    # every request sent has its answer written (a batch that is `waiting` or `done`).
+    sent_through: Mapped[str | None] = mapped_column(String(64))
     skip_ids: Mapped[list[str]] = mapped_column(
         ARRAY(String(64)), server_default=text("'{}'::varchar[]")
     )
@@ -66,3 +73,6 @@ class ImoInvitationBatch(TimestampMixin, Base):
     unexpected: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     transient: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     denied: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Patients whose request may have left when their worker died, answer unknown: not
+    # sent again in this round, candidates again in the next.
+    unconfirmed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
