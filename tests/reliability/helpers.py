@@ -131,6 +131,19 @@ async def states(stack: Stack, seeded: list[Seeded]) -> dict[uuid.UUID, tuple[st
         return {row[0]: (row[1], row[2]) for row in result}
 
 
+async def notifications(stack: Stack, seeded: list[Seeded]) -> dict[uuid.UUID, dict[str, Any]]:
+    """Each notification's state, channel chain and index, retries and failure reason."""
+    async with database(stack) as conn:
+        result = await conn.execute(
+            text(
+                "SELECT id, state, channel_chain, channel_index, retry_count, failure_reason "
+                "FROM notifications WHERE id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": [s.id for s in seeded]},
+        )
+        return {row.id: dict(row._mapping) for row in result}
+
+
 async def state_counts(stack: Stack, seeded: list[Seeded]) -> Counter[str]:
     return Counter(state for state, _ in (await states(stack, seeded)).values())
 
@@ -149,15 +162,21 @@ async def attempts(stack: Stack, seeded: list[Seeded]) -> list[dict[str, Any]]:
 
 
 async def wait_until_settled(
-    stack: Stack, seeded: list[Seeded], *, timeout: float, done: frozenset[str] = DONE_STATES
+    stack: Stack,
+    seeded: list[Seeded],
+    *,
+    timeout: float,
+    done: frozenset[str] = DONE_STATES,
+    due_later_is_done: bool = True,
 ) -> dict[uuid.UUID, tuple[str, bool]]:
-    """Poll until every notification is in `done` (or due again later); fail with the
-    state counts when `timeout` runs out."""
+    """Poll until every notification is in `done` (or, with `due_later_is_done`, due
+    again later); fail with the state counts when `timeout` runs out."""
     deadline = time.monotonic() + timeout
     while True:
         current = await states(stack, seeded)
         if all(
-            state in done or (state == "scheduled" and not due) for state, due in current.values()
+            state in done or (due_later_is_done and state == "scheduled" and not due)
+            for state, due in current.values()
         ):
             return current
         if time.monotonic() > deadline:
