@@ -29,7 +29,6 @@ from app.config import Settings
 from app.errors import Conflict, NotFound, field_error
 from app.experiments import repository as experiment_repository
 from app.experiments import service as experiment_service
-from app.experiments.service import EvictionReason
 from app.models import (
     Appointment,
     Experiment,
@@ -38,6 +37,7 @@ from app.models import (
     Notification,
     Patient,
 )
+from app.models.experiment_membership import EvictionReason
 from app.notifications import service as notification_service
 from app.notifications.schemas import NotificationIn
 from app.notifications.window import zone

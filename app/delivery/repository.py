@@ -12,8 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.delivery.policy import ClaimedNotification, Outcome
-from app.experiments import repository as experiment_repository
-from app.notifications.states import ATTEMPT_RANK, NotificationState
+from app.models.experiment_membership import EvictionReason
+from app.notifications.states import ATTEMPT_RANK
 
 _CLAIM = text(
     """
@@ -150,37 +150,50 @@ async def record_attempts(
 
 _SETTLE = text(
     """
-    UPDATE notifications AS n SET
-        state = CASE
-            WHEN n.state IN ('delivered', 'read') AND v.state = 'sent' THEN n.state
-            ELSE v.state END,
-        channel_chain = CASE WHEN v.chain IS NULL THEN n.channel_chain
-                             ELSE string_to_array(v.chain, ',') END,
-        channel_index = v.channel_index,
-        due_at = COALESCE(v.due_at, n.due_at),
-        retry_count = v.retry_count,
-        failure_reason = v.failure_reason,
-        sent_at = COALESCE(n.sent_at, v.sent_at),
-        delivered_at = CASE WHEN v.state = 'delivered' THEN COALESCE(n.delivered_at, now())
-                            ELSE n.delivered_at END,
-        read_at = CASE WHEN v.state = 'read' THEN COALESCE(n.read_at, now()) ELSE n.read_at END,
-        -- Still `sending` (falling back to the next channel): the claim stands. (Swept
-        -- meanwhile, it has none: a fresh one lets the sweeper find it again.)
-        claimed_at = CASE WHEN v.state = 'sending' THEN COALESCE(n.claimed_at, now())
-                          ELSE NULL END,
-        updated_at = now()
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]), CAST(:chains AS text[]),
-                CAST(:channel_indexes AS int[]), CAST(:due_ats AS timestamptz[]),
-                CAST(:retry_counts AS int[]), CAST(:failure_reasons AS text[]),
-                CAST(:sent_ats AS timestamptz[]))
-         AS v(id, state, chain, channel_index, due_at, retry_count, failure_reason, sent_at)
-    WHERE n.id = v.id AND n.state IN ('sending', 'sent', 'delivered', 'read')
+    WITH settled AS (
+        UPDATE notifications AS n SET
+            state = CASE
+                WHEN n.state IN ('delivered', 'read') AND v.state = 'sent' THEN n.state
+                ELSE v.state END,
+            channel_chain = CASE WHEN v.chain IS NULL THEN n.channel_chain
+                                 ELSE string_to_array(v.chain, ',') END,
+            channel_index = v.channel_index,
+            due_at = COALESCE(v.due_at, n.due_at),
+            retry_count = v.retry_count,
+            failure_reason = v.failure_reason,
+            sent_at = COALESCE(n.sent_at, v.sent_at),
+            delivered_at = CASE WHEN v.state = 'delivered' THEN COALESCE(n.delivered_at, now())
+                                ELSE n.delivered_at END,
+            read_at = CASE WHEN v.state = 'read' THEN COALESCE(n.read_at, now()) ELSE n.read_at END,
+            -- Still `sending` (falling back to the next channel): the claim stands. (Swept
+            -- meanwhile, it has none: a fresh one lets the sweeper find it again.)
+            claimed_at = CASE WHEN v.state = 'sending' THEN COALESCE(n.claimed_at, now())
+                              ELSE NULL END,
+            updated_at = now()
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]), CAST(:chains AS text[]),
+                    CAST(:channel_indexes AS int[]), CAST(:due_ats AS timestamptz[]),
+                    CAST(:retry_counts AS int[]), CAST(:failure_reasons AS text[]),
+                    CAST(:sent_ats AS timestamptz[]))
+             AS v(id, state, chain, channel_index, due_at, retry_count, failure_reason, sent_at)
+        WHERE n.id = v.id AND n.state IN ('sending', 'sent', 'delivered', 'read')
+        RETURNING n.appointment_id, n.state
+    )
+    -- Failed on every channel: the experiment member whose reminder this was is evicted
+    -- (and still counted). In the same statement, and only failed reminders are looked
+    -- up (by primary key): with nothing failed, or no experiment, it costs nothing.
+    UPDATE experiment_memberships AS m
+    SET evicted_at = now(), evicted_reason = :undeliverable
+    WHERE m.evicted_at IS NULL
+      AND m.id IN (SELECT a.membership_id FROM settled AS s
+                   JOIN appointments AS a ON a.id = s.appointment_id
+                   WHERE s.state = 'failed')
     """
 )
 
 
 async def settle(session: AsyncSession, outcomes: dict[uuid.UUID, Outcome]) -> None:
-    """Write where each claimed notification stands now, in one statement.
+    """Write where each claimed notification stands now, in one statement, which also
+    evicts the experiment members whose reminders failed on every channel.
 
     A callback that already moved a notification to `delivered`/`read` is kept.
     """
@@ -198,12 +211,9 @@ async def settle(session: AsyncSession, outcomes: dict[uuid.UUID, Outcome]) -> N
             "retry_counts": [o.retry_count for _, o in items],
             "failure_reasons": [o.failure_reason for _, o in items],
             "sent_ats": [o.sent_at for _, o in items],
+            "undeliverable": EvictionReason.UNDELIVERABLE,
         },
     )
-    # Failed on every channel: an experiment member whose reminder this was is evicted
-    # (and still counted), so that the results can say how many could not be reached.
-    failed = [n for n, o in items if o.state == NotificationState.FAILED]
-    await experiment_repository.evict_undeliverable(session, failed)
 
 
 _DOWNGRADE_IMO = text(

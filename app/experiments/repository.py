@@ -218,25 +218,6 @@ async def evict(session: AsyncSession, membership_id: int, reason: str, now: dat
     )
 
 
-_EVICT_UNDELIVERABLE = text(
-    """
-    UPDATE experiment_memberships AS m
-    SET evicted_at = now(), evicted_reason = 'undeliverable'
-    FROM notifications AS n
-    JOIN appointments AS a ON a.id = n.appointment_id
-    WHERE n.id = ANY(CAST(:ids AS uuid[])) AND n.state = 'failed'
-      AND m.id = a.membership_id AND m.evicted_at IS NULL
-    """
-)
-
-
-async def evict_undeliverable(session: AsyncSession, notification_ids: Sequence[uuid.UUID]) -> None:
-    """Evict the members whose reminders among these ended `failed`: tried on every
-    channel, taken by none. One statement for the whole batch."""
-    if notification_ids:
-        await session.execute(_EVICT_UNDELIVERABLE, {"ids": list(notification_ids)})
-
-
 _RECORD_VISIT = text(
     """
     UPDATE experiment_memberships

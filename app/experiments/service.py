@@ -39,14 +39,9 @@ from app.experiments.schemas import (
     VersusControl,
 )
 from app.models import Appointment, Experiment, ExperimentGroup, ExperimentMembership, Patient
+from app.models.experiment_membership import EvictionReason
 from app.notifications.states import REACHED_STATUSES
 from app.reminder_plans import repository as plan_repository
-
-
-class EvictionReason:
-    OUT_OF_RANGE = "appointment_out_of_range"
-    CANCELLED = "appointment_cancelled"
-    UNDELIVERABLE = "undeliverable"
 
 
 def utc_today(now: datetime) -> date:

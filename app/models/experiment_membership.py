@@ -9,6 +9,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db.base import Base
 
 
+class EvictionReason:
+    """Why a member left the experiment's protocol (`evicted_reason`)."""
+
+    OUT_OF_RANGE = "appointment_out_of_range"
+    CANCELLED = "appointment_cancelled"
+    # A reminder failed on every channel: the patient could not be reached at all.
+    UNDELIVERABLE = "undeliverable"
+
+
 class ExperimentMembership(Base):
     """A patient enrolled in an experiment, with the group the hash assigned.
 

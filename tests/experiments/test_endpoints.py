@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.delivery import repository as delivery_repository
 from app.delivery.policy import Outcome
@@ -40,6 +42,32 @@ async def patient_in_group(
         patient_id = unique_id()
         if assign(experiment_id, patient_id, weights) == group:
             return await make_patient(session, id=patient_id, time_zone=daytime_zone(), **overrides)
+
+
+async def settle_failed(session: AsyncSession, reminder: uuid.UUID) -> None:
+    """The dispatcher's write when a reminder failed on every channel."""
+    await session.execute(
+        update(Notification).where(Notification.id == reminder).values(state="sending")
+    )
+    await delivery_repository.settle(
+        session,
+        {reminder: Outcome(NotificationState.FAILED, ["sms"], 0, failure_reason="sms: x")},
+    )
+
+
+@contextmanager
+def count_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL statements sent on the engine's connections meanwhile."""
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def membership(session: AsyncSession, patient_id: str) -> ExperimentMembership | None:
@@ -301,19 +329,54 @@ class TestEviction:
         patient = await patient_in_group(db_session, experiment, 1)
         data = await put_appointment(api, patient.id, days(1))
         reminder = uuid.UUID(data["reminders"][0]["id"])
-        await db_session.execute(
-            update(Notification).where(Notification.id == reminder).values(state="sending")
-        )
-        await delivery_repository.settle(
-            db_session,
-            {reminder: Outcome(NotificationState.FAILED, ["sms"], 0, failure_reason="sms: x")},
-        )
+        await settle_failed(db_session, reminder)
         found = await membership(db_session, patient.id)
         assert found is not None and found.evicted_reason == "undeliverable"
         results = (await api.get(f"/v1/experiments/{experiment['id']}/results")).json()
         treated = results["groups"][1]
         assert (treated["enrolled"], treated["evicted"]) == (1, 1)
         assert treated["evicted_by_reason"] == {"undeliverable": 1}
+
+    async def test_settling_a_batch_evicts_in_the_same_one_statement(
+        self, api: httpx.AsyncClient, db_session: AsyncSession, engine: AsyncEngine
+    ) -> None:
+        # The dispatch hot path pays nothing for experiments: no statement of its own,
+        # and only failed reminders of members are touched.
+        plan = await put_plan(api, default=True)
+        experiment = await create_experiment(api, plan)
+        member = await patient_in_group(db_session, experiment, 1)
+        evicted_before = await patient_in_group(db_session, experiment, 1)
+        outsider = await make_patient(db_session, time_zone=daytime_zone(), country="NP")
+        failed, delivered, already, not_member = [
+            (await put_appointment(api, patient.id, days(1)))["reminders"][0]["id"]
+            for patient in (member, member, evicted_before, outsider)
+        ]
+        first = await membership(db_session, evicted_before.id)
+        assert first is not None
+        await db_session.execute(
+            update(ExperimentMembership)
+            .where(ExperimentMembership.id == first.id)
+            .values(evicted_at=datetime.now(UTC), evicted_reason="appointment_cancelled")
+        )
+        outcomes = {
+            uuid.UUID(failed): Outcome(NotificationState.FAILED, ["sms"], failure_reason="x"),
+            uuid.UUID(delivered): Outcome(NotificationState.DELIVERED, ["sms"]),
+            uuid.UUID(already): Outcome(NotificationState.FAILED, ["sms"], failure_reason="x"),
+            uuid.UUID(not_member): Outcome(NotificationState.FAILED, ["sms"], failure_reason="x"),
+        }
+        await db_session.execute(
+            update(Notification).where(Notification.id.in_(list(outcomes))).values(state="sending")
+        )
+
+        with count_statements(engine) as statements:
+            await delivery_repository.settle(db_session, outcomes)
+
+        assert len(statements) == 1
+        found = await membership(db_session, member.id)
+        assert found is not None and found.evicted_reason == "undeliverable"
+        kept = await membership(db_session, evicted_before.id)
+        assert kept is not None and kept.evicted_reason == "appointment_cancelled"
+        assert await membership(db_session, outsider.id) is None
 
 
 class TestStop:
