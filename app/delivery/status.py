@@ -39,18 +39,38 @@ async def apply_reports(
     session: AsyncSession, reports: list[Report]
 ) -> list[bool | UnknownAttempt]:
     """Apply reports in one unit of work; per report: whether it changed anything, or
-    UnknownAttempt. Of several reports on one attempt the highest-ranked is applied; the
-    rest change nothing (they would be overtaken anyway). Flushes; the caller commits.
+    UnknownAttempt. Of several reports on one message the highest-ranked is applied; the
+    rest change nothing (they would be overtaken anyway). Reports on one attempt that
+    name different provider messages are applied in turn, so that a stray or forged one
+    cannot make the real one look unknown. Flushes; the caller commits.
     """
-    strongest: dict[int, int] = {}
+    strongest: dict[tuple[int, str | None], int] = {}
     for position, report in enumerate(reports):
-        best = strongest.get(report.attempt_id)
+        key = (report.attempt_id, report.provider_message_id)
+        best = strongest.get(key)
         if best is None or ATTEMPT_RANK[report.status] > ATTEMPT_RANK[reports[best].status]:
-            strongest[report.attempt_id] = position
-    chosen = [reports[position] for position in strongest.values()]
-    advanced = await delivery_repository.advance_attempts(session, chosen)
+            strongest[key] = position
+    # Layers with one report per attempt each: one statement cannot update a row twice.
+    layers: list[dict[int, int]] = []
+    for position in strongest.values():
+        attempt_id = reports[position].attempt_id
+        layer = next((layer for layer in layers if attempt_id not in layer), None)
+        if layer is None:
+            layer = {}
+            layers.append(layer)
+        layer[attempt_id] = position
+    applied: dict[int, delivery_repository.AdvancedAttempt] = {}
+    for layer in layers:
+        advanced = await delivery_repository.advance_attempts(
+            session, [reports[position] for position in layer.values()]
+        )
+        applied.update(
+            (position, advanced[attempt_id])
+            for attempt_id, position in layer.items()
+            if attempt_id in advanced
+        )
 
-    changed = {attempt_id: row for attempt_id, row in advanced.items() if row.changed}
+    changed = {position: row for position, row in applied.items() if row.changed}
     # A notification still `sending` is the dispatcher's to settle: it reconciles with
     # the attempt's stored status when it writes its own result.
     await delivery_repository.raise_notifications(
@@ -61,16 +81,18 @@ async def apply_reports(
             if row.status in (AttemptStatus.DELIVERED, AttemptStatus.READ)
         ],
     )
-    for attempt_id, row in changed.items():
+    for position, row in changed.items():
         if row.status == AttemptStatus.FAILED:
-            await follow_failure(session, row.notification_id, attempt_id)
+            await follow_failure(session, row.notification_id, reports[position].attempt_id)
 
-    return [
-        UnknownAttempt(report.attempt_id)
-        if report.attempt_id not in advanced
-        else strongest[report.attempt_id] == position and report.attempt_id in changed
-        for position, report in enumerate(reports)
-    ]
+    answers: list[bool | UnknownAttempt] = []
+    for position, report in enumerate(reports):
+        chosen = strongest[(report.attempt_id, report.provider_message_id)]
+        if chosen not in applied:
+            answers.append(UnknownAttempt(report.attempt_id))
+        else:
+            answers.append(chosen == position and position in changed)
+    return answers
 
 
 async def report(

@@ -153,7 +153,8 @@ async def attempts(stack: Stack, seeded: list[Seeded]) -> list[dict[str, Any]]:
         result = await conn.execute(
             text(
                 "SELECT a.id, a.notification_id, a.channel, a.status, a.error_code, "
-                "a.error_message, a.created_at FROM delivery_attempts AS a "
+                "a.error_message, a.provider_message_id, a.created_at "
+                "FROM delivery_attempts AS a "
                 "WHERE a.notification_id = ANY(CAST(:ids AS uuid[])) ORDER BY a.id"
             ),
             {"ids": [s.id for s in seeded]},
