@@ -17,6 +17,7 @@ from app.db.session import create_engine_and_sessionmaker
 from app.delivery.reports import ReportBatcher
 from app.errors import install_error_handlers
 from app.experiments import endpoints as experiment_endpoints
+from app.gc_tuning import tune_gc
 from app.imo import endpoints as imo_endpoints
 from app.logs import configure_logging
 from app.notifications import endpoints as notification_endpoints
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Provider reports are committed in groups; see app/delivery/reports.py.
         app.state.reports = ReportBatcher(lambda: app.state.sessionmaker)
         app.state.reports.start()
+        tune_gc()
         try:
             yield
         finally:

@@ -20,6 +20,7 @@ from app.config import get_settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery import channels as delivery_channels
 from app.delivery.dispatcher import Dispatcher, sweep
+from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
 from app.security import TokenSigner
@@ -58,6 +59,7 @@ async def startup(ctx: Context) -> None:
         ],
     )
     await invitations.start(ctx)
+    tune_gc()
     log.info("worker started", extra={"channels": sorted(dispatcher.channels)})
 
 

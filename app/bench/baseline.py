@@ -2,7 +2,7 @@
 to the same fake servers at the same concurrency. Run as its own process.
 
 python -m app.bench.baseline --imo URL --twilio URL --requests N --concurrency C
-prints one JSON line: {"requests": N, "seconds": s, "rate": r}.
+prints one JSON line: {"requests": N, "seconds": s, "rate": r, "cpu_seconds": c}.
 """
 
 from __future__ import annotations
@@ -69,10 +69,15 @@ async def run(imo_url: str, twilio_url: str, requests: int, concurrency: int) ->
     connector = aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(lane(session) for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
-    return {"requests": requests, "seconds": seconds, "rate": requests / seconds}
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return {
+        "requests": requests,
+        "seconds": seconds,
+        "rate": requests / seconds,
+        "cpu_seconds": cpu_seconds,
+    }
 
 
 def main() -> None:

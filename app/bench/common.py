@@ -8,6 +8,7 @@ the machines are shared and noisy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -109,6 +110,42 @@ class PeakMemory:
     @property
     def peak_mb(self) -> float:
         return self.peak / 1e6
+
+
+class CpuSeconds:
+    """CPU seconds (user + system) that named processes spend between `start()` and
+    `stop()`: tells which process a figure is limited by. PostgreSQL backends are
+    found by their process title, which names their database."""
+
+    def __init__(self, processes: list[tuple[str, int]], database: str | None = None) -> None:
+        self.processes = processes
+        self.database = database
+        self._before: dict[int, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def _snapshot(self) -> dict[tuple[str, int], float]:
+        pids = set(self.processes)
+        if self.database:
+            for process in psutil.process_iter(["cmdline"]):
+                title = " ".join(process.info["cmdline"] or [])
+                if title.startswith("postgres:") and f" {self.database} " in f"{title} ":
+                    pids.add(("postgresql", process.pid))
+        cpu: dict[tuple[str, int], float] = {}
+        for name, pid in pids:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                cpu[(name, pid)] = times.user + times.system
+        return cpu
+
+    def start(self) -> None:
+        self._before = {pid: seconds for (_, pid), seconds in self._snapshot().items()}
+
+    def stop(self) -> dict[str, float]:
+        self.seconds = {}
+        for (name, pid), seconds in self._snapshot().items():
+            used = seconds - self._before.get(pid, 0.0)
+            self.seconds[name] = self.seconds.get(name, 0.0) + used
+        return self.seconds
 
 
 @dataclass

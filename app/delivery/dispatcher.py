@@ -350,7 +350,10 @@ class Dispatcher:
 
         async def send_channel(channel: str, positions: list[int]) -> None:
             limiter = self.limiters[channel]
-            size = min(limiter.max_chunk, self.settings.dispatch_concurrency)
+            # Half the in-flight budget per chunk: one half is on the wire while the
+            # other's attempts are committed. A chunk of the whole budget would wait
+            # for every send to finish first (measured: ratio 0.3 against 0.4-0.7).
+            size = min(limiter.max_chunk, max(1, self.settings.dispatch_concurrency // 2))
             tasks = []
             try:
                 for start in range(0, len(positions), size):
