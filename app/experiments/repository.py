@@ -294,48 +294,42 @@ class GroupCounts:
     attempts: dict[str, dict[str, int]] | None = None
 
 
-# Per membership: returned within the window (by the first visit since enrolment), and
-# reached by any reminder of its appointments on any channel.
-_PATIENT_COUNTS = text(
-    f"""
-    WITH members AS (
-        SELECT id, group_id, evicted_reason,
+# Per group and eviction reason: members, and those who returned within the window (by
+# their first visit since enrolment) or may still do so. The members' table alone.
+_MEMBER_COUNTS = text(
+    """
+    SELECT group_id, evicted_reason,
+           count(*) AS enrolled,
+           count(*) FILTER (WHERE returned) AS returned,
+           count(*) FILTER (WHERE returned IS NOT TRUE AND window_open) AS awaiting
+    FROM (
+        SELECT group_id, evicted_reason,
                visited_on <= appointment_date + CAST(:window AS int) AS returned,
                appointment_date + CAST(:window AS int) >= CAST(:today AS date) AS window_open
         FROM experiment_memberships
         WHERE experiment_id = :experiment_id
-    ), reached AS (
-        SELECT DISTINCT a.membership_id
-        FROM experiment_memberships AS m
-        JOIN appointments AS a ON a.membership_id = m.id
-        JOIN notifications AS n ON n.appointment_id = a.id
-        JOIN delivery_attempts AS d ON d.notification_id = n.id
-        WHERE m.experiment_id = :experiment_id AND d.status IN ({_REACHED})
-    )
-    SELECT m.group_id, m.evicted_reason,
-           count(*) AS enrolled,
-           count(*) FILTER (WHERE m.returned) AS returned,
-           count(*) FILTER (WHERE m.returned IS NOT TRUE AND m.window_open) AS awaiting,
-           count(r.membership_id) AS reached
-    FROM members AS m
-    LEFT JOIN reached AS r ON r.membership_id = m.id
-    GROUP BY m.group_id, m.evicted_reason
-    """  # noqa: S608 - constants only
+    ) AS m
+    GROUP BY group_id, evicted_reason
+    """
 )
 
-# Per group: reminders by state and reached, attempts by channel and status.
+# Per group: reminders by state; attempts by channel and status; reminders and members
+# reached (on any channel). The members' reminders and attempts are joined once.
 _REMINDER_COUNTS = text(
     f"""
     WITH reminders AS MATERIALIZED (
-        SELECT m.group_id, n.id, n.state
+        SELECT m.group_id, m.id AS membership_id, n.id, n.state
         FROM experiment_memberships AS m
         JOIN appointments AS a ON a.membership_id = m.id
         JOIN notifications AS n ON n.appointment_id = a.id
         WHERE m.experiment_id = :experiment_id
     ), attempts AS MATERIALIZED (
-        SELECT r.group_id, r.id AS notification_id, d.channel, d.status
+        SELECT r.group_id, r.membership_id, r.id AS notification_id, d.channel, d.status
         FROM reminders AS r
         JOIN delivery_attempts AS d ON d.notification_id = r.id
+    ), reached AS MATERIALIZED (
+        SELECT DISTINCT group_id, membership_id, notification_id
+        FROM attempts WHERE status IN ({_REACHED})
     )
     SELECT group_id, 'state' AS kind, state AS key, '' AS status, count(*) AS n
     FROM reminders GROUP BY group_id, state
@@ -343,8 +337,10 @@ _REMINDER_COUNTS = text(
     SELECT group_id, 'attempt', channel, status, count(*)
     FROM attempts GROUP BY group_id, channel, status
     UNION ALL
-    SELECT group_id, 'reached', '', '', count(DISTINCT notification_id)
-    FROM attempts WHERE status IN ({_REACHED}) GROUP BY group_id
+    SELECT group_id, 'reached', '', '', count(*) FROM reached GROUP BY group_id
+    UNION ALL
+    SELECT group_id, 'patients_reached', '', '', count(DISTINCT membership_id)
+    FROM reached GROUP BY group_id
     """  # noqa: S608 - constants only
 )
 
@@ -357,15 +353,14 @@ async def group_counts(
         lambda: GroupCounts(evicted_by_reason={}, reminders_by_state={}, attempts={})
     )
     rows = await session.execute(
-        _PATIENT_COUNTS,
+        _MEMBER_COUNTS,
         {"experiment_id": experiment_id, "window": return_window_days, "today": today},
     )
-    for group_id, reason, enrolled, returned, awaiting, reached in rows:
+    for group_id, reason, enrolled, returned, awaiting in rows:
         group = counts[group_id]
         group.enrolled += enrolled
         group.returned += returned
         group.awaiting_outcome += awaiting
-        group.patients_reached += reached
         if reason is not None:
             assert group.evicted_by_reason is not None
             group.evicted_by_reason[reason] = enrolled
@@ -377,8 +372,10 @@ async def group_counts(
             group.reminders_by_state[key] = n
         elif kind == "attempt":
             group.attempts.setdefault(key, {})[status] = n
-        else:
+        elif kind == "reached":
             group.reminders_reached = n
+        else:
+            group.patients_reached = n
     return dict(counts)
 
 
