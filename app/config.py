@@ -88,8 +88,11 @@ class Settings(BaseSettings):
     # Local hours in which patients may be messaged, in their own time zone.
     messaging_window_start: time = time(8, 0)
     messaging_window_end: time = time(20, 0)
-    # A reminder not sent this many days after it fell due ends `expired`.
+    # A reminder not sent this many days after it fell due ends `expired`; per purpose
+    # (JSON, e.g. {"missed_visit": 7}) where a purpose stays useful longer or shorter.
+    # A reminder due before its appointment also expires when the appointment's day ends.
     notification_expiry_days: int = Field(default=4, ge=1)
+    notification_expiry_days_by_purpose: dict[str, Annotated[int, Field(ge=1)]] = {}
 
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
     dispatch_concurrency: int = Field(default=200, ge=1, le=5_000)
@@ -163,6 +166,10 @@ class Settings(BaseSettings):
     def callback_base_url(self) -> str:
         """Where providers call us back: PUBLIC_BASE_URL, or the local API in development."""
         return self.public_base_url or "http://127.0.0.1:8000"
+
+    def expiry_days(self, purpose: str) -> int:
+        """How long after falling due a notification of `purpose` is still worth sending."""
+        return self.notification_expiry_days_by_purpose.get(purpose, self.notification_expiry_days)
 
     @property
     def is_production(self) -> bool:

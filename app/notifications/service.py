@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import orjson
 from sqlalchemy.exc import IntegrityError
@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.errors import Conflict, InvalidInput, NotFound, field_error
-from app.models import DeliveryAttempt, Notification, Patient
+from app.models import Appointment, DeliveryAttempt, Notification, Patient
 from app.notifications import repository as notification_repository
 from app.notifications.schemas import NotificationIn
 from app.notifications.states import ACCEPTED_STATES, NotificationState
-from app.notifications.window import MessagingWindow
+from app.notifications.window import MessagingWindow, zone
 from app.observability import NOTIFICATIONS_SCHEDULED
 from app.templates import service as template_service
 
@@ -45,6 +45,25 @@ def due_moment(
         return moment
     wanted = max(request.send_at, now) if request.send_at is not None else now
     return window.next_moment(wanted, patient.time_zone)
+
+
+def expiry_moment(
+    settings: Settings,
+    purpose: str,
+    due_at: datetime,
+    patient: Patient,
+    appointment: Appointment | None,
+) -> datetime:
+    """When the notification stops being worth sending: `expiry_days(purpose)` after it
+    falls due, and for one due before its appointment's day is over, when that day ends
+    in the patient's time zone (a reminder must never arrive after the visit)."""
+    expires_at = due_at + timedelta(days=settings.expiry_days(purpose))
+    if appointment is not None:
+        day_after = appointment.scheduled_date + timedelta(days=1)
+        day_ends = datetime.combine(day_after, time(0), tzinfo=zone(patient.time_zone))
+        if due_at < day_ends:
+            expires_at = min(expires_at, day_ends)
+    return expires_at
 
 
 def standard_variables(patient: Patient) -> dict[str, str]:
@@ -82,6 +101,13 @@ async def schedule(
     variables = {**standard_variables(patient), **{k: str(v) for k, v in request.variables.items()}}
     rendered = await template_service.render(session, request.template, patient.locale, variables)
     due_at = due_moment(request, patient, window_of(settings), now)
+    appointment = (
+        await session.get(Appointment, request.appointment_id)
+        if request.appointment_id is not None
+        else None
+    )
+    if appointment is not None and appointment.patient_id != patient.id:
+        appointment = None
 
     notification = Notification(
         id=uuid.uuid4(),
@@ -97,7 +123,7 @@ async def schedule(
         send_at=request.send_at,
         state=S.SCHEDULED,
         due_at=due_at,
-        expires_at=due_at + timedelta(days=settings.notification_expiry_days),
+        expires_at=expiry_moment(settings, request.purpose, due_at, patient, appointment),
         channel_index=0,
         retry_count=0,
         idempotency_key=idempotency_key,

@@ -12,6 +12,7 @@ import itertools
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -66,16 +67,19 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
         yield running
 
 
-async def settle_under(
-    stack: Stack, seeded: list[Seeded], faults: dict[str, float]
-) -> dict[Any, dict[str, Any]]:
+async def seed_under(
+    stack: Stack, faults: dict[str, float], count: int, series: int
+) -> tuple[list[Seeded], dict[Any, dict[str, Any]]]:
+    """Seed `count` due notifications with the providers misbehaving from the start, and
+    wait until every one is final."""
     await stack.reset_fakes()
     await stack.configure_fakes(imo=faults, twilio=faults)
     try:
+        seeded = await seed(stack, count, series=series)
         await wait_until_settled(stack, seeded, timeout=120, done=FINAL, due_later_is_done=False)
     finally:
         await stack.configure_fakes(imo=NO_FAULTS, twilio=NO_FAULTS)
-    return await notifications(stack, seeded)
+    return seeded, await notifications(stack, seeded)
 
 
 def assert_once_or_failed_with_a_reason(
@@ -93,8 +97,7 @@ def assert_once_or_failed_with_a_reason(
 
 
 async def test_every_message_ends_sent_fallen_back_or_failed_with_a_reason(stack: Stack) -> None:
-    seeded = await seed(stack, 400, series=10)
-    rows = await settle_under(stack, seeded, FAULTS)
+    seeded, rows = await seed_under(stack, FAULTS, 400, series=10)
     tried = await attempts(stack, seeded)
     got = await received(stack)
     imo_faults = Counter((await stack.imo_stats())["faults"])
@@ -179,8 +182,7 @@ async def test_no_log_line_holds_a_phone_number_or_message_text(stack: Stack) ->
             json={"full_name": "X", "phone_numbers": [{"number": "+8801711", "type": "mobile"}]},
         )
         assert refused.status_code == 422
-        seeded = await seed(stack, 100, series=12)
-        await settle_under(stack, seeded, FAULTS)
+        seeded, _ = await seed_under(stack, FAULTS, 100, series=12)
         for notification_id in ids:
             answer = (await api.get(f"/v1/notifications/{notification_id}")).json()
             assert answer["state"] in FINAL, answer
@@ -197,3 +199,24 @@ async def test_no_log_line_holds_a_phone_number_or_message_text(stack: Stack) ->
     assert any("unexpected provider answer" in line for line in lines), lines
     leaks = [line for line in lines if any(secret in line for secret in secrets)]
     assert not leaks, leaks[:5]
+
+
+async def test_what_cannot_go_out_in_time_expires_and_never_goes_out_late(stack: Stack) -> None:
+    await stack.reset_fakes()
+    await stack.configure_fakes(twilio={"error_rate": 1.0})
+    expires_at = datetime.now(UTC) + timedelta(seconds=4)
+    seeded = await seed(stack, 50, series=13, imo_every=0, expires_at=expires_at)
+    try:
+        await wait_until_settled(
+            stack, seeded, timeout=30, done=frozenset({"expired"}), due_later_is_done=False
+        )
+    finally:
+        await stack.configure_fakes(twilio=NO_FAULTS)
+    await asyncio.sleep(1.0)
+    rows = await notifications(stack, seeded)
+    assert {row["state"] for row in rows.values()} == {"expired"}
+    assert all(row["failure_reason"] == "not sent while still useful" for row in rows.values())
+    tried = await attempts(stack, seeded)
+    assert {a["status"] for a in tried} == {"failed"}
+    assert max(a["created_at"] for a in tried) < expires_at
+    assert not await received(stack)
