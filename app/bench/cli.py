@@ -81,15 +81,18 @@ def schedule(
     bench_schedule.run(notifications, concurrency, batch, json_path)
 
 
-@bench_cli.command("results")
-def results(
+@bench_cli.command("experiments")
+def experiments(
     memberships: Annotated[list[int], typer.Option("--memberships", "-n")] = [1_000_000],  # noqa: B006
     repeats: Annotated[int, typer.Option(help="Times the results are computed.")] = 5,
+    explain: Annotated[
+        bool, typer.Option(help="Also print EXPLAIN ANALYZE of each query.")
+    ] = False,
     json_path: JsonOption = None,
 ) -> None:
     """An experiment's results (and its per-patient CSV rows) on N memberships."""
-    from app.bench import results as bench_results
+    from app.bench import experiments as bench_experiments
     from app.cli import prepare_environment
 
     prepare_environment()
-    bench_results.run(memberships, repeats, json_path)
+    bench_experiments.run(memberships, repeats, json_path, explain=explain)

@@ -6,18 +6,20 @@ patients and memberships in three groups (control with no reminders, one reminde
 three reminders), an appointment each, the treatment groups' notifications in a mix of
 states, and their delivery attempts on Imo and SMS (Imo failures falling back to SMS).
 Then times the results' two aggregate queries plus the statistics, as the endpoint runs
-them, a few times over, and streams the per-patient rows once.
+them, a few times over (the median is the figure), and streams the per-patient rows of
+the CSV once. `--explain` prints each query's plan as it ran (EXPLAIN ANALYZE).
 
-    notify bench results -n 1000000
+    notify bench experiments -n 1000000 [--explain] [--json PATH]
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +147,24 @@ async def seed(engine: AsyncEngine, n: int) -> uuid.UUID:
     return experiment_id
 
 
-async def measure(n: int, repeats: int) -> dict[str, Any]:
-    database_url = await fresh_database("clinic_notify_bench_results")
+async def explain(engine: AsyncEngine, experiment_id: uuid.UUID) -> None:
+    """Print the plan of each query of the results, as it ran."""
+    params = {"experiment_id": experiment_id, "window": 15, "today": date.today()}
+    queries = {
+        "members": experiment_repository.MEMBER_COUNTS,
+        "reminders and attempts": experiment_repository.REMINDER_COUNTS,
+    }
+    async with engine.connect() as connection:
+        for name, query in queries.items():
+            plan = await connection.execute(
+                text(f"EXPLAIN (ANALYZE, BUFFERS) {query.text}"), params
+            )
+            console.print(f"[bold]{name}[/bold]")
+            console.print("\n".join(line for (line,) in plan), markup=False)
+
+
+async def measure(n: int, repeats: int, *, show_plans: bool) -> dict[str, Any]:
+    database_url = await fresh_database("clinic_notify_bench_experiments")
     engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=2)
     try:
         began = time.perf_counter()
@@ -161,6 +179,7 @@ async def measure(n: int, repeats: int) -> dict[str, Any]:
                     )
                 )
             ).one()
+        load = os.getloadavg()[0]
         timings = []
         for _ in range(repeats):
             async with sessionmaker() as session:
@@ -174,6 +193,8 @@ async def measure(n: int, repeats: int) -> dict[str, Any]:
             async for _ in experiment_repository.patient_rows(session, experiment_id, 15):
                 rows += 1
             csv_seconds = time.perf_counter() - began
+        if show_plans:
+            await explain(engine, experiment_id)
         return {
             "memberships": n,
             "notifications": sizes[0],
@@ -184,15 +205,17 @@ async def measure(n: int, repeats: int) -> dict[str, Any]:
             "results best s": min(timings),
             "csv rows": rows,
             "csv rows s": csv_seconds,
+            "load avg": load,
+            "cpus": os.cpu_count() or 0,
         }
     finally:
         await engine.dispose()
 
 
-def run(sizes: list[int], repeats: int, json_path: Path | None) -> Result:
-    result = Result("results: GET /v1/experiments/{id}/results on N memberships")
+def run(sizes: list[int], repeats: int, json_path: Path | None, *, explain: bool = False) -> Result:
+    result = Result("experiments: GET /v1/experiments/{id}/results on N memberships")
     for n in sizes:
-        result.add(**asyncio.run(measure(n, repeats)))
+        result.add(**asyncio.run(measure(n, repeats, show_plans=explain)))
     result.show()
     result.write_json(json_path)
     return result

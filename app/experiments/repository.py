@@ -296,7 +296,7 @@ class GroupCounts:
 
 # Per group and eviction reason: members, and those who returned within the window (by
 # their first visit since enrolment) or may still do so. The members' table alone.
-_MEMBER_COUNTS = text(
+MEMBER_COUNTS = text(
     """
     SELECT group_id, evicted_reason,
            count(*) AS enrolled,
@@ -315,7 +315,7 @@ _MEMBER_COUNTS = text(
 
 # Per group: reminders by state; attempts by channel and status; reminders and members
 # reached (on any channel). The members' reminders and attempts are joined once.
-_REMINDER_COUNTS = text(
+REMINDER_COUNTS = text(
     f"""
     WITH reminders AS MATERIALIZED (
         SELECT m.group_id, m.id AS membership_id, n.id, n.state
@@ -353,7 +353,7 @@ async def group_counts(
         lambda: GroupCounts(evicted_by_reason={}, reminders_by_state={}, attempts={})
     )
     rows = await session.execute(
-        _MEMBER_COUNTS,
+        MEMBER_COUNTS,
         {"experiment_id": experiment_id, "window": return_window_days, "today": today},
     )
     for group_id, reason, enrolled, returned, awaiting in rows:
@@ -364,7 +364,7 @@ async def group_counts(
         if reason is not None:
             assert group.evicted_by_reason is not None
             group.evicted_by_reason[reason] = enrolled
-    rows = await session.execute(_REMINDER_COUNTS, {"experiment_id": experiment_id})
+    rows = await session.execute(REMINDER_COUNTS, {"experiment_id": experiment_id})
     for group_id, kind, key, status, n in rows:
         group = counts[group_id]
         assert group.reminders_by_state is not None and group.attempts is not None
