@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     # a divisor of 60, as the sweeper is a cron job on the seconds of each minute).
     sweep_interval_seconds: int = Field(default=60, ge=1, le=60)
 
+    # Request bodies larger than this are refused with a 413 (a full batch of 1,000
+    # patients is well under 2 MiB).
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
     # Embedded PostgreSQL/Redis and the development key live here.
     data_dir: str = ".data"
     log_level: str = "INFO"

@@ -63,7 +63,7 @@ def field_error(field: str, message: str) -> InvalidInput:
     return InvalidInput(message, details=[{"field": field, "message": message}])
 
 
-def _body(code: str, message: str, details: list[dict[str, Any]]) -> dict[str, Any]:
+def error_body(code: str, message: str, details: list[dict[str, Any]]) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
@@ -90,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse(
-            _body(exc.code, exc.message, exc.details), exc.status_code, headers=headers
+            error_body(exc.code, exc.message, exc.details), exc.status_code, headers=headers
         )
 
     @app.exception_handler(RequestValidationError)
@@ -98,15 +98,19 @@ def install_error_handlers(app: FastAPI) -> None:
         details = validation_details(exc.errors())
         fields = ", ".join(sorted({d["field"] for d in details if d["field"]}))
         message = f"invalid request: {fields}" if fields else "invalid request"
-        return JSONResponse(_body("invalid_request", message, details), 422)
+        return JSONResponse(error_body("invalid_request", message, details), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(_body(code, str(exc.detail), []), exc.status_code, headers=exc.headers)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return JSONResponse(
+            error_body(code, str(exc.detail), []), exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Sentry's FastAPI integration captures it; the log line carries the route only.
         log.exception("unhandled error", extra={"path": request.url.path})
-        return JSONResponse(_body("internal_error", "internal error", []), 500)
+        return JSONResponse(error_body("internal_error", "internal error", []), 500)

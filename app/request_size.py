@@ -1,0 +1,49 @@
+"""A cap on request bodies, enforced while they stream in: a 413, not memory exhaustion.
+
+A declared `Content-Length` over the cap is refused before a byte is read; a body that
+declares none (chunked) or lies is cut off as soon as it passes the cap.
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_body
+
+
+class RequestSizeLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI lets an HTTPException from reading the body through to the
+                    # app's handler, which renders it as JSON.
+                    raise HTTPException(413, self._message)
+            return message
+
+        await self.app(scope, limited, send)
+
+    @property
+    def _message(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes"
+
+    def _too_large(self) -> JSONResponse:
+        return JSONResponse(error_body("payload_too_large", self._message, []), 413)
