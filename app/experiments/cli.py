@@ -58,6 +58,14 @@ async def run_report(database_url: str, experiment_id: uuid.UUID, csv_path: Path
     engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
     try:
         async with sessionmaker() as session:
+            # One snapshot for the table and every batch of the CSV: they agree, however
+            # many visits and callbacks arrive meanwhile.
+            await session.connection(
+                execution_options={
+                    "isolation_level": "REPEATABLE READ",
+                    "postgresql_readonly": True,
+                }
+            )
             return await report_from(session, experiment_id, csv_path)
     finally:
         await engine.dispose()

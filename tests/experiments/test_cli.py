@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.experiments import cli as experiments_cli
-from app.experiments.cli import CSV_COLUMNS, report_from
+from app.experiments.cli import CSV_COLUMNS, report_from, run_report
 from tests.appointments.helpers import create_experiment, days, put_appointment, put_plan
 from tests.clock import daytime_zone
 from tests.factories import make_patient
+from tests.stack import Services
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -66,6 +67,12 @@ class TestReport:
         self, db_session: AsyncSession, capsys: pytest.CaptureFixture[str]
     ) -> None:
         assert await report_from(db_session, uuid.uuid4(), None) == 1
+        assert "no experiment" in capsys.readouterr().err
+
+    async def test_runs_on_its_own_read_only_snapshot(
+        self, services: Services, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert await run_report(services.database_url, uuid.uuid4(), None) == 1
         assert "no experiment" in capsys.readouterr().err
 
 
