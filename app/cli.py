@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
 import app as app_package
 from app import embedded
 from app.bench.cli import bench_cli
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.experiments.cli import experiments_cli
 from app.imo.cli import invite
 
@@ -88,6 +89,18 @@ def notify_command(*args: str) -> list[str]:
 # ---------------------------------------------------------------------------- environment
 
 
+def checked_settings() -> Settings:
+    """The settings, or exit 1 naming every problem (no traceback)."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()
+        )
+        err_console.print(f"[red]refusing to start:[/red] {problems}")
+        raise typer.Exit(1) from None
+
+
 def prepare_environment(*, redis: bool = True) -> tuple[str, str]:
     """Resolve the database and Redis URLs (embedded ones when unset) into `os.environ`.
 
@@ -95,9 +108,10 @@ def prepare_environment(*, redis: bool = True) -> tuple[str, str]:
     returns the configured URL, perhaps empty. Also gives development a stable
     SECRET_KEY kept in the data folder. Everything read later through `get_settings()`
     (and every child process) sees the result. Exits with a message when an embedded
-    service is missing or fails.
+    service is missing or fails, or when the settings are refused (in production: a
+    missing or placeholder secret, no PUBLIC_BASE_URL).
     """
-    settings = get_settings()
+    settings = checked_settings()
     data_dir = Path(settings.data_dir)
     try:
         database_url = settings.database_url or embedded.ensure_postgres(data_dir)

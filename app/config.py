@@ -17,7 +17,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 AppEnv = Literal["development", "test", "staging", "production"]
 
 # Values that mean "nobody set this": refused in production.
-PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "fake", "test", "xxx"})
+# The fake providers' well-known credentials (app/cli.py) count as placeholders too.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "change-me", "changeme", "secret", "fake", "test", "xxx"}
+    | {"fake-imo-password", "fake-twilio-token"}
+)
 
 
 def _split_csv(value: object) -> object:

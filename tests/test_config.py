@@ -1,0 +1,105 @@
+"""Settings that keep a misconfigured service from starting, or from messaging anyone."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from app import cli
+from app.config import PLACEHOLDER_SECRETS, Settings
+
+PRODUCTION: dict[str, Any] = {
+    "app_env": "production",
+    "database_url": "postgresql+asyncpg://notify:pw@db:5432/notify",
+    "redis_url": "redis://redis:6379/0",
+    "public_base_url": "https://notify.example.org",
+    "secret_key": "k" * 40,
+    "imo_base_url": "https://sgp.imo.im/api/simple",
+    "imo_username": "clinic",
+    "imo_password": "a-real-imo-password",
+    "twilio_account_sid": "AC" + "1" * 32,
+    "twilio_auth_token": "a-real-twilio-token",
+    "twilio_sms_from": "+15005550006",
+}
+
+
+def production(**changes: Any) -> Settings:
+    return Settings(_env_file=None, **{**PRODUCTION, **changes})  # type: ignore[call-arg]
+
+
+class TestProductionStartUp:
+    def test_complete_settings_start(self) -> None:
+        assert production().is_production
+
+    @pytest.mark.parametrize(
+        ("field", "value", "complaint"),
+        [
+            ("public_base_url", "", "PUBLIC_BASE_URL must be set"),
+            ("secret_key", "", "SECRET_KEY is missing or a placeholder"),
+            ("secret_key", "change-me", "SECRET_KEY is missing or a placeholder"),
+            ("secret_key", "short-but-real", "SECRET_KEY must be at least 32 characters"),
+            ("imo_password", " Change-Me ", "IMO_PASSWORD is missing or a placeholder"),
+            ("imo_password", cli.FAKE_IMO_PASSWORD, "IMO_PASSWORD is missing or a placeholder"),
+            (
+                "twilio_auth_token",
+                cli.FAKE_TWILIO_AUTH_TOKEN,
+                "TWILIO_AUTH_TOKEN is missing or a placeholder",
+            ),
+            ("imo_username", "", "IMO_USERNAME must be set"),
+            ("database_url", "", "DATABASE_URL must be set"),
+        ],
+    )
+    def test_missing_or_placeholder_values_are_refused(
+        self, field: str, value: str, complaint: str
+    ) -> None:
+        with pytest.raises(ValidationError, match=complaint):
+            production(**{field: value})
+
+    def test_the_fakes_credentials_are_placeholders(self) -> None:
+        assert {cli.FAKE_IMO_PASSWORD, cli.FAKE_TWILIO_AUTH_TOKEN} <= PLACEHOLDER_SECRETS
+
+    @pytest.mark.parametrize("command", ["api", "worker"])
+    def test_the_processes_refuse_to_start(self, tmp_path: Path, command: str) -> None:
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            **{name.upper(): str(value) for name, value in PRODUCTION.items()},
+            "PUBLIC_BASE_URL": "",
+            "TWILIO_AUTH_TOKEN": "change-me",
+        }
+        done = subprocess.run(
+            cli.notify_command(command),
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        output = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 1, output
+        assert "refusing to start" in output
+        assert "PUBLIC_BASE_URL must be set" in output
+        assert "TWILIO_AUTH_TOKEN is missing or a placeholder" in output
+        assert "Traceback" not in output
+
+
+class TestAllowedRecipients:
+    REAL = "https://api.twilio.com"
+
+    def test_outside_production_only_listed_numbers_reach_a_real_provider(self) -> None:
+        staging = Settings(app_env="staging", allowed_recipients="+8801711000004")
+        assert staging.recipient_allowed("+8801711000004", self.REAL)
+        assert not staging.recipient_allowed("+8801711000005", self.REAL)
+
+    def test_the_fakes_on_loopback_reach_nobody_so_anyone_goes(self) -> None:
+        development = Settings(app_env="development")
+        assert development.recipient_allowed("+8801711000005", "http://127.0.0.1:8001")
+        assert not development.recipient_allowed("+8801711000005", self.REAL)
+
+    def test_production_messages_everyone(self) -> None:
+        assert production().recipient_allowed("+8801711000005", self.REAL)
