@@ -2,9 +2,10 @@
 
 Throughput (`--patients N ...`): seeds N patients with COPY into a fresh database, runs
 an unthrottled round in a process of its own (callbacks off) and, against the same fake
-in the same run, a bare aiohttp loop posting the same invitations at the same
-concurrency. Reports invitations/s, the loop's rate, their ratio and the peak RSS of the
-process running the round.
+in the same run, right before and right after the round, a bare aiohttp loop posting the
+same invitations at the same concurrency. Reports invitations/s, the loop's rate, their
+ratio (to the mean of the two loop runs), the same per CPU-second of the sending process
+(steadier on a shared machine), and the peak RSS of the process running the round.
 
 Shared limit (`--rate R --workers W`): W worker processes under IMO_RATE_LIMIT_PER_SECOND
 = R run a round of R x `--seconds` patients; the fake counts invitations per second of
@@ -47,6 +48,8 @@ from app.config import get_settings
 # One database per run: benchmarks of other people on the same server never meet it.
 BENCH_DATABASE = f"clinic_notify_bench_invitations_{os.getpid()}"
 COPY_CHUNK = 50_000
+# Requests of each run of the bare loop (before and after the round).
+BASELINE_REQUESTS = 50_000
 # Fake Imo answers by last digit: 0 no account, 1 invited (never accepts), 3-9 invited.
 # 2 (HTTP 500, retried with back-off) is left out: it measures waiting, not sending.
 _DIGITS = (3, 4, 5, 6, 7, 8, 9, 1, 0, 3)
@@ -140,18 +143,11 @@ async def _throughput_in(database_url: str, n: int, concurrency: int, batch: int
     }
     with fakes_and_env(database_url, get_settings().redis_url, **env) as processes:
         imo_url = processes.env["IMO_BASE_URL"]
-        baseline = await _run_json(
-            [
-                "baseline",
-                "--imo",
-                imo_url,
-                "--requests",
-                str(min(n, 100_000)),
-                "--concurrency",
-                str(concurrency),
-            ],
-            processes.env,
-        )
+        loop_args = ["baseline", "--imo", imo_url, "--requests", str(min(n, BASELINE_REQUESTS))]
+        loop_args += ["--concurrency", str(concurrency)]
+        # The loop runs right before and right after the round, and the two are averaged:
+        # on a shared machine the load drifts during a long round.
+        before = await _run_json(loop_args, processes.env)
         child = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -166,17 +162,28 @@ async def _throughput_in(database_url: str, n: int, concurrency: int, batch: int
         if child.returncode:
             raise RuntimeError(f"the round failed ({child.returncode}); see {processes.workdir}")
         round_ = json.loads(stdout)
+        after = await _run_json(loop_args, processes.env)
     rate = round_["reached"] / round_["seconds"]
+    loop_rate = (before["rate"] + after["rate"]) / 2
+    # Requests per CPU-second of the sending process: what the load of others changes least.
+    per_cpu = round_["reached"] / round_["cpu_seconds"]
+    loop_per_cpu = (before["requests"] + after["requests"]) / (
+        before["cpu_seconds"] + after["cpu_seconds"]
+    )
     return {
         "patients": n,
         "seed s": seed_seconds,
         "round s": round_["seconds"],
         "invitations/s": rate,
-        "baseline/s": baseline["rate"],
-        "ratio": rate / baseline["rate"],
+        "loop/s before": before["rate"],
+        "loop/s after": after["rate"],
+        "ratio": rate / loop_rate,
+        "per CPU-s": per_cpu,
+        "loop per CPU-s": loop_per_cpu,
+        "CPU ratio": per_cpu / loop_per_cpu,
         "peak RSS MB": max(round_["peak_rss_mb"], sampled.peak_mb),
         "reached": round_["reached"],
-        "counts": round_["counts"],
+        "counts": {name: count for name, count in round_["counts"].items() if count},
     }
 
 
@@ -199,9 +206,9 @@ async def round_in_process() -> dict[str, Any]:
 
     settings = get_settings()
     quiet = Console(quiet=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     code = await run_round(settings, None, quiet, trigger="bench")
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
     if code:
         raise RuntimeError(f"the round ended with {code}")
     from app.db.session import create_engine_and_sessionmaker
@@ -216,6 +223,7 @@ async def round_in_process() -> dict[str, Any]:
     return {
         "reached": sum(counts.values()),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "counts": counts,
         # Linux: kilobytes.
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -254,10 +262,20 @@ async def baseline(imo_url: str, requests: int, concurrency: int) -> dict[str, f
     connector = aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
         await asyncio.gather(*(lane(session) for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
-    return {"requests": requests, "seconds": seconds, "rate": requests / seconds}
+        seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
+    return {
+        "requests": requests,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "rate": requests / seconds,
+    }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---------------------------------------------------------------------------- shared limit

@@ -194,6 +194,11 @@ async def batch_patients(
     return [Candidate(*row) for row in rows]
 
 
+# Accepted (by callback) an invitation of this round whose answer was never written.
+_SUBSCRIBED_UNANSWERED = (
+    "(a.status = 'subscribed' AND a.subscribed_at >= :round_started"
+    " AND (a.last_invited_at IS NULL OR a.last_invited_at < :round_started))"
+)
 _SETTLE_UNCONFIRMED = text(
     f"""
     WITH lost AS (
@@ -202,7 +207,8 @@ _SETTLE_UNCONFIRMED = text(
         JOIN patients AS p
           ON p.time_zone = b.time_zone AND p.id > b.after_id AND p.id <= b.sent_through
         LEFT JOIN imo_authorizations AS a ON a.patient_id = p.id
-        WHERE b.id = :batch_id AND {_INVITABLE} AND {_CANDIDATE} AND p.id <> ALL(b.skip_ids)
+        WHERE b.id = :batch_id AND {_INVITABLE} AND p.id <> ALL(b.skip_ids)
+          AND ({_CANDIDATE} OR {_SUBSCRIBED_UNANSWERED})
     )
     UPDATE imo_invitation_batches SET
         skip_ids = skip_ids || ARRAY(SELECT id FROM lost),
@@ -216,13 +222,15 @@ _SETTLE_UNCONFIRMED = text(
 
 
 async def settle_unconfirmed(
-    session: AsyncSession, batch_id: int, reinvite_before: datetime
+    session: AsyncSession, batch_id: int, reinvite_before: datetime, round_started: datetime
 ) -> int:
     """A dead worker's batch: its patients up to `sent_through` with no answer written
     may have been sent a request. Skip them for this round (counted `unconfirmed`) so
-    that none gets a second one; returns how many."""
+    that none gets a second one; returns how many. Those who accepted meanwhile count
+    too: the round reached them, but their answer was lost with the worker."""
     lost = await session.scalar(
-        _SETTLE_UNCONFIRMED, {"batch_id": batch_id, "reinvite_before": reinvite_before}
+        _SETTLE_UNCONFIRMED,
+        {"batch_id": batch_id, "reinvite_before": reinvite_before, "round_started": round_started},
     )
     return int(lost or 0)
 

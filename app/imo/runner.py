@@ -396,35 +396,49 @@ class InvitationRunner:
             else:
                 writer.add(answer, sent_at)
 
-        for start in range(0, len(patients), group_size):
-            if stop.is_set():
-                halted = "stopped"
-                break
-            if writer.failed:
-                halted = "failed"
-                break
-            group = patients[start : start + group_size]
-            delay = await self.limiter.reserve(len(group), priority="low")
-            first_slot = loop.time() + delay
-            now = self.clock()
-            if not self.window.contains(now, claim.time_zone):
-                halted = "window"
-                break
-            if first and not await writer.reserve(group[-1].id):
-                halted = "failed"
-                break
-            for index, patient in enumerate(group):
-                # Each request at its own slot, never before: no burst above the rate in
-                # any second, whatever the group size.
-                wait = first_slot + index * slot_seconds - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await self._semaphore.acquire()
-                task = asyncio.create_task(invite(patient, now))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks)
+        groups = [patients[i : i + group_size] for i in range(0, len(patients), group_size)]
+        # The write-ahead of the group to send next, started while the one before is sent:
+        # the database's latency stays off the sending path (it widens the crash window
+        # by one group, whose requests never left).
+        ahead: asyncio.Task[bool] | None = None
+        try:
+            for number, group in enumerate(groups):
+                if stop.is_set():
+                    halted = "stopped"
+                    break
+                if writer.failed:
+                    halted = "failed"
+                    break
+                delay = await self.limiter.reserve(len(group), priority="low")
+                first_slot = loop.time() + delay
+                now = self.clock()
+                if not self.window.contains(now, claim.time_zone):
+                    halted = "window"
+                    break
+                if first:
+                    held = await (ahead or writer.reserve(group[-1].id))
+                    ahead = None
+                    if not held:
+                        halted = "failed"
+                        break
+                    if number + 1 < len(groups):
+                        ahead = asyncio.create_task(writer.reserve(groups[number + 1][-1].id))
+                for index, patient in enumerate(group):
+                    # Each request at its own slot, never before: no burst above the rate
+                    # in any second, whatever the group size.
+                    wait = first_slot + index * slot_seconds - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    await self._semaphore.acquire()
+                    task = asyncio.create_task(invite(patient, now))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        finally:
+            # Settled before the batch's last write, which clears `sent_through`.
+            if ahead is not None:
+                await asyncio.wait([ahead])
+            if tasks:
+                await asyncio.wait(tasks)
         return _Pass(transient=transient, halted=halted)
 
     # ------------------------------------------------------------------ helpers

@@ -177,7 +177,9 @@ async def claim_batch(
             break
         if batch.sent_through is not None:
             # Its worker died: whoever it may have sent a request to is not sent another.
-            await imo_repository.settle_unconfirmed(session, batch.id, round_.reinvite_before)
+            await imo_repository.settle_unconfirmed(
+                session, batch.id, round_.reinvite_before, round_.created_at
+            )
         patients = await imo_repository.batch_patients(session, batch.id, round_.reinvite_before)
         if patients:
             round_.paused_until = None
@@ -236,7 +238,7 @@ async def _fresh_batch(
             after = last = cursor["after"]
             eligible: list[Candidate] = []
             exhausted = False
-            scan_limit = max(2 * size, 100)
+            scan_limit = max(size, 100)
             while len(eligible) < size and time.monotonic() < deadline:
                 scanned = await imo_repository.scan_zone(
                     session, zone, last, round_.reinvite_before, scan_limit
