@@ -14,7 +14,14 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from tests.clock import night_zone
-from tests.e2e.helpers import eventually, phone, put_patient
+from tests.e2e.helpers import (
+    accept_imo_invitation,
+    eventually,
+    notification_in,
+    phone,
+    put_patient,
+    schedule,
+)
 from tests.imo.helpers import invite_phone, seed_patients
 from tests.reliability.helpers import database
 from tests.stack import Services, Stack, run_stack
@@ -153,6 +160,36 @@ class TestRoundThroughTheApi:
         assert forged.status_code == 404
 
 
+class TestRemindersFirst:
+    async def test_a_due_reminder_is_sent_within_seconds_during_a_round(
+        self, stack: Stack, api: httpx.AsyncClient
+    ) -> None:
+        # 2,000 invitations at the account's 200/s: a round of 10 seconds.
+        async with database(stack) as connection:
+            await seed_patients(connection, [invite_phone(n, 1) for n in range(2000)])
+        subscriber = await put_patient(api, phone(7))
+        await accept_imo_invitation(stack, subscriber["id"])
+        started = await start_round(api)
+        await eventually(lambda: _reached(api, started["id"], 200), timeout=30)
+
+        scheduled = await schedule(api, subscriber["id"])
+        began = time.monotonic()
+        sent = await notification_in(api, scheduled["id"], "sent", "delivered", "read")
+        waited = time.monotonic() - began
+
+        assert [a["channel"] for a in sent["attempts"]] == ["imo"]
+        progress = (await api.get(f"/v1/imo/invitations/runs/{started['id']}")).json()
+        assert progress["state"] == "running", "the round ended before the reminder was due"
+        # The worker's dispatch poll, plus at most ~1 s behind invitations (the limiter's
+        # low-priority horizon), on a busy machine.
+        assert waited < 4.0, waited
+
+
+async def _reached(api: httpx.AsyncClient, round_id: int, at_least: int) -> bool:
+    data = (await api.get(f"/v1/imo/invitations/runs/{round_id}")).json()
+    return int(data["reached"]) >= at_least
+
+
 async def _is(api: httpx.AsyncClient, patient_id: str, status: str) -> bool:
     return await authorization(api, patient_id) == status
 
@@ -227,13 +264,25 @@ class TestKilledWorker:
         # What the kill left unknown is small: answers not yet written, requests in flight.
         assert len(unconfirmed) <= 0.5 * 200 + 20  # ~0.5 s of sends at 200/s, and a group
 
-        # The next round takes the unconfirmed ones, and only them: each patient has then
-        # been invited (a new invitation at Imo) exactly once.
+        # The next round takes unconfirmed ones, and only them (not those who accepted
+        # meanwhile): then every patient has an answer, and each has been invited (a new
+        # invitation at Imo) exactly once.
         second = await start_round(api)
         again = await round_in(api, second["id"], "completed")
-        # (Those who accepted meanwhile are subscribed: not invited again.)
-        assert again["reached"] == len(unconfirmed) - accepted_only
         stats = await stack.imo_stats()
+        after = stats["phones"]["send_invite"]
+        second_round = {p for p in phones if after.get(p, 0) > received.get(p, 0)}
+        assert second_round <= {phone_of[p] for p in unconfirmed}
+        assert again["reached"] == len(second_round) <= len(unconfirmed) - accepted_only
+        assert max(after[p] - received.get(p, 0) for p in second_round) == 1
+        async with database(stack) as connection:
+            unanswered = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM patients AS p LEFT JOIN imo_authorizations AS a"
+                    " ON a.patient_id = p.id WHERE a.patient_id IS NULL"
+                )
+            )
+        assert unanswered == 0
         with_account = [p for p in phones if not p.endswith("0")]
         assert stats["invites"]["new"] == len(with_account)
-        assert set(stats["phones"]["send_invite"]) == set(phones)
+        assert set(after) == set(phones)
