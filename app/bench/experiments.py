@@ -155,6 +155,7 @@ async def explain(engine: AsyncEngine, experiment_id: uuid.UUID) -> None:
         "reminders and attempts": experiment_repository.REMINDER_COUNTS,
     }
     async with engine.connect() as connection:
+        await connection.execute(text("SET jit = off"))  # as the results turn it off
         for name, query in queries.items():
             plan = await connection.execute(
                 text(f"EXPLAIN (ANALYZE, BUFFERS) {query.text}"), params
