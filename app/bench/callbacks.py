@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app import embedded
 from app.bench.common import (
+    CpuSeconds,
     PeakMemory,
     Result,
     console,
@@ -66,15 +67,20 @@ async def reflected(engine: AsyncEngine) -> dict[str, int]:
         return {**attempts, **{f"notifications {state}": count for state, count in rows.all()}}
 
 
-async def measure(n: int, concurrency: int) -> dict[str, object]:
-    database_url = await fresh_database("clinic_notify_bench_callbacks")
+DATABASE = "clinic_notify_bench_callbacks"
+
+
+async def measure(n: int, concurrency: int, api_workers: int) -> dict[str, object]:
+    database_url = await fresh_database(DATABASE)
     engine = create_async_engine(database_url)
     await seed(engine, n)
     with fakes_and_env(database_url, get_settings().redis_url) as processes:
         port = embedded.free_port()
-        api = processes.start("api", "api", "--port", str(port))
+        api = processes.start("api", "api", "--port", str(port), "--workers", str(api_workers))
         processes.wait_http(f"http://127.0.0.1:{port}/healthz")
         env = processes.env
+        cpu = CpuSeconds([("api", api.pid)], database=DATABASE)
+        cpu.start()
         with PeakMemory(api.pid) as memory:
             load = await run_module(
                 "app.bench.loadgen",
@@ -93,6 +99,7 @@ async def measure(n: int, concurrency: int) -> dict[str, object]:
                 "--concurrency",
                 str(concurrency),
             )
+        used = cpu.stop()
     counts = await reflected(engine)
     await engine.dispose()
     expected_read, expected_delivered = n // 2, n - n // 2
@@ -103,19 +110,27 @@ async def measure(n: int, concurrency: int) -> dict[str, object]:
     return {
         "callbacks": n,
         "concurrency": concurrency,
+        "api processes": api_workers,
         "accepted/s": load["items_rate"],
         "p50 ms": load["p50_ms"],
         "p99 ms": load["p99_ms"],
         "non-2xx": sum(load["failures"].values()),
         "lost": lost,
         "peak MB api": memory.peak_mb,
+        # CPU per callback: what the figure is limited by (2 cores are 2 s per second).
+        "us/cb api": used.get("api", 0.0) / n * 1e6,
+        "us/cb pg": used.get("postgresql", 0.0) / n * 1e6,
+        "us/cb loadgen": load["cpu_seconds"] / n * 1e6,
     }
 
 
-def run(sizes: list[int], concurrency: int, json_path: Path | None) -> Result:
+def run(
+    sizes: list[int], concurrency: int, json_path: Path | None, api_workers: list[int] | None = None
+) -> Result:
     result = Result("callbacks: provider webhooks at the API, then checked in PostgreSQL")
     for n in sizes:
-        result.add(**asyncio.run(measure(n, concurrency)))
+        for count in api_workers or [1]:
+            result.add(**asyncio.run(measure(n, concurrency, count)))
     result.show()
     result.write_json(json_path)
     return result

@@ -56,6 +56,9 @@ def invitations(
 def callbacks(
     callbacks: Annotated[list[int], typer.Option("--callbacks", "-n")] = [20_000],  # noqa: B006
     concurrency: Annotated[int, typer.Option(help="Connections of the load generator.")] = 64,
+    api_workers: Annotated[
+        list[int], typer.Option("--api-workers", help="API processes (`notify api --workers`).")
+    ] = [1],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """Imo read receipts and Twilio statuses at the API: rate, latency, none lost."""
@@ -63,7 +66,7 @@ def callbacks(
     from app.cli import prepare_environment
 
     prepare_environment()
-    bench_callbacks.run(callbacks, concurrency, json_path)
+    bench_callbacks.run(callbacks, concurrency, json_path, api_workers)
 
 
 @bench_cli.command("schedule")

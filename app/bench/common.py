@@ -125,6 +125,9 @@ class CpuSeconds:
 
     def _snapshot(self) -> dict[tuple[str, int], float]:
         pids = set(self.processes)
+        for name, pid in self.processes:  # e.g. `notify api --workers N`'s processes
+            with contextlib.suppress(psutil.Error):
+                pids.update((name, c.pid) for c in psutil.Process(pid).children(recursive=True))
         if self.database:
             for process in psutil.process_iter(["cmdline"]):
                 title = " ".join(process.info["cmdline"] or [])

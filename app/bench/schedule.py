@@ -9,13 +9,22 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import embedded
-from app.bench.common import PeakMemory, Result, fakes_and_env, fresh_database, run_module
+from app.bench.common import (
+    CpuSeconds,
+    PeakMemory,
+    Result,
+    fakes_and_env,
+    fresh_database,
+    run_module,
+)
 from app.cli import create_api_key
 from app.config import get_settings
 
+DATABASE = "clinic_notify_bench_schedule"
+
 
 async def measure(n: int, concurrency: int, batch: int) -> list[dict[str, object]]:
-    database_url = await fresh_database("clinic_notify_bench_schedule")
+    database_url = await fresh_database(DATABASE)
     _, key = await create_api_key(database_url, "bench")
     rows: list[dict[str, object]] = []
     with fakes_and_env(database_url, get_settings().redis_url) as processes:
@@ -34,13 +43,18 @@ async def measure(n: int, concurrency: int, batch: int) -> list[dict[str, object
             "--concurrency",
             str(concurrency),
         ]
+        cpu = CpuSeconds([("api", api.pid)], database=DATABASE)
         with PeakMemory(api.pid) as memory:
+            cpu.start()
             patients = await run_module(
                 "app.bench.loadgen", "--mode", "patients", "--batch", str(batch), *common
             )
+            patients["cpu"] = cpu.stop()
+            cpu.start()
             notifications = await run_module(
                 "app.bench.loadgen", "--mode", "notifications", *common
             )
+            notifications["cpu"] = cpu.stop()
     engine = create_async_engine(database_url)
     async with engine.connect() as connection:
         stored = {
@@ -62,6 +76,10 @@ async def measure(n: int, concurrency: int, batch: int) -> list[dict[str, object
                 "p99 ms": load["p99_ms"],
                 "non-2xx": sum(load["failures"].values()),
                 "peak MB api": memory.peak_mb,
+                # CPU per item: what the figure is limited by (2 cores: 2 s per second).
+                "us/item api": load["cpu"].get("api", 0.0) / n * 1e6,
+                "us/item pg": load["cpu"].get("postgresql", 0.0) / n * 1e6,
+                "us/item loadgen": load["cpu_seconds"] / n * 1e6,
                 "stored": stored[table],
             }
         )
