@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.experiments import cli as experiments_cli
+from app.experiments import repository as experiment_repository
 from app.experiments.cli import CSV_COLUMNS, report_from, run_report
 from tests.appointments.helpers import create_experiment, days, put_appointment, put_plan
 from tests.clock import daytime_zone
@@ -62,6 +63,11 @@ class TestReport:
         assert by_patient[patients[1].id]["days_to_return"] == ""
         assert {r["group"] for r in rows} <= {"control", "g1"}
         assert {r["appointment_date"] for r in rows} == {days(1)}
+        # The rows come in keyset-paginated batches: across batches, each member once.
+        paged = experiment_repository.patient_rows(
+            db_session, uuid.UUID(experiment["id"]), 3, batch=4
+        )
+        assert sorted([row.patient_id async for row in paged]) == sorted(p.id for p in patients)
 
     async def test_an_unknown_experiment_exits_1(
         self, db_session: AsyncSession, capsys: pytest.CaptureFixture[str]
