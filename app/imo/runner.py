@@ -69,6 +69,8 @@ MAX_BATCH_CLAIMS = 3
 # Requests whose `sent_through` is recorded in one write before they leave: what a worker
 # killed at the worst moment leaves `unconfirmed` beyond the requests in flight.
 RESERVE_STEP = 100
+# A request later than this after its limiter slot waits for a new one instead.
+MAX_LATENESS_SECONDS = 0.005
 _MAX_BACKOFF_SECONDS = 300.0
 
 
@@ -424,12 +426,19 @@ class InvitationRunner:
                     if number + 1 < len(groups):
                         ahead = asyncio.create_task(writer.reserve(groups[number + 1][-1].id))
                 for index, patient in enumerate(group):
+                    await self._semaphore.acquire()
                     # Each request at its own slot, never before: no burst above the rate
                     # in any second, whatever the group size.
                     wait = first_slot + index * slot_seconds - loop.time()
+                    if wait < -MAX_LATENESS_SECONDS:
+                        # Nor long after (a starved process, Imo slow to answer): late
+                        # requests sent together would crowd one of Imo's seconds. The
+                        # missed slots are given up; the rest of the group takes new ones.
+                        delay = await self.limiter.reserve(len(group) - index, priority="low")
+                        first_slot = loop.time() + delay - index * slot_seconds
+                        wait = delay
                     if wait > 0:
                         await asyncio.sleep(wait)
-                    await self._semaphore.acquire()
                     task = asyncio.create_task(invite(patient, now))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
