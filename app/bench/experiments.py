@@ -6,8 +6,9 @@ patients and memberships in three groups (control with no reminders, one reminde
 three reminders), an appointment each, the treatment groups' notifications in a mix of
 states, and their delivery attempts on Imo and SMS (Imo failures falling back to SMS).
 Then times the results' two aggregate queries plus the statistics, as the endpoint runs
-them, a few times over (the median is the figure), and streams the per-patient rows of
-the CSV once. `--explain` prints each query's plan as it ran (EXPLAIN ANALYZE).
+them, a few times over (the median is the figure, next to the CPU time of the database
+backend, which does not grow when other work shares the machine), and streams the
+per-patient rows of the CSV once. `--explain` prints each query's plan as it ran (EXPLAIN ANALYZE).
 
     notify bench experiments -n 1000000 [--explain] [--json PATH]
 """
@@ -15,6 +16,7 @@ the CSV once. `--explain` prints each query's plan as it ran (EXPLAIN ANALYZE).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import statistics
 import time
@@ -23,8 +25,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.bench.common import Result, console, fresh_database
 from app.db.session import create_engine_and_sessionmaker
@@ -164,6 +167,23 @@ async def explain(engine: AsyncEngine, experiment_id: uuid.UUID) -> None:
             console.print("\n".join(line for (line,) in plan), markup=False)
 
 
+async def backend_process(session: AsyncSession) -> psutil.Process | None:
+    """The session's PostgreSQL backend, when it runs on this machine."""
+    try:
+        return psutil.Process(await session.scalar(text("SELECT pg_backend_pid()")))
+    except psutil.Error:
+        return None
+
+
+def cpu_seconds(process: psutil.Process | None) -> float:
+    """CPU time the process has used: unlike the wall time, it does not grow when other
+    work shares the machine. (Parallel workers' time is not included.)"""
+    if process is None:
+        return math.nan
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 async def measure(n: int, repeats: int, *, show_plans: bool) -> dict[str, Any]:
     database_url = await fresh_database("clinic_notify_bench_experiments")
     engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=2)
@@ -180,14 +200,17 @@ async def measure(n: int, repeats: int, *, show_plans: bool) -> dict[str, Any]:
                     )
                 )
             ).one()
-        load = os.getloadavg()[0]
-        timings = []
+        timings, cpu = [], []
         for _ in range(repeats):
             async with sessionmaker() as session:
+                backend = await backend_process(session)
+                cpu_before = cpu_seconds(backend)
                 began = time.perf_counter()
                 results = await experiment_service.results(session, experiment_id)
                 timings.append(time.perf_counter() - began)
+                cpu.append(cpu_seconds(backend) - cpu_before)
         assert sum(g.enrolled for g in results.groups) == n
+        load = os.getloadavg()[0]  # of the minute the results were timed in
         async with sessionmaker() as session:
             began = time.perf_counter()
             rows = 0
@@ -204,6 +227,7 @@ async def measure(n: int, repeats: int, *, show_plans: bool) -> dict[str, Any]:
             "results first s": timings[0],
             "results median s": statistics.median(timings),
             "results best s": min(timings),
+            "db cpu median s": statistics.median(cpu),
             "csv rows": rows,
             "csv rows s": csv_seconds,
             "load avg": load,
