@@ -6,12 +6,30 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+# SQLSTATE classes of a server that went away or is not back yet: 08 connection
+# exception; 57 operator intervention (admin or crash shutdown, "the database system is
+# starting up", which asyncpg raises while connecting and SQLAlchemy does not call a
+# disconnect).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57")
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """PostgreSQL is unreachable, restarting or not yet accepting connections: the same
+    unit of work is worth trying again shortly."""
+    if isinstance(error, OSError | OperationalError | InterfaceError):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+    return error.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
 
 
 def create_engine_and_sessionmaker(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sentry_sdk
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.callbacks import urls
@@ -31,6 +31,7 @@ from app.channels.base import (
     TransientChannelError,
 )
 from app.config import Settings
+from app.db.session import database_unavailable
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
 from app.delivery.policy import ClaimedNotification, Outcome, SendOn
@@ -266,10 +267,7 @@ class Dispatcher:
                     await session.commit()
                 return
             except (DBAPIError, OSError) as exc:
-                disconnected = isinstance(exc, OSError | OperationalError | InterfaceError) or (
-                    isinstance(exc, DBAPIError) and exc.connection_invalidated
-                )
-                if not disconnected or time.monotonic() > deadline:
+                if not database_unavailable(exc) or time.monotonic() > deadline:
                     raise
                 log.warning("database unreachable; retrying the write-back: %s", type(exc).__name__)
                 await asyncio.sleep(delay)
