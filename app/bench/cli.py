@@ -18,6 +18,10 @@ def dispatch(
     workers: Annotated[list[int], typer.Option("--workers", "-w")] = [1],  # noqa: B006
     concurrency: Annotated[int, typer.Option(help="In-flight sends per worker.")] = 200,
     batch: Annotated[int, typer.Option(help="Notifications claimed per batch.")] = 500,
+    measured: Annotated[
+        int | None,
+        typer.Option(help="Time only the first M sends of the N due (memory on a big table)."),
+    ] = None,
     json_path: JsonOption = None,
 ) -> None:
     """N due reminders (half Imo, half SMS) sent by real workers vs a bare aiohttp loop."""
@@ -25,7 +29,7 @@ def dispatch(
     from app.cli import prepare_environment
 
     prepare_environment()
-    bench_dispatch.run(reminders, workers, concurrency, batch, json_path)
+    bench_dispatch.run(reminders, workers, concurrency, batch, json_path, measured)
 
 
 @bench_cli.command("invitations")
