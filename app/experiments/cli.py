@@ -119,6 +119,12 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
+def p_value_text(p_value: float) -> str:
+    """Three significant digits; a p-value too small for a double (it underflows to 0)
+    is shown as the bound it is below, never as 0."""
+    return f"{p_value:.3g}" if p_value > 0 else "<1e-300"
+
+
 def _interval(interval: tuple[float, float] | None) -> str:
     if interval is None:
         return "-"
@@ -151,7 +157,7 @@ def results_table(results: ExperimentResults) -> Table:
             _interval(group.return_rate_ci95),
             "-" if versus is None else f"{versus.difference * 100:+.1f} pts",
             "-" if versus is None else _interval(versus.ci95),
-            "-" if versus is None else f"{versus.p_value:.3g}",
+            "-" if versus is None else p_value_text(versus.p_value),
         )
     return table
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.experiments import cli as experiments_cli
 from app.experiments import repository as experiment_repository
-from app.experiments.cli import CSV_COLUMNS, report_from, run_report
+from app.experiments.cli import CSV_COLUMNS, p_value_text, report_from, run_report
 from tests.appointments.helpers import create_experiment, days, put_appointment, put_plan
 from tests.clock import daytime_zone
 from tests.factories import make_patient
@@ -80,6 +80,14 @@ class TestReport:
     ) -> None:
         assert await run_report(services.database_url, uuid.uuid4(), None) == 1
         assert "no experiment" in capsys.readouterr().err
+
+
+class TestPValueText:
+    @pytest.mark.parametrize(
+        ("p_value", "text"), [(0.04321, "0.0432"), (6.76e-122, "6.76e-122"), (0.0, "<1e-300")]
+    )
+    def test_never_shows_an_underflowed_p_as_zero(self, p_value: float, text: str) -> None:
+        assert p_value_text(p_value) == text
 
 
 class TestCommand:
