@@ -18,6 +18,7 @@ from app.bench.common import (
     fakes_and_env,
     fresh_database,
     run_module,
+    server_pid,
 )
 from app.config import get_settings
 
@@ -79,7 +80,8 @@ async def measure(n: int, concurrency: int, api_workers: int) -> dict[str, objec
         api = processes.start("api", "api", "--port", str(port), "--workers", str(api_workers))
         processes.wait_http(f"http://127.0.0.1:{port}/healthz")
         env = processes.env
-        cpu = CpuSeconds([("api", api.pid)], database=DATABASE)
+        server = await server_pid(database_url)
+        cpu = CpuSeconds([("api", api.pid)], database=DATABASE, server=server)
         cpu.start()
         with PeakMemory(api.pid) as memory:
             load = await run_module(

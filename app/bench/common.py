@@ -28,6 +28,7 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from app import cli as notify_cli
 from app import embedded
@@ -78,6 +79,21 @@ async def fresh_database(name: str) -> str:
     return url
 
 
+async def server_pid(database_url: str) -> int | None:
+    """The PostgreSQL server process (postmaster) behind `database_url`, if it runs here."""
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            backend = await connection.scalar(text("SELECT pg_backend_pid()"))
+    finally:
+        await engine.dispose()
+    try:
+        server: int = psutil.Process(int(backend)).ppid()
+    except (psutil.Error, TypeError, ValueError):
+        return None
+    return server
+
+
 class PeakMemory:
     """Samples the RSS of a process (and its children) in a thread; keeps the peak."""
 
@@ -115,11 +131,18 @@ class PeakMemory:
 class CpuSeconds:
     """CPU seconds (user + system) that named processes spend between `start()` and
     `stop()`: tells which process a figure is limited by. PostgreSQL backends are
-    found by their process title, which names their database."""
+    found by their process title, which names their database, under `server` (the
+    postmaster: test suites elsewhere on the machine use the same database names)."""
 
-    def __init__(self, processes: list[tuple[str, int]], database: str | None = None) -> None:
+    def __init__(
+        self,
+        processes: list[tuple[str, int]],
+        database: str | None = None,
+        server: int | None = None,
+    ) -> None:
         self.processes = processes
         self.database = database
+        self.server = server
         self._before: dict[int, float] = {}
         self.seconds: dict[str, float] = {}
 
@@ -129,9 +152,10 @@ class CpuSeconds:
             with contextlib.suppress(psutil.Error):
                 pids.update((name, c.pid) for c in psutil.Process(pid).children(recursive=True))
         if self.database:
-            for process in psutil.process_iter(["cmdline"]):
+            for process in psutil.process_iter(["cmdline", "ppid"]):
                 title = " ".join(process.info["cmdline"] or [])
-                if title.startswith("postgres:") and f" {self.database} " in f"{title} ":
+                ours = self.server is None or process.info["ppid"] == self.server
+                if ours and title.startswith("postgres:") and f" {self.database} " in f"{title} ":
                     pids.add(("postgresql", process.pid))
         cpu: dict[tuple[str, int], float] = {}
         for name, pid in pids:

@@ -18,6 +18,7 @@ from app.bench.common import (
     fakes_and_env,
     fresh_database,
     run_module,
+    server_pid,
 )
 from app.config import get_settings
 
@@ -110,6 +111,7 @@ async def measure(
         cpu = CpuSeconds(
             [("workers" if c in children else "fakes", c.pid) for c in processes.children],
             database=DATABASE,
+            server=await server_pid(database_url),
         )
         async with engine.begin() as connection:
             await connection.execute(text("UPDATE notifications SET due_at = now()"))

@@ -16,6 +16,7 @@ from app.bench.common import (
     fakes_and_env,
     fresh_database,
     run_module,
+    server_pid,
 )
 from app.cli import create_api_key
 from app.config import get_settings
@@ -43,7 +44,8 @@ async def measure(n: int, concurrency: int, batch: int) -> list[dict[str, object
             "--concurrency",
             str(concurrency),
         ]
-        cpu = CpuSeconds([("api", api.pid)], database=DATABASE)
+        server = await server_pid(database_url)
+        cpu = CpuSeconds([("api", api.pid)], database=DATABASE, server=server)
         with PeakMemory(api.pid) as memory:
             cpu.start()
             patients = await run_module(
