@@ -68,7 +68,7 @@ INVITATIONS = PrometheusCounter(
 MAX_BATCH_CLAIMS = 3
 # Requests whose `sent_through` is recorded in one write before they leave: what a worker
 # killed at the worst moment leaves `unconfirmed` beyond the requests in flight.
-RESERVE_STEP = 100
+RESERVE_STEP = 250
 # A request later than this after its limiter slot waits for a new one instead.
 MAX_LATENESS_SECONDS = 0.005
 _MAX_BACKOFF_SECONDS = 300.0
@@ -218,6 +218,7 @@ class InvitationRunner:
         self._semaphore = asyncio.Semaphore(settings.imo_invitation_concurrency)
         self._wake = asyncio.Event()
         self._templates: dict[str, Template] = {}
+        self._by_locale: dict[str, Template] = {}
         self._backoff = 0.0
         self._allowed_all = settings.recipient_allowed("", imo.base_url)
 
@@ -464,17 +465,22 @@ class InvitationRunner:
         )
 
     def _render(self, patient: Candidate) -> RenderedTemplate:
-        for locale in locale_candidates(patient.locale):
-            template = self._templates.get(locale)
-            if template is not None:
-                return render_text(
-                    template.key,
-                    template.locale,
-                    template.title,
-                    template.body,
-                    {"patient_name": patient.full_name},
-                )
-        raise LookupError(f"no template '{INVITATION_TEMPLATE}' for '{patient.locale}' or 'en'")
+        template = self._by_locale.get(patient.locale)
+        if template is None:
+            # Once per locale: the hot path is a dictionary look-up.
+            template = next(
+                self._templates[locale]
+                for locale in locale_candidates(patient.locale)
+                if locale in self._templates
+            )
+            self._by_locale[patient.locale] = template
+        return render_text(
+            template.key,
+            template.locale,
+            template.title,
+            template.body,
+            {"patient_name": patient.full_name},
+        )
 
     async def _load_templates(self) -> None:
         async with self.sessionmaker() as session:
@@ -482,6 +488,7 @@ class InvitationRunner:
                 select(Template).where(Template.key == INVITATION_TEMPLATE)
             )
             self._templates = {template.locale: template for template in found}
+        self._by_locale = {}
         if "en" not in self._templates:
             raise LookupError(f"template '{INVITATION_TEMPLATE}' has no 'en' text to fall back on")
 

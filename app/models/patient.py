@@ -20,9 +20,11 @@ class Patient(TimestampMixin, Base):
             f"reminder_consent IN {CONSENT_VALUES}",
             name="reminder_consent",
         ),
-        # Invitation rounds stream consenting patients with a mobile in id order.
+        # Invitation rounds stream consenting patients with a mobile, zone by zone, in id
+        # order (keyset): each zone's scan reads that zone's entries only.
         Index(
             "ix_patients_invitable",
+            "time_zone",
             "id",
             postgresql_where=text("reminder_consent = 'granted' AND mobile_e164 IS NOT NULL"),
         ),
