@@ -164,9 +164,9 @@ class TestRemindersFirst:
     async def test_a_due_reminder_is_sent_within_seconds_during_a_round(
         self, stack: Stack, api: httpx.AsyncClient
     ) -> None:
-        # 2,000 invitations at the account's 200/s: a round of 10 seconds.
+        # 1,000 invitations at the account's 200/s: a round of 5 seconds.
         async with database(stack) as connection:
-            await seed_patients(connection, [invite_phone(n, 1) for n in range(2000)])
+            await seed_patients(connection, [invite_phone(n, 1) for n in range(1000)])
         subscriber = await put_patient(api, phone(7))
         await accept_imo_invitation(stack, subscriber["id"])
         started = await start_round(api)
@@ -183,6 +183,29 @@ class TestRemindersFirst:
         # The worker's dispatch poll, plus at most ~1 s behind invitations (the limiter's
         # low-priority horizon), on a busy machine.
         assert waited < 4.0, waited
+        # Ended, so that no worker is still at it when the next test empties the tables.
+        await round_in(api, started["id"], "completed")
+
+
+async def _worker_holding_a_batch(stack: Stack) -> int:
+    """The index of a live worker that holds a batch now (owners are host:pid:...)."""
+
+    async def find() -> list[int]:
+        async with database(stack) as connection:
+            owners = (
+                await connection.scalars(
+                    text("SELECT owner FROM imo_invitation_batches WHERE state = 'claimed'")
+                )
+            ).all()
+        pids = {int(owner.split(":")[1]) for owner in owners if owner}
+        for index in stack.ready_workers():
+            process = stack.workers[index].process
+            if process is not None and process.pid in pids:
+                return [index]  # (a list: worker 0 must not read as "not found")
+        return []
+
+    [found] = await eventually(find, timeout=10, interval=0.02)
+    return int(found)
 
 
 async def _reached(api: httpx.AsyncClient, round_id: int, at_least: int) -> bool:
@@ -216,7 +239,7 @@ class TestKilledWorker:
 
         at_kill = await eventually(halfway, timeout=30, interval=0.05)
         sent_at_kill = (await stack.imo_stats())["requests"]["send_invite"]
-        victim = stack.ready_workers()[0]
+        victim = await _worker_holding_a_batch(stack)
         await stack.kill_worker(victim)
         await stack.start_worker(wait=False)
 
@@ -261,8 +284,10 @@ class TestKilledWorker:
         assert max(received.values()) == 1
         # ...and every patient with a recorded answer got exactly one.
         assert all(received.get(phone_of[p]) == 1 for p in answered)
-        # What the kill left unknown is small: answers not yet written, requests in flight.
-        assert len(unconfirmed) <= 0.5 * 200 + 20  # ~0.5 s of sends at 200/s, and a group
+        # What the kill left unknown is small: the answers not yet written (written every
+        # 0.5 s, later on a busy machine), the requests in flight and a group or two; in
+        # all well under 2 s of the account's 200/s.
+        assert len(unconfirmed) <= 2 * 200
 
         # The next round takes unconfirmed ones, and only them (not those who accepted
         # meanwhile): then every patient has an answer, and each has been invited (a new
