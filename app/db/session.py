@@ -14,22 +14,23 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-# SQLSTATE classes of a server that went away or is not back yet: 08 connection
-# exception; 57 operator intervention (admin or crash shutdown, "the database system is
-# starting up", which asyncpg raises while connecting and SQLAlchemy does not call a
-# disconnect).
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57")
+# SQLSTATE classes worth a retry of the same unit of work: 08 connection exception;
+# 57 operator intervention (admin or crash shutdown, "the database system is starting
+# up", which asyncpg raises while connecting and SQLAlchemy does not call a disconnect);
+# 40 transaction rollback (deadlock detected, serialization failure).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "57")
 
 
-def database_unavailable(error: BaseException) -> bool:
-    """PostgreSQL is unreachable, restarting or not yet accepting connections: the same
-    unit of work is worth trying again shortly."""
+def transient_database_error(error: BaseException) -> bool:
+    """PostgreSQL is unreachable, restarting or not yet accepting connections, or rolled
+    the transaction back to break a deadlock: an idempotent unit of work is worth
+    trying again shortly."""
     if isinstance(error, OSError | OperationalError | InterfaceError):
         return True
     if not isinstance(error, DBAPIError):
         return False
     sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
-    return error.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    return error.connection_invalidated or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
 
 
 def create_engine_and_sessionmaker(

@@ -31,7 +31,7 @@ from app.channels.base import (
     TransientChannelError,
 )
 from app.config import Settings
-from app.db.session import database_unavailable
+from app.db.session import transient_database_error
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
 from app.delivery.policy import ClaimedNotification, Outcome, SendOn
@@ -253,7 +253,7 @@ class Dispatcher:
 
     async def _retrying(self, work: Callable[[AsyncSession], Awaitable[None]]) -> None:
         """Run one unit of work, retried while PostgreSQL is unreachable (a restart, a
-        fail-over) for up to WRITE_BACK_RETRY_SECONDS.
+        fail-over) or breaks a deadlock, for up to WRITE_BACK_RETRY_SECONDS.
 
         The messages are out already: their answers are worth waiting for, since a
         round that gives up leaves them `unconfirmed`. `work` must be idempotent.
@@ -267,9 +267,9 @@ class Dispatcher:
                     await session.commit()
                 return
             except (DBAPIError, OSError) as exc:
-                if not database_unavailable(exc) or time.monotonic() > deadline:
+                if not transient_database_error(exc) or time.monotonic() > deadline:
                     raise
-                log.warning("database unreachable; retrying the write-back: %s", type(exc).__name__)
+                log.warning("database unavailable; retrying the write-back: %s", type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

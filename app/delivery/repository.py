@@ -101,8 +101,20 @@ class AttemptResult:
     error_message: str | None
 
 
+# Rows are locked in id order, as provider reports lock them (_ADVANCE_ATTEMPTS): a
+# write-back and a batch of callbacks on the same attempts cannot deadlock.
 _RECORD_ATTEMPTS = text(
     """
+    WITH v AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
+            CAST(:provider_message_ids AS text[]), CAST(:provider_statuses AS text[]),
+            CAST(:error_codes AS text[]), CAST(:error_messages AS text[])
+        ) AS v(id, status, provider_message_id, provider_status, error_code, error_message)
+    ), locked AS (
+        SELECT a.id FROM delivery_attempts AS a
+        WHERE a.id IN (SELECT id FROM v) ORDER BY a.id FOR UPDATE
+    )
     UPDATE delivery_attempts AS a SET
         status = CASE WHEN a.status IN ('sending', 'unconfirmed') THEN v.status ELSE a.status END,
         provider_message_id = COALESCE(a.provider_message_id, v.provider_message_id),
@@ -114,10 +126,7 @@ _RECORD_ATTEMPTS = text(
         failed_at = CASE WHEN v.status = 'failed' AND a.failed_at IS NULL
                          THEN now() ELSE a.failed_at END,
         updated_at = now()
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
-                CAST(:provider_message_ids AS text[]), CAST(:provider_statuses AS text[]),
-                CAST(:error_codes AS text[]), CAST(:error_messages AS text[]))
-         AS v(id, status, provider_message_id, provider_status, error_code, error_message)
+    FROM v JOIN locked ON locked.id = v.id
     WHERE a.id = v.id
     RETURNING a.id, a.status
     """

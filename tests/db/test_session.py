@@ -1,11 +1,11 @@
-"""Which database errors mean "PostgreSQL is away, try the same work again shortly"."""
+"""Which database errors mean "try the same work again shortly"."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError
 
-from app.db.session import database_unavailable
+from app.db.session import transient_database_error
 
 
 class ServerError(Exception):
@@ -27,11 +27,12 @@ class TestDatabaseUnavailable:
             dbapi_error("57P03"),  # the database system is starting up
             dbapi_error("57P01"),  # terminating connection due to administrator command
             dbapi_error("08006"),  # connection failure
+            dbapi_error("40P01"),  # deadlock detected
             dbapi_error("XX000", invalidated=True),
         ],
     )
-    def test_a_server_away_or_restarting(self, error: BaseException) -> None:
-        assert database_unavailable(error)
+    def test_a_server_away_or_restarting_or_a_deadlock(self, error: BaseException) -> None:
+        assert transient_database_error(error)
 
     @pytest.mark.parametrize(
         "error",
@@ -43,4 +44,4 @@ class TestDatabaseUnavailable:
         ],
     )
     def test_a_mistake_is_not_retried(self, error: BaseException) -> None:
-        assert not database_unavailable(error)
+        assert not transient_database_error(error)
