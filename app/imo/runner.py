@@ -70,7 +70,7 @@ MAX_BATCH_CLAIMS = 3
 # killed at the worst moment leaves `unconfirmed` beyond the requests in flight.
 RESERVE_STEP = 250
 # A request later than this after its limiter slot waits for a new one instead.
-MAX_LATENESS_SECONDS = 0.005
+MAX_LATENESS_SECONDS = 0.010
 _MAX_BACKOFF_SECONDS = 300.0
 
 
