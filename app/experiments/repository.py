@@ -257,11 +257,6 @@ async def stop(session: AsyncSession, experiment_id: uuid.UUID, now: datetime) -
         .where(Experiment.id == experiment_id, Experiment.stopped_at.is_(None))
         .values(stopped_at=now, updated_at=func.now())
     )
-    await session.execute(
-        update(ExperimentMembership)
-        .where(ExperimentMembership.experiment_id == experiment_id, ExperimentMembership.active)
-        .values(active=False)
-    )
     cleared = await session.execute(
         text(
             f"""
@@ -276,7 +271,15 @@ async def stop(session: AsyncSession, experiment_id: uuid.UUID, now: datetime) -
         ),
         {"experiment_id": experiment_id},
     )
-    return len(cleared.all())
+    count = len(cleared.all())
+    # Memberships after reminders: the dispatcher's settle locks in that order too, so a
+    # stop during a batch waits for it rather than deadlocking with it.
+    await session.execute(
+        update(ExperimentMembership)
+        .where(ExperimentMembership.experiment_id == experiment_id, ExperimentMembership.active)
+        .values(active=False)
+    )
+    return count
 
 
 # ---------------------------------------------------------------------------- results
