@@ -3,8 +3,9 @@
 Each API process collects the reports that arrive within a few milliseconds and applies
 them in one transaction with set-based SQL. Every caller waits for the commit that holds
 its report, so an acknowledged callback is never lost; a failed batch fails every caller
-in it (the provider sees a 5xx and may retry). Locks are taken in id order, so batches of
-concurrent API processes cannot deadlock.
+in it (the provider sees a 5xx and may retry), after a few quick tries if the error was
+a deadlock or a lost connection. Locks are taken in id order, so batches of concurrent
+API processes cannot deadlock with each other.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.session import transient_database_error
 from app.delivery.status import Report, apply_reports
 
 log = logging.getLogger(__name__)
+
+# Tries of one batch when PostgreSQL breaks a deadlock or drops the connection.
+APPLY_TRIES = 3
 
 
 class ReportBatcher:
@@ -87,16 +92,26 @@ class ReportBatcher:
         self._slots.release()
 
     async def _apply(self, batch: list[tuple[Report, asyncio.Future[bool]]]) -> None:
-        try:
-            async with self._sessionmaker()() as session:
-                results = await apply_reports(session, [report for report, _ in batch])
-                await session.commit()
-        except Exception as exc:  # every caller of the batch hears of it
-            log.exception("applying provider reports failed", extra={"reports": len(batch)})
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+        reports = [report for report, _ in batch]
+        for attempt in range(APPLY_TRIES):
+            try:
+                async with self._sessionmaker()() as session:
+                    results = await apply_reports(session, reports)
+                    await session.commit()
+                break
+            except Exception as exc:
+                # A deadlock with a write-back (rolled back: nothing applied) or a server
+                # away for a moment: applying again is safe, and spares the provider a 5xx
+                # that it may never retry.
+                if attempt + 1 < APPLY_TRIES and transient_database_error(exc):
+                    log.warning("applying provider reports: retrying after %s", type(exc).__name__)
+                    await asyncio.sleep(0.02 * 2**attempt)
+                    continue
+                log.exception("applying provider reports failed", extra={"reports": len(batch)})
+                for _, future in batch:  # every caller of the batch hears of it
+                    if not future.done():
+                        future.set_exception(exc)
+                return
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
