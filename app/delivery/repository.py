@@ -101,16 +101,19 @@ class AttemptResult:
     error_message: str | None
 
 
-# Rows are locked in id order, as provider reports lock them (_ADVANCE_ATTEMPTS): a
-# write-back and a batch of callbacks on the same attempts cannot deadlock.
-_RECORD_ATTEMPTS = text(
-    """
-    WITH v AS (
-        SELECT * FROM unnest(
+# One row per attempt and answer, from parallel arrays bound as parameters.
+_ATTEMPT_ANSWERS = """SELECT * FROM unnest(
             CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
             CAST(:provider_message_ids AS text[]), CAST(:provider_statuses AS text[]),
             CAST(:error_codes AS text[]), CAST(:error_messages AS text[])
-        ) AS v(id, status, provider_message_id, provider_status, error_code, error_message)
+        ) AS v(id, status, provider_message_id, provider_status, error_code, error_message)"""
+
+# Rows are locked in id order, as provider reports lock them (_ADVANCE_ATTEMPTS): a
+# write-back and a batch of callbacks on the same attempts cannot deadlock.
+_RECORD_ATTEMPTS = text(
+    f"""
+    WITH v AS (
+        {_ATTEMPT_ANSWERS}
     ), locked AS (
         SELECT a.id FROM delivery_attempts AS a
         WHERE a.id IN (SELECT id FROM v) ORDER BY a.id FOR UPDATE
@@ -129,7 +132,7 @@ _RECORD_ATTEMPTS = text(
     FROM v JOIN locked ON locked.id = v.id
     WHERE a.id = v.id
     RETURNING a.id, a.status
-    """
+    """  # noqa: S608 - constants only
 )
 
 
@@ -335,11 +338,7 @@ def _rank_sql(column: str) -> str:
 _ADVANCE_ATTEMPTS = text(
     f"""
     WITH v AS (
-        SELECT * FROM unnest(
-            CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
-            CAST(:provider_message_ids AS text[]), CAST(:provider_statuses AS text[]),
-            CAST(:error_codes AS text[]), CAST(:error_messages AS text[])
-        ) AS v(id, status, provider_message_id, provider_status, error_code, error_message)
+        {_ATTEMPT_ANSWERS}
     ), old AS (
         SELECT a.id, a.status, a.provider_message_id FROM delivery_attempts AS a
         WHERE a.id IN (SELECT id FROM v) ORDER BY a.id FOR UPDATE
