@@ -107,8 +107,9 @@ class TestSchedule:
         # Chunks of 10, 10, 10, 5: the last one starts 30 ms in.
         assert limiter.round_trips == 4
         assert time.monotonic() - started >= 0.029
-        # The last chunk holds slots up to 35 ms in.
-        assert 0 < await limiter.reserve(1) <= 0.005
+        # The last chunk holds slots up to 35 ms in: a next request waits at most what is
+        # left of them (nothing, when a loaded machine woke this test up late).
+        assert 0 <= await limiter.reserve(1) <= 0.005
 
     @pytest.mark.asyncio
     async def test_key_expires_once_its_schedule_has_passed(self, redis: Redis, key: str) -> None:
