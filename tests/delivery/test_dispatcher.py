@@ -84,10 +84,21 @@ async def dispatcher(
     db_sessionmaker: async_sessionmaker[AsyncSession],
 ) -> Dispatcher:
     settings = settings_for(fakes)
+    return make_dispatcher(
+        settings, db_sessionmaker, redis, delivery_channels.build_channels(settings, http)
+    )
+
+
+def make_dispatcher(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    channels: dict[str, Channel],
+) -> Dispatcher:
     return Dispatcher(
         settings=settings,
-        sessionmaker=db_sessionmaker,
-        channels=delivery_channels.build_channels(settings, http),
+        sessionmaker=sessionmaker,
+        channels=channels,
         limiters=delivery_channels.build_limiters(settings, redis),
         signer=TokenSigner("test"),
     )
@@ -173,12 +184,8 @@ class TestChannels:
         # A rate limit of 10,000/s allows chunks of 200, far above a concurrency of 3:
         # the channels must not each hold part of the permits and wait for the rest.
         settings = settings_for(fakes, dispatch_concurrency=3)
-        dispatcher = Dispatcher(
-            settings=settings,
-            sessionmaker=db_sessionmaker,
-            channels=delivery_channels.build_channels(settings, http),
-            limiters=delivery_channels.build_limiters(settings, redis),
-            signer=TokenSigner("test"),
+        dispatcher = make_dispatcher(
+            settings, db_sessionmaker, redis, delivery_channels.build_channels(settings, http)
         )
         notifications = []
         for i in range(8):
@@ -305,15 +312,7 @@ def scripted_dispatcher(
     channel: ScriptedChannel,
     **overrides: Any,
 ) -> Dispatcher:
-    settings = settings_for(fakes, **overrides)
-    channels: dict[str, Channel] = {"sms": channel}
-    return Dispatcher(
-        settings=settings,
-        sessionmaker=sessionmaker,
-        channels=channels,
-        limiters=delivery_channels.build_limiters(settings, redis),
-        signer=TokenSigner("test"),
-    )
+    return make_dispatcher(settings_for(fakes, **overrides), sessionmaker, redis, {"sms": channel})
 
 
 class TestSafety:
