@@ -21,7 +21,7 @@ from app.channels.twilio_sms import normalised_status, parse_status_callback
 from app.db.session import DbSession
 from app.delivery import status as delivery_status
 from app.delivery.status import Report
-from app.errors import AppError, Forbidden, NotFound
+from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
 from app.notifications.states import AttemptStatus
 from app.observability import CALLBACKS
@@ -47,7 +47,7 @@ async def _fields(request: Request) -> dict[str, str]:
     """A callback body as flat fields, whether it came as JSON or as a form."""
     raw = await request.body()
     if len(raw) > MAX_CALLBACK_BYTES:
-        raise BadCallback("callback body too large")
+        raise PayloadTooLarge(f"callback body larger than {MAX_CALLBACK_BYTES} bytes")
     stripped = raw.strip()
     if stripped.startswith(b"{"):
         try:

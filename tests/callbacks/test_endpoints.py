@@ -129,6 +129,17 @@ class TestImoReadReceipt:
         assert garbage.status_code == 400
         assert garbage.json()["error"]["code"] == "bad_callback"
 
+    async def test_an_oversized_body_is_413_and_changes_nothing(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        notification, attempt = await sent_attempt(db_session, "imo")
+        url = urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
+        padding = "x" * (64 * 1024)
+        answer = await client.post(url, json={"event": "read_receipt", "padding": padding})
+        assert answer.status_code == 413
+        assert answer.json()["error"]["code"] == "payload_too_large"
+        assert await states(db_session, notification, attempt) == ("sent", "sent")
+
 
 class TestImoInvitation:
     async def test_accept_subscribes_the_patient_idempotently(
