@@ -11,6 +11,7 @@ import hashlib
 import hmac
 
 _DEVELOPMENT_KEY = "development-only-secret-key-never-used-in-production"
+_SHA256_BLOCK = 64
 
 
 def _b64(data: bytes) -> str:
@@ -23,11 +24,22 @@ def _unb64(text: str) -> bytes:
 
 class TokenSigner:
     def __init__(self, secret_key: str) -> None:
-        self._key = (secret_key or _DEVELOPMENT_KEY).encode()
+        key = (secret_key or _DEVELOPMENT_KEY).encode()
+        if len(key) > _SHA256_BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        # HMAC-SHA256 (RFC 2104) with the keyed inner and outer states computed once:
+        # each token then costs two hash copies, under half of `hmac.digest` (a round
+        # signs every patient it invites). tests/test_security.py holds it to hmac.
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
 
     def _mac(self, purpose: str, value: str) -> str:
-        digest = hmac.new(self._key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
-        return _b64(digest[:18])
+        inner = self._inner.copy()
+        inner.update(f"{purpose}\x00{value}".encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return _b64(outer.digest()[:18])
 
     def sign(self, purpose: str, value: str) -> str:
         return f"{_b64(value.encode())}.{self._mac(purpose, value)}"

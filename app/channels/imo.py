@@ -225,9 +225,12 @@ class ImoChannel:
         return status, raw, body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Call:
-    """One request to Imo, kept apart from its wire form so evidence can be redacted."""
+    """One request to Imo, kept apart from its wire form so evidence can be redacted.
+
+    Not frozen: one is built for every request, and a frozen dataclass costs four times
+    as much to build (`notify bench invitations`)."""
 
     url: URL
     phone: str

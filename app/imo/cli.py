@@ -64,6 +64,7 @@ async def run_round(
     from app.channels.base import ChannelName
     from app.db.session import create_engine_and_sessionmaker
     from app.delivery import channels as delivery_channels
+    from app.gc_tuning import tune_gc
     from app.imo import service as imo_service
     from app.imo.runner import InvitationRunner
     from app.security import TokenSigner
@@ -92,6 +93,7 @@ async def run_round(
             signer=TokenSigner(settings.secret_key.get_secret_value()),
         )
         console.print(f"Invitation round [bold]{round_.id}[/bold] started.")
+        tune_gc()  # a long round is a long-running process, as a worker is
         return await _work_with_progress(runner, round_.id, console)
     finally:
         await http.close()

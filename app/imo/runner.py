@@ -55,13 +55,15 @@ from app.notifications.window import MessagingWindow
 from app.observability import report_unexpected
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
-from app.templates.service import RenderedTemplate, locale_candidates, render_text
+from app.templates.service import PreparedTemplate, locale_candidates
 
 log = logging.getLogger(__name__)
 
 INVITATION_TEMPLATE = "imo_invitation.basic"
 INVITATIONS = PrometheusCounter(
-    "notify_imo_invitations_total", "Imo invitations sent by rounds, by result", ["result"]
+    "notify_imo_invitations_total",
+    "Imo invitation answers recorded by rounds, by result",
+    ["result"],
 )
 # A batch that Imo failed entirely is put back this many times before its patients are
 # left for the next round.
@@ -106,7 +108,6 @@ class _BatchWriter:
         else:
             self.skip_ids.append(answer.patient_id)
         self.counters[answer.outcome] += 1
-        INVITATIONS.labels(answer.outcome).inc()
 
     @property
     def failed(self) -> bool:
@@ -178,6 +179,8 @@ class _BatchWriter:
                 await session.rollback()
                 raise LeaseLost(f"batch {self.claim.batch_id} was taken over")
             await session.commit()
+        for outcome, count in rec.counters.items():
+            INVITATIONS.labels(outcome).inc(count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,120 @@ class _Pass:
 
     transient: list[tuple[Candidate, float | None]]
     halted: str | None = None  # "window", "stopped", "failed"
+
+
+class _Pacer:
+    """Hands out one pass's patients in id order, each at its own slot of the shared
+    limit (never before it: no burst above the rate in any second, whatever the group).
+
+    Patients leave in groups of at most `RESERVE_STEP`: before a group's first patient is
+    handed out, the group's limiter slots are reserved, the window checked and, on a first
+    pass, its `sent_through` committed (the next group's written ahead while this one is
+    sent, keeping the database's latency off the sending path). `halted` says why it
+    stopped early: "stopped", "failed" (a write) or "window".
+    """
+
+    def __init__(
+        self,
+        runner: InvitationRunner,
+        patients: Sequence[Candidate],
+        claim: ClaimedBatch,
+        writer: _BatchWriter,
+        stop: asyncio.Event,
+        *,
+        first: bool,
+    ) -> None:
+        self.runner = runner
+        self.patients = patients
+        self.claim = claim
+        self.writer = writer
+        self.stop = stop
+        self.first = first
+        self.halted: str | None = None
+        self._lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._slot_seconds = 1.0 / runner.limiter.rate_per_second
+        self._group_size = min(runner.limiter.max_chunk, RESERVE_STEP)
+        self._late_allowance = runner.limiter.rate_per_second * MAX_LATENESS_SECONDS
+        self._next = 0  # index of the next patient handed out
+        self._group_end = 0  # index past the current group
+        self._group_start = 0
+        self._first_slot = 0.0  # when the current group's first patient may leave
+        self._sent_at = runner.clock()
+        self._ahead: asyncio.Task[bool] | None = None
+
+    def halt(self, reason: str) -> None:
+        """Hand out no more patients (unless already halted or all handed out)."""
+        if self.halted is None and self._next < len(self.patients):
+            self.halted = reason
+
+    async def take(self) -> tuple[Candidate, datetime] | None:
+        """The next patient at its slot and when its group left, or None: no more."""
+        async with self._lock:
+            try:
+                return await self._take()
+            except Exception:
+                # Redis (the limiter) failing: the answers so far are written and the
+                # batch is put back for whoever can go on.
+                log.exception("invitation pacing failed", extra={"batch_id": self.claim.batch_id})
+                sentry_sdk.capture_exception()
+                self.halted = "failed"
+                return None
+
+    async def _take(self) -> tuple[Candidate, datetime] | None:
+        if self.halted is not None or self._next >= len(self.patients):
+            return None
+        if self._next == self._group_end and not await self._open_group():
+            return None
+        index = self._next
+        wait = self._first_slot + (index - self._group_start) * self._slot_seconds
+        wait -= self._loop.time()
+        if wait < -MAX_LATENESS_SECONDS and self._group_end - index > self._late_allowance:
+            # Nor long after (a starved process, Imo slow to answer): late requests sent
+            # together would crowd one of Imo's seconds. The missed slots are given up;
+            # the rest of the group takes new ones. What is left of a group within
+            # MAX_LATENESS_SECONDS worth of slots (`_late_allowance`) goes as it is: that
+            # crowding is no more than a request that late would add.
+            wait = await self.runner.limiter.reserve(self._group_end - index, priority="low")
+            self._first_slot = self._loop.time() + wait
+            self._group_start = index
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._next = index + 1
+        return self.patients[index], self._sent_at
+
+    async def _open_group(self) -> bool:
+        if self.stop.is_set():
+            self.halted = "stopped"
+            return False
+        if self.writer.failed:
+            self.halted = "failed"
+            return False
+        start = self._next
+        end = min(start + self._group_size, len(self.patients))
+        delay = await self.runner.limiter.reserve(end - start, priority="low")
+        self._first_slot = self._loop.time() + delay
+        self._sent_at = self.runner.clock()
+        if not self.runner.window.contains(self._sent_at, self.claim.time_zone):
+            self.halted = "window"
+            return False
+        if self.first:
+            held = await (self._ahead or self.writer.reserve(self.patients[end - 1].id))
+            self._ahead = None
+            if not held:
+                self.halted = "failed"
+                return False
+            if end < len(self.patients):
+                ahead_end = min(end + self._group_size, len(self.patients))
+                through = self.patients[ahead_end - 1].id
+                self._ahead = asyncio.create_task(self.writer.reserve(through))
+        self._group_start, self._group_end = start, end
+        return True
+
+    async def settle(self) -> None:
+        """Wait for a write-ahead still running (the batch's last write must follow it)."""
+        if self._ahead is not None:
+            await asyncio.wait([self._ahead])
 
 
 class InvitationRunner:
@@ -217,8 +334,8 @@ class InvitationRunner:
         self.identity = _identity()
         self._semaphore = asyncio.Semaphore(settings.imo_invitation_concurrency)
         self._wake = asyncio.Event()
-        self._templates: dict[str, Template] = {}
-        self._by_locale: dict[str, Template] = {}
+        self._templates: dict[str, PreparedTemplate] = {}
+        self._by_locale: dict[str, tuple[PreparedTemplate, str]] = {}
         self._backoff = 0.0
         self._allowed_all = settings.recipient_allowed("", imo.base_url)
 
@@ -376,121 +493,93 @@ class InvitationRunner:
     ) -> _Pass:
         """Send one request to each of `patients` (in id order), each at its own slot of
         the shared limit. The first pass records `sent_through` before each group leaves;
-        retries resend only requests that Imo failed, all of them recorded already."""
+        retries resend only requests that Imo failed, all of them recorded already.
+
+        Lanes (no task per request) take the patients from one `_Pacer`, each lane holding
+        one of the process's `IMO_INVITATION_CONCURRENCY` permits while it lives: when
+        this batch's lanes run dry, the next batch's lanes take their permits over."""
         transient: list[tuple[Candidate, float | None]] = []
-        tasks: set[asyncio.Task[None]] = set()
-        halted: str | None = None
-        loop = asyncio.get_running_loop()
-        slot_seconds = 1.0 / self.limiter.rate_per_second
-        group_size = min(self.limiter.max_chunk, RESERVE_STEP)
+        pacer = _Pacer(self, patients, claim, writer, stop, first=first)
 
-        async def invite(patient: Candidate, sent_at: datetime) -> None:
-            result: str | BaseException
-            try:
-                result = (await self.imo.invite(self._invitation(patient))).status
-            except Exception as exc:  # channel errors, and adapter bugs: never lose the row
-                result = exc
-                self._report(exc)
-            finally:
-                self._semaphore.release()
-            answer = rules.answer_of(patient.id, result)
-            if answer.outcome == "transient":
-                transient.append((patient, answer.retry_after))
-            else:
-                writer.add(answer, sent_at)
+        async def lane() -> None:
+            async with self._semaphore:
+                while (taken := await pacer.take()) is not None:
+                    patient, sent_at = taken
+                    result: str | BaseException
+                    try:
+                        result = (await self.imo.invite(self._invitation(patient))).status
+                    except Exception as exc:  # channel errors, and adapter bugs: never lose it
+                        result = exc
+                        self._report(exc)
+                    answer = rules.answer_of(patient.id, result)
+                    if answer.outcome == "transient":
+                        transient.append((patient, answer.retry_after))
+                    else:
+                        writer.add(answer, sent_at)
 
-        groups = [patients[i : i + group_size] for i in range(0, len(patients), group_size)]
-        # The write-ahead of the group to send next, started while the one before is sent:
-        # the database's latency stays off the sending path (it widens the crash window
-        # by one group, whose requests never left).
-        ahead: asyncio.Task[bool] | None = None
+        count = min(len(patients), self.settings.imo_invitation_concurrency)
+        lanes = [asyncio.create_task(lane()) for _ in range(count)]
         try:
-            for number, group in enumerate(groups):
-                if stop.is_set():
-                    halted = "stopped"
-                    break
-                if writer.failed:
-                    halted = "failed"
-                    break
-                delay = await self.limiter.reserve(len(group), priority="low")
-                first_slot = loop.time() + delay
-                now = self.clock()
-                if not self.window.contains(now, claim.time_zone):
-                    halted = "window"
-                    break
-                if first:
-                    held = await (ahead or writer.reserve(group[-1].id))
-                    ahead = None
-                    if not held:
-                        halted = "failed"
-                        break
-                    if number + 1 < len(groups):
-                        ahead = asyncio.create_task(writer.reserve(groups[number + 1][-1].id))
-                for index, patient in enumerate(group):
-                    await self._semaphore.acquire()
-                    # Each request at its own slot, never before: no burst above the rate
-                    # in any second, whatever the group size.
-                    wait = first_slot + index * slot_seconds - loop.time()
-                    if wait < -MAX_LATENESS_SECONDS:
-                        # Nor long after (a starved process, Imo slow to answer): late
-                        # requests sent together would crowd one of Imo's seconds. The
-                        # missed slots are given up; the rest of the group takes new ones.
-                        delay = await self.limiter.reserve(len(group) - index, priority="low")
-                        first_slot = loop.time() + delay - index * slot_seconds
-                        wait = delay
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    task = asyncio.create_task(invite(patient, now))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+            await asyncio.wait(lanes)
         finally:
-            # Settled before the batch's last write, which clears `sent_through`.
-            if ahead is not None:
-                await asyncio.wait([ahead])
-            if tasks:
-                await asyncio.wait(tasks)
-        return _Pass(transient=transient, halted=halted)
+            # Cancelled (a shutdown): nothing more leaves, and the answers of the requests
+            # in flight still come back to be written. Everything settles before the
+            # batch's last write, which clears `sent_through`.
+            pacer.halt("stopped")
+            await asyncio.wait(lanes)
+            await pacer.settle()
+        for finished in lanes:
+            if (error := finished.exception()) is not None:
+                raise error
+        return _Pass(transient=transient, halted=pacer.halted)
 
     # ------------------------------------------------------------------ helpers
 
     def _invitation(self, patient: Candidate) -> Invitation:
-        rendered = self._render(patient)
+        template, action = self._template_of(patient.locale)
+        rendered = template.render({"patient_name": patient.full_name})
         return Invitation(
             phone_e164=patient.mobile_e164,
             text=rendered.body,
             title=rendered.title,
-            action=rules.accept_label(rendered.locale),
+            action=action,
             recipient_name=patient.full_name,
             callback_url=urls.imo_invitation_url(self.settings, self.signer, patient.id),
         )
 
-    def _render(self, patient: Candidate) -> RenderedTemplate:
-        template = self._by_locale.get(patient.locale)
-        if template is None:
-            # Once per locale: the hot path is a dictionary look-up.
+    def _template_of(self, locale: str) -> tuple[PreparedTemplate, str]:
+        """The invitation text for `locale` and its button label: once per locale, then a
+        dictionary look-up."""
+        found = self._by_locale.get(locale)
+        if found is None:
             template = next(
-                self._templates[locale]
-                for locale in locale_candidates(patient.locale)
-                if locale in self._templates
+                self._templates[candidate]
+                for candidate in locale_candidates(locale)
+                if candidate in self._templates
             )
-            self._by_locale[patient.locale] = template
-        return render_text(
-            template.key,
-            template.locale,
-            template.title,
-            template.body,
-            {"patient_name": patient.full_name},
-        )
+            found = self._by_locale[locale] = (template, rules.accept_label(template.locale))
+        return found
 
     async def _load_templates(self) -> None:
+        """Raises LookupError without an `en` text, ValueError for a text that uses any
+        variable but `patient_name` (every invitation would fail)."""
         async with self.sessionmaker() as session:
             found = await session.scalars(
                 select(Template).where(Template.key == INVITATION_TEMPLATE)
             )
-            self._templates = {template.locale: template for template in found}
+            self._templates = {
+                row.locale: PreparedTemplate.parse(row.key, row.locale, row.title, row.body)
+                for row in found
+            }
         self._by_locale = {}
         if "en" not in self._templates:
             raise LookupError(f"template '{INVITATION_TEMPLATE}' has no 'en' text to fall back on")
+        for template in self._templates.values():
+            if unknown := sorted(template.needed - {"patient_name"}):
+                raise ValueError(
+                    f"template '{INVITATION_TEMPLATE}' ({template.locale}) uses variables an "
+                    f"invitation does not have: {', '.join(unknown)} (only patient_name)"
+                )
 
     def _report(self, error: Exception) -> None:
         if isinstance(error, PermanentChannelError) and error.unexpected:

@@ -69,15 +69,34 @@ async def render(
 def render_text(
     key: str, locale: str, title: str, body: str, variables: dict[str, Any]
 ) -> RenderedTemplate:
-    needed = variables_of(body) | variables_of(title)
-    missing = sorted(needed - variables.keys())
-    if missing:
-        raise InvalidInput(
-            f"template '{key}' needs variables: {', '.join(missing)}",
-            details=[{"field": f"variables.{name}", "message": "required"} for name in missing],
-        )
-    values = {name: str(variables[name]) for name in needed}
-    rendered_title = title.format_map(values)
-    if len(rendered_title) > MAX_TITLE_LENGTH:
-        rendered_title = rendered_title[: MAX_TITLE_LENGTH - 1] + "…"
-    return RenderedTemplate(key, locale, rendered_title, body.format_map(values))
+    return PreparedTemplate.parse(key, locale, title, body).render(variables)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedTemplate:
+    """A template's texts parsed once, to be rendered many times (an invitation round)."""
+
+    key: str
+    locale: str
+    title: str
+    body: str
+    needed: frozenset[str]
+
+    @classmethod
+    def parse(cls, key: str, locale: str, title: str, body: str) -> PreparedTemplate:
+        """Raises ValueError for a malformed text."""
+        return cls(key, locale, title, body, frozenset(variables_of(body) | variables_of(title)))
+
+    def render(self, variables: dict[str, Any]) -> RenderedTemplate:
+        """Raises InvalidInput naming the variables missing from `variables`."""
+        missing = sorted(self.needed - variables.keys())
+        if missing:
+            raise InvalidInput(
+                f"template '{self.key}' needs variables: {', '.join(missing)}",
+                details=[{"field": f"variables.{name}", "message": "required"} for name in missing],
+            )
+        values = {name: str(variables[name]) for name in self.needed}
+        title = self.title.format_map(values)
+        if len(title) > MAX_TITLE_LENGTH:
+            title = title[: MAX_TITLE_LENGTH - 1] + "…"
+        return RenderedTemplate(self.key, self.locale, title, self.body.format_map(values))
