@@ -32,9 +32,10 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sentry_sdk
 from prometheus_client import Counter as PrometheusCounter
@@ -73,6 +74,10 @@ MAX_BATCH_CLAIMS = 3
 RESERVE_STEP = 250
 # A request later than this after its limiter slot waits for a new one instead.
 MAX_LATENESS_SECONDS = 0.010
+# A request this close to its slot leaves at once: the event loop's timers are no finer
+# than a millisecond, and at high rates a group's slots are microseconds apart (a sleep
+# each would cost a turn of the loop). The limiter's 1% headroom covers what leaves early.
+EARLINESS_SECONDS = 0.001
 _MAX_BACKOFF_SECONDS = 300.0
 
 
@@ -219,7 +224,7 @@ class _Pacer:
         self.stop = stop
         self.first = first
         self.halted: str | None = None
-        self._lock = asyncio.Lock()
+        self._busy: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._slot_seconds = 1.0 / runner.limiter.rate_per_second
         self._group_size = min(runner.limiter.max_chunk, RESERVE_STEP)
@@ -237,47 +242,66 @@ class _Pacer:
             self.halted = reason
 
     async def take(self) -> tuple[Candidate, datetime] | None:
-        """The next patient at its slot and when its group left, or None: no more."""
-        async with self._lock:
-            try:
-                return await self._take()
-            except Exception:
-                # Redis (the limiter) failing: the answers so far are written and the
-                # batch is put back for whoever can go on.
-                log.exception("invitation pacing failed", extra={"batch_id": self.claim.batch_id})
-                sentry_sdk.capture_exception()
-                self.halted = "failed"
+        """The next patient, at its slot, and when its group left; None: no more.
+
+        No lock: handing a patient out is synchronous, and the awaits that change the
+        pacer (opening a group, new slots for a late group) run in one lane while the
+        others wait for it on one future, all woken at once. (Through an asyncio.Lock the
+        lanes formed a convoy, one hand-over per turn of the event loop: measured, 35 µs
+        of CPU per invitation.) A lane sleeps until its own slot after taking its patient.
+        """
+        while True:
+            if self.halted is not None or self._next >= len(self.patients):
                 return None
+            if self._busy is not None:
+                await asyncio.shield(self._busy)
+                continue
+            index = self._next
+            if index == self._group_end:
+                await self._exclusively(self._open_group())
+                continue
+            wait = self._first_slot + (index - self._group_start) * self._slot_seconds
+            wait -= self._loop.time()
+            if wait < -MAX_LATENESS_SECONDS and self._group_end - index > self._late_allowance:
+                # Nor long after (a starved process, Imo slow to answer): late requests
+                # sent together would crowd one of Imo's seconds. The missed slots are
+                # given up; the rest of the group takes new ones. What is left of a group
+                # within MAX_LATENESS_SECONDS worth of slots (`_late_allowance`) goes as
+                # it is: that crowding is no more than a request that late would add.
+                await self._exclusively(self._new_slots(index))
+                continue
+            self._next = index + 1
+            sent_at = self._sent_at
+            if wait > EARLINESS_SECONDS:
+                await asyncio.sleep(wait)
+            return self.patients[index], sent_at
 
-    async def _take(self) -> tuple[Candidate, datetime] | None:
-        if self.halted is not None or self._next >= len(self.patients):
-            return None
-        if self._next == self._group_end and not await self._open_group():
-            return None
-        index = self._next
-        wait = self._first_slot + (index - self._group_start) * self._slot_seconds
-        wait -= self._loop.time()
-        if wait < -MAX_LATENESS_SECONDS and self._group_end - index > self._late_allowance:
-            # Nor long after (a starved process, Imo slow to answer): late requests sent
-            # together would crowd one of Imo's seconds. The missed slots are given up;
-            # the rest of the group takes new ones. What is left of a group within
-            # MAX_LATENESS_SECONDS worth of slots (`_late_allowance`) goes as it is: that
-            # crowding is no more than a request that late would add.
-            wait = await self.runner.limiter.reserve(self._group_end - index, priority="low")
-            self._first_slot = self._loop.time() + wait
-            self._group_start = index
-        if wait > 0:
-            await asyncio.sleep(wait)
-        self._next = index + 1
-        return self.patients[index], self._sent_at
+    async def _exclusively(self, work: Coroutine[Any, Any, None]) -> None:
+        busy = self._busy = self._loop.create_future()
+        try:
+            await work
+        except Exception:
+            # Redis (the limiter) failing: the answers so far are written and the batch
+            # is put back for whoever can go on.
+            log.exception("invitation pacing failed", extra={"batch_id": self.claim.batch_id})
+            sentry_sdk.capture_exception()
+            self.halted = "failed"
+        finally:
+            self._busy = None
+            busy.set_result(None)
 
-    async def _open_group(self) -> bool:
+    async def _new_slots(self, index: int) -> None:
+        delay = await self.runner.limiter.reserve(self._group_end - index, priority="low")
+        self._first_slot = self._loop.time() + delay
+        self._group_start = index
+
+    async def _open_group(self) -> None:
         if self.stop.is_set():
             self.halted = "stopped"
-            return False
+            return
         if self.writer.failed:
             self.halted = "failed"
-            return False
+            return
         start = self._next
         end = min(start + self._group_size, len(self.patients))
         delay = await self.runner.limiter.reserve(end - start, priority="low")
@@ -285,19 +309,18 @@ class _Pacer:
         self._sent_at = self.runner.clock()
         if not self.runner.window.contains(self._sent_at, self.claim.time_zone):
             self.halted = "window"
-            return False
+            return
         if self.first:
             held = await (self._ahead or self.writer.reserve(self.patients[end - 1].id))
             self._ahead = None
             if not held:
                 self.halted = "failed"
-                return False
+                return
             if end < len(self.patients):
                 ahead_end = min(end + self._group_size, len(self.patients))
                 through = self.patients[ahead_end - 1].id
                 self._ahead = asyncio.create_task(self.writer.reserve(through))
         self._group_start, self._group_end = start, end
-        return True
 
     async def settle(self) -> None:
         """Wait for a write-ahead still running (the batch's last write must follow it)."""
