@@ -75,7 +75,7 @@ def resume_at(
     return min(moments, default=None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per invitation, and a frozen one costs 4x to build
 class Answer:
     """What one invitation came to: a `BATCH_COUNTERS` name, and for `transient` the wait
     Imo asked for."""

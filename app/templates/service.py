@@ -21,7 +21,7 @@ MAX_TITLE_LENGTH = 200
 _FORMATTER = string.Formatter()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: an invitation round renders one per patient
 class RenderedTemplate:
     key: str
     locale: str
@@ -89,8 +89,8 @@ class PreparedTemplate:
 
     def render(self, variables: dict[str, Any]) -> RenderedTemplate:
         """Raises InvalidInput naming the variables missing from `variables`."""
-        missing = sorted(self.needed - variables.keys())
-        if missing:
+        if not self.needed.issubset(variables):
+            missing = sorted(self.needed - variables.keys())
             raise InvalidInput(
                 f"template '{self.key}' needs variables: {', '.join(missing)}",
                 details=[{"field": f"variables.{name}", "message": "required"} for name in missing],
