@@ -193,7 +193,7 @@ class _Pass:
     """One pass over patients: those who failed transiently, and why it stopped early."""
 
     transient: list[tuple[Candidate, float | None]]
-    halted: str | None = None  # "window", "stopped", "failed"
+    halted: str | None = None  # "window", "stopped", "failed" (a write), "error" (pacing)
 
 
 class _Pacer:
@@ -204,7 +204,7 @@ class _Pacer:
     handed out, the group's limiter slots are reserved, the window checked and, on a first
     pass, its `sent_through` committed (the next group's written ahead while this one is
     sent, keeping the database's latency off the sending path). `halted` says why it
-    stopped early: "stopped", "failed" (a write) or "window".
+    stopped early: "stopped", "failed" (a write), "window" or "error" (the limiter).
     """
 
     def __init__(
@@ -281,11 +281,11 @@ class _Pacer:
         try:
             await work
         except Exception:
-            # Redis (the limiter) failing: the answers so far are written and the batch
-            # is put back for whoever can go on.
+            # Redis (the limiter) failing: the lanes stop taking patients, and the answers
+            # of those sent are written before the batch is put back (`_invite_batch`).
             log.exception("invitation pacing failed", extra={"batch_id": self.claim.batch_id})
             sentry_sdk.capture_exception()
-            self.halted = "failed"
+            self.halted = "error"
         finally:
             self._busy = None
             busy.set_result(None)
@@ -486,6 +486,11 @@ class InvitationRunner:
         if current.halted == "window":
             now = self.clock()
             return "waiting", self.window.next_moment(now, claim.time_zone)
+        if current.halted == "error":
+            # Pacing failed (Redis, the shared limit, unreachable): the answers so far are
+            # written; the batch waits, and this worker backs off, as for an Imo outage.
+            self._backoff = min(max(self._backoff * 2, 2.0), _MAX_BACKOFF_SECONDS)
+            return "waiting", self.clock() + timedelta(seconds=self._backoff)
         if current.halted is not None:
             # Stopped (shutdown) or a write failed: what is left is taken over at once.
             return "waiting", None

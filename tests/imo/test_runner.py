@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -16,6 +17,8 @@ from sqlalchemy import select, text
 from app.channels.base import Invitation
 from app.imo import repository as imo_repository
 from app.imo import service as imo_service
+from app.imo.repository import Candidate
+from app.imo.runner import _Pacer
 from app.imo.service import ClaimedBatch, Idle
 from app.models import ImoInvitationBatch
 from app.notifications.window import MessagingWindow
@@ -398,3 +401,97 @@ class TestDeadWorker:
             found = await authorizations(connection)
         # The two whose answers were lost with the worker: next round's candidates.
         assert set(ids) - set(found) == {ids[2], ids[3]}
+
+
+class TestPacing:
+    async def test_the_limiter_failing_mid_batch_puts_the_batch_back_with_its_answers(
+        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+    ) -> None:
+        phones = [invite_phone(n, 3) for n in range(30)]
+        async with db.engine.begin() as connection:
+            await seed_patients(connection, phones)
+        # 500/s: groups of 10 (20 ms of the rate), so a batch of 30 opens three.
+        settings = round_settings(
+            db, fake_imo, imo_rate_limit_per_second=500, imo_invitation_batch_size=30
+        )
+        runner = make_runner(settings)
+        reserve = runner.limiter.reserve
+        calls = 0
+
+        async def failing_once(n: int, **kwargs: Any) -> float:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise ConnectionError("Redis went away")
+            return await reserve(n, **kwargs)
+
+        runner.limiter.reserve = failing_once  # type: ignore[method-assign]
+        round_id = await start(db, settings)
+
+        assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
+
+        assert calls > 2
+        assert fake_imo.requests_per_phone() == dict.fromkeys(phones, 1)
+        assert await counts(db, round_id) == {"invited": 30}
+
+
+class _Limiter:
+    def __init__(self, rate: float, max_chunk: int) -> None:
+        self.rate_per_second, self.max_chunk = rate, max_chunk
+        self.reserved: list[int] = []
+
+    async def reserve(self, n: int, *, priority: str) -> float:
+        self.reserved.append(n)
+        return 0.0
+
+
+class _Writer:
+    failed = False
+
+
+def pacer(rate: float, patients: int) -> tuple[_Pacer, _Limiter]:
+    limiter = _Limiter(rate, max_chunk=10)
+    runner: Any = SimpleNamespace(
+        limiter=limiter,
+        clock=lambda: datetime.now(UTC),
+        window=SimpleNamespace(contains=lambda moment, time_zone: True),
+    )
+    claim: Any = SimpleNamespace(batch_id=1, time_zone="UTC")
+    candidates = [Candidate(f"p-{i}", "Name", "+8801900000003", "en") for i in range(patients)]
+    writer: Any = _Writer()
+    return _Pacer(runner, candidates, claim, writer, asyncio.Event(), first=False), limiter
+
+
+class TestPacer:
+    """The pacer's slot rules, on a stub limiter that always grants slots from now."""
+
+    async def test_patients_leave_in_order_in_groups_of_the_limiters_chunk(self) -> None:
+        paced, limiter = pacer(rate=100_000, patients=25)
+        taken = [await paced.take() for _ in range(26)]
+        assert [t[0].id for t in taken if t] == [f"p-{i}" for i in range(25)]
+        assert taken[-1] is None
+        assert limiter.reserved == [10, 10, 5]
+
+    async def test_a_late_group_takes_new_slots_for_its_rest(self) -> None:
+        # 100/s: a slot every 10 ms; 10 ms of lateness is one slot's worth.
+        paced, limiter = pacer(rate=100, patients=10)
+        await paced.take()
+        await asyncio.sleep(0.05)
+        await paced.take()
+        assert limiter.reserved == [10, 9]
+
+    async def test_a_late_tail_within_10_ms_of_slots_goes_as_it_is(self) -> None:
+        # 10,000/s: 10 ms are 100 slots, more than the group's rest.
+        paced, limiter = pacer(rate=10_000, patients=10)
+        await paced.take()
+        await asyncio.sleep(0.05)
+        for _ in range(9):
+            await paced.take()
+        assert limiter.reserved == [10]
+
+    async def test_lanes_taking_at_once_each_get_one_patient(self) -> None:
+        paced, _ = pacer(rate=100_000, patients=40)
+        taken = await asyncio.gather(*(paced.take() for _ in range(50)))
+        ids = [t[0].id for t in taken if t]
+        assert sorted(ids) == sorted(f"p-{i}" for i in range(40))
+        assert taken.count(None) == 10
