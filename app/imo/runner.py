@@ -201,10 +201,11 @@ class _Pacer:
     limit (never before it: no burst above the rate in any second, whatever the group).
 
     Patients leave in groups of at most `RESERVE_STEP`: before a group's first patient is
-    handed out, the group's limiter slots are reserved, the window checked and, on a first
-    pass, its `sent_through` committed (the next group's written ahead while this one is
-    sent, keeping the database's latency off the sending path). `halted` says why it
-    stopped early: "stopped", "failed" (a write), "window" or "error" (the limiter).
+    handed out, the group's limiter slots are reserved, on a first pass its `sent_through`
+    committed, and the window checked. Both reservations of the next group are made while
+    this one is sent (of the first, while the lanes wait for permits), keeping Redis's and
+    the database's latency off the sending path. `halted` says why it stopped early:
+    "stopped", "failed" (a write), "window" or "error" (the limiter).
     """
 
     def __init__(
@@ -234,7 +235,7 @@ class _Pacer:
         self._group_start = 0
         self._first_slot = 0.0  # when the current group's first patient may leave
         self._sent_at = runner.clock()
-        self._ahead: asyncio.Task[bool] | None = None
+        self._ahead: asyncio.Task[tuple[int, float, bool]] | None = None
 
     def halt(self, reason: str) -> None:
         """Hand out no more patients (unless already halted or all handed out)."""
@@ -295,6 +296,20 @@ class _Pacer:
         self._first_slot = self._loop.time() + delay
         self._group_start = index
 
+    def start(self) -> None:
+        """Prepare the first group now, while the lanes wait for their permits."""
+        if self.patients:
+            self._ahead = asyncio.create_task(self._prepare(0))
+
+    async def _prepare(self, start: int) -> tuple[int, float, bool]:
+        """Reserve the group from `start`: its end, its first slot (on the loop's clock)
+        and whether its `sent_through` is committed (always true on a retry pass)."""
+        end = min(start + self._group_size, len(self.patients))
+        delay = await self.runner.limiter.reserve(end - start, priority="low")
+        first_slot = self._loop.time() + delay
+        held = await self.writer.reserve(self.patients[end - 1].id) if self.first else True
+        return end, first_slot, held
+
     async def _open_group(self) -> None:
         if self.stop.is_set():
             self.halted = "stopped"
@@ -303,29 +318,33 @@ class _Pacer:
             self.halted = "failed"
             return
         start = self._next
-        end = min(start + self._group_size, len(self.patients))
-        delay = await self.runner.limiter.reserve(end - start, priority="low")
-        self._first_slot = self._loop.time() + delay
+        prepared = self._ahead or asyncio.create_task(self._prepare(start))
+        self._ahead = None
+        end, first_slot, held = await prepared
+        if not held:
+            self.halted = "failed"
+            return
         self._sent_at = self.runner.clock()
         if not self.runner.window.contains(self._sent_at, self.claim.time_zone):
             self.halted = "window"
             return
-        if self.first:
-            held = await (self._ahead or self.writer.reserve(self.patients[end - 1].id))
-            self._ahead = None
-            if not held:
-                self.halted = "failed"
-                return
-            if end < len(self.patients):
-                ahead_end = min(end + self._group_size, len(self.patients))
-                through = self.patients[ahead_end - 1].id
-                self._ahead = asyncio.create_task(self.writer.reserve(through))
-        self._group_start, self._group_end = start, end
+        if end < len(self.patients):
+            # The next group is reserved (slots, write-ahead) while this one is sent.
+            self._ahead = asyncio.create_task(self._prepare(end))
+        self._group_start, self._group_end, self._first_slot = start, end, first_slot
 
     async def settle(self) -> None:
-        """Wait for a write-ahead still running (the batch's last write must follow it)."""
-        if self._ahead is not None:
-            await asyncio.wait([self._ahead])
+        """Wait for a group still being prepared (the batch's last write must follow its
+        write-ahead); a failure there is logged: none of its patients was sent."""
+        if self._ahead is None:
+            return
+        await asyncio.wait([self._ahead])
+        if not self._ahead.cancelled() and (error := self._ahead.exception()) is not None:
+            log.warning(
+                "preparing an invitation group failed",
+                exc_info=error,
+                extra={"batch_id": self.claim.batch_id},
+            )
 
 
 class InvitationRunner:
@@ -546,6 +565,7 @@ class InvitationRunner:
                         writer.add(answer, sent_at)
 
         count = min(len(patients), self.settings.imo_invitation_concurrency)
+        pacer.start()
         lanes = [asyncio.create_task(lane()) for _ in range(count)]
         try:
             await asyncio.wait(lanes)
