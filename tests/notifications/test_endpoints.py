@@ -138,7 +138,8 @@ class TestActions:
     async def test_cancel_mute_unmute(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        patient = await make_patient(db_session)
+        # In daytime: unmuted at night, the reminder would wait for the window (scheduled).
+        patient = await make_patient(db_session, time_zone=daytime_zone())
         created = (await api.post("/v1/notifications", json=body(patient.id))).json()
         url = f"/v1/notifications/{created['id']}"
         assert (await api.post(f"{url}/mute")).json()["state"] == "muted"
@@ -150,6 +151,15 @@ class TestActions:
         assert (await api.post(f"{url}/cancel")).status_code == 200
         refused = await api.post(f"{url}/unmute")
         assert refused.status_code == 409 and "cleared" in refused.json()["error"]["message"]
+
+    async def test_unmuted_at_night_it_waits_for_the_window(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session, time_zone=night_zone())
+        created = (await api.post("/v1/notifications", json=body(patient.id))).json()
+        url = f"/v1/notifications/{created['id']}"
+        assert (await api.post(f"{url}/mute")).json()["state"] == "muted"
+        assert (await api.post(f"{url}/unmute")).json()["state"] == "scheduled"
 
     @pytest.mark.parametrize("state", ["sending", "sent", "delivered", "read"])
     async def test_acting_on_a_sent_notification_is_409(
