@@ -318,9 +318,8 @@ class _Pacer:
             self.halted = "failed"
             return
         start = self._next
-        prepared = self._ahead or asyncio.create_task(self._prepare(start))
-        self._ahead = None
-        end, first_slot, held = await prepared
+        prepared, self._ahead = self._ahead, None
+        end, first_slot, held = await (prepared or self._prepare(start))
         if not held:
             self.halted = "failed"
             return
