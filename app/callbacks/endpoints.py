@@ -12,7 +12,7 @@ from typing import Annotated
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Path, Request, Response
 from pydantic import BaseModel
 
 from app.callbacks import urls
@@ -26,6 +26,7 @@ from app.imo import service as imo_service
 from app.notifications.states import AttemptStatus
 from app.observability import CALLBACKS
 from app.security import TokenSigner
+from app.validation import INT64_MAX
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/callbacks", tags=["provider callbacks"], include_in_schema=True)
@@ -122,7 +123,7 @@ def _check_twilio_signature(
 
 @router.post("/twilio/status/{attempt_id}", summary="Twilio: a message's delivery status")
 async def twilio_status(
-    attempt_id: int,
+    attempt_id: Annotated[int, Path(ge=1, le=INT64_MAX)],
     request: Request,
     x_twilio_signature: Annotated[str | None, Header()] = None,
 ) -> Accepted:

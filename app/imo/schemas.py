@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.imo.service import RoundProgress
+from app.validation import InputModel
 
 
-class InvitationRunIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class InvitationRunIn(InputModel):
     limit: int | None = Field(
         default=None,
         ge=1,

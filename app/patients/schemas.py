@@ -19,6 +19,7 @@ from app import phone
 from app.models import ImoAuthorization, Patient
 from app.notifications.schemas import NotificationOut
 from app.templates.schemas import Locale
+from app.validation import InputModel, SingleLine
 
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@~+=-]*$"
 MAX_PHONE_NUMBERS = 10
@@ -50,9 +51,7 @@ def _time_zone(value: str) -> str:
     return value
 
 
-class PhoneNumberIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PhoneNumberIn(InputModel):
     number: str = Field(
         min_length=1,
         max_length=40,
@@ -62,19 +61,17 @@ class PhoneNumberIn(BaseModel):
     type: PhoneType = Field(description="Only mobiles are messaged")
 
 
-class Facility(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1, max_length=64, examples=["f-12"])
-    name: str = Field(min_length=1, max_length=200, examples=["Dhaka Medical"])
+class Facility(InputModel):
+    id: SingleLine = Field(min_length=1, max_length=64, examples=["f-12"])
+    name: SingleLine = Field(min_length=1, max_length=200, examples=["Dhaka Medical"])
 
 
-class PatientIn(BaseModel):
+class PatientIn(InputModel):
     """A patient's contact record, as the clinic system holds it."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(str_strip_whitespace=True)
 
-    full_name: str = Field(min_length=1, max_length=200, examples=["Rahim Uddin"])
+    full_name: SingleLine = Field(min_length=1, max_length=200, examples=["Rahim Uddin"])
     phone_numbers: list[PhoneNumberIn] = Field(
         max_length=MAX_PHONE_NUMBERS,
         description="The first mobile is the one messages go to",

@@ -6,10 +6,11 @@ import re
 from datetime import datetime
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from app.models import Template
 from app.templates.service import variables_of
+from app.validation import InputModel
 
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
 TEMPLATE_KEY_PATTERN = r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*$"
@@ -53,9 +54,7 @@ def _plain_variables(text: str) -> str:
     return text
 
 
-class TemplateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TemplateIn(InputModel):
     title: Annotated[str, AfterValidator(_plain_variables)] = Field(
         min_length=1,
         max_length=200,

@@ -173,6 +173,13 @@ class TestImoInvitation:
 
 
 class TestTwilioStatus:
+    @pytest.mark.parametrize("attempt_id", [2**63, 2**64, 10**30])
+    async def test_an_attempt_id_beyond_64_bits_is_a_404_not_a_500(
+        self, client: httpx.AsyncClient, attempt_id: int
+    ) -> None:
+        answer = await twilio_post(client, attempt_id, status_params("SM1", "delivered"))
+        assert answer.status_code in (404, 422), answer.text
+
     async def test_delivered_with_a_valid_signature(
         self, client: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
