@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sentry_sdk
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.logs import error_summary
+from app.response_headers import PRIVATE_PREFIXES, common_headers, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Sentry's FastAPI integration captures it; the log line carries the route only.
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return JSONResponse(error_body("internal_error", "internal error", []), 500)
+        # One line, no traceback: Sentry's FastAPI integration captures the whole of it.
+        # The connection is closed: whatever broke may have left it in a bad state.
+        request_id = getattr(request.state, "request_id", None) or request_id_of(request.scope)
+        log.error(
+            "unhandled error",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.url.path,
+                "error": error_summary(exc),
+            },
+        )
+        sentry_sdk.set_tag("request_id", request_id)
+        private = request.url.path.startswith(PRIVATE_PREFIXES)
+        headers = {**common_headers(request_id, private=private), "Connection": "close"}
+        return JSONResponse(
+            error_body("internal_error", f"internal error (request {request_id})", []),
+            500,
+            headers=headers,
+        )

@@ -1,7 +1,10 @@
 """Structured logs: one JSON object a line, with ids; never a full phone number or text.
 
 `redact()` is the last guard: any E.164-looking number in a message or field is masked
-before a line is written, whatever the caller passed.
+before a line is written, whatever the caller passed. Exceptions are written by
+`exception_text()`: the traceback's frames (no local variables) and each exception's
+message, except a database error's, which may quote the row it failed on (a patient's
+name, a rendered reminder): only its class and SQLSTATE are kept.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from typing import Any
 
 import orjson
@@ -48,7 +52,62 @@ def redact(value: str) -> str:
     return _PHONE.sub(lambda m: mask_phone(m.group(0)), value)
 
 
-class JsonFormatter(logging.Formatter):
+# Exceptions of these packages carry SQL parameters, or PostgreSQL's DETAIL with the
+# failing row, in their messages.
+_DATABASE_PACKAGES = ("sqlalchemy", "asyncpg")
+
+
+def is_database_error(module: str) -> bool:
+    """True for an exception class defined in `module` of a database package."""
+    return module.split(".", 1)[0] in _DATABASE_PACKAGES
+
+
+def error_message(error: BaseException) -> str:
+    """What may be logged of `error`'s own message."""
+    if not is_database_error(type(error).__module__):
+        return redact(str(error))
+    orig = getattr(error, "orig", None) or error
+    sqlstate = getattr(orig, "sqlstate", None)
+    kind = type(orig).__name__
+    return (
+        f"{kind} (SQLSTATE {sqlstate}); message hidden" if sqlstate else f"{kind}; message hidden"
+    )
+
+
+def error_summary(error: BaseException) -> str:
+    """One line: the exception's class and safe message, and where it was raised."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"{type(error).__qualname__}: {error_message(error)}{where}"
+
+
+def exception_text(error: BaseException) -> str:
+    """A traceback like Python's, each message passed through `error_message()`."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        cause = current.__cause__
+        current = (
+            cause if cause is not None or current.__suppress_context__ else current.__context__
+        )
+    parts: list[str] = []
+    for link in reversed(chain):
+        if parts:
+            parts.append("\nwhich led to:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(link.__traceback__))
+        kind = type(link)
+        parts.append(f"{kind.__module__}.{kind.__qualname__}: {error_message(link)}\n")
+    return "".join(parts).rstrip()
+
+
+class SafeExceptions(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return exception_text(ei[1]) if ei and ei[1] is not None else ""
+
+
+class JsonFormatter(SafeExceptions):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
@@ -64,7 +123,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(SafeExceptions):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 

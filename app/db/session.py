@@ -41,6 +41,8 @@ def create_engine_and_sessionmaker(
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        # Errors never quote parameters: they hold names and rendered reminders (S5).
+        hide_parameters=True,
         # asyncpg prepares statements itself; keep its cache for the hot queries.
         connect_args={"server_settings": {"application_name": "clinic-notify"}},
     )
