@@ -33,7 +33,7 @@ def common_headers(request_id: str, *, private: bool) -> dict[str, str]:
 def request_id_of(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if _CALLER_ID.fullmatch(candidate):
                 return candidate
     return uuid.uuid4().hex
