@@ -28,7 +28,8 @@ class Notification(TimestampMixin, Base):
     __tablename__ = "notifications"
     __table_args__ = (
         CheckConstraint(f"state IN {STORED_STATES}", name="state"),
-        UniqueConstraint("idempotency_key"),
+        # Idempotency keys are the client's own: scoped by the API key that sent them.
+        UniqueConstraint("api_key_id", "idempotency_key"),
         # The dispatcher's claim: due scheduled rows in due order.
         Index("ix_notifications_due", "due_at", postgresql_where=text("state = 'scheduled'")),
         # The sweeper: rows a dead worker left in `sending`.
@@ -64,6 +65,10 @@ class Notification(TimestampMixin, Base):
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]
 
+    # The API key that scheduled it (null: scheduled by the service, e.g. from a plan).
+    api_key_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # SHA-256 of the scheduling request, to refuse a reused key with another body.
     request_hash: Mapped[str | None] = mapped_column(String(64))
