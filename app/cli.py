@@ -36,6 +36,7 @@ from rich.text import Text
 
 import app as app_package
 from app import embedded
+from app.auth.cli import list_keys, revoke_key
 from app.bench.cli import bench_cli
 from app.config import Settings, get_settings
 from app.experiments.cli import experiments_cli
@@ -53,6 +54,8 @@ cli = typer.Typer(
 )
 api_keys_cli = typer.Typer(help="Manage the clinic system's API keys.", no_args_is_help=True)
 cli.add_typer(api_keys_cli, name="api-keys")
+api_keys_cli.command("list")(list_keys)
+api_keys_cli.command("revoke")(revoke_key)
 cli.add_typer(bench_cli, name="bench")
 cli.add_typer(experiments_cli, name="experiments")
 cli.command("invite")(invite)

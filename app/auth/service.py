@@ -10,12 +10,16 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.errors import Conflict, NotFound
 from app.models import ApiKey
 
 KEY_PREFIX = "cn_"
+# `last_used_at` is written at most this often per key: one cheap write a minute, not
+# one per request.
+LAST_USED_RESOLUTION_SECONDS = 60
 
 
 def hash_key(key: str) -> str:
@@ -42,7 +46,63 @@ async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:
         return None
     if api_key.revoked_at is not None:
         return None
+    await _touch(session, api_key)
     return api_key
+
+
+async def _touch(session: AsyncSession, api_key: ApiKey) -> None:
+    """Set `last_used_at` when it is a minute old or more. SKIP LOCKED: a request never
+    waits for another one that is writing the same key's time."""
+    used = api_key.last_used_at
+    if used is not None and (datetime.now(UTC) - used).total_seconds() < (
+        LAST_USED_RESOLUTION_SECONDS
+    ):
+        return
+    stale = (
+        select(ApiKey.id)
+        .where(
+            ApiKey.id == api_key.id,
+            or_(
+                ApiKey.last_used_at.is_(None),
+                ApiKey.last_used_at
+                < func.now() - text(f"interval '{LAST_USED_RESOLUTION_SECONDS} seconds'"),
+            ),
+        )
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == stale)
+        .values(last_used_at=func.now())
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
+    """Every key, live and revoked, oldest first."""
+    return list(await session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+async def revoke_by_name_or_prefix(session: AsyncSession, name_or_prefix: str) -> ApiKey:
+    """Revoke the one live key with this prefix, or else with this name. Raises NotFound
+    when none matches and Conflict when several live keys share the name (revoke those
+    by prefix). Revoking takes effect on the key's next request. Flushes."""
+    live = select(ApiKey).where(ApiKey.revoked_at.is_(None))
+    matches = list(await session.scalars(live.where(ApiKey.prefix == name_or_prefix)))
+    if not matches:
+        matches = list(await session.scalars(live.where(ApiKey.name == name_or_prefix)))
+    if not matches:
+        raise NotFound(f"no live API key named or prefixed '{name_or_prefix}'")
+    if len(matches) > 1:
+        prefixes = ", ".join(key.prefix for key in matches)
+        raise Conflict(
+            f"{len(matches)} live keys are named '{name_or_prefix}' ({prefixes}): "
+            "revoke one by its prefix"
+        )
+    matches[0].revoked_at = datetime.now(UTC)
+    await session.flush()
+    return matches[0]
 
 
 async def revoke_api_key(session: AsyncSession, api_key_id: int) -> bool:
