@@ -18,9 +18,14 @@ from typing import Any
 import orjson
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
-# +8801711000001 -> +88017******01; also bare national mobiles (01711000001). Runs of
-# digits only, so dates, times and ids with separators are left alone.
-_PHONE = re.compile(r"(?<![\w.:/-])\+?\d{9,15}(?![\w.])")
+# Any run of 7 or more digits, whatever separates them (spaces, `-`, `.`, `/`,
+# parentheses) and whatever is around them (`+880 1712-345671`, `8801712345671x`, a
+# number inside an id): +8801711000001 -> +88017******01, 01711000001 -> *********01.
+# An ISO date (2026-12-04) is kept, so that logs still say when; times have colons.
+_PHONE = re.compile(
+    r"(?<!\d)(?!(?:19|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?!\d))"
+    r"\+?\d(?:[\s\-./()]{0,3}\d){6,}"
+)
 
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime"}
@@ -48,8 +53,14 @@ def mask_phone(e164: str) -> str:
     return f"+{country_code}{masked}"
 
 
+def _mask_run(found: re.Match[str]) -> str:
+    run = found.group(0)
+    digits = "".join(character for character in run if character.isdigit())
+    return mask_phone("+" + digits if run.startswith("+") else digits)
+
+
 def redact(value: str) -> str:
-    return _PHONE.sub(lambda m: mask_phone(m.group(0)), value)
+    return _PHONE.sub(_mask_run, value)
 
 
 # Exceptions of these packages carry SQL parameters, or PostgreSQL's DETAIL with the
