@@ -43,8 +43,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.bench.common import PeakMemory, Result, console, fakes_and_env, fresh_database
-from app.cli import FAKE_IMO_PASSWORD, FAKE_IMO_USERNAME, new_event_loop
 from app.config import get_settings
+from app.devtools.environment import new_event_loop
+from app.fakes.credentials import FAKE_IMO_PASSWORD, FAKE_IMO_USERNAME
 
 # One database per run: benchmarks of other people on the same server never meet it.
 BENCH_DATABASE = f"clinic_notify_bench_invitations_{os.getpid()}"

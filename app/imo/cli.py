@@ -42,8 +42,9 @@ def invite(
     ] = None,
 ) -> None:
     """Run an Imo invitation round now, with a progress bar and a summary at the end."""
-    from app.cli import console, err_console, prepare_environment
     from app.config import get_settings
+    from app.devtools.console import console, err_console
+    from app.devtools.environment import prepare_environment
     from app.logs import configure_logging
 
     prepare_environment()
