@@ -20,7 +20,7 @@ err_console = Console(stderr=True, highlight=False)
 
 def list_keys() -> None:
     """Every API key: name, prefix, created, last used (to the minute), revoked."""
-    from app.cli import prepare_environment
+    from app.devtools.environment import prepare_environment
 
     database_url, _ = prepare_environment(redis=False)
     keys = asyncio.run(_list(database_url))
@@ -33,7 +33,7 @@ def revoke_key(
     ],
 ) -> None:
     """Revoke a key: its next request is refused (401)."""
-    from app.cli import prepare_environment
+    from app.devtools.environment import prepare_environment
     from app.errors import AppError
 
     database_url, _ = prepare_environment(redis=False)
