@@ -5,7 +5,6 @@ Every variable is listed with its default in `.env.example`.
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import time
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -30,15 +29,15 @@ def _split_csv(value: object) -> object:
     return value
 
 
-def is_loopback_url(url: str) -> bool:
-    """True when `url` points at this machine: only the project's fakes live there."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# The fake providers' identifiers (app/fakes/credentials.py): production refuses them.
+FAKE_IDENTIFIERS = frozenset({"fake-imo", "ACfake00000000000000000000000000"})
+# A SECRET_KEY with fewer distinct characters than this is not random (32 x "a").
+MIN_SECRET_KEY_DISTINCT_CHARACTERS = 10
+
+
+def _is_https_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme == "https" and bool(parts.hostname) and not parts.query
 
 
 class Settings(BaseSettings):
@@ -87,7 +86,12 @@ class Settings(BaseSettings):
     imo_action_url: str = ""
 
     sentry_dsn: str = ""
+    # Outside production, only these numbers are messaged, whatever the provider's URL
+    # (a local proxy or tunnel may lead to a real one)...
     allowed_recipients: Annotated[list[str], NoDecode] = []
+    # ...unless every provider is one of the project's fakes, which reach nobody: then
+    # anyone (`notify dev` and the tests set it). Refused in production.
+    fake_providers: bool = False
 
     # Local hours in which patients may be messaged, in their own time zone.
     messaging_window_start: time = time(8, 0)
@@ -155,8 +159,21 @@ class Settings(BaseSettings):
         for name, secret in secrets.items():
             if secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
                 problems.append(f"{name} is missing or a placeholder")
-        if len(self.secret_key.get_secret_value()) < 32:
+        secret_key = self.secret_key.get_secret_value()
+        if len(secret_key) < 32:
             problems.append("SECRET_KEY must be at least 32 characters")
+        elif len(set(secret_key)) < MIN_SECRET_KEY_DISTINCT_CHARACTERS:
+            problems.append("SECRET_KEY is not random (too few distinct characters)")
+        if self.public_base_url and not _is_https_url(self.public_base_url):
+            problems.append("PUBLIC_BASE_URL must be an https:// URL")
+        if self.fake_providers:
+            problems.append("FAKE_PROVIDERS must not be set")
+        for name, value in {
+            "IMO_USERNAME": self.imo_username,
+            "TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+        }.items():
+            if value.strip() in FAKE_IDENTIFIERS:
+                problems.append(f"{name} is the fake provider's")
         for name, value in {
             "IMO_BASE_URL": self.imo_base_url,
             "IMO_USERNAME": self.imo_username,
@@ -183,14 +200,15 @@ class Settings(BaseSettings):
     def is_production(self) -> bool:
         return self.app_env == "production"
 
-    def recipient_allowed(self, phone_e164: str, provider_base_url: str) -> bool:
-        """Outside production only allow-listed numbers reach a real provider.
+    @property
+    def messages_everyone(self) -> bool:
+        """Production, or only the fakes: no allow-list applies."""
+        return self.is_production or self.fake_providers
 
-        A provider on loopback is one of the project's fakes, which reach nobody.
-        """
-        if self.is_production or is_loopback_url(provider_base_url):
-            return True
-        return phone_e164 in self.allowed_recipients
+    def recipient_allowed(self, phone_e164: str) -> bool:
+        """Outside production only ALLOWED_RECIPIENTS are messaged, by every provider
+        whatever its host, unless FAKE_PROVIDERS says every provider is a fake."""
+        return self.messages_everyone or phone_e164 in self.allowed_recipients
 
 
 @lru_cache

@@ -315,6 +315,7 @@ class Stack:
             TWILIO_ACCOUNT_SID=FAKE_TWILIO_ACCOUNT_SID,
             TWILIO_AUTH_TOKEN=FAKE_TWILIO_AUTH_TOKEN,
             TWILIO_SMS_FROM=FAKE_TWILIO_SMS_FROM,
+            FAKE_PROVIDERS="true",
             DATA_DIR=str(self.workdir / "data"),
             PYTHONUNBUFFERED="1",
         )

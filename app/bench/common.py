@@ -224,6 +224,7 @@ def fakes_and_env(database_url: str, redis_url: str, **settings: str) -> Iterato
     env = {
         **os.environ,
         "APP_ENV": "test",
+        "FAKE_PROVIDERS": "true",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789",

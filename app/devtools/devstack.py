@@ -205,6 +205,14 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
             )
         )
         urls.append(("Fake Twilio", f"{twilio_root}  (stats: {twilio_root}/_fake/stats)"))
+    # Anyone may be messaged only when every provider is a fake; with one real provider
+    # configured, ALLOWED_RECIPIENTS holds for both.
+    env["FAKE_PROVIDERS"] = "true" if len(children) == 2 else "false"
+    if len(children) < 2 and not settings.allowed_recipients:
+        console.print(
+            "[yellow]A real provider is configured and ALLOWED_RECIPIENTS is empty: "
+            "nobody will be messaged.[/yellow]"
+        )
     stack = DevStack(env)
     for child in children:
         stack.add(*child)

@@ -381,7 +381,7 @@ class InvitationRunner:
         self._templates: dict[str, PreparedTemplate] = {}
         self._by_locale: dict[str, tuple[PreparedTemplate, str]] = {}
         self._backoff = 0.0
-        self._allowed_all = settings.recipient_allowed("", imo.base_url)
+        self._allowed_all = settings.messages_everyone
 
     # ------------------------------------------------------------------ loops
 
@@ -484,7 +484,7 @@ class InvitationRunner:
         if not self._allowed_all:
             allowed = []
             for patient in patients:
-                if self.settings.recipient_allowed(patient.mobile_e164, self.imo.base_url):
+                if self.settings.recipient_allowed(patient.mobile_e164):
                     allowed.append(patient)
                 else:
                     writer.add(rules.Answer(patient.id, "denied"), self.clock())

@@ -316,14 +316,17 @@ def scripted_dispatcher(
 
 
 class TestSafety:
+    # The second: a real provider reached through a local proxy or tunnel (issue 11).
+    @pytest.mark.parametrize("provider_url", ["https://api.twilio.com", "http://127.0.0.1:8443"])
     async def test_outside_production_only_allowed_recipients_reach_a_real_provider(
         self,
+        provider_url: str,
         db_session: AsyncSession,
         db_sessionmaker: async_sessionmaker[AsyncSession],
         fakes: Fakes,
         redis: Redis,
     ) -> None:
-        real = ScriptedChannel(ChannelName.SMS, "https://api.twilio.com")
+        real = ScriptedChannel(ChannelName.SMS, provider_url)
         dispatcher = scripted_dispatcher(
             fakes,
             redis,
@@ -331,6 +334,7 @@ class TestSafety:
             real,
             app_env="staging",
             allowed_recipients="+8801711000004",
+            fake_providers=False,
         )
         allowed = await due(db_session, await patient_with(db_session, 4))
         refused = await due(db_session, await patient_with(db_session, 5))
