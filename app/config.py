@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     imo_rate_limit_per_second: float = Field(default=1000.0, gt=0)
     imo_timeout_seconds: float = Field(default=10.0, gt=0)
     imo_reinvite_after_days: int = Field(default=180, ge=1)
+    # Days an invitation's accept callback URL stays valid: generous, Imo may be slow.
+    imo_callback_token_days: int = Field(default=30, ge=1, le=3650)
     # UTC hour at which the scheduled invitation round starts on the workers.
     imo_invitation_hour_utc: int = Field(default=3, ge=0, le=23)
     # Invitation rounds: patients a worker claims at a time, requests in flight per worker,

@@ -46,6 +46,11 @@ class Forbidden(AppError):
     code = "forbidden"
 
 
+class Gone(AppError):
+    status_code = 410
+    code = "gone"
+
+
 class Conflict(AppError):
     status_code = 409
     code = "conflict"

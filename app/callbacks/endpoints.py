@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from urllib.parse import parse_qsl
 
@@ -21,7 +22,7 @@ from app.channels.twilio_sms import normalised_status, parse_status_callback
 from app.db.session import DbSession
 from app.delivery import status as delivery_status
 from app.delivery.status import Report
-from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
+from app.errors import AppError, Forbidden, Gone, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
 from app.notifications.states import AttemptStatus
 from app.observability import CALLBACKS
@@ -68,16 +69,28 @@ def _signer(request: Request) -> TokenSigner:
 
 @router.post("/imo/invitations/{token}", summary="Imo: a patient accepted the invitation")
 async def imo_invitation(token: str, request: Request, session: DbSession) -> Accepted:
-    patient_id = _signer(request).verify(urls.IMO_INVITATION, token)
-    if patient_id is None:
+    signed = urls.read_invitation_token(_signer(request), token)
+    if signed is None:
         CALLBACKS.labels("imo", "bad_token").inc()
         raise NotFound("unknown callback")
+    patient_id, issued_at = signed
+    days = request.app.state.settings.imo_callback_token_days
+    if issued_at is not None and datetime.now(UTC) - issued_at > timedelta(days=days):
+        CALLBACKS.labels("imo", "expired_token").inc()
+        raise Gone(f"this invitation's callback expired after {days} days")
     fields = await _fields(request)
     if fields.get("event") != "accept_invite":
         CALLBACKS.labels("imo", "unknown_event").inc()
         raise BadCallback(f"unexpected event for an invitation: {fields.get('event')!r}")
-    if not await imo_service.mark_subscribed(session, patient_id):
+    accepted = await imo_service.mark_subscribed(session, patient_id, invited_at=issued_at)
+    if accepted is imo_service.Accept.UNKNOWN_PATIENT:
         raise NotFound("unknown patient")
+    if accepted is imo_service.Accept.STALE:
+        # Recorded (counted and logged), not applied: the patient's status changed
+        # after this invitation, e.g. to `no_imo_account`; a replay must not undo it.
+        CALLBACKS.labels("imo", "stale_accept").inc()
+        log.info("stale Imo accept", extra={"patient_id": patient_id})
+        return Accepted(changed=False)
     CALLBACKS.labels("imo", "accept_invite").inc()
     return Accepted(changed=True)
 

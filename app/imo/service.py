@@ -9,12 +9,13 @@ per-zone cursors, the batches and their leases are rows, so a round survives any
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import func
+from sqlalchemy import false, func, or_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,12 +33,31 @@ from app.notifications.window import MessagingWindow
 CLAIM_SCAN_SECONDS = 1.0
 
 
-async def mark_subscribed(session: AsyncSession, patient_id: str) -> bool:
-    """The patient accepted the invitation. Idempotent; False for an unknown patient."""
+class Accept(enum.Enum):
+    APPLIED = "applied"
+    STALE = "stale"
+    UNKNOWN_PATIENT = "unknown_patient"
+
+
+async def mark_subscribed(
+    session: AsyncSession, patient_id: str, *, invited_at: datetime | None = None
+) -> Accept:
+    """The patient accepted the invitation sent at `invited_at` (None: a token from
+    before invitations carried their time). Idempotent.
+
+    STALE, and nothing changes, when the patient's status moved away from `invited` or
+    `subscribed` after that invitation (Imo said `no_imo_account` or `not_subscribed`
+    since): an old accept, replayed or late, must not undo what is known now.
+    """
     if await session.get(Patient, patient_id) is None:
-        return False
+        return Accept.UNKNOWN_PATIENT
     now = datetime.now(UTC)
-    await session.execute(
+    # In ON CONFLICT, the columns name the stored row.
+    still_true = or_(
+        ImoAuthorization.status.in_(("invited", "subscribed")),
+        ImoAuthorization.updated_at <= invited_at if invited_at is not None else false(),
+    )
+    applied = await session.scalar(
         insert(ImoAuthorization)
         .values(patient_id=patient_id, status="subscribed", subscribed_at=now)
         .on_conflict_do_update(
@@ -47,9 +67,11 @@ async def mark_subscribed(session: AsyncSession, patient_id: str) -> bool:
                 "subscribed_at": func.coalesce(ImoAuthorization.subscribed_at, now),
                 "updated_at": func.now(),
             },
+            where=still_true,
         )
+        .returning(ImoAuthorization.id)
     )
-    return True
+    return Accept.APPLIED if applied is not None else Accept.STALE
 
 
 # ---------------------------------------------------------------------------- rounds
