@@ -21,7 +21,7 @@ import typer
 from app.auth.cli import list_keys, revoke_key
 from app.bench.cli import bench_cli
 from app.config import get_settings
-from app.devtools.console import console
+from app.devtools.console import console, err_console
 from app.devtools.environment import (
     new_event_loop,
     parse_overrides,
@@ -66,24 +66,25 @@ def api(
     workers: Annotated[int, typer.Option(help="Processes (or run several `notify api`).")] = 1,
 ) -> None:
     """Run the HTTP API (uvicorn)."""
-    import uvicorn
-
+    from app import http_server
     from app.logs import configure_logging
 
     prepare_environment()
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,  # the app's structured logging, not uvicorn's own
-        proxy_headers=True,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
+    require_redis(settings.redis_url, settings.redis_start_timeout_seconds)
+    http_server.serve(settings, host=host, port=port, workers=workers)
+
+
+def require_redis(redis_url: str, wait_seconds: float) -> None:
+    """Wait for Redis (SIGTERM and Ctrl-C stop the wait at once), or exit 1 saying so."""
+    from app.redis import RedisUnreachable, wait_for_redis
+
+    try:
+        asyncio.run(wait_for_redis(redis_url, wait_seconds))
+    except RedisUnreachable as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @cli.command()
@@ -103,6 +104,7 @@ def worker(
     prepare_environment()
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    require_redis(settings.redis_url, settings.redis_start_timeout_seconds)
     from workers.settings import WorkerSettings
 
     overrides: dict[str, Any] = {}

@@ -122,6 +122,16 @@ class Settings(BaseSettings):
     # Request bodies larger than this are refused with a 413 (a full batch of 1,000
     # patients is well under 2 MiB).
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A request's line and headers: larger is a 400 (app/http_server.py).
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096)
+    # A client must send a whole request head this soon after connecting (or after the
+    # previous answer); one that trickles it (slow loris) is disconnected.
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0)
+    # How long `notify api` and `notify worker` wait for Redis at start before giving up
+    # with "Redis unreachable at ..." (exit 1).
+    redis_start_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Interactive API docs at /docs and /redoc (and /openapi.json); off hides them.
+    api_docs: bool = True
 
     # Embedded PostgreSQL/Redis and the development key live here.
     data_dir: str = ".data"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from arq import create_pool
 from fastapi import APIRouter, Depends, FastAPI
+from redis.exceptions import RedisError
 
 from app import observability
 from app.appointments import endpoints as appointment_endpoints
@@ -23,7 +25,7 @@ from app.logs import configure_logging
 from app.notifications import endpoints as notification_endpoints
 from app.ops import endpoints as ops_endpoints
 from app.patients import endpoints as patient_endpoints
-from app.redis import redis_settings
+from app.redis import RedisUnreachable, redis_location, redis_settings
 from app.reminder_plans import endpoints as reminder_plan_endpoints
 from app.request_size import RequestSizeLimit
 from app.response_headers import ResponseHeaders
@@ -60,7 +62,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
-        arq_pool = await create_pool(redis_settings(settings.redis_url))
+        # Bounded: a Redis gone for good fails the start with its address, instead of
+        # arq's and redis-py's retries holding it (and SIGTERM) for minutes.
+        try:
+            arq_pool = await asyncio.wait_for(
+                create_pool(redis_settings(settings.redis_url)),
+                settings.redis_start_timeout_seconds,
+            )
+        except (TimeoutError, OSError, RedisError) as exc:
+            raise RedisUnreachable(
+                f"Redis unreachable at {redis_location(settings.redis_url)}"
+            ) from exc
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
@@ -81,6 +93,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        # API_DOCS=false hides the interactive docs and the document behind them.
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     install_error_handlers(app)
     observability.install_http_metrics(app)
