@@ -200,6 +200,7 @@ async def test_a_database_error_on_any_write_path_leaks_nothing(
         )
         assert answer.json()["error"]["code"] == "internal_error" or path.endswith("batch")
         assert answer.headers["X-Request-ID"]
+        assert answer.headers["Connection"] == "close"
 
     json_lines, text_lines = captured_logs
     logged = json_lines.getvalue() + text_lines.getvalue()

@@ -32,7 +32,7 @@ def start(command: str, tmp_path: Path, **env: str) -> tuple[subprocess.Popen[st
     argv = notify_command(command)
     if command == "api":
         argv += ["--port", str(api_port)]
-    process = subprocess.Popen(  # noqa: S603 - our own command
+    process = subprocess.Popen(
         argv,
         env=environment,
         cwd=tmp_path,
@@ -51,9 +51,7 @@ def port_open(port: int) -> bool:
 
 
 @pytest.mark.parametrize("command", ["api", "worker"])
-def test_gives_up_with_a_clear_message_after_the_start_wait(
-    tmp_path: Path, command: str
-) -> None:
+def test_gives_up_with_a_clear_message_after_the_start_wait(tmp_path: Path, command: str) -> None:
     process, port = start(command, tmp_path, REDIS_START_TIMEOUT_SECONDS="2")
     try:
         output, _ = process.communicate(timeout=45)
