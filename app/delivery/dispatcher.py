@@ -20,7 +20,7 @@ import sentry_sdk
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.callbacks import urls
+from app import callback_urls
 from app.channels.base import (
     Channel,
     ChannelError,
@@ -34,12 +34,12 @@ from app.config import Settings
 from app.db.session import transient_database_error
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
-from app.delivery.policy import ClaimedNotification, Outcome, SendOn
-from app.notifications.states import AttemptStatus, NotificationState
+from app.delivery.types import ClaimedNotification, Outcome, SendOn
 from app.notifications.window import MessagingWindow
 from app.observability import ATTEMPTS, report_unexpected
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
+from app.states import AttemptStatus, NotificationState
 
 log = logging.getLogger(__name__)
 S = NotificationState
@@ -398,9 +398,11 @@ class Dispatcher:
         n = send.notification
         assert n.mobile_e164 is not None
         if send.channel == ChannelName.IMO:
-            callback_url = urls.imo_read_receipt_url(self.settings, self.signer, attempt_id)
+            callback_url = callback_urls.imo_read_receipt_url(
+                self.settings, self.signer, attempt_id
+            )
         else:
-            callback_url = urls.twilio_status_url(self.settings, attempt_id)
+            callback_url = callback_urls.twilio_status_url(self.settings, attempt_id)
         return OutgoingMessage(
             phone_e164=n.mobile_e164,
             text=n.body,

@@ -41,10 +41,9 @@ import aiohttp
 import sentry_sdk
 from prometheus_client import Counter as PrometheusCounter
 from redis.asyncio import Redis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.callbacks import urls
+from app import callback_urls
 from app.channels import registry as channel_registry
 from app.channels.base import ChannelError, ChannelName, Invitation, PermanentChannelError
 from app.channels.imo import ImoChannel
@@ -54,11 +53,11 @@ from app.imo import rules
 from app.imo import service as imo_service
 from app.imo.repository import BatchRecord, Candidate
 from app.imo.service import ClaimedBatch, Idle
-from app.models import Template
 from app.notifications.window import MessagingWindow
 from app.observability import report_unexpected
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
+from app.templates import repository as template_repository
 from app.templates.service import PreparedTemplate, locale_candidates
 
 log = logging.getLogger(__name__)
@@ -594,7 +593,7 @@ class InvitationRunner:
             title=rendered.title,
             action=action,
             recipient_name=patient.full_name,
-            callback_url=urls.imo_invitation_url(self.settings, self.signer, patient.id),
+            callback_url=callback_urls.imo_invitation_url(self.settings, self.signer, patient.id),
         )
 
     def _template_of(self, locale: str) -> tuple[PreparedTemplate, str]:
@@ -614,9 +613,7 @@ class InvitationRunner:
         """Raises LookupError without an `en` text, ValueError for a text that uses any
         variable but `patient_name` (every invitation would fail)."""
         async with self.sessionmaker() as session:
-            found = await session.scalars(
-                select(Template).where(Template.key == INVITATION_TEMPLATE)
-            )
+            found = await template_repository.with_keys(session, [INVITATION_TEMPLATE])
             self._templates = {
                 row.locale: PreparedTemplate.parse(row.key, row.locale, row.title, row.body)
                 for row in found

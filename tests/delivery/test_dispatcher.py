@@ -30,8 +30,8 @@ from app.delivery.dispatcher import Dispatcher
 from app.fakes.imo import FakeImoConfig, start_fake_imo
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
 from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
-from app.notifications.states import AttemptStatus
 from app.security import TokenSigner
+from app.states import AttemptStatus
 from tests.clock import daytime_zone, night_zone
 from tests.factories import make_notification, make_patient
 
