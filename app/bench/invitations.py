@@ -208,7 +208,7 @@ async def round_in_process() -> dict[str, Any]:
     # are): the figure is the round's, not Python's start-up (0.45 s of CPU here).
     import app.channels.registry
     import app.imo.runner  # noqa: F401
-    from app.imo.cli import run_round
+    from app.imo.terminal import run_round
 
     settings = get_settings()
     quiet = Console(quiet=True)
