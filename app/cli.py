@@ -23,11 +23,11 @@ from app.bench.cli import bench_cli
 from app.config import get_settings
 from app.devtools.console import console, err_console
 from app.devtools.environment import (
-    new_event_loop,
     parse_overrides,
     prepare_environment,
     upgrade_head,
 )
+from app.event_loop import new_event_loop
 
 cli = typer.Typer(
     name="notify",
@@ -114,7 +114,6 @@ def worker(
 
         overrides["on_startup"] = on_startup
     # arq takes the current event loop; make one instead of relying on a deprecated default.
-    # uvloop halves the event loop's share of each request on the send path.
     asyncio.set_event_loop(new_event_loop())
     # arq types settings as a protocol class that plain settings classes do not subclass.
     run_worker(cast(Any, WorkerSettings), **overrides)

@@ -22,7 +22,7 @@ import aiohttp
 from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
-from app.devtools.environment import new_event_loop
+from app.event_loop import new_event_loop
 from app.security import TokenSigner
 
 Request = tuple[str, bytes, dict[str, str]]

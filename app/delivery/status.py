@@ -84,16 +84,6 @@ async def apply_reports(
     return answers
 
 
-async def report(
-    session: AsyncSession, attempt_id: int, status: AttemptStatus, **fields: str | None
-) -> bool:
-    """Apply one report; returns whether anything changed. Raises UnknownAttempt."""
-    [result] = await apply_reports(session, [Report(attempt_id, status, **fields)])
-    if isinstance(result, UnknownAttempt):
-        raise result
-    return result
-
-
 async def follow_failure(
     session: AsyncSession, notification_id: uuid.UUID, attempt_id: int
 ) -> None:
