@@ -9,6 +9,7 @@ from arq import create_pool
 from fastapi import APIRouter, Depends, FastAPI
 
 from app import observability
+from app.api_docs import install_api_docs
 from app.appointments import endpoints as appointment_endpoints
 from app.auth.dependencies import require_api_key
 from app.callbacks import endpoints as callback_endpoints
@@ -80,7 +81,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    install_api_docs(app)
     install_error_handlers(app)
     observability.install_http_metrics(app)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
