@@ -7,18 +7,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response, status
 
 from app.db.session import DbSession
-from app.notifications.schemas import NotificationOut
+from app.notifications.schemas import NotificationPage
+from app.pagination import Cursor, Limit
 from app.patients import service as patient_service
 from app.patients.schemas import (
     PATIENT_ID_PATTERN,
     ErrorDetail,
     ItemError,
-    NotificationPage,
     PatientBatchIn,
     PatientBatchOut,
     PatientBatchResult,
     PatientIn,
     PatientOut,
+    PatientPage,
 )
 
 router = APIRouter(prefix="/patients", tags=["patients"])
@@ -65,6 +66,61 @@ async def put_patients(body: PatientBatchIn, session: DbSession) -> PatientBatch
     return PatientBatchOut(results=results)
 
 
+@router.get(
+    "",
+    summary="Find patients by phone number, facility or name",
+    description="Every filter given narrows the search; none lists every patient. In id "
+    "order, a page at a time.",
+    responses={**_ERRORS, 422: {"description": "A bad phone number, limit or cursor"}},
+)
+async def search_patients(
+    session: DbSession,
+    phone: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=40,
+            description="Any of the patient's numbers, in any format: E.164, or national "
+            "with `country`",
+            examples=["+8801711000001"],
+        ),
+    ] = None,
+    country: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[A-Za-z]{2}$",
+            description="ISO 3166-1 alpha-2: how to read a national `phone`",
+            examples=["BD"],
+        ),
+    ] = None,
+    facility_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    name_prefix: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="The start of the full name, case-insensitive",
+            examples=["rahim"],
+        ),
+    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> PatientPage:
+    page = await patient_service.search(
+        session,
+        number=phone,
+        country=country,
+        facility_id=facility_id,
+        name_prefix=name_prefix,
+        limit=limit,
+        cursor=cursor,
+    )
+    return PatientPage(
+        items=[PatientOut.from_model(p, a) for p, a in page.patients],
+        next_cursor=page.next_cursor,
+    )
+
+
 @router.put(
     "/{patient_id}",
     summary="Create or replace a patient",
@@ -100,16 +156,8 @@ async def get_patient(patient_id: PatientIdPath, session: DbSession) -> PatientO
 async def list_notifications(
     patient_id: PatientIdPath,
     session: DbSession,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size")] = 50,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=200, description="`next_cursor` of the previous page"),
-    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> NotificationPage:
     page = await patient_service.notifications_of(session, patient_id, limit=limit, cursor=cursor)
-    return NotificationPage(
-        items=[
-            NotificationOut.from_model(n, page.attempts.get(n.id, ())) for n in page.notifications
-        ],
-        next_cursor=page.next_cursor,
-    )
+    return NotificationPage.from_models(page.notifications, page.attempts, page.next_cursor)

@@ -17,7 +17,6 @@ from pydantic import (
 
 from app import phone
 from app.models import ImoAuthorization, Patient
-from app.notifications.schemas import NotificationOut
 from app.templates.schemas import Locale
 
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@~+=-]*$"
@@ -199,8 +198,8 @@ class PatientBatchOut(BaseModel):
     results: list[PatientBatchResult]
 
 
-class NotificationPage(BaseModel):
-    items: list[NotificationOut]
+class PatientPage(BaseModel):
+    items: list[PatientOut]
     next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next (older) page; null on the last page"
+        description="Pass as `cursor` for the next page; null on the last page"
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Response, status
 
 from app.db.session import DbSession
+from app.pagination import Cursor, Limit
 from app.reminder_plans import service as plan_service
 from app.reminder_plans.schemas import (
     PLAN_NAME_PATTERN,
@@ -66,10 +67,8 @@ async def get_plan(name: PlanName, session: DbSession) -> ReminderPlanOut:
 @router.get("", summary="Every reminder plan, by name", responses=_ERRORS)
 async def list_plans(
     session: DbSession,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size")] = 100,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
-    ] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
 ) -> ReminderPlanPage:
     page = await plan_service.list_plans(session, limit=limit, cursor=cursor)
     return ReminderPlanPage(
