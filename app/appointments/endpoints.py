@@ -57,7 +57,7 @@ def _answer(found: appointment_service.AppointmentView) -> AppointmentOut:
         422: {"description": "A malformed body or an unknown patient"},
     },
 )
-async def put_appointment(
+async def upsert_appointment(
     appointment_id: AppointmentIdPath,
     body: AppointmentIn,
     request: Request,

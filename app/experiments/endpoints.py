@@ -99,5 +99,5 @@ async def stop_experiment(experiment_id: uuid.UUID, session: DbSession) -> Exper
     "two-sided p-value of the pooled two-proportion z-test.",
     responses={**_ERRORS, **_NOT_FOUND},
 )
-async def experiment_results(experiment_id: uuid.UUID, session: DbSession) -> ExperimentResults:
+async def get_experiment_results(experiment_id: uuid.UUID, session: DbSession) -> ExperimentResults:
     return await experiment_service.results(session, experiment_id)

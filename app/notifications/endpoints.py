@@ -72,7 +72,7 @@ async def schedule_notification(
     "and exclude their `_until`; `due_*` is the time the message is scheduled to go.",
     responses={**_ERRORS, 422: {"description": "A bad filter, limit or cursor"}},
 )
-async def search_notifications(
+async def list_notifications(
     session: DbSession,
     state: NotificationState | None = None,
     purpose: Annotated[str | None, Query(pattern=PURPOSE_PATTERN)] = None,

@@ -7,13 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response, status
 
 from app.db.session import DbSession
+from app.errors import ErrorDetail, ErrorInfo
 from app.notifications.schemas import NotificationPage
 from app.pagination import Cursor, Limit
 from app.patients import service as patient_service
 from app.patients.schemas import (
     PATIENT_ID_PATTERN,
-    ErrorDetail,
-    ItemError,
     PatientBatchIn,
     PatientBatchOut,
     PatientBatchResult,
@@ -49,7 +48,7 @@ PatientIdPath = Annotated[
     "its last valid item is stored and the earlier ones answer `duplicate_id`.",
     responses={**_ERRORS, 422: {"description": "Not a batch, or more than 1,000 items"}},
 )
-async def put_patients(body: PatientBatchIn, session: DbSession) -> PatientBatchOut:
+async def upsert_patients(body: PatientBatchIn, session: DbSession) -> PatientBatchOut:
     outcomes = await patient_service.put_patients(session, body.patients)
     results = []
     for outcome in outcomes:
@@ -57,7 +56,7 @@ async def put_patients(body: PatientBatchIn, session: DbSession) -> PatientBatch
         if outcome.patient is not None:
             result.patient = PatientOut.from_model(outcome.patient, outcome.authorization)
         if outcome.error is not None:
-            result.error = ItemError(
+            result.error = ErrorInfo(
                 code=outcome.error.code,
                 message=outcome.error.message,
                 details=[ErrorDetail.model_validate(d) for d in outcome.error.details],
@@ -73,7 +72,7 @@ async def put_patients(body: PatientBatchIn, session: DbSession) -> PatientBatch
     "order, a page at a time.",
     responses={**_ERRORS, 422: {"description": "A bad phone number, limit or cursor"}},
 )
-async def search_patients(
+async def list_patients(
     session: DbSession,
     phone: Annotated[
         str | None,
@@ -132,7 +131,7 @@ async def search_patients(
         422: {"description": "A malformed body, an invalid number or time zone"},
     },
 )
-async def put_patient(
+async def upsert_patient(
     patient_id: PatientIdPath, body: PatientIn, response: Response, session: DbSession
 ) -> PatientOut:
     stored = await patient_service.put_patient(session, patient_id, body)
@@ -153,7 +152,7 @@ async def get_patient(patient_id: PatientIdPath, session: DbSession) -> PatientO
     summary="The patient's notifications, newest first",
     responses={**_ERRORS, **_NOT_FOUND, 422: {"description": "A bad limit or cursor"}},
 )
-async def list_notifications(
+async def list_patient_notifications(
     patient_id: PatientIdPath,
     session: DbSession,
     limit: Limit = 50,

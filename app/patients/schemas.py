@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from app import phone
+from app.errors import ErrorInfo
 from app.models import ImoAuthorization, Patient
 from app.templates.schemas import Locale
 
@@ -175,23 +176,12 @@ class PatientOut(BaseModel):
         )
 
 
-class ErrorDetail(BaseModel):
-    field: str
-    message: str
-
-
-class ItemError(BaseModel):
-    code: str
-    message: str
-    details: list[ErrorDetail]
-
-
 class PatientBatchResult(BaseModel):
     index: int = Field(description="The item's position in the request")
     id: str | None = Field(description="The item's id, when it had a readable one")
     status: Literal["created", "updated", "error"]
     patient: PatientOut | None = None
-    error: ItemError | None = None
+    error: ErrorInfo | None = None
 
 
 class PatientBatchOut(BaseModel):

@@ -51,7 +51,7 @@ PlanName = Annotated[
         422: {"description": "A malformed body, an unknown template, or unsetting the default"},
     },
 )
-async def put_plan(
+async def upsert_reminder_plan(
     name: PlanName, body: ReminderPlanIn, response: Response, session: DbSession
 ) -> ReminderPlanOut:
     stored = await plan_service.put_plan(session, name, body)
@@ -60,12 +60,12 @@ async def put_plan(
 
 
 @router.get("/{name}", summary="One reminder plan", responses={**_ERRORS, 404: {}})
-async def get_plan(name: PlanName, session: DbSession) -> ReminderPlanOut:
+async def get_reminder_plan(name: PlanName, session: DbSession) -> ReminderPlanOut:
     return ReminderPlanOut.from_model(await plan_service.get_plan(session, name))
 
 
 @router.get("", summary="Every reminder plan, by name", responses=_ERRORS)
-async def list_plans(
+async def list_reminder_plans(
     session: DbSession,
     limit: Limit = 100,
     cursor: Cursor = None,
