@@ -10,9 +10,9 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth import repository as api_key_repository
 from app.db.session import create_engine_and_sessionmaker
 from app.errors import Conflict, NotFound
 from app.models import ApiKey
@@ -64,7 +64,7 @@ async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:
     if not presented.startswith(KEY_PREFIX) or len(presented) > 200:
         return None
     digest = hash_key(presented)
-    api_key = await session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    api_key = await api_key_repository.by_hash(session, digest)
     # The index lookup already matched; compare again in constant time regardless.
     if api_key is None or not hmac.compare_digest(api_key.key_hash, digest):
         return None
@@ -75,47 +75,22 @@ async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:
 
 
 async def _touch(session: AsyncSession, api_key: ApiKey) -> None:
-    """Set `last_used_at` when it is a minute old or more. SKIP LOCKED: a request never
-    waits for another one that is writing the same key's time."""
+    """Write `last_used_at` when it is a minute old or more: one cheap write a minute."""
     used = api_key.last_used_at
-    if used is not None and (datetime.now(UTC) - used).total_seconds() < (
-        LAST_USED_RESOLUTION_SECONDS
-    ):
-        return
-    stale = (
-        select(ApiKey.id)
-        .where(
-            ApiKey.id == api_key.id,
-            or_(
-                ApiKey.last_used_at.is_(None),
-                ApiKey.last_used_at
-                < func.now() - text(f"interval '{LAST_USED_RESOLUTION_SECONDS} seconds'"),
-            ),
-        )
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    await session.execute(
-        update(ApiKey)
-        .where(ApiKey.id == stale)
-        .values(last_used_at=func.now())
-        .execution_options(synchronize_session=False)
-    )
+    if used is None or (datetime.now(UTC) - used).total_seconds() >= LAST_USED_RESOLUTION_SECONDS:
+        await api_key_repository.touch(session, api_key.id, LAST_USED_RESOLUTION_SECONDS)
 
 
 async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
     """Every key, live and revoked, oldest first."""
-    return list(await session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+    return await api_key_repository.every_key(session)
 
 
 async def revoke_by_name_or_prefix(session: AsyncSession, name_or_prefix: str) -> ApiKey:
     """Revoke the one live key with this prefix, or else with this name. Raises NotFound
     when none matches and Conflict when several live keys share the name (revoke those
     by prefix). Revoking takes effect on the key's next request. Flushes."""
-    live = select(ApiKey).where(ApiKey.revoked_at.is_(None))
-    matches = list(await session.scalars(live.where(ApiKey.prefix == name_or_prefix)))
-    if not matches:
-        matches = list(await session.scalars(live.where(ApiKey.name == name_or_prefix)))
+    matches = await api_key_repository.live_by_prefix_or_name(session, name_or_prefix)
     if not matches:
         raise NotFound(f"no live API key named or prefixed '{name_or_prefix}'")
     if len(matches) > 1:

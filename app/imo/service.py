@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import false, func, or_
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -24,7 +22,7 @@ from app.errors import Conflict
 from app.imo import repository as imo_repository
 from app.imo import rules
 from app.imo.repository import Candidate
-from app.models import ImoAuthorization, ImoInvitationRound, Patient
+from app.models import ImoInvitationRound, Patient
 from app.models.imo_authorization import IMO_AUTHORIZATION_STATUSES
 from app.models.imo_invitation_batch import BATCH_COUNTERS
 from app.notifications.window import MessagingWindow
@@ -51,27 +49,10 @@ async def mark_subscribed(
     """
     if await session.get(Patient, patient_id) is None:
         return Accept.UNKNOWN_PATIENT
-    now = datetime.now(UTC)
-    # In ON CONFLICT, the columns name the stored row.
-    still_true = or_(
-        ImoAuthorization.status.in_(("invited", "subscribed")),
-        ImoAuthorization.updated_at <= invited_at if invited_at is not None else false(),
+    applied = await imo_repository.mark_subscribed(
+        session, patient_id, datetime.now(UTC), invited_at=invited_at
     )
-    applied = await session.scalar(
-        insert(ImoAuthorization)
-        .values(patient_id=patient_id, status="subscribed", subscribed_at=now)
-        .on_conflict_do_update(
-            index_elements=[ImoAuthorization.patient_id],
-            set_={
-                "status": "subscribed",
-                "subscribed_at": func.coalesce(ImoAuthorization.subscribed_at, now),
-                "updated_at": func.now(),
-            },
-            where=still_true,
-        )
-        .returning(ImoAuthorization.id)
-    )
-    return Accept.APPLIED if applied is not None else Accept.STALE
+    return Accept.APPLIED if applied else Accept.STALE
 
 
 # ---------------------------------------------------------------------------- rounds
