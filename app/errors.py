@@ -108,9 +108,18 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return "".join(parts) or str(loc[0] if loc else "")
 
 
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates escaped: a field name taken from the request (an
+    unknown key) may hold one, and UTF-8 cannot encode the answer then."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def validation_details(errors: Any) -> list[dict[str, Any]]:
     return [
-        {"field": _location(err.get("loc", ())), "message": err.get("msg", "invalid")}
+        {
+            "field": _encodable(_location(err.get("loc", ()))),
+            "message": _encodable(str(err.get("msg", "invalid"))),
+        }
         for err in errors
     ]
 

@@ -13,7 +13,8 @@ error handler (`app/errors.py`) adds `common_headers()` itself, with `Connection
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
+import string
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,7 +37,8 @@ def request_id_of(scope: Scope) -> str:
             candidate: str = value.decode("latin-1")
             if _CALLER_ID.fullmatch(candidate):
                 return candidate
-    return uuid.uuid4().hex
+    # Letters only: log redaction masks runs of digits, and an id must stay whole.
+    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(20))
 
 
 class ResponseHeaders:

@@ -23,7 +23,14 @@ import re
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    field_validator,
+    model_validator,
+)
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -48,10 +55,14 @@ def _describe(character: str) -> str:
     return f"a control character (U+{ord(character):04X})"
 
 
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_storable(value: Any, where: str = "") -> None:
     """Raise ValueError naming the first part of `value` (a decoded JSON value) that the
     rules above refuse; `where` prefixes the message with the path inside the field."""
-    prefix = f"{where}: " if where else ""
+    prefix = f"{_printable(where)}: " if where else ""
     if isinstance(value, str):
         found = _UNSTORABLE.search(value)
         if found is not None:
@@ -73,10 +84,33 @@ def check_storable(value: Any, where: str = "") -> None:
             check_storable(item, f"{where}[{index}]")
 
 
+def check_keys(value: Any, where: str = "", *, depth: int | None = None) -> None:
+    """`check_storable` for the object keys in `value` only, `depth` levels down (None:
+    all). Keys are checked before pydantic sees them: an unknown key is quoted in its
+    error, and pydantic-core cannot even take one holding a lone surrogate."""
+    if depth == 0:
+        return
+    below = None if depth is None else depth - 1
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            check_storable(key, path)
+            check_keys(item, path, depth=below)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_keys(item, f"{where}[{index}]", depth=below)
+
+
 class InputModel(BaseModel):
     """The base of every request body: extra fields refused, every value storable."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_keys(cls, data: Any) -> Any:
+        check_keys(data)
+        return data
 
     @field_validator("*", mode="before")
     @classmethod

@@ -200,3 +200,18 @@ class TestDatesAtTheEdges:
             json={"visited_at": "0001-01-01T00:00:00+14:00"},
         )
         assert_clear_4xx(answer, "visited_at")
+
+
+class TestUnknownKeys:
+    async def test_a_lone_surrogate_in_an_unknown_key_is_a_clear_422(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        # Found by tests/test_fuzz.py: the error named the key and could not be encoded.
+        body = patient_body()
+        body["phone_numbers"] = [{"\ud800": "01711000001", "type": "mobile"}]
+        answer = await api.put(
+            f"/v1/patients/{unique_id()}",
+            content=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+        )
+        assert_clear_4xx(answer, "phone_numbers")

@@ -13,13 +13,14 @@ from pydantic import (
     SkipValidation,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
 from app import phone
 from app.errors import ErrorInfo
 from app.models import ImoAuthorization, Patient
 from app.templates.schemas import Locale
-from app.validation import InputModel, SingleLine
+from app.validation import InputModel, SingleLine, check_keys
 
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@~+=-]*$"
 MAX_PHONE_NUMBERS = 10
@@ -107,6 +108,12 @@ class PatientBatchIn(BaseModel):
         "An id given twice: the last valid item is stored, earlier ones answer "
         "`duplicate_id`.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_keys(cls, data: Any) -> Any:
+        check_keys(data, depth=1)  # the items' own keys: item by item, in the service
+        return data
 
     @field_validator("patients", mode="before")
     @classmethod
