@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,12 +42,22 @@ from tests.stack import Stack
 pytestmark = [pytest.mark.fuzz, pytest.mark.e2e]
 
 SEED = 20261204
-EXAMPLES_PER_OPERATION = 150
+EXAMPLES_PER_OPERATION = 40
 STATEFUL_EXAMPLES = 60
-STATEFUL_MAX_SECONDS = 60
+STATEFUL_MAX_SECONDS = 45
 HOSTILE_EXAMPLES = 600
 
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
+
+# Requests sent and their statuses, printed at the end of the module (`pytest -s`).
+SENT: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def figures() -> Iterator[None]:
+    began = time.monotonic()
+    yield
+    print(f"\nfuzz: {dict(SENT)} in {time.monotonic() - began:.0f}s (seed {SEED})")
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
@@ -62,6 +74,7 @@ def http(stack: Stack, api_key: str) -> Iterator[httpx.Client]:
 
 
 def assert_no_server_error(response: Any, where: str, sent: object) -> None:
+    SENT[f"{response.status_code // 100}xx"] += 1
     assert response.status_code < 500, (where, sent, response.text[:500])
     if response.status_code >= 400:
         error = response.json()["error"]
@@ -113,6 +126,7 @@ def test_coverage_and_stateful(stack: Stack, api_key: str, tmp_path: Path) -> No
         timeout=STATEFUL_MAX_SECONDS * 3,
         check=False,
     )
+    print(done.stdout[-3000:])  # its summary, for `pytest -s`
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
 
 
