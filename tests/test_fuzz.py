@@ -37,6 +37,7 @@ from schemathesis import Case
 
 from app.config import Settings
 from app.main import create_app
+from tests.factories import patient_body
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.e2e]
@@ -172,15 +173,7 @@ HOSTILE_NUMBERS += ["-0", "0", "1e-400", str(2**63 - 1), "4.9e-324"]
 def write_operations(patient_id: str, plan: str) -> list[tuple[str, str, dict[str, Any]]]:
     """A valid request for each write operation (ids unique per call)."""
     suffix = uuid.uuid4().hex[:10]
-    patient = {
-        "full_name": "Rahim Uddin",
-        "phone_numbers": [{"number": "01711000003", "type": "mobile"}],
-        "country": "BD",
-        "locale": "bn-BD",
-        "time_zone": "Asia/Dhaka",
-        "facility": {"id": "f-12", "name": "Dhaka Medical"},
-        "reminder_consent": "granted",
-    }
+    patient = patient_body(phone_numbers=[{"number": "01711000003", "type": "mobile"}])
     return [
         ("PUT", f"/v1/patients/fz-{suffix}", patient),
         ("POST", "/v1/patients/batch", {"patients": [{"id": f"fz-b-{suffix}", **patient}]}),

@@ -8,29 +8,21 @@ from datetime import UTC, datetime
 from rich.table import Table
 
 from app.auth import service as auth_service
-from app.db.session import create_engine_and_sessionmaker
+from app.db.session import standalone_session
 from app.models import ApiKey
 
 
 async def every_key(database_url: str) -> list[ApiKey]:
-    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
-    try:
-        async with sessionmaker() as session:
-            return await auth_service.list_api_keys(session)
-    finally:
-        await engine.dispose()
+    async with standalone_session(database_url) as session:
+        return await auth_service.list_api_keys(session)
 
 
 async def revoke(database_url: str, name_or_prefix: str) -> ApiKey:
     """Revoke and commit; raises what `auth_service.revoke_by_name_or_prefix` raises."""
-    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
-    try:
-        async with sessionmaker() as session:
-            revoked = await auth_service.revoke_by_name_or_prefix(session, name_or_prefix)
-            await session.commit()
-            return revoked
-    finally:
-        await engine.dispose()
+    async with standalone_session(database_url) as session:
+        revoked = await auth_service.revoke_by_name_or_prefix(session, name_or_prefix)
+        await session.commit()
+        return revoked
 
 
 def _when(moment: datetime | None) -> str:

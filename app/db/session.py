@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -47,6 +48,18 @@ def create_engine_and_sessionmaker(
         connect_args={"server_settings": {"application_name": "clinic-notify"}},
     )
     return engine, async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def standalone_session(database_url: str) -> AsyncIterator[AsyncSession]:
+    """A session on an engine of its own, disposed after: one unit of work in a command
+    (`notify api-keys ...`, `notify dev`) that has no engine of the process's."""
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            yield session
+    finally:
+        await engine.dispose()
 
 
 async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
