@@ -12,15 +12,16 @@ from typing import Annotated
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel
 
 from app.callbacks import urls
 from app.channels import twilio_signature
 from app.channels.twilio_sms import normalised_status, parse_status_callback
 from app.db.session import DbSession
-from app.delivery import status as delivery_status
-from app.delivery.status import Report
+from app.delivery import provider_reports
+from app.delivery.provider_reports import Report
+from app.delivery.report_batcher import ReportBatcher, report_batcher
 from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
 from app.notifications.states import AttemptStatus
@@ -29,6 +30,7 @@ from app.security import TokenSigner
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/callbacks", tags=["provider callbacks"], include_in_schema=True)
+Batcher = Annotated[ReportBatcher, Depends(report_batcher)]
 
 MAX_CALLBACK_BYTES = 64 * 1024
 
@@ -82,7 +84,7 @@ async def imo_invitation(token: str, request: Request, session: DbSession) -> Ac
 
 
 @router.post("/imo/notifications/{token}", summary="Imo: a patient read a notification")
-async def imo_read_receipt(token: str, request: Request) -> Accepted:
+async def imo_read_receipt(token: str, request: Request, batcher: Batcher) -> Accepted:
     attempt = _signer(request).verify(urls.IMO_READ, token)
     if attempt is None or not attempt.isdigit():
         CALLBACKS.labels("imo", "bad_token").inc()
@@ -98,8 +100,8 @@ async def imo_read_receipt(token: str, request: Request) -> Accepted:
         provider_status="read_receipt",
     )
     try:
-        changed = await request.app.state.reports.submit(report)
-    except delivery_status.UnknownAttempt as exc:
+        changed = await batcher.submit(report)
+    except provider_reports.UnknownAttempt as exc:
         CALLBACKS.labels("imo", "unknown_attempt").inc()
         raise NotFound("unknown message") from exc
     CALLBACKS.labels("imo", "read_receipt").inc()
@@ -124,6 +126,7 @@ def _check_twilio_signature(
 async def twilio_status(
     attempt_id: int,
     request: Request,
+    batcher: Batcher,
     x_twilio_signature: Annotated[str | None, Header()] = None,
 ) -> Accepted:
     fields = await _fields(request)
@@ -146,8 +149,8 @@ async def twilio_status(
         error_message=reported.error_message,
     )
     try:
-        changed = await request.app.state.reports.submit(report)
-    except delivery_status.UnknownAttempt as exc:
+        changed = await batcher.submit(report)
+    except provider_reports.UnknownAttempt as exc:
         CALLBACKS.labels("twilio", "unknown_attempt").inc()
         raise NotFound("unknown message") from exc
     CALLBACKS.labels("twilio", status).inc()

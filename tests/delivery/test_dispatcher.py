@@ -25,7 +25,7 @@ from app.channels.base import (
 )
 from app.config import Settings
 from app.delivery import channels as delivery_channels
-from app.delivery import status as delivery_status
+from app.delivery import provider_reports
 from app.delivery.dispatcher import Dispatcher
 from app.fakes.imo import FakeImoConfig, start_fake_imo
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
@@ -373,7 +373,7 @@ class TestSafety:
         async def answer_after_callback(message: OutgoingMessage) -> SendResult:
             attempt_id = int(message.callback_url.rsplit("/", 1)[1])
             async with db_sessionmaker() as session:
-                await delivery_status.report(session, attempt_id, early, provider_message_id="SM1")
+                await provider_reports.report(session, attempt_id, early, provider_message_id="SM1")
                 await session.commit()
             return SendResult(provider_message_id="SM1", provider_status="queued")
 
@@ -395,7 +395,7 @@ class TestSafety:
         async def answer_after_failure(message: OutgoingMessage) -> SendResult:
             attempt_id = int(message.callback_url.rsplit("/", 1)[1])
             async with db_sessionmaker() as session:
-                await delivery_status.report(
+                await provider_reports.report(
                     session,
                     attempt_id,
                     AttemptStatus.FAILED,
@@ -439,7 +439,7 @@ class TestUnclearAnswers:
 
         # The provider's own status callback confirms it after all.
         async with db_sessionmaker() as session:
-            await delivery_status.report(
+            await provider_reports.report(
                 session, attempts[0].id, AttemptStatus.DELIVERED, provider_message_id="SM3"
             )
             await session.commit()

@@ -15,10 +15,11 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.session import transient_database_error
-from app.delivery.status import Report, apply_reports
+from app.delivery.provider_reports import Report, apply_reports
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +120,9 @@ class ReportBatcher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+def report_batcher(request: Request) -> ReportBatcher:
+    """The API process's batcher (built in the app's lifespan): a FastAPI dependency."""
+    batcher: ReportBatcher = request.app.state.report_batcher
+    return batcher

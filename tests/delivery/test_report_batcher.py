@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.delivery import reports
-from app.delivery.reports import APPLY_TRIES, ReportBatcher
-from app.delivery.status import Report
+from app.delivery import report_batcher
+from app.delivery.provider_reports import Report
+from app.delivery.report_batcher import APPLY_TRIES, ReportBatcher
 from app.notifications.states import AttemptStatus
 from tests.db.test_session import dbapi_error
 
@@ -33,7 +33,7 @@ async def submit_with_failures(
             raise failures[len(calls) - 1]
         return [True] * len(batch)
 
-    monkeypatch.setattr(reports, "apply_reports", apply)
+    monkeypatch.setattr(report_batcher, "apply_reports", apply)
     batcher = ReportBatcher(lambda: sessionmaker)
     batcher.start()
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.delivery import status as delivery_status
-from app.delivery.status import Report, UnknownAttempt
+from app.delivery import provider_reports
+from app.delivery.provider_reports import Report, UnknownAttempt
 from app.models import DeliveryAttempt, Notification
 from app.notifications.states import AttemptStatus
 from tests.factories import make_notification, make_patient
@@ -29,7 +29,7 @@ class TestApplyReports:
         self, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_sms(db_session)
-        results = await delivery_status.apply_reports(
+        results = await provider_reports.apply_reports(
             db_session,
             [
                 Report(attempt.id, AttemptStatus.FAILED, provider_message_id="SM-other"),
@@ -46,8 +46,8 @@ class TestApplyReports:
     async def test_repeats_and_late_reports_change_nothing(self, db_session: AsyncSession) -> None:
         notification, attempt = await sent_sms(db_session)
         delivered = Report(attempt.id, AttemptStatus.DELIVERED, provider_message_id="SM1")
-        assert await delivery_status.apply_reports(db_session, [delivered]) == [True]
+        assert await provider_reports.apply_reports(db_session, [delivered]) == [True]
         late = [delivered, Report(attempt.id, AttemptStatus.SENT, provider_message_id="SM1")]
-        assert await delivery_status.apply_reports(db_session, late) == [False, False]
+        assert await provider_reports.apply_reports(db_session, late) == [False, False]
         await db_session.refresh(notification)
         assert notification.state == "delivered"

@@ -2,7 +2,7 @@
 
 Every report is idempotent and monotonic: an attempt's status only rises, and a
 notification follows its attempts forward, never back. Reports are applied in sets
-(see app/delivery/reports.py for how the API batches them).
+(see app/delivery/report_batcher.py for how the API batches them).
 """
 
 from __future__ import annotations
