@@ -35,7 +35,12 @@ from app.db.session import transient_database_error
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
 from app.delivery.policy import ClaimedNotification, Outcome, SendOn
-from app.notifications.states import AttemptStatus, NotificationState
+from app.notifications.states import (
+    ATTEMPT_PROVES,
+    REACHED_STATUSES,
+    AttemptStatus,
+    NotificationState,
+)
 from app.notifications.window import MessagingWindow
 from app.observability import ATTEMPTS, report_unexpected
 from app.ratelimit import RateLimiter
@@ -287,9 +292,9 @@ class Dispatcher:
             if outcome is None or outcome.state is not S.SENT:
                 continue
             status = stored.get(attempt_ids[send.notification.id])
-            if status in (AttemptStatus.DELIVERED, AttemptStatus.READ):
+            if status in REACHED_STATUSES:
                 settled[send.notification.id] = Outcome(
-                    S(status),
+                    ATTEMPT_PROVES[AttemptStatus(status)],
                     channel_chain=outcome.channel_chain,
                     channel_index=outcome.channel_index,
                     sent_at=outcome.sent_at,

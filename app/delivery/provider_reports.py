@@ -1,7 +1,8 @@
 """What providers report after sending: read receipts, delivery statuses, failures.
 
-Every report is idempotent and monotonic: an attempt's status only rises, and a
-notification follows its attempts forward, never back. Reports are applied in sets
+Every report is idempotent and monotonic: an attempt and its notification move only as
+the tables of app/notifications/states.py allow, forward, never back; a report that
+does not move its attempt changes nothing. Reports are applied in sets
 (see app/delivery/report_batcher.py for how the API batches them).
 """
 
@@ -16,7 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
 from app.delivery.policy import SendOn
-from app.notifications.states import ATTEMPT_RANK, AttemptStatus, NotificationState
+from app.notifications.states import (
+    ATTEMPT_RANK,
+    ATTEMPT_REPORT_EVENTS,
+    AttemptStatus,
+    NotificationState,
+)
 
 S = NotificationState
 
@@ -78,7 +84,7 @@ async def apply_reports(
         [
             (row.notification_id, S(row.status))
             for row in changed.values()
-            if row.status in (AttemptStatus.DELIVERED, AttemptStatus.READ)
+            if row.status in ATTEMPT_REPORT_EVENTS
         ],
     )
     for position, row in changed.items():
@@ -114,6 +120,8 @@ async def follow_failure(
     if locked is None:
         return
     state, chain, channel_index, imo_status = locked
+    # Only a notification its provider accepted: a worker settles one it holds, and a
+    # failure changes nothing once a report proved it reached the patient.
     if state != S.SENT or not chain:
         return
     # Only the attempt that made the notification `sent` can unmake it.

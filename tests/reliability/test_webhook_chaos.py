@@ -22,7 +22,7 @@ import pytest_asyncio
 from app.callbacks import urls
 from app.channels import twilio_signature
 from app.config import Settings
-from app.notifications.states import ACCEPTED_RANK, NotificationState
+from app.notifications.states import NOTIFICATION_RANK, NotificationState
 from app.security import TokenSigner
 from tests.reliability.helpers import Seeded, attempts, seed, states, wait_until_settled
 from tests.stack import (
@@ -50,7 +50,7 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
 
 
 def rank(state: str) -> int:
-    return ACCEPTED_RANK.get(NotificationState(state), 0)
+    return NOTIFICATION_RANK[NotificationState(state)]
 
 
 async def watch(
