@@ -63,6 +63,17 @@ async def _fields(request: Request) -> dict[str, str]:
         raise BadCallback("callback body is not text") from exc
 
 
+def _message_id(value: str | None) -> str | None:
+    """A provider's message id, refused when longer than any we store: cutting it would
+    name another message. (Other over-long fields are cut and kept whole in the raw
+    report log: see Report.fitted.)"""
+    if value is not None and len(value) > provider_reports.PROVIDER_MESSAGE_ID_CHARS:
+        raise BadCallback(
+            f"message id longer than {provider_reports.PROVIDER_MESSAGE_ID_CHARS} characters"
+        )
+    return value
+
+
 def _signer(request: Request) -> TokenSigner:
     return TokenSigner(request.app.state.settings.secret_key.get_secret_value())
 
@@ -96,7 +107,7 @@ async def imo_read_receipt(token: str, request: Request, batcher: Batcher) -> Ac
     report = Report(
         int(attempt),
         AttemptStatus.READ,
-        provider_message_id=fields.get("post_id") or None,
+        provider_message_id=_message_id(fields.get("post_id") or None),
         provider_status="read_receipt",
     )
     try:
@@ -143,7 +154,7 @@ async def twilio_status(
     report = Report(
         attempt_id,
         AttemptStatus(status),
-        provider_message_id=reported.message_sid,
+        provider_message_id=_message_id(reported.message_sid),
         provider_status=reported.message_status,
         error_code=reported.error_code,
         error_message=reported.error_message,

@@ -8,15 +8,18 @@ does not move its attempt changes nothing. Reports are applied in sets
 
 from __future__ import annotations
 
+import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
 from app.delivery.policy import SendOn
+from app.models import DeliveryAttempt
 from app.notifications.states import (
     ATTEMPT_RANK,
     ATTEMPT_REPORT_EVENTS,
@@ -25,6 +28,7 @@ from app.notifications.states import (
 )
 
 S = NotificationState
+log = logging.getLogger(__name__)
 
 
 class UnknownAttempt(LookupError):
@@ -33,6 +37,8 @@ class UnknownAttempt(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class Report:
+    """One provider report on one attempt, its fields as the provider sent them."""
+
     attempt_id: int
     status: AttemptStatus
     provider_message_id: str | None = None
@@ -40,13 +46,45 @@ class Report:
     error_code: str | None = None
     error_message: str | None = None
 
+    def fitted(self) -> Report:
+        """The report with its fields cut to the attempt's columns: a provider's over-long
+        error code must not cost the report (or its batch). The raw log keeps them whole.
+
+        A provider message id is never cut (it would name another message): callers
+        refuse one longer than PROVIDER_MESSAGE_ID_CHARS.
+        """
+        cut = {
+            field: value[:limit]
+            for field, limit in _FIELD_CHARS.items()
+            if (value := getattr(self, field)) is not None and len(value) > limit
+        }
+        if not cut:
+            return self
+        log.warning(
+            "provider report field cut to its column",
+            extra={"attempt_id": self.attempt_id, "fields": sorted(cut)},
+        )
+        return replace(self, **cut)
+
+
+def _chars(column: str) -> int:
+    """The width of an attempt's string column."""
+    column_type = DeliveryAttempt.__table__.c[column].type
+    assert isinstance(column_type, String) and column_type.length is not None
+    return column_type.length
+
+
+PROVIDER_MESSAGE_ID_CHARS = _chars("provider_message_id")
+_FIELD_CHARS = {field: _chars(field) for field in ("provider_status", "error_code")}
+
 
 async def apply_reports(
     session: AsyncSession, reports: list[Report]
 ) -> list[bool | UnknownAttempt]:
     """Apply reports in one unit of work; per report: whether it changed anything, or
-    UnknownAttempt. Of several reports on one message the highest-ranked is applied; the
-    rest change nothing (they would be overtaken anyway). Reports on one attempt that
+    UnknownAttempt. Every report on a known attempt goes to the raw log, as received.
+    Of several reports on one message the highest-ranked is applied; the rest change
+    nothing (they would be overtaken anyway). Reports on one attempt that
     name different provider messages are applied in turn, so that a stray or forged one
     cannot make the real one look unknown. Flushes; the caller commits.
     """
@@ -68,7 +106,7 @@ async def apply_reports(
     applied: dict[int, delivery_repository.AdvancedAttempt] = {}
     for layer in layers:
         advanced = await delivery_repository.advance_attempts(
-            session, [reports[position] for position in layer.values()]
+            session, [reports[position].fitted() for position in layer.values()]
         )
         applied.update(
             (position, advanced[attempt_id])
@@ -98,6 +136,14 @@ async def apply_reports(
             answers.append(UnknownAttempt(report.attempt_id))
         else:
             answers.append(chosen == position and position in changed)
+    await delivery_repository.log_reports(
+        session,
+        [
+            (report, answer)
+            for report, answer in zip(reports, answers, strict=True)
+            if isinstance(answer, bool)
+        ],
+    )
     return answers
 
 

@@ -450,6 +450,38 @@ async def advance_attempts(
     return {row.id: AdvancedAttempt(*row[1:]) for row in rows}
 
 
+_LOG_REPORTS = text(
+    """
+    INSERT INTO delivery_reports (attempt_id, status, provider_message_id, provider_status,
+                                  error_code, error_message, applied)
+    SELECT * FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:provider_message_ids AS text[]),
+        CAST(:provider_statuses AS text[]), CAST(:error_codes AS text[]),
+        CAST(:error_messages AS text[]), CAST(:applied AS boolean[]))
+    """
+)
+
+
+async def log_reports(session: AsyncSession, reports: Sequence[tuple[Any, bool]]) -> None:
+    """Keep (report, whether it moved its attempt) pairs as received, in one statement.
+
+    Every report must name an existing attempt.
+    """
+    if reports:
+        await session.execute(
+            _LOG_REPORTS,
+            {
+                "ids": [r.attempt_id for r, _ in reports],
+                "statuses": [str(r.status) for r, _ in reports],
+                "provider_message_ids": [r.provider_message_id for r, _ in reports],
+                "provider_statuses": [r.provider_status for r, _ in reports],
+                "error_codes": [r.error_code for r, _ in reports],
+                "error_messages": [r.error_message for r, _ in reports],
+                "applied": [applied for _, applied in reports],
+            },
+        )
+
+
 _RAISE_NOTIFICATIONS = text(
     f"""
     WITH v AS (
