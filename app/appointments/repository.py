@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Appointment, Notification
-from app.notifications.states import EVENT_TARGET, UNSENT_STATES, NotificationEvent, sql_in
+from app.states import EVENT_TARGET, UNSENT_STATES, NotificationEvent, sql_in
 
 
 async def insert_if_absent(session: AsyncSession, values: dict[str, Any]) -> bool:

@@ -1,7 +1,7 @@
 """What providers report after sending: read receipts, delivery statuses, failures.
 
 Every report is idempotent and monotonic: an attempt and its notification move only as
-the tables of app/notifications/states.py allow, forward, never back; a report that
+the tables of app/states.py allow, forward, never back; a report that
 does not move its attempt changes nothing. Reports are applied in sets
 (see app/delivery/report_batcher.py for how the API batches them).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy import String
@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
-from app.delivery.policy import SendOn
+from app.delivery.types import Report, SendOn
 from app.models import DeliveryAttempt
-from app.notifications.states import (
+from app.states import (
     ATTEMPT_RANK,
     ATTEMPT_REPORT_EVENTS,
     AttemptStatus,
@@ -35,36 +35,25 @@ class UnknownAttempt(LookupError):
     """No such attempt, or the report names another message of the provider's."""
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
-    """One provider report on one attempt, its fields as the provider sent them."""
+def fitted(report: Report) -> Report:
+    """The report with its fields cut to the attempt's columns: a provider's over-long
+    error code must not cost the report (or its batch). The raw log keeps them whole.
 
-    attempt_id: int
-    status: AttemptStatus
-    provider_message_id: str | None = None
-    provider_status: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-
-    def fitted(self) -> Report:
-        """The report with its fields cut to the attempt's columns: a provider's over-long
-        error code must not cost the report (or its batch). The raw log keeps them whole.
-
-        A provider message id is never cut (it would name another message): callers
-        refuse one longer than PROVIDER_MESSAGE_ID_CHARS.
-        """
-        cut = {
-            field: value[:limit]
-            for field, limit in _FIELD_CHARS.items()
-            if (value := getattr(self, field)) is not None and len(value) > limit
-        }
-        if not cut:
-            return self
-        log.warning(
-            "provider report field cut to its column",
-            extra={"attempt_id": self.attempt_id, "fields": sorted(cut)},
-        )
-        return replace(self, **cut)
+    A provider message id is never cut (it would name another message): callers refuse
+    one longer than PROVIDER_MESSAGE_ID_CHARS.
+    """
+    cut = {
+        field: value[:limit]
+        for field, limit in _FIELD_CHARS.items()
+        if (value := getattr(report, field)) is not None and len(value) > limit
+    }
+    if not cut:
+        return report
+    log.warning(
+        "provider report field cut to its column",
+        extra={"attempt_id": report.attempt_id, "fields": sorted(cut)},
+    )
+    return replace(report, **cut)
 
 
 def _chars(column: str) -> int:
@@ -106,7 +95,7 @@ async def apply_reports(
     applied: dict[int, delivery_repository.AdvancedAttempt] = {}
     for layer in layers:
         advanced = await delivery_repository.advance_attempts(
-            session, [reports[position].fitted() for position in layer.values()]
+            session, [fitted(reports[position]) for position in layer.values()]
         )
         applied.update(
             (position, advanced[attempt_id])
@@ -145,16 +134,6 @@ async def apply_reports(
         ],
     )
     return answers
-
-
-async def report(
-    session: AsyncSession, attempt_id: int, status: AttemptStatus, **fields: str | None
-) -> bool:
-    """Apply one report; returns whether anything changed. Raises UnknownAttempt."""
-    [result] = await apply_reports(session, [Report(attempt_id, status, **fields)])
-    if isinstance(result, UnknownAttempt):
-        raise result
-    return result
 
 
 async def follow_failure(

@@ -20,7 +20,8 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.session import transient_database_error
-from app.delivery.provider_reports import Report, UnknownAttempt, apply_reports
+from app.delivery.provider_reports import UnknownAttempt, apply_reports
+from app.delivery.types import Report
 
 log = logging.getLogger(__name__)
 

@@ -6,14 +6,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.delivery.policy import ClaimedNotification, Outcome
+from app.delivery.types import ClaimedNotification, Outcome, Report
 from app.models.experiment_membership import EvictionReason
-from app.notifications.states import (
+from app.states import (
     ATTEMPT_MOVES,
     ATTEMPT_PROVES,
     CONFIRMED_STATUSES,
@@ -38,7 +37,7 @@ A = AttemptStatus
 E = NotificationEvent
 S = NotificationState
 
-# Every state and status in the SQL below comes from app/notifications/states.py: the
+# Every state and status in the SQL below comes from app/states.py: the
 # guards (which rows move, to what) are generated from its tables, never written here.
 
 _CLAIM = text(
@@ -426,12 +425,11 @@ class AdvancedAttempt:
 
 
 async def advance_attempts(
-    session: AsyncSession, reports: Sequence[Any]
+    session: AsyncSession, reports: Sequence[Report]
 ) -> dict[int, AdvancedAttempt]:
     """Move each reported attempt as the attempt table allows (to a higher rank only).
 
-    `reports` have attempt_id, status, provider_message_id, provider_status, error_code
-    and error_message, one per attempt. Attempts missing from the answer do not exist,
+    One report per attempt. Attempts missing from the answer do not exist,
     or their provider id is another message's.
     """
     if not reports:
@@ -462,7 +460,7 @@ _LOG_REPORTS = text(
 )
 
 
-async def log_reports(session: AsyncSession, reports: Sequence[tuple[Any, bool]]) -> None:
+async def log_reports(session: AsyncSession, reports: Sequence[tuple[Report, bool]]) -> None:
     """Keep (report, whether it moved its attempt) pairs as received, in one statement.
 
     Every report must name an existing attempt.

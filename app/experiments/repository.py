@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.models import Experiment, ExperimentGroup, ExperimentMembership
-from app.notifications.states import (
+from app.states import (
     EVENT_TARGET,
     REACHED_STATUSES,
     UNSENT_STATES,

@@ -7,9 +7,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.delivery import provider_reports
-from app.delivery.provider_reports import Report, UnknownAttempt
+from app.delivery.provider_reports import UnknownAttempt
+from app.delivery.types import Report
 from app.models import DeliveryAttempt, DeliveryReport, Notification
-from app.notifications.states import AttemptStatus
+from app.states import AttemptStatus
 from tests.factories import make_notification, make_patient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -11,10 +11,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.delivery import report_batcher
-from app.delivery.provider_reports import Report
 from app.delivery.report_batcher import APPLY_TRIES, ReportBatcher
+from app.delivery.types import Report
 from app.models import DeliveryAttempt
-from app.notifications.states import AttemptStatus
+from app.states import AttemptStatus
 from tests.db.test_session import dbapi_error
 from tests.factories import make_notification, make_patient
 

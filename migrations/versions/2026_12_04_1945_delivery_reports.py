@@ -1,8 +1,8 @@
 """The raw log of provider reports (delivery_reports)
 
 Revision ID: 20261204_delivery_reports
-Revises: 20261123_imo_sent_through
-Create Date: 2026-12-04 19:30:00+00:00
+Revises: 20261204_default_plan
+Create Date: 2026-12-04 19:45:00+00:00
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261204_delivery_reports"
-down_revision: str | None = "20261123_imo_sent_through"
+down_revision: str | None = "20261204_default_plan"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -3,8 +3,8 @@
 Two tables say every move there is, and everything else reads them: the Python rules
 (`notification_move`, `attempt_moves`) and every SQL guard of the send and callback
 paths (`sql_notification_moves`, `sql_attempt_moves`, `sql_in`), generated from these
-tables so that the database can never apply another rule. tests/notifications/
-test_states.py walks every (state, event) pair through both against PostgreSQL.
+tables so that the database can never apply another rule. tests/test_states.py walks
+every (state, event) pair through both against PostgreSQL.
 
 A state only moves forward (`NOTIFICATION_RANK`, `ATTEMPT_RANK`): a late or repeated
 provider callback never takes a message back. The one backward step is deliberate and

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.appointments import repository as appointment_repository
 from app.delivery import repository as delivery_repository
 from app.delivery.policy import Outcome
-from app.delivery.provider_reports import Report
+from app.delivery.types import Report
 from app.errors import Conflict
 from app.models import DeliveryAttempt, Notification
 from app.notifications import service as notification_service
-from app.notifications.states import (
+from app.states import (
     ATTEMPT_RANK,
     BACKWARD_EVENTS,
     EVENT_SOURCES,
