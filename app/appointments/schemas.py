@@ -10,8 +10,8 @@ from typing import Literal, Self, cast
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.models import Appointment, Experiment, ExperimentGroup, ExperimentMembership, Notification
-from app.notifications.states import NotificationState
 from app.patients.schemas import PATIENT_ID_PATTERN, Facility, FacilityOut, PatientId
+from app.states import NotificationState
 
 AppointmentStatus = Literal["scheduled", "visited", "cancelled"]
 APPOINTMENT_ID_PATTERN = PATIENT_ID_PATTERN

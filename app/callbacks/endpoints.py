@@ -15,17 +15,17 @@ import orjson
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel
 
-from app.callbacks import urls
+from app import callback_urls
 from app.channels import twilio_signature
 from app.channels.twilio_sms import normalised_status, parse_status_callback
 from app.db.session import DbSession
 from app.delivery import status as delivery_status
-from app.delivery.status import Report
+from app.delivery.types import Report
 from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
-from app.notifications.states import AttemptStatus
 from app.observability import CALLBACKS
 from app.security import TokenSigner
+from app.states import AttemptStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/callbacks", tags=["provider callbacks"], include_in_schema=True)
@@ -78,7 +78,7 @@ def _signer(request: Request) -> TokenSigner:
     responses={**_BAD_BODY, **_UNKNOWN},
 )
 async def imo_invitation(token: str, request: Request, session: DbSession) -> Accepted:
-    patient_id = _signer(request).verify(urls.IMO_INVITATION, token)
+    patient_id = _signer(request).verify(callback_urls.IMO_INVITATION, token)
     if patient_id is None:
         CALLBACKS.labels("imo", "bad_token").inc()
         raise NotFound("unknown callback")
@@ -98,7 +98,7 @@ async def imo_invitation(token: str, request: Request, session: DbSession) -> Ac
     responses={**_BAD_BODY, **_UNKNOWN},
 )
 async def imo_read_receipt(token: str, request: Request) -> Accepted:
-    attempt = _signer(request).verify(urls.IMO_READ, token)
+    attempt = _signer(request).verify(callback_urls.IMO_READ, token)
     if attempt is None or not attempt.isdigit():
         CALLBACKS.labels("imo", "bad_token").inc()
         raise NotFound("unknown callback")

@@ -39,8 +39,8 @@ from app.experiments.schemas import (
 )
 from app.models import Appointment, Experiment, ExperimentGroup, ExperimentMembership, Patient
 from app.models.experiment_membership import EvictionReason
-from app.notifications.states import REACHED_STATUSES
 from app.reminder_plans import repository as plan_repository
+from app.states import REACHED_STATUSES
 
 
 def utc_today(now: datetime) -> date:

@@ -57,7 +57,7 @@ async def start_imo_invitation_round(
         log.exception("could not enqueue the invitation round", extra={"round_id": round_.id})
     progress = await imo_service.round_progress(session, round_.id, now)
     assert progress is not None
-    return InvitationRunOut.from_progress(progress)
+    return InvitationRunOut.model_validate(progress)
 
 
 @router.get(
@@ -71,7 +71,7 @@ async def get_imo_invitation_round(
     progress = await imo_service.round_progress(session, run_id, datetime.now(UTC))
     if progress is None:
         raise NotFound(f"no invitation round {run_id}")
-    return InvitationRunOut.from_progress(progress)
+    return InvitationRunOut.model_validate(progress)
 
 
 @router.get(

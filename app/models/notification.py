@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, TimestampMixin
-from app.notifications.states import STORED_STATES, AttemptStatus
+from app.states import STORED_STATES, AttemptStatus
 
 
 class Notification(TimestampMixin, Base):

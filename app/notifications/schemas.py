@@ -10,7 +10,7 @@ from typing import Any, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from app.models import DeliveryAttempt, Notification
-from app.notifications.states import NotificationState
+from app.states import NotificationState
 
 _SLUG = r"^[a-z][a-z0-9_.\-]{0,99}$"
 PURPOSE_PATTERN = r"^[a-z][a-z0-9_]{0,49}$"

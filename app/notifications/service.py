@@ -19,9 +19,9 @@ from app.models import Appointment, DeliveryAttempt, Notification, Patient
 from app.notifications import repository as notification_repository
 from app.notifications.repository import NotificationFilter
 from app.notifications.schemas import NotificationIn
-from app.notifications.states import ACCEPTED_STATES, NotificationState
 from app.notifications.window import MessagingWindow, zone
 from app.observability import NOTIFICATIONS_SCHEDULED
+from app.states import ACCEPTED_STATES, NotificationState
 from app.templates import service as template_service
 
 S = NotificationState

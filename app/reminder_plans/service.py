@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
 from app.errors import Conflict, InvalidInput, NotFound, field_error
-from app.models import ReminderPlan, Template
+from app.models import ReminderPlan
 from app.reminder_plans import repository as plan_repository
 from app.reminder_plans.schemas import ReminderPlanIn
-from app.templates import service as template_service
+from app.templates import repository as template_repository
+from app.templates.placeholders import variables_of
 
 # What every appointment reminder can fill in.
 PLAN_VARIABLES = frozenset({"patient_name", "facility_name", "appointment_date"})
@@ -69,16 +69,14 @@ async def _check_templates(session: AsyncSession, request: ReminderPlanIn) -> No
     keys = {r.template for r in request.reminders}
     if not keys:
         return
-    templates = (await session.scalars(select(Template).where(Template.key.in_(keys)))).all()
+    templates = await template_repository.with_keys(session, keys)
     problems: dict[str, str] = {}
     found = {t.key for t in templates}
     for key in keys - found:
         problems[key] = f"no template '{key}'"
     for template in templates:
         try:
-            needed = template_service.variables_of(template.body) | template_service.variables_of(
-                template.title
-            )
+            needed = variables_of(template.body) | variables_of(template.title)
         except ValueError as exc:
             problems[template.key] = f"template '{template.key}' ({template.locale}): {exc}"
             continue

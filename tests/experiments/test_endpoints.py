@@ -15,10 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.delivery import repository as delivery_repository
-from app.delivery.policy import Outcome
+from app.delivery.types import Outcome
 from app.experiments.assignment import assign
 from app.models import ExperimentMembership, Notification, Patient
-from app.notifications.states import NotificationState
+from app.states import NotificationState
 from tests.appointments.helpers import (
     create_experiment,
     days,
