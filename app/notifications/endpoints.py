@@ -19,8 +19,8 @@ from app.notifications.schemas import (
     NotificationOut,
     NotificationPage,
 )
-from app.notifications.states import NotificationState
 from app.pagination import Cursor, Limit
+from app.states import NotificationState
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
