@@ -63,8 +63,8 @@ class ReportBatcher:
             await asyncio.gather(*self._applying, return_exceptions=True)
 
     async def submit(self, report: Report) -> bool:
-        """Whether the report changed anything. Raises UnknownAttempt, or the batch's
-        database error."""
+        """Whether the report changed anything. Raises UnknownAttempt, the error this
+        report alone causes, or a transient database error that outlasted its tries."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         await self._queue.put((report, future))
         return await future
@@ -109,7 +109,10 @@ class ReportBatcher:
                 await self._apply(batch[:half])
                 await self._apply(batch[half:])
                 return
-            log.exception("applying a provider report failed")
+            log.exception(
+                "applying provider reports failed",
+                extra={"reports": len(batch), "attempt_id": batch[0][0].attempt_id},
+            )
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
