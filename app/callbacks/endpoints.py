@@ -66,7 +66,7 @@ async def _fields(request: Request) -> dict[str, str]:
 def _message_id(value: str | None) -> str | None:
     """A provider's message id, refused when longer than any we store: cutting it would
     name another message. (Other over-long fields are cut and kept whole in the raw
-    report log: see Report.fitted.)"""
+    report log: see provider_reports.fitted.)"""
     if value is not None and len(value) > provider_reports.PROVIDER_MESSAGE_ID_CHARS:
         raise BadCallback(
             f"message id longer than {provider_reports.PROVIDER_MESSAGE_ID_CHARS} characters"
