@@ -7,9 +7,11 @@ tables so that the database can never apply another rule. tests/test_states.py w
 every (state, event) pair through both against PostgreSQL.
 
 A state only moves forward (`NOTIFICATION_RANK`, `ATTEMPT_RANK`): a late or repeated
-provider callback never takes a message back. The one backward step is deliberate and
-internal (`RETRY`): a message whose channel failed, or that a worker claimed and did not
-send, returns to `scheduled` to try the next channel or to wait out a transient error.
+provider callback never takes a message back. The backward steps are deliberate and
+internal (`BACKWARD_EVENTS`): a message whose channel failed, or that a worker claimed
+and did not send, returns to `scheduled` (`RETRY`) to try the next channel or to wait
+out a transient error, or, when the sweeper had settled it `sent` before its worker's
+answer said the send failed, to `sending` (`FALL_BACK`) on the way to the next channel.
 
 A read receipt proves the patient has the message: `read` beats every other state of an
 attempt (even `failed`: the failure was wrong, or the message got through anyway) and of
@@ -95,14 +97,18 @@ EVENT_SOURCES: dict[NotificationEvent, frozenset[NotificationState]] = {
     E.UNMUTE: frozenset({S.MUTED}),
     # From `sent`: the provider reported the accepted message failed; next channel.
     E.RETRY: frozenset({S.SENDING, S.SENT}),
-    E.FALL_BACK: frozenset({S.SENDING}),
+    # From `sent`: the sweeper took the claim of a worker too slow to write its answer
+    # back (and marked the attempt it had in flight `unconfirmed`); the answer says the
+    # attempt failed, so the next channel is tried after all (fenced off from that
+    # worker, so the sweeper releases it again, to `scheduled`).
+    E.FALL_BACK: frozenset({S.SENDING, S.SENT}),
     E.ACCEPT: frozenset({S.SENDING}),
     # From `sending`: a callback beat the worker's own write (or the sweeper saw it).
     E.DELIVER: frozenset({S.SENDING, S.SENT}),
     E.READ: frozenset({S.SENDING, S.SENT, S.DELIVERED}),
     # From `sent`: the provider reported the accepted message failed; no channel left.
     E.FAIL: frozenset({S.SENDING, S.SENT}),
-    E.DENY: frozenset({S.SENDING}),
+    E.DENY: frozenset({S.SENDING, S.SENT}),
     E.EXPIRE: frozenset({S.SENDING}),
     # Never from `sending`: the worker holding it settles it with what the attempt says.
     E.REPORT_DELIVERED: frozenset({S.SENT}),
@@ -120,9 +126,11 @@ EVENT_SOURCES: dict[NotificationEvent, frozenset[NotificationState]] = {
     ),
 }
 
-# Progress towards the patient. No event lowers it but RETRY (the documented internal
-# step back to `scheduled`). The ends that need no patient (failed, denied, cleared,
-# expired) rank with `delivered`: only a read receipt goes past them.
+# Progress towards the patient. No event lowers it but the internal steps back to try
+# the next channel or wait out a transient error: RETRY (to `scheduled`) and, after the
+# sweeper settled a claim too early, FALL_BACK (to `sending`). The ends that need no
+# patient (failed, denied, cleared, expired) rank with `delivered`: only a read receipt
+# goes past them.
 NOTIFICATION_RANK: dict[NotificationState, int] = {
     S.SCHEDULED: 0,
     S.MUTED: 0,
@@ -135,7 +143,7 @@ NOTIFICATION_RANK: dict[NotificationState, int] = {
     S.EXPIRED: 3,
     S.READ: 4,
 }
-BACKWARD_EVENTS = frozenset({E.RETRY})
+BACKWARD_EVENTS = frozenset({E.RETRY, E.FALL_BACK})
 
 # Where the worker's outcome of a send (an `Outcome.state`) comes from: the events
 # `settle` writes, one per state it may write.
