@@ -6,8 +6,12 @@
 - `engine` (session), `db_connection` / `db_session` / `db_sessionmaker` (per test, in
   one transaction rolled back at the end: the code under test may commit freely).
 - `redis` (per test, flushed at the end).
+- `api_app` (session: the app, lifespan running) and `api` (per test: an authorised
+  client of it on the test's rolled-back transaction). A module that needs the app
+  configured otherwise overrides `api_app` (see `running_app`); `api` follows.
 - `stack` (session): the real API, a worker and the fake providers as processes; see
-  tests/stack.py. Tests that need their own stack use `run_stack(services, ...)`.
+  tests/stack.py. Tests that need their own stack use `run_stack(services, ...)` and
+  override `stack`. `stack_api`: an authorised client of whichever `stack` applies.
 
 A developer's `.env` never leaks into tests: settings read the environment only.
 """
@@ -21,8 +25,10 @@ import tempfile
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
+from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -30,6 +36,7 @@ from app import embedded
 from app.cli import upgrade_head
 from app.config import Settings, get_settings
 from app.db.session import create_engine_and_sessionmaker
+from tests.factories import api_client, running_app
 from tests.stack import ACTIVE_STACKS, TEST_SECRET_KEY, Services, Stack, run_stack
 
 # Before any test module is imported, so that whatever reads settings sees these.
@@ -116,6 +123,23 @@ async def redis(services: Services) -> AsyncIterator[Redis]:
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def api_app() -> AsyncIterator[FastAPI]:
+    """The whole app with the session's settings, its lifespan running."""
+    async with running_app(Settings()) as app:
+        yield app
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(
+    api_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An authorised client of `api_app`, sharing the test's rolled-back transaction:
+    what it writes, `db_session` sees, and what `db_session` flushes, it sees."""
+    async with api_client(api_app, db_sessionmaker) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def stack(services: Services) -> AsyncIterator[Stack]:
     """One real stack shared by the session's end-to-end tests; reset the fakes or count
     deltas rather than assume a clean slate."""
@@ -125,6 +149,14 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
         fake_twilio_options=SHARED_STACK_FAKE_OPTIONS,
     ) as running:
         yield running
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack_api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the stack's API over a socket, authorised with a fresh key."""
+    key = await stack.create_api_key()
+    async with stack.client(key) as client:
+        yield client
 
 
 # ---------------------------------------------------------------------------- failure logs

@@ -29,7 +29,6 @@ from app.fakes.imo import FAKE_IMO_KEY, INVITE, FakeImoConfig, base_url, start_f
 from app.imo.runner import InvitationRunner
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
-from tests.factories import api_app
 from tests.stack import (
     FAKE_IMO_PASSWORD,
     FAKE_IMO_USERNAME,
@@ -38,8 +37,6 @@ from tests.stack import (
     recreate_database,
 )
 from workers.invitations import imo_channel
-
-__all__ = ["api_app"]
 
 IMO_TEST_DATABASE = "clinic_notify_imo_test"
 
