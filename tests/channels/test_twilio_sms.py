@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +29,7 @@ from app.channels.twilio_sms import (
     parse_status_callback,
 )
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
+from tests.waiting import wait_until
 
 CONFIG = FakeTwilioConfig(callback_delay=0.03)
 SENDERS = ("+15005550001", "+15005550002", "+15005550003")
@@ -100,14 +100,6 @@ class Stub:
         self.requests.append({k: str(v) for k, v in form.items()})
         assert self.handler is not None
         return await self.handler(request)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest_asyncio.fixture

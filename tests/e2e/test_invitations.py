@@ -16,7 +16,6 @@ from sqlalchemy import text
 from tests.clock import night_zone
 from tests.e2e.helpers import (
     accept_imo_invitation,
-    eventually,
     notification_in,
     phone,
     put_patient,
@@ -25,6 +24,7 @@ from tests.e2e.helpers import (
 from tests.imo.helpers import invite_phone, seed_patients
 from tests.reliability.helpers import database
 from tests.stack import Services, Stack, run_stack
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -69,7 +69,7 @@ async def round_in(
         data = dict((await api.get(f"/v1/imo/invitations/runs/{round_id}")).json())
         return data if data["state"] in states else None
 
-    found: dict[str, Any] = await eventually(check, timeout=timeout, interval=0.2)
+    found: dict[str, Any] = await wait_until(check, timeout=timeout, interval=0.2)
     return found
 
 
@@ -103,7 +103,7 @@ class TestRoundThroughTheApi:
         assert (done["reached"], done["candidates"], done["progress"]) == (4, 4, 1.0)
         assert done["finished_at"] is not None
         # Imo calls the invitation's callback URL when the patient accepts.
-        await eventually(lambda: _is(stack_api, patients["accepts"], "subscribed"))
+        await wait_until(lambda: _is(stack_api, patients["accepts"], "subscribed"), timeout=20)
         assert await authorization(stack_api, patients["never_accepts"]) == "invited"
         assert await authorization(stack_api, patients["no_account"]) == "no_imo_account"
         assert await authorization(stack_api, imo_fails["id"]) is None
@@ -163,7 +163,7 @@ class TestRemindersFirst:
         subscriber = await put_patient(stack_api, phone(7))
         await accept_imo_invitation(stack, subscriber["id"])
         started = await start_round(stack_api)
-        await eventually(lambda: _reached(stack_api, started["id"], 200), timeout=30)
+        await wait_until(lambda: _reached(stack_api, started["id"], 200), timeout=30)
 
         scheduled = await schedule(stack_api, subscriber["id"])
         began = time.monotonic()
@@ -197,7 +197,7 @@ async def _worker_holding_a_batch(stack: Stack) -> int:
                 return [index]  # (a list: worker 0 must not read as "not found")
         return []
 
-    [found] = await eventually(find, timeout=10, interval=0.02)
+    [found] = await wait_until(find, timeout=10, interval=0.02)
     return int(found)
 
 
@@ -230,7 +230,7 @@ class TestKilledWorker:
             data = dict((await stack_api.get(f"/v1/imo/invitations/runs/{started['id']}")).json())
             return data if data["reached"] >= PATIENTS // 3 else None
 
-        at_kill = await eventually(halfway, timeout=30, interval=0.05)
+        at_kill = await wait_until(halfway, timeout=30, interval=0.05)
         sent_at_kill = (await stack.imo_stats())["requests"]["send_invite"]
         victim = await _worker_holding_a_batch(stack)
         await stack.kill_worker(victim)

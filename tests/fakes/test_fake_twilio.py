@@ -6,7 +6,7 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
@@ -18,6 +18,7 @@ from aiohttp import web
 
 from app.channels import twilio_signature
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
+from tests.waiting import wait_until
 
 SID = FakeTwilioConfig().account_sid
 TOKEN = FakeTwilioConfig().auth_token
@@ -72,14 +73,6 @@ class Receiver:
 
     def statuses(self, name: str) -> list[str]:
         return [c.params["MessageStatus"] for c in self.calls if c.url == self.url(name)]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest_asyncio.fixture
