@@ -8,7 +8,6 @@ each test, and the fake Imo over a real socket (`fake_imo`, forgotten before eac
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,12 +18,8 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 from redis.asyncio import Redis
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.cli import upgrade_head
 from app.config import Settings
-from app.db.session import create_engine_and_sessionmaker
 from app.fakes.imo import FAKE_IMO_KEY, INVITE, FakeImoConfig, base_url, start_fake_imo
 from app.imo.runner import InvitationRunner
 from app.ratelimit import RateLimiter
@@ -33,38 +28,26 @@ from tests.stack import (
     FAKE_IMO_PASSWORD,
     FAKE_IMO_USERNAME,
     TEST_SECRET_KEY,
+    Database,
     Services,
-    recreate_database,
+    migrated_database,
 )
 from workers.invitations import imo_channel
 
 IMO_TEST_DATABASE = "clinic_notify_imo_test"
 
 
-@dataclass
-class ImoDb:
-    engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
-    url: str
-
-
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
-async def imo_db(services: Services) -> AsyncIterator[ImoDb]:
-    url = await recreate_database(services.database_url, IMO_TEST_DATABASE)
-    await asyncio.to_thread(upgrade_head, url, configure_logging=False)
-    engine, sessionmaker = create_engine_and_sessionmaker(url)
-    yield ImoDb(engine, sessionmaker, url)
-    await engine.dispose()
+async def imo_db(services: Services) -> AsyncIterator[Database]:
+    async with migrated_database(services, IMO_TEST_DATABASE) as database:
+        yield database
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def db(imo_db: ImoDb) -> AsyncIterator[ImoDb]:
+async def db(imo_db: Database) -> Database:
     """The invitation tests' database, without patients, authorisations or rounds."""
-    async with imo_db.engine.begin() as connection:
-        await connection.execute(
-            text("TRUNCATE patients, imo_authorizations, imo_invitation_rounds CASCADE")
-        )
-    yield imo_db
+    await imo_db.empty()
+    return imo_db
 
 
 @dataclass
@@ -95,7 +78,7 @@ async def fake_imo(fake_imo_server: FakeImo) -> FakeImo:
     return fake_imo_server
 
 
-def round_settings(db: ImoDb, fake: FakeImo, **overrides: Any) -> Settings:
+def round_settings(db: Database, fake: FakeImo, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "app_env": "test",
         "database_url": db.url,
@@ -122,7 +105,9 @@ RunnerFactory = Callable[..., InvitationRunner]
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def make_runner(db: ImoDb, fake_imo: FakeImo, redis: Redis) -> AsyncIterator[RunnerFactory]:
+async def make_runner(
+    db: Database, fake_imo: FakeImo, redis: Redis
+) -> AsyncIterator[RunnerFactory]:
     """Build runners on the test database and the fake Imo: `make_runner(settings,
     clock=...)`; their HTTP sessions are closed after the test."""
     sessions: list[aiohttp.ClientSession] = []

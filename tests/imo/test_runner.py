@@ -23,13 +23,14 @@ from app.imo.service import ClaimedBatch, Idle
 from app.models import ImoInvitationBatch
 from app.notifications.window import MessagingWindow
 from tests.clock import daytime_zone, night_zone
-from tests.imo.conftest import FakeImo, ImoDb, RunnerFactory, round_settings
+from tests.imo.conftest import FakeImo, RunnerFactory, round_settings
 from tests.imo.helpers import authorizations, invite_phone, seed_patients, set_authorization
+from tests.stack import Database
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def start(db: ImoDb, settings: Any, *, limit: int | None = None) -> int:
+async def start(db: Database, settings: Any, *, limit: int | None = None) -> int:
     async with db.sessionmaker() as session:
         round_ = await imo_service.start_round(
             session, settings, trigger="api", now=datetime.now(UTC), limit=limit
@@ -38,13 +39,13 @@ async def start(db: ImoDb, settings: Any, *, limit: int | None = None) -> int:
         return round_.id
 
 
-async def counts(db: ImoDb, round_id: int) -> dict[str, int]:
+async def counts(db: Database, round_id: int) -> dict[str, int]:
     async with db.sessionmaker() as session:
         found = await imo_repository.round_counts(session, round_id)
     return {name: count for name, count in found.items() if count}
 
 
-async def round_state(db: ImoDb, round_id: int) -> str:
+async def round_state(db: Database, round_id: int) -> str:
     async with db.engine.connect() as connection:
         state = await connection.scalar(
             text("SELECT state FROM imo_invitation_rounds WHERE id = :id"), {"id": round_id}
@@ -54,7 +55,7 @@ async def round_state(db: ImoDb, round_id: int) -> str:
 
 class TestAnswers:
     async def test_each_answer_of_the_fake_is_recorded(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         phones = {
             "invited": invite_phone(1, 3),
@@ -96,7 +97,7 @@ class TestAnswers:
 
     async def test_unexpected_answers_are_reported_counted_and_left_for_the_next_round(
         self,
-        db: ImoDb,
+        db: Database,
         fake_imo: FakeImo,
         make_runner: RunnerFactory,
         monkeypatch: pytest.MonkeyPatch,
@@ -129,7 +130,7 @@ class TestAnswers:
         assert set(fake_imo.requests_per_phone().values()) == {2}
 
     async def test_not_subscribed_is_recorded(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         # The fake never answers an invitation so; a scripted Imo does.
         async def not_subscribed(request: web.Request) -> web.Response:
@@ -158,7 +159,7 @@ class TestAnswers:
 
 class TestWhoIsInvited:
     async def test_candidates_and_the_reinvite_rule(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         now = datetime.now(UTC)
         old, recent = now - timedelta(days=181), now - timedelta(days=10)
@@ -200,7 +201,7 @@ class TestWhoIsInvited:
         assert found[ids["subscribed_long_ago"]][0] == "subscribed"
 
     async def test_a_limit_invites_that_many(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         async with db.engine.begin() as connection:
             await seed_patients(connection, [invite_phone(n, 3) for n in range(20)])
@@ -211,7 +212,7 @@ class TestWhoIsInvited:
         assert await round_state(db, round_id) == "completed"
 
     async def test_several_runners_invite_each_patient_once(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         phones = [invite_phone(n, 3 + n % 7) for n in range(300)]
         async with db.engine.begin() as connection:
@@ -234,7 +235,7 @@ class TestWhoIsInvited:
 
 class TestConcurrentRounds:
     async def test_a_second_start_says_a_round_is_running(
-        self, db: ImoDb, fake_imo: FakeImo
+        self, db: Database, fake_imo: FakeImo
     ) -> None:
         settings = round_settings(db, fake_imo)
         first = await start(db, settings)
@@ -242,7 +243,7 @@ class TestConcurrentRounds:
             await start(db, settings)
         assert refused.value.round_id == first
 
-    async def test_two_starts_at_once_make_one_round(self, db: ImoDb, fake_imo: FakeImo) -> None:
+    async def test_two_starts_at_once_make_one_round(self, db: Database, fake_imo: FakeImo) -> None:
         settings = round_settings(db, fake_imo)
         answers = await asyncio.gather(
             *(start(db, settings) for _ in range(4)), return_exceptions=True
@@ -253,7 +254,7 @@ class TestConcurrentRounds:
         assert {r.round_id for r in refused} == set(started)
 
     async def test_a_new_round_can_start_when_the_last_completed(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         runner = make_runner(round_settings(db, fake_imo))
         first = await start(db, runner.settings)
@@ -271,7 +272,7 @@ class Clock:
 
 class TestWindow:
     async def test_the_closing_window_pauses_the_round_until_the_next_opening(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         zone = "Asia/Dhaka"  # UTC+6, no daylight saving
         phones = [invite_phone(n, 3) for n in range(40)]
@@ -318,7 +319,7 @@ class TestWindow:
         assert await counts(db, round_id) == {"invited": 40}
 
     async def test_a_zone_at_night_waits_while_a_zone_in_daytime_is_invited(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         day, night = [invite_phone(n, 3) for n in range(5)], [invite_phone(n, 4) for n in range(5)]
         async with db.engine.begin() as connection:
@@ -352,7 +353,7 @@ def invitation(phone: str) -> Invitation:
 
 class TestDeadWorker:
     async def test_a_dead_workers_batch_is_taken_over_without_a_second_request(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         phones = [invite_phone(n, 3) for n in range(7)]
         async with db.engine.begin() as connection:
@@ -405,7 +406,7 @@ class TestDeadWorker:
 
 class TestPacing:
     async def test_the_limiter_failing_mid_batch_puts_the_batch_back_with_its_answers(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         phones = [invite_phone(n, 3) for n in range(30)]
         async with db.engine.begin() as connection:
