@@ -129,6 +129,8 @@ async def make_runner(
             clock=clock,
             retry_delays=(0.05,),
             flush_interval=0.05,
+            pacing_error_backoff=0.05,
+            outage_backoff=0.05,
         )
 
     yield build

@@ -26,6 +26,7 @@ from tests.clock import daytime_zone, night_zone
 from tests.imo.conftest import FakeImo, RunnerFactory, round_settings
 from tests.imo.helpers import authorizations, invite_phone, seed_patients, set_authorization
 from tests.stack import Database
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -288,8 +289,9 @@ class TestWindow:
         round_id = await start(db, settings)
 
         async def close_the_window() -> None:
-            while sum(fake_imo.requests_per_phone().values()) < 10:
-                await asyncio.sleep(0.001)
+            await wait_until(
+                lambda: sum(fake_imo.requests_per_phone().values()) >= 10, interval=0.001
+            )
             clock.now = datetime(2026, 11, 23, 14, 0, 1, tzinfo=UTC)
 
         closer = asyncio.create_task(close_the_window())
@@ -390,9 +392,18 @@ class TestDeadWorker:
                 ),
             )
             await session.commit()
-        # Not before its lease has run out.
+        # Not before its lease has run out...
         assert await runner.work(round_id, asyncio.Event()) == Idle("busy")
-        await asyncio.sleep(1.1)
+        # ...and at once after: the lease runs out (on the database's clock, which
+        # decides) without waiting for it.
+        async with db.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE imo_invitation_batches SET lease_until = now() - interval '1 ms'"
+                    " WHERE id = :id"
+                ),
+                {"id": claim.batch_id},
+            )
 
         assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
 
@@ -463,6 +474,12 @@ def pacer(rate: float, patients: int) -> tuple[_Pacer, _Limiter]:
     return _Pacer(runner, candidates, claim, writer, asyncio.Event(), first=False), limiter
 
 
+def late_by(paced: _Pacer, seconds: float) -> None:
+    """As if the group's slots had begun `seconds` ago (the pacer reads the loop's clock):
+    what a lane taking its patient that late finds."""
+    paced._first_slot -= seconds
+
+
 class TestPacer:
     """The pacer's slot rules, on a stub limiter that always grants slots from now."""
 
@@ -477,7 +494,7 @@ class TestPacer:
         # 100/s: a slot every 10 ms; 10 ms of lateness is one slot's worth.
         paced, limiter = pacer(rate=100, patients=10)
         await paced.take()
-        await asyncio.sleep(0.05)
+        late_by(paced, 0.05)
         await paced.take()
         assert limiter.reserved == [10, 9]
 
@@ -485,7 +502,7 @@ class TestPacer:
         # 10,000/s: 10 ms are 100 slots, more than the group's rest.
         paced, limiter = pacer(rate=10_000, patients=10)
         await paced.take()
-        await asyncio.sleep(0.05)
+        late_by(paced, 0.05)
         for _ in range(9):
             await paced.take()
         assert limiter.reserved == [10]
