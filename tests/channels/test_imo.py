@@ -202,8 +202,12 @@ class TestNotificationAgainstFake:
 
     @pytest.mark.asyncio
     async def test_unread_gives_no_signal(self, imo: ImoChannel, receiver: Receiver) -> None:
-        await imo.send(message(phone(7), receiver.url("read")))
-        await asyncio.sleep(CALLBACK_DELAY * 4)
+        await imo.send(message(phone(7), receiver.url("unread")))
+        # A control sent after it, that is read: once its receipt is in, one for the
+        # unread message would have come too.
+        await imo.send(message(phone(3), receiver.url("read")))
+        name, _, _ = await receiver.next()
+        assert name == "read"
         assert receiver.received.empty()
 
     @pytest.mark.asyncio
@@ -227,10 +231,18 @@ class TestInvitationAgainstFake:
         assert result == InvitationResult("no_imo_account", provider_status="nonexistent_user")
 
     @pytest.mark.asyncio
-    async def test_never_accepting_stays_invited(self, imo: ImoChannel) -> None:
-        assert await imo.invite(invitation(phone(1))) == InvitationResult("invited")
-        await asyncio.sleep(CALLBACK_DELAY * 2)
-        again = await imo.invite(invitation(phone(1)))
+    async def test_never_accepting_stays_invited(self, imo: ImoChannel, receiver: Receiver) -> None:
+        never = invitation(phone(1), receiver.url("never"))
+        assert await imo.invite(never) == InvitationResult("invited")
+        # A control invited after it, that accepts: once its acceptance is in, the other's
+        # would have come too.
+        assert await imo.invite(invitation(phone(5), receiver.url("accept"))) == (
+            InvitationResult("invited")
+        )
+        name, _, _ = await receiver.next()
+        assert name == "accept"
+        assert receiver.received.empty()
+        again = await imo.invite(never)
         assert again == InvitationResult("invited", provider_status="invited")
 
     @pytest.mark.asyncio

@@ -17,7 +17,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from app.channels import twilio_signature
-from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
+from app.fakes.twilio import FAKE_TWILIO, FakeTwilioConfig, start_fake_twilio
 from tests.waiting import wait_until
 
 SID = FakeTwilioConfig().account_sid
@@ -73,6 +73,12 @@ class Receiver:
 
     def statuses(self, name: str) -> list[str]:
         return [c.params["MessageStatus"] for c in self.calls if c.url == self.url(name)]
+
+    async def control(self, session: aiohttp.ClientSession, fake: Fake) -> None:
+        """Send a message that calls back, and wait for its first callback: one that was
+        coming for anything sent before would have come by then."""
+        await send(session, fake, StatusCallback=self.url("control"))
+        await wait_until(lambda: self.statuses("control"))
 
 
 @pytest_asyncio.fixture
@@ -235,11 +241,11 @@ class TestRefusals:
             "more_info": "https://www.twilio.com/docs/errors/21211",
             "status": 400,
         }
-        await asyncio.sleep(DELAY * 3)
-        assert receiver.calls == []
         counts = await stats(session, fake)
         assert counts["accepted"] == 0
         assert counts["responses"] == {"400": 1}
+        await receiver.control(session, fake)
+        assert receiver.statuses("eight") == []
 
 
 class TestStatusCallbacks:
@@ -331,8 +337,9 @@ class TestStatusCallbacks:
         status, _, _ = await send(session, fake, StatusCallback=receiver.url("off"))
 
         assert status == 201
-        await asyncio.sleep(DELAY * 3)
-        assert receiver.calls == []
+        assert await configure(session, fake, callbacks_enabled=True) == 200
+        await receiver.control(session, fake)
+        assert receiver.statuses("off") == []
 
 
 class TestHooks:
@@ -373,8 +380,11 @@ class TestHooks:
         assert counts["requests"] == 0
         assert counts["to"] == {}
         assert counts["callbacks"] == {"sent": 0, "failed": 0, "rejected": {}, "pending": 0}
-        await asyncio.sleep(0.4)
-        assert receiver.calls == []
+        # The dropped callbacks were due 0.3 s after their messages: a control sent after
+        # them with the same delay calls back later than they would have.
+        await configure(session, fake, callback_delay=0.3)
+        await receiver.control(session, fake)
+        assert receiver.statuses("reset") == []
 
     @pytest.mark.asyncio
     async def test_config_changes_apply_now(
@@ -480,7 +490,7 @@ class TestFaults:
                 await send(session, fake, timeout=0.2)
             # Another request left hanging while the server stops.
             hanging = asyncio.create_task(send(session, fake, timeout=10))
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: runner.app[FAKE_TWILIO].requests == 2)
         finally:
             started = time.monotonic()
             await runner.cleanup()
