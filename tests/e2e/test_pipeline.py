@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -20,6 +21,10 @@ from tests.e2e.helpers import (
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+
+def moment(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
 
 
 async def imo_authorization(api: httpx.AsyncClient, patient_id: str) -> str | None:
@@ -140,11 +145,13 @@ class TestScheduling:
         patient = await put_patient(stack_api, number, time_zone=night_zone())
         notification = await schedule(stack_api, patient["id"])
         assert notification["state"] == "scheduled"
-        # Give the worker several polls; the reminder must wait for the morning.
+        # Due in the morning, in the patient's time zone.
+        assert moment(notification["due_at"]) > datetime.now(UTC) + timedelta(hours=1)
+        # A control scheduled after it, that must go out: the worker claims whatever is
+        # due in one batch, so had it taken the night-time one, that would be gone too.
         daytime = await put_patient(stack_api, phone(4))
         probe = await schedule(stack_api, daytime["id"])
         await notification_in(stack_api, probe["id"], "delivered")
-        await asyncio.sleep(1.0)
         final = (await stack_api.get(f"/v1/notifications/{notification['id']}")).json()
         assert (final["state"], final["attempts"]) == ("scheduled", [])
         assert (await stack.twilio_stats())["to"].get(number, 0) == 0
