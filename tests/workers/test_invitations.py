@@ -69,7 +69,6 @@ class TestLoop:
         ctx = context()
         await start(ctx)
         task = ctx["invitation_task"]
-        await asyncio.sleep(0)
         assert not task.done()
         await stop(ctx)
         assert task.done() and task.exception() is None
