@@ -9,6 +9,11 @@
 - `api_app` (session: the app, lifespan running) and `api` (per test: an authorised
   client of it on the test's rolled-back transaction). A module that needs the app
   configured otherwise overrides `api_app` (see `running_app`); `api` follows.
+- `db` (per test): a database of its own on the same server, emptied before the test,
+  for code that commits from several connections at once (worker loops, invitation
+  runners), which the one rolled-back connection of `db_session` cannot host.
+- `fake_imo`, `fake_twilio` (per test, reset): the fake providers served from this
+  process with callbacks off (tests/fake_servers.py).
 - `stack` (session): the real API, a worker and the fake providers as processes; see
   tests/stack.py. Tests that need their own stack use `run_stack(services, ...)` and
   override `stack`. `stack_api`: an authorised client of whichever `stack` applies.
@@ -36,8 +41,19 @@ from app import embedded
 from app.cli import upgrade_head
 from app.config import Settings, get_settings
 from app.db.session import create_engine_and_sessionmaker
+from app.fakes.imo import FakeImoConfig, base_url, start_fake_imo
+from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
 from tests.factories import api_client, running_app
-from tests.stack import ACTIVE_STACKS, TEST_SECRET_KEY, Services, Stack, run_stack
+from tests.fake_servers import FakeImo, FakeTwilio
+from tests.stack import (
+    ACTIVE_STACKS,
+    TEST_SECRET_KEY,
+    Database,
+    Services,
+    Stack,
+    migrated_database,
+    run_stack,
+)
 
 # Before any test module is imported, so that whatever reads settings sees these.
 Settings.model_config["env_file"] = None
@@ -50,6 +66,7 @@ os.environ.update(
 get_settings.cache_clear()
 
 TEST_DATABASE = "clinic_notify_test"
+COMMITTING_TEST_DATABASE = "clinic_notify_committing_test"
 
 # The shared stack: fast callbacks so that end-to-end tests need not wait long.
 SHARED_STACK_FAKE_OPTIONS = {"callback_delay": 0.2}
@@ -120,6 +137,45 @@ async def redis(services: Services) -> AsyncIterator[Redis]:
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def committing_database(services: Services) -> AsyncIterator[Database]:
+    async with migrated_database(services, COMMITTING_TEST_DATABASE) as database:
+        yield database
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db(committing_database: Database) -> Database:
+    """A database of its own, without patients (nor anything of theirs), rounds or keys."""
+    await committing_database.empty()
+    return committing_database
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def fake_imo_server() -> AsyncIterator[FakeImo]:
+    runner, port = await start_fake_imo(FakeImoConfig(callbacks_enabled=False))
+    yield FakeImo(base_url(port), runner.app)
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fake_imo(fake_imo_server: FakeImo) -> FakeImo:
+    fake_imo_server.reset()
+    return fake_imo_server
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def fake_twilio_server() -> AsyncIterator[FakeTwilio]:
+    runner, port = await start_fake_twilio(FakeTwilioConfig(callbacks_enabled=False))
+    yield FakeTwilio(f"http://127.0.0.1:{port}", runner.app)
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fake_twilio(fake_twilio_server: FakeTwilio) -> FakeTwilio:
+    fake_twilio_server.reset()
+    return fake_twilio_server
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")

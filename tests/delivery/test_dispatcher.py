@@ -28,13 +28,12 @@ from app.config import Settings
 from app.delivery import channels as delivery_channels
 from app.delivery import status as delivery_status
 from app.delivery.dispatcher import Dispatcher
-from app.fakes.imo import FakeImoConfig, start_fake_imo
-from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
 from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
 from app.notifications.states import AttemptStatus
 from app.security import TokenSigner
 from tests.clock import daytime_zone, night_zone
 from tests.factories import make_notification, make_patient
+from tests.fake_servers import FakeImo, FakeTwilio
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -45,13 +44,9 @@ class Fakes:
     twilio_url: str
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def fakes() -> AsyncIterator[Fakes]:
-    imo_runner, imo_port = await start_fake_imo(FakeImoConfig(callbacks_enabled=False))
-    twilio_runner, twilio_port = await start_fake_twilio(FakeTwilioConfig(callbacks_enabled=False))
-    yield Fakes(f"http://127.0.0.1:{imo_port}/api/simple", f"http://127.0.0.1:{twilio_port}")
-    await imo_runner.cleanup()
-    await twilio_runner.cleanup()
+@pytest.fixture
+def fakes(fake_imo: FakeImo, fake_twilio: FakeTwilio) -> Fakes:
+    return Fakes(fake_imo.url, fake_twilio.url)
 
 
 def settings_for(fakes: Fakes, **overrides: Any) -> Settings:

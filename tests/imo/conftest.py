@@ -2,80 +2,33 @@
 
 The runner works like a worker: several units of work at once (claims, the background
 writer, the write-ahead), which one rolled-back test connection cannot host. So these
-tests get a database of their own on the session's server (`imo_db`), emptied before
-each test, and the fake Imo over a real socket (`fake_imo`, forgotten before each test).
+tests use `db` (a database of their own, emptied before each test) and the fake Imo
+over a real socket (`fake_imo`, forgotten before each test), both from tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest_asyncio
-from aiohttp import web
 from redis.asyncio import Redis
 
 from app.config import Settings
-from app.fakes.imo import FAKE_IMO_KEY, INVITE, FakeImoConfig, base_url, start_fake_imo
 from app.imo.runner import InvitationRunner
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
+from tests.fake_servers import FakeImo
 from tests.stack import (
     FAKE_IMO_PASSWORD,
     FAKE_IMO_USERNAME,
     TEST_SECRET_KEY,
     Database,
-    Services,
-    migrated_database,
 )
 from workers.invitations import imo_channel
-
-IMO_TEST_DATABASE = "clinic_notify_imo_test"
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="session")
-async def imo_db(services: Services) -> AsyncIterator[Database]:
-    async with migrated_database(services, IMO_TEST_DATABASE) as database:
-        yield database
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def db(imo_db: Database) -> Database:
-    """The invitation tests' database, without patients, authorisations or rounds."""
-    await imo_db.empty()
-    return imo_db
-
-
-@dataclass
-class FakeImo:
-    url: str
-    app: web.Application
-
-    def requests_per_phone(self) -> dict[str, int]:
-        """`send_invite` requests the fake received, by phone."""
-        return dict(self.app[FAKE_IMO_KEY].phones[INVITE])
-
-    def configure(self, **changes: Any) -> None:
-        self.app[FAKE_IMO_KEY].reconfigure(changes)
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="session")
-async def fake_imo_server() -> AsyncIterator[FakeImo]:
-    runner, port = await start_fake_imo(FakeImoConfig(callbacks_enabled=False))
-    yield FakeImo(base_url(port), runner.app)
-    await runner.cleanup()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def fake_imo(fake_imo_server: FakeImo) -> FakeImo:
-    fake = fake_imo_server.app[FAKE_IMO_KEY]
-    fake.reconfigure({"error_rate": 0.0, "garbage_rate": 0.0, "timeout_rate": 0.0})
-    fake.reset()
-    return fake_imo_server
 
 
 def round_settings(db: Database, fake: FakeImo, **overrides: Any) -> Settings:

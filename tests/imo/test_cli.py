@@ -9,7 +9,8 @@ from rich.console import Console
 
 from app.imo import service as imo_service
 from app.imo.cli import run_round
-from tests.imo.conftest import FakeImo, round_settings
+from tests.fake_servers import FakeImo
+from tests.imo.conftest import round_settings
 from tests.imo.helpers import invite_phone, seed_patients
 from tests.stack import Database, Services
 

@@ -23,7 +23,8 @@ from app.imo.service import ClaimedBatch, Idle
 from app.models import ImoInvitationBatch
 from app.notifications.window import MessagingWindow
 from tests.clock import daytime_zone, night_zone
-from tests.imo.conftest import FakeImo, RunnerFactory, round_settings
+from tests.fake_servers import FakeImo
+from tests.imo.conftest import RunnerFactory, round_settings
 from tests.imo.helpers import authorizations, invite_phone, seed_patients, set_authorization
 from tests.stack import Database
 from tests.waiting import wait_until

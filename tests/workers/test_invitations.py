@@ -14,10 +14,11 @@ from sqlalchemy import select
 
 from app.imo import service as imo_service
 from app.models import ImoInvitationRound
+from tests.fake_servers import FakeImo
 from tests.imo.helpers import invite_phone, seed_patients
 from tests.stack import Database
 from tests.waiting import wait_until
-from tests.workers.conftest import Context, ContextFactory, Fakes
+from tests.workers.conftest import Context, ContextFactory
 from workers.invitations import (
     run_invitation_round,
     scheduled_round_cron,
@@ -85,7 +86,7 @@ class TestLoop:
 
 class TestRunInvitationRound:
     async def test_plans_the_round_and_wakes_the_loop_which_invites_everyone_once(
-        self, db: Database, fakes: Fakes, looping: Context
+        self, db: Database, fake_imo: FakeImo, looping: Context
     ) -> None:
         phones = [invite_phone(n, 3) for n in range(12)]
         async with db.engine.begin() as connection:
@@ -96,11 +97,11 @@ class TestRunInvitationRound:
 
         assert handed == {"round_id": round_id, "state": "running", "candidates": 12}
         await wait_until(lambda: _state_is(db, round_id, "completed"), timeout=10, interval=0.05)
-        assert fakes.invites() == dict.fromkeys(phones, 1)
+        assert fake_imo.requests_per_phone() == dict.fromkeys(phones, 1)
         # arq may run a job twice: the second time it plans nothing and sends nothing.
         again = await run_invitation_round(looping, round_id)
         assert again == {"round_id": round_id, "state": "completed", "candidates": 12}
-        assert fakes.invites() == dict.fromkeys(phones, 1)
+        assert fake_imo.requests_per_phone() == dict.fromkeys(phones, 1)
 
     async def test_a_round_that_is_gone_is_said_so(self, context: ContextFactory) -> None:
         assert await run_invitation_round(context(), 987654321) == {

@@ -16,9 +16,10 @@ from sqlalchemy import func, select
 from app.models import DeliveryAttempt, Notification
 from tests.clock import daytime_zone
 from tests.factories import make_notification, make_patient
+from tests.fake_servers import FakeTwilio
 from tests.stack import Database
 from tests.waiting import wait_until
-from tests.workers.conftest import Context, ContextFactory, Fakes
+from tests.workers.conftest import Context, ContextFactory
 from workers.settings import (
     WorkerSettings,
     _sweep_seconds,
@@ -91,7 +92,7 @@ async def all_sent(db: Database) -> bool:
 
 class TestDispatchLoops:
     async def test_startup_starts_loops_that_send_what_is_due_and_shutdown_stops_them(
-        self, db: Database, fakes: Fakes, worker: Worker
+        self, db: Database, fake_twilio: FakeTwilio, worker: Worker
     ) -> None:
         async with worker() as ctx:
             loops = ctx["dispatch_tasks"]
@@ -102,16 +103,16 @@ class TestDispatchLoops:
         assert all(loop.done() and loop.exception() is None for loop in loops)
         assert ctx["invitation_task"].done()
         assert ctx["http"].closed and ctx["invitation_http"].closed
-        assert fakes.sms() == {number: 1}
+        assert fake_twilio.messages_per_phone() == {number: 1}
 
     async def test_two_workers_send_each_due_reminder_once(
-        self, db: Database, fakes: Fakes, worker: Worker
+        self, db: Database, fake_twilio: FakeTwilio, worker: Worker
     ) -> None:
         numbers = phones(60)
         async with worker(), worker():
             await patients_with_reminders(db, numbers)
             await wait_until(lambda: all_sent(db), timeout=30)
-        assert fakes.sms() == dict.fromkeys(numbers, 1)
+        assert fake_twilio.messages_per_phone() == dict.fromkeys(numbers, 1)
 
     async def test_shutdown_of_a_worker_that_never_started_does_nothing(self) -> None:
         await shutdown({})
