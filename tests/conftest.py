@@ -38,9 +38,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import embedded
-from app.cli import upgrade_head
 from app.config import Settings, get_settings
 from app.db.session import create_engine_and_sessionmaker
+from app.devtools.environment import upgrade_head
 from app.fakes.imo import FakeImoConfig, base_url, start_fake_imo
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
 from tests.factories import api_client, running_app

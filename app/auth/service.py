@@ -10,9 +10,10 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth import repository as api_key_repository
+from app.db.session import create_engine_and_sessionmaker
 from app.models import ApiKey
 
 KEY_PREFIX = "cn_"
@@ -31,12 +32,35 @@ async def create_api_key(session: AsyncSession, name: str) -> tuple[ApiKey, str]
     return api_key, plaintext
 
 
+async def issue_api_key(database_url: str, name: str) -> tuple[str, str]:
+    """Create and commit a key in a unit of work of its own (`notify api-keys create`,
+    `notify dev`); returns (its id, the plaintext)."""
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            api_key, plaintext = await create_api_key(session, name)
+            await session.commit()
+            return str(api_key.id), plaintext
+    finally:
+        await engine.dispose()
+
+
+async def api_key_is_live(database_url: str, plaintext: str) -> bool:
+    """Whether `plaintext` authenticates, checked in a unit of work of its own."""
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            return await authenticate(session, plaintext) is not None
+    finally:
+        await engine.dispose()
+
+
 async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:
     """The live key matching `presented`, or None (unknown, revoked or malformed)."""
     if not presented.startswith(KEY_PREFIX) or len(presented) > 200:
         return None
     digest = hash_key(presented)
-    api_key = await session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    api_key = await api_key_repository.by_hash(session, digest)
     # The index lookup already matched; compare again in constant time regardless.
     if api_key is None or not hmac.compare_digest(api_key.key_hash, digest):
         return None

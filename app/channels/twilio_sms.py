@@ -7,7 +7,6 @@ far faster than httpx on this hot path.
 
 from __future__ import annotations
 
-import base64
 import enum
 import itertools
 import json
@@ -29,6 +28,7 @@ from app.channels.base import (
     PermanentChannelError,
     SendResult,
     TransientChannelError,
+    basic_auth,
 )
 from app.logs import mask_phone
 
@@ -76,10 +76,6 @@ class TwilioStatus:
     message_status: str
     error_code: str | None = None
     error_message: str | None = None
-
-    @property
-    def normalised(self) -> str:
-        return normalised_status(self.message_status)
 
 
 def parse_status_callback(params: Mapping[str, str]) -> TwilioStatus:
@@ -129,7 +125,7 @@ class TwilioSmsChannel:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {
-            "Authorization": _basic_auth(account_sid, auth_token),
+            "Authorization": basic_auth(account_sid, auth_token),
             "Accept": "application/json",
             "Content-Type": "application/x-www-form-urlencoded",
         }
@@ -277,11 +273,6 @@ class TwilioSmsChannel:
             redacted = redacted.replace(escaped, placeholder)
             redacted = redacted.replace(json.dumps(message.text)[1:-1], placeholder)
         return redacted
-
-
-def _basic_auth(login: str, password: str) -> str:
-    # By hand: aiohttp 3.14 deprecates BasicAuth, and encode_basic_auth is not in 3.10.
-    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
 
 
 def _json_object(raw: bytes) -> dict[str, object] | None:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.channels import registry as channel_registry
 from app.channels.base import (
     Channel,
     ChannelName,
@@ -25,17 +26,25 @@ from app.channels.base import (
     TransientChannelError,
 )
 from app.config import Settings
-from app.delivery import channels as delivery_channels
 from app.delivery import status as delivery_status
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.types import Report
 from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
-from app.notifications.states import AttemptStatus
 from app.security import TokenSigner
+from app.states import AttemptStatus
 from tests.clock import daytime_zone, night_zone
 from tests.factories import make_notification, make_patient
 from tests.fake_servers import FakeImo, FakeTwilio
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def report(
+    session: AsyncSession, attempt_id: int, status: AttemptStatus, **fields: str | None
+) -> None:
+    """A provider's report on one attempt, as the callbacks apply it."""
+    [answer] = await delivery_status.apply_reports(session, [Report(attempt_id, status, **fields)])
+    assert answer is True, answer
 
 
 @dataclass
@@ -81,7 +90,7 @@ async def dispatcher(
 ) -> Dispatcher:
     settings = settings_for(fakes)
     return make_dispatcher(
-        settings, db_sessionmaker, redis, delivery_channels.build_channels(settings, http)
+        settings, db_sessionmaker, redis, channel_registry.build_channels(settings, http)
     )
 
 
@@ -95,7 +104,7 @@ def make_dispatcher(
         settings=settings,
         sessionmaker=sessionmaker,
         channels=channels,
-        limiters=delivery_channels.build_limiters(settings, redis),
+        limiters=channel_registry.build_limiters(settings, redis),
         signer=TokenSigner("test"),
     )
 
@@ -264,7 +273,7 @@ class TestOneDispatch:
         # the channels must not each hold part of the permits and wait for the rest.
         settings = settings_for(fakes, dispatch_concurrency=3)
         dispatcher = make_dispatcher(
-            settings, db_sessionmaker, redis, delivery_channels.build_channels(settings, http)
+            settings, db_sessionmaker, redis, channel_registry.build_channels(settings, http)
         )
         notifications = []
         for i in range(8):
@@ -318,15 +327,15 @@ def scripted(
     return build
 
 
-async def report(
+async def reported(
     sessionmaker: async_sessionmaker[AsyncSession],
     attempt_id: int,
     status: AttemptStatus,
-    **details: Any,
+    **fields: str | None,
 ) -> None:
-    """A provider's status callback for the attempt, committed."""
+    """A provider's report on one attempt, applied and committed in a unit of its own."""
     async with sessionmaker() as session:
-        await delivery_status.report(session, attempt_id, status, **details)
+        await report(session, attempt_id, status, **fields)
         await session.commit()
 
 
@@ -379,7 +388,7 @@ class TestSafety:
     ) -> None:
         async def answer_after_callback(message: OutgoingMessage) -> SendResult:
             attempt_id = int(message.callback_url.rsplit("/", 1)[1])
-            await report(
+            await reported(
                 db_sessionmaker,
                 attempt_id,
                 early,
@@ -418,7 +427,7 @@ class TestUnclearAnswers:
         assert [(a.status, a.error_code) for a in attempts] == [("unconfirmed", "unexpected")]
 
         # The provider's own status callback confirms it after all.
-        await report(
+        await reported(
             db_sessionmaker, attempts[0].id, AttemptStatus.DELIVERED, provider_message_id="SM3"
         )
         fresh, _ = await reload(db_session, notification)
@@ -438,5 +447,5 @@ class TestUnclearAnswers:
         _, dispatcher = scripted(throttled)
         await due(db_session, await patient_with(db_session, 3))
         await dispatcher.dispatch_once()
-        other_worker = delivery_channels.build_limiters(dispatcher.settings, redis)["sms"]
+        other_worker = channel_registry.build_limiters(dispatcher.settings, redis)["sms"]
         assert 2.5 < await other_worker.reserve(1) <= 3.0

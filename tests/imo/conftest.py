@@ -17,6 +17,7 @@ import aiohttp
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from app.channels.registry import imo_channel
 from app.config import Settings
 from app.imo.runner import InvitationRunner
 from app.ratelimit import RateLimiter
@@ -28,7 +29,6 @@ from tests.stack import (
     TEST_SECRET_KEY,
     Database,
 )
-from workers.invitations import imo_channel
 
 
 def round_settings(db: Database, fake: FakeImo, **overrides: Any) -> Settings:

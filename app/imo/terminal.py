@@ -1,4 +1,4 @@
-"""`notify invite [--limit N]`: run an Imo invitation round in this process.
+"""An Imo invitation round run in this process, shown in a terminal (`notify invite`).
 
 Workers that are running join the round as they would any other; the progress bar
 shows the whole round. Heavy modules are imported inside the command.
@@ -11,9 +11,8 @@ import contextlib
 import signal
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -36,43 +35,21 @@ if TYPE_CHECKING:
     from app.imo.service import Idle, RoundProgress
 
 
-def invite(
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Invite at most this many patients.")
-    ] = None,
-) -> None:
-    """Run an Imo invitation round now, with a progress bar and a summary at the end."""
-    from app.cli import console, err_console, prepare_environment
-    from app.config import get_settings
-    from app.logs import configure_logging
-
-    prepare_environment()
-    settings = get_settings()
-    configure_logging("WARNING", json=False)
-    if not (settings.imo_base_url and settings.imo_username):
-        err_console.print("[red]error:[/red] Imo is not configured (IMO_BASE_URL, IMO_USERNAME)")
-        raise typer.Exit(1)
-    raise typer.Exit(asyncio.run(run_round(settings, limit, console)))
-
-
 async def run_round(
     settings: Settings, limit: int | None, console: Console, *, trigger: str = "cli"
 ) -> int:
     """Start a round and work on it here until it completes or pauses; exit code."""
     from redis.asyncio import Redis
 
-    from app.channels.base import ChannelName
+    from app.channels import registry as channel_registry
     from app.db.session import create_engine_and_sessionmaker
-    from app.delivery import channels as delivery_channels
     from app.gc_tuning import tune_gc
     from app.imo import service as imo_service
-    from app.imo.runner import InvitationRunner
-    from app.security import TokenSigner
-    from workers.invitations import imo_channel
+    from app.imo.runner import build_invitation_runner
 
     engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
     redis = Redis.from_url(settings.redis_url)
-    http = delivery_channels.http_session(settings.imo_invitation_concurrency)
+    http = channel_registry.http_session(settings.imo_invitation_concurrency)
     try:
         async with sessionmaker() as session:
             try:
@@ -83,15 +60,8 @@ async def run_round(
                 console.print(f"[red]{running.message}[/red]")
                 return 1
             await session.commit()
-        imo = imo_channel(settings, http)
-        assert imo is not None
-        runner = InvitationRunner(
-            settings=settings,
-            sessionmaker=sessionmaker,
-            imo=imo,
-            limiter=delivery_channels.build_limiters(settings, redis)[ChannelName.IMO],
-            signer=TokenSigner(settings.secret_key.get_secret_value()),
-        )
+        runner = build_invitation_runner(settings, sessionmaker, redis, http)
+        assert runner is not None  # start_round refuses to start without Imo
         console.print(f"Invitation round [bold]{round_.id}[/bold] started.")
         tune_gc()  # a long round is a long-running process, as a worker is
         return await _work_with_progress(runner, round_.id, console)
