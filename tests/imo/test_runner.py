@@ -25,34 +25,24 @@ from app.notifications.window import MessagingWindow
 from tests.clock import daytime_zone, night_zone
 from tests.fake_servers import FakeImo
 from tests.imo.conftest import RunnerFactory, round_settings
-from tests.imo.helpers import authorizations, invite_phone, seed_patients, set_authorization
+from tests.imo.helpers import (
+    authorizations,
+    invite_phone,
+    round_state,
+    seed_patients,
+    set_authorization,
+    start_round,
+)
 from tests.stack import Database
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def start(db: Database, settings: Any, *, limit: int | None = None) -> int:
-    async with db.sessionmaker() as session:
-        round_ = await imo_service.start_round(
-            session, settings, trigger="api", now=datetime.now(UTC), limit=limit
-        )
-        await session.commit()
-        return round_.id
-
-
 async def counts(db: Database, round_id: int) -> dict[str, int]:
     async with db.sessionmaker() as session:
         found = await imo_repository.round_counts(session, round_id)
     return {name: count for name, count in found.items() if count}
-
-
-async def round_state(db: Database, round_id: int) -> str:
-    async with db.engine.connect() as connection:
-        state = await connection.scalar(
-            text("SELECT state FROM imo_invitation_rounds WHERE id = :id"), {"id": round_id}
-        )
-    return str(state)
 
 
 class TestAnswers:
@@ -74,7 +64,7 @@ class TestAnswers:
         fake_imo.configure(callback_delay=0.0)
         runner = make_runner(round_settings(db, fake_imo))
         await runner.imo.invite(invitation(phones["subscribed"]))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
 
         idle = await runner.work(round_id, asyncio.Event())
 
@@ -113,7 +103,7 @@ class TestAnswers:
             await seed_patients(connection, phones)
         fake_imo.configure(garbage_rate=1.0)
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
 
         assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
 
@@ -128,7 +118,7 @@ class TestAnswers:
             assert await authorizations(connection) == {}
         # The next round tries them again, once each.
         fake_imo.configure(garbage_rate=0.0)
-        second = await start(db, runner.settings)
+        second = await start_round(db, runner.settings)
         await runner.work(second, asyncio.Event())
         assert await counts(db, second) == {"invited": 3}
         assert set(fake_imo.requests_per_phone().values()) == {2}
@@ -152,7 +142,7 @@ class TestAnswers:
                 [patient_id] = await seed_patients(connection, [invite_phone(1, 5)])
             url = f"http://127.0.0.1:{scripted.addresses[0][1]}/api/simple"
             runner = make_runner(round_settings(db, fake_imo, imo_base_url=url))
-            round_id = await start(db, runner.settings)
+            round_id = await start_round(db, runner.settings)
             await runner.work(round_id, asyncio.Event())
         finally:
             await scripted.cleanup()
@@ -193,7 +183,7 @@ class TestWhoIsInvited:
                 text("UPDATE patients SET mobile_e164 = NULL WHERE id = :id"), {"id": landline}
             )
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
 
         await runner.work(round_id, asyncio.Event())
 
@@ -210,7 +200,7 @@ class TestWhoIsInvited:
         async with db.engine.begin() as connection:
             await seed_patients(connection, [invite_phone(n, 3) for n in range(20)])
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings, limit=9)
+        round_id = await start_round(db, runner.settings, limit=9)
         await runner.work(round_id, asyncio.Event())
         assert await counts(db, round_id) == {"invited": 9}
         assert await round_state(db, round_id) == "completed"
@@ -224,7 +214,7 @@ class TestWhoIsInvited:
             await seed_patients(connection, phones[150:], prefix="q", time_zone="Asia/Dhaka")
         settings = round_settings(db, fake_imo, imo_rate_limit_per_second=3000)
         runners = [make_runner(settings) for _ in range(3)]
-        round_id = await start(db, settings)
+        round_id = await start_round(db, settings)
         window = MessagingWindow(settings.messaging_window_start, settings.messaging_window_end)
         open_now = window.contains(datetime.now(UTC), "Asia/Dhaka")
 
@@ -242,15 +232,15 @@ class TestConcurrentRounds:
         self, db: Database, fake_imo: FakeImo
     ) -> None:
         settings = round_settings(db, fake_imo)
-        first = await start(db, settings)
+        first = await start_round(db, settings)
         with pytest.raises(imo_service.RoundRunning) as refused:
-            await start(db, settings)
+            await start_round(db, settings)
         assert refused.value.round_id == first
 
     async def test_two_starts_at_once_make_one_round(self, db: Database, fake_imo: FakeImo) -> None:
         settings = round_settings(db, fake_imo)
         answers = await asyncio.gather(
-            *(start(db, settings) for _ in range(4)), return_exceptions=True
+            *(start_round(db, settings) for _ in range(4)), return_exceptions=True
         )
         started = [a for a in answers if isinstance(a, int)]
         refused = [a for a in answers if isinstance(a, imo_service.RoundRunning)]
@@ -261,9 +251,9 @@ class TestConcurrentRounds:
         self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         runner = make_runner(round_settings(db, fake_imo))
-        first = await start(db, runner.settings)
+        first = await start_round(db, runner.settings)
         assert (await runner.work(first, asyncio.Event())).reason == "completed"
-        assert await start(db, runner.settings) != first
+        assert await start_round(db, runner.settings) != first
 
 
 class Clock:
@@ -289,7 +279,7 @@ class TestWindow:
             db, fake_imo, imo_rate_limit_per_second=250, imo_invitation_batch_size=40
         )
         runner = make_runner(settings, clock=clock)
-        round_id = await start(db, settings)
+        round_id = await start_round(db, settings)
 
         async def close_the_window() -> None:
             await wait_until(
@@ -331,7 +321,7 @@ class TestWindow:
             await seed_patients(connection, day, time_zone=daytime_zone())
             await seed_patients(connection, night, prefix="n", time_zone=night_zone())
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
 
         idle = await runner.work(round_id, asyncio.Event())
 
@@ -364,7 +354,7 @@ class TestDeadWorker:
         async with db.engine.begin() as connection:
             ids = await seed_patients(connection, phones)
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
         # A worker claims the batch, answers the first two, records that requests up to
         # the fourth may leave, and dies.
         async with db.sessionmaker() as session:
@@ -441,7 +431,7 @@ class TestPacing:
             return await reserve(n, **kwargs)
 
         runner.limiter.reserve = failing_once  # type: ignore[method-assign]
-        round_id = await start(db, settings)
+        round_id = await start_round(db, settings)
 
         assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
 

@@ -12,10 +12,9 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select
 
-from app.imo import service as imo_service
 from app.models import ImoInvitationRound
 from tests.fake_servers import FakeImo
-from tests.imo.helpers import invite_phone, seed_patients
+from tests.imo.helpers import invite_phone, round_state, seed_patients, start_round
 from tests.stack import Database
 from tests.waiting import wait_until
 from tests.workers.conftest import Context, ContextFactory
@@ -40,22 +39,6 @@ async def looping(context: ContextFactory) -> AsyncIterator[Context]:
         yield ctx
     finally:
         await stop(ctx)
-
-
-async def started_round(db: Database, ctx: Context) -> int:
-    async with db.sessionmaker() as session:
-        round_ = await imo_service.start_round(
-            session, ctx["settings"], trigger="api", now=datetime.now(UTC)
-        )
-        await session.commit()
-        return round_.id
-
-
-async def round_row(db: Database, round_id: int) -> ImoInvitationRound:
-    async with db.sessionmaker() as session:
-        found = await session.get(ImoInvitationRound, round_id)
-        assert found is not None
-        return found
 
 
 async def rounds(db: Database) -> list[ImoInvitationRound]:
@@ -91,12 +74,12 @@ class TestRunInvitationRound:
         phones = [invite_phone(n, 3) for n in range(12)]
         async with db.engine.begin() as connection:
             await seed_patients(connection, phones)
-        round_id = await started_round(db, looping)
+        round_id = await start_round(db, looping["settings"])
 
         handed = await run_invitation_round(looping, round_id)
 
         assert handed == {"round_id": round_id, "state": "running", "candidates": 12}
-        await wait_until(lambda: _state_is(db, round_id, "completed"), timeout=10, interval=0.05)
+        await wait_until(lambda: _completed(db, round_id), timeout=10, interval=0.05)
         assert fake_imo.requests_per_phone() == dict.fromkeys(phones, 1)
         # arq may run a job twice: the second time it plans nothing and sends nothing.
         again = await run_invitation_round(looping, round_id)
@@ -138,7 +121,7 @@ class TestScheduledRound:
     async def test_a_running_round_is_left_alone(
         self, db: Database, context: ContextFactory
     ) -> None:
-        running = await started_round(db, context())
+        running = await start_round(db, context()["settings"])
         answer = await start_scheduled_invitation_round(context())
         assert answer == {"round_id": running, "started": False}
         assert [r.id for r in await rounds(db)] == [running]
@@ -149,5 +132,5 @@ class TestScheduledRound:
         assert await rounds(db) == []
 
 
-async def _state_is(db: Database, round_id: int, state: str) -> bool:
-    return (await round_row(db, round_id)).state == state
+async def _completed(db: Database, round_id: int) -> bool:
+    return await round_state(db, round_id) == "completed"
