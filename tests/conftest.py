@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 import pytest_asyncio
@@ -176,6 +177,13 @@ async def fake_twilio_server() -> AsyncIterator[FakeTwilio]:
 async def fake_twilio(fake_twilio_server: FakeTwilio) -> FakeTwilio:
     fake_twilio_server.reset()
     return fake_twilio_server
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp client session, closed after the test."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")

@@ -20,6 +20,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from app.fakes.imo import FAKE_IMO_KEY, FakeImoConfig, start_fake_imo
+from app.fakes.server import start as start_server
 from tests.waiting import wait_until
 
 USERNAME = "u"
@@ -67,14 +68,8 @@ async def start(session: aiohttp.ClientSession, **options: Any) -> Fake:
 
 
 @pytest_asyncio.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
-
-
-@pytest_asyncio.fixture
-async def fake(session: aiohttp.ClientSession) -> AsyncIterator[Fake]:
-    fake = await start(session, callback_retry_delay=0.01)
+async def fake(http: aiohttp.ClientSession) -> AsyncIterator[Fake]:
+    fake = await start(http, callback_retry_delay=0.01)
     yield fake
     await fake.runner.cleanup()
 
@@ -114,11 +109,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/cb/{name}", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.port = runner.addresses[0][1]
+    runner, receiver.port = await start_server(app, "127.0.0.1", 0)
     yield receiver
     await runner.cleanup()
 
@@ -318,9 +309,9 @@ class TestFaults:
 
     @pytest.mark.asyncio
     async def test_timeout_rate_hangs_but_shuts_down_at_once(
-        self, session: aiohttp.ClientSession
+        self, http: aiohttp.ClientSession
     ) -> None:
-        fake = await start(session, timeout_rate=1.0)
+        fake = await start(http, timeout_rate=1.0)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
                 await fake.call("send_notification", "+8801711000003")
@@ -338,10 +329,10 @@ class TestFaults:
         assert status == 504
 
     @pytest.mark.asyncio
-    async def test_seeded_mix_is_reproducible(self, session: aiohttp.ClientSession) -> None:
+    async def test_seeded_mix_is_reproducible(self, http: aiohttp.ClientSession) -> None:
         outcomes = []
         for _ in range(2):
-            fake = await start(session, error_rate=0.3, garbage_rate=0.2, seed=7)
+            fake = await start(http, error_rate=0.3, garbage_rate=0.2, seed=7)
             statuses = [
                 (await fake.call("send_notification", "+8801711000007"))[0] for _ in range(40)
             ]
