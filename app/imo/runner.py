@@ -669,4 +669,9 @@ def build_invitation_runner(
         imo=imo,
         limiter=channel_registry.build_limiter(ChannelName.IMO, settings, limiter_redis),
         signer=TokenSigner(settings.secret_key.get_secret_value()),
+        retry_delays=(
+            settings.imo_invitation_retry_seconds,
+            3 * settings.imo_invitation_retry_seconds,
+        ),
+        outage_backoff=settings.imo_invitation_outage_backoff_seconds,
     )

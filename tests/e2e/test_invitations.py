@@ -34,6 +34,9 @@ ENV = {
     # A dead worker's batch is taken over within a few seconds.
     "IMO_INVITATION_LEASE_SECONDS": "3",
     "IMO_INVITATION_POLL_SECONDS": "0.2",
+    # Imo failing (digit 2) is retried and backed off from in tenths of seconds.
+    "IMO_INVITATION_RETRY_SECONDS": "0.1",
+    "IMO_INVITATION_OUTAGE_BACKOFF_SECONDS": "0.2",
 }
 
 
