@@ -65,6 +65,10 @@ FAKE_IMO_USERNAME = "fake-imo"
 FAKE_IMO_PASSWORD = "fake-imo-password"  # noqa: S105
 FAKE_TWILIO_ACCOUNT_SID = "ACfake00000000000000000000000000"
 FAKE_TWILIO_AUTH_TOKEN = "fake-twilio-token"  # noqa: S105
+FAKE_WHATSAPP_PHONE_NUMBER_ID = "100000000000001"
+FAKE_WHATSAPP_ACCESS_TOKEN = "fake-whatsapp-token"  # noqa: S105
+FAKE_WHATSAPP_APP_SECRET = "fake-whatsapp-app-secret"  # noqa: S105
+FAKE_WHATSAPP_VERIFY_TOKEN = "fake-whatsapp-verify-token"  # noqa: S105
 FAKE_TWILIO_SMS_FROM = "+15005550006"
 
 

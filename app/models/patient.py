@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Index, String, text
@@ -42,3 +43,5 @@ class Patient(TimestampMixin, Base):
     facility_id: Mapped[str | None] = mapped_column(String(64))
     facility_name: Mapped[str | None] = mapped_column(String(200))
     reminder_consent: Mapped[str] = mapped_column(String(10))
+    # WhatsApp said this number has no account (131026): not tried there until then.
+    whatsapp_unavailable_until: Mapped[datetime | None]
