@@ -19,6 +19,13 @@ Steering by the last digit of `To`:
 Missing `To`, `From` or `Body` is a 400 with code 21604, 21603 or 21602; wrong
 credentials a 401 with code 20003.
 
+WhatsApp (`To` and `From` both `whatsapp:+E164`): a template is `ContentSid` (HX...) with
+`ContentVariables` (a JSON object) instead of `Body`; a `Body` alone is accepted and then
+fails with ErrorCode 63016 (outside the customer-service window: nobody ever wrote to
+the fake). The last digit steers as in the fake WhatsApp (app/fakes/whatsapp.py), with
+Twilio's codes: `0` fails with 63003 (not on WhatsApp), `1` is delivered and never read,
+`2` is a 500, `3` fails with 63049, `4`-`9` are `sent`, `delivered`, then `read`.
+
 Fault injection, drawn once per request from a seeded `random.Random` (all 0 by
 default, disjoint, summing to at most 1):
 
@@ -51,7 +58,6 @@ import logging
 import math
 import os
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -64,6 +70,8 @@ import orjson
 from aiohttp import web
 
 from app.channels import twilio_signature
+from app.fakes import serving
+from app.fakes.whatsapp import STATUSES_BY_DIGIT as WHATSAPP_STATUSES_BY_DIGIT
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,11 @@ _FINAL_STATUS_BY_DIGIT: dict[str, tuple[str, str | None]] = {
 }
 _DELIVERED: tuple[str, str | None] = ("delivered", None)
 _INVALID_NUMBER_DIGIT = "8"
+WHATSAPP = "whatsapp:"
+# The fake WhatsApp's error codes, as Twilio reports the same failures.
+_TWILIO_WHATSAPP_CODES = {"131026": "63003", "131049": "63049"}
+_WHATSAPP_SERVER_ERROR_DIGIT = "2"
+_OUTSIDE_WINDOW = "63016"
 
 _GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>\x00\xff"
 
@@ -160,6 +173,38 @@ def _num_segments(body: str) -> int:
     else:
         units, single, part = len(body.encode("utf-16-le")) // 2, 70, 67
     return 1 if units <= single else math.ceil(units / part)
+
+
+def _whatsapp_refusal(
+    to: str, sender: str, content_sid: object, content_variables: object
+) -> web.Response | None:
+    """Twilio's answer to a WhatsApp message it will not take, or None."""
+    if not sender.startswith(WHATSAPP):
+        return _twilio_error(400, 63007, "Twilio could not find a Channel with the From address")
+    if to[-1] == _WHATSAPP_SERVER_ERROR_DIGIT:
+        return _twilio_error(500, 20500, "Internal Server Error")
+    if content_sid is None:
+        return None
+    if not (
+        isinstance(content_sid, str) and content_sid.startswith("HX") and len(content_sid) == 34
+    ):
+        return _twilio_error(400, 21656, "The ContentSid is invalid.")
+    if content_variables is not None:
+        try:
+            variables = orjson.loads(str(content_variables))
+        except orjson.JSONDecodeError:
+            variables = None
+        if not isinstance(variables, dict):
+            return _twilio_error(400, 21656, "The ContentVariables Parameter is invalid.")
+    return None
+
+
+def _whatsapp_walk(to: str, *, free_text: bool) -> tuple[tuple[str, ...], str | None]:
+    """The statuses of a WhatsApp message to `to`, and the error code of a failure."""
+    if free_text:
+        return ("failed",), _OUTSIDE_WINDOW
+    statuses, code = WHATSAPP_STATUSES_BY_DIGIT[to[-1]]
+    return statuses, _TWILIO_WHATSAPP_CODES.get(code, code) if code else None
 
 
 def _rfc2822_now() -> str:
@@ -231,9 +276,17 @@ class FakeTwilio:
             return _twilio_error(400, 21604, "A 'To' phone number is required.")
         if not isinstance(sender, str) or not sender:
             return _twilio_error(400, 21603, "A 'From' phone number is required.")
+        on_whatsapp = to.startswith(WHATSAPP)
+        content_sid = form.get("ContentSid")
+        if on_whatsapp:
+            refusal = _whatsapp_refusal(to, sender, content_sid, form.get("ContentVariables"))
+            if refusal is not None:
+                return refusal
+            if isinstance(content_sid, str) and not body:
+                body = f"<template {content_sid}>"
         if not isinstance(body, str) or not body:
             return _twilio_error(400, 21602, "Message body is required.")
-        if to[-1] == _INVALID_NUMBER_DIGIT:
+        if not on_whatsapp and to[-1] == _INVALID_NUMBER_DIGIT:
             return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
 
         sid = "SM" + os.urandom(16).hex()
@@ -242,8 +295,12 @@ class FakeTwilio:
         self.from_counts[sender] += 1
         callback_url = form.get("StatusCallback")
         if config.callbacks_enabled and isinstance(callback_url, str) and callback_url:
-            final = _FINAL_STATUS_BY_DIGIT.get(to[-1], _DELIVERED)
-            self._start_walk(callback_url, sid, to, sender, final)
+            if on_whatsapp:
+                walk = _whatsapp_walk(to, free_text=not content_sid)
+            else:
+                final, error_code = _FINAL_STATUS_BY_DIGIT.get(to[-1], _DELIVERED)
+                walk = (("sent", final), error_code)
+            self._start_walk(callback_url, sid, to, sender, walk)
 
         if fault == "garbage":
             return web.Response(status=201, body=_GARBAGE_BODY, content_type="application/json")
@@ -312,16 +369,16 @@ class FakeTwilio:
     # --- status callbacks -------------------------------------------------------------
 
     def _start_walk(
-        self, url: str, sid: str, to: str, sender: str, final: tuple[str, str | None]
+        self, url: str, sid: str, to: str, sender: str, walk: tuple[tuple[str, ...], str | None]
     ) -> None:
-        task = asyncio.create_task(self._walk(url, sid, to, sender, final))
+        task = asyncio.create_task(self._walk(url, sid, to, sender, walk))
         self._walks.add(task)
         task.add_done_callback(self._walks.discard)
 
     async def _walk(
-        self, url: str, sid: str, to: str, sender: str, final: tuple[str, str | None]
+        self, url: str, sid: str, to: str, sender: str, walk: tuple[tuple[str, ...], str | None]
     ) -> None:
-        """`sent`, then the final status, in order, each after `callback_delay`."""
+        """The statuses in order, each after `callback_delay`; the error code on the last."""
         common = {
             "AccountSid": self.config.account_sid,
             "ApiVersion": API_VERSION,
@@ -330,15 +387,14 @@ class FakeTwilio:
             "SmsSid": sid,
             "To": to,
         }
-        final_status, error_code = final
+        statuses, error_code = walk
         try:
-            await asyncio.sleep(self.config.callback_delay)
-            await self._post_callback(url, {**common, "MessageStatus": "sent", "SmsStatus": "sent"})
-            await asyncio.sleep(self.config.callback_delay)
-            params = {**common, "MessageStatus": final_status, "SmsStatus": final_status}
-            if error_code:
-                params["ErrorCode"] = error_code
-            await self._post_callback(url, params)
+            for position, status in enumerate(statuses):
+                await asyncio.sleep(self.config.callback_delay)
+                params = {**common, "MessageStatus": status, "SmsStatus": status}
+                if error_code and position == len(statuses) - 1:
+                    params["ErrorCode"] = error_code
+                await self._post_callback(url, params)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -471,37 +527,12 @@ async def start_fake_twilio(
     config: FakeTwilioConfig | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, int]:
     """Start the fake on `host:port` (0: any free port). Stop it with `runner.cleanup()`."""
-    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound_port: int = runner.addresses[0][1]
-    return runner, bound_port
+    return await serving.start(create_app(config), host, port)
 
 
 def run(host: str = "127.0.0.1", port: int = 0, config: FakeTwilioConfig | None = None) -> None:
     """Serve until SIGINT or SIGTERM; prints the base URL once listening."""
-
-    async def serve() -> None:
-        runner, bound_port = await start_fake_twilio(config, host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        display_host = f"[{host}]" if ":" in host else host
-        print(f"http://{display_host}:{bound_port}", flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    serving.run(lambda: create_app(config), host, port)
 
 
 __all__ = [
