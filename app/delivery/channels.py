@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from app.channels.base import Channel, ChannelName
 from app.channels.imo import ImoChannel
 from app.channels.twilio_sms import TwilioSmsChannel
+from app.channels.whatsapp import WhatsAppCloudChannel, WhatsAppTwilioChannel
 from app.config import Settings
 from app.ratelimit import RateLimiter
 
@@ -36,10 +37,36 @@ def build_channels(settings: Settings, http: aiohttp.ClientSession) -> dict[str,
             session=http,
             timeout=settings.twilio_timeout_seconds,
         )
-    missing = {ChannelName.IMO, ChannelName.SMS} - channels.keys()
+    whatsapp = _whatsapp_channel(settings, http)
+    if whatsapp is not None:
+        channels[ChannelName.WHATSAPP] = whatsapp
+    missing = set(ChannelName) - channels.keys()
     if missing:
         log.warning("channels not configured", extra={"channels": sorted(missing)})
     return channels
+
+
+def _whatsapp_channel(settings: Settings, http: aiohttp.ClientSession) -> Channel | None:
+    """WhatsApp through the provider WHATSAPP_PROVIDER names, if it is configured."""
+    if not settings.whatsapp_configured:
+        return None
+    if settings.whatsapp_provider == "twilio":
+        return WhatsAppTwilioChannel(
+            base_url=settings.twilio_base_url,
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token.get_secret_value(),
+            sender=settings.whatsapp_twilio_from,
+            session=http,
+            timeout=settings.whatsapp_timeout_seconds,
+        )
+    return WhatsAppCloudChannel(
+        base_url=settings.whatsapp_base_url,
+        api_version=settings.whatsapp_api_version,
+        phone_number_id=settings.whatsapp_phone_number_id,
+        access_token=settings.whatsapp_access_token.get_secret_value(),
+        session=http,
+        timeout=settings.whatsapp_timeout_seconds,
+    )
 
 
 # A provider counts requests as they arrive: ones sent exactly 1/rate apart arrive with a
@@ -58,6 +85,10 @@ def build_limiters(settings: Settings, redis: Redis) -> dict[str, RateLimiter]:
         ),
         ChannelName.SMS: RateLimiter(
             redis, "ratelimit:twilio", settings.twilio_rate_limit_per_second * under
+        ),
+        # The WhatsApp number's own throughput, whichever provider carries it.
+        ChannelName.WHATSAPP: RateLimiter(
+            redis, "ratelimit:whatsapp", settings.whatsapp_rate_limit_per_second * under
         ),
     }
 

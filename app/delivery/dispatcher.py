@@ -37,7 +37,7 @@ from app.delivery import repository as delivery_repository
 from app.delivery.policy import ClaimedNotification, Outcome, SendOn
 from app.notifications.states import AttemptStatus, NotificationState
 from app.notifications.window import MessagingWindow
-from app.observability import ATTEMPTS, report_unexpected
+from app.observability import ATTEMPTS, report_template_rejected, report_unexpected
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
 
@@ -114,7 +114,9 @@ class Dispatcher:
         """Claim and handle one batch; returns how many notifications were claimed."""
         async with self.sessionmaker() as session:
             claimed = await delivery_repository.claim_due(
-                session, self.settings.dispatch_batch_size
+                session,
+                self.settings.dispatch_batch_size,
+                no_whatsapp_days=self.settings.whatsapp_retry_no_account_days,
             )
             await session.commit()
         if not claimed:
@@ -170,6 +172,7 @@ class Dispatcher:
         results: list[delivery_repository.AttemptResult] = []
         fallbacks: list[_Send] = []
         downgrades: dict[str, str] = {}
+        no_whatsapp: list[uuid.UUID] = []
         for send, answer in zip(sends, answers, strict=True):
             n = send.notification
             if isinstance(answer, _NotSent):
@@ -224,6 +227,8 @@ class Dispatcher:
             downgrade = policy.imo_downgrade(send.channel, answer)
             if downgrade:
                 downgrades[n.patient_id] = downgrade
+            if policy.no_whatsapp_account(send.channel, answer):
+                no_whatsapp.append(n.id)
             following = policy.after_error(
                 n, send.step, answer, now=now, window=self.window, settings=self.settings
             )
@@ -247,6 +252,7 @@ class Dispatcher:
                 session, self._reconcile(sends, attempt_ids, stored, settled)
             )
             await delivery_repository.downgrade_imo(session, downgrades)
+            await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
 
         await self._retrying(write_back)
         return fallbacks
@@ -400,6 +406,8 @@ class Dispatcher:
         if send.channel == ChannelName.IMO:
             callback_url = urls.imo_read_receipt_url(self.settings, self.signer, attempt_id)
         else:
+            # The Cloud API reports on the app's one webhook instead, naming the attempt
+            # by `status_reference`; Twilio, SMS or WhatsApp, calls this URL.
             callback_url = urls.twilio_status_url(self.settings, attempt_id)
         return OutgoingMessage(
             phone_e164=n.mobile_e164,
@@ -411,11 +419,15 @@ class Dispatcher:
             action=self.settings.imo_action_label if self.settings.imo_action_url else "",
             action_url=self.settings.imo_action_url,
             reference=str(n.id),
+            status_reference=str(attempt_id),
+            whatsapp_template=n.whatsapp_template,
         )
 
     def _report(self, send: _Send, error: Exception) -> None:
         if isinstance(error, PermanentChannelError) and error.unexpected:
             report_unexpected(send.channel, error.message, error.detail)
+        elif isinstance(error, PermanentChannelError) and error.template_rejected:
+            report_template_rejected(send.channel, error.template_rejected, error.message)
         elif not isinstance(error, ChannelError):
             log.error("channel adapter raised %r", type(error).__name__, exc_info=error)
             sentry_sdk.capture_exception(error)

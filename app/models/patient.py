@@ -43,5 +43,6 @@ class Patient(TimestampMixin, Base):
     facility_id: Mapped[str | None] = mapped_column(String(64))
     facility_name: Mapped[str | None] = mapped_column(String(200))
     reminder_consent: Mapped[str] = mapped_column(String(10))
-    # WhatsApp said this number has no account (131026): not tried there until then.
-    whatsapp_unavailable_until: Mapped[datetime | None]
+    # When WhatsApp last said this number has no account (131026): the number is not tried
+    # there for WHATSAPP_RETRY_NO_ACCOUNT_DAYS after. Cleared when the number changes.
+    whatsapp_no_account_at: Mapped[datetime | None]

@@ -24,10 +24,10 @@ def upgrade() -> None:
     )
     op.add_column(
         "patients",
-        sa.Column("whatsapp_unavailable_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("whatsapp_no_account_at", sa.DateTime(timezone=True), nullable=True),
     )
 
 
 def downgrade() -> None:
-    op.drop_column("patients", "whatsapp_unavailable_until")
+    op.drop_column("patients", "whatsapp_no_account_at")
     op.drop_column("templates", "whatsapp")
