@@ -71,6 +71,7 @@ from aiohttp import web
 
 from app.channels import twilio_signature
 from app.fakes import serving
+from app.fakes.credentials import FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN
 from app.fakes.whatsapp import STATUSES_BY_DIGIT as WHATSAPP_STATUSES_BY_DIGIT
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,8 @@ _GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>\x00\xff"
 
 @dataclass(frozen=True, slots=True)
 class FakeTwilioConfig:
-    account_sid: str = "ACfake00000000000000000000000000"
-    auth_token: str = "fake-twilio-token"  # noqa: S105 - the fake's own, well-known token
+    account_sid: str = FAKE_TWILIO_ACCOUNT_SID
+    auth_token: str = FAKE_TWILIO_AUTH_TOKEN
     callback_delay: float = 1.0
     error_rate: float = 0.0
     timeout_rate: float = 0.0

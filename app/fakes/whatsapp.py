@@ -51,6 +51,11 @@ from aiohttp import web
 
 from app.channels import whatsapp
 from app.fakes import serving
+from app.fakes.credentials import (
+    FAKE_WHATSAPP_ACCESS_TOKEN,
+    FAKE_WHATSAPP_APP_SECRET,
+    FAKE_WHATSAPP_PHONE_NUMBER_ID,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +96,9 @@ _GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>\x00\xff"
 
 @dataclass(frozen=True, slots=True)
 class FakeWhatsAppConfig:
-    phone_number_id: str = "100000000000001"
-    access_token: str = "fake-whatsapp-token"  # noqa: S105 - the fake's own, well-known
-    app_secret: str = "fake-whatsapp-app-secret"  # noqa: S105
+    phone_number_id: str = FAKE_WHATSAPP_PHONE_NUMBER_ID
+    access_token: str = FAKE_WHATSAPP_ACCESS_TOKEN
+    app_secret: str = FAKE_WHATSAPP_APP_SECRET
     # Where status webhooks go; empty: nowhere (counted as not sent).
     webhook_url: str = ""
     callback_delay: float = 1.0

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import observability
+from app.channels import registry as channel_registry
 from app.channels.base import (
     ChannelName,
     PermanentChannelError,
@@ -22,7 +23,6 @@ from app.channels.base import (
 )
 from app.channels.whatsapp import NO_TEMPLATE
 from app.config import Settings
-from app.delivery import channels as delivery_channels
 from app.delivery import repository as delivery_repository
 from app.delivery.dispatcher import Dispatcher
 from app.fakes.whatsapp import FakeWhatsAppConfig, start_fake_whatsapp
@@ -77,7 +77,7 @@ async def dispatcher(
     db_sessionmaker: async_sessionmaker[AsyncSession],
 ) -> Dispatcher:
     settings = whatsapp_settings(fakes, whatsapp_url)
-    channels = delivery_channels.build_channels(settings, http)
+    channels = channel_registry.build_channels(settings, http)
     assert set(channels) == {"imo", "sms", "whatsapp"}
     return make_dispatcher(settings, db_sessionmaker, redis, channels)
 
@@ -183,7 +183,7 @@ def scripted(
     answer: Exception,
 ) -> tuple[Dispatcher, ScriptedChannel]:
     settings = whatsapp_settings(providers, whatsapp_url)
-    channels = delivery_channels.build_channels(settings, http)
+    channels = channel_registry.build_channels(settings, http)
     channel = ScriptedChannel(ChannelName.WHATSAPP, whatsapp_url, answer)
     channels["whatsapp"] = channel
     return make_dispatcher(settings, sessionmaker, redis, channels), channel
@@ -310,5 +310,5 @@ class TestErrors:
         await dispatcher.dispatch_once()
         fresh, _ = await reload(db_session, notification)
         assert (fresh.state, fresh.retry_count) == ("scheduled", 1)
-        other_worker = delivery_channels.build_limiters(dispatcher.settings, redis)["whatsapp"]
+        other_worker = channel_registry.build_limiters(dispatcher.settings, redis)["whatsapp"]
         assert 0.5 < await other_worker.reserve(1) <= 1.0
