@@ -19,6 +19,16 @@ def test_dispatch(tmp_path: Path) -> None:
     assert (tmp_path / "d.json").exists()
 
 
+def test_dispatch_whatsapp_and_sms_mixes() -> None:
+    result = dispatch.run(
+        [200], [1], concurrency=20, batch=100, json_path=None, mixes=["sms", "whatsapp"]
+    )
+    assert [(r["mix"], r["sent"], r["other states"], r["attempts"]) for r in result.rows] == [
+        ("sms", 200, {}, {"sms sent": 200}),
+        ("whatsapp", 200, {}, {"whatsapp sent": 200}),
+    ]
+
+
 def test_callbacks() -> None:
     [row] = callbacks.run([300], concurrency=16, json_path=None).rows
     assert (row["non-2xx"], row["lost"]) == (0, 0)
