@@ -62,7 +62,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -71,6 +70,13 @@ from aiohttp import web
 
 from app.channels import twilio_signature
 from app.fakes import serving
+from app.fakes.common import (
+    changed_config,
+    check_config,
+    draw_fault,
+    json_response,
+    post_with_retries,
+)
 from app.fakes.credentials import FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN
 from app.fakes.whatsapp import STATUSES_BY_DIGIT as WHATSAPP_STATUSES_BY_DIGIT
 
@@ -79,7 +85,6 @@ log = logging.getLogger(__name__)
 API_VERSION = "2010-04-01"
 # Longer than any client time-out: the request simply never gets an answer.
 HANG_SECONDS = 30.0
-CALLBACK_ATTEMPTS = 3
 CALLBACK_TIMEOUT_SECONDS = 10.0
 
 # Fields `POST /_fake/config` may change at runtime.
@@ -94,7 +99,6 @@ RUNTIME_FIELDS = frozenset(
         "seed",
     }
 )
-_RATE_FIELDS = ("error_rate", "timeout_rate", "rate_limited_rate", "garbage_rate")
 
 # Last digit of `To` -> (final status, ErrorCode), for accepted messages.
 _FINAL_STATUS_BY_DIGIT: dict[str, tuple[str, str | None]] = {
@@ -127,23 +131,7 @@ class FakeTwilioConfig:
     callback_concurrency: int = 100
 
     def __post_init__(self) -> None:
-        for name in _RATE_FIELDS:
-            rate = getattr(self, name)
-            if isinstance(rate, bool) or not isinstance(rate, int | float):
-                raise ValueError(f"{name} must be a number")
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        if sum(getattr(self, name) for name in _RATE_FIELDS) > 1.0 + 1e-9:
-            raise ValueError("the fault rates must add up to at most 1")
-        delay = self.callback_delay
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-            raise ValueError("callback_delay must be a number of seconds >= 0")
-        if not isinstance(self.callbacks_enabled, bool):
-            raise ValueError("callbacks_enabled must be true or false")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError("seed must be an integer")
-        if self.callback_concurrency < 1:
-            raise ValueError("callback_concurrency must be at least 1")
+        check_config(self)
 
     def public(self) -> dict[str, object]:
         """The configuration without the auth token."""
@@ -160,10 +148,6 @@ def _twilio_error(status: int, code: int, message: str) -> web.Response:
         "status": status,
     }
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
 def _num_segments(body: str) -> int:
@@ -307,7 +291,7 @@ class FakeTwilio:
             return web.Response(status=201, body=_GARBAGE_BODY, content_type="application/json")
         now = _rfc2822_now()
         uri = f"/{API_VERSION}/Accounts/{config.account_sid}/Messages/{sid}.json"
-        return _json(
+        return json_response(
             {
                 "account_sid": config.account_sid,
                 "api_version": API_VERSION,
@@ -347,25 +331,7 @@ class FakeTwilio:
         return (login, password) == (self.config.account_sid, self.config.auth_token)
 
     def _draw_fault(self, config: FakeTwilioConfig) -> str | None:
-        if not (
-            config.error_rate
-            or config.timeout_rate
-            or config.rate_limited_rate
-            or config.garbage_rate
-        ):
-            return None
-        draw = self._rng.random()
-        for name, rate in (
-            ("error", config.error_rate),
-            ("timeout", config.timeout_rate),
-            ("rate_limited", config.rate_limited_rate),
-            ("garbage", config.garbage_rate),
-        ):
-            if draw < rate:
-                self.faults[name] += 1
-                return name
-            draw -= rate
-        return None
+        return draw_fault(self._rng, config, self.faults)
 
     # --- status callbacks -------------------------------------------------------------
 
@@ -414,21 +380,7 @@ class FakeTwilio:
             ),
         }
         data = urlencode(params).encode()
-        status: int | None = None
-        for attempt in range(CALLBACK_ATTEMPTS):
-            try:
-                async with (
-                    self._semaphore,
-                    session.post(url, data=data, headers=headers, allow_redirects=False) as answer,
-                ):
-                    status = answer.status
-                    await answer.read()
-            except (aiohttp.ClientError, TimeoutError):
-                status = None
-            if status is not None and status < 500:
-                break
-            if attempt + 1 < CALLBACK_ATTEMPTS:
-                await asyncio.sleep(0.1 * 2**attempt)
+        status = await post_with_retries(session, self._semaphore, url, data, headers)
         if status is None:
             self.callbacks_failed += 1
         elif 200 <= status < 300:
@@ -445,7 +397,7 @@ class FakeTwilio:
     # --- test hooks -------------------------------------------------------------------
 
     async def stats(self, request: web.Request) -> web.Response:
-        return _json(
+        return json_response(
             {
                 "requests": self.requests,
                 "accepted": self.accepted,
@@ -466,24 +418,15 @@ class FakeTwilio:
         await self._cancel_walks()
         self._apply(self.start_config)
         self._reset_counters()
-        return _json(self.config.public())
+        return json_response(self.config.public())
 
     async def change_config(self, request: web.Request) -> web.Response:
-        try:
-            changes: Any = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _json({"error": "the body must be a JSON object"}, status=400)
-        if not isinstance(changes, dict):
-            return _json({"error": "the body must be a JSON object"}, status=400)
-        unknown = sorted(set(changes) - RUNTIME_FIELDS)
-        if unknown:
-            return _json({"error": f"cannot change: {', '.join(unknown)}"}, status=400)
-        try:
-            config = dataclasses.replace(self.config, **changes)
-        except (TypeError, ValueError) as exc:
-            return _json({"error": str(exc)}, status=400)
-        self._apply(config, reseed="seed" in changes)
-        return _json(self.config.public())
+        changed = await changed_config(request, self.config, RUNTIME_FIELDS)
+        if isinstance(changed, web.Response):
+            return changed
+        config, reseed = changed
+        self._apply(config, reseed=reseed)
+        return json_response(self.config.public())
 
     def _apply(self, config: FakeTwilioConfig, *, reseed: bool = True) -> None:
         self.config = config

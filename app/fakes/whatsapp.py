@@ -51,6 +51,13 @@ from aiohttp import web
 
 from app.channels import whatsapp
 from app.fakes import serving
+from app.fakes.common import (
+    changed_config,
+    check_config,
+    draw_fault,
+    json_response,
+    post_with_retries,
+)
 from app.fakes.credentials import (
     FAKE_WHATSAPP_ACCESS_TOKEN,
     FAKE_WHATSAPP_APP_SECRET,
@@ -60,7 +67,6 @@ from app.fakes.credentials import (
 log = logging.getLogger(__name__)
 
 HANG_SECONDS = 30.0
-WEBHOOK_ATTEMPTS = 3
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 
 RUNTIME_FIELDS = frozenset(
@@ -76,7 +82,6 @@ RUNTIME_FIELDS = frozenset(
         "seed",
     }
 )
-_RATE_FIELDS = ("error_rate", "timeout_rate", "rate_limited_rate", "garbage_rate")
 
 # Last digit of the number -> the statuses its messages go through, and the error code
 # of a final `failed`. Digits absent here are answered with a 500 (see _SERVER_ERROR_DIGIT).
@@ -114,19 +119,7 @@ class FakeWhatsAppConfig:
     callback_concurrency: int = 100
 
     def __post_init__(self) -> None:
-        for name in _RATE_FIELDS:
-            rate = getattr(self, name)
-            if isinstance(rate, bool) or not isinstance(rate, int | float):
-                raise ValueError(f"{name} must be a number")
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        if sum(getattr(self, name) for name in _RATE_FIELDS) > 1.0 + 1e-9:
-            raise ValueError("the fault rates must add up to at most 1")
-        delay = self.callback_delay
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-            raise ValueError("callback_delay must be a number of seconds >= 0")
-        if not isinstance(self.callbacks_enabled, bool):
-            raise ValueError("callbacks_enabled must be true or false")
+        check_config(self)
         if self.templates is not None and not (
             isinstance(self.templates, dict)
             and all(isinstance(v, int) and not isinstance(v, bool) for v in self.templates.values())
@@ -134,10 +127,8 @@ class FakeWhatsAppConfig:
             raise ValueError("templates must map template names to parameter counts")
         if not isinstance(self.webhook_url, str):
             raise ValueError("webhook_url must be a URL")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError("seed must be an integer")
-        if self.webhook_batch_size < 1 or self.callback_concurrency < 1:
-            raise ValueError("webhook_batch_size and callback_concurrency must be at least 1")
+        if self.webhook_batch_size < 1:
+            raise ValueError("webhook_batch_size must be at least 1")
 
     def public(self) -> dict[str, object]:
         """The configuration without the token and the app secret."""
@@ -156,11 +147,7 @@ def _error(status: int, code: int, message: str, details: str = "") -> web.Respo
             "fbtrace_id": "Afake" + os.urandom(6).hex(),
         }
     }
-    return _json(body, status)
-
-
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+    return json_response(body, status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +256,7 @@ class FakeWhatsApp:
 
         if fault == "garbage":
             return web.Response(status=200, body=_GARBAGE_BODY, content_type="application/json")
-        return _json(
+        return json_response(
             {
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": payload["to"], "wa_id": to}],
@@ -316,17 +303,7 @@ class FakeWhatsApp:
         return None
 
     def _draw_fault(self, config: FakeWhatsAppConfig) -> str | None:
-        if not any(getattr(config, name) for name in _RATE_FIELDS):
-            return None
-        draw = self._rng.random()
-        for name in _RATE_FIELDS:
-            rate = getattr(config, name)
-            if draw < rate:
-                fault = name.removesuffix("_rate")
-                self.faults[fault] += 1
-                return fault
-            draw -= rate
-        return None
+        return draw_fault(self._rng, config, self.faults)
 
     # --- status webhooks --------------------------------------------------------------
 
@@ -394,20 +371,8 @@ class FakeWhatsApp:
             "Content-Type": "application/json",
             whatsapp.SIGNATURE_HEADER: whatsapp.signature(self.config.app_secret, body),
         }
-        status: int | None = None
-        for attempt in range(WEBHOOK_ATTEMPTS):
-            try:
-                async with session.post(
-                    url, data=body, headers=headers, allow_redirects=False
-                ) as answer:
-                    status = answer.status
-                    await answer.read()
-            except (aiohttp.ClientError, TimeoutError):
-                status = None
-            if status is not None and status < 500:
-                break
-            if attempt + 1 < WEBHOOK_ATTEMPTS:
-                await asyncio.sleep(0.1 * 2**attempt)
+        # The batch holds its slot of `_semaphore` already (taken by `_flush`).
+        status = await post_with_retries(session, None, url, body, headers)
         if status is None:
             self.webhooks_failed += 1
         elif 200 <= status < 300:
@@ -427,7 +392,7 @@ class FakeWhatsApp:
     # --- test hooks -------------------------------------------------------------------
 
     async def stats(self, request: web.Request) -> web.Response:
-        return _json(
+        return json_response(
             {
                 "requests": self.requests,
                 "accepted": self.accepted,
@@ -450,25 +415,16 @@ class FakeWhatsApp:
         self.config = self.start_config
         self._rng.seed(self.config.seed)
         self._reset_counters()
-        return _json(self.config.public())
+        return json_response(self.config.public())
 
     async def change_config(self, request: web.Request) -> web.Response:
-        try:
-            changes: Any = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _json({"error": "the body must be a JSON object"}, status=400)
-        if not isinstance(changes, dict):
-            return _json({"error": "the body must be a JSON object"}, status=400)
-        unknown = sorted(set(changes) - RUNTIME_FIELDS)
-        if unknown:
-            return _json({"error": f"cannot change: {', '.join(unknown)}"}, status=400)
-        try:
-            self.config = dataclasses.replace(self.config, **changes)
-        except (TypeError, ValueError) as exc:
-            return _json({"error": str(exc)}, status=400)
-        if "seed" in changes:
+        changed = await changed_config(request, self.config, RUNTIME_FIELDS)
+        if isinstance(changed, web.Response):
+            return changed
+        self.config, reseed = changed
+        if reseed:
             self._rng.seed(self.config.seed)
-        return _json(self.config.public())
+        return json_response(self.config.public())
 
     # --- lifecycle --------------------------------------------------------------------
 

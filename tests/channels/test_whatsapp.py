@@ -147,7 +147,11 @@ async def stub() -> AsyncIterator[Stub]:
 
 
 def cloud(
-    session: aiohttp.ClientSession, base_url: str, *, token: str = CONFIG.access_token
+    session: aiohttp.ClientSession,
+    base_url: str,
+    *,
+    token: str = CONFIG.access_token,
+    timeout: float = 5.0,
 ) -> WhatsAppCloudChannel:
     return WhatsAppCloudChannel(
         base_url=base_url,
@@ -155,7 +159,7 @@ def cloud(
         phone_number_id=CONFIG.phone_number_id,
         access_token=token,
         session=session,
-        timeout=1.0,
+        timeout=timeout,
     )
 
 
@@ -166,7 +170,7 @@ def through_twilio(session: aiohttp.ClientSession, base_url: str) -> WhatsAppTwi
         auth_token=TWILIO.auth_token,
         sender="+15005550006",
         session=session,
-        timeout=1.0,
+        timeout=5.0,
     )
 
 
@@ -427,7 +431,7 @@ class TestCloudAnswersTheFakeDoesNotGive:
 
         stub.handler = hang
         with pytest.raises(TransientChannelError) as caught:
-            await cloud(session, stub.base_url).send(message())
+            await cloud(session, stub.base_url, timeout=0.5).send(message())
         assert caught.value.code == "timeout"
         assert_redacted(caught.value)
 
