@@ -17,6 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
+from app.channels import http
 from app.channels.base import (
     ChannelError,
     OutgoingMessage,
@@ -92,30 +93,16 @@ class TwilioMessages:
 
     async def create(self, form: Mapping[str, str], message: OutgoingMessage) -> SendResult:
         """POST one message. Raises TransientChannelError or PermanentChannelError."""
-        try:
-            async with self._session.post(
-                self._url,
-                data=urlencode(form).encode(),
-                headers=self._headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                raw = await response.read()
-                retry_after = response.headers.get("Retry-After")
-        except TimeoutError as exc:
-            raise TransientChannelError(
-                "Twilio did not answer in time",
-                code="timeout",
-                detail=self._detail(message, form, error=exc),
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise TransientChannelError(
-                "could not reach Twilio",
-                code="connection_error",
-                detail=self._detail(message, form, error=exc),
-            ) from None
-
+        answered = await http.post(
+            self._session,
+            self._url,
+            data=urlencode(form).encode(),
+            headers=self._headers,
+            limit=self._timeout,
+            provider="Twilio",
+            request=self._request(message, form),
+        )
+        status, raw = answered.status, answered.body
         answer = json_object(raw)
         if 200 <= status < 300 and answer is not None:
             sid = answer.get("sid")
@@ -125,7 +112,7 @@ class TwilioMessages:
                     provider_message_id=sid,
                     provider_status=provider_status if isinstance(provider_status, str) else "",
                 )
-        raise self._error(message, form, status, raw, answer, retry_after)
+        raise self._error(message, form, status, raw, answer, answered.retry_after)
 
     def _error(
         self,
@@ -138,7 +125,7 @@ class TwilioMessages:
     ) -> ChannelError:
         """The error for any answer but a 2xx with a sid, by `_OUTCOME_BY_CODE`."""
         body = redact(raw.decode("utf-8", "replace"), message)[:DETAIL_BODY_CHARS]
-        detail = self._detail(message, form, status=status, body=body)
+        detail = http.exchange(self._request(message, form), status=status, body=body)
         common: dict[str, Any] = {"provider_status": str(status), "detail": detail}
         if 200 <= status < 300:
             return PermanentChannelError(
@@ -185,19 +172,8 @@ class TwilioMessages:
             **common,
         )
 
-    def _detail(
-        self,
-        message: OutgoingMessage,
-        form: Mapping[str, str],
-        *,
-        status: int | None = None,
-        body: str = "",
-        error: BaseException | None = None,
-    ) -> dict[str, object]:
-        """The exchange for Sentry: the number masked, texts and variables by length."""
-        response: dict[str, object] = {"status": status, "body": body}
-        if error is not None:
-            response["error"] = f"{type(error).__name__}: {error}"
+    def _request(self, message: OutgoingMessage, form: Mapping[str, str]) -> dict[str, object]:
+        """The request for Sentry: the number masked, texts and variables by length."""
         request: dict[str, object] = {"url": self._url}
         for name, value in form.items():
             if name == "To":
@@ -212,7 +188,7 @@ class TwilioMessages:
             else:
                 request[name] = value
         request.setdefault("StatusCallback", "")
-        return {"request": request, "response": response}
+        return request
 
 
 def _basic_auth(login: str, password: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.channels import twilio_messages
+from app.channels import http, twilio_messages
 from app.channels.base import (
     ChannelError,
     ChannelName,
@@ -158,29 +158,16 @@ class WhatsAppCloudChannel:
 
     async def _post(self, message: OutgoingMessage, *, template: bool) -> SendResult:
         payload = self._payload(message, template=template)
-        try:
-            async with self._session.post(
-                self._url,
-                data=orjson.dumps(payload),
-                headers=self._headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                raw = await response.read()
-        except TimeoutError as exc:
-            raise TransientChannelError(
-                "WhatsApp did not answer in time",
-                code="timeout",
-                detail=self._detail(message, payload, error=exc),
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise TransientChannelError(
-                "could not reach WhatsApp",
-                code="connection_error",
-                detail=self._detail(message, payload, error=exc),
-            ) from None
-
+        answered = await http.post(
+            self._session,
+            self._url,
+            data=orjson.dumps(payload),
+            headers=self._headers,
+            limit=self._timeout,
+            provider="WhatsApp",
+            request=self._request(message, payload),
+        )
+        status, raw = answered.status, answered.body
         answer = json_object(raw)
         if 200 <= status < 300 and answer is not None:
             messages = answer.get("messages")
@@ -202,7 +189,7 @@ class WhatsAppCloudChannel:
         answer: dict[str, object] | None,
     ) -> ChannelError:
         body = redact(raw.decode("utf-8", "replace"), message)[:DETAIL_BODY_CHARS]
-        detail = self._detail(message, payload, status=status, body=body)
+        detail = http.exchange(self._request(message, payload), status=status, body=body)
         common: dict[str, Any] = {"provider_status": str(status), "detail": detail}
         if 200 <= status < 300:
             return PermanentChannelError(
@@ -242,19 +229,8 @@ class WhatsAppCloudChannel:
             **common,
         )
 
-    def _detail(
-        self,
-        message: OutgoingMessage,
-        payload: dict[str, Any],
-        *,
-        status: int | None = None,
-        body: str = "",
-        error: BaseException | None = None,
-    ) -> dict[str, object]:
-        """The exchange for Sentry: the number masked, no text, no parameter values."""
-        response: dict[str, object] = {"status": status, "body": body}
-        if error is not None:
-            response["error"] = f"{type(error).__name__}: {error}"
+    def _request(self, message: OutgoingMessage, payload: dict[str, Any]) -> dict[str, object]:
+        """The request for Sentry: the number masked, no text, no parameter values."""
         request: dict[str, object] = {
             "url": self._url,
             "to": mask_phone(message.phone_e164),
@@ -269,7 +245,7 @@ class WhatsAppCloudChannel:
             }
         else:
             request["text"] = {"length": len(message.text)}
-        return {"request": request, "response": response}
+        return request
 
 
 class WhatsAppTwilioChannel:

@@ -459,11 +459,7 @@ def create_app(config: FakeTwilioConfig | None = None) -> web.Application:
     app.router.add_post(
         f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json", fake.create_message
     )
-    app.router.add_get("/_fake/stats", fake.stats)
-    app.router.add_post("/_fake/reset", fake.reset)
-    app.router.add_post("/_fake/config", fake.change_config)
-    app.cleanup_ctx.append(fake.client_session)
-    app.on_shutdown.append(fake.on_shutdown)
+    serving.add_test_hooks(app, fake)
     return app
 
 

@@ -454,11 +454,7 @@ def create_app(config: FakeWhatsAppConfig | None = None) -> web.Application:
     app = web.Application()
     app[FAKE_WHATSAPP] = fake
     app.router.add_post("/{version}/{phone_number_id}/messages", fake.send_message)
-    app.router.add_get("/_fake/stats", fake.stats)
-    app.router.add_post("/_fake/reset", fake.reset)
-    app.router.add_post("/_fake/config", fake.change_config)
-    app.cleanup_ctx.append(fake.client_session)
-    app.on_shutdown.append(fake.on_shutdown)
+    serving.add_test_hooks(app, fake)
     return app
 
 
