@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import time
 
 import aiohttp
 import orjson
 
-from app.devtools.environment import new_event_loop
-from app.fakes.credentials import FAKE_WHATSAPP_ACCESS_TOKEN, FAKE_WHATSAPP_PHONE_NUMBER_ID
+from app.channels.base import basic_auth
+from app.event_loop import new_event_loop
+from app.fakes.credentials import (
+    FAKE_IMO_PASSWORD,
+    FAKE_IMO_USERNAME,
+    FAKE_TWILIO_ACCOUNT_SID,
+    FAKE_TWILIO_AUTH_TOKEN,
+    FAKE_WHATSAPP_ACCESS_TOKEN,
+    FAKE_WHATSAPP_PHONE_NUMBER_ID,
+)
 
 
 async def run(
@@ -28,13 +35,9 @@ async def run(
     whatsapp_url: str = "",
     mix: str = "imo-sms",
 ) -> dict[str, float]:
-    imo_auth = "Basic " + base64.b64encode(b"fake-imo:fake-imo-password").decode()
-    twilio_auth = (
-        "Basic " + base64.b64encode(b"ACfake00000000000000000000000000:fake-twilio-token").decode()
-    )
-    messages_url = (
-        f"{twilio_url}/2010-04-01/Accounts/ACfake00000000000000000000000000/Messages.json"
-    )
+    imo_auth = basic_auth(FAKE_IMO_USERNAME, FAKE_IMO_PASSWORD)
+    twilio_auth = basic_auth(FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN)
+    messages_url = f"{twilio_url}/2010-04-01/Accounts/{FAKE_TWILIO_ACCOUNT_SID}/Messages.json"
     whatsapp_auth = f"Bearer {FAKE_WHATSAPP_ACCESS_TOKEN}"
     whatsapp_messages = f"{whatsapp_url}/v21.0/{FAKE_WHATSAPP_PHONE_NUMBER_ID}/messages"
     next_index = 0

@@ -8,6 +8,7 @@ exceptions never leak past an adapter.
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 from dataclasses import dataclass, field
@@ -206,3 +207,9 @@ class InvitationResult:
     status: str
     provider_status: str = ""
     detail: dict[str, object] = field(default_factory=dict)
+
+
+def basic_auth(login: str, password: str) -> str:
+    """An HTTP Basic `Authorization` header's value. By hand: aiohttp 3.14 deprecates
+    BasicAuth, and its replacement (encode_basic_auth) is not in 3.10."""
+    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")

@@ -7,7 +7,6 @@ far faster than httpx on this hot path.
 
 from __future__ import annotations
 
-import base64
 import enum
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from app.channels.base import (
     PermanentChannelError,
     SendResult,
     TransientChannelError,
+    basic_auth,
     json_object,
     redact,
 )
@@ -86,7 +86,7 @@ class TwilioMessages:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {
-            "Authorization": _basic_auth(account_sid, auth_token),
+            "Authorization": basic_auth(account_sid, auth_token),
             "Accept": "application/json",
             "Content-Type": "application/x-www-form-urlencoded",
         }
@@ -189,11 +189,6 @@ class TwilioMessages:
                 request[name] = value
         request.setdefault("StatusCallback", "")
         return request
-
-
-def _basic_auth(login: str, password: str) -> str:
-    # By hand: aiohttp 3.14 deprecates BasicAuth, and encode_basic_auth is not in 3.10.
-    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

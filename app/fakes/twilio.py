@@ -69,7 +69,8 @@ import orjson
 from aiohttp import web
 
 from app.channels import twilio_signature
-from app.fakes import serving
+from app.channels.base import basic_auth
+from app.fakes import server
 from app.fakes.common import (
     changed_config,
     check_config,
@@ -202,18 +203,13 @@ class FakeTwilio:
     def __init__(self, config: FakeTwilioConfig) -> None:
         self.start_config = config
         self.config = config
-        self._expected_auth = self._basic_auth(config)
+        self._expected_auth = basic_auth(config.account_sid, config.auth_token)
         self._rng = random.Random(config.seed)
         self._session: aiohttp.ClientSession | None = None
         self._semaphore = asyncio.Semaphore(config.callback_concurrency)
         self._walks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
         self._reset_counters()
-
-    @staticmethod
-    def _basic_auth(config: FakeTwilioConfig) -> str:
-        raw = f"{config.account_sid}:{config.auth_token}".encode()
-        return "Basic " + base64.b64encode(raw).decode("ascii")
 
     def _reset_counters(self) -> None:
         self.requests = 0
@@ -459,7 +455,7 @@ def create_app(config: FakeTwilioConfig | None = None) -> web.Application:
     app.router.add_post(
         f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json", fake.create_message
     )
-    serving.add_test_hooks(app, fake)
+    server.add_test_hooks(app, fake)
     return app
 
 
@@ -467,12 +463,12 @@ async def start_fake_twilio(
     config: FakeTwilioConfig | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, int]:
     """Start the fake on `host:port` (0: any free port). Stop it with `runner.cleanup()`."""
-    return await serving.start(create_app(config), host, port)
+    return await server.start(create_app(config), host, port)
 
 
 def run(host: str = "127.0.0.1", port: int = 0, config: FakeTwilioConfig | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; prints the base URL once listening."""
-    serving.run(lambda: create_app(config), host, port)
+    """Serve until SIGINT or SIGTERM (the `notify fake-twilio` command)."""
+    server.serve(lambda: create_app(config), host, port, "fake Twilio")
 
 
 __all__ = [

@@ -50,7 +50,7 @@ import orjson
 from aiohttp import web
 
 from app.channels import whatsapp
-from app.fakes import serving
+from app.fakes import server
 from app.fakes.common import (
     changed_config,
     check_config,
@@ -454,7 +454,7 @@ def create_app(config: FakeWhatsAppConfig | None = None) -> web.Application:
     app = web.Application()
     app[FAKE_WHATSAPP] = fake
     app.router.add_post("/{version}/{phone_number_id}/messages", fake.send_message)
-    serving.add_test_hooks(app, fake)
+    server.add_test_hooks(app, fake)
     return app
 
 
@@ -462,12 +462,12 @@ async def start_fake_whatsapp(
     config: FakeWhatsAppConfig | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, int]:
     """Start the fake on `host:port` (0: any free port). Stop it with `runner.cleanup()`."""
-    return await serving.start(create_app(config), host, port)
+    return await server.start(create_app(config), host, port)
 
 
 def run(host: str = "127.0.0.1", port: int = 0, config: FakeWhatsAppConfig | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; prints the base URL once listening."""
-    serving.run(lambda: create_app(config), host, port)
+    """Serve until SIGINT or SIGTERM (the `notify fake-whatsapp` command)."""
+    server.serve(lambda: create_app(config), host, port, "fake WhatsApp")
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Starting and running a fake provider's aiohttp application."""
+"""Starting and serving a fake provider: the same for every fake."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+from app.event_loop import new_event_loop
 
 
 def add_test_hooks(app: web.Application, fake: Any) -> None:
@@ -22,10 +24,11 @@ def add_test_hooks(app: web.Application, fake: Any) -> None:
 
 
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app` on `host:port` (0: any free port) -> (runner, bound port). Stop it with
-    `runner.cleanup()`."""
+    """Listen on `host:port` (0: any free port); (runner, bound port). Stop it with
+    `runner.cleanup()`. A failed start (the port is taken) cleans up before it raises."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
+    # A benchmark's thousands of connections arrive at once.
     site = web.TCPSite(runner, host, port, backlog=2048)
     try:
         await site.start()
@@ -36,22 +39,25 @@ async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     return runner, bound_port
 
 
-def run(create_app: Callable[[], web.Application], host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM; prints the base URL once listening."""
+def serve(
+    app: Callable[[], web.Application], host: str, port: int, name: str, path: str = ""
+) -> None:
+    """Serve until SIGINT or SIGTERM (the `notify fake-*` commands); prints
+    "NAME listening on http://HOST:PORT/PATH" once listening."""
 
-    async def serve() -> None:
-        runner, bound_port = await start(create_app(), host, port)
+    async def main() -> None:
+        runner, bound_port = await start(app(), host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(signum, stop.set)
         display_host = f"[{host}]" if ":" in host else host
-        print(f"http://{display_host}:{bound_port}", flush=True)
+        print(f"{name} listening on http://{display_host}:{bound_port}{path}", flush=True)
         try:
             await stop.wait()
         finally:
             await runner.cleanup()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=new_event_loop) as r:
+        r.run(main())
