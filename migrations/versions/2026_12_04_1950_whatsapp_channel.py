@@ -1,8 +1,8 @@
 """WhatsApp: each template's WhatsApp mapping, and the patients known to have no WhatsApp
 
 Revision ID: 20261204_whatsapp
-Revises: 20261204_default_plan
-Create Date: 2026-12-04 19:40:00+00:00
+Revises: 20261204_delivery_reports
+Create Date: 2026-12-04 19:50:00+00:00
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "20261204_whatsapp"
-down_revision: str | None = "20261204_default_plan"
+down_revision: str | None = "20261204_delivery_reports"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
