@@ -17,9 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth import service as auth_service
 from app.errors import Conflict, NotFound
 from app.models import ApiKey
-from tests.factories import api_app
 
-__all__ = ["api_app"]
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 

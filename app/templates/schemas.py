@@ -6,7 +6,13 @@ import re
 from datetime import datetime
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from app.models import Template
 from app.templates.placeholders import variables_of
@@ -49,6 +55,41 @@ def _plain_variables(text: str) -> str:
     return text
 
 
+class WhatsAppTemplate(InputModel):
+    """The pre-approved WhatsApp template a text is sent as: WhatsApp allows nothing else
+    outside the 24-hour customer-service window."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^[a-z0-9_]+$",
+        description="The template's name as approved in WhatsApp Manager (Cloud API)",
+        examples=["appointment_reminder"],
+    )
+    language: str = Field(
+        min_length=2,
+        max_length=10,
+        pattern=r"^[a-z]{2,3}(?:_[A-Za-z]{2,4})?$",
+        description="The approved translation's language code, e.g. `en_US`, `hi`, `bn`",
+        examples=["en_US"],
+    )
+    parameters: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = (
+        Field(
+            default_factory=list,
+            max_length=100,
+            description="The variables filling the approved body's `{{1}}`, `{{2}}`, ... in "
+            "that order; each must be one of this template's variables",
+            examples=[["patient_name", "facility_name", "appointment_date"]],
+        )
+    )
+    content_sid: str | None = Field(
+        default=None,
+        pattern=r"^HX[0-9a-fA-F]{32}$",
+        description="The same template's Content SID at Twilio, for WHATSAPP_PROVIDER=twilio",
+        examples=["HXb5b62575e6e4ff6129ad7c8efe1f983e"],
+    )
+
+
 class TemplateIn(InputModel):
     title: Annotated[str, AfterValidator(_plain_variables)] = Field(
         min_length=1,
@@ -63,6 +104,22 @@ class TemplateIn(InputModel):
         "literal braces are doubled (`{{`, `}}`).",
         examples=["Dear {patient_name}, your visit at {facility_name} is on {appointment_date}."],
     )
+    whatsapp: WhatsAppTemplate | None = Field(
+        default=None,
+        description="How this text goes out on WhatsApp; without it, reminders of this "
+        "template skip the WhatsApp channel (the attempt says why) and go to the next one",
+    )
+
+    @model_validator(mode="after")
+    def _parameters_are_variables(self) -> Self:
+        if self.whatsapp is not None:
+            known = variables_of(self.title) | variables_of(self.body)
+            unknown = [name for name in self.whatsapp.parameters if name not in known]
+            if unknown:
+                raise ValueError(
+                    f"whatsapp.parameters names variables the template does not use: {unknown}"
+                )
+        return self
 
 
 class TemplateOut(BaseModel):
@@ -71,6 +128,7 @@ class TemplateOut(BaseModel):
     title: str
     body: str
     variables: list[str] = Field(description="The variables title and body use, sorted")
+    whatsapp: WhatsAppTemplate | None
     created_at: datetime
     updated_at: datetime
 
@@ -82,6 +140,9 @@ class TemplateOut(BaseModel):
             title=template.title,
             body=template.body,
             variables=sorted(variables_of(template.title) | variables_of(template.body)),
+            whatsapp=WhatsAppTemplate.model_validate(template.whatsapp)
+            if template.whatsapp
+            else None,
             created_at=template.created_at,
             updated_at=template.updated_at,
         )
