@@ -17,9 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Patient
 from tests.appointments.helpers import CASCADE, put_appointment, put_plan
-from tests.factories import api, api_app, make_patient, patient_body, unique_id
-
-__all__ = ["api", "api_app"]
+from tests.factories import make_patient, patient_body, unique_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -168,12 +168,12 @@ class TestImoInvitation:
         assert answer.status_code == 404
 
     async def test_an_expired_token_changes_nothing(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await make_patient(db_session)
         long_ago = datetime.now(UTC) - timedelta(days=SETTINGS.imo_callback_token_days + 1)
         url = callback_urls.imo_invitation_url(SETTINGS, SIGNER, patient.id, issued_at=long_ago)
-        answer = await client.post(url.removeprefix(BASE), json={"event": "accept_invite"})
+        answer = await api.post(url.removeprefix(BASE), json={"event": "accept_invite"})
         assert answer.status_code == 410, answer.text
         authorization = await db_session.scalar(
             select(ImoAuthorization).where(ImoAuthorization.patient_id == patient.id)
@@ -181,7 +181,7 @@ class TestImoInvitation:
         assert authorization is None
 
     async def test_a_replayed_accept_older_than_the_status_is_recorded_not_applied(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         """The issue's replay: the patient accepted once, later had no Imo account;
         the old accept sent again must not subscribe them again."""
@@ -194,7 +194,7 @@ class TestImoInvitation:
             )
         )
         await db_session.flush()
-        answer = await client.post(url.removeprefix(BASE), json={"event": "accept_invite"})
+        answer = await api.post(url.removeprefix(BASE), json={"event": "accept_invite"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["changed"] is False
         authorization = await db_session.scalar(
@@ -208,9 +208,9 @@ class TestImoInvitation:
 class TestTwilioStatus:
     @pytest.mark.parametrize("attempt_id", [2**63, 2**64, 10**30])
     async def test_an_attempt_id_beyond_64_bits_is_a_404_not_a_500(
-        self, client: httpx.AsyncClient, attempt_id: int
+        self, api: httpx.AsyncClient, attempt_id: int
     ) -> None:
-        answer = await twilio_post(client, attempt_id, status_params("SM1", "delivered"))
+        answer = await twilio_post(api, attempt_id, status_params("SM1", "delivered"))
         assert answer.status_code in (404, 422), answer.text
 
     async def test_delivered_with_a_valid_signature(
