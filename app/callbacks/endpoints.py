@@ -17,12 +17,18 @@ from pydantic import BaseModel
 
 from app import callback_urls
 from app.channels import twilio_signature
-from app.channels.twilio_sms import normalised_status, parse_status_callback
+from app.channels.twilio_sms import (
+    normalised_status,
+    parse_inbound,
+    parse_status_callback,
+    twiml_reply,
+)
 from app.db.session import DbSession
 from app.delivery import status as delivery_status
 from app.delivery.types import Report
 from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
+from app.messages import service as message_service
 from app.observability import CALLBACKS
 from app.security import TokenSigner
 from app.states import AttemptStatus
@@ -180,11 +186,18 @@ async def twilio_status(
 )
 async def twilio_inbound(
     request: Request,
+    session: DbSession,
     x_twilio_signature: Annotated[str | None, Header()] = None,
 ) -> Response:
+    """Stored once per MessageSid (Twilio retries); an answer to the sender, if any, is
+    the TwiML `<Message>`, so it goes back on the number and channel the patient used."""
     fields = await _fields(request)
     _check_twilio_signature(request, fields, x_twilio_signature)
-    # Two-way messaging is not built yet: acknowledge, count, and keep no text.
+    try:
+        incoming = parse_inbound(fields)
+    except ValueError as exc:
+        CALLBACKS.labels("twilio", "bad_inbound").inc()
+        raise BadCallback(str(exc)) from exc
+    received = await message_service.receive(session, incoming)
     CALLBACKS.labels("twilio", "inbound").inc()
-    log.info("inbound message", extra={"message_sid": fields.get("MessageSid", "")[:64]})
-    return Response('<?xml version="1.0" encoding="UTF-8"?><Response/>', media_type="text/xml")
+    return Response(twiml_reply(received.reply), media_type="text/xml")

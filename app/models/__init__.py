@@ -9,6 +9,7 @@ from app.models.experiment_membership import ExperimentMembership
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
+from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
@@ -25,6 +26,7 @@ __all__ = [
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",
+    "Message",
     "Notification",
     "Patient",
     "ReminderPlan",

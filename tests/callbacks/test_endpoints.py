@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -16,7 +18,7 @@ from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
 from app.main import create_app
-from app.models import DeliveryAttempt, ImoAuthorization, Notification
+from app.models import DeliveryAttempt, ImoAuthorization, Message, Notification
 from app.security import TokenSigner
 from tests.factories import api_client, make_notification, make_patient
 
@@ -248,11 +250,116 @@ class TestTwilioStatus:
         assert await states(db_session, notification, attempt) == ("sent", "sent")
 
 
+def inbound_post(client: httpx.AsyncClient, params: dict[str, str], *, sign: bool = True) -> Any:
+    path = "/callbacks/twilio/inbound"
+    headers = {}
+    if sign:
+        headers["X-Twilio-Signature"] = twilio_signature.sign(TOKEN, BASE + path, params)
+    return client.post(path, data=params, headers=headers)
+
+
+def inbound_count(channel: str, match: str) -> float:
+    labels = {"channel": channel, "match": match}
+    return REGISTRY.get_sample_value("notify_inbound_messages_total", labels) or 0.0
+
+
+async def stored(session: AsyncSession, sid: str) -> list[Message]:
+    rows = await session.scalars(select(Message).where(Message.provider_message_id == sid))
+    return list(rows)
+
+
 class TestTwilioInbound:
-    async def test_signed_inbound_is_acknowledged(self, client: httpx.AsyncClient) -> None:
-        params = {"MessageSid": "SM9", "From": "+8801711000003", "Body": "hello"}
-        path = "/callbacks/twilio/inbound"
-        signed = twilio_signature.sign(TOKEN, BASE + path, params)
-        answer = await client.post(path, data=params, headers={"X-Twilio-Signature": signed})
+    async def test_a_patients_sms_is_stored_matched(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        number = f"+88017{uuid.uuid4().int % 10**8:08d}"
+        patient = await make_patient(
+            db_session, phone_numbers=[{"number": number, "type": "mobile"}], mobile_e164=number
+        )
+        sid = f"SM{uuid.uuid4().hex}"
+        answer = await inbound_post(client, {"MessageSid": sid, "From": number, "Body": "hello"})
         assert answer.status_code == 200 and "<Response/>" in answer.text
-        assert (await client.post(path, data=params)).status_code == 403
+        [message] = await stored(db_session, sid)
+        assert (message.direction, message.channel, message.patient_id) == ("in", "sms", patient.id)
+        assert (message.phone_e164, message.text, message.media) == (number, "hello", [])
+        assert message.received_at is not None
+
+    async def test_any_number_of_the_patient_matches(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        landline = f"+88029{uuid.uuid4().int % 10**7:07d}"
+        patient = await make_patient(
+            db_session,
+            phone_numbers=[
+                {"number": "+8801711000001", "type": "mobile"},
+                {"number": landline, "type": "home"},
+            ],
+        )
+        sid = f"SM{uuid.uuid4().hex}"
+        await inbound_post(client, {"MessageSid": sid, "From": landline, "Body": "x"})
+        assert [m.patient_id for m in await stored(db_session, sid)] == [patient.id]
+
+    async def test_an_unknown_number_is_stored_unmatched_and_counted(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        before = inbound_count("sms", "unmatched")
+        sid = f"SM{uuid.uuid4().hex}"
+        answer = await inbound_post(
+            client, {"MessageSid": sid, "From": "+8801999999990", "Body": "who is this"}
+        )
+        assert answer.status_code == 200
+        [message] = await stored(db_session, sid)
+        assert message.patient_id is None and message.text == "who is this"
+        assert inbound_count("sms", "unmatched") == before + 1
+
+    async def test_a_repeated_webhook_stores_one_message(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": "+8801711000003", "Body": "hi"}
+        before = inbound_count("sms", "duplicate")
+        for _ in range(3):
+            assert (await inbound_post(client, params)).status_code == 200
+        assert len(await stored(db_session, params["MessageSid"])) == 1
+        assert inbound_count("sms", "duplicate") == before + 2
+
+    async def test_a_forged_webhook_is_a_403_and_stores_nothing(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": "+8801711000003", "Body": "hi"}
+        assert (await inbound_post(client, params, sign=False)).status_code == 403
+        path = "/callbacks/twilio/inbound"
+        forged = twilio_signature.sign("another-token", BASE + path, params)
+        answer = await client.post(path, data=params, headers={"X-Twilio-Signature": forged})
+        assert answer.status_code == 403
+        assert await stored(db_session, params["MessageSid"]) == []
+
+    async def test_media_are_kept_by_reference(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        sid = f"MM{uuid.uuid4().hex}"
+        media_url = f"https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/{sid}/Media/ME42"
+        params = {
+            "MessageSid": sid,
+            "From": "whatsapp:+8801711000003",
+            "Body": "",
+            "NumMedia": "1",
+            "MediaContentType0": "image/jpeg",
+            "MediaUrl0": media_url,
+        }
+        assert (await inbound_post(client, params)).status_code == 200
+        [message] = await stored(db_session, sid)
+        assert message.channel == "whatsapp" and message.phone_e164 == "+8801711000003"
+        assert message.media == [{"type": "image/jpeg", "provider_media_id": "ME42"}]
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"From": "+8801711000003", "Body": "no sid"},
+            {"MessageSid": "SM1", "From": "not a number", "Body": "x"},
+            {"MessageSid": "SM1", "From": "+8801711000003", "NumMedia": "many"},
+        ],
+    )
+    async def test_an_unreadable_message_is_a_400(
+        self, client: httpx.AsyncClient, params: dict[str, str]
+    ) -> None:
+        assert (await inbound_post(client, params)).status_code == 400
