@@ -198,6 +198,6 @@ async def twilio_inbound(
     except ValueError as exc:
         CALLBACKS.labels("twilio", "bad_inbound").inc()
         raise BadCallback(str(exc)) from exc
-    received = await message_service.receive(session, incoming)
+    received = await message_service.receive(session, request.app.state.settings, incoming)
     CALLBACKS.labels("twilio", "inbound").inc()
     return Response(twiml_reply(received.reply), media_type="text/xml")

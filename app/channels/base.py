@@ -85,7 +85,8 @@ class PermanentChannelError(ChannelError):
     `unexpected` marks an answer outside the provider's known vocabulary, which is
     reported to Sentry with the request and response. `maybe_sent` marks a success
     that could not be read (a 2xx without a message id): the provider may have taken
-    the message, so it is neither resent nor sent on another channel.
+    the message, so it is neither resent nor sent on another channel. `opted_out` marks
+    a recipient who told the provider to stop (Twilio 21610): not on this channel again.
     """
 
     def __init__(
@@ -95,12 +96,14 @@ class PermanentChannelError(ChannelError):
         recipient_invalid: bool = False,
         unexpected: bool = False,
         maybe_sent: bool = False,
+        opted_out: bool = False,
         **kwargs: object,
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.recipient_invalid = recipient_invalid
         self.unexpected = unexpected
         self.maybe_sent = maybe_sent
+        self.opted_out = opted_out
 
 
 class Channel(Protocol):

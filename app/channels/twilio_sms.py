@@ -40,6 +40,7 @@ DETAIL_BODY_CHARS = 2_000
 
 class _Outcome(enum.Enum):
     RECIPIENT_INVALID = "recipient_invalid"
+    OPTED_OUT = "opted_out"
     PERMANENT = "permanent"
     TRANSIENT = "transient"
 
@@ -49,6 +50,7 @@ class _Outcome(enum.Enum):
 _OUTCOME_BY_CODE: dict[int, _Outcome] = {
     21211: _Outcome.RECIPIENT_INVALID,  # the 'To' number is not a valid phone number
     21614: _Outcome.RECIPIENT_INVALID,  # the 'To' number is not a mobile number
+    21610: _Outcome.OPTED_OUT,  # the recipient replied STOP to this sender
     20429: _Outcome.TRANSIENT,  # too many requests
     21611: _Outcome.TRANSIENT,  # the 'From' number's queue is full: later is fine
 }
@@ -223,6 +225,7 @@ class TwilioSmsChannel:
                 reason,
                 code=str(twilio_code),
                 recipient_invalid=outcome is _Outcome.RECIPIENT_INVALID,
+                opted_out=outcome is _Outcome.OPTED_OUT,
                 **common,
             )
         return PermanentChannelError(

@@ -30,6 +30,7 @@ from app.channels.base import (
 )
 from app.channels.reporting import report_failure
 from app.config import Settings
+from app.consent import service as consent_service
 from app.db.session import transient_database_error
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
@@ -169,6 +170,7 @@ class Dispatcher:
         results: list[delivery_repository.AttemptResult] = []
         fallbacks: list[_Send] = []
         downgrades: dict[str, str] = {}
+        opt_outs: dict[str, str] = {}
         for send, answer in zip(sends, answers, strict=True):
             n = send.notification
             if isinstance(answer, _NotSent):
@@ -223,6 +225,9 @@ class Dispatcher:
             downgrade = policy.imo_downgrade(send.channel, answer)
             if downgrade:
                 downgrades[n.patient_id] = downgrade
+            opted_out = policy.provider_opt_out(send.channel, answer)
+            if opted_out:
+                opt_outs[n.patient_id] = opted_out
             following = policy.after_error(
                 n, send.step, answer, now=now, window=self.window, settings=self.settings
             )
@@ -246,6 +251,7 @@ class Dispatcher:
                 session, self._reconcile(sends, attempt_ids, stored, settled)
             )
             await delivery_repository.downgrade_imo(session, downgrades)
+            await consent_service.record_provider_opt_outs(session, opt_outs)
 
         await self._retrying(write_back)
         return fallbacks

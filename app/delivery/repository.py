@@ -30,6 +30,7 @@ _CLAIM = text(
                   n.channel_chain, n.channel_index, n.retry_count, n.claimed_at
     )
     SELECT c.*, p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
+           p.opted_out_channels,
            a.status AS imo_status
     FROM claimed AS c
     JOIN patients AS p ON p.id = c.patient_id

@@ -5,6 +5,7 @@ provider's report on an attempt."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,6 +33,8 @@ class ClaimedNotification:
     imo_status: str | None
     # The claim's moment: a fencing token, so that a claim lost to the sweeper is not sent.
     claimed_at: datetime | None = None
+    # The channels the patient opted out of themselves ("*": all of them).
+    opted_out_channels: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)

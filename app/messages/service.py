@@ -9,9 +9,13 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.channels.inbound import IncomingMessage
+from app.config import Settings
+from app.consent import service as consent_service
+from app.consent.keywords import keyword_of
 from app.logs import mask_phone
 from app.messages import repository as message_repository
 from app.observability import INBOUND_MESSAGES
+from app.patients import service as patient_service
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +35,26 @@ class Received:
 
 
 async def receive(
-    session: AsyncSession, message: IncomingMessage, *, now: datetime | None = None
+    session: AsyncSession,
+    settings: Settings,
+    message: IncomingMessage,
+    *,
+    now: datetime | None = None,
 ) -> Received:
-    """Store an inbound message, once per provider message id. Flushes; idempotent.
+    """Store an inbound message, once per provider message id, and act on it. Flushes;
+    idempotent: a repeat changes nothing and answers nothing.
 
-    A sender matching no patient is stored unmatched (and counted), never dropped.
+    A sender matching no patient is stored unmatched (and counted), never dropped. A
+    patient's STOP, START or HELP acts on their consent and is answered.
     """
     received_at = message.received_at or now or datetime.now(UTC)
     stored = await message_repository.insert_inbound(session, message, received_at)
     if stored is None:
         INBOUND_MESSAGES.labels(message.channel, "duplicate").inc()
         return Received(message_id=None, patient_id=None)
-    matched = stored.patient_id is not None
-    INBOUND_MESSAGES.labels(message.channel, "matched" if matched else "unmatched").inc()
-    if not matched:
+    match = "unmatched" if stored.patient_id is None else "matched"
+    INBOUND_MESSAGES.labels(message.channel, match).inc()
+    if stored.patient_id is None:
         log.warning(
             "inbound message from an unknown number",
             extra={
@@ -53,4 +63,18 @@ async def receive(
                 "sender": mask_phone(message.sender_e164),
             },
         )
-    return Received(message_id=stored.id, patient_id=stored.patient_id)
+        return Received(message_id=stored.id, patient_id=None)
+    keyword = keyword_of(message.text, settings)
+    if keyword is None:
+        return Received(message_id=stored.id, patient_id=stored.patient_id)
+    patient = await patient_service.get_patient(session, stored.patient_id)
+    outcome = await consent_service.apply_keyword(
+        session,
+        settings,
+        keyword,
+        patient_id=patient.id,
+        locale=patient.locale,
+        phone=message.sender_e164,
+        channel=message.channel,
+    )
+    return Received(message_id=stored.id, patient_id=patient.id, reply=outcome.reply)

@@ -3,12 +3,14 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Index, String, func, literal_column, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, TimestampMixin
 
 CONSENT_VALUES = ("granted", "denied")
+# In `opted_out_channels`: the patient withdrew consent on every channel.
+EVERY_CHANNEL = "*"
 
 
 class Patient(TimestampMixin, Base):
@@ -56,3 +58,9 @@ class Patient(TimestampMixin, Base):
     facility_id: Mapped[str | None] = mapped_column(String(64))
     facility_name: Mapped[str | None] = mapped_column(String(200))
     reminder_consent: Mapped[str] = mapped_column(String(10))
+    # Channels on which the patient withdrew consent themselves (STOP, or a provider's
+    # opt-out error), EVERY_CHANNEL for all. The clinic's `reminder_consent` cannot
+    # override it; only the patient's START can.
+    opted_out_channels: Mapped[list[str]] = mapped_column(
+        ARRAY(String(20)), server_default=text("'{}'")
+    )

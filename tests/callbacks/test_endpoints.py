@@ -363,3 +363,79 @@ class TestTwilioInbound:
         self, client: httpx.AsyncClient, params: dict[str, str]
     ) -> None:
         assert (await inbound_post(client, params)).status_code == 400
+
+
+async def patient_at(session: AsyncSession, **overrides: Any) -> Any:
+    number = f"+88017{uuid.uuid4().int % 10**8:08d}"
+    return await make_patient(
+        session,
+        phone_numbers=[{"number": number, "type": "mobile"}],
+        mobile_e164=number,
+        **overrides,
+    )
+
+
+async def write(client: httpx.AsyncClient, number: str, text: str) -> httpx.Response:
+    params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": number, "Body": text}
+    answer: httpx.Response = await inbound_post(client, params)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+class TestConsentKeywords:
+    async def test_stop_in_bengali_opts_out_denies_unsent_and_answers_once(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await patient_at(db_session)
+        unsent = await make_notification(db_session, patient)
+        muted = await make_notification(db_session, patient, state="muted")
+        sent = await make_notification(db_session, patient, state="sent")
+        params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": patient.mobile_e164, "Body": "বন্ধ"}
+        answer = await inbound_post(client, params)
+        assert answer.status_code == 200
+        assert "<Message>আপনি আর ক্লিনিক থেকে কোনো অনুস্মারক পাবেন না" in answer.text
+        await db_session.refresh(patient)
+        assert patient.opted_out_channels == ["*"]
+        for notification, state in ((unsent, "denied"), (muted, "denied"), (sent, "sent")):
+            await db_session.refresh(notification)
+            assert notification.state == state
+        assert unsent.failure_reason == "opted out"
+        # Twilio's retry of the same message: stored once, answered not again.
+        again = await inbound_post(client, params)
+        assert again.status_code == 200 and "<Response/>" in again.text
+
+    async def test_start_restores_and_answers_in_the_patients_language(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await patient_at(db_session, locale="hi-IN", country="IN")
+        await write(client, patient.mobile_e164, "STOP")
+        answer = await write(client, patient.mobile_e164, "शुरू")
+        assert "<Message>आपको फिर से क्लिनिक से अनुस्मारक मिलेंगे" in answer.text
+        await db_session.refresh(patient)
+        assert patient.opted_out_channels == []
+
+    async def test_help_answers_and_changes_nothing(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await patient_at(db_session, locale="en")
+        unsent = await make_notification(db_session, patient)
+        answer = await write(client, patient.mobile_e164, "help")
+        assert "<Message>Visit reminders from your clinic." in answer.text
+        await db_session.refresh(patient)
+        await db_session.refresh(unsent)
+        assert (patient.opted_out_channels, unsent.state) == ([], "scheduled")
+
+    async def test_a_sentence_with_stop_in_it_is_a_message(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await patient_at(db_session)
+        answer = await write(client, patient.mobile_e164, "please stop calling my brother")
+        assert "<Response/>" in answer.text
+        await db_session.refresh(patient)
+        assert patient.opted_out_channels == []
+
+    async def test_stop_from_an_unknown_number_is_stored_and_unanswered(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        answer = await write(client, "+8801999999991", "STOP")
+        assert "<Response/>" in answer.text
