@@ -19,10 +19,7 @@ import pytest_asyncio
 
 from app.errors import ErrorResponse
 from app.main import create_app
-from tests.factories import api, api_app
 from tests.stack import Stack
-
-__all__ = ["api", "api_app"]
 
 # A renamed endpoint function renames an operation, and breaks every generated client:
 # change this list only on purpose.

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel
 
 from app import callback_urls
@@ -24,7 +24,8 @@ from app.channels.twilio_sms import (
     twiml_reply,
 )
 from app.db.session import DbSession
-from app.delivery import status as delivery_status
+from app.delivery import provider_reports
+from app.delivery.report_batcher import ReportBatcher, report_batcher
 from app.delivery.types import Report
 from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
@@ -35,6 +36,7 @@ from app.states import AttemptStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/callbacks", tags=["provider callbacks"], include_in_schema=True)
+Batcher = Annotated[ReportBatcher, Depends(report_batcher)]
 
 MAX_CALLBACK_BYTES = 64 * 1024
 
@@ -65,6 +67,17 @@ async def _fields(request: Request) -> dict[str, str]:
         return dict(parse_qsl(raw.decode(), keep_blank_values=True))
     except UnicodeDecodeError as exc:
         raise BadCallback("callback body is not text") from exc
+
+
+def _message_id(value: str | None) -> str | None:
+    """A provider's message id, refused when longer than any we store: cutting it would
+    name another message. (Other over-long fields are cut and kept whole in the raw
+    report log: see provider_reports.fitted.)"""
+    if value is not None and len(value) > provider_reports.PROVIDER_MESSAGE_ID_CHARS:
+        raise BadCallback(
+            f"message id longer than {provider_reports.PROVIDER_MESSAGE_ID_CHARS} characters"
+        )
+    return value
 
 
 _BAD_BODY: dict[int | str, dict[str, Any]] = {400: {"description": "A body that cannot be read"}}
@@ -103,7 +116,7 @@ async def imo_invitation(token: str, request: Request, session: DbSession) -> Ac
     summary="Imo: a patient read a notification",
     responses={**_BAD_BODY, **_UNKNOWN},
 )
-async def imo_read_receipt(token: str, request: Request) -> Accepted:
+async def imo_read_receipt(token: str, request: Request, batcher: Batcher) -> Accepted:
     attempt = _signer(request).verify(callback_urls.IMO_READ, token)
     if attempt is None or not attempt.isdigit():
         CALLBACKS.labels("imo", "bad_token").inc()
@@ -115,12 +128,12 @@ async def imo_read_receipt(token: str, request: Request) -> Accepted:
     report = Report(
         int(attempt),
         AttemptStatus.READ,
-        provider_message_id=fields.get("post_id") or None,
+        provider_message_id=_message_id(fields.get("post_id") or None),
         provider_status="read_receipt",
     )
     try:
-        changed = await request.app.state.reports.submit(report)
-    except delivery_status.UnknownAttempt as exc:
+        changed = await batcher.submit(report)
+    except provider_reports.UnknownAttempt as exc:
         CALLBACKS.labels("imo", "unknown_attempt").inc()
         raise NotFound("unknown message") from exc
     CALLBACKS.labels("imo", "read_receipt").inc()
@@ -149,6 +162,7 @@ def _check_twilio_signature(
 async def twilio_status(
     attempt_id: int,
     request: Request,
+    batcher: Batcher,
     x_twilio_signature: Annotated[str | None, Header()] = None,
 ) -> Accepted:
     fields = await _fields(request)
@@ -165,14 +179,14 @@ async def twilio_status(
     report = Report(
         attempt_id,
         AttemptStatus(status),
-        provider_message_id=reported.message_sid,
+        provider_message_id=_message_id(reported.message_sid),
         provider_status=reported.message_status,
         error_code=reported.error_code,
         error_message=reported.error_message,
     )
     try:
-        changed = await request.app.state.reports.submit(report)
-    except delivery_status.UnknownAttempt as exc:
+        changed = await batcher.submit(report)
+    except provider_reports.UnknownAttempt as exc:
         CALLBACKS.labels("twilio", "unknown_attempt").inc()
         raise NotFound("unknown message") from exc
     CALLBACKS.labels("twilio", status).inc()

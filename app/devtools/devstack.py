@@ -237,10 +237,14 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
                 break
             stack.stopping.wait(0.25)
     finally:
-        console.print("Stopping...")
-        stack.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # The children first, whatever printing does: they need the embedded servers
+        # that `run` stops after this.
+        try:
+            console.print("Stopping...")
+        finally:
+            stack.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return exit_code
 
 

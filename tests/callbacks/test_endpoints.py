@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,15 +13,21 @@ import pytest_asyncio
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
-from app.main import create_app
-from app.models import DeliveryAttempt, ImoAuthorization, Message, Notification
+from app.delivery.report_batcher import ReportBatcher
+from app.models import (
+    DeliveryAttempt,
+    DeliveryReport,
+    ImoAuthorization,
+    Message,
+    Notification,
+)
 from app.security import TokenSigner
-from tests.factories import api_client, make_notification, make_patient
+from tests.factories import make_notification, make_patient, running_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -31,19 +38,13 @@ SIGNER = TokenSigner(SETTINGS.secret_key.get_secret_value())
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def callback_app() -> AsyncIterator[FastAPI]:
-    # Built here: the database URL is known only once the session's services run.
-    app = create_app(Settings(app_env="test", twilio_auth_token=TOKEN, public_base_url=BASE))
-    async with app.router.lifespan_context(app):
+async def api_app() -> AsyncIterator[FastAPI]:
+    """The app with a Twilio token and a public URL, so that signatures can be checked.
+    Built here: the database URL is known only once the session's services run."""
+    async with running_app(
+        Settings(app_env="test", twilio_auth_token=TOKEN, public_base_url=BASE)
+    ) as app:
         yield app
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def client(
-    callback_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(callback_app, db_sessionmaker) as c:
-        yield c
 
 
 async def sent_attempt(
@@ -73,13 +74,13 @@ async def states(
 
 
 def twilio_post(
-    client: httpx.AsyncClient, attempt_id: int, params: dict[str, str], *, sign: bool = True
+    api: httpx.AsyncClient, attempt_id: int, params: dict[str, str], *, sign: bool = True
 ) -> Any:
     path = f"/callbacks/twilio/status/{attempt_id}"
     headers = {}
     if sign:
         headers["X-Twilio-Signature"] = twilio_signature.sign(TOKEN, BASE + path, params)
-    return client.post(path, data=params, headers=headers)
+    return api.post(path, data=params, headers=headers)
 
 
 def status_params(sid: str, status: str, **extra: str) -> dict[str, str]:
@@ -88,56 +89,56 @@ def status_params(sid: str, status: str, **extra: str) -> dict[str, str]:
 
 class TestImoReadReceipt:
     async def test_marks_attempt_and_notification_read_once(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, "imo", provider_message_id="post-1")
         url = callback_urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
-        first = await client.post(url, json={"event": "read_receipt", "post_id": "post-1"})
+        first = await api.post(url, json={"event": "read_receipt", "post_id": "post-1"})
         assert first.status_code == 200 and first.json() == {"status": "ok", "changed": True}
         assert await states(db_session, notification, attempt) == ("read", "read")
         assert notification.read_at is not None and attempt.read_at is not None
         # Imo repeats itself; a repeat is a 200 that changes nothing.
-        again = await client.post(url, data={"event": "read_receipt", "post_id": "post-1"})
+        again = await api.post(url, data={"event": "read_receipt", "post_id": "post-1"})
         assert again.status_code == 200 and again.json()["changed"] is False
 
     async def test_forged_or_misused_tokens_are_404_and_change_nothing(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, "imo")
         body = {"event": "read_receipt", "post_id": "x"}
         other_purpose = SIGNER.sign(callback_urls.IMO_INVITATION, str(attempt.id))
         forged = TokenSigner("another key").sign(callback_urls.IMO_READ, str(attempt.id))
         for token in (other_purpose, forged, "garbage", f"{attempt.id}"):
-            answer = await client.post(f"/callbacks/imo/notifications/{token}", json=body)
+            answer = await api.post(f"/callbacks/imo/notifications/{token}", json=body)
             assert answer.status_code == 404, token
         assert await states(db_session, notification, attempt) == ("sent", "sent")
 
     async def test_a_post_id_of_another_message_is_refused(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, "imo", provider_message_id="mine")
         url = callback_urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
-        answer = await client.post(url, json={"event": "read_receipt", "post_id": "theirs"})
+        answer = await api.post(url, json={"event": "read_receipt", "post_id": "theirs"})
         assert answer.status_code == 404
         assert await states(db_session, notification, attempt) == ("sent", "sent")
 
     async def test_unknown_event_or_garbage_is_400(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         _, attempt = await sent_attempt(db_session, "imo")
         url = callback_urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
-        assert (await client.post(url, json={"event": "delivered"})).status_code == 400
-        garbage = await client.post(url, content=b"{not json", headers={"content-type": "x"})
+        assert (await api.post(url, json={"event": "delivered"})).status_code == 400
+        garbage = await api.post(url, content=b"{not json", headers={"content-type": "x"})
         assert garbage.status_code == 400
         assert garbage.json()["error"]["code"] == "bad_callback"
 
     async def test_an_oversized_body_is_413_and_changes_nothing(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, "imo")
         url = callback_urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
         padding = "x" * (64 * 1024)
-        answer = await client.post(url, json={"event": "read_receipt", "padding": padding})
+        answer = await api.post(url, json={"event": "read_receipt", "padding": padding})
         assert answer.status_code == 413
         assert answer.json()["error"]["code"] == "payload_too_large"
         assert await states(db_session, notification, attempt) == ("sent", "sent")
@@ -145,7 +146,7 @@ class TestImoReadReceipt:
 
 class TestImoInvitation:
     async def test_accept_subscribes_the_patient_idempotently(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await make_patient(db_session)
         url = callback_urls.imo_invitation_url(SETTINGS, SIGNER, patient.id).removeprefix(BASE)
@@ -153,7 +154,7 @@ class TestImoInvitation:
             {"json": {"event": "accept_invite"}},
             {"data": {"event": "accept_invite"}},
         ):
-            answer = await client.post(url, **encoding)  # type: ignore[arg-type]
+            answer = await api.post(url, **encoding)  # type: ignore[arg-type]
             assert answer.status_code == 200
         authorization = await db_session.scalar(
             select(ImoAuthorization).where(ImoAuthorization.patient_id == patient.id)
@@ -162,13 +163,13 @@ class TestImoInvitation:
         assert authorization.subscribed_at is not None
 
     async def test_a_token_for_another_patient_cannot_be_made(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await make_patient(db_session)
         token = SIGNER.sign(callback_urls.IMO_INVITATION, patient.id)
         _, mac = token.split(".")
         other = TokenSigner("x").sign(callback_urls.IMO_INVITATION, "someone-else").split(".")[0]
-        answer = await client.post(
+        answer = await api.post(
             f"/callbacks/imo/invitations/{other}.{mac}", json={"event": "accept_invite"}
         )
         assert answer.status_code == 404
@@ -176,17 +177,17 @@ class TestImoInvitation:
 
 class TestTwilioStatus:
     async def test_delivered_with_a_valid_signature(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, provider_message_id="SM1")
-        answer = await twilio_post(client, attempt.id, status_params("SM1", "delivered"))
+        answer = await twilio_post(api, attempt.id, status_params("SM1", "delivered"))
         assert answer.status_code == 200
         assert await states(db_session, notification, attempt) == ("delivered", "delivered")
         assert attempt.provider_status == "delivered"
 
     @pytest.mark.parametrize("signature", [None, "bad", "tampered"])
     async def test_bad_or_missing_signature_is_403_and_changes_nothing(
-        self, client: httpx.AsyncClient, db_session: AsyncSession, signature: str | None
+        self, api: httpx.AsyncClient, db_session: AsyncSession, signature: str | None
     ) -> None:
         notification, attempt = await sent_attempt(db_session, provider_message_id="SM1")
         params = status_params("SM1", "delivered")
@@ -198,64 +199,62 @@ class TestTwilioStatus:
             headers["X-Twilio-Signature"] = twilio_signature.sign(
                 TOKEN, BASE + path, {**params, "MessageStatus": "failed"}
             )
-        answer = await client.post(path, data=params, headers=headers)
+        answer = await api.post(path, data=params, headers=headers)
         assert answer.status_code == 403
         assert await states(db_session, notification, attempt) == ("sent", "sent")
 
     async def test_out_of_order_callbacks_never_go_backwards(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, provider_message_id="SM1")
         for status in ("delivered", "sent", "queued", "undelivered", "delivered"):
-            answer = await twilio_post(client, attempt.id, status_params("SM1", status))
+            answer = await twilio_post(api, attempt.id, status_params("SM1", status))
             assert answer.status_code == 200
         assert await states(db_session, notification, attempt) == ("delivered", "delivered")
 
     async def test_undelivered_on_the_last_channel_fails_with_the_reason(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, provider_message_id="SM1")
         params = status_params("SM1", "undelivered", ErrorCode="30003")
-        assert (await twilio_post(client, attempt.id, params)).status_code == 200
+        assert (await twilio_post(api, attempt.id, params)).status_code == 200
         assert await states(db_session, notification, attempt) == ("failed", "failed")
         assert attempt.error_code == "30003"
         assert notification.failure_reason is not None and "sms" in notification.failure_reason
 
     async def test_failure_with_a_channel_left_falls_back(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(
             db_session, provider_message_id="SM1", chain=["sms", "whatsapp"]
         )
-        assert (await twilio_post(client, attempt.id, status_params("SM1", "failed"))).is_success
+        assert (await twilio_post(api, attempt.id, status_params("SM1", "failed"))).is_success
         await db_session.refresh(notification)
         assert (notification.state, notification.channel_index) == ("scheduled", 1)
 
     async def test_unknown_attempt_or_other_message_is_404(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         _, attempt = await sent_attempt(db_session, provider_message_id="SM1")
-        assert (
-            await twilio_post(client, 987654321, status_params("SM1", "sent"))
-        ).status_code == 404
-        other = await twilio_post(client, attempt.id, status_params("SM-other", "delivered"))
+        assert (await twilio_post(api, 987654321, status_params("SM1", "sent"))).status_code == 404
+        other = await twilio_post(api, attempt.id, status_params("SM-other", "delivered"))
         assert other.status_code == 404
 
     async def test_unknown_status_is_accepted_and_ignored(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, provider_message_id="SM1")
-        answer = await twilio_post(client, attempt.id, status_params("SM1", "teleported"))
+        answer = await twilio_post(api, attempt.id, status_params("SM1", "teleported"))
         assert answer.status_code == 200 and answer.json()["changed"] is False
         assert await states(db_session, notification, attempt) == ("sent", "sent")
 
 
-def inbound_post(client: httpx.AsyncClient, params: dict[str, str], *, sign: bool = True) -> Any:
+def inbound_post(api: httpx.AsyncClient, params: dict[str, str], *, sign: bool = True) -> Any:
     path = "/callbacks/twilio/inbound"
     headers = {}
     if sign:
         headers["X-Twilio-Signature"] = twilio_signature.sign(TOKEN, BASE + path, params)
-    return client.post(path, data=params, headers=headers)
+    return api.post(path, data=params, headers=headers)
 
 
 def inbound_count(channel: str, match: str) -> float:
@@ -270,14 +269,14 @@ async def stored(session: AsyncSession, sid: str) -> list[Message]:
 
 class TestTwilioInbound:
     async def test_a_patients_sms_is_stored_matched(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         number = f"+88017{uuid.uuid4().int % 10**8:08d}"
         patient = await make_patient(
             db_session, phone_numbers=[{"number": number, "type": "mobile"}], mobile_e164=number
         )
         sid = f"SM{uuid.uuid4().hex}"
-        answer = await inbound_post(client, {"MessageSid": sid, "From": number, "Body": "hello"})
+        answer = await inbound_post(api, {"MessageSid": sid, "From": number, "Body": "hello"})
         assert answer.status_code == 200 and "<Response/>" in answer.text
         [message] = await stored(db_session, sid)
         assert (message.direction, message.channel, message.patient_id) == ("in", "sms", patient.id)
@@ -285,7 +284,7 @@ class TestTwilioInbound:
         assert message.received_at is not None
 
     async def test_any_number_of_the_patient_matches(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         landline = f"+88029{uuid.uuid4().int % 10**7:07d}"
         patient = await make_patient(
@@ -296,16 +295,16 @@ class TestTwilioInbound:
             ],
         )
         sid = f"SM{uuid.uuid4().hex}"
-        await inbound_post(client, {"MessageSid": sid, "From": landline, "Body": "x"})
+        await inbound_post(api, {"MessageSid": sid, "From": landline, "Body": "x"})
         assert [m.patient_id for m in await stored(db_session, sid)] == [patient.id]
 
     async def test_an_unknown_number_is_stored_unmatched_and_counted(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         before = inbound_count("sms", "unmatched")
         sid = f"SM{uuid.uuid4().hex}"
         answer = await inbound_post(
-            client, {"MessageSid": sid, "From": "+8801999999990", "Body": "who is this"}
+            api, {"MessageSid": sid, "From": "+8801999999990", "Body": "who is this"}
         )
         assert answer.status_code == 200
         [message] = await stored(db_session, sid)
@@ -313,28 +312,28 @@ class TestTwilioInbound:
         assert inbound_count("sms", "unmatched") == before + 1
 
     async def test_a_repeated_webhook_stores_one_message(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": "+8801711000003", "Body": "hi"}
         before = inbound_count("sms", "duplicate")
         for _ in range(3):
-            assert (await inbound_post(client, params)).status_code == 200
+            assert (await inbound_post(api, params)).status_code == 200
         assert len(await stored(db_session, params["MessageSid"])) == 1
         assert inbound_count("sms", "duplicate") == before + 2
 
     async def test_a_forged_webhook_is_a_403_and_stores_nothing(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": "+8801711000003", "Body": "hi"}
-        assert (await inbound_post(client, params, sign=False)).status_code == 403
+        assert (await inbound_post(api, params, sign=False)).status_code == 403
         path = "/callbacks/twilio/inbound"
         forged = twilio_signature.sign("another-token", BASE + path, params)
-        answer = await client.post(path, data=params, headers={"X-Twilio-Signature": forged})
+        answer = await api.post(path, data=params, headers={"X-Twilio-Signature": forged})
         assert answer.status_code == 403
         assert await stored(db_session, params["MessageSid"]) == []
 
     async def test_media_are_kept_by_reference(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         sid = f"MM{uuid.uuid4().hex}"
         media_url = f"https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/{sid}/Media/ME42"
@@ -346,7 +345,7 @@ class TestTwilioInbound:
             "MediaContentType0": "image/jpeg",
             "MediaUrl0": media_url,
         }
-        assert (await inbound_post(client, params)).status_code == 200
+        assert (await inbound_post(api, params)).status_code == 200
         [message] = await stored(db_session, sid)
         assert message.channel == "whatsapp" and message.phone_e164 == "+8801711000003"
         assert message.media == [{"type": "image/jpeg", "provider_media_id": "ME42"}]
@@ -360,9 +359,59 @@ class TestTwilioInbound:
         ],
     )
     async def test_an_unreadable_message_is_a_400(
-        self, client: httpx.AsyncClient, params: dict[str, str]
+        self, api: httpx.AsyncClient, params: dict[str, str]
     ) -> None:
-        assert (await inbound_post(client, params)).status_code == 400
+        assert (await inbound_post(api, params)).status_code == 400
+
+
+class TestOneBadReportInABatch:
+    """Regression (issue 11, item 6): a signed status with a 60-character ErrorCode made
+    its 39 batch-mates answer 500 too."""
+
+    async def test_fails_alone_and_its_over_long_error_code_is_cut_and_kept_whole(
+        self, api: httpx.AsyncClient, api_app: FastAPI, db_session: AsyncSession
+    ) -> None:
+        attempts = [
+            (await sent_attempt(db_session, provider_message_id=f"SM{i}"))[1] for i in range(40)
+        ]
+        long_code = "3" * 60
+        # One batch of all 40, for sure: it closes when the 40th arrives.
+        batcher = ReportBatcher(lambda: api_app.state.sessionmaker, max_batch=40, max_wait=5)
+        original, api_app.state.report_batcher = api_app.state.report_batcher, batcher
+        batcher.start()
+        try:
+            answers = await asyncio.gather(
+                *(
+                    twilio_post(
+                        api,
+                        attempt.id,
+                        status_params(f"SM{i}", "undelivered", ErrorCode=long_code)
+                        if i == 7
+                        else status_params(f"SM{i}", "delivered"),
+                    )
+                    for i, attempt in enumerate(attempts)
+                )
+            )
+        finally:
+            await batcher.stop()
+            api_app.state.report_batcher = original
+        assert [answer.status_code for answer in answers] == [200] * 40
+        for i, attempt in enumerate(attempts):
+            await db_session.refresh(attempt)
+            assert attempt.status == ("failed" if i == 7 else "delivered")
+        assert attempts[7].error_code == long_code[:50]
+        kept = await db_session.scalar(
+            select(DeliveryReport.error_code).where(DeliveryReport.attempt_id == attempts[7].id)
+        )
+        assert kept == long_code
+
+    async def test_a_message_id_longer_than_any_stored_is_a_400(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        notification, attempt = await sent_attempt(db_session)
+        answer = await twilio_post(api, attempt.id, status_params("S" * 101, "delivered"))
+        assert answer.status_code == 400
+        assert await states(db_session, notification, attempt) == ("sent", "sent")
 
 
 async def patient_at(session: AsyncSession, **overrides: Any) -> Any:
@@ -375,23 +424,23 @@ async def patient_at(session: AsyncSession, **overrides: Any) -> Any:
     )
 
 
-async def write(client: httpx.AsyncClient, number: str, text: str) -> httpx.Response:
+async def write(api: httpx.AsyncClient, number: str, text: str) -> httpx.Response:
     params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": number, "Body": text}
-    answer: httpx.Response = await inbound_post(client, params)
+    answer: httpx.Response = await inbound_post(api, params)
     assert answer.status_code == 200, answer.text
     return answer
 
 
 class TestConsentKeywords:
     async def test_stop_in_bengali_opts_out_denies_unsent_and_answers_once(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await patient_at(db_session)
         unsent = await make_notification(db_session, patient)
         muted = await make_notification(db_session, patient, state="muted")
         sent = await make_notification(db_session, patient, state="sent")
         params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": patient.mobile_e164, "Body": "বন্ধ"}
-        answer = await inbound_post(client, params)
+        answer = await inbound_post(api, params)
         assert answer.status_code == 200
         assert "<Message>আপনি আর ক্লিনিক থেকে কোনো অনুস্মারক পাবেন না" in answer.text
         await db_session.refresh(patient)
@@ -401,41 +450,41 @@ class TestConsentKeywords:
             assert notification.state == state
         assert unsent.failure_reason == "opted out"
         # Twilio's retry of the same message: stored once, answered not again.
-        again = await inbound_post(client, params)
+        again = await inbound_post(api, params)
         assert again.status_code == 200 and "<Response/>" in again.text
 
     async def test_start_restores_and_answers_in_the_patients_language(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await patient_at(db_session, locale="hi-IN", country="IN")
-        await write(client, patient.mobile_e164, "STOP")
-        answer = await write(client, patient.mobile_e164, "शुरू")
+        await write(api, patient.mobile_e164, "STOP")
+        answer = await write(api, patient.mobile_e164, "शुरू")
         assert "<Message>आपको फिर से क्लिनिक से अनुस्मारक मिलेंगे" in answer.text
         await db_session.refresh(patient)
         assert patient.opted_out_channels == []
 
     async def test_help_answers_and_changes_nothing(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await patient_at(db_session, locale="en")
         unsent = await make_notification(db_session, patient)
-        answer = await write(client, patient.mobile_e164, "help")
+        answer = await write(api, patient.mobile_e164, "help")
         assert "<Message>Visit reminders from your clinic." in answer.text
         await db_session.refresh(patient)
         await db_session.refresh(unsent)
         assert (patient.opted_out_channels, unsent.state) == ([], "scheduled")
 
     async def test_a_sentence_with_stop_in_it_is_a_message(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await patient_at(db_session)
-        answer = await write(client, patient.mobile_e164, "please stop calling my brother")
+        answer = await write(api, patient.mobile_e164, "please stop calling my brother")
         assert "<Response/>" in answer.text
         await db_session.refresh(patient)
         assert patient.opted_out_channels == []
 
     async def test_stop_from_an_unknown_number_is_stored_and_unanswered(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+        self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        answer = await write(client, "+8801999999991", "STOP")
+        answer = await write(api, "+8801999999991", "STOP")
         assert "<Response/>" in answer.text
