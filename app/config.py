@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     consent_help_keywords: Annotated[list[str], NoDecode] = ["HELP", "সাহায্য", "मदद", "सहायता"]
     # A STOP withdraws consent on every channel (`all`) or on the one it came by.
     opt_out_scope: Literal["all", "channel"] = "all"
+    # A conversation with no message either way for this many days is closed.
+    conversation_idle_days: int = Field(default=14, ge=1)
 
     sentry_dsn: str = ""
     allowed_recipients: Annotated[list[str], NoDecode] = []

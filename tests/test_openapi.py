@@ -60,6 +60,9 @@ OPERATION_IDS = {
     "POST /v1/imo/invitations/run": "start_imo_invitation_round",
     "GET /v1/imo/invitations/runs/{run_id}": "get_imo_invitation_round",
     "GET /v1/imo/authorizations/summary": "get_imo_authorization_summary",
+    "POST /v1/conversations": "open_conversation",
+    "GET /v1/conversations/{conversation_id}": "get_conversation",
+    "POST /v1/conversations/{conversation_id}/close": "close_conversation",
 }
 
 

@@ -12,8 +12,10 @@ from app.channels.inbound import IncomingMessage
 from app.config import Settings
 from app.consent import service as consent_service
 from app.consent.keywords import keyword_of
+from app.conversations import service as conversation_service
 from app.logs import mask_phone
 from app.messages import repository as message_repository
+from app.models import Message
 from app.observability import INBOUND_MESSAGES
 from app.patients import service as patient_service
 
@@ -45,7 +47,8 @@ async def receive(
     idempotent: a repeat changes nothing and answers nothing.
 
     A sender matching no patient is stored unmatched (and counted), never dropped. A
-    patient's STOP, START or HELP acts on their consent and is answered.
+    patient's STOP, START or HELP acts on their consent and is answered; anything else
+    is filed on its conversation, or the patient is asked which (the reply).
     """
     received_at = message.received_at or now or datetime.now(UTC)
     stored = await message_repository.insert_inbound(session, message, received_at)
@@ -64,10 +67,13 @@ async def receive(
             },
         )
         return Received(message_id=stored.id, patient_id=None)
+    patient = await patient_service.get_patient(session, stored.patient_id)
     keyword = keyword_of(message.text, settings)
     if keyword is None:
-        return Received(message_id=stored.id, patient_id=stored.patient_id)
-    patient = await patient_service.get_patient(session, stored.patient_id)
+        row = await session.get(Message, stored.id)
+        assert row is not None
+        reply = await conversation_service.route_reply(session, patient, row, now=received_at)
+        return Received(message_id=stored.id, patient_id=patient.id, reply=reply)
     outcome = await consent_service.apply_keyword(
         session,
         settings,

@@ -2,6 +2,7 @@
 
 from app.models.api_key import ApiKey
 from app.models.appointment import Appointment
+from app.models.conversation import Conversation, ConversationRouting
 from app.models.delivery_report import DeliveryReport
 from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
@@ -19,6 +20,8 @@ from app.models.template import Template
 __all__ = [
     "ApiKey",
     "Appointment",
+    "Conversation",
+    "ConversationRouting",
     "DeliveryAttempt",
     "DeliveryReport",
     "Experiment",
