@@ -54,6 +54,7 @@ def v1_router() -> APIRouter:
     router.include_router(experiment_endpoints.router)
     router.include_router(imo_endpoints.router)
     router.include_router(conversation_endpoints.router)
+    router.include_router(conversation_endpoints.patient_router)
     return router
 
 

@@ -63,6 +63,8 @@ OPERATION_IDS = {
     "POST /v1/conversations": "open_conversation",
     "GET /v1/conversations/{conversation_id}": "get_conversation",
     "POST /v1/conversations/{conversation_id}/close": "close_conversation",
+    "POST /v1/conversations/{conversation_id}/messages": "write_message",
+    "GET /v1/patients/{patient_id}/messages": "list_patient_messages",
 }
 
 

@@ -82,6 +82,30 @@ async def exchange_page(
     return [(row[0], row[1]) for row in await session.execute(query)]
 
 
+async def patient_page(
+    session: AsyncSession,
+    patient_id: str,
+    before: tuple[datetime, int] | None,
+    limit: int,
+) -> Sequence[tuple[Message, str | None]]:
+    """A patient's messages, newest first (ix_messages_patient_received), with each
+    outgoing message's notification state; `limit + 1` rows before the key `before`."""
+    query = (
+        select(Message, Notification.state)
+        .outerjoin(Notification, Notification.id == Message.notification_id)
+        .where(Message.patient_id == patient_id)
+        .order_by(Message.received_at.desc(), Message.id.desc())
+        .limit(limit + 1)
+    )
+    if before is not None:
+        query = query.where(
+            text("(messages.received_at, messages.id) < (:before_at, :before_id)").bindparams(
+                before_at=before[0], before_id=before[1]
+            )
+        )
+    return [(row[0], row[1]) for row in await session.execute(query)]
+
+
 _CLOSE_IDLE = text(
     """
     UPDATE conversations SET state = 'closed', closed_at = :now, close_reason = 'idle',

@@ -85,6 +85,23 @@ class MessageOut(BaseModel):
         )
 
 
+class StaffMessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=500)
+    broadcast_to: list[Literal["patient"]] = Field(
+        default_factory=list,
+        max_length=1,
+        description="Empty: a note for staff only. `patient`: sent to the patient as a "
+        "notification, through the same rules as any other.",
+    )
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut] = Field(description="Both ways, newest first")
+    next_cursor: str | None
+
+
 class ConversationExchange(BaseModel):
     conversation: ConversationOut
     messages: list[MessageOut] = Field(description="Both ways, oldest first")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -26,14 +27,20 @@ from app.conversations.routing import (
     numbered_list,
     snippet,
 )
-from app.errors import InvalidInput, NotFound, field_error
+from app.errors import Conflict, InvalidInput, NotFound, field_error
 from app.models import Conversation, ConversationRouting, Message, Patient
 from app.models.conversation import ConversationState
+from app.models.message import Direction
+from app.notifications import service as notification_service
+from app.notifications.schemas import NotificationIn
 from app.templates import service as template_service
 
 log = logging.getLogger(__name__)
 
 IDLE_CLOSE_BATCH = 1000
+# Staff messages to patients travel as notifications of this purpose and template.
+STAFF_MESSAGE_PURPOSE = "conversation"
+STAFF_MESSAGE_TEMPLATE = "conversation.staff_message"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,68 @@ async def close(
         conversation.close_reason = "api"
         await session.flush()
     return conversation
+
+
+async def write(
+    session: AsyncSession,
+    settings: Settings,
+    conversation_id: uuid.UUID,
+    text: str,
+    broadcast_to: Sequence[str],
+    *,
+    now: datetime | None = None,
+) -> tuple[Message, str | None]:
+    """Staff write on a conversation -> the message and its notification's state.
+
+    Without `broadcast_to` it is a note for staff only. With `patient` it goes to the
+    patient as a notification (template `conversation.staff_message`), through the
+    dispatcher like any other: consent, opt-outs, window, allow-list, channel chain.
+    Raises NotFound, or Conflict for a closed conversation. Flushes.
+    """
+    now = now or datetime.now(UTC)
+    conversation = await get(session, conversation_id)
+    if conversation.state != ConversationState.OPEN:
+        raise Conflict("the conversation is closed: open a new one")
+    notification = None
+    if "patient" in broadcast_to:
+        notification, _ = await notification_service.schedule(
+            session,
+            NotificationIn(
+                patient_id=conversation.patient_id,
+                purpose=STAFF_MESSAGE_PURPOSE,
+                template=STAFF_MESSAGE_TEMPLATE,
+                variables={"text": text},
+            ),
+            settings,
+            now=now,
+        )
+    message = Message(
+        direction=Direction.OUT,
+        patient_id=conversation.patient_id,
+        conversation_id=conversation.id,
+        text=text,
+        media=[],
+        received_at=now,
+        audience="patient" if notification is not None else "note",
+        notification_id=notification.id if notification is not None else None,
+    )
+    session.add(message)
+    conversation.last_activity_at = now
+    await session.flush()
+    return message, notification.state if notification is not None else None
+
+
+async def patient_messages(
+    session: AsyncSession, patient_id: str, cursor: str | None, limit: int
+) -> tuple[list[tuple[Message, str | None]], str | None]:
+    """A patient's messages both ways, newest first. Raises NotFound, InvalidInput."""
+    if await session.get(Patient, patient_id) is None:
+        raise NotFound(f"no patient '{patient_id}'")
+    before = pagination.decode(cursor, datetime, int) if cursor else None
+    rows = await conversation_repository.patient_page(
+        session, patient_id, (before[0], before[1]) if before else None, limit
+    )
+    return pagination.split(rows, limit, lambda r: (r[0].received_at, r[0].id))
 
 
 async def close_idle(session: AsyncSession, settings: Settings, now: datetime) -> list[uuid.UUID]:
