@@ -119,7 +119,9 @@ class Dispatcher:
         """Claim and handle one batch; returns how many notifications were claimed."""
         async with self.sessionmaker() as session:
             claimed = await delivery_repository.claim_due(
-                session, self.settings.dispatch_batch_size
+                session,
+                self.settings.dispatch_batch_size,
+                no_whatsapp_days=self.settings.whatsapp_retry_no_account_days,
             )
             await session.commit()
         if not claimed:
@@ -176,6 +178,7 @@ class Dispatcher:
         fallbacks: list[_Send] = []
         downgrades: dict[str, str] = {}
         opt_outs: dict[str, str] = {}
+        no_whatsapp: list[uuid.UUID] = []
         for send, answer in zip(sends, answers, strict=True):
             n = send.notification
             if isinstance(answer, _NotSent):
@@ -233,6 +236,8 @@ class Dispatcher:
             opted_out = policy.provider_opt_out(send.channel, answer)
             if opted_out:
                 opt_outs[n.patient_id] = opted_out
+            if policy.no_whatsapp_account(send.channel, answer):
+                no_whatsapp.append(n.id)
             following = policy.after_error(
                 n, send.step, answer, now=now, window=self.window, settings=self.settings
             )
@@ -257,6 +262,7 @@ class Dispatcher:
             )
             await delivery_repository.downgrade_imo(session, downgrades)
             await consent_service.record_provider_opt_outs(session, opt_outs)
+            await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
 
         await self._retrying(write_back)
         return fallbacks
@@ -412,6 +418,8 @@ class Dispatcher:
                 self.settings, self.signer, attempt_id
             )
         else:
+            # The Cloud API reports on the app's one webhook instead, naming the attempt
+            # by `status_reference`; Twilio, SMS or WhatsApp, calls this URL.
             callback_url = callback_urls.twilio_status_url(self.settings, attempt_id)
         return OutgoingMessage(
             phone_e164=n.mobile_e164,
@@ -423,6 +431,8 @@ class Dispatcher:
             action=self.settings.imo_action_label if self.settings.imo_action_url else "",
             action_url=self.settings.imo_action_url,
             reference=str(n.id),
+            status_reference=str(attempt_id),
+            whatsapp_template=n.whatsapp_template,
         )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from app.channels.base import WhatsAppTemplateMessage
 from app.states import AttemptStatus, NotificationState
 
 
@@ -35,6 +36,10 @@ class ClaimedNotification:
     claimed_at: datetime | None = None
     # The channels the patient opted out of themselves ("*": all of them).
     opted_out_channels: Sequence[str] = ()
+    # WhatsApp said lately that this number has no account (WHATSAPP_RETRY_NO_ACCOUNT_DAYS).
+    whatsapp_unavailable: bool = False
+    # The reminder's template as a WhatsApp template, its parameters filled in, if mapped.
+    whatsapp_template: WhatsAppTemplateMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)

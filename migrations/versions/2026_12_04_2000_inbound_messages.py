@@ -2,7 +2,7 @@
 by number or kept unmatched, one row per provider message id
 
 Revision ID: 20261204_inbound_messages
-Revises: 20261204_delivery_reports
+Revises: 20261204_whatsapp
 Create Date: 2026-12-04 20:00:00+00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "20261204_inbound_messages"
-down_revision: str | None = "20261204_delivery_reports"
+down_revision: str | None = "20261204_whatsapp"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
