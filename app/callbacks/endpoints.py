@@ -262,8 +262,13 @@ async def whatsapp_verify(
 async def whatsapp_statuses(
     request: Request,
     batcher: Batcher,
+    session: DbSession,
     x_hub_signature_256: Annotated[str | None, Header()] = None,
 ) -> Accepted:
+    """Statuses go to the report batcher; patients' messages are stored (once per
+    message id) and acted on like any inbound message. An answer the service has for the
+    patient (a consent confirmation, the numbered list) is logged, not sent: the Cloud
+    API takes no answer in the webhook's response."""
     raw = await _body(request)
     secret = request.app.state.settings.whatsapp_app_secret.get_secret_value()
     if not whatsapp.signature_is_valid(secret, raw, x_hub_signature_256 or ""):
@@ -271,6 +276,7 @@ async def whatsapp_statuses(
         raise Forbidden("invalid X-Hub-Signature-256")
     try:
         statuses = whatsapp.parse_statuses(raw)
+        incoming = whatsapp.parse_messages(raw)
     except ValueError as exc:
         raise BadCallback(str(exc)) from exc
     reports = []
@@ -296,6 +302,18 @@ async def whatsapp_statuses(
     if not await _first_time(request, replay_key):
         CALLBACKS.labels("whatsapp", "replayed").inc()
         raise Forbidden("this webhook was accepted before")
+    try:
+        for message in incoming:
+            received = await message_service.receive(session, request.app.state.settings, message)
+            CALLBACKS.labels("whatsapp", "inbound").inc()
+            if received.reply:
+                log.warning(
+                    "an answer to a WhatsApp Cloud message was not sent",
+                    extra={"message_id": received.message_id},
+                )
+    except BaseException:
+        await _forget(request, replay_key)
+        raise
     results = await asyncio.gather(
         *(batcher.submit(report) for report in reports), return_exceptions=True
     )
