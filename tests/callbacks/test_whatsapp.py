@@ -13,6 +13,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import observability
 from app.channels import whatsapp
 from app.config import Settings
 from app.main import create_app
@@ -161,18 +162,31 @@ class TestStatuses:
         patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
         assert patient is not None and patient.whatsapp_no_account_at is not None
 
-    async def test_a_refused_template_fails_the_notification_without_fallback(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+    async def test_a_refused_template_fails_without_fallback_and_sentry_hears_once(
+        self,
+        client: httpx.AsyncClient,
+        db_session: AsyncSession,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        notification, attempt = await whatsapp_attempt(db_session, "wamid.C1")
-        failed = status(attempt, "failed", errors=[{"code": 132001, "title": "Template missing"}])
-        assert (await post(client, webhook(failed))).status_code == 200
+        heard: list[str] = []
+        monkeypatch.setattr(observability, "_REJECTED_TEMPLATES", set())
+        monkeypatch.setattr(
+            observability.sentry_sdk, "capture_message", lambda m, **_: heard.append(m)
+        )
+        pairs = [await whatsapp_attempt(db_session, f"wamid.C{i}") for i in range(2)]
+        for _, attempt in pairs:
+            failed = status(attempt, "failed", errors=[{"code": 132001, "title": "Missing"}])
+            assert (await post(client, webhook(failed))).status_code == 200
 
-        await db_session.refresh(notification)
-        assert notification.state == "failed"
-        assert "template" in (notification.failure_reason or "")
-        patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
-        assert patient is not None and patient.whatsapp_no_account_at is None
+        for notification, _ in pairs:
+            await db_session.refresh(notification)
+            assert notification.state == "failed"
+            assert "template" in (notification.failure_reason or "")
+            patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
+            assert patient is not None and patient.whatsapp_no_account_at is None
+        # The notifications' template has no WhatsApp mapping here: named by key/locale.
+        assert len(heard) == 1
+        assert "appointment_reminder.basic/bn-BD" in heard[0] and "132001" in heard[0]
 
     async def test_statuses_not_ours_or_unknown_are_skipped(
         self, client: httpx.AsyncClient, db_session: AsyncSession
