@@ -16,10 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import observability
 from app.channels import whatsapp
 from app.config import Settings
-from app.main import create_app
 from app.models import DeliveryAttempt, Notification, Patient
-from tests.callbacks.test_endpoints import sent_attempt, states
-from tests.factories import api_client
+from tests.callbacks.test_endpoints import (
+    BASE,
+    TOKEN,
+    sent_attempt,
+    states,
+    status_params,
+    twilio_post,
+)
+from tests.factories import api_client, running_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -29,9 +35,14 @@ VERIFY = "callback-test-verify-token"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def whatsapp_app() -> AsyncIterator[FastAPI]:
-    settings = Settings(app_env="test", whatsapp_app_secret=SECRET, whatsapp_verify_token=VERIFY)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    settings = Settings(
+        app_env="test",
+        whatsapp_app_secret=SECRET,
+        whatsapp_verify_token=VERIFY,
+        twilio_auth_token=TOKEN,
+        public_base_url=BASE,
+    )
+    async with running_app(settings) as app:
         yield app
 
 
@@ -202,6 +213,26 @@ class TestStatuses:
     async def test_a_body_that_is_not_a_webhook_is_400(self, client: httpx.AsyncClient) -> None:
         answer = await post(client, b'{"object": "page"}')
         assert answer.status_code == 400
+
+
+class TestThroughTwilio:
+    """WhatsApp through Twilio reports on Twilio's status callback, `read` included."""
+
+    async def test_read_and_not_on_whatsapp(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        notification, attempt = await whatsapp_attempt(db_session, "SM" + "1" * 32)
+        answer = await twilio_post(client, attempt.id, status_params("SM" + "1" * 32, "read"))
+        assert answer.status_code == 200, answer.text
+        assert await states(db_session, notification, attempt) == ("read", "read")
+
+        notification, attempt = await whatsapp_attempt(db_session, "SM" + "2" * 32)
+        failed = status_params("SM" + "2" * 32, "failed", ErrorCode="63003")
+        assert (await twilio_post(client, attempt.id, failed)).status_code == 200
+        await db_session.refresh(notification)
+        assert (notification.state, notification.channel_index) == ("scheduled", 1)
+        patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
+        assert patient is not None and patient.whatsapp_no_account_at is not None
 
 
 class TestRefused:
