@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
-from app.models import DeliveryAttempt, ImoAuthorization, Notification
+from app.delivery.report_batcher import ReportBatcher
+from app.models import DeliveryAttempt, DeliveryReport, ImoAuthorization, Notification
 from app.security import TokenSigner
 from tests.factories import make_notification, make_patient, running_app
 
@@ -247,3 +249,53 @@ class TestTwilioInbound:
         answer = await api.post(path, data=params, headers={"X-Twilio-Signature": signed})
         assert answer.status_code == 200 and "<Response/>" in answer.text
         assert (await api.post(path, data=params)).status_code == 403
+
+
+class TestOneBadReportInABatch:
+    """Regression (issue 11, item 6): a signed status with a 60-character ErrorCode made
+    its 39 batch-mates answer 500 too."""
+
+    async def test_fails_alone_and_its_over_long_error_code_is_cut_and_kept_whole(
+        self, api: httpx.AsyncClient, api_app: FastAPI, db_session: AsyncSession
+    ) -> None:
+        attempts = [
+            (await sent_attempt(db_session, provider_message_id=f"SM{i}"))[1] for i in range(40)
+        ]
+        long_code = "3" * 60
+        # One batch of all 40, for sure: it closes when the 40th arrives.
+        batcher = ReportBatcher(lambda: api_app.state.sessionmaker, max_batch=40, max_wait=5)
+        original, api_app.state.report_batcher = api_app.state.report_batcher, batcher
+        batcher.start()
+        try:
+            answers = await asyncio.gather(
+                *(
+                    twilio_post(
+                        api,
+                        attempt.id,
+                        status_params(f"SM{i}", "undelivered", ErrorCode=long_code)
+                        if i == 7
+                        else status_params(f"SM{i}", "delivered"),
+                    )
+                    for i, attempt in enumerate(attempts)
+                )
+            )
+        finally:
+            await batcher.stop()
+            api_app.state.report_batcher = original
+        assert [answer.status_code for answer in answers] == [200] * 40
+        for i, attempt in enumerate(attempts):
+            await db_session.refresh(attempt)
+            assert attempt.status == ("failed" if i == 7 else "delivered")
+        assert attempts[7].error_code == long_code[:50]
+        kept = await db_session.scalar(
+            select(DeliveryReport.error_code).where(DeliveryReport.attempt_id == attempts[7].id)
+        )
+        assert kept == long_code
+
+    async def test_a_message_id_longer_than_any_stored_is_a_400(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        notification, attempt = await sent_attempt(db_session)
+        answer = await twilio_post(api, attempt.id, status_params("S" * 101, "delivered"))
+        assert answer.status_code == 400
+        assert await states(db_session, notification, attempt) == ("sent", "sent")

@@ -26,7 +26,7 @@ from app.channels.base import (
     TransientChannelError,
 )
 from app.config import Settings
-from app.delivery import status as delivery_status
+from app.delivery import provider_reports
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.types import Report
 from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
@@ -43,7 +43,7 @@ async def report(
     session: AsyncSession, attempt_id: int, status: AttemptStatus, **fields: str | None
 ) -> None:
     """A provider's report on one attempt, as the callbacks apply it."""
-    [answer] = await delivery_status.apply_reports(session, [Report(attempt_id, status, **fields)])
+    [answer] = await provider_reports.apply_reports(session, [Report(attempt_id, status, **fields)])
     assert answer is True, answer
 
 

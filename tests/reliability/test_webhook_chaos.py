@@ -24,7 +24,7 @@ from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
 from app.security import TokenSigner
-from app.states import ACCEPTED_RANK, NotificationState
+from app.states import NOTIFICATION_RANK, NotificationState
 from tests.reliability.helpers import Seeded, attempts, seed, states, wait_until_settled
 from tests.stack import (
     FAKE_TWILIO_ACCOUNT_SID,
@@ -52,7 +52,7 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
 
 
 def rank(state: str) -> int:
-    return ACCEPTED_RANK.get(NotificationState(state), 0)
+    return NOTIFICATION_RANK[NotificationState(state)]
 
 
 async def watch(
