@@ -182,3 +182,18 @@ class TestOneOffCommands:
         migrated = self.run(fresh_data_dir, tmp_path, "migrate")
         assert migrated.returncode == 0, migrated.stderr
         assert embedded.postgres_running(fresh_data_dir)
+
+
+class TestScriptsNotify:
+    def test_runs_notify_from_any_folder(self, tmp_path: Path) -> None:
+        script = Path(__file__).resolve().parents[2] / "scripts" / "notify"
+        result = subprocess.run(
+            [str(script), "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "api-keys" in result.stdout and "invite" in result.stdout
