@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     imo_invitation_concurrency: int = Field(default=100, ge=1, le=5_000)
     imo_invitation_lease_seconds: float = Field(default=30.0, ge=1)
     imo_invitation_poll_seconds: float = Field(default=2.0, gt=0)
+    # An invitation Imo failed (time-out, 429, 5xx) is retried in the batch this many
+    # seconds after the pass before, then three times as long after the second.
+    imo_invitation_retry_seconds: float = Field(default=1.0, gt=0)
+    # A batch Imo failed entirely (an outage) is put back and the worker waits this many
+    # seconds, doubling while it lasts (up to 5 minutes).
+    imo_invitation_outage_backoff_seconds: float = Field(default=5.0, gt=0)
 
     twilio_base_url: str = "https://api.twilio.com"
     twilio_account_sid: str = ""

@@ -34,9 +34,15 @@ from typing import IO, Any
 import httpx
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from app.auth import service as auth_service
+from app.db.session import create_engine_and_sessionmaker
 from app.devtools.environment import notify_command, upgrade_head
 from app.devtools.supervisor import spawn, stop_processes
 from app.embedded import free_port
@@ -124,6 +130,36 @@ async def recreate_database(server_url: str, name: str) -> str:
     finally:
         await engine.dispose()
     return _with_database(server_url, name)
+
+
+@dataclass
+class Database:
+    """A database of its own on the session's server, for code that commits from several
+    connections at once (worker loops, runners), which one rolled-back test connection
+    cannot host. Tests empty it rather than roll it back."""
+
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    url: str
+
+    async def empty(self) -> None:
+        """No patient (nor anything of theirs), invitation round or API key."""
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                text("TRUNCATE patients, imo_invitation_rounds, api_keys CASCADE")
+            )
+
+
+@contextlib.asynccontextmanager
+async def migrated_database(services: Services, name: str) -> AsyncIterator[Database]:
+    """Database `name`, created afresh on the session's server and migrated."""
+    url = await recreate_database(services.database_url, name)
+    await asyncio.to_thread(upgrade_head, url, configure_logging=False)
+    engine, sessionmaker = create_engine_and_sessionmaker(url)
+    try:
+        yield Database(engine, sessionmaker, url)
+    finally:
+        await engine.dispose()
 
 
 class Stack:

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel
 
 from app import callback_urls
 from app.channels import twilio_signature
 from app.channels.twilio_sms import normalised_status, parse_status_callback
 from app.db.session import DbSession
-from app.delivery import status as delivery_status
+from app.delivery import provider_reports
+from app.delivery.report_batcher import ReportBatcher, report_batcher
 from app.delivery.types import Report
 from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
@@ -29,6 +30,7 @@ from app.states import AttemptStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/callbacks", tags=["provider callbacks"], include_in_schema=True)
+Batcher = Annotated[ReportBatcher, Depends(report_batcher)]
 
 MAX_CALLBACK_BYTES = 64 * 1024
 
@@ -61,11 +63,33 @@ async def _fields(request: Request) -> dict[str, str]:
         raise BadCallback("callback body is not text") from exc
 
 
+def _message_id(value: str | None) -> str | None:
+    """A provider's message id, refused when longer than any we store: cutting it would
+    name another message. (Other over-long fields are cut and kept whole in the raw
+    report log: see provider_reports.fitted.)"""
+    if value is not None and len(value) > provider_reports.PROVIDER_MESSAGE_ID_CHARS:
+        raise BadCallback(
+            f"message id longer than {provider_reports.PROVIDER_MESSAGE_ID_CHARS} characters"
+        )
+    return value
+
+
+_BAD_BODY: dict[int | str, dict[str, Any]] = {400: {"description": "A body that cannot be read"}}
+_UNKNOWN: dict[int | str, dict[str, Any]] = {
+    404: {"description": "A token this service did not sign, or an unknown message"}
+}
+_UNSIGNED: dict[int | str, dict[str, Any]] = {403: {"description": "A wrong Twilio signature"}}
+
+
 def _signer(request: Request) -> TokenSigner:
     return TokenSigner(request.app.state.settings.secret_key.get_secret_value())
 
 
-@router.post("/imo/invitations/{token}", summary="Imo: a patient accepted the invitation")
+@router.post(
+    "/imo/invitations/{token}",
+    summary="Imo: a patient accepted the invitation",
+    responses={**_BAD_BODY, **_UNKNOWN},
+)
 async def imo_invitation(token: str, request: Request, session: DbSession) -> Accepted:
     patient_id = _signer(request).verify(callback_urls.IMO_INVITATION, token)
     if patient_id is None:
@@ -81,8 +105,12 @@ async def imo_invitation(token: str, request: Request, session: DbSession) -> Ac
     return Accepted(changed=True)
 
 
-@router.post("/imo/notifications/{token}", summary="Imo: a patient read a notification")
-async def imo_read_receipt(token: str, request: Request) -> Accepted:
+@router.post(
+    "/imo/notifications/{token}",
+    summary="Imo: a patient read a notification",
+    responses={**_BAD_BODY, **_UNKNOWN},
+)
+async def imo_read_receipt(token: str, request: Request, batcher: Batcher) -> Accepted:
     attempt = _signer(request).verify(callback_urls.IMO_READ, token)
     if attempt is None or not attempt.isdigit():
         CALLBACKS.labels("imo", "bad_token").inc()
@@ -94,12 +122,12 @@ async def imo_read_receipt(token: str, request: Request) -> Accepted:
     report = Report(
         int(attempt),
         AttemptStatus.READ,
-        provider_message_id=fields.get("post_id") or None,
+        provider_message_id=_message_id(fields.get("post_id") or None),
         provider_status="read_receipt",
     )
     try:
-        changed = await request.app.state.reports.submit(report)
-    except delivery_status.UnknownAttempt as exc:
+        changed = await batcher.submit(report)
+    except provider_reports.UnknownAttempt as exc:
         CALLBACKS.labels("imo", "unknown_attempt").inc()
         raise NotFound("unknown message") from exc
     CALLBACKS.labels("imo", "read_receipt").inc()
@@ -120,10 +148,15 @@ def _check_twilio_signature(
         raise Forbidden("invalid Twilio signature")
 
 
-@router.post("/twilio/status/{attempt_id}", summary="Twilio: a message's delivery status")
+@router.post(
+    "/twilio/status/{attempt_id}",
+    summary="Twilio: a message's delivery status",
+    responses={**_BAD_BODY, **_UNSIGNED, **_UNKNOWN},
+)
 async def twilio_status(
     attempt_id: int,
     request: Request,
+    batcher: Batcher,
     x_twilio_signature: Annotated[str | None, Header()] = None,
 ) -> Accepted:
     fields = await _fields(request)
@@ -140,21 +173,25 @@ async def twilio_status(
     report = Report(
         attempt_id,
         AttemptStatus(status),
-        provider_message_id=reported.message_sid,
+        provider_message_id=_message_id(reported.message_sid),
         provider_status=reported.message_status,
         error_code=reported.error_code,
         error_message=reported.error_message,
     )
     try:
-        changed = await request.app.state.reports.submit(report)
-    except delivery_status.UnknownAttempt as exc:
+        changed = await batcher.submit(report)
+    except provider_reports.UnknownAttempt as exc:
         CALLBACKS.labels("twilio", "unknown_attempt").inc()
         raise NotFound("unknown message") from exc
     CALLBACKS.labels("twilio", status).inc()
     return Accepted(changed=changed)
 
 
-@router.post("/twilio/inbound", summary="Twilio: a message from a patient")
+@router.post(
+    "/twilio/inbound",
+    summary="Twilio: a message from a patient",
+    responses={**_BAD_BODY, **_UNSIGNED},
+)
 async def twilio_inbound(
     request: Request,
     x_twilio_signature: Annotated[str | None, Header()] = None,

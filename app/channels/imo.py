@@ -1,6 +1,6 @@
 """The Imo partner API adapter: notifications and invitations.
 
-Only the answers of imo-partner-api.md are known (`_INVITE_ANSWERS`,
+Only the answers of docs/providers/imo.md are known (`_INVITE_ANSWERS`,
 `_NOTIFICATION_ANSWERS`); every other answer raises `PermanentChannelError(unexpected=
 True)` with the request and response in `detail`, so the caller reports it and falls
 back. A newly seen answer is one line in one of those tables. Time-outs, connection

@@ -38,7 +38,12 @@ from app.notifications.window import MessagingWindow
 from app.observability import ATTEMPTS
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
-from app.states import AttemptStatus, NotificationState
+from app.states import (
+    ATTEMPT_PROVES,
+    REACHED_STATUSES,
+    AttemptStatus,
+    NotificationState,
+)
 
 log = logging.getLogger(__name__)
 S = NotificationState
@@ -286,9 +291,9 @@ class Dispatcher:
             if outcome is None or outcome.state is not S.SENT:
                 continue
             status = stored.get(attempt_ids[send.notification.id])
-            if status in (AttemptStatus.DELIVERED, AttemptStatus.READ):
+            if status in REACHED_STATUSES:
                 settled[send.notification.id] = Outcome(
-                    S(status),
+                    ATTEMPT_PROVES[AttemptStatus(status)],
                     channel_chain=outcome.channel_chain,
                     channel_index=outcome.channel_index,
                     sent_at=outcome.sent_at,

@@ -1,6 +1,6 @@
 """A fake of Imo's partner API, as a real HTTP server, for development, tests and benchmarks.
 
-It speaks the API of imo-partner-api.md: `POST {base}/send_invite` and
+It speaks the API of docs/providers/imo.md: `POST {base}/send_invite` and
 `POST {base}/send_notification` under the prefix `/api/simple`, with HTTP Basic auth
 (a wrong or missing one is a 401) and a JSON body (a malformed one is a 400 whose JSON
 says why). It messages nobody.

@@ -34,6 +34,9 @@ class Notification(TimestampMixin, Base):
         # The sweeper: rows a dead worker left in `sending`.
         Index("ix_notifications_sending", "claimed_at", postgresql_where=text("state = 'sending'")),
         Index("ix_notifications_patient_created", "patient_id", "created_at", "id"),
+        # GET /v1/notifications: newest first, of every state or of one.
+        Index("ix_notifications_created", "created_at", "id"),
+        Index("ix_notifications_state_created", "state", "created_at", "id"),
         Index("ix_notifications_appointment", "appointment_id"),
     )
 

@@ -6,14 +6,13 @@ A plan's templates may use only the variables an appointment provides
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import pagination
 from app.errors import Conflict, InvalidInput, NotFound, field_error
 from app.models import ReminderPlan
 from app.reminder_plans import repository as plan_repository
@@ -111,15 +110,7 @@ class PlanPage:
 
 async def list_plans(session: AsyncSession, *, limit: int, cursor: str | None) -> PlanPage:
     """Plans by name, keyset-paginated. Raises InvalidInput for a bad cursor."""
-    after = None
-    if cursor:
-        try:
-            after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-            raise field_error("cursor", "not a cursor from this list") from exc
+    after = pagination.decode(cursor, str)[0] if cursor else None
     rows = await plan_repository.page(session, limit=limit + 1, after=after)
-    plans = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        next_cursor = base64.urlsafe_b64encode(plans[-1].name.encode()).decode().rstrip("=")
+    plans, next_cursor = pagination.split(rows, limit, lambda plan: (plan.name,))
     return PlanPage(plans, next_cursor)

@@ -58,7 +58,7 @@ async def get_template(key: KeyPath, locale: LocalePath, session: DbSession) -> 
         422: {"description": "A placeholder that is not a plain `{name}` variable"},
     },
 )
-async def put_template(
+async def upsert_template(
     key: KeyPath, locale: LocalePath, body: TemplateIn, session: DbSession
 ) -> TemplateOut:
     template = await template_service.put_template(session, key, locale, body.title, body.body)

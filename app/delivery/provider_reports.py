@@ -1,35 +1,79 @@
 """What providers report after sending: read receipts, delivery statuses, failures.
 
-Every report is idempotent and monotonic: an attempt's status only rises, and a
-notification follows its attempts forward, never back. Reports are applied in sets
-(see app/delivery/reports.py for how the API batches them).
+Every report is idempotent and monotonic: an attempt and its notification move only as
+the tables of app/states.py allow, forward, never back; a report that
+does not move its attempt changes nothing. Reports are applied in sets
+(see app/delivery/report_batcher.py for how the API batches them).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
+from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
 from app.delivery.types import Report, SendOn
-from app.states import ATTEMPT_RANK, AttemptStatus, NotificationState
+from app.models import DeliveryAttempt
+from app.states import (
+    ATTEMPT_RANK,
+    ATTEMPT_REPORT_EVENTS,
+    AttemptStatus,
+    NotificationState,
+)
 
 S = NotificationState
+log = logging.getLogger(__name__)
 
 
 class UnknownAttempt(LookupError):
     """No such attempt, or the report names another message of the provider's."""
 
 
+def fitted(report: Report) -> Report:
+    """The report with its fields cut to the attempt's columns: a provider's over-long
+    error code must not cost the report (or its batch). The raw log keeps them whole.
+
+    A provider message id is never cut (it would name another message): callers refuse
+    one longer than PROVIDER_MESSAGE_ID_CHARS.
+    """
+    cut = {
+        field: value[:limit]
+        for field, limit in _FIELD_CHARS.items()
+        if (value := getattr(report, field)) is not None and len(value) > limit
+    }
+    if not cut:
+        return report
+    log.warning(
+        "provider report field cut to its column",
+        extra={"attempt_id": report.attempt_id, "fields": sorted(cut)},
+    )
+    return replace(report, **cut)
+
+
+def _chars(column: str) -> int:
+    """The width of an attempt's string column."""
+    column_type = DeliveryAttempt.__table__.c[column].type
+    assert isinstance(column_type, String) and column_type.length is not None
+    return column_type.length
+
+
+PROVIDER_MESSAGE_ID_CHARS = _chars("provider_message_id")
+_FIELD_CHARS = {field: _chars(field) for field in ("provider_status", "error_code")}
+
+
 async def apply_reports(
     session: AsyncSession, reports: list[Report]
 ) -> list[bool | UnknownAttempt]:
     """Apply reports in one unit of work; per report: whether it changed anything, or
-    UnknownAttempt. Of several reports on one message the highest-ranked is applied; the
-    rest change nothing (they would be overtaken anyway). Reports on one attempt that
+    UnknownAttempt. Every report on a known attempt goes to the raw log, as received.
+    Of several reports on one message the highest-ranked is applied; the rest change
+    nothing (they would be overtaken anyway). Reports on one attempt that
     name different provider messages are applied in turn, so that a stray or forged one
     cannot make the real one look unknown. Flushes; the caller commits.
     """
@@ -51,7 +95,7 @@ async def apply_reports(
     applied: dict[int, delivery_repository.AdvancedAttempt] = {}
     for layer in layers:
         advanced = await delivery_repository.advance_attempts(
-            session, [reports[position] for position in layer.values()]
+            session, [fitted(reports[position]) for position in layer.values()]
         )
         applied.update(
             (position, advanced[attempt_id])
@@ -67,7 +111,7 @@ async def apply_reports(
         [
             (row.notification_id, S(row.status))
             for row in changed.values()
-            if row.status in (AttemptStatus.DELIVERED, AttemptStatus.READ)
+            if row.status in ATTEMPT_REPORT_EVENTS
         ],
     )
     for position, row in changed.items():
@@ -81,6 +125,14 @@ async def apply_reports(
             answers.append(UnknownAttempt(report.attempt_id))
         else:
             answers.append(chosen == position and position in changed)
+    await delivery_repository.log_reports(
+        session,
+        [
+            (report, answer)
+            for report, answer in zip(reports, answers, strict=True)
+            if isinstance(answer, bool)
+        ],
+    )
     return answers
 
 
@@ -93,6 +145,8 @@ async def follow_failure(
     if locked is None:
         return
     state, chain, channel_index, imo_status = locked
+    # Only a notification its provider accepted: a worker settles one it holds, and a
+    # failure changes nothing once a report proved it reached the patient.
     if state != S.SENT or not chain:
         return
     # Only the attempt that made the notification `sent` can unmake it.
