@@ -13,7 +13,6 @@ commands stay fast.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -154,7 +153,7 @@ def invite(
 
 @experiments_cli.command("report")
 def experiments_report(
-    experiment_id: Annotated[uuid.UUID, typer.Argument(help="The experiment's id.")],
+    experiment: Annotated[str, typer.Argument(help="The experiment's id or name.")],
     csv_path: Annotated[
         Path | None,
         typer.Option("--csv", help="Also write one row per enrolled patient here.", dir_okay=False),
@@ -165,7 +164,7 @@ def experiments_report(
 
     database_url, _ = prepare_environment(one_off=True)
     require_migrated(database_url)
-    raise typer.Exit(asyncio.run(report.run_report(database_url, experiment_id, csv_path)))
+    raise typer.Exit(asyncio.run(report.run_report(database_url, experiment, csv_path)))
 
 
 @cli.command("fake-imo")
