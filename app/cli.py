@@ -209,6 +209,30 @@ def fake_twilio(
     twilio.run(host, port, twilio.FakeTwilioConfig(**options))
 
 
+@cli.command("fake-whatsapp")
+def fake_whatsapp(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="0: any free port.")] = 8003,
+    callback_delay: Annotated[
+        float | None, typer.Option(help="Seconds between status webhooks.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any FakeWhatsAppConfig field, e.g. --set webhook_url=http://h/callbacks/whatsapp.",
+        ),
+    ] = None,
+) -> None:
+    """Serve the fake WhatsApp Cloud API (base URL http://HOST:PORT)."""
+    from app.fakes import whatsapp
+
+    options = parse_overrides(set_ or [])
+    if callback_delay is not None:
+        options["callback_delay"] = callback_delay
+    whatsapp.run(host, port, whatsapp.FakeWhatsAppConfig(**options))
+
+
 @cli.command()
 def dev(
     host: Annotated[str, typer.Option(help="Interface for the API.")] = "127.0.0.1",

@@ -212,6 +212,7 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
         services,
         fake_imo_options=SHARED_STACK_FAKE_OPTIONS,
         fake_twilio_options=SHARED_STACK_FAKE_OPTIONS,
+        fake_whatsapp_options=SHARED_STACK_FAKE_OPTIONS,
     ) as running:
         yield running
 

@@ -28,6 +28,8 @@ OPERATION_IDS = {
     "POST /callbacks/imo/notifications/{token}": "imo_read_receipt",
     "POST /callbacks/twilio/status/{attempt_id}": "twilio_status",
     "POST /callbacks/twilio/inbound": "twilio_inbound",
+    "GET /callbacks/whatsapp": "whatsapp_verify",
+    "POST /callbacks/whatsapp": "whatsapp_statuses",
     "GET /healthz": "healthz",
     "GET /readyz": "readyz",
     "GET /metrics": "metrics",

@@ -118,7 +118,9 @@ class Dispatcher:
         """Claim and handle one batch; returns how many notifications were claimed."""
         async with self.sessionmaker() as session:
             claimed = await delivery_repository.claim_due(
-                session, self.settings.dispatch_batch_size
+                session,
+                self.settings.dispatch_batch_size,
+                no_whatsapp_days=self.settings.whatsapp_retry_no_account_days,
             )
             await session.commit()
         if not claimed:
@@ -179,6 +181,7 @@ class Dispatcher:
         results: list[delivery_repository.AttemptResult] = []
         fallbacks: list[_Send] = []
         downgrades: dict[str, str] = {}
+        no_whatsapp: list[uuid.UUID] = []
         for send, answer in zip(sends, answers, strict=True):
             n = send.notification
             if isinstance(answer, _NotSent):
@@ -233,6 +236,8 @@ class Dispatcher:
             downgrade = policy.imo_downgrade(send.channel, answer)
             if downgrade:
                 downgrades[n.patient_id] = downgrade
+            if policy.no_whatsapp_account(send.channel, answer):
+                no_whatsapp.append(n.id)
             following = policy.after_error(
                 n, send.step, answer, now=now, window=self.window, settings=self.settings
             )
@@ -256,6 +261,7 @@ class Dispatcher:
                 session, self._reconcile(sends, attempt_ids, stored, settled)
             )
             await delivery_repository.downgrade_imo(session, downgrades)
+            await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
 
         await self._retrying(write_back)
         return fallbacks
@@ -411,6 +417,8 @@ class Dispatcher:
                 self.settings, self.signer, attempt_id
             )
         else:
+            # The Cloud API reports on the app's one webhook instead, naming the attempt
+            # by `status_reference`; Twilio, SMS or WhatsApp, calls this URL.
             callback_url = callback_urls.twilio_status_url(self.settings, attempt_id)
         return OutgoingMessage(
             phone_e164=n.mobile_e164,
@@ -422,6 +430,8 @@ class Dispatcher:
             action=self.settings.imo_action_label if self.settings.imo_action_url else "",
             action_url=self.settings.imo_action_url,
             reference=str(n.id),
+            status_reference=str(attempt_id),
+            whatsapp_template=n.whatsapp_template,
         )
 
 

@@ -34,6 +34,10 @@ from app.fakes.credentials import (
     FAKE_TWILIO_ACCOUNT_SID,
     FAKE_TWILIO_AUTH_TOKEN,
     FAKE_TWILIO_SMS_FROM,
+    FAKE_WHATSAPP_ACCESS_TOKEN,
+    FAKE_WHATSAPP_APP_SECRET,
+    FAKE_WHATSAPP_PHONE_NUMBER_ID,
+    FAKE_WHATSAPP_VERIFY_TOKEN,
 )
 
 # The settings `notify dev` gives its children that other `notify` commands need too.
@@ -46,6 +50,12 @@ _SHARED = (
     "TWILIO_ACCOUNT_SID",
     "TWILIO_AUTH_TOKEN",
     "TWILIO_SMS_FROM",
+    "WHATSAPP_BASE_URL",
+    "WHATSAPP_PHONE_NUMBER_ID",
+    "WHATSAPP_ACCESS_TOKEN",
+    "WHATSAPP_APP_SECRET",
+    "WHATSAPP_VERIFY_TOKEN",
+    "WHATSAPP_TWILIO_FROM",
 )
 
 
@@ -224,6 +234,35 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
             )
         )
         urls.append(("Fake Twilio", f"{twilio_root}  (stats: {twilio_root}/_fake/stats)"))
+    if not settings.whatsapp_configured and settings.whatsapp_provider == "cloud":
+        whatsapp_port = embedded.free_port()
+        whatsapp_root = f"http://127.0.0.1:{whatsapp_port}"
+        webhook_url = f"{env['PUBLIC_BASE_URL']}/callbacks/whatsapp"
+        env.update(
+            WHATSAPP_BASE_URL=whatsapp_root,
+            WHATSAPP_PHONE_NUMBER_ID=FAKE_WHATSAPP_PHONE_NUMBER_ID,
+            WHATSAPP_ACCESS_TOKEN=FAKE_WHATSAPP_ACCESS_TOKEN,
+            WHATSAPP_APP_SECRET=FAKE_WHATSAPP_APP_SECRET,
+            WHATSAPP_VERIFY_TOKEN=FAKE_WHATSAPP_VERIFY_TOKEN,
+        )
+        children.append(
+            (
+                "fake-whatsapp",
+                notify_command(
+                    "fake-whatsapp",
+                    "--port",
+                    str(whatsapp_port),
+                    "--set",
+                    f"webhook_url={webhook_url}",
+                ),
+                f"{whatsapp_root}/_fake/stats",
+                "blue",
+            )
+        )
+        urls.append(("Fake WhatsApp", f"{whatsapp_root}  (stats: {whatsapp_root}/_fake/stats)"))
+    elif not settings.whatsapp_configured and not settings.twilio_account_sid:
+        # WhatsApp through the fake Twilio: it speaks both.
+        env.update(WHATSAPP_TWILIO_FROM=FAKE_TWILIO_SMS_FROM)
     # What another terminal's `notify invite` needs to reach this stack's fakes and API.
     shared = {key: env[key] for key in _SHARED if key in env and key not in os.environ}
     stack = DevStack(env)
