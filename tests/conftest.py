@@ -83,7 +83,8 @@ def services() -> Iterator[Services]:
             data_dir, TEST_DATABASE, durable=False, fresh=True
         )
         redis_url = os.environ.get("TEST_REDIS_URL") or embedded.ensure_redis(data_dir)
-        os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url)
+        # DATA_DIR: no test meets the checkout's own .data (or a `notify dev` running on it).
+        os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url, DATA_DIR=str(data_dir))
         get_settings.cache_clear()
         # In a thread: alembic's env.py runs (and then unsets) an event loop of its own.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:

@@ -272,6 +272,25 @@ class TestOneDispatch:
         assert sorted(channels) == ["imo"] * 4 + ["sms"] * 4
 
 
+class TestConsole:
+    async def test_one_line_a_batch_counts_its_outcomes_without_phones(
+        self, db_session: AsyncSession, dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        sent = await due(db_session, await patient_with(db_session, 3))
+        refused = await due(
+            db_session, await patient_with(db_session, 4, reminder_consent="denied")
+        )
+        with caplog.at_level("INFO", logger="app.delivery.dispatcher"):
+            assert await dispatcher.dispatch_once() >= 2
+        [line] = [r for r in caplog.records if r.getMessage().startswith("dispatched")]
+        assert line.outcomes["sent via sms"] >= 1
+        assert line.outcomes["denied"] >= 1
+        assert "sent via sms" in line.getMessage() and " ms" in line.getMessage()
+        assert "17110000" not in caplog.text  # no phone number, masked or not
+        assert (await reload(db_session, sent))[0].state == "sent"
+        assert (await reload(db_session, refused))[0].state == "denied"
+
+
 @dataclass
 class ScriptedChannel:
     """A stand-in provider for what the fakes cannot stage."""
