@@ -159,7 +159,8 @@ class Settings(BaseSettings):
     # patients is well under 2 MiB).
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
-    # Embedded PostgreSQL/Redis and the development key live here.
+    # Embedded PostgreSQL/Redis and the development key live here. Unset, the `notify`
+    # commands use the project's .data wherever they run (app/devtools/environment.py).
     data_dir: str = ".data"
     log_level: str = "INFO"
     log_json: bool = True
