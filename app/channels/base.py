@@ -56,9 +56,8 @@ class OutgoingMessage:
     status_reference: str = ""
     # WhatsApp: the approved template this text is sent as, when its template has one.
     whatsapp_template: WhatsAppTemplateMessage | None = None
-    # WhatsApp: inside the 24-hour customer-service window (the patient wrote to us in the
-    # last 24 h) `text` may go out as it is. Nothing sets it yet: that needs inbound
-    # messages (two-way messaging), so WhatsApp sends templates only.
+    # WhatsApp: inside the 24-hour customer-service window (the patient wrote to us on
+    # WhatsApp in the last 24 h) `text` may go out as it is.
     free_text_allowed: bool = False
 
 

@@ -438,6 +438,7 @@ class Dispatcher:
             reference=str(n.id),
             status_reference=str(attempt_id),
             whatsapp_template=n.whatsapp_template,
+            free_text_allowed=n.whatsapp_window_open and send.channel == ChannelName.WHATSAPP,
         )
 
 
