@@ -3,6 +3,7 @@ patient (its signed inbound webhook over a socket), real PostgreSQL and Redis.""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -78,6 +79,29 @@ class TestReplies:
         assert await patient_writes(stack, f"whatsapp:{number}", "আসব") is None
         exchange = (await stack_api.get(f"/v1/conversations/{visit}")).json()
         assert [(m["channel"], m["text"]) for m in exchange["messages"]] == [("whatsapp", "আসব")]
+
+    async def test_a_reply_by_whatsapp_cloud_lands_there_and_staff_answer_in_free_text(
+        self, stack: Stack, stack_api: httpx.AsyncClient
+    ) -> None:
+        number = f"+9198{random.randrange(1_000_000, 9_999_999)}5"
+        patient = await put_patient(stack_api, number, country="IN", locale="en")
+        visit = await open_conversation(stack_api, patient["id"], "Your visit")
+        async with httpx.AsyncClient() as client:
+            wrote = await client.post(
+                f"{stack.whatsapp_url}/_fake/inbound", json={"from": number, "body": "Running late"}
+            )
+        assert wrote.status_code == 200 and wrote.json()["status"] == 200, wrote.text
+        exchange = (await stack_api.get(f"/v1/conversations/{visit}")).json()
+        assert [(m["channel"], m["text"]) for m in exchange["messages"]] == [
+            ("whatsapp", "Running late")
+        ]
+        # Inside the 24-hour window: the staff answer (no WhatsApp template) goes as text.
+        answer = await stack_api.post(
+            f"/v1/conversations/{visit}/messages",
+            json={"text": "No problem, we wait", "broadcast_to": ["patient"]},
+        )
+        read = await notification_in(stack_api, answer.json()["notification_id"], "read")
+        assert [(a["channel"], a["status"]) for a in read["attempts"]] == [("whatsapp", "read")]
 
     async def test_three_open_a_numbered_list_then_2_please_and_out_of_range_re_asks(
         self, stack: Stack, stack_api: httpx.AsyncClient
