@@ -27,7 +27,7 @@ from app.models import (
     Notification,
 )
 from app.security import TokenSigner
-from tests.factories import make_notification, make_patient, running_app
+from tests.factories import make_notification, make_patient, make_patient_at, running_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -271,10 +271,9 @@ class TestTwilioInbound:
     async def test_a_patients_sms_is_stored_matched(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        number = f"+88017{uuid.uuid4().int % 10**8:08d}"
-        patient = await make_patient(
-            db_session, phone_numbers=[{"number": number, "type": "mobile"}], mobile_e164=number
-        )
+        patient = await make_patient_at(db_session)
+        number = patient.mobile_e164
+        assert number is not None
         sid = f"SM{uuid.uuid4().hex}"
         answer = await inbound_post(api, {"MessageSid": sid, "From": number, "Body": "hello"})
         assert answer.status_code == 200 and "<Response/>" in answer.text
@@ -414,16 +413,6 @@ class TestOneBadReportInABatch:
         assert await states(db_session, notification, attempt) == ("sent", "sent")
 
 
-async def patient_at(session: AsyncSession, **overrides: Any) -> Any:
-    number = f"+88017{uuid.uuid4().int % 10**8:08d}"
-    return await make_patient(
-        session,
-        phone_numbers=[{"number": number, "type": "mobile"}],
-        mobile_e164=number,
-        **overrides,
-    )
-
-
 async def write(api: httpx.AsyncClient, number: str, text: str) -> httpx.Response:
     params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": number, "Body": text}
     answer: httpx.Response = await inbound_post(api, params)
@@ -435,7 +424,7 @@ class TestConsentKeywords:
     async def test_stop_in_bengali_opts_out_denies_unsent_and_answers_once(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        patient = await patient_at(db_session)
+        patient = await make_patient_at(db_session)
         unsent = await make_notification(db_session, patient)
         muted = await make_notification(db_session, patient, state="muted")
         sent = await make_notification(db_session, patient, state="sent")
@@ -456,7 +445,7 @@ class TestConsentKeywords:
     async def test_start_restores_and_answers_in_the_patients_language(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        patient = await patient_at(db_session, locale="hi-IN", country="IN")
+        patient = await make_patient_at(db_session, locale="hi-IN", country="IN")
         await write(api, patient.mobile_e164, "STOP")
         answer = await write(api, patient.mobile_e164, "शुरू")
         assert "<Message>आपको फिर से क्लिनिक से अनुस्मारक मिलेंगे" in answer.text
@@ -466,7 +455,7 @@ class TestConsentKeywords:
     async def test_help_answers_and_changes_nothing(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        patient = await patient_at(db_session, locale="en")
+        patient = await make_patient_at(db_session, locale="en")
         unsent = await make_notification(db_session, patient)
         answer = await write(api, patient.mobile_e164, "help")
         assert "<Message>Visit reminders from your clinic." in answer.text
@@ -477,7 +466,7 @@ class TestConsentKeywords:
     async def test_a_sentence_with_stop_in_it_is_a_message(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        patient = await patient_at(db_session)
+        patient = await make_patient_at(db_session)
         answer = await write(api, patient.mobile_e164, "please stop calling my brother")
         assert "<Response/>" in answer.text
         await db_session.refresh(patient)

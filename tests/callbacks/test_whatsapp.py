@@ -27,7 +27,7 @@ from tests.callbacks.test_endpoints import (
     status_params,
     twilio_post,
 )
-from tests.factories import api_client, make_patient, running_app
+from tests.factories import api_client, make_patient_at, running_app, unique_mobile
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -291,14 +291,10 @@ class TestInboundMessages:
     async def test_a_patients_text_and_picture_are_stored_once(
         self, client: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        digits = f"9198{uuid.uuid4().int % 10**8:08d}"
-        patient = await make_patient(
-            db_session,
-            phone_numbers=[{"number": f"+{digits}", "type": "mobile"}],
-            mobile_e164=f"+{digits}",
-            country="IN",
-            locale="hi-IN",
+        patient = await make_patient_at(
+            db_session, unique_mobile("+9198"), country="IN", locale="hi-IN"
         )
+        digits = (patient.mobile_e164 or "").removeprefix("+")
         text_id, image_id = f"wamid.{uuid.uuid4().hex}", f"wamid.{uuid.uuid4().hex}"
         body = messages_webhook(
             {
@@ -339,12 +335,8 @@ class TestInboundMessages:
     async def test_stop_on_whatsapp_opts_out(
         self, client: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        digits = f"9198{uuid.uuid4().int % 10**8:08d}"
-        patient = await make_patient(
-            db_session,
-            phone_numbers=[{"number": f"+{digits}", "type": "mobile"}],
-            mobile_e164=f"+{digits}",
-        )
+        patient = await make_patient_at(db_session, unique_mobile("+9198"))
+        digits = (patient.mobile_e164 or "").removeprefix("+")
         body = messages_webhook(
             {
                 "from": digits,

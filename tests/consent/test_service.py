@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -11,19 +9,9 @@ from app.config import Settings
 from app.consent import service as consent_service
 from app.consent.keywords import Keyword
 from app.models import Patient
-from tests.factories import make_notification, make_patient
+from tests.factories import make_notification, make_patient_at, unique_mobile
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-def number() -> str:
-    return f"+88017{uuid.uuid4().int % 10**8:08d}"
-
-
-async def at(session: AsyncSession, phone: str) -> Patient:
-    return await make_patient(
-        session, phone_numbers=[{"number": phone, "type": "mobile"}], mobile_e164=phone
-    )
 
 
 async def keyword(
@@ -45,9 +33,12 @@ class TestStop:
     async def test_a_family_phone_stops_every_patient_messaged_there(
         self, db_session: AsyncSession
     ) -> None:
-        phone = number()
-        mother, child = await at(db_session, phone), await at(db_session, phone)
-        elsewhere = await at(db_session, number())
+        phone = unique_mobile()
+        mother, child = (
+            await make_patient_at(db_session, phone),
+            await make_patient_at(db_session, phone),
+        )
+        elsewhere = await make_patient_at(db_session)
         reminder = await make_notification(db_session, child)
         outcome = await keyword(db_session, Settings(app_env="test"), Keyword.STOP, mother, "sms")
         assert sorted(outcome.changed_patient_ids) == sorted([mother.id, child.id])
@@ -61,7 +52,7 @@ class TestStop:
         self, db_session: AsyncSession
     ) -> None:
         settings = Settings(app_env="test", opt_out_scope="channel")
-        patient = await at(db_session, number())
+        patient = await make_patient_at(db_session)
         reminder = await make_notification(db_session, patient)
         await keyword(db_session, settings, Keyword.STOP, patient, "whatsapp")
         await keyword(db_session, settings, Keyword.STOP, patient, "sms")
@@ -75,7 +66,7 @@ class TestStop:
         assert patient.opted_out_channels == ["whatsapp"]
 
     async def test_a_provider_opt_out_is_recorded_once(self, db_session: AsyncSession) -> None:
-        patient = await at(db_session, number())
+        patient = await make_patient_at(db_session)
         await consent_service.record_provider_opt_outs(db_session, {patient.id: "sms"})
         await consent_service.record_provider_opt_outs(db_session, {patient.id: "sms"})
         await db_session.refresh(patient)

@@ -12,7 +12,7 @@ from app.channels.base import ChannelName
 from app.channels.inbound import IncomingMessage
 from app.config import Settings
 from app.messages import service as message_service
-from tests.factories import make_patient
+from tests.factories import make_patient, make_patient_at, unique_mobile
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -153,10 +153,8 @@ class TestPatientMessages:
     async def test_both_ways_newest_first_page_by_page(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
-        number = f"+88017{uuid.uuid4().int % 10**8:08d}"
-        patient = await make_patient(
-            db_session, phone_numbers=[{"number": number, "type": "mobile"}], mobile_e164=number
-        )
+        number = unique_mobile()
+        patient = await make_patient_at(db_session, number)
         conversation = await conversation_of(api, patient.id)
         incoming = IncomingMessage(ChannelName.SMS, f"SM{uuid.uuid4().hex}", number, "Hello")
         await message_service.receive(db_session, Settings(app_env="test"), incoming)

@@ -16,23 +16,13 @@ from app.config import Settings
 from app.conversations import service as conversation_service
 from app.messages import service as message_service
 from app.models import Conversation, ConversationRouting, Message, Patient
-from tests.factories import make_patient
+from tests.factories import make_patient_at
 from tests.stack import Database
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SETTINGS = Settings(app_env="test")
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-
-
-async def patient_at(session: AsyncSession, **overrides: object) -> Patient:
-    number = f"+88017{uuid.uuid4().int % 10**8:08d}"
-    return await make_patient(
-        session,
-        phone_numbers=[{"number": number, "type": "mobile"}],
-        mobile_e164=number,
-        **overrides,
-    )
 
 
 async def writes(
@@ -78,7 +68,7 @@ class TestOneOrNone:
     async def test_the_one_open_conversation_takes_the_reply(
         self, db_session: AsyncSession
     ) -> None:
-        patient = await patient_at(db_session)
+        patient = await make_patient_at(db_session)
         [visit] = await opened(db_session, patient, "Your visit")
         received = await writes(db_session, patient, "I can't come Tuesday")
         assert received.reply is None
@@ -87,7 +77,7 @@ class TestOneOrNone:
     async def test_without_one_the_patient_opens_a_new_topic(
         self, db_session: AsyncSession
     ) -> None:
-        patient = await patient_at(db_session)
+        patient = await make_patient_at(db_session)
         received = await writes(db_session, patient, "Is the clinic open on Friday?")
         [topic] = await conversations_of(db_session, patient)
         assert (topic.subject, topic.state) == ("Is the clinic open on Friday?", "open")
@@ -98,7 +88,7 @@ class TestNumberedList:
     async def test_three_open_asks_then_2_please_files_on_option_2(
         self, db_session: AsyncSession
     ) -> None:
-        patient = await patient_at(db_session, locale="en")
+        patient = await make_patient_at(db_session, locale="en")
         # Listed most recently active first: Visit (2), Lab results (3), Bill (4).
         _, lab_results, _ = await opened(db_session, patient, "Visit", "Lab results", "Bill")
         held = await writes(db_session, patient, "Can I come later?")
@@ -117,7 +107,7 @@ class TestNumberedList:
         assert (await writes(db_session, patient, "thanks")).reply is not None
 
     async def test_the_list_is_in_the_patients_language(self, db_session: AsyncSession) -> None:
-        patient = await patient_at(db_session)  # bn-BD
+        patient = await make_patient_at(db_session)  # bn-BD
         await opened(db_session, patient, "সাক্ষাৎ", "ফলাফল")
         held = await writes(db_session, patient, "আমি মঙ্গলবার আসতে পারব না")
         assert held.reply is not None
@@ -127,7 +117,7 @@ class TestNumberedList:
     async def test_out_of_range_or_no_number_re_asks_twice_then_a_new_topic(
         self, db_session: AsyncSession
     ) -> None:
-        patient = await patient_at(db_session, locale="en")
+        patient = await make_patient_at(db_session, locale="en")
         await opened(db_session, patient, "Visit", "Lab results")
         held = await writes(db_session, patient, "Can I come later?")
         first_list = held.reply
@@ -140,7 +130,7 @@ class TestNumberedList:
         assert await filed_on(db_session, held) == topic.id
 
     async def test_1_is_a_new_topic(self, db_session: AsyncSession) -> None:
-        patient = await patient_at(db_session, locale="en")
+        patient = await make_patient_at(db_session, locale="en")
         await opened(db_session, patient, "Visit", "Lab results")
         held = await writes(db_session, patient, "New question")
         await writes(db_session, patient, "1")
@@ -152,7 +142,7 @@ class TestNumberedList:
     async def test_a_conversation_closed_while_asking_files_on_a_new_topic(
         self, db_session: AsyncSession
     ) -> None:
-        patient = await patient_at(db_session, locale="en")
+        patient = await make_patient_at(db_session, locale="en")
         visit, _ = await opened(db_session, patient, "Visit", "Lab results")
         held = await writes(db_session, patient, "About that")
         await conversation_service.close(db_session, visit.id)
@@ -166,7 +156,7 @@ class TestTwoMessagesAtOnce:
         self, db: Database
     ) -> None:
         async with db.sessionmaker() as session:
-            patient = await patient_at(session, locale="en")
+            patient = await make_patient_at(session, locale="en")
             await opened(session, patient, "Visit", "Lab results")
             await session.commit()
 
@@ -188,7 +178,7 @@ class TestTwoMessagesAtOnce:
 
 class TestIdle:
     async def test_idle_conversations_close(self, db_session: AsyncSession) -> None:
-        patient = await patient_at(db_session)
+        patient = await make_patient_at(db_session)
         old, fresh = await opened(db_session, patient, "Old", "Fresh")
         old.last_activity_at = T0 - timedelta(days=30)
         await db_session.flush()
