@@ -13,7 +13,7 @@
   for code that commits from several connections at once (worker loops, invitation
   runners), which the one rolled-back connection of `db_session` cannot host.
 - `fake_imo`, `fake_twilio` (per test, reset): the fake providers served from this
-  process with callbacks off (tests/fake_servers.py).
+  process with callbacks off (tests/fake_servers.py); `http`: an aiohttp client.
 - `stack` (session): the real API, a worker and the fake providers as processes; see
   tests/stack.py. Tests that need their own stack use `run_stack(services, ...)` and
   override `stack`. `stack_api`: an authorised client of whichever `stack` applies.

@@ -566,6 +566,24 @@ async def raise_notifications(
         )
 
 
+async def whatsapp_template_of(session: AsyncSession, notification_id: uuid.UUID) -> str:
+    """The WhatsApp template (`name/language`, as the adapters name it) a notification was
+    sent as, or its own template `key/locale` when it has no mapping (any more)."""
+    label: str | None = await session.scalar(
+        text(
+            """
+            SELECT COALESCE((t.whatsapp->>'name') || '/' || (t.whatsapp->>'language'),
+                            n.template_key || '/' || n.locale)
+            FROM notifications AS n
+            LEFT JOIN templates AS t ON t.key = n.template_key AND t.locale = n.locale
+            WHERE n.id = :id
+            """
+        ),
+        {"id": notification_id},
+    )
+    return label or ""
+
+
 async def lock_notification_for_callback(
     session: AsyncSession, notification_id: uuid.UUID
 ) -> tuple[str, list[str] | None, int, str | None] | None:

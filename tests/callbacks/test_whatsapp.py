@@ -13,12 +13,19 @@ import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import observability
 from app.channels import whatsapp
 from app.config import Settings
-from app.main import create_app
 from app.models import DeliveryAttempt, Notification, Patient
-from tests.callbacks.test_endpoints import sent_attempt, states
-from tests.factories import api_client
+from tests.callbacks.test_endpoints import (
+    BASE,
+    TOKEN,
+    sent_attempt,
+    states,
+    status_params,
+    twilio_post,
+)
+from tests.factories import api_client, running_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -28,9 +35,14 @@ VERIFY = "callback-test-verify-token"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def whatsapp_app() -> AsyncIterator[FastAPI]:
-    settings = Settings(app_env="test", whatsapp_app_secret=SECRET, whatsapp_verify_token=VERIFY)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    settings = Settings(
+        app_env="test",
+        whatsapp_app_secret=SECRET,
+        whatsapp_verify_token=VERIFY,
+        twilio_auth_token=TOKEN,
+        public_base_url=BASE,
+    )
+    async with running_app(settings) as app:
         yield app
 
 
@@ -161,18 +173,31 @@ class TestStatuses:
         patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
         assert patient is not None and patient.whatsapp_no_account_at is not None
 
-    async def test_a_refused_template_fails_the_notification_without_fallback(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+    async def test_a_refused_template_fails_without_fallback_and_sentry_hears_once(
+        self,
+        client: httpx.AsyncClient,
+        db_session: AsyncSession,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        notification, attempt = await whatsapp_attempt(db_session, "wamid.C1")
-        failed = status(attempt, "failed", errors=[{"code": 132001, "title": "Template missing"}])
-        assert (await post(client, webhook(failed))).status_code == 200
+        heard: list[str] = []
+        monkeypatch.setattr(observability, "_REJECTED_TEMPLATES", set())
+        monkeypatch.setattr(
+            observability.sentry_sdk, "capture_message", lambda m, **_: heard.append(m)
+        )
+        pairs = [await whatsapp_attempt(db_session, f"wamid.C{i}") for i in range(2)]
+        for _, attempt in pairs:
+            failed = status(attempt, "failed", errors=[{"code": 132001, "title": "Missing"}])
+            assert (await post(client, webhook(failed))).status_code == 200
 
-        await db_session.refresh(notification)
-        assert notification.state == "failed"
-        assert "template" in (notification.failure_reason or "")
-        patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
-        assert patient is not None and patient.whatsapp_no_account_at is None
+        for notification, _ in pairs:
+            await db_session.refresh(notification)
+            assert notification.state == "failed"
+            assert "template" in (notification.failure_reason or "")
+            patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
+            assert patient is not None and patient.whatsapp_no_account_at is None
+        # The notifications' template has no WhatsApp mapping here: named by key/locale.
+        assert len(heard) == 1
+        assert "appointment_reminder.basic/bn-BD" in heard[0] and "132001" in heard[0]
 
     async def test_statuses_not_ours_or_unknown_are_skipped(
         self, client: httpx.AsyncClient, db_session: AsyncSession
@@ -188,6 +213,26 @@ class TestStatuses:
     async def test_a_body_that_is_not_a_webhook_is_400(self, client: httpx.AsyncClient) -> None:
         answer = await post(client, b'{"object": "page"}')
         assert answer.status_code == 400
+
+
+class TestThroughTwilio:
+    """WhatsApp through Twilio reports on Twilio's status callback, `read` included."""
+
+    async def test_read_and_not_on_whatsapp(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        notification, attempt = await whatsapp_attempt(db_session, "SM" + "1" * 32)
+        answer = await twilio_post(client, attempt.id, status_params("SM" + "1" * 32, "read"))
+        assert answer.status_code == 200, answer.text
+        assert await states(db_session, notification, attempt) == ("read", "read")
+
+        notification, attempt = await whatsapp_attempt(db_session, "SM" + "2" * 32)
+        failed = status_params("SM" + "2" * 32, "failed", ErrorCode="63003")
+        assert (await twilio_post(client, attempt.id, failed)).status_code == 200
+        await db_session.refresh(notification)
+        assert (notification.state, notification.channel_index) == ("scheduled", 1)
+        patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
+        assert patient is not None and patient.whatsapp_no_account_at is not None
 
 
 class TestRefused:

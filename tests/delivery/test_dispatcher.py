@@ -33,8 +33,8 @@ from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
 from app.security import TokenSigner
 from app.states import AttemptStatus
 from tests.clock import daytime_zone, night_zone
+from tests.delivery.conftest import Fakes
 from tests.factories import make_notification, make_patient
-from tests.fake_servers import FakeImo, FakeTwilio
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -45,17 +45,6 @@ async def report(
     """A provider's report on one attempt, as the callbacks apply it."""
     [answer] = await provider_reports.apply_reports(session, [Report(attempt_id, status, **fields)])
     assert answer is True, answer
-
-
-@dataclass
-class Fakes:
-    imo_url: str
-    twilio_url: str
-
-
-@pytest.fixture
-def fakes(fake_imo: FakeImo, fake_twilio: FakeTwilio) -> Fakes:
-    return Fakes(fake_imo.url, fake_twilio.url)
 
 
 def settings_for(fakes: Fakes, **overrides: Any) -> Settings:

@@ -27,11 +27,10 @@ from app.delivery import repository as delivery_repository
 from app.delivery.dispatcher import Dispatcher
 from app.fakes.whatsapp import FakeWhatsAppConfig, start_fake_whatsapp
 from app.models import Patient, Template
+from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import (
-    Fakes,
     ScriptedChannel,
     due,
-    fakes,  # noqa: F401 - the module's fixture
     make_dispatcher,
     reload,
     settings_for,
@@ -63,14 +62,8 @@ def whatsapp_settings(providers: Fakes, whatsapp_url: str, **overrides: Any) -> 
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest_asyncio.fixture(loop_scope="session")
 async def dispatcher(
-    fakes: Fakes,  # noqa: F811
+    fakes: Fakes,
     whatsapp_url: str,
     http: aiohttp.ClientSession,
     redis: Redis,
@@ -194,7 +187,7 @@ class TestErrors:
         self,
         db_session: AsyncSession,
         db_sessionmaker: async_sessionmaker[AsyncSession],
-        fakes: Fakes,  # noqa: F811
+        fakes: Fakes,
         whatsapp_url: str,
         redis: Redis,
         http: aiohttp.ClientSession,
@@ -260,7 +253,7 @@ class TestErrors:
         self,
         db_session: AsyncSession,
         db_sessionmaker: async_sessionmaker[AsyncSession],
-        fakes: Fakes,  # noqa: F811
+        fakes: Fakes,
         whatsapp_url: str,
         redis: Redis,
         http: aiohttp.ClientSession,
@@ -294,7 +287,7 @@ class TestErrors:
         self,
         db_session: AsyncSession,
         db_sessionmaker: async_sessionmaker[AsyncSession],
-        fakes: Fakes,  # noqa: F811
+        fakes: Fakes,
         whatsapp_url: str,
         redis: Redis,
         http: aiohttp.ClientSession,

@@ -138,8 +138,17 @@ class TestWorkerWithoutItsServers:
             assert time.monotonic() < deadline
             time.sleep(0.1)
 
+        log_path = tmp_path / "worker.log"
+        seen = len(log_path.read_text(errors="replace"))
         embedded.stop_all(data_dir)  # PostgreSQL and Redis are gone
-        time.sleep(1)
+        # Until the worker has run into it: a warning or an error in its log.
+        deadline = time.monotonic() + START_TIMEOUT
+        while not any(
+            level in log_path.read_text(errors="replace")[seen:]
+            for level in ('"level":"warning"', '"level":"error"')
+        ):
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
         began = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         try:
