@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from app import observability
 from app.channels import registry as channel_registry
 from app.config import get_settings
+from app.conversations import service as conversation_service
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.dispatcher import Dispatcher, sweep
 from app.gc_tuning import tune_gc
@@ -85,6 +86,16 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
     return await sweep(ctx["sessionmaker"], ctx["settings"], datetime.now(UTC))
 
 
+async def close_idle_conversations(ctx: Context) -> int:
+    """Cron: close conversations idle for CONVERSATION_IDLE_DAYS. Safe on every worker."""
+    async with ctx["sessionmaker"]() as session:
+        closed = await conversation_service.close_idle(session, ctx["settings"], datetime.now(UTC))
+        await session.commit()
+    if closed:
+        log.info("closed idle conversations", extra={"count": len(closed)})
+    return len(closed)
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -93,6 +104,7 @@ def _sweep_seconds(interval: int) -> set[int]:
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
+        close_idle_conversations,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
     ]
@@ -104,6 +116,7 @@ class WorkerSettings:
             run_at_startup=True,
         ),
         invitations.scheduled_round_cron(get_settings()),
+        cron(close_idle_conversations, minute={7, 37}, unique=True),
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -5,8 +5,8 @@ Notifications scheduled before this revision keep a null `api_key_id`: their
 idempotency keys match no later request.
 
 Revision ID: 20261204_api_key_scoping
-Revises: 20261204_whatsapp
-Create Date: 2026-12-04 20:00:00+00:00
+Revises: 20261204_staff_message_template
+Create Date: 2026-12-04 20:40:00+00:00
 """
 
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261204_api_key_scoping"
-down_revision: str | None = "20261204_whatsapp"
+down_revision: str | None = "20261204_staff_message_template"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
