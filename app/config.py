@@ -6,6 +6,7 @@ Every variable is listed with its default in `.env.example`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import time
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -13,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.channels.base import ChannelName
 
 AppEnv = Literal["development", "test", "staging", "production"]
 
@@ -28,6 +31,12 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+# A purpose, as the API accepts it (app/notifications/schemas.py).
+PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,49}")
+# A CHANNEL_CHAINS key: a country (ISO 3166 alpha-2) or `*`, then optionally `/purpose`.
+_CHAIN_KEY = re.compile(r"(?P<country>[A-Z]{2}|\*)(?:/(?P<purpose>[a-z][a-z0-9_]{0,49}))?")
 
 
 def is_loopback_url(url: str) -> bool:
@@ -74,9 +83,10 @@ class Settings(BaseSettings):
     twilio_rate_limit_per_second: float = Field(default=100.0, gt=0)
     twilio_timeout_seconds: float = Field(default=10.0, gt=0)
 
-    # Channels to try in order, by patient country ("*": everywhere else). Imo is used
-    # only for patients whose Imo authorisation is `subscribed`; unconfigured channels
-    # are skipped.
+    # Channels to try in order, by patient country ("*": everywhere else) and, where a
+    # key `COUNTRY/purpose` (or `*/purpose`) is set, by purpose: see `chain_for`. Imo is
+    # used only for patients whose Imo authorisation is `subscribed`; channels without
+    # credentials are reported at start-up (log, /readyz) and skipped.
     channel_chains: dict[str, list[str]] = {
         "BD": ["imo", "sms"],
         "IN": ["whatsapp", "sms"],
@@ -123,6 +133,28 @@ class Settings(BaseSettings):
     log_json: bool = True
 
     _csv = field_validator("twilio_sms_from", "allowed_recipients", mode="before")(_split_csv)
+
+    @field_validator("channel_chains")
+    @classmethod
+    def _known_chains(cls, chains: dict[str, list[str]]) -> dict[str, list[str]]:
+        known = {name.value for name in ChannelName}
+        problems = []
+        for key, chain in chains.items():
+            if not _CHAIN_KEY.fullmatch(key):
+                problems.append(
+                    f"key {key!r} is not COUNTRY, COUNTRY/purpose, * or */purpose "
+                    "(COUNTRY: two capital letters, purpose: lower case)"
+                )
+            unknown = [name for name in chain if name not in known]
+            if unknown:
+                problems.append(
+                    f"{key!r} names unknown channels {unknown} (known: {sorted(known)})"
+                )
+            elif len(set(chain)) != len(chain):
+                problems.append(f"{key!r} names a channel twice: {chain}")
+        if problems:
+            raise ValueError("CHANNEL_CHAINS: " + "; ".join(problems))
+        return chains
 
     @field_validator("sweep_interval_seconds")
     @classmethod
@@ -174,6 +206,17 @@ class Settings(BaseSettings):
     def callback_base_url(self) -> str:
         """Where providers call us back: PUBLIC_BASE_URL, or the local API in development."""
         return self.public_base_url or "http://127.0.0.1:8000"
+
+    def chain_for(self, country: str, purpose: str) -> list[str]:
+        """The configured channel chain of a patient's country and a message's purpose:
+        `COUNTRY/purpose`, else `COUNTRY`, else `*/purpose`, else `*`, else SMS alone."""
+        chains = self.channel_chains
+        country = country.upper()
+        for key in (f"{country}/{purpose}", country, f"*/{purpose}", "*"):
+            chain = chains.get(key)
+            if chain is not None:
+                return chain
+        return [ChannelName.SMS.value]
 
     def expiry_days(self, purpose: str) -> int:
         """How long after falling due a notification of `purpose` is still worth sending."""

@@ -35,6 +35,7 @@ async def startup(ctx: Context) -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     observability.init_sentry(settings, component="worker")
     engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
+    delivery_channels.check_chains(settings)
     http = delivery_channels.http_session(settings.dispatch_concurrency)
     limiter_redis = Redis.from_url(settings.redis_url, retry_on_timeout=True)
     dispatcher = Dispatcher(

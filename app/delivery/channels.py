@@ -11,15 +11,39 @@ from app.channels.base import Channel, ChannelName
 from app.channels.imo import ImoChannel
 from app.channels.twilio_sms import TwilioSmsChannel
 from app.config import Settings
+from app.delivery import policy
 from app.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
 
-def build_channels(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Channel]:
-    """Every channel whose credentials are set; missing ones are skipped with a warning."""
-    channels: dict[str, Channel] = {}
+def configured_channels(settings: Settings) -> set[str]:
+    """The channels whose credentials are set: the ones `build_channels` builds."""
+    configured = set()
     if settings.imo_base_url and settings.imo_username:
+        configured.add(ChannelName.IMO.value)
+    if settings.twilio_account_sid and settings.twilio_sms_from:
+        configured.add(ChannelName.SMS.value)
+    return configured
+
+
+def check_chains(settings: Settings) -> policy.ChainReport:
+    """The start-up check of CHANNEL_CHAINS against the configured channels: a step
+    whose channel has no credentials is logged here, once, and skipped when sending."""
+    report = policy.chain_report(settings, configured_channels(settings))
+    if report.unconfigured_steps:
+        log.warning(
+            "channel chains name channels that are not configured; those steps are skipped",
+            extra={"unconfigured": report.unconfigured, "steps": report.unconfigured_steps},
+        )
+    return report
+
+
+def build_channels(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Channel]:
+    """Every channel whose credentials are set (see `configured_channels`)."""
+    configured = configured_channels(settings)
+    channels: dict[str, Channel] = {}
+    if ChannelName.IMO in configured:
         channels[ChannelName.IMO] = ImoChannel(
             base_url=settings.imo_base_url,
             username=settings.imo_username,
@@ -27,7 +51,7 @@ def build_channels(settings: Settings, http: aiohttp.ClientSession) -> dict[str,
             session=http,
             timeout=settings.imo_timeout_seconds,
         )
-    if settings.twilio_account_sid and settings.twilio_sms_from:
+    if ChannelName.SMS in configured:
         channels[ChannelName.SMS] = TwilioSmsChannel(
             base_url=settings.twilio_base_url,
             account_sid=settings.twilio_account_sid,
@@ -36,9 +60,6 @@ def build_channels(settings: Settings, http: aiohttp.ClientSession) -> dict[str,
             session=http,
             timeout=settings.twilio_timeout_seconds,
         )
-    missing = {ChannelName.IMO, ChannelName.SMS} - channels.keys()
-    if missing:
-        log.warning("channels not configured", extra={"channels": sorted(missing)})
     return channels
 
 

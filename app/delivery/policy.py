@@ -26,6 +26,7 @@ class ClaimedNotification:
 
     id: uuid.UUID
     patient_id: str
+    purpose: str
     title: str
     body: str
     locale: str
@@ -66,16 +67,45 @@ class SendOn:
 
 
 def channel_chain(
-    settings: Settings, country: str, imo_status: str | None, available: set[str]
+    settings: Settings, country: str, purpose: str, imo_status: str | None, available: set[str]
 ) -> list[str]:
-    """The channels to try for a patient, in order: configured, available, eligible."""
-    chains = settings.channel_chains
-    wanted = chains.get(country.upper(), chains.get("*", [ChannelName.SMS.value]))
+    """The channels to try for a patient and purpose, in order: configured for the
+    country and purpose (`Settings.chain_for`), available, eligible."""
     return [
         name
-        for name in wanted
+        for name in settings.chain_for(country, purpose)
         if name in available and (name != ChannelName.IMO or imo_status == "subscribed")
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """Which channels are configured, and the CHANNEL_CHAINS steps that are not (by
+    chain key): logged at start-up and shown by /readyz, never skipped unseen."""
+
+    configured: list[str]
+    unconfigured: list[str]
+    unconfigured_steps: dict[str, list[str]]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "configured": self.configured,
+            "unconfigured": self.unconfigured,
+            "unconfigured_steps": self.unconfigured_steps,
+        }
+
+
+def chain_report(settings: Settings, configured: set[str]) -> ChainReport:
+    steps = {
+        key: [name for name in chain if name not in configured]
+        for key, chain in sorted(settings.channel_chains.items())
+    }
+    steps = {key: names for key, names in steps.items() if names}
+    return ChainReport(
+        configured=sorted(configured),
+        unconfigured=sorted({name for names in steps.values() for name in names}),
+        unconfigured_steps=steps,
+    )
 
 
 def first_step(
@@ -103,7 +133,7 @@ def first_step(
         )
     chain = n.channel_chain
     if chain is None:
-        chain = channel_chain(settings, n.country, n.imo_status, available)
+        chain = channel_chain(settings, n.country, n.purpose, n.imo_status, available)
     return next_channel(n, chain, n.channel_index)
 
 

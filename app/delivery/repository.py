@@ -27,7 +27,7 @@ _CLAIM = text(
         UPDATE notifications AS n
         SET state = 'sending', claimed_at = now(), updated_at = now()
         FROM due WHERE n.id = due.id
-        RETURNING n.id, n.patient_id, n.title, n.body, n.locale, n.expires_at,
+        RETURNING n.id, n.patient_id, n.purpose, n.title, n.body, n.locale, n.expires_at,
                   n.channel_chain, n.channel_index, n.retry_count, n.claimed_at
     )
     SELECT c.*, p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
