@@ -27,6 +27,7 @@ from app.patients import endpoints as patient_endpoints
 from app.redis import redis_settings
 from app.reminder_plans import endpoints as reminder_plan_endpoints
 from app.request_size import RequestSizeLimit
+from app.switches import endpoints as switch_endpoints
 from app.templates import endpoints as template_endpoints
 
 API_DESCRIPTION = """
@@ -49,6 +50,7 @@ def v1_router() -> APIRouter:
     router.include_router(reminder_plan_endpoints.router)
     router.include_router(experiment_endpoints.router)
     router.include_router(imo_endpoints.router)
+    router.include_router(switch_endpoints.router)
     return router
 
 

@@ -40,6 +40,8 @@ from app.notifications.window import MessagingWindow
 from app.observability import ATTEMPTS, report_unexpected
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
+from app.switches import repository as switch_repository
+from app.switches.scope import Switchboard
 
 log = logging.getLogger(__name__)
 S = NotificationState
@@ -113,6 +115,9 @@ class Dispatcher:
     async def dispatch_once(self) -> int:
         """Claim and handle one batch; returns how many notifications were claimed."""
         async with self.sessionmaker() as session:
+            # Read with every claim, never cached longer: a pause stops sending at each
+            # worker's next batch.
+            board = Switchboard(await switch_repository.paused_scopes(session))
             claimed = await delivery_repository.claim_due(
                 session, self.settings.dispatch_batch_size
             )
@@ -132,14 +137,14 @@ class Dispatcher:
                 available=available,
             )
             if isinstance(step, SendOn):
-                step = self._allowed(notification, step)
+                step = self._allowed(notification, step, board)
             if isinstance(step, SendOn):
                 sends.append(_Send(notification, step))
             else:
                 settled[notification.id] = step
         # Each round tries one channel per notification; failures fall back at once.
         while sends:
-            sends = await self._round(sends, settled)
+            sends = await self._round(sends, settled, board)
             settled = {}
         if settled:
             async with self.sessionmaker() as session:
@@ -147,9 +152,15 @@ class Dispatcher:
                 await session.commit()
         return len(claimed)
 
-    def _allowed(self, notification: ClaimedNotification, step: SendOn) -> Outcome | SendOn:
-        """Outside production, only allow-listed numbers reach a real provider."""
-        channel = self.channels[step.chain[step.index]]
+    def _allowed(
+        self, notification: ClaimedNotification, step: SendOn, board: Switchboard
+    ) -> Outcome | SendOn:
+        """Not held by a paused switch; outside production, only allow-listed numbers
+        reach a real provider."""
+        name = step.chain[step.index]
+        if board and (scope := board.holding(notification.country, notification.purpose, name)):
+            return policy.held(notification, step, str(scope))
+        channel = self.channels[name]
         assert notification.mobile_e164 is not None
         if self.settings.recipient_allowed(notification.mobile_e164, channel.base_url):
             return step
@@ -161,7 +172,7 @@ class Dispatcher:
         )
 
     async def _round(
-        self, sends: Sequence[_Send], settled: dict[uuid.UUID, Outcome]
+        self, sends: Sequence[_Send], settled: dict[uuid.UUID, Outcome], board: Switchboard
     ) -> list[_Send]:
         attempt_ids: dict[uuid.UUID, int] = {}
         answers = await self._send_all(sends, attempt_ids)
@@ -228,7 +239,7 @@ class Dispatcher:
                 n, send.step, answer, now=now, window=self.window, settings=self.settings
             )
             if isinstance(following, SendOn):
-                following = self._allowed(n, following)
+                following = self._allowed(n, following, board)
             if isinstance(following, SendOn):
                 fallbacks.append(_Send(n, following))
                 # Persist the step now: a crash before the next round must not resend
@@ -428,9 +439,14 @@ async def sweep(
     stale_before = now - timedelta(seconds=settings.sending_stale_after_seconds)
     async with sessionmaker() as session:
         counts = await delivery_repository.sweep_stale_sending(session, stale_before)
+        # A batch that read a switch just before it was resumed may have held notifications
+        # after the resume released the rest: they are released here.
+        released = await switch_repository.release_held(session)
         await session.commit()
     if any(counts):
         log.warning("swept stale sending", extra={"requeued": counts[0], "unconfirmed": counts[1]})
+    if released:
+        log.warning("released notifications held by resumed switches", extra={"released": released})
     return counts
 
 

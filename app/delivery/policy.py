@@ -56,6 +56,8 @@ class Outcome:
     failure_reason: str | None = None
     # Set when a channel accepted the message.
     sent_at: datetime | None = None
+    # The paused switch (its scope) that holds the notification, when one does.
+    paused_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,21 @@ def first_step(
     if chain is None:
         chain = channel_chain(settings, n.country, n.purpose, n.imo_status, available)
     return next_channel(n, chain, n.channel_index)
+
+
+def held(n: ClaimedNotification, step: SendOn, scope: str) -> Outcome:
+    """A paused switch covers this send: the notification waits `scheduled` on the same
+    channel (no fallback: that would change what an experiment compares) until the
+    switch is resumed, or until it expires."""
+    return Outcome(
+        S.SCHEDULED,
+        channel_chain=step.chain,
+        channel_index=step.index,
+        due_at=n.expires_at,
+        retry_count=n.retry_count,
+        failure_reason=f"paused: {scope}",
+        paused_by=scope,
+    )
 
 
 def usable_index(chain: list[str], index: int, imo_status: str | None) -> int | None:

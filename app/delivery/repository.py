@@ -181,12 +181,14 @@ _SETTLE = text(
             -- meanwhile, it has none: a fresh one lets the sweeper find it again.)
             claimed_at = CASE WHEN v.state = 'sending' THEN COALESCE(n.claimed_at, now())
                               ELSE NULL END,
+            paused_by = v.paused_by,
             updated_at = now()
         FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]), CAST(:chains AS text[]),
                     CAST(:channel_indexes AS int[]), CAST(:due_ats AS timestamptz[]),
                     CAST(:retry_counts AS int[]), CAST(:failure_reasons AS text[]),
-                    CAST(:sent_ats AS timestamptz[]))
-             AS v(id, state, chain, channel_index, due_at, retry_count, failure_reason, sent_at)
+                    CAST(:sent_ats AS timestamptz[]), CAST(:paused_bys AS text[]))
+             AS v(id, state, chain, channel_index, due_at, retry_count, failure_reason, sent_at,
+                  paused_by)
         WHERE n.id = v.id AND n.state IN ('sending', 'sent', 'delivered', 'read')
         RETURNING n.appointment_id, n.state
     )
@@ -223,6 +225,7 @@ async def settle(session: AsyncSession, outcomes: dict[uuid.UUID, Outcome]) -> N
             "retry_counts": [o.retry_count for _, o in items],
             "failure_reasons": [o.failure_reason for _, o in items],
             "sent_ats": [o.sent_at for _, o in items],
+            "paused_bys": [o.paused_by for _, o in items],
             "undeliverable": EvictionReason.UNDELIVERABLE,
         },
     )

@@ -12,6 +12,7 @@ from app.models.imo_invitation_round import ImoInvitationRound
 from app.models.notification import DeliveryAttempt, Notification
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
+from app.models.switch import Switch
 from app.models.template import Template
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "Notification",
     "Patient",
     "ReminderPlan",
+    "Switch",
     "Template",
 ]

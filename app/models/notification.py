@@ -35,6 +35,12 @@ class Notification(TimestampMixin, Base):
         Index("ix_notifications_sending", "claimed_at", postgresql_where=text("state = 'sending'")),
         Index("ix_notifications_patient_created", "patient_id", "created_at", "id"),
         Index("ix_notifications_appointment", "appointment_id"),
+        # Resuming a switch: the notifications its pause holds.
+        Index(
+            "ix_notifications_paused_by",
+            "paused_by",
+            postgresql_where=text("paused_by IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
@@ -59,6 +65,9 @@ class Notification(TimestampMixin, Base):
     # Transient failures on the current channel, for backoff.
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     claimed_at: Mapped[datetime | None]
+    # The paused switch (its scope) holding this `scheduled` notification: due again
+    # when it is resumed, or at `expires_at`.
+    paused_by: Mapped[str | None] = mapped_column(String(120))
     failure_reason: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]

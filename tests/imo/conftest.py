@@ -65,7 +65,7 @@ async def db(imo_db: ImoDb) -> AsyncIterator[ImoDb]:
     """The invitation tests' database, without patients, authorisations or rounds."""
     async with imo_db.engine.begin() as connection:
         await connection.execute(
-            text("TRUNCATE patients, imo_authorizations, imo_invitation_rounds CASCADE")
+            text("TRUNCATE patients, imo_authorizations, imo_invitation_rounds, switches CASCADE")
         )
     yield imo_db
 
