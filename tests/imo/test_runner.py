@@ -503,12 +503,17 @@ class _Writer:
     failed = False
 
 
+async def _not_paused() -> None:
+    return None
+
+
 def pacer(rate: float, patients: int) -> tuple[_Pacer, _Limiter]:
     limiter = _Limiter(rate, max_chunk=10)
     runner: Any = SimpleNamespace(
         limiter=limiter,
         clock=lambda: datetime.now(UTC),
         window=SimpleNamespace(contains=lambda moment, time_zone: True),
+        paused=_not_paused,
     )
     claim: Any = SimpleNamespace(batch_id=1, time_zone="UTC")
     candidates = [Candidate(f"p-{i}", "Name", "+8801900000003", "en") for i in range(patients)]
