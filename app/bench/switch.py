@@ -98,7 +98,9 @@ async def measure(n: int, workers: int, batch: int, pause_at: float) -> dict[str
 
             async with engine.begin() as connection:
                 await connection.execute(text("UPDATE notifications SET due_at = now()"))
-            while await accepted() < n * pause_at:
+            while True:
+                if await accepted() >= n * pause_at:
+                    break
                 await asyncio.sleep(0.01)
             await _put(engine, paused=True)
             paused_at = time.perf_counter()
