@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     # A reminder due before its appointment also expires when the appointment's day ends.
     notification_expiry_days: int = Field(default=4, ge=1)
     notification_expiry_days_by_purpose: dict[str, Annotated[int, Field(ge=1)]] = {}
+    # A reminder delivered on Imo or WhatsApp and not read this many hours after it was
+    # sent goes once more, on the next channel of its chain. Per purpose (JSON, e.g.
+    # {"missed_visit": 6}; "*": every other purpose). Empty: off.
+    unread_fallback_hours: dict[str, Annotated[float, Field(gt=0)]] = {}
+    # An attempt still `sent` (no final status: its callback may be lost) this many
+    # minutes after sending is looked up at the provider, on channels that can be.
+    reconcile_after_minutes: int = Field(default=30, ge=1)
 
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
     dispatch_concurrency: int = Field(default=200, ge=1, le=5_000)
@@ -155,6 +162,14 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("CHANNEL_CHAINS: " + "; ".join(problems))
         return chains
+
+    @field_validator("unread_fallback_hours")
+    @classmethod
+    def _purposes(cls, hours: dict[str, float]) -> dict[str, float]:
+        wrong = [key for key in hours if key != "*" and not PURPOSE_PATTERN.fullmatch(key)]
+        if wrong:
+            raise ValueError(f"keys must be purposes (lower case) or *: {wrong}")
+        return hours
 
     @field_validator("sweep_interval_seconds")
     @classmethod
@@ -217,6 +232,11 @@ class Settings(BaseSettings):
             if chain is not None:
                 return chain
         return [ChannelName.SMS.value]
+
+    def unread_fallback_after(self, purpose: str) -> float | None:
+        """Hours after which an unread reminder of `purpose` falls back; None: never."""
+        hours = self.unread_fallback_hours
+        return hours.get(purpose, hours.get("*"))
 
     def expiry_days(self, purpose: str) -> int:
         """How long after falling due a notification of `purpose` is still worth sending."""

@@ -19,6 +19,7 @@ from app import observability
 from app.config import get_settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery import channels as delivery_channels
+from app.delivery import unread
 from app.delivery.dispatcher import Dispatcher, sweep
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
@@ -83,6 +84,11 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
     return await sweep(ctx["sessionmaker"], ctx["settings"], datetime.now(UTC))
 
 
+async def hand_on_unread(ctx: Context) -> int:
+    """Cron: unread Imo/WhatsApp reminders to their next channel. Safe on every worker."""
+    return await unread.hand_on_unread(ctx["sessionmaker"], ctx["settings"])
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -91,6 +97,7 @@ def _sweep_seconds(interval: int) -> set[int]:
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
+        hand_on_unread,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
     ]
@@ -101,6 +108,7 @@ class WorkerSettings:
             unique=True,
             run_at_startup=True,
         ),
+        cron(hand_on_unread, second={41}, unique=True),
         invitations.scheduled_round_cron(get_settings()),
     ]
     on_startup = startup

@@ -471,3 +471,56 @@ async def latest_attempt_id(session: AsyncSession, notification_id: uuid.UUID) -
         {"id": notification_id},
     )
     return latest
+
+
+# Index-backed (ix_notifications_unread: the same conditions, then `expires_at`). A
+# purpose without its own rule takes the "*" rule, if any. Rows a callback or another
+# worker holds are skipped; a read receipt committed meanwhile takes a row out.
+_HAND_ON_UNREAD = text(
+    """
+    WITH rules AS (
+        SELECT * FROM unnest(CAST(:purposes AS text[]), CAST(:hours AS float8[]))
+            AS r(purpose, hours)
+    ), due AS (
+        SELECT n.id, n.channel_chain[n.channel_index + 1] AS channel, r.hours
+        FROM notifications AS n
+        JOIN rules AS r ON r.purpose = CASE WHEN n.purpose IN (SELECT purpose FROM rules)
+                                            THEN n.purpose ELSE '*' END
+        WHERE n.state IN ('sent', 'delivered') AND n.unread_fallback_at IS NULL
+          AND n.channel_chain[n.channel_index + 1] IN ('imo', 'whatsapp')
+          AND n.expires_at > now()
+          AND cardinality(n.channel_chain) > n.channel_index + 1
+          AND n.sent_at <= now() - make_interval(secs => r.hours * 3600)
+        ORDER BY n.id
+        LIMIT :limit
+        FOR UPDATE OF n SKIP LOCKED
+    )
+    UPDATE notifications AS n SET
+        state = 'scheduled',
+        channel_index = n.channel_index + 1,
+        due_at = now(),
+        retry_count = 0,
+        unread_fallback_at = now(),
+        failure_reason = due.channel || ': not read within ' || due.hours || ' h',
+        updated_at = now()
+    FROM due WHERE n.id = due.id
+    RETURNING n.id
+    """
+)
+
+
+async def hand_on_unread(
+    session: AsyncSession, hours_by_purpose: dict[str, float], limit: int
+) -> list[uuid.UUID]:
+    """Reminders taken by Imo or WhatsApp and not read within their purpose's hours: due
+    now on the next channel of their chain, marked so that it happens once -> their ids.
+    The dispatcher sends them in the patient's messaging window, before their expiry."""
+    rows = await session.execute(
+        _HAND_ON_UNREAD,
+        {
+            "purposes": list(hours_by_purpose),
+            "hours": list(hours_by_purpose.values()),
+            "limit": limit,
+        },
+    )
+    return [row.id for row in rows]

@@ -21,6 +21,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db.base import Base, TimestampMixin
 from app.notifications.states import STORED_STATES, AttemptStatus
 
+# Reminders the unread fallback may hand on: accepted on a channel with read receipts,
+# not read, not handed on before. (PostgreSQL arrays count from 1.)
+UNREAD_CANDIDATES = (
+    "state IN ('sent', 'delivered') AND unread_fallback_at IS NULL"
+    " AND channel_chain[channel_index + 1] IN ('imo', 'whatsapp')"
+)
+
 
 class Notification(TimestampMixin, Base):
     """One message to one patient, from scheduling to its final state."""
@@ -35,6 +42,13 @@ class Notification(TimestampMixin, Base):
         Index("ix_notifications_sending", "claimed_at", postgresql_where=text("state = 'sending'")),
         Index("ix_notifications_patient_created", "patient_id", "created_at", "id"),
         Index("ix_notifications_appointment", "appointment_id"),
+        # The unread fallback: reminders taken by Imo or WhatsApp, not read, not fallen
+        # back, not expired (the set stays as small as what is still worth sending).
+        Index(
+            "ix_notifications_unread",
+            "expires_at",
+            postgresql_where=text(UNREAD_CANDIDATES),
+        ),
         # Resuming a switch: the notifications its pause holds.
         Index(
             "ix_notifications_paused_by",
@@ -72,6 +86,8 @@ class Notification(TimestampMixin, Base):
     sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]
+    # When the unread fallback handed it on to the next channel (once at most).
+    unread_fallback_at: Mapped[datetime | None]
 
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # SHA-256 of the scheduling request, to refuse a reused key with another body.
