@@ -19,7 +19,7 @@ from app import observability
 from app.config import get_settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery import channels as delivery_channels
-from app.delivery import unread
+from app.delivery import reconcile, unread
 from app.delivery.dispatcher import Dispatcher, sweep
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
@@ -89,6 +89,20 @@ async def hand_on_unread(ctx: Context) -> int:
     return await unread.hand_on_unread(ctx["sessionmaker"], ctx["settings"])
 
 
+async def reconcile_sent(ctx: Context) -> dict[str, int]:
+    """Cron: look up attempts whose final status never came. Safe on every worker."""
+    dispatcher: Dispatcher = ctx["dispatcher"]
+    return dict(
+        await reconcile.reconcile(
+            ctx["sessionmaker"],
+            ctx["settings"],
+            dispatcher.channels,
+            dispatcher.limiters,
+            datetime.now(UTC),
+        )
+    )
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -98,6 +112,7 @@ class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
         hand_on_unread,
+        reconcile_sent,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
     ]
@@ -109,6 +124,7 @@ class WorkerSettings:
             run_at_startup=True,
         ),
         cron(hand_on_unread, second={41}, unique=True),
+        cron(reconcile_sent, second={29}, unique=True),
         invitations.scheduled_round_cron(get_settings()),
     ]
     on_startup = startup

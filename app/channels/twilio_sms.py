@@ -27,9 +27,11 @@ from app.channels.base import (
     ChannelName,
     OutgoingMessage,
     PermanentChannelError,
+    ProviderStatus,
     SendResult,
     TransientChannelError,
 )
+from app.channels.twilio_lookup import TwilioStatusLookup
 from app.logs import mask_phone
 
 API_VERSION = "2010-04-01"
@@ -133,6 +135,19 @@ class TwilioSmsChannel:
             "Accept": "application/json",
             "Content-Type": "application/x-www-form-urlencoded",
         }
+        self._lookup = TwilioStatusLookup(
+            messages_url=self._url.removesuffix(".json"),
+            account_sid=account_sid,
+            auth_token=auth_token,
+            session=session,
+            timeout=timeout,
+            normalise=normalised_status,
+        )
+
+    async def fetch_status(self, provider_message_id: str) -> ProviderStatus:
+        """`StatusLookup`: the message's status at Twilio. Raises MessageNotFound,
+        TransientChannelError or PermanentChannelError."""
+        return await self._lookup.fetch(provider_message_id)
 
     def _sender_for(self, message: OutgoingMessage) -> str:
         # crc32, not hash(): the same reference picks the same sender in every process.

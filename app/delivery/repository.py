@@ -524,3 +524,91 @@ async def hand_on_unread(
         },
     )
     return [row.id for row in rows]
+
+
+# Index-backed (ix_delivery_attempts_sent). The look-up is counted and stamped before it
+# is made, and committed: another worker skips these rows now (SKIP LOCKED) and after
+# (`reconciled_at`), so each attempt is looked up once per interval, whoever runs.
+_CLAIM_SENT = text(
+    """
+    WITH stale AS (
+        SELECT a.id FROM delivery_attempts AS a
+        WHERE a.status = 'sent' AND a.channel = ANY(CAST(:channels AS text[]))
+          AND a.sent_at < :sent_before
+          AND a.provider_message_id IS NOT NULL
+          AND a.reconcile_checks < :max_checks
+          AND (a.reconciled_at IS NULL OR a.reconciled_at < :checked_before)
+        ORDER BY a.sent_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE delivery_attempts AS a
+    SET reconcile_checks = a.reconcile_checks + 1, reconciled_at = now()
+    FROM stale WHERE a.id = stale.id
+    RETURNING a.id, a.channel, a.provider_message_id, a.reconcile_checks
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SentAttempt:
+    id: int
+    channel: str
+    provider_message_id: str
+    # Look-ups so far, this one included.
+    checks: int
+
+
+async def claim_sent_attempts(
+    session: AsyncSession,
+    channels: Sequence[str],
+    *,
+    sent_before: datetime,
+    checked_before: datetime,
+    max_checks: int,
+    limit: int,
+) -> list[SentAttempt]:
+    """Attempts on `channels` still `sent` since before `sent_before`, not looked up
+    since `checked_before` nor `max_checks` times: counted as looked up now."""
+    rows = await session.execute(
+        _CLAIM_SENT,
+        {
+            "channels": list(channels),
+            "sent_before": sent_before,
+            "checked_before": checked_before,
+            "max_checks": max_checks,
+            "limit": limit,
+        },
+    )
+    return [SentAttempt(*row) for row in rows]
+
+
+_GIVE_UP = text(
+    """
+    UPDATE delivery_attempts AS a
+    SET reconcile_checks = GREATEST(a.reconcile_checks, :max_checks),
+        error_code = COALESCE(a.error_code, v.error_code),
+        error_message = COALESCE(a.error_message, v.error_message),
+        updated_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:error_codes AS text[]),
+                CAST(:error_messages AS text[])) AS v(id, error_code, error_message)
+    WHERE a.id = v.id AND a.status = 'sent'
+    """
+)
+
+
+async def give_up_reconciling(
+    session: AsyncSession, reasons: dict[int, tuple[str, str]], max_checks: int
+) -> None:
+    """Look these attempts up no more, and say why on them: {attempt id: (code, message)}.
+    They stay `sent`: what became of the message is not known."""
+    if reasons:
+        await session.execute(
+            _GIVE_UP,
+            {
+                "ids": list(reasons),
+                "error_codes": [code for code, _ in reasons.values()],
+                "error_messages": [message for _, message in reasons.values()],
+                "max_checks": max_checks,
+            },
+        )

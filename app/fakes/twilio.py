@@ -19,6 +19,12 @@ Steering by the last digit of `To`:
 Missing `To`, `From` or `Body` is a 400 with code 21604, 21603 or 21602; wrong
 credentials a 401 with code 20003.
 
+`GET /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json` answers an accepted
+message's resource with its status as the callbacks walk it (`queued`, then `sent` after
+`callback_delay`, then the final status, with `error_code`, after another), whether or
+not the callbacks are sent: with `callbacks_enabled` false it is how a lost callback is
+found out. An unknown sid is a 404 with code 20404. The same faults are drawn.
+
 Fault injection, drawn once per request from a seeded `random.Random` (all 0 by
 default, disjoint, summing to at most 1):
 
@@ -30,7 +36,8 @@ default, disjoint, summing to at most 1):
 
 Test hooks:
 
-- `GET /_fake/stats`: `requests`, `accepted`, `responses` by status code, `faults`,
+- `GET /_fake/stats`: `requests`, `accepted`, `lookups` (message look-ups answered
+  200, and `lookups_not_found`), `responses` by status code, `faults`,
   `to` and `from` (accepted messages per number), and `callbacks`: `sent` (2xx),
   `rejected` (by the final non-2xx status), `failed` (no answer after retries) and
   `pending` (messages whose callbacks are still to come).
@@ -96,6 +103,17 @@ _DELIVERED: tuple[str, str | None] = ("delivered", None)
 _INVALID_NUMBER_DIGIT = "8"
 
 _GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>\x00\xff"
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """An accepted message, to answer look-ups of it."""
+
+    to: str
+    sender: str
+    body: str
+    accepted_at: float  # time.monotonic()
+    final: tuple[str, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +213,9 @@ class FakeTwilio:
         self.callbacks_sent = 0
         self.callbacks_failed = 0
         self.callbacks_rejected: Counter[int] = Counter()
+        self.lookups = 0
+        self.lookups_not_found = 0
+        self.messages: dict[str, _Message] = {}
 
     # --- the Messages API -------------------------------------------------------------
 
@@ -212,18 +233,9 @@ class FakeTwilio:
             return _twilio_error(401, 20003, "Authenticate")
 
         fault = self._draw_fault(config)
-        if fault == "error":
-            return web.Response(
-                status=500, body=b"Internal Server Error\x00", content_type="text/html"
-            )
-        if fault == "timeout":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), HANG_SECONDS)
-            return web.Response(status=503, body=b"shutting down")
-        if fault == "rate_limited":
-            response = _twilio_error(429, 20429, "Too Many Requests")
-            response.headers["Retry-After"] = "1"
-            return response
+        failed = await self._failure(fault)
+        if failed is not None:
+            return failed
 
         form = await request.post()
         to, sender, body = form.get("To"), form.get("From"), form.get("Body")
@@ -240,40 +252,96 @@ class FakeTwilio:
         self.accepted += 1
         self.to_counts[to] += 1
         self.from_counts[sender] += 1
+        final = _FINAL_STATUS_BY_DIGIT.get(to[-1], _DELIVERED)
+        self.messages[sid] = _Message(to, sender, body, time.monotonic(), final)
         callback_url = form.get("StatusCallback")
         if config.callbacks_enabled and isinstance(callback_url, str) and callback_url:
-            final = _FINAL_STATUS_BY_DIGIT.get(to[-1], _DELIVERED)
             self._start_walk(callback_url, sid, to, sender, final)
 
         if fault == "garbage":
             return web.Response(status=201, body=_GARBAGE_BODY, content_type="application/json")
+        return _json(self._resource(sid, self.messages[sid], "queued", None), status=201)
+
+    def _resource(
+        self, sid: str, message: _Message, status: str, error_code: str | None
+    ) -> dict[str, object]:
+        """A message resource, as Twilio renders it."""
         now = _rfc2822_now()
-        uri = f"/{API_VERSION}/Accounts/{config.account_sid}/Messages/{sid}.json"
-        return _json(
-            {
-                "account_sid": config.account_sid,
-                "api_version": API_VERSION,
-                "body": body,
-                "date_created": now,
-                "date_sent": None,
-                "date_updated": now,
-                "direction": "outbound-api",
-                "error_code": None,
-                "error_message": None,
-                "from": sender,
-                "messaging_service_sid": None,
-                "num_media": "0",
-                "num_segments": str(_num_segments(body)),
-                "price": None,
-                "price_unit": "USD",
-                "sid": sid,
-                "status": "queued",
-                "subresource_uris": {"media": uri.removesuffix(".json") + "/Media.json"},
-                "to": to,
-                "uri": uri,
-            },
-            status=201,
-        )
+        account_sid = self.config.account_sid
+        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}.json"
+        return {
+            "account_sid": account_sid,
+            "api_version": API_VERSION,
+            "body": message.body,
+            "date_created": now,
+            "date_sent": None if status == "queued" else now,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": int(error_code) if error_code else None,
+            "error_message": None,
+            "from": message.sender,
+            "messaging_service_sid": None,
+            "num_media": "0",
+            "num_segments": str(_num_segments(message.body)),
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": status,
+            "subresource_uris": {"media": uri.removesuffix(".json") + "/Media.json"},
+            "to": message.to,
+            "uri": uri,
+        }
+
+    async def fetch_message(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        response = await self._fetch_message(request)
+        self.responses[response.status] += 1
+        return response
+
+    async def _fetch_message(self, request: web.Request) -> web.StreamResponse:
+        config = self.config
+        if request.match_info["account_sid"] != config.account_sid or not self._authorized(
+            request.headers.get("Authorization", "")
+        ):
+            return _twilio_error(401, 20003, "Authenticate")
+        fault = self._draw_fault(config)
+        failed = await self._failure(fault)
+        if failed is not None:
+            return failed
+        sid = request.match_info["message_sid"]
+        message = self.messages.get(sid)
+        if message is None:
+            self.lookups_not_found += 1
+            return _twilio_error(
+                404, 20404, f"The requested resource /Messages/{sid[:40]}.json was not found"
+            )
+        self.lookups += 1
+        if fault == "garbage":
+            return web.Response(status=200, body=_GARBAGE_BODY, content_type="application/json")
+        # Where the callbacks' walk would be now (`_walk`), sent or not.
+        elapsed = time.monotonic() - message.accepted_at
+        status, error_code = "queued", None
+        if elapsed >= 2 * config.callback_delay:
+            status, error_code = message.final
+        elif elapsed >= config.callback_delay:
+            status = "sent"
+        return _json(self._resource(sid, message, status, error_code))
+
+    async def _failure(self, fault: str | None) -> web.StreamResponse | None:
+        """The answer of an `error`, `timeout` or `rate_limited` fault; None otherwise."""
+        if fault == "error":
+            return web.Response(
+                status=500, body=b"Internal Server Error\x00", content_type="text/html"
+            )
+        if fault == "timeout":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), HANG_SECONDS)
+            return web.Response(status=503, body=b"shutting down")
+        if fault == "rate_limited":
+            response = _twilio_error(429, 20429, "Too Many Requests")
+            response.headers["Retry-After"] = "1"
+            return response
+        return None
 
     def _authorized(self, header: str) -> bool:
         if header == self._expected_auth:
@@ -392,6 +460,8 @@ class FakeTwilio:
             {
                 "requests": self.requests,
                 "accepted": self.accepted,
+                "lookups": self.lookups,
+                "lookups_not_found": self.lookups_not_found,
                 "responses": {str(code): n for code, n in self.responses.items()},
                 "faults": dict(self.faults),
                 "to": dict(self.to_counts),
@@ -458,6 +528,10 @@ def create_app(config: FakeTwilioConfig | None = None) -> web.Application:
     app[FAKE_TWILIO] = fake
     app.router.add_post(
         f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json", fake.create_message
+    )
+    app.router.add_get(
+        f"/{API_VERSION}/Accounts/{{account_sid}}/Messages/{{message_sid}}.json",
+        fake.fetch_message,
     )
     app.router.add_get("/_fake/stats", fake.stats)
     app.router.add_post("/_fake/reset", fake.reset)

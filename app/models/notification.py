@@ -111,6 +111,13 @@ class DeliveryAttempt(TimestampMixin, Base):
             "created_at",
             postgresql_where=text("status = 'sending'"),
         ),
+        # The reconciler: attempts still `sent`, by channel, oldest first.
+        Index(
+            "ix_delivery_attempts_sent",
+            "channel",
+            "sent_at",
+            postgresql_where=text("status = 'sent'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -127,3 +134,6 @@ class DeliveryAttempt(TimestampMixin, Base):
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
+    # Look-ups of a `sent` attempt at its provider, and the last one (app/delivery/reconcile.py).
+    reconcile_checks: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    reconciled_at: Mapped[datetime | None]
