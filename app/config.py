@@ -20,7 +20,7 @@ from app.channels.base import ChannelName
 AppEnv = Literal["development", "test", "staging", "production"]
 
 # Values that mean "nobody set this": refused in production.
-# The fake providers' well-known credentials (app/cli.py) count as placeholders too.
+# The fake providers' well-known credentials (app/fakes/credentials.py) count as placeholders too.
 PLACEHOLDER_SECRETS = frozenset(
     {"", "change-me", "changeme", "secret", "fake", "test", "xxx"}
     | {"fake-imo-password", "fake-twilio-token"}

@@ -14,7 +14,7 @@ from app.auth.dependencies import require_api_key
 from app.callbacks import endpoints as callback_endpoints
 from app.config import Settings, get_settings
 from app.db.session import create_engine_and_sessionmaker
-from app.delivery import channels as delivery_channels
+from app.delivery.dispatcher import check_chains
 from app.delivery.reports import ReportBatcher
 from app.errors import install_error_handlers
 from app.experiments import endpoints as experiment_endpoints
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
         app.state.redis = arq_pool
-        app.state.chains = delivery_channels.check_chains(settings)
+        app.state.chains = check_chains(settings)
         # Provider reports are committed in groups; see app/delivery/reports.py.
         app.state.reports = ReportBatcher(lambda: app.state.sessionmaker)
         app.state.reports.start()

@@ -27,9 +27,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import embedded
-from app.cli import upgrade_head
 from app.config import Settings, get_settings
 from app.db.session import create_engine_and_sessionmaker
+from app.devtools.environment import upgrade_head
 from tests.stack import ACTIVE_STACKS, TEST_SECRET_KEY, Services, Stack, run_stack
 
 # Before any test module is imported, so that whatever reads settings sees these.

@@ -36,15 +36,19 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app import cli
+from app.auth import service as auth_service
+from app.devtools.environment import notify_command, upgrade_head
+from app.devtools.supervisor import spawn, stop_processes
 from app.embedded import free_port
+from app.fakes.credentials import (
+    FAKE_IMO_PASSWORD,
+    FAKE_IMO_USERNAME,
+    FAKE_TWILIO_ACCOUNT_SID,
+    FAKE_TWILIO_AUTH_TOKEN,
+    FAKE_TWILIO_SMS_FROM,
+)
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
-FAKE_IMO_USERNAME = cli.FAKE_IMO_USERNAME
-FAKE_IMO_PASSWORD = cli.FAKE_IMO_PASSWORD
-FAKE_TWILIO_ACCOUNT_SID = cli.FAKE_TWILIO_ACCOUNT_SID
-FAKE_TWILIO_AUTH_TOKEN = cli.FAKE_TWILIO_AUTH_TOKEN
-FAKE_TWILIO_SMS_FROM = cli.FAKE_TWILIO_SMS_FROM
 
 START_TIMEOUT = 90.0  # four Python processes importing the app on two cores, plus margin
 STOP_TIMEOUT = 15.0
@@ -162,7 +166,7 @@ class Stack:
         self.database_url = await recreate_database(
             self.services.database_url, f"clinic_notify_e2e_{self.number}"
         )
-        await asyncio.to_thread(cli.upgrade_head, self.database_url, configure_logging=False)
+        await asyncio.to_thread(upgrade_head, self.database_url, configure_logging=False)
         await self._flush_redis()
         self.env = self._environment()
 
@@ -191,7 +195,7 @@ class Stack:
 
     def _stop_children(self, children: list[Child | None]) -> None:
         live = [c for c in children if c is not None and c.process is not None]
-        cli.stop_processes([c.process for c in live if c.process is not None], STOP_TIMEOUT)
+        stop_processes([c.process for c in live if c.process is not None], STOP_TIMEOUT)
         for child in live:
             if child.log_file is not None:
                 child.log_file.close()
@@ -244,7 +248,7 @@ class Stack:
 
     async def create_api_key(self, name: str = "e2e") -> str:
         """A new API key, inserted straight into the stack's database."""
-        _, plaintext = await cli.create_api_key(self.database_url, name)
+        _, plaintext = await auth_service.issue_api_key(self.database_url, name)
         return plaintext
 
     def client(self, api_key: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
@@ -318,10 +322,10 @@ class Stack:
         return env
 
     def _spawn(self, name: str, args: list[str]) -> Child:
-        child = Child(name, cli.notify_command(*args), self.workdir / f"{name}.log")
+        child = Child(name, notify_command(*args), self.workdir / f"{name}.log")
         child.log_file = child.log_path.open("ab")
         # cwd: the stack's folder, where no developer's .env can leak in.
-        child.process = cli.spawn(
+        child.process = spawn(
             child.argv, self.env, stdout=child.log_file, stderr=subprocess.STDOUT, cwd=self.workdir
         )
         return child

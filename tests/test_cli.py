@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import delete
 from typer.testing import CliRunner
 
-from app import cli
 from app.auth import service as auth_service
+from app.cli import cli
 from app.db.session import create_engine_and_sessionmaker
+from app.devtools.environment import notify_command, parse_overrides
 from app.models import ApiKey
 from tests.stack import Services, with_redis_db
 
@@ -21,7 +22,7 @@ runner = CliRunner()
 
 def run_notify(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        cli.notify_command(*args),
+        notify_command(*args),
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
@@ -32,7 +33,7 @@ def run_notify(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 class TestHelp:
     def test_lists_every_command(self) -> None:
-        result = runner.invoke(cli.cli, ["--help"])
+        result = runner.invoke(cli, ["--help"])
         assert result.exit_code == 0
         for name in ("dev", "migrate", "api", "worker", "api-keys", "fake-imo", "fake-twilio"):
             assert name in result.output
@@ -40,7 +41,7 @@ class TestHelp:
 
 class TestSetOptions:
     def test_values_are_json_else_text(self) -> None:
-        assert cli.parse_overrides(["error_rate=0.5", "callbacks-enabled=false", "x=abc"]) == {
+        assert parse_overrides(["error_rate=0.5", "callbacks-enabled=false", "x=abc"]) == {
             "error_rate": 0.5,
             "callbacks_enabled": False,
             "x": "abc",
@@ -48,12 +49,12 @@ class TestSetOptions:
 
     def test_a_pair_without_equals_is_refused(self) -> None:
         with pytest.raises(Exception, match="KEY=VALUE"):
-            cli.parse_overrides(["oops"])
+            parse_overrides(["oops"])
 
 
 class TestApiKeysCreate:
     def test_the_key_is_the_last_line_and_works(self, services: Services) -> None:
-        result = runner.invoke(cli.cli, ["api-keys", "create", "cli-test"])
+        result = runner.invoke(cli, ["api-keys", "create", "cli-test"])
         assert result.exit_code == 0, result.output
         plaintext = result.output.strip().splitlines()[-1]
 
@@ -74,7 +75,7 @@ class TestApiKeysCreate:
 class TestMigrate:
     def test_is_idempotent_from_any_cwd(self, services: Services, tmp_path) -> None:
         result = subprocess.run(
-            cli.notify_command("migrate"),
+            notify_command("migrate"),
             env={**os.environ, "DATABASE_URL": services.database_url},
             cwd=tmp_path,
             capture_output=True,

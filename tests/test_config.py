@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app import cli
 from app.config import PLACEHOLDER_SECRETS, Settings
+from app.devtools.environment import notify_command
+from app.fakes.credentials import FAKE_IMO_PASSWORD, FAKE_TWILIO_AUTH_TOKEN
 
 PRODUCTION: dict[str, Any] = {
     "app_env": "production",
@@ -43,10 +44,10 @@ class TestProductionStartUp:
             ("secret_key", "change-me", "SECRET_KEY is missing or a placeholder"),
             ("secret_key", "short-but-real", "SECRET_KEY must be at least 32 characters"),
             ("imo_password", " Change-Me ", "IMO_PASSWORD is missing or a placeholder"),
-            ("imo_password", cli.FAKE_IMO_PASSWORD, "IMO_PASSWORD is missing or a placeholder"),
+            ("imo_password", FAKE_IMO_PASSWORD, "IMO_PASSWORD is missing or a placeholder"),
             (
                 "twilio_auth_token",
-                cli.FAKE_TWILIO_AUTH_TOKEN,
+                FAKE_TWILIO_AUTH_TOKEN,
                 "TWILIO_AUTH_TOKEN is missing or a placeholder",
             ),
             ("imo_username", "", "IMO_USERNAME must be set"),
@@ -60,7 +61,7 @@ class TestProductionStartUp:
             production(**{field: value})
 
     def test_the_fakes_credentials_are_placeholders(self) -> None:
-        assert {cli.FAKE_IMO_PASSWORD, cli.FAKE_TWILIO_AUTH_TOKEN} <= PLACEHOLDER_SECRETS
+        assert {FAKE_IMO_PASSWORD, FAKE_TWILIO_AUTH_TOKEN} <= PLACEHOLDER_SECRETS
 
     @pytest.mark.parametrize("command", ["api", "worker"])
     def test_the_processes_refuse_to_start(self, tmp_path: Path, command: str) -> None:
@@ -72,7 +73,7 @@ class TestProductionStartUp:
             "TWILIO_AUTH_TOKEN": "change-me",
         }
         done = subprocess.run(
-            cli.notify_command(command),
+            notify_command(command),
             env=env,
             cwd=tmp_path,
             capture_output=True,

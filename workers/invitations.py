@@ -10,54 +10,29 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from arq import cron
 from arq.cron import CronJob
 
-from app.channels.base import ChannelName
-from app.channels.imo import ImoChannel
+from app.channels import registry as channel_registry
 from app.config import Settings
-from app.delivery import channels as delivery_channels
 from app.imo import repository as imo_repository
 from app.imo import service as imo_service
-from app.imo.runner import InvitationRunner
-from app.security import TokenSigner
+from app.imo.runner import InvitationRunner, build_invitation_runner
 
 log = logging.getLogger(__name__)
 Context = dict[str, Any]
-
-
-def imo_channel(settings: Settings, http: aiohttp.ClientSession) -> ImoChannel | None:
-    """The Imo adapter for invitations; None when Imo is not configured."""
-    if not (settings.imo_base_url and settings.imo_username):
-        return None
-    return ImoChannel(
-        base_url=settings.imo_base_url,
-        username=settings.imo_username,
-        password=settings.imo_password.get_secret_value(),
-        session=http,
-        timeout=settings.imo_timeout_seconds,
-    )
 
 
 async def start(ctx: Context) -> None:
     """In the worker's startup, after the dispatcher: start the invitation loop."""
     settings: Settings = ctx["settings"]
     # Its own connections: invitations never queue reminders behind them for a socket.
-    http = delivery_channels.http_session(settings.imo_invitation_concurrency)
-    imo = imo_channel(settings, http)
-    if imo is None:
+    http = channel_registry.http_session(settings.imo_invitation_concurrency)
+    runner = build_invitation_runner(settings, ctx["sessionmaker"], ctx["limiter_redis"], http)
+    if runner is None:
         await http.close()
         log.warning("Imo is not configured: this worker runs no invitation rounds")
         return
-    runner = InvitationRunner(
-        settings=settings,
-        sessionmaker=ctx["sessionmaker"],
-        imo=imo,
-        # The one Imo account limit, shared with reminders (which go first).
-        limiter=delivery_channels.build_limiters(settings, ctx["limiter_redis"])[ChannelName.IMO],
-        signer=TokenSigner(settings.secret_key.get_secret_value()),
-    )
     stop = asyncio.Event()
     ctx.update(
         invitation_http=http,

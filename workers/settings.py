@@ -16,11 +16,11 @@ from arq.connections import RedisSettings
 from redis.asyncio import Redis
 
 from app import observability
+from app.channels import registry as channel_registry
 from app.config import get_settings
 from app.db.session import create_engine_and_sessionmaker
-from app.delivery import channels as delivery_channels
 from app.delivery import reconcile, unread
-from app.delivery.dispatcher import Dispatcher, sweep
+from app.delivery.dispatcher import Dispatcher, check_chains, sweep
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
@@ -36,14 +36,14 @@ async def startup(ctx: Context) -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     observability.init_sentry(settings, component="worker")
     engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
-    delivery_channels.check_chains(settings)
-    http = delivery_channels.http_session(settings.dispatch_concurrency)
+    check_chains(settings)
+    http = channel_registry.http_session(settings.dispatch_concurrency)
     limiter_redis = Redis.from_url(settings.redis_url, retry_on_timeout=True)
     dispatcher = Dispatcher(
         settings=settings,
         sessionmaker=sessionmaker,
-        channels=delivery_channels.build_channels(settings, http),
-        limiters=delivery_channels.build_limiters(settings, limiter_redis),
+        channels=channel_registry.build_channels(settings, http),
+        limiters=channel_registry.build_limiters(settings, limiter_redis),
         signer=TokenSigner(settings.secret_key.get_secret_value()),
     )
     stop = asyncio.Event()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.session import create_engine_and_sessionmaker
 from app.models import ApiKey
 
 KEY_PREFIX = "cn_"
@@ -29,6 +30,29 @@ async def create_api_key(session: AsyncSession, name: str) -> tuple[ApiKey, str]
     session.add(api_key)
     await session.flush()
     return api_key, plaintext
+
+
+async def issue_api_key(database_url: str, name: str) -> tuple[str, str]:
+    """Create and commit a key in a unit of work of its own (`notify api-keys create`,
+    `notify dev`); returns (its id, the plaintext)."""
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            api_key, plaintext = await create_api_key(session, name)
+            await session.commit()
+            return str(api_key.id), plaintext
+    finally:
+        await engine.dispose()
+
+
+async def api_key_is_live(database_url: str, plaintext: str) -> bool:
+    """Whether `plaintext` authenticates, checked in a unit of work of its own."""
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            return await authenticate(session, plaintext) is not None
+    finally:
+        await engine.dispose()
 
 
 async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:

@@ -16,7 +16,7 @@ import time
 import aiohttp
 import orjson
 
-from app.cli import new_event_loop
+from app.devtools.environment import new_event_loop
 
 
 async def run(imo_url: str, twilio_url: str, requests: int, concurrency: int) -> dict[str, float]:

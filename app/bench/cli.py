@@ -26,7 +26,7 @@ def dispatch(
 ) -> None:
     """N due reminders (half Imo, half SMS) sent by real workers vs a bare aiohttp loop."""
     from app.bench import dispatch as bench_dispatch
-    from app.cli import prepare_environment
+    from app.devtools.environment import prepare_environment
 
     prepare_environment()
     bench_dispatch.run(reminders, workers, concurrency, batch, json_path, measured)
@@ -44,7 +44,7 @@ def switch(
 ) -> None:
     """Pause country=IN mid-send: sends after the pause, then resume: none lost or twice."""
     from app.bench import switch as bench_switch
-    from app.cli import prepare_environment
+    from app.devtools.environment import prepare_environment
 
     prepare_environment()
     bench_switch.run(reminders, workers, batch, pause_at, json_path)
@@ -66,7 +66,7 @@ def invitations(
     """An unthrottled Imo invitation round vs a bare aiohttp loop; or, with --rate, the
     aggregate rate of several workers sharing one limit."""
     from app.bench import invitations as bench_invitations
-    from app.cli import prepare_environment
+    from app.devtools.environment import prepare_environment
 
     prepare_environment()
     bench_invitations.run(
@@ -85,7 +85,7 @@ def callbacks(
 ) -> None:
     """Imo read receipts and Twilio statuses at the API: rate, latency, none lost."""
     from app.bench import callbacks as bench_callbacks
-    from app.cli import prepare_environment
+    from app.devtools.environment import prepare_environment
 
     prepare_environment()
     bench_callbacks.run(callbacks, concurrency, json_path, api_workers)
@@ -100,7 +100,7 @@ def schedule(
 ) -> None:
     """Patients (batch) and notifications (one by one) created through the API."""
     from app.bench import schedule as bench_schedule
-    from app.cli import prepare_environment
+    from app.devtools.environment import prepare_environment
 
     prepare_environment()
     bench_schedule.run(notifications, concurrency, batch, json_path)
@@ -117,7 +117,7 @@ def experiments(
 ) -> None:
     """An experiment's results (and its per-patient CSV rows) on N memberships."""
     from app.bench import experiments as bench_experiments
-    from app.cli import prepare_environment
+    from app.devtools.environment import prepare_environment
 
     prepare_environment()
     bench_experiments.run(memberships, repeats, json_path, explain=explain)

@@ -30,10 +30,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app import cli as notify_cli
 from app import embedded
+from app.devtools.environment import notify_command, prepare_environment, upgrade_head
+from app.devtools.supervisor import http_ok, spawn, stop_processes
+from app.fakes.credentials import (
+    FAKE_IMO_PASSWORD,
+    FAKE_IMO_USERNAME,
+    FAKE_TWILIO_ACCOUNT_SID,
+    FAKE_TWILIO_AUTH_TOKEN,
+    FAKE_TWILIO_SMS_FROM,
+)
 
-FAKE_IMO = {"username": notify_cli.FAKE_IMO_USERNAME, "password": notify_cli.FAKE_IMO_PASSWORD}
 console = Console(highlight=False, width=160)
 
 
@@ -68,14 +75,14 @@ def _fmt(value: Any) -> str:
 
 async def fresh_database(name: str) -> str:
     """Drop and create database `name` next to the configured (or embedded) one; migrate."""
-    database_url, _ = notify_cli.prepare_environment()
+    database_url, _ = prepare_environment()
     admin = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
     async with admin.connect() as connection:
         await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await connection.execute(text(f'CREATE DATABASE "{name}"'))
     await admin.dispose()
     url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    await asyncio.to_thread(notify_cli.upgrade_head, url, configure_logging=False)
+    await asyncio.to_thread(upgrade_head, url, configure_logging=False)
     return url
 
 
@@ -183,8 +190,8 @@ class Processes:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.workdir / f"{name}.log").open("ab") as log:  # the child keeps its copy
-            child = notify_cli.spawn(
-                notify_cli.notify_command(*args),
+            child = spawn(
+                notify_command(*args),
                 self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -195,14 +202,14 @@ class Processes:
 
     def wait_http(self, url: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        while not notify_cli.http_ok(url):
+        while not http_ok(url):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{url} did not come up; logs in {self.workdir}")
             time.sleep(0.05)
 
     def stop(self, children: list[subprocess.Popen[bytes]] | None = None) -> None:
         targets = children if children is not None else self.children
-        notify_cli.stop_processes(targets)
+        stop_processes(targets)
         for child in targets:
             if child in self.children:
                 self.children.remove(child)
@@ -222,12 +229,12 @@ def fakes_and_env(database_url: str, redis_url: str, **settings: str) -> Iterato
         "SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789",
         "PUBLIC_BASE_URL": "http://127.0.0.1:9",
         "IMO_BASE_URL": f"http://127.0.0.1:{imo_port}/api/simple",
-        "IMO_USERNAME": notify_cli.FAKE_IMO_USERNAME,
-        "IMO_PASSWORD": notify_cli.FAKE_IMO_PASSWORD,
+        "IMO_USERNAME": FAKE_IMO_USERNAME,
+        "IMO_PASSWORD": FAKE_IMO_PASSWORD,
         "TWILIO_BASE_URL": f"http://127.0.0.1:{twilio_port}",
-        "TWILIO_ACCOUNT_SID": notify_cli.FAKE_TWILIO_ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": notify_cli.FAKE_TWILIO_AUTH_TOKEN,
-        "TWILIO_SMS_FROM": notify_cli.FAKE_TWILIO_SMS_FROM,
+        "TWILIO_ACCOUNT_SID": FAKE_TWILIO_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": FAKE_TWILIO_AUTH_TOKEN,
+        "TWILIO_SMS_FROM": FAKE_TWILIO_SMS_FROM,
         "IMO_RATE_LIMIT_PER_SECOND": "1000000",
         "TWILIO_RATE_LIMIT_PER_SECOND": "1000000",
         "MESSAGING_WINDOW_START": "00:00",

@@ -43,8 +43,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.bench.common import PeakMemory, Result, console, fakes_and_env, fresh_database
-from app.cli import FAKE_IMO_PASSWORD, FAKE_IMO_USERNAME, new_event_loop
 from app.config import get_settings
+from app.devtools.environment import new_event_loop
+from app.fakes.credentials import FAKE_IMO_PASSWORD, FAKE_IMO_USERNAME
 
 # One database per run: benchmarks of other people on the same server never meet it.
 BENCH_DATABASE = f"clinic_notify_bench_invitations_{os.getpid()}"
@@ -205,8 +206,8 @@ async def round_in_process() -> dict[str, Any]:
     """Run one round here (unthrottled by the environment's settings) until it is over."""
     # What the round imports, imported before the clock starts (as the loop's modules
     # are): the figure is the round's, not Python's start-up (0.45 s of CPU here).
+    import app.channels.registry
     import app.imo.runner  # noqa: F401
-    import workers.invitations  # noqa: F401
     from app.imo.cli import run_round
 
     settings = get_settings()

@@ -21,8 +21,8 @@ import aiohttp
 
 from app.callbacks import urls
 from app.channels import twilio_signature
-from app.cli import new_event_loop
 from app.config import Settings
+from app.devtools.environment import new_event_loop
 from app.security import TokenSigner
 
 Request = tuple[str, bytes, dict[str, str]]

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import embedded
+from app.auth import service as auth_service
 from app.bench.common import (
     CpuSeconds,
     PeakMemory,
@@ -18,7 +19,6 @@ from app.bench.common import (
     run_module,
     server_pid,
 )
-from app.cli import create_api_key
 from app.config import get_settings
 
 DATABASE = "clinic_notify_bench_schedule"
@@ -26,7 +26,7 @@ DATABASE = "clinic_notify_bench_schedule"
 
 async def measure(n: int, concurrency: int, batch: int) -> list[dict[str, object]]:
     database_url = await fresh_database(DATABASE)
-    _, key = await create_api_key(database_url, "bench")
+    _, key = await auth_service.issue_api_key(database_url, "bench")
     rows: list[dict[str, object]] = []
     with fakes_and_env(database_url, get_settings().redis_url) as processes:
         port = embedded.free_port()

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.callbacks import urls
+from app.channels import registry as channel_registry
 from app.channels.base import (
     Channel,
     ChannelError,
@@ -430,6 +431,19 @@ class Dispatcher:
         elif not isinstance(error, ChannelError):
             log.error("channel adapter raised %r", type(error).__name__, exc_info=error)
             sentry_sdk.capture_exception(error)
+
+
+def check_chains(settings: Settings) -> policy.ChainReport:
+    """The start-up check of CHANNEL_CHAINS against the configured channels (run by the
+    API and every worker): a step whose channel has no credentials is logged here, once,
+    and skipped when sending. /readyz shows the same report."""
+    report = policy.chain_report(settings, channel_registry.configured_channels(settings))
+    if report.unconfigured_steps:
+        log.warning(
+            "channel chains name channels that are not configured; those steps are skipped",
+            extra={"unconfigured": report.unconfigured, "steps": report.unconfigured_steps},
+        )
+    return report
 
 
 async def sweep(

@@ -45,7 +45,7 @@ def report(
     ] = None,
 ) -> None:
     """Print an experiment's results per group, as GET /v1/experiments/{id}/results."""
-    from app.cli import prepare_environment
+    from app.devtools.environment import prepare_environment
 
     database_url, _ = prepare_environment()
     raise typer.Exit(asyncio.run(run_report(database_url, experiment_id, csv_path)))

@@ -61,12 +61,11 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from app.fakes.credentials import FAKE_IMO_PASSWORD, FAKE_IMO_USERNAME
+
 logger = logging.getLogger(__name__)
 
 PREFIX: Final = "/api/simple"
-DEFAULT_USERNAME: Final = "fake-imo"
-# The fake reaches nobody: its password guards nothing real.
-DEFAULT_PASSWORD: Final = "fake-imo-password"  # noqa: S105
 
 INVITE: Final = "send_invite"
 NOTIFICATION: Final = "send_notification"
@@ -93,8 +92,8 @@ _GARBAGE_200: Final = b"OK <html>definitely not json"
 class FakeImoConfig:
     """How the fake behaves. Change it at run time with `POST /_fake/config`."""
 
-    username: str = DEFAULT_USERNAME
-    password: str = DEFAULT_PASSWORD
+    username: str = FAKE_IMO_USERNAME
+    password: str = FAKE_IMO_PASSWORD
     callback_delay: float = 1.0
     error_rate: float = 0.0
     timeout_rate: float = 0.0

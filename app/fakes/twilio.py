@@ -71,6 +71,7 @@ import orjson
 from aiohttp import web
 
 from app.channels import twilio_signature
+from app.fakes.credentials import FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,8 @@ class _Message:
 
 @dataclass(frozen=True, slots=True)
 class FakeTwilioConfig:
-    account_sid: str = "ACfake00000000000000000000000000"
-    auth_token: str = "fake-twilio-token"  # noqa: S105 - the fake's own, well-known token
+    account_sid: str = FAKE_TWILIO_ACCOUNT_SID
+    auth_token: str = FAKE_TWILIO_AUTH_TOKEN
     callback_delay: float = 1.0
     error_rate: float = 0.0
     timeout_rate: float = 0.0

@@ -42,8 +42,9 @@ def invite(
     ] = None,
 ) -> None:
     """Run an Imo invitation round now, with a progress bar and a summary at the end."""
-    from app.cli import console, err_console, prepare_environment
     from app.config import get_settings
+    from app.devtools.console import console, err_console
+    from app.devtools.environment import prepare_environment
     from app.logs import configure_logging
 
     prepare_environment()
@@ -61,18 +62,15 @@ async def run_round(
     """Start a round and work on it here until it completes or pauses; exit code."""
     from redis.asyncio import Redis
 
-    from app.channels.base import ChannelName
+    from app.channels import registry as channel_registry
     from app.db.session import create_engine_and_sessionmaker
-    from app.delivery import channels as delivery_channels
     from app.gc_tuning import tune_gc
     from app.imo import service as imo_service
-    from app.imo.runner import InvitationRunner
-    from app.security import TokenSigner
-    from workers.invitations import imo_channel
+    from app.imo.runner import build_invitation_runner
 
     engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
     redis = Redis.from_url(settings.redis_url)
-    http = delivery_channels.http_session(settings.imo_invitation_concurrency)
+    http = channel_registry.http_session(settings.imo_invitation_concurrency)
     try:
         async with sessionmaker() as session:
             try:
@@ -83,15 +81,8 @@ async def run_round(
                 console.print(f"[red]{running.message}[/red]")
                 return 1
             await session.commit()
-        imo = imo_channel(settings, http)
-        assert imo is not None
-        runner = InvitationRunner(
-            settings=settings,
-            sessionmaker=sessionmaker,
-            imo=imo,
-            limiter=delivery_channels.build_limiters(settings, redis)[ChannelName.IMO],
-            signer=TokenSigner(settings.secret_key.get_secret_value()),
-        )
+        runner = build_invitation_runner(settings, sessionmaker, redis, http)
+        assert runner is not None  # start_round refuses to start without Imo
         console.print(f"Invitation round [bold]{round_.id}[/bold] started.")
         tune_gc()  # a long round is a long-running process, as a worker is
         return await _work_with_progress(runner, round_.id, console)

@@ -37,13 +37,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import sentry_sdk
 from prometheus_client import Counter as PrometheusCounter
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.callbacks import urls
-from app.channels.base import ChannelError, Invitation, PermanentChannelError
+from app.channels import registry as channel_registry
+from app.channels.base import ChannelError, ChannelName, Invitation, PermanentChannelError
 from app.channels.imo import ImoChannel
 from app.config import Settings
 from app.imo import repository as imo_repository
@@ -673,3 +676,24 @@ class InvitationRunner:
                 waiter.cancel()
             if wakeable:
                 self._wake.clear()
+
+
+def build_invitation_runner(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    limiter_redis: Redis,
+    http: aiohttp.ClientSession,
+) -> InvitationRunner | None:
+    """The runner of the worker, `notify invite` and the benchmark: the registry's Imo
+    channel on `http` and the Imo account's one limit, shared with reminders (which go
+    first). None when Imo is not configured."""
+    imo = channel_registry.imo_channel(settings, http)
+    if imo is None:
+        return None
+    return InvitationRunner(
+        settings=settings,
+        sessionmaker=sessionmaker,
+        imo=imo,
+        limiter=channel_registry.build_limiter(ChannelName.IMO, settings, limiter_redis),
+        signer=TokenSigner(settings.secret_key.get_secret_value()),
+    )

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.channels import registry as channel_registry
 from app.channels.base import (
     Channel,
     ChannelName,
@@ -24,7 +25,6 @@ from app.channels.base import (
     TransientChannelError,
 )
 from app.config import Settings
-from app.delivery import channels as delivery_channels
 from app.delivery import status as delivery_status
 from app.delivery.dispatcher import Dispatcher
 from app.fakes.imo import FakeImoConfig, start_fake_imo
@@ -85,7 +85,7 @@ async def dispatcher(
 ) -> Dispatcher:
     settings = settings_for(fakes)
     return make_dispatcher(
-        settings, db_sessionmaker, redis, delivery_channels.build_channels(settings, http)
+        settings, db_sessionmaker, redis, channel_registry.build_channels(settings, http)
     )
 
 
@@ -99,7 +99,7 @@ def make_dispatcher(
         settings=settings,
         sessionmaker=sessionmaker,
         channels=channels,
-        limiters=delivery_channels.build_limiters(settings, redis),
+        limiters=channel_registry.build_limiters(settings, redis),
         signer=TokenSigner("test"),
     )
 
@@ -185,7 +185,7 @@ class TestChannels:
         # the channels must not each hold part of the permits and wait for the rest.
         settings = settings_for(fakes, dispatch_concurrency=3)
         dispatcher = make_dispatcher(
-            settings, db_sessionmaker, redis, delivery_channels.build_channels(settings, http)
+            settings, db_sessionmaker, redis, channel_registry.build_channels(settings, http)
         )
         notifications = []
         for i in range(8):
@@ -465,5 +465,5 @@ class TestUnclearAnswers:
         dispatcher = scripted_dispatcher(fakes, redis, db_sessionmaker, channel)
         await due(db_session, await patient_with(db_session, 3))
         await dispatcher.dispatch_once()
-        other_worker = delivery_channels.build_limiters(dispatcher.settings, redis)["sms"]
+        other_worker = channel_registry.build_limiters(dispatcher.settings, redis)["sms"]
         assert 2.5 < await other_worker.reserve(1) <= 3.0

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.delivery import channels as delivery_channels
+from app.channels import registry as channel_registry
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.reconcile import MAX_CHECKS, NOT_FOUND, reconcilable, reconcile
 from app.models import DeliveryAttempt, Notification
@@ -45,7 +45,7 @@ async def dispatcher(
     await fake_config(http, fakes, callback_delay=0.0)
     settings = settings_for(fakes, reconcile_after_minutes=30)
     yield make_dispatcher(
-        settings, db_sessionmaker, redis, delivery_channels.build_channels(settings, http)
+        settings, db_sessionmaker, redis, channel_registry.build_channels(settings, http)
     )
     await fake_config(http, fakes, callback_delay=1.0)
 

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.delivery import channels as delivery_channels
+from app.channels import registry as channel_registry
 from app.delivery import repository as delivery_repository
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.unread import hand_on_unread
@@ -48,7 +48,7 @@ def build(
     def make(**overrides: Any) -> Dispatcher:
         settings = settings_for(fakes, **overrides)
         return make_dispatcher(
-            settings, db_sessionmaker, redis, delivery_channels.build_channels(settings, http)
+            settings, db_sessionmaker, redis, channel_registry.build_channels(settings, http)
         )
 
     return make

@@ -22,9 +22,10 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.cli import upgrade_head
+from app.channels.registry import imo_channel
 from app.config import Settings
 from app.db.session import create_engine_and_sessionmaker
+from app.devtools.environment import upgrade_head
 from app.fakes.imo import FAKE_IMO_KEY, INVITE, FakeImoConfig, base_url, start_fake_imo
 from app.imo.runner import InvitationRunner
 from app.ratelimit import RateLimiter
@@ -37,7 +38,6 @@ from tests.stack import (
     Services,
     recreate_database,
 )
-from workers.invitations import imo_channel
 
 __all__ = ["api_app"]
 

@@ -1,0 +1,261 @@
+"""`notify dev`: embedded databases, migrations, the fakes, the API and a worker in one
+process tree, started together and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.text import Text
+
+from app import embedded
+from app.auth import service as auth_service
+from app.config import get_settings
+from app.devtools.console import console, err_console
+from app.devtools.environment import notify_command, prepare_environment, upgrade_head
+from app.devtools.supervisor import http_ok, port_is_free, spawn, stop_processes
+from app.fakes.credentials import (
+    FAKE_IMO_PASSWORD,
+    FAKE_IMO_USERNAME,
+    FAKE_TWILIO_ACCOUNT_SID,
+    FAKE_TWILIO_AUTH_TOKEN,
+    FAKE_TWILIO_SMS_FROM,
+)
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    ready_url: str | None
+    style: str
+    process: subprocess.Popen[bytes] | None = None
+    reader: threading.Thread | None = field(default=None, repr=False)
+
+
+class DevStack:
+    """The children of `notify dev`: started together, stopped together."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+        self.children: list[_Child] = []
+        self.stopping = threading.Event()
+
+    def add(self, name: str, argv: list[str], ready_url: str | None, style: str) -> None:
+        self.children.append(_Child(name, argv, ready_url, style))
+
+    def start(self) -> None:
+        for child in self.children:
+            child.process = spawn(
+                child.argv, self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+        # Readers only after every fork: no thread runs while a child is being forked.
+        for child in self.children:
+            child.reader = threading.Thread(target=self._relay, args=(child,), daemon=True)
+            child.reader.start()
+
+    def _relay(self, child: _Child) -> None:
+        assert child.process is not None and child.process.stdout is not None
+        prefix = Text(f"{child.name:<11}| ", style=child.style)
+        for raw in child.process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            console.print(prefix + Text(line), soft_wrap=True)
+
+    def dead_child(self) -> _Child | None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None:
+                return child
+        return None
+
+    def wait_ready(self, timeout: float = 90) -> bool:
+        """True once every child with a ready URL answers; False if one died or on stop."""
+        deadline = time.monotonic() + timeout
+        pending = [child for child in self.children if child.ready_url]
+        while pending:
+            if self.stopping.is_set() or self.dead_child() is not None:
+                return False
+            if time.monotonic() > deadline:
+                names = ", ".join(child.name for child in pending)
+                err_console.print(f"[red]not ready after {timeout:.0f}s:[/red] {names}")
+                return False
+            pending = [c for c in pending if not http_ok(c.ready_url or "", timeout=0.5)]
+            if pending:
+                self.stopping.wait(0.2)
+        return True
+
+    def stop(self) -> None:
+        # The API and workers first, so nothing is left calling a stopped fake.
+        processes = [c.process for c in reversed(self.children) if c.process is not None]
+        stop_processes(processes)
+        for child in self.children:
+            if child.reader is not None:
+                child.reader.join(timeout=2)
+
+
+def _dev_api_key(data_dir: Path, database_url: str) -> tuple[str, bool]:
+    """The development key kept in `.data/dev-api-key`; (key, created now)."""
+    path = data_dir / "dev-api-key"
+    if path.exists():
+        key = path.read_text().strip()
+        if key and asyncio.run(auth_service.api_key_is_live(database_url, key)):
+            return key, False
+    _, key = asyncio.run(auth_service.issue_api_key(database_url, "dev"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key, True
+
+
+def run(host: str, port: int) -> int:
+    """Run the stack until Ctrl-C, SIGTERM or a child's exit; returns the exit code."""
+    settings = get_settings()
+    data_dir = Path(settings.data_dir).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not port_is_free(host, port):
+        err_console.print(f"[red]error:[/red] {host}:{port} is in use (another `notify dev`?)")
+        return 1
+
+    # Stop at exit only what this command started, not servers another one shares.
+    started_postgres = not settings.database_url and not embedded.postgres_running(data_dir)
+    started_redis = not settings.redis_url and not embedded.redis_running(data_dir)
+    try:
+        began = time.monotonic()
+        with console.status("Starting PostgreSQL and Redis..."):
+            database_url, redis_url = prepare_environment()
+        embedded_names = [
+            name for name, unset in (("PostgreSQL", not settings.database_url),
+                                     ("Redis", not settings.redis_url)) if unset
+        ]  # fmt: skip
+        if embedded_names:
+            console.print(
+                f"Embedded {' and '.join(embedded_names)} ready in "
+                f"{time.monotonic() - began:.1f}s ({data_dir})"
+            )
+        exit_code = _run_children(host, port, data_dir, database_url, redis_url)
+    except KeyboardInterrupt:  # Ctrl-C before the children were started
+        exit_code = 130
+    finally:
+        if started_redis:
+            embedded.stop_redis(data_dir)
+        if started_postgres:
+            embedded.stop_postgres(data_dir)
+    console.print("Stopped.")
+    return exit_code
+
+
+def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis_url: str) -> int:
+    settings = get_settings()
+    with console.status("Applying migrations..."):
+        upgrade_head(database_url, configure_logging=False)
+    api_key, key_created = _dev_api_key(data_dir, database_url)
+
+    display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    api_url = f"http://{display_host}:{port}"
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        SECRET_KEY=settings.secret_key.get_secret_value(),
+        PUBLIC_BASE_URL=settings.public_base_url or api_url,
+        PYTHONUNBUFFERED="1",
+    )
+    if "log_json" not in settings.model_fields_set:
+        env["LOG_JSON"] = "false"  # a person reads these logs, interleaved in one terminal
+    children: list[tuple[str, list[str], str | None, str]] = []
+    urls: list[tuple[str, str]] = []
+    if not settings.imo_username:
+        imo_port = embedded.free_port()
+        imo_root = f"http://127.0.0.1:{imo_port}"
+        env.update(
+            IMO_BASE_URL=f"{imo_root}/api/simple",
+            IMO_USERNAME=FAKE_IMO_USERNAME,
+            IMO_PASSWORD=FAKE_IMO_PASSWORD,
+        )
+        children.append(
+            (
+                "fake-imo",
+                notify_command("fake-imo", "--port", str(imo_port)),
+                f"{imo_root}/_fake/stats",
+                "magenta",
+            )
+        )
+        urls.append(("Fake Imo", f"{imo_root}/api/simple  (stats: {imo_root}/_fake/stats)"))
+    if not settings.twilio_account_sid:
+        twilio_port = embedded.free_port()
+        twilio_root = f"http://127.0.0.1:{twilio_port}"
+        env.update(
+            TWILIO_BASE_URL=twilio_root,
+            TWILIO_ACCOUNT_SID=FAKE_TWILIO_ACCOUNT_SID,
+            TWILIO_AUTH_TOKEN=FAKE_TWILIO_AUTH_TOKEN,
+            TWILIO_SMS_FROM=FAKE_TWILIO_SMS_FROM,
+        )
+        children.append(
+            (
+                "fake-twilio",
+                notify_command("fake-twilio", "--port", str(twilio_port)),
+                f"{twilio_root}/_fake/stats",
+                "yellow",
+            )
+        )
+        urls.append(("Fake Twilio", f"{twilio_root}  (stats: {twilio_root}/_fake/stats)"))
+    stack = DevStack(env)
+    for child in children:
+        stack.add(*child)
+    stack.add(
+        "api",
+        notify_command("api", "--host", host, "--port", str(port)),
+        f"{api_url}/healthz",
+        "cyan",
+    )
+    stack.add("worker", notify_command("worker"), None, "green")
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stack.stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    exit_code = 0
+    try:
+        stack.start()
+        if stack.wait_ready():
+            _print_banner(api_url, api_key, key_created, urls, data_dir)
+        while not stack.stopping.is_set():
+            dead = stack.dead_child()
+            if dead is not None:
+                assert dead.process is not None
+                err_console.print(
+                    f"[red]{dead.name} exited (code {dead.process.returncode}); "
+                    "stopping the rest[/red]"
+                )
+                exit_code = 1
+                break
+            stack.stopping.wait(0.25)
+    finally:
+        console.print("Stopping...")
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return exit_code
+
+
+def _print_banner(
+    api_url: str, api_key: str, key_created: bool, urls: list[tuple[str, str]], data_dir: Path
+) -> None:
+    rows = [
+        ("API docs", f"{api_url}/docs"),
+        ("API key", f"{api_key}  ({'new, ' if key_created else ''}kept in {data_dir}/dev-api-key)"),
+        ("Try it", f'curl -H "Authorization: Bearer {api_key}" {api_url}/v1/templates'),
+        *urls,
+        ("Data", f"{data_dir}  (delete it to start afresh)"),
+    ]
+    console.rule("[bold green]clinic-notify is running[/bold green]")
+    for name, value in rows:
+        # soft_wrap: never break the key or a URL, whatever the terminal's width.
+        console.print(Text(f"  {name:<12} ", style="bold") + Text(value), soft_wrap=True)
+    console.rule("Ctrl-C stops it")

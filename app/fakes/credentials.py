@@ -1,0 +1,13 @@
+"""The fakes' well-known credentials and a Twilio magic test sender: they reach nobody.
+
+The fake servers accept these by default; `notify dev`, the benchmarks and the tests give
+them to the app. `app.config.PLACEHOLDER_SECRETS` refuses the secrets in production.
+"""
+
+from typing import Final
+
+FAKE_IMO_USERNAME: Final = "fake-imo"
+FAKE_IMO_PASSWORD: Final = "fake-imo-password"  # noqa: S105
+FAKE_TWILIO_ACCOUNT_SID: Final = "ACfake00000000000000000000000000"
+FAKE_TWILIO_AUTH_TOKEN: Final = "fake-twilio-token"  # noqa: S105
+FAKE_TWILIO_SMS_FROM: Final = "+15005550006"
