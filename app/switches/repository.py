@@ -44,8 +44,9 @@ async def list_switches(session: AsyncSession) -> list[Switch]:
     return list(await session.scalars(select(Switch).order_by(Switch.scope)))
 
 
-# Paused-by a scope that is no longer paused (resumed, or a hold written by a batch that
-# read the switches just before the resume): due now. Index-backed (ix_notifications_paused_by).
+# Held by a scope that is no longer paused (resumed, or a hold written by a batch that
+# read the switches just before the resume): due now. Looked up by the resumed scopes in
+# ix_notifications_paused_by, so a large backlog held by a paused switch costs nothing.
 _RELEASE = text(
     """
     UPDATE notifications AS n SET
@@ -53,8 +54,7 @@ _RELEASE = text(
         failure_reason = CASE WHEN n.state = 'scheduled' THEN NULL ELSE n.failure_reason END,
         paused_by = NULL,
         updated_at = now()
-    WHERE n.paused_by IS NOT NULL
-      AND n.paused_by NOT IN (SELECT scope FROM switches WHERE paused)
+    WHERE n.paused_by IN (SELECT scope FROM switches WHERE NOT paused)
     """
 )
 

@@ -105,3 +105,16 @@ class TestResumeReleases:
         assert released.paused_by is None and released.failure_reason is None
         assert released.due_at <= datetime.now(UTC)
         assert (still.paused_by, still.due_at) == ("channel=sms", later)
+
+    async def test_the_release_looks_up_the_resumed_scopes_in_their_index(
+        self, db_session: AsyncSession
+    ) -> None:
+        from sqlalchemy import text
+
+        from app.switches.repository import _RELEASE
+
+        await db_session.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(
+            row[0] for row in await db_session.execute(text("EXPLAIN " + _RELEASE.text))
+        )
+        assert "ix_notifications_paused_by" in plan
