@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Notification
+from app.switches.repository import _RELEASE
 from tests.factories import make_notification, make_patient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -109,10 +111,6 @@ class TestResumeReleases:
     async def test_the_release_looks_up_the_resumed_scopes_in_their_index(
         self, db_session: AsyncSession
     ) -> None:
-        from sqlalchemy import text
-
-        from app.switches.repository import _RELEASE
-
         await db_session.execute(text("SET LOCAL enable_seqscan = off"))
         plan = "\n".join(
             row[0] for row in await db_session.execute(text("EXPLAIN " + _RELEASE.text))
