@@ -13,7 +13,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from app.bench.common import Result, console, fakes_and_env, fresh_database
+from app.bench.common import Result, console, fakes_and_env, fresh_database, start_workers
 from app.bench.dispatch import unsettled
 from app.config import get_settings
 from app.switches import service as switch_service
@@ -82,14 +82,7 @@ async def measure(n: int, workers: int, batch: int, pause_at: float) -> dict[str
     env = {"DISPATCH_BATCH_SIZE": str(batch), "DISPATCH_IDLE_SECONDS": "0.05"}
     with fakes_and_env(database_url, get_settings().redis_url, **env) as processes:
         twilio = processes.env["TWILIO_BASE_URL"]
-        ready = [processes.workdir / f"worker-{i}.ready" for i in range(workers)]
-        for i, path in enumerate(ready):
-            processes.start(f"worker-{i}", "worker", "--ready-file", str(path))
-        deadline = time.monotonic() + 60
-        while not all(path.exists() for path in ready):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers did not start; logs in {processes.workdir}")
-            await asyncio.sleep(0.05)
+        await start_workers(processes, workers)
 
         async with httpx.AsyncClient(base_url=twilio) as fake:
 

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import orjson
+
 
 class ChannelName(enum.StrEnum):
     IMO = "imo"
@@ -100,6 +102,15 @@ class PermanentChannelError(ChannelError):
         self.recipient_invalid = recipient_invalid
         self.unexpected = unexpected
         self.maybe_sent = maybe_sent
+
+
+def json_object(raw: bytes) -> dict[str, object] | None:
+    """A provider's answer as a JSON object, or None for anything else."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 class Channel(Protocol):

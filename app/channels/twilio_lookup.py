@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import orjson
 
 from app.channels.base import (
     MessageNotFound,
     PermanentChannelError,
     ProviderStatus,
     TransientChannelError,
+    json_object,
 )
 
 # Twilio's message sids: SM (SMS) or MM (MMS/WhatsApp media) and 32 hex digits. Anything
@@ -68,7 +68,7 @@ class TwilioStatusLookup:
                 "could not reach Twilio", code="connection_error", detail={"error": repr(exc)}
             ) from None
 
-        answer = _json_object(raw)
+        answer = json_object(raw)
         if status == 200 and answer is not None:
             message_status = answer.get("status")
             if answer.get("sid") == sid and isinstance(message_status, str) and message_status:
@@ -99,11 +99,3 @@ class TwilioStatusLookup:
             unexpected=True,
             **common,
         )
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        answer = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return answer if isinstance(answer, dict) else None

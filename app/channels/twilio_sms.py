@@ -30,6 +30,7 @@ from app.channels.base import (
     ProviderStatus,
     SendResult,
     TransientChannelError,
+    json_object,
 )
 from app.channels.twilio_lookup import TwilioStatusLookup
 from app.logs import mask_phone
@@ -184,7 +185,7 @@ class TwilioSmsChannel:
                 detail=self._detail(message, sender, error=exc),
             ) from None
 
-        answer = _json_object(raw)
+        answer = json_object(raw)
         if 200 <= status < 300 and answer is not None:
             sid = answer.get("sid")
             provider_status = answer.get("status")
@@ -297,14 +298,6 @@ class TwilioSmsChannel:
 def _basic_auth(login: str, password: str) -> str:
     # By hand: aiohttp 3.14 deprecates BasicAuth, and encode_basic_auth is not in 3.10.
     return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
-
-
-def _json_object(raw: bytes) -> dict[str, object] | None:
-    try:
-        answer = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return answer if isinstance(answer, dict) else None
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

@@ -61,7 +61,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -221,22 +221,51 @@ class FakeTwilio:
     # --- the Messages API -------------------------------------------------------------
 
     async def create_message(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(self._create_message, request)
+
+    async def fetch_message(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(self._fetch_message, request)
+
+    async def _counted(
+        self,
+        handler: Callable[[web.Request, str | None], Awaitable[web.StreamResponse]],
+        request: web.Request,
+    ) -> web.StreamResponse:
+        """Count the request and its answer; answer bad credentials and the drawn
+        `error`, `timeout` and `rate_limited` faults here; else hand the request and the
+        fault drawn (`garbage` or None) on."""
         self.requests += 1
-        response = await self._create_message(request)
+        refusal = await self._refusal(request)
+        if isinstance(refusal, web.StreamResponse):
+            response = refusal
+        else:
+            response = await handler(request, refusal)
         self.responses[response.status] += 1
         return response
 
-    async def _create_message(self, request: web.Request) -> web.StreamResponse:
+    async def _refusal(self, request: web.Request) -> web.StreamResponse | str | None:
         config = self.config
         if request.match_info["account_sid"] != config.account_sid or not self._authorized(
             request.headers.get("Authorization", "")
         ):
             return _twilio_error(401, 20003, "Authenticate")
-
         fault = self._draw_fault(config)
-        failed = await self._failure(fault)
-        if failed is not None:
-            return failed
+        if fault == "error":
+            return web.Response(
+                status=500, body=b"Internal Server Error\x00", content_type="text/html"
+            )
+        if fault == "timeout":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), HANG_SECONDS)
+            return web.Response(status=503, body=b"shutting down")
+        if fault == "rate_limited":
+            response = _twilio_error(429, 20429, "Too Many Requests")
+            response.headers["Retry-After"] = "1"
+            return response
+        return fault
+
+    async def _create_message(self, request: web.Request, fault: str | None) -> web.StreamResponse:
+        config = self.config
 
         form = await request.post()
         to, sender, body = form.get("To"), form.get("From"), form.get("Body")
@@ -293,22 +322,8 @@ class FakeTwilio:
             "uri": uri,
         }
 
-    async def fetch_message(self, request: web.Request) -> web.StreamResponse:
-        self.requests += 1
-        response = await self._fetch_message(request)
-        self.responses[response.status] += 1
-        return response
-
-    async def _fetch_message(self, request: web.Request) -> web.StreamResponse:
+    async def _fetch_message(self, request: web.Request, fault: str | None) -> web.StreamResponse:
         config = self.config
-        if request.match_info["account_sid"] != config.account_sid or not self._authorized(
-            request.headers.get("Authorization", "")
-        ):
-            return _twilio_error(401, 20003, "Authenticate")
-        fault = self._draw_fault(config)
-        failed = await self._failure(fault)
-        if failed is not None:
-            return failed
         sid = request.match_info["message_sid"]
         message = self.messages.get(sid)
         if message is None:
@@ -327,22 +342,6 @@ class FakeTwilio:
         elif elapsed >= config.callback_delay:
             status = "sent"
         return _json(self._resource(sid, message, status, error_code))
-
-    async def _failure(self, fault: str | None) -> web.StreamResponse | None:
-        """The answer of an `error`, `timeout` or `rate_limited` fault; None otherwise."""
-        if fault == "error":
-            return web.Response(
-                status=500, body=b"Internal Server Error\x00", content_type="text/html"
-            )
-        if fault == "timeout":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), HANG_SECONDS)
-            return web.Response(status=503, body=b"shutting down")
-        if fault == "rate_limited":
-            response = _twilio_error(429, 20429, "Too Many Requests")
-            response.headers["Retry-After"] = "1"
-            return response
-        return None
 
     def _authorized(self, header: str) -> bool:
         if header == self._expected_auth:

@@ -72,6 +72,22 @@ async def sent_minutes_ago(
     await session.commit()
 
 
+async def sent_long_ago(
+    session: AsyncSession,
+    dispatcher: Dispatcher,
+    digit: int,
+    minutes: float,
+    imo: str | None = None,
+    **values: object,
+) -> Notification:
+    """A reminder to a number ending in `digit`, sent by the dispatcher, its attempt
+    sent `minutes` ago (and changed by `values`)."""
+    notification = await due(session, await patient_with(session, digit, imo=imo))
+    await dispatcher.dispatch_once()
+    await sent_minutes_ago(session, notification, minutes, **values)
+    return notification
+
+
 async def run(
     dispatcher: Dispatcher, db_sessionmaker: async_sessionmaker[AsyncSession], **later: float
 ) -> dict[str, int]:
@@ -117,9 +133,7 @@ class TestReconcile:
         dispatcher: Dispatcher,
     ) -> None:
         # Digit 7: Twilio takes it, then reports `failed`, 30006. SMS is the last channel.
-        notification = await due(db_session, await patient_with(db_session, 7))
-        await dispatcher.dispatch_once()
-        await sent_minutes_ago(db_session, notification, 31)
+        notification = await sent_long_ago(db_session, dispatcher, 7, 31)
         assert await run(dispatcher, db_sessionmaker) == {"moved": 1}
         fresh, [attempt] = await reload(db_session, notification)
         assert (attempt.status, attempt.error_code) == ("failed", "30006")
@@ -133,9 +147,9 @@ class TestReconcile:
         fakes: Fakes,
         http: aiohttp.ClientSession,
     ) -> None:
-        notification = await due(db_session, await patient_with(db_session, 3))
-        await dispatcher.dispatch_once()
-        await sent_minutes_ago(db_session, notification, 31, provider_message_id="SM" + "e" * 32)
+        notification = await sent_long_ago(
+            db_session, dispatcher, 3, 31, provider_message_id="SM" + "e" * 32
+        )
         before = (await fake_stats(http, fakes))["lookups_not_found"]
         assert await run(dispatcher, db_sessionmaker) == {"not_found": 1}
         fresh, [attempt] = await reload(db_session, notification)
@@ -156,9 +170,7 @@ class TestReconcile:
         http: aiohttp.ClientSession,
     ) -> None:
         await fake_config(http, fakes, callback_delay=3600.0)  # stays `queued` at Twilio
-        notification = await due(db_session, await patient_with(db_session, 3))
-        await dispatcher.dispatch_once()
-        await sent_minutes_ago(db_session, notification, 31)
+        notification = await sent_long_ago(db_session, dispatcher, 3, 31)
         assert await run(dispatcher, db_sessionmaker) == {"unchanged": 1}
         # Within the interval: not asked again.
         assert await run(dispatcher, db_sessionmaker, minutes=10) == {}
@@ -181,9 +193,7 @@ class TestReconcile:
         dispatcher: Dispatcher,
     ) -> None:
         assert sorted(reconcilable(dispatcher.channels)) == ["sms"]
-        notification = await due(db_session, await patient_with(db_session, 7, imo="subscribed"))
-        await dispatcher.dispatch_once()
-        await sent_minutes_ago(db_session, notification, 120)
+        notification = await sent_long_ago(db_session, dispatcher, 7, 120, imo="subscribed")
         assert await run(dispatcher, db_sessionmaker) == {}
         _, [attempt] = await reload(db_session, notification)
         assert (attempt.channel, attempt.status, attempt.reconcile_checks) == ("imo", "sent", 0)
@@ -194,9 +204,7 @@ class TestReconcile:
         db_sessionmaker: async_sessionmaker[AsyncSession],
         dispatcher: Dispatcher,
     ) -> None:
-        notification = await due(db_session, await patient_with(db_session, 3))
-        await dispatcher.dispatch_once()
-        await sent_minutes_ago(db_session, notification, 31)
+        await sent_long_ago(db_session, dispatcher, 3, 31)
         # A 429 elsewhere paused the Twilio account for every worker: look-ups wait too.
         await dispatcher.limiters["sms"].pause(1.0)
         started = time.monotonic()
