@@ -13,6 +13,7 @@ commands stay fast.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -20,15 +21,13 @@ import typer
 
 from app.bench.cli import bench_cli
 from app.config import get_settings
-from app.devtools.console import console
+from app.devtools.console import console, err_console
 from app.devtools.environment import (
-    new_event_loop,
     parse_overrides,
     prepare_environment,
     upgrade_head,
 )
-from app.experiments.cli import experiments_cli
-from app.imo.cli import invite
+from app.event_loop import new_event_loop
 
 cli = typer.Typer(
     name="notify",
@@ -38,10 +37,10 @@ cli = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 api_keys_cli = typer.Typer(help="Manage the clinic system's API keys.", no_args_is_help=True)
+experiments_cli = typer.Typer(help="A/B experiments of reminder plans.", no_args_is_help=True)
 cli.add_typer(api_keys_cli, name="api-keys")
 cli.add_typer(bench_cli, name="bench")
 cli.add_typer(experiments_cli, name="experiments")
-cli.command("invite")(invite)
 
 
 def main() -> None:
@@ -115,7 +114,6 @@ def worker(
 
         overrides["on_startup"] = on_startup
     # arq takes the current event loop; make one instead of relying on a deprecated default.
-    # uvloop halves the event loop's share of each request on the send path.
     asyncio.set_event_loop(new_event_loop())
     # arq types settings as a protocol class that plain settings classes do not subclass.
     run_worker(cast(Any, WorkerSettings), **overrides)
@@ -130,6 +128,42 @@ def api_keys_create(name: Annotated[str, typer.Argument(help="Who the key is for
     key_id, plaintext = asyncio.run(auth_service.issue_api_key(database_url, name))
     console.print(f"Created API key [bold]{name}[/bold] (id {key_id}). Keep it now:")
     print(plaintext, flush=True)
+
+
+@cli.command()
+def invite(
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Invite at most this many patients.")
+    ] = None,
+) -> None:
+    """Run an Imo invitation round now, with a progress bar and a summary at the end.
+
+    Workers that are running join the round as they would any other."""
+    from app.imo import terminal
+    from app.logs import configure_logging
+
+    prepare_environment()
+    settings = get_settings()
+    configure_logging("WARNING", json=False)
+    if not (settings.imo_base_url and settings.imo_username):
+        err_console.print("[red]error:[/red] Imo is not configured (IMO_BASE_URL, IMO_USERNAME)")
+        raise typer.Exit(1)
+    raise typer.Exit(asyncio.run(terminal.run_round(settings, limit, console)))
+
+
+@experiments_cli.command("report")
+def experiments_report(
+    experiment_id: Annotated[uuid.UUID, typer.Argument(help="The experiment's id.")],
+    csv_path: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Also write one row per enrolled patient here.", dir_okay=False),
+    ] = None,
+) -> None:
+    """Print an experiment's results per group, as GET /v1/experiments/{id}/results."""
+    from app.experiments import report
+
+    database_url, _ = prepare_environment()
+    raise typer.Exit(asyncio.run(report.run_report(database_url, experiment_id, csv_path)))
 
 
 @cli.command("fake-imo")

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.channels.base import ChannelName
+from app.states import ChannelName
 
 AppEnv = Literal["development", "test", "staging", "production"]
 

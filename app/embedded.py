@@ -30,7 +30,6 @@ from importlib import util as importlib_util
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -369,10 +368,6 @@ def resolve_urls(settings: Settings) -> tuple[str, str]:
     database_url = settings.database_url or ensure_postgres(data_dir)
     redis_url = settings.redis_url or ensure_redis(data_dir)
     return database_url, redis_url
-
-
-def database_name(url: str) -> str:
-    return urlsplit(url).path.lstrip("/")
 
 
 def ensure_secret_key(data_dir: Path) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,26 @@ class InvalidInput(AppError):
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"
+
+
+class ErrorDetail(BaseModel):
+    field: str = Field(description="The field at fault, e.g. `phone_numbers[0].number`")
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(
+        description="Stable, for programs: `not_found`, `invalid_input`, `conflict`, ...",
+        examples=["not_found"],
+    )
+    message: str = Field(description="For people")
+    details: list[ErrorDetail]
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer of the API (what `error_body` makes)."""
+
+    error: ErrorInfo
 
 
 def field_error(field: str, message: str) -> InvalidInput:

@@ -9,6 +9,7 @@ from arq import create_pool
 from fastapi import APIRouter, Depends, FastAPI
 
 from app import observability
+from app.api_docs import install_api_docs
 from app.appointments import endpoints as appointment_endpoints
 from app.auth.dependencies import require_api_key
 from app.callbacks import endpoints as callback_endpoints
@@ -22,6 +23,7 @@ from app.gc_tuning import tune_gc
 from app.imo import endpoints as imo_endpoints
 from app.logs import configure_logging
 from app.notifications import endpoints as notification_endpoints
+from app.openapi import install_openapi, operation_id
 from app.ops import endpoints as ops_endpoints
 from app.patients import endpoints as patient_endpoints
 from app.redis import redis_settings
@@ -36,8 +38,10 @@ Reminds patients of their clinic visits over Imo, WhatsApp and SMS.
 Every `/v1` route needs `Authorization: Bearer <api key>` (create one with
 `notify api-keys create NAME`). Errors are JSON:
 `{"error": {"code", "message", "details": [{"field", "message"}]}}`.
+Every error an operation can answer is declared with that shape (`ErrorResponse`).
 Lists are paginated with an opaque `cursor`; times are ISO 8601 with an offset; phone
-numbers are E.164.
+numbers are E.164. Operation ids (`schedule_notification`, `get_patient`, ...) are short
+and stable: generated clients name their calls by them.
 """
 
 
@@ -84,7 +88,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
+    install_openapi(app)
+    install_api_docs(app)
     install_error_handlers(app)
     observability.install_http_metrics(app)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)

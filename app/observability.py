@@ -7,6 +7,7 @@ with context and never with a full phone number or message text.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -75,16 +76,8 @@ def report_unexpected(provider: str, message: str, context: dict[str, Any]) -> N
 class HttpMetricsMiddleware:
     """Counts requests by route template (not raw path: tokens stay out of labels)."""
 
-    def __init__(self, app: ASGIApp, routes: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.routes = routes
-
-    def _route(self, scope: Scope) -> str:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return str(getattr(route, "path", "other"))
-        return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,10 +95,39 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = self._route(scope)
+            route = route_template(scope)
             HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
             HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
 
 
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered (`/v1/patients/{patient_id}`), read from
+    the scope after routing, or "unmatched" when no route did.
+
+    The router records the route it chose in `scope["route"]`. Depending on FastAPI's
+    version that route's `path_format` holds the prefixes of the routers it was included
+    through, or only its own router's part (`/patients/{patient_id}` for
+    `/v1/patients/p-1`): the missing prefix is the literal part of the path before the
+    piece that the route's pattern matches in full. Plain Starlette routes
+    (`/openapi.json`, `/docs`) are not recorded in the scope; they are top-level and few,
+    and matched again here.
+    """
+    route = scope.get("route")
+    template = getattr(route, "path_format", None)
+    pattern = getattr(route, "path_regex", None)
+    if isinstance(template, str) and isinstance(pattern, re.Pattern):
+        path: str = scope["path"].removeprefix(scope.get("root_path", ""))
+        for start, char in enumerate(path):
+            if char == "/" and pattern.match(path[start:]):
+                return path[:start] + template
+        return template
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        path_format = getattr(candidate, "path_format", None)
+        if isinstance(path_format, str) and candidate.matches(scope)[0] is Match.FULL:
+            return path_format
+    return "unmatched"
+
+
 def install_http_metrics(app: FastAPI) -> None:
-    app.add_middleware(HttpMetricsMiddleware, routes=app.router.routes)
+    app.add_middleware(HttpMetricsMiddleware)

@@ -23,6 +23,10 @@ COUNTRY_TIME_ZONES = {
 }
 
 
+# The region of `to_e164` that reads international numbers only (+880..., 00880...).
+INTERNATIONAL_ONLY = "ZZ"
+
+
 class InvalidPhoneNumber(ValueError):
     pass
 

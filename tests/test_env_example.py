@@ -13,18 +13,21 @@ ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 _LINE = re.compile(r"^#\s?([A-Z][A-Z0-9_]*)=(.*)$")
 
 
+def settings_listed() -> list[tuple[str, str]]:
+    return [
+        (match.group(1), match.group(2))
+        for match in map(_LINE.match, ENV_EXAMPLE.read_text().splitlines())
+        if match
+    ]
+
+
 def example_lines() -> dict[str, str]:
-    lines: dict[str, str] = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        match = _LINE.match(line)
-        if match:
-            lines[match.group(1)] = match.group(2)
-    return lines
+    return dict(settings_listed())
 
 
-def test_every_setting_is_listed_and_nothing_else() -> None:
-    names = {name.upper() for name in Settings.model_fields}
-    assert set(example_lines()) == names
+def test_every_setting_is_listed_once_and_nothing_else() -> None:
+    names = [name for name, _ in settings_listed()]
+    assert sorted(names) == sorted(name.upper() for name in Settings.model_fields)
 
 
 def test_the_listed_values_are_the_defaults(

@@ -35,14 +35,18 @@ AppointmentIdPath = Annotated[
 
 
 def _answer(found: appointment_service.AppointmentView) -> AppointmentOut:
-    return AppointmentOut.from_model(found.appointment, found.reminders, found.membership)
+    return AppointmentOut.from_model(
+        found.appointment, found.reminders, found.membership, reminders_note=found.reminders_note
+    )
 
 
 @router.put(
     "/{appointment_id}",
     summary="Register or move an appointment; its reminders follow",
     description="Schedules a reminder per entry of the plan that applies: the patient's "
-    "experiment group's plan (none for a control group), else the default plan. "
+    "experiment group's plan (none for a control group), else the default plan (a fresh "
+    "installation has one, `default`: the day before and two days after the visit). "
+    "When the answer has no reminders, `reminders_note` says why. "
     "`remind_on` is `scheduled_date + offset_days`; reminders whose day's messaging "
     "window has closed are not scheduled. Registering a new appointment may enrol the "
     "patient in a running experiment. Sending the same body again changes nothing; "
@@ -57,7 +61,7 @@ def _answer(found: appointment_service.AppointmentView) -> AppointmentOut:
         422: {"description": "A malformed body or an unknown patient"},
     },
 )
-async def put_appointment(
+async def upsert_appointment(
     appointment_id: AppointmentIdPath,
     body: AppointmentIn,
     request: Request,

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Appointment, Notification
-from app.notifications.states import UNSENT_STATES
+from app.states import UNSENT_STATES
 
 
 async def insert_if_absent(session: AsyncSession, values: dict[str, Any]) -> bool:

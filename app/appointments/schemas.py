@@ -10,8 +10,8 @@ from typing import Literal, Self, cast
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.models import Appointment, Experiment, ExperimentGroup, ExperimentMembership, Notification
-from app.notifications.states import NotificationState
 from app.patients.schemas import PATIENT_ID_PATTERN, Facility, FacilityOut, PatientId
+from app.states import NotificationState
 
 AppointmentStatus = Literal["scheduled", "visited", "cancelled"]
 APPOINTMENT_ID_PATTERN = PATIENT_ID_PATTERN
@@ -89,6 +89,11 @@ class AppointmentOut(BaseModel):
     reminders: list[AppointmentReminderOut] = Field(
         description="Every notification of this appointment, cleared ones included"
     )
+    reminders_note: str | None = Field(
+        description="Why there are no reminders, when there are none (no default plan, an "
+        "experiment's control group, every reminder's day passed); null when there are",
+        examples=[None],
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -99,6 +104,7 @@ class AppointmentOut(BaseModel):
         reminders: Sequence[Notification],
         membership: tuple[ExperimentMembership, Experiment, ExperimentGroup] | None,
         *,
+        reminders_note: str | None = None,
         now: datetime | None = None,
     ) -> Self:
         now = now or datetime.now(UTC)
@@ -126,6 +132,7 @@ class AppointmentOut(BaseModel):
             reminder_plan=appointment.reminder_plan,
             experiment=experiment,
             reminders=[AppointmentReminderOut.from_model(n, now) for n in reminders],
+            reminders_note=reminders_note,
             created_at=appointment.created_at,
             updated_at=appointment.updated_at,
         )

@@ -18,7 +18,7 @@ run one after another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,6 +53,28 @@ class AppointmentView:
     reminders: list[Notification]
     membership: tuple[ExperimentMembership, Experiment, ExperimentGroup] | None
     created: bool = False
+
+    @property
+    def reminders_note(self) -> str | None:
+        """Why the appointment has no reminder, when it has none; None when it has."""
+        if self.reminders:
+            return None
+        plan = self.appointment.reminder_plan
+        if plan is not None:
+            return (
+                f"no reminder of plan '{plan}' was scheduled: the plan has none, or the "
+                "day of each has passed in the patient's time zone"
+            )
+        if self.membership is not None and self.membership[2].reminder_plan is None:
+            return (
+                f"the patient is in the control group of experiment "
+                f"'{self.membership[1].name}': no reminders, by design"
+            )
+        return (
+            "no reminder plan applies: there is no default plan. Make one the default "
+            '(PUT /v1/reminder-plans/{name} with "default": true); appointments sent '
+            "from then on get its reminders"
+        )
 
 
 def purpose_of(offset_days: int) -> str:
@@ -134,7 +156,7 @@ async def put_appointment(
     await session.flush()
     await _schedule_plan(session, appointment, patient, choice.plan_name, settings, now)
     result = await view(session, appointment)
-    return AppointmentView(result.appointment, result.reminders, result.membership, created)
+    return replace(result, created=created)
 
 
 async def _schedule_plan(

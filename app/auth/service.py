@@ -10,9 +10,9 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth import repository as api_key_repository
 from app.db.session import create_engine_and_sessionmaker
 from app.models import ApiKey
 
@@ -60,7 +60,7 @@ async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:
     if not presented.startswith(KEY_PREFIX) or len(presented) > 200:
         return None
     digest = hash_key(presented)
-    api_key = await session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    api_key = await api_key_repository.by_hash(session, digest)
     # The index lookup already matched; compare again in constant time regardless.
     if api_key is None or not hmac.compare_digest(api_key.key_hash, digest):
         return None

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import time
 
 import aiohttp
 import orjson
 
-from app.devtools.environment import new_event_loop
+from app.channels.base import basic_auth
+from app.event_loop import new_event_loop
+from app.fakes.credentials import (
+    FAKE_IMO_PASSWORD,
+    FAKE_IMO_USERNAME,
+    FAKE_TWILIO_ACCOUNT_SID,
+    FAKE_TWILIO_AUTH_TOKEN,
+)
 
 
 async def run(imo_url: str, twilio_url: str, requests: int, concurrency: int) -> dict[str, float]:
-    imo_auth = "Basic " + base64.b64encode(b"fake-imo:fake-imo-password").decode()
-    twilio_auth = (
-        "Basic " + base64.b64encode(b"ACfake00000000000000000000000000:fake-twilio-token").decode()
-    )
-    messages_url = (
-        f"{twilio_url}/2010-04-01/Accounts/ACfake00000000000000000000000000/Messages.json"
-    )
+    imo_auth = basic_auth(FAKE_IMO_USERNAME, FAKE_IMO_PASSWORD)
+    twilio_auth = basic_auth(FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN)
+    messages_url = f"{twilio_url}/2010-04-01/Accounts/{FAKE_TWILIO_ACCOUNT_SID}/Messages.json"
     next_index = 0
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:

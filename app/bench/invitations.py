@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import itertools
 import json
@@ -50,8 +49,9 @@ from app.bench.common import (
     fresh_database,
     start_workers,
 )
+from app.channels.base import basic_auth
 from app.config import get_settings
-from app.devtools.environment import new_event_loop
+from app.event_loop import new_event_loop
 from app.fakes.credentials import FAKE_IMO_PASSWORD, FAKE_IMO_USERNAME
 
 # One database per run: benchmarks of other people on the same server never meet it.
@@ -215,7 +215,7 @@ async def round_in_process() -> dict[str, Any]:
     # are): the figure is the round's, not Python's start-up (0.45 s of CPU here).
     import app.channels.registry
     import app.imo.runner  # noqa: F401
-    from app.imo.cli import run_round
+    from app.imo.terminal import run_round
 
     settings = get_settings()
     quiet = Console(quiet=True)
@@ -245,7 +245,7 @@ async def round_in_process() -> dict[str, Any]:
 
 async def baseline(imo_url: str, requests: int, concurrency: int) -> dict[str, float]:
     """A bare aiohttp loop: the same invitation bodies, `concurrency` lanes, one session."""
-    auth = "Basic " + base64.b64encode(f"{FAKE_IMO_USERNAME}:{FAKE_IMO_PASSWORD}".encode()).decode()
+    auth = basic_auth(FAKE_IMO_USERNAME, FAKE_IMO_PASSWORD)
     headers = {"Authorization": auth, "Content-Type": "application/json"}
     url = f"{imo_url}/send_invite"
     text = "Dear Patient, please accept notifications from your clinic to receive reminders."

@@ -19,10 +19,10 @@ import time
 
 import aiohttp
 
-from app.callbacks import urls
+from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
-from app.devtools.environment import new_event_loop
+from app.event_loop import new_event_loop
 from app.security import TokenSigner
 
 Request = tuple[str, bytes, dict[str, str]]
@@ -87,11 +87,11 @@ def callbacks(args: argparse.Namespace) -> list[Request]:
     requests = []
     for attempt_id in range(args.first, args.first + args.count):
         if attempt_id % 2 == 0:
-            url = urls.imo_read_receipt_url(settings, signer, attempt_id)
+            url = callback_urls.imo_read_receipt_url(settings, signer, attempt_id)
             body = json.dumps({"event": "read_receipt", "post_id": f"post-{attempt_id}"})
             headers = {"Content-Type": "application/json"}
         else:
-            url = urls.twilio_status_url(settings, attempt_id)
+            url = callback_urls.twilio_status_url(settings, attempt_id)
             params = {
                 "MessageSid": f"SM{attempt_id:032d}",
                 "MessageStatus": "delivered",

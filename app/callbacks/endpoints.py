@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel
 
-from app.callbacks import urls
+from app import callback_urls
 from app.channels import twilio_signature
 from app.channels.twilio_sms import normalised_status, parse_status_callback
 from app.db.session import DbSession
 from app.delivery import status as delivery_status
-from app.delivery.status import Report
+from app.delivery.types import Report
 from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
-from app.notifications.states import AttemptStatus
 from app.observability import CALLBACKS
 from app.security import TokenSigner
+from app.states import AttemptStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/callbacks", tags=["provider callbacks"], include_in_schema=True)
@@ -61,13 +61,24 @@ async def _fields(request: Request) -> dict[str, str]:
         raise BadCallback("callback body is not text") from exc
 
 
+_BAD_BODY: dict[int | str, dict[str, Any]] = {400: {"description": "A body that cannot be read"}}
+_UNKNOWN: dict[int | str, dict[str, Any]] = {
+    404: {"description": "A token this service did not sign, or an unknown message"}
+}
+_UNSIGNED: dict[int | str, dict[str, Any]] = {403: {"description": "A wrong Twilio signature"}}
+
+
 def _signer(request: Request) -> TokenSigner:
     return TokenSigner(request.app.state.settings.secret_key.get_secret_value())
 
 
-@router.post("/imo/invitations/{token}", summary="Imo: a patient accepted the invitation")
+@router.post(
+    "/imo/invitations/{token}",
+    summary="Imo: a patient accepted the invitation",
+    responses={**_BAD_BODY, **_UNKNOWN},
+)
 async def imo_invitation(token: str, request: Request, session: DbSession) -> Accepted:
-    patient_id = _signer(request).verify(urls.IMO_INVITATION, token)
+    patient_id = _signer(request).verify(callback_urls.IMO_INVITATION, token)
     if patient_id is None:
         CALLBACKS.labels("imo", "bad_token").inc()
         raise NotFound("unknown callback")
@@ -81,9 +92,13 @@ async def imo_invitation(token: str, request: Request, session: DbSession) -> Ac
     return Accepted(changed=True)
 
 
-@router.post("/imo/notifications/{token}", summary="Imo: a patient read a notification")
+@router.post(
+    "/imo/notifications/{token}",
+    summary="Imo: a patient read a notification",
+    responses={**_BAD_BODY, **_UNKNOWN},
+)
 async def imo_read_receipt(token: str, request: Request) -> Accepted:
-    attempt = _signer(request).verify(urls.IMO_READ, token)
+    attempt = _signer(request).verify(callback_urls.IMO_READ, token)
     if attempt is None or not attempt.isdigit():
         CALLBACKS.labels("imo", "bad_token").inc()
         raise NotFound("unknown callback")
@@ -120,7 +135,11 @@ def _check_twilio_signature(
         raise Forbidden("invalid Twilio signature")
 
 
-@router.post("/twilio/status/{attempt_id}", summary="Twilio: a message's delivery status")
+@router.post(
+    "/twilio/status/{attempt_id}",
+    summary="Twilio: a message's delivery status",
+    responses={**_BAD_BODY, **_UNSIGNED, **_UNKNOWN},
+)
 async def twilio_status(
     attempt_id: int,
     request: Request,
@@ -154,7 +173,11 @@ async def twilio_status(
     return Accepted(changed=changed)
 
 
-@router.post("/twilio/inbound", summary="Twilio: a message from a patient")
+@router.post(
+    "/twilio/inbound",
+    summary="Twilio: a message from a patient",
+    responses={**_BAD_BODY, **_UNSIGNED},
+)
 async def twilio_inbound(
     request: Request,
     x_twilio_signature: Annotated[str | None, Header()] = None,

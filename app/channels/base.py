@@ -8,17 +8,14 @@ exceptions never leak past an adapter.
 
 from __future__ import annotations
 
-import enum
+import base64
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import orjson
 
-
-class ChannelName(enum.StrEnum):
-    IMO = "imo"
-    WHATSAPP = "whatsapp"
-    SMS = "sms"
+# Re-exported: the channels' names are shared vocabulary, one floor down (settings use them).
+from app.states import ChannelName as ChannelName
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +173,9 @@ class InvitationResult:
     status: str
     provider_status: str = ""
     detail: dict[str, object] = field(default_factory=dict)
+
+
+def basic_auth(login: str, password: str) -> str:
+    """An HTTP Basic `Authorization` header's value. By hand: aiohttp 3.14 deprecates
+    BasicAuth, and its replacement (encode_basic_auth) is not in 3.10."""
+    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")

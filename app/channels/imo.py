@@ -1,6 +1,6 @@
 """The Imo partner API adapter: notifications and invitations.
 
-Only the answers of imo-partner-api.md are known (`_INVITE_ANSWERS`,
+Only the answers of docs/providers/imo.md are known (`_INVITE_ANSWERS`,
 `_NOTIFICATION_ANSWERS`); every other answer raises `PermanentChannelError(unexpected=
 True)` with the request and response in `detail`, so the caller reports it and falls
 back. A newly seen answer is one line in one of those tables. Time-outs, connection
@@ -12,7 +12,6 @@ callback token: see `_Call.evidence`.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -29,6 +28,7 @@ from app.channels.base import (
     PermanentChannelError,
     SendResult,
     TransientChannelError,
+    basic_auth,
 )
 from app.logs import mask_phone
 
@@ -66,11 +66,6 @@ def _redact_url(url: str) -> str:
     parts = urlsplit(url)
     path = "/".join("***" if len(segment) > 20 else segment for segment in parts.path.split("/"))
     return f"{parts.scheme}://{parts.netloc}{path}"
-
-
-def _basic_auth(username: str, password: str) -> str:
-    # By hand: aiohttp.BasicAuth is deprecated from aiohttp 3.14, its replacement is new.
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 def _answer_key(status: int, body: object) -> tuple[int, str, str] | None:
@@ -118,7 +113,7 @@ class ImoChannel:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {
-            "Authorization": _basic_auth(username, password),
+            "Authorization": basic_auth(username, password),
             "Content-Type": "application/json",
             "Accept": "application/json",
         }

@@ -7,7 +7,6 @@ Twilio) answer `StatusLookup.fetch_status` with it.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ from app.channels.base import (
     PermanentChannelError,
     ProviderStatus,
     TransientChannelError,
+    basic_auth,
     json_object,
 )
 
@@ -45,8 +45,10 @@ class TwilioStatusLookup:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._normalise = normalise
-        credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode("ascii")
-        self._headers = {"Authorization": f"Basic {credentials}", "Accept": "application/json"}
+        self._headers = {
+            "Authorization": basic_auth(account_sid, auth_token),
+            "Accept": "application/json",
+        }
 
     async def fetch(self, sid: str) -> ProviderStatus:
         """The message's status. Raises MessageNotFound (Twilio does not know it: 404, or

@@ -7,7 +7,6 @@ far faster than httpx on this hot path.
 
 from __future__ import annotations
 
-import base64
 import enum
 import itertools
 import json
@@ -30,6 +29,7 @@ from app.channels.base import (
     ProviderStatus,
     SendResult,
     TransientChannelError,
+    basic_auth,
     json_object,
 )
 from app.channels.twilio_lookup import TwilioStatusLookup
@@ -80,10 +80,6 @@ class TwilioStatus:
     error_code: str | None = None
     error_message: str | None = None
 
-    @property
-    def normalised(self) -> str:
-        return normalised_status(self.message_status)
-
 
 def parse_status_callback(params: Mapping[str, str]) -> TwilioStatus:
     """A status callback's form. Raises ValueError without MessageSid or MessageStatus.
@@ -132,7 +128,7 @@ class TwilioSmsChannel:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {
-            "Authorization": _basic_auth(account_sid, auth_token),
+            "Authorization": basic_auth(account_sid, auth_token),
             "Accept": "application/json",
             "Content-Type": "application/x-www-form-urlencoded",
         }
@@ -293,11 +289,6 @@ class TwilioSmsChannel:
             redacted = redacted.replace(escaped, placeholder)
             redacted = redacted.replace(json.dumps(message.text)[1:-1], placeholder)
         return redacted
-
-
-def _basic_auth(login: str, password: str) -> str:
-    # By hand: aiohttp 3.14 deprecates BasicAuth, and encode_basic_auth is not in 3.10.
-    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

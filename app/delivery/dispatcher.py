@@ -20,27 +20,26 @@ import sentry_sdk
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.callbacks import urls
+from app import callback_urls
 from app.channels import registry as channel_registry
 from app.channels.base import (
     Channel,
-    ChannelError,
     ChannelName,
     OutgoingMessage,
-    PermanentChannelError,
     SendResult,
     TransientChannelError,
 )
+from app.channels.reporting import report_failure
 from app.config import Settings
 from app.db.session import transient_database_error
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
-from app.delivery.policy import ClaimedNotification, Outcome, SendOn
-from app.notifications.states import AttemptStatus, NotificationState
+from app.delivery.types import ClaimedNotification, Outcome, SendOn
 from app.notifications.window import MessagingWindow
-from app.observability import ATTEMPTS, report_unexpected
+from app.observability import ATTEMPTS
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
+from app.states import AttemptStatus, NotificationState
 from app.switches import repository as switch_repository
 from app.switches.scope import Switchboard
 
@@ -222,7 +221,7 @@ class Dispatcher:
             ATTEMPTS.labels(
                 send.channel, "unconfirmed" if unconfirmed else type(answer).__name__
             ).inc()
-            self._report(send, answer)
+            report_failure(send.channel, answer)
             results.append(
                 delivery_repository.AttemptResult(
                     attempt_id,
@@ -410,9 +409,11 @@ class Dispatcher:
         n = send.notification
         assert n.mobile_e164 is not None
         if send.channel == ChannelName.IMO:
-            callback_url = urls.imo_read_receipt_url(self.settings, self.signer, attempt_id)
+            callback_url = callback_urls.imo_read_receipt_url(
+                self.settings, self.signer, attempt_id
+            )
         else:
-            callback_url = urls.twilio_status_url(self.settings, attempt_id)
+            callback_url = callback_urls.twilio_status_url(self.settings, attempt_id)
         return OutgoingMessage(
             phone_e164=n.mobile_e164,
             text=n.body,
@@ -424,13 +425,6 @@ class Dispatcher:
             action_url=self.settings.imo_action_url,
             reference=str(n.id),
         )
-
-    def _report(self, send: _Send, error: Exception) -> None:
-        if isinstance(error, PermanentChannelError) and error.unexpected:
-            report_unexpected(send.channel, error.message, error.detail)
-        elif not isinstance(error, ChannelError):
-            log.error("channel adapter raised %r", type(error).__name__, exc_info=error)
-            sentry_sdk.capture_exception(error)
 
 
 def check_chains(settings: Settings) -> policy.ChainReport:

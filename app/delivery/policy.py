@@ -5,67 +5,19 @@ provider's answer means for the notification. No I/O here, so every rule is unit
 from __future__ import annotations
 
 import random
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.channels.base import ChannelName, PermanentChannelError, TransientChannelError
 from app.config import Settings
-from app.notifications.states import NotificationState
+from app.delivery.types import ClaimedNotification, Outcome, SendOn
 from app.notifications.window import MessagingWindow
+from app.states import NotificationState
 
 S = NotificationState
 
 # What an Imo refusal says about the patient's authorisation.
 IMO_DOWNGRADES = {"not_subscribed": "not_subscribed", "nonexistent_user": "no_imo_account"}
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedNotification:
-    """A notification a worker has claimed, with what sending it needs of its patient."""
-
-    id: uuid.UUID
-    patient_id: str
-    purpose: str
-    title: str
-    body: str
-    locale: str
-    expires_at: datetime
-    channel_chain: list[str] | None
-    channel_index: int
-    retry_count: int
-    full_name: str
-    mobile_e164: str | None
-    country: str
-    time_zone: str
-    reminder_consent: str
-    imo_status: str | None
-    # The claim's moment: a fencing token, so that a claim lost to the sweeper is not sent.
-    claimed_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """Where one notification stands after a step of the dispatcher."""
-
-    state: NotificationState
-    channel_chain: list[str] | None = None
-    channel_index: int = 0
-    due_at: datetime | None = None
-    retry_count: int = 0
-    failure_reason: str | None = None
-    # Set when a channel accepted the message.
-    sent_at: datetime | None = None
-    # The paused switch (its scope) that holds the notification, when one does.
-    paused_by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SendOn:
-    """Send on `chain[index]` next."""
-
-    chain: list[str]
-    index: int
 
 
 def channel_chain(

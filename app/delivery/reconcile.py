@@ -37,10 +37,11 @@ from app.channels.base import (
 from app.config import Settings
 from app.delivery import repository as delivery_repository
 from app.delivery.repository import SentAttempt
-from app.delivery.status import Report, apply_reports
-from app.notifications.states import AttemptStatus
+from app.delivery.status import apply_reports
+from app.delivery.types import Report
 from app.observability import report_unexpected
 from app.ratelimit import RateLimiter
+from app.states import AttemptStatus
 
 log = logging.getLogger(__name__)
 

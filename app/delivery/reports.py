@@ -18,7 +18,8 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.session import transient_database_error
-from app.delivery.status import Report, apply_reports
+from app.delivery.status import apply_reports
+from app.delivery.types import Report
 
 log = logging.getLogger(__name__)
 

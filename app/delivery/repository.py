@@ -6,14 +6,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.delivery.policy import ClaimedNotification, Outcome
+from app.delivery.types import ClaimedNotification, Outcome, Report
 from app.models.experiment_membership import EvictionReason
-from app.notifications.states import ATTEMPT_RANK
+from app.states import ATTEMPT_RANK
 
 _CLAIM = text(
     """
@@ -385,12 +384,11 @@ class AdvancedAttempt:
 
 
 async def advance_attempts(
-    session: AsyncSession, reports: Sequence[Any]
+    session: AsyncSession, reports: Sequence[Report]
 ) -> dict[int, AdvancedAttempt]:
     """Raise each reported attempt's status if the report ranks higher; never lower it.
 
-    `reports` have attempt_id, status, provider_message_id, provider_status, error_code
-    and error_message, one per attempt. Attempts missing from the answer do not exist,
+    One report per attempt. Attempts missing from the answer do not exist,
     or their provider id is another message's.
     """
     if not reports:

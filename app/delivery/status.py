@@ -8,31 +8,20 @@ notification follows its attempts forward, never back. Reports are applied in se
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
-from app.delivery.policy import SendOn
-from app.notifications.states import ATTEMPT_RANK, AttemptStatus, NotificationState
+from app.delivery.types import Report, SendOn
+from app.states import ATTEMPT_RANK, AttemptStatus, NotificationState
 
 S = NotificationState
 
 
 class UnknownAttempt(LookupError):
     """No such attempt, or the report names another message of the provider's."""
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    attempt_id: int
-    status: AttemptStatus
-    provider_message_id: str | None = None
-    provider_status: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
 
 
 async def apply_reports(
@@ -93,16 +82,6 @@ async def apply_reports(
         else:
             answers.append(chosen == position and position in changed)
     return answers
-
-
-async def report(
-    session: AsyncSession, attempt_id: int, status: AttemptStatus, **fields: str | None
-) -> bool:
-    """Apply one report; returns whether anything changed. Raises UnknownAttempt."""
-    [result] = await apply_reports(session, [Report(attempt_id, status, **fields)])
-    if isinstance(result, UnknownAttempt):
-        raise result
-    return result
 
 
 async def follow_failure(

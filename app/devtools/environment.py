@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -21,15 +20,6 @@ from app.devtools.console import err_console
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop where it is installed (it comes with uvicorn[standard]), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def notify_command(*args: str) -> list[str]:

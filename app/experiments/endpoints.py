@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
 from app.db.session import DbSession
 from app.experiments import service as experiment_service
@@ -16,6 +16,7 @@ from app.experiments.schemas import (
     ExperimentPage,
     ExperimentResults,
 )
+from app.pagination import Cursor, Limit
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -55,10 +56,8 @@ async def create_experiment(body: ExperimentIn, session: DbSession) -> Experimen
 @router.get("", summary="Every experiment, newest first", responses=_ERRORS)
 async def list_experiments(
     session: DbSession,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
-    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> ExperimentPage:
     page = await experiment_service.list_experiments(session, limit=limit, cursor=cursor)
     today = _today()
@@ -100,5 +99,5 @@ async def stop_experiment(experiment_id: uuid.UUID, session: DbSession) -> Exper
     "two-sided p-value of the pooled two-proportion z-test.",
     responses={**_ERRORS, **_NOT_FOUND},
 )
-async def experiment_results(experiment_id: uuid.UUID, session: DbSession) -> ExperimentResults:
+async def get_experiment_results(experiment_id: uuid.UUID, session: DbSession) -> ExperimentResults:
     return await experiment_service.results(session, experiment_id)

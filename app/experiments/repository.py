@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.models import Experiment, ExperimentGroup, ExperimentMembership
-from app.notifications.states import REACHED_STATUSES, UNSENT_STATES
+from app.states import REACHED_STATUSES, UNSENT_STATES
 
 # One definition of "reached", for every channel: an attempt delivered or read.
 _REACHED = ", ".join(f"'{s.value}'" for s in sorted(REACHED_STATUSES))

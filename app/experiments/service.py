@@ -17,14 +17,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import pagination
 from app.errors import Conflict, NotFound, field_error
 from app.experiments import assignment, stats
 from app.experiments import repository as experiment_repository
@@ -40,8 +39,8 @@ from app.experiments.schemas import (
 )
 from app.models import Appointment, Experiment, ExperimentGroup, ExperimentMembership, Patient
 from app.models.experiment_membership import EvictionReason
-from app.notifications.states import REACHED_STATUSES
 from app.reminder_plans import repository as plan_repository
+from app.states import REACHED_STATUSES
 
 
 def utc_today(now: datetime) -> date:
@@ -111,28 +110,11 @@ async def list_experiments(
     session: AsyncSession, *, limit: int, cursor: str | None
 ) -> ExperimentPage:
     """Newest first. Raises InvalidInput for a bad cursor."""
-    before = _decode_cursor(cursor) if cursor else None
+    before = pagination.decode(cursor, datetime, uuid.UUID) if cursor else None
     rows = await experiment_repository.page(session, limit=limit + 1, before=before)
-    page = list(rows[:limit])
+    page, next_cursor = pagination.split(rows, limit, lambda e: (e.created_at, e.id))
     groups = await experiment_repository.groups_of(session, [e.id for e in page])
-    next_cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        raw = f"{last.created_at.isoformat()}|{last.id}".encode()
-        next_cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
     return ExperimentPage([(e, groups[e.id]) for e in page], next_cursor)
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, experiment_id = raw.split("|")
-        moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None:
-            raise ValueError("naive time")
-        return moment, uuid.UUID(experiment_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise field_error("cursor", "not a cursor from this list") from exc
 
 
 async def stop(

@@ -1,6 +1,6 @@
 """A fake of Imo's partner API, as a real HTTP server, for development, tests and benchmarks.
 
-It speaks the API of imo-partner-api.md: `POST {base}/send_invite` and
+It speaks the API of docs/providers/imo.md: `POST {base}/send_invite` and
 `POST {base}/send_notification` under the prefix `/api/simple`, with HTTP Basic auth
 (a wrong or missing one is a 401) and a JSON body (a malformed one is a 400 whose JSON
 says why). It messages nobody.
@@ -42,7 +42,6 @@ pending callbacks), `POST /_fake/config` (change fault rates, `callback_delay`,
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import itertools
@@ -50,7 +49,6 @@ import logging
 import math
 import random
 import secrets
-import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -61,6 +59,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from app.channels.base import basic_auth
+from app.fakes import server
 from app.fakes.credentials import FAKE_IMO_PASSWORD, FAKE_IMO_USERNAME
 
 logger = logging.getLogger(__name__)
@@ -153,9 +153,7 @@ class _FakeImo:
 
     def __init__(self, config: FakeImoConfig) -> None:
         self.config = config
-        self._expected_auth = "Basic " + base64.b64encode(
-            f"{config.username}:{config.password}".encode()
-        ).decode("ascii")
+        self._expected_auth = basic_auth(config.username, config.password)
         # Unique across resets and restarts: the service may keep post ids for ever.
         self._post_prefix = secrets.token_hex(4)
         self._post_numbers = itertools.count(1)
@@ -441,34 +439,9 @@ async def start_fake_imo(
     config: FakeImoConfig, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, int]:
     """Start the fake on `host:port` (0: a free port). Stop it with `runner.cleanup()`."""
-    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound_port: int = runner.addresses[0][1]
-    return runner, bound_port
-
-
-async def _serve(host: str, port: int, config: FakeImoConfig) -> None:
-    runner, bound_port = await start_fake_imo(config, host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    print(f"fake Imo listening on {base_url(bound_port, host)}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    return await server.start(create_app(config), host, port)
 
 
 def run(host: str, port: int, config: FakeImoConfig) -> None:
     """Serve the fake until SIGINT or SIGTERM (the `notify fake-imo` command)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        asyncio.run(_serve(host, port, config))
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(host, port, config))
+    server.serve(lambda: create_app(config), host, port, "fake Imo", PREFIX)

@@ -58,7 +58,6 @@ import logging
 import math
 import os
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -71,6 +70,8 @@ import orjson
 from aiohttp import web
 
 from app.channels import twilio_signature
+from app.channels.base import basic_auth
+from app.fakes import server
 from app.fakes.credentials import FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN
 
 log = logging.getLogger(__name__)
@@ -191,18 +192,13 @@ class FakeTwilio:
     def __init__(self, config: FakeTwilioConfig) -> None:
         self.start_config = config
         self.config = config
-        self._expected_auth = self._basic_auth(config)
+        self._expected_auth = basic_auth(config.account_sid, config.auth_token)
         self._rng = random.Random(config.seed)
         self._session: aiohttp.ClientSession | None = None
         self._semaphore = asyncio.Semaphore(config.callback_concurrency)
         self._walks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
         self._reset_counters()
-
-    @staticmethod
-    def _basic_auth(config: FakeTwilioConfig) -> str:
-        raw = f"{config.account_sid}:{config.auth_token}".encode()
-        return "Basic " + base64.b64encode(raw).decode("ascii")
 
     def _reset_counters(self) -> None:
         self.requests = 0
@@ -545,37 +541,12 @@ async def start_fake_twilio(
     config: FakeTwilioConfig | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, int]:
     """Start the fake on `host:port` (0: any free port). Stop it with `runner.cleanup()`."""
-    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound_port: int = runner.addresses[0][1]
-    return runner, bound_port
+    return await server.start(create_app(config), host, port)
 
 
 def run(host: str = "127.0.0.1", port: int = 0, config: FakeTwilioConfig | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; prints the base URL once listening."""
-
-    async def serve() -> None:
-        runner, bound_port = await start_fake_twilio(config, host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        display_host = f"[{host}]" if ":" in host else host
-        print(f"http://{display_host}:{bound_port}", flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    """Serve until SIGINT or SIGTERM (the `notify fake-twilio` command)."""
+    server.serve(lambda: create_app(config), host, port, "fake Twilio")
 
 
 __all__ = [

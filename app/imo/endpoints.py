@@ -35,7 +35,7 @@ def run_job_id(round_id: int) -> str:
     "(`details` names it).",
     responses={**_ERRORS, 409: {"description": "A round is running already"}},
 )
-async def start_round(
+async def start_imo_invitation_round(
     request: Request,
     session: DbSession,
     body: Annotated[InvitationRunIn | None, Body()] = None,
@@ -57,7 +57,7 @@ async def start_round(
         log.exception("could not enqueue the invitation round", extra={"round_id": round_.id})
     progress = await imo_service.round_progress(session, round_.id, now)
     assert progress is not None
-    return InvitationRunOut.from_progress(progress)
+    return InvitationRunOut.model_validate(progress)
 
 
 @router.get(
@@ -65,13 +65,13 @@ async def start_round(
     summary="An invitation round's progress and counts by result",
     responses={**_ERRORS, 404: {"description": "No such round"}},
 )
-async def get_round(
+async def get_imo_invitation_round(
     run_id: Annotated[int, Path(ge=1, le=2**63 - 1)], session: DbSession
 ) -> InvitationRunOut:
     progress = await imo_service.round_progress(session, run_id, datetime.now(UTC))
     if progress is None:
         raise NotFound(f"no invitation round {run_id}")
-    return InvitationRunOut.from_progress(progress)
+    return InvitationRunOut.model_validate(progress)
 
 
 @router.get(
@@ -79,6 +79,6 @@ async def get_round(
     summary="Patients by Imo authorisation status",
     responses=_ERRORS,
 )
-async def authorization_summary(session: DbSession) -> AuthorizationSummaryOut:
+async def get_imo_authorization_summary(session: DbSession) -> AuthorizationSummaryOut:
     total, by_status = await imo_service.authorization_summary(session)
     return AuthorizationSummaryOut.model_validate({"patients": total, "by_status": by_status})

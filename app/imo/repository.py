@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import func, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import ImoInvitationBatch, ImoInvitationRound
+from app.models import ImoAuthorization, ImoInvitationBatch, ImoInvitationRound
 from app.models.imo_authorization import IMO_AUTHORIZATION_STATUSES
 from app.models.imo_invitation_batch import BATCH_COUNTERS
 
@@ -471,3 +472,19 @@ async def authorization_counts(session: AsyncSession) -> tuple[int, dict[str, in
         text("SELECT status, count(*) FROM imo_authorizations GROUP BY status")
     )
     return int(total or 0), {status: int(count) for status, count in rows}
+
+
+async def mark_subscribed(session: AsyncSession, patient_id: str, now: datetime) -> None:
+    """Upsert the patient's authorisation as subscribed (keeping the first moment)."""
+    await session.execute(
+        insert(ImoAuthorization)
+        .values(patient_id=patient_id, status="subscribed", subscribed_at=now)
+        .on_conflict_do_update(
+            index_elements=[ImoAuthorization.patient_id],
+            set_={
+                "status": "subscribed",
+                "subscribed_at": func.coalesce(ImoAuthorization.subscribed_at, now),
+                "updated_at": func.now(),
+            },
+        )
+    )

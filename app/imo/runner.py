@@ -41,26 +41,25 @@ import aiohttp
 import sentry_sdk
 from prometheus_client import Counter as PrometheusCounter
 from redis.asyncio import Redis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.callbacks import urls
+from app import callback_urls
 from app.channels import registry as channel_registry
-from app.channels.base import ChannelError, ChannelName, Invitation, PermanentChannelError
+from app.channels.base import ChannelName, Invitation
 from app.channels.imo import ImoChannel
+from app.channels.reporting import report_failure
 from app.config import Settings
 from app.imo import repository as imo_repository
 from app.imo import rules
 from app.imo import service as imo_service
 from app.imo.repository import BatchRecord, Candidate
 from app.imo.service import ClaimedBatch, Idle
-from app.models import Template
 from app.notifications.window import MessagingWindow
-from app.observability import report_unexpected
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
 from app.switches import repository as switch_repository
 from app.switches.scope import Scope, Switchboard
+from app.templates import repository as template_repository
 from app.templates.service import PreparedTemplate, locale_candidates
 
 log = logging.getLogger(__name__)
@@ -586,7 +585,7 @@ class InvitationRunner:
                         result = (await self.imo.invite(self._invitation(patient))).status
                     except Exception as exc:  # channel errors, and adapter bugs: never lose it
                         result = exc
-                        self._report(exc)
+                        report_failure(ChannelName.IMO, exc)
                     answer = rules.answer_of(patient.id, result)
                     if answer.outcome == "transient":
                         transient.append((patient, answer.retry_after))
@@ -621,7 +620,7 @@ class InvitationRunner:
             title=rendered.title,
             action=action,
             recipient_name=patient.full_name,
-            callback_url=urls.imo_invitation_url(self.settings, self.signer, patient.id),
+            callback_url=callback_urls.imo_invitation_url(self.settings, self.signer, patient.id),
         )
 
     def _template_of(self, locale: str) -> tuple[PreparedTemplate, str]:
@@ -641,9 +640,7 @@ class InvitationRunner:
         """Raises LookupError without an `en` text, ValueError for a text that uses any
         variable but `patient_name` (every invitation would fail)."""
         async with self.sessionmaker() as session:
-            found = await session.scalars(
-                select(Template).where(Template.key == INVITATION_TEMPLATE)
-            )
+            found = await template_repository.with_keys(session, [INVITATION_TEMPLATE])
             self._templates = {
                 row.locale: PreparedTemplate.parse(row.key, row.locale, row.title, row.body)
                 for row in found
@@ -657,13 +654,6 @@ class InvitationRunner:
                     f"template '{INVITATION_TEMPLATE}' ({template.locale}) uses variables an "
                     f"invitation does not have: {', '.join(unknown)} (only patient_name)"
                 )
-
-    def _report(self, error: Exception) -> None:
-        if isinstance(error, PermanentChannelError) and error.unexpected:
-            report_unexpected("imo", error.message, error.detail)
-        elif not isinstance(error, ChannelError):
-            log.error("invitation failed in our own code", exc_info=error)
-            sentry_sdk.capture_exception(error)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float, *, wakeable: bool = False) -> None:
         waits = [asyncio.ensure_future(stop.wait())]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from app.imo.service import RoundProgress
 
 
 class InvitationRunIn(BaseModel):
@@ -36,6 +34,9 @@ class InvitationCounts(BaseModel):
 
 
 class InvitationRunOut(BaseModel):
+    # Read from the service's RoundProgress.
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     state: Literal["running", "paused", "completed"] = Field(
         description="`paused`: what is left waits for the messaging window to open (`paused_until`)"
@@ -52,23 +53,6 @@ class InvitationRunOut(BaseModel):
     updated_at: datetime
     paused_until: datetime | None
     finished_at: datetime | None
-
-    @classmethod
-    def from_progress(cls, progress: RoundProgress) -> Self:
-        return cls(
-            id=progress.id,
-            state=progress.state,
-            trigger=progress.trigger,
-            limit=progress.limit,
-            candidates=progress.candidates,
-            reached=progress.reached,
-            progress=progress.progress,
-            counts=InvitationCounts.model_validate(progress.counts),
-            started_at=progress.started_at,
-            updated_at=progress.updated_at,
-            paused_until=progress.paused_until,
-            finished_at=progress.finished_at,
-        )
 
 
 class AuthorizationStatusCounts(BaseModel):

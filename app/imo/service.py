@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import func
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -23,7 +21,7 @@ from app.errors import Conflict
 from app.imo import repository as imo_repository
 from app.imo import rules
 from app.imo.repository import Candidate
-from app.models import ImoAuthorization, ImoInvitationRound, Patient
+from app.models import ImoInvitationRound, Patient
 from app.models.imo_authorization import IMO_AUTHORIZATION_STATUSES
 from app.models.imo_invitation_batch import BATCH_COUNTERS
 from app.notifications.window import MessagingWindow
@@ -36,19 +34,7 @@ async def mark_subscribed(session: AsyncSession, patient_id: str) -> bool:
     """The patient accepted the invitation. Idempotent; False for an unknown patient."""
     if await session.get(Patient, patient_id) is None:
         return False
-    now = datetime.now(UTC)
-    await session.execute(
-        insert(ImoAuthorization)
-        .values(patient_id=patient_id, status="subscribed", subscribed_at=now)
-        .on_conflict_do_update(
-            index_elements=[ImoAuthorization.patient_id],
-            set_={
-                "status": "subscribed",
-                "subscribed_at": func.coalesce(ImoAuthorization.subscribed_at, now),
-                "updated_at": func.now(),
-            },
-        )
-    )
+    await imo_repository.mark_subscribed(session, patient_id, datetime.now(UTC))
     return True
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, TimestampMixin
-from app.notifications.states import STORED_STATES, AttemptStatus
+from app.states import STORED_STATES, AttemptStatus
 
 # Reminders the unread fallback may hand on: accepted on a channel with read receipts,
 # not read, not handed on before. (PostgreSQL arrays count from 1.)
@@ -41,6 +41,9 @@ class Notification(TimestampMixin, Base):
         # The sweeper: rows a dead worker left in `sending`.
         Index("ix_notifications_sending", "claimed_at", postgresql_where=text("state = 'sending'")),
         Index("ix_notifications_patient_created", "patient_id", "created_at", "id"),
+        # GET /v1/notifications: newest first, of every state or of one.
+        Index("ix_notifications_created", "created_at", "id"),
+        Index("ix_notifications_state_created", "state", "created_at", "id"),
         Index("ix_notifications_appointment", "appointment_id"),
         # The unread fallback: reminders taken by Imo or WhatsApp, not read, not fallen
         # back, not expired (the set stays as small as what is still worth sending).

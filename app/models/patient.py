@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Index, String, text
+from sqlalchemy import CheckConstraint, Index, String, func, literal_column, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -27,6 +27,20 @@ class Patient(TimestampMixin, Base):
             "time_zone",
             "id",
             postgresql_where=text("reminder_consent = 'granted' AND mobile_e164 IS NOT NULL"),
+        ),
+        # GET /v1/patients: by any number, by facility, by the start of the name.
+        Index(
+            "ix_patients_phone_numbers",
+            "phone_numbers",
+            postgresql_using="gin",
+            postgresql_ops={"phone_numbers": "jsonb_path_ops"},
+        ),
+        Index("ix_patients_facility", "facility_id", "id"),
+        Index(
+            "ix_patients_name_prefix",
+            func.lower(literal_column("full_name")).label("name_lower"),
+            "id",
+            postgresql_ops={"name_lower": "text_pattern_ops"},
         ),
     )
 

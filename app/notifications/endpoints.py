@@ -5,12 +5,22 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import AwareDatetime
 
+from app.channels.base import ChannelName
 from app.db.session import DbSession
 from app.errors import field_error
 from app.notifications import service as notification_service
-from app.notifications.schemas import NotificationIn, NotificationOut
+from app.notifications.repository import NotificationFilter
+from app.notifications.schemas import (
+    PURPOSE_PATTERN,
+    NotificationIn,
+    NotificationOut,
+    NotificationPage,
+)
+from app.pagination import Cursor, Limit
+from app.states import NotificationState
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
@@ -52,6 +62,43 @@ async def schedule_notification(
         response.headers["Idempotent-Replayed"] = "true"
         return await _answer(session, notification.id)
     return NotificationOut.from_model(notification)
+
+
+@router.get(
+    "",
+    summary="Find notifications by state, purpose, channel, patient or time",
+    description="Every filter given narrows the search; none lists every notification. "
+    "Newest first (by `created_at`), a page at a time. Time ranges include their `_from` "
+    "and exclude their `_until`; `due_*` is the time the message is scheduled to go.",
+    responses={**_ERRORS, 422: {"description": "A bad filter, limit or cursor"}},
+)
+async def list_notifications(
+    session: DbSession,
+    state: NotificationState | None = None,
+    purpose: Annotated[str | None, Query(pattern=PURPOSE_PATTERN)] = None,
+    channel: Annotated[
+        ChannelName | None, Query(description="Notifications with an attempt over it")
+    ] = None,
+    patient_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    created_from: AwareDatetime | None = None,
+    created_until: AwareDatetime | None = None,
+    due_from: AwareDatetime | None = None,
+    due_until: AwareDatetime | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> NotificationPage:
+    where = NotificationFilter(
+        state=state,
+        purpose=purpose,
+        channel=channel,
+        patient_id=patient_id,
+        created_from=created_from,
+        created_until=created_until,
+        due_from=due_from,
+        due_until=due_until,
+    )
+    page = await notification_service.search(session, where, limit=limit, cursor=cursor)
+    return NotificationPage.from_models(page.notifications, page.attempts, page.next_cursor)
 
 
 @router.get(

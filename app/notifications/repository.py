@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
@@ -60,15 +62,57 @@ async def transition(
     return (await session.scalars(statement)).one_or_none()
 
 
-async def page_of_patient(
+@dataclass(frozen=True, slots=True)
+class NotificationFilter:
+    """Each given field narrows the search. `state` is a stored state; times are
+    half-open ranges, `*_from` included and `*_until` excluded."""
+
+    state: str | None = None
+    purpose: str | None = None
+    channel: str | None = None
+    patient_id: str | None = None
+    created_from: datetime | None = None
+    created_until: datetime | None = None
+    due_from: datetime | None = None
+    due_until: datetime | None = None
+
+
+async def search(
     session: AsyncSession,
-    patient_id: str,
+    where: NotificationFilter,
     *,
     limit: int,
-    before: tuple[Any, uuid.UUID] | None,
+    before: tuple[datetime, uuid.UUID] | None,
 ) -> Sequence[Notification]:
-    """Newest first, keyset-paginated on (created_at, id)."""
-    query = select(Notification).where(Notification.patient_id == patient_id)
+    """Notifications matching `where`, newest first, keyset-paginated on (created_at, id).
+
+    Read along ix_notifications_created (or ..._state_created, ..._patient_created); a
+    channel is an attempt over it, looked up per candidate by its notification's index.
+    """
+    query = select(Notification)
+    if where.state is not None:
+        query = query.where(Notification.state == where.state)
+    if where.purpose is not None:
+        query = query.where(Notification.purpose == where.purpose)
+    if where.patient_id is not None:
+        query = query.where(Notification.patient_id == where.patient_id)
+    if where.created_from is not None:
+        query = query.where(Notification.created_at >= where.created_from)
+    if where.created_until is not None:
+        query = query.where(Notification.created_at < where.created_until)
+    if where.due_from is not None:
+        query = query.where(Notification.due_at >= where.due_from)
+    if where.due_until is not None:
+        query = query.where(Notification.due_at < where.due_until)
+    if where.channel is not None:
+        query = query.where(
+            select(DeliveryAttempt.id)
+            .where(
+                DeliveryAttempt.notification_id == Notification.id,
+                DeliveryAttempt.channel == where.channel,
+            )
+            .exists()
+        )
     if before is not None:
         query = query.where(tuple_(Notification.created_at, Notification.id) < tuple_(*before))
     query = query.order_by(Notification.created_at.desc(), Notification.id.desc()).limit(limit)

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from app.models import DeliveryAttempt, Notification
-from app.notifications.states import NotificationState
+from app.states import NotificationState
 
 _SLUG = r"^[a-z][a-z0-9_.\-]{0,99}$"
+PURPOSE_PATTERN = r"^[a-z][a-z0-9_]{0,49}$"
 
 
 class NotificationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     patient_id: str = Field(min_length=1, max_length=64)
-    purpose: str = Field(pattern=r"^[a-z][a-z0-9_]{0,49}$", examples=["appointment_reminder"])
+    purpose: str = Field(pattern=PURPOSE_PATTERN, examples=["appointment_reminder"])
     template: str = Field(pattern=_SLUG, examples=["appointment_reminder.basic"])
     variables: dict[str, str | int | float] = Field(default_factory=dict, max_length=50)
     remind_on: date | None = Field(
@@ -132,4 +133,23 @@ class NotificationOut(BaseModel):
             created_at=notification.created_at,
             updated_at=notification.updated_at,
             attempts=[DeliveryAttemptOut.from_model(a) for a in attempts],
+        )
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page"
+    )
+
+    @classmethod
+    def from_models(
+        cls,
+        notifications: Sequence[Notification],
+        attempts: Mapping[uuid.UUID, Sequence[DeliveryAttempt]],
+        next_cursor: str | None,
+    ) -> Self:
+        return cls(
+            items=[NotificationOut.from_model(n, attempts.get(n.id, ())) for n in notifications],
+            next_cursor=next_cursor,
         )

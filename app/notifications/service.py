@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 
 import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import pagination
 from app.config import Settings
 from app.errors import Conflict, InvalidInput, NotFound, field_error
 from app.models import Appointment, DeliveryAttempt, Notification, Patient
 from app.notifications import repository as notification_repository
+from app.notifications.repository import NotificationFilter
 from app.notifications.schemas import NotificationIn
-from app.notifications.states import ACCEPTED_STATES, NotificationState
 from app.notifications.window import MessagingWindow, zone
 from app.observability import NOTIFICATIONS_SCHEDULED
+from app.states import ACCEPTED_STATES, NotificationState
 from app.templates import service as template_service
 
 S = NotificationState
@@ -154,6 +158,43 @@ async def _replay(session: AsyncSession, key: str, digest: str) -> Notification 
             details=[{"field": "Idempotency-Key", "message": "reused with another body"}],
         )
     return existing
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationPage:
+    notifications: Sequence[Notification]
+    attempts: dict[uuid.UUID, list[DeliveryAttempt]]
+    next_cursor: str | None
+
+
+async def search(
+    session: AsyncSession,
+    where: NotificationFilter,
+    *,
+    limit: int,
+    cursor: str | None,
+    now: datetime | None = None,
+) -> NotificationPage:
+    """A page of the notifications matching `where`, newest first, with their attempts.
+
+    `where.state` is a state as the API reports it: `pending` is a stored `scheduled`
+    that is due, `scheduled` one that is not yet. Raises InvalidInput for a bad cursor.
+    """
+    before = pagination.decode(cursor, datetime, uuid.UUID) if cursor else None
+    if where.state in (NotificationState.PENDING, NotificationState.SCHEDULED):
+        # Timestamps are whole microseconds: "due by now" is "due before now + 1 µs".
+        due_now = (now or datetime.now(UTC)) + timedelta(microseconds=1)
+        if where.state is NotificationState.PENDING:
+            until = due_now if where.due_until is None else min(where.due_until, due_now)
+            where = replace(where, due_until=until)
+        else:
+            start = due_now if where.due_from is None else max(where.due_from, due_now)
+            where = replace(where, due_from=start)
+        where = replace(where, state=NotificationState.SCHEDULED)
+    rows = await notification_repository.search(session, where, limit=limit + 1, before=before)
+    page, next_cursor = pagination.split(rows, limit, lambda n: (n.created_at, n.id))
+    attempts = await notification_repository.attempts_of(session, [n.id for n in page])
+    return NotificationPage(page, attempts, next_cursor)
 
 
 async def get_with_attempts(

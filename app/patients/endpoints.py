@@ -7,18 +7,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response, status
 
 from app.db.session import DbSession
-from app.notifications.schemas import NotificationOut
+from app.errors import ErrorDetail, ErrorInfo
+from app.notifications.schemas import NotificationPage
+from app.pagination import Cursor, Limit
 from app.patients import service as patient_service
 from app.patients.schemas import (
     PATIENT_ID_PATTERN,
-    ErrorDetail,
-    ItemError,
-    NotificationPage,
     PatientBatchIn,
     PatientBatchOut,
     PatientBatchResult,
     PatientIn,
     PatientOut,
+    PatientPage,
 )
 
 router = APIRouter(prefix="/patients", tags=["patients"])
@@ -48,7 +48,7 @@ PatientIdPath = Annotated[
     "its last valid item is stored and the earlier ones answer `duplicate_id`.",
     responses={**_ERRORS, 422: {"description": "Not a batch, or more than 1,000 items"}},
 )
-async def put_patients(body: PatientBatchIn, session: DbSession) -> PatientBatchOut:
+async def upsert_patients(body: PatientBatchIn, session: DbSession) -> PatientBatchOut:
     outcomes = await patient_service.put_patients(session, body.patients)
     results = []
     for outcome in outcomes:
@@ -56,13 +56,68 @@ async def put_patients(body: PatientBatchIn, session: DbSession) -> PatientBatch
         if outcome.patient is not None:
             result.patient = PatientOut.from_model(outcome.patient, outcome.authorization)
         if outcome.error is not None:
-            result.error = ItemError(
+            result.error = ErrorInfo(
                 code=outcome.error.code,
                 message=outcome.error.message,
                 details=[ErrorDetail.model_validate(d) for d in outcome.error.details],
             )
         results.append(result)
     return PatientBatchOut(results=results)
+
+
+@router.get(
+    "",
+    summary="Find patients by phone number, facility or name",
+    description="Every filter given narrows the search; none lists every patient. In id "
+    "order, a page at a time.",
+    responses={**_ERRORS, 422: {"description": "A bad phone number, limit or cursor"}},
+)
+async def list_patients(
+    session: DbSession,
+    phone: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=40,
+            description="Any of the patient's numbers, in any format: E.164, or national "
+            "with `country`",
+            examples=["+8801711000001"],
+        ),
+    ] = None,
+    country: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[A-Za-z]{2}$",
+            description="ISO 3166-1 alpha-2: how to read a national `phone`",
+            examples=["BD"],
+        ),
+    ] = None,
+    facility_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    name_prefix: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="The start of the full name, case-insensitive",
+            examples=["rahim"],
+        ),
+    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> PatientPage:
+    page = await patient_service.search(
+        session,
+        number=phone,
+        country=country,
+        facility_id=facility_id,
+        name_prefix=name_prefix,
+        limit=limit,
+        cursor=cursor,
+    )
+    return PatientPage(
+        items=[PatientOut.from_model(p, a) for p, a in page.patients],
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.put(
@@ -76,7 +131,7 @@ async def put_patients(body: PatientBatchIn, session: DbSession) -> PatientBatch
         422: {"description": "A malformed body, an invalid number or time zone"},
     },
 )
-async def put_patient(
+async def upsert_patient(
     patient_id: PatientIdPath, body: PatientIn, response: Response, session: DbSession
 ) -> PatientOut:
     stored = await patient_service.put_patient(session, patient_id, body)
@@ -97,19 +152,11 @@ async def get_patient(patient_id: PatientIdPath, session: DbSession) -> PatientO
     summary="The patient's notifications, newest first",
     responses={**_ERRORS, **_NOT_FOUND, 422: {"description": "A bad limit or cursor"}},
 )
-async def list_notifications(
+async def list_patient_notifications(
     patient_id: PatientIdPath,
     session: DbSession,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size")] = 50,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=200, description="`next_cursor` of the previous page"),
-    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> NotificationPage:
     page = await patient_service.notifications_of(session, patient_id, limit=limit, cursor=cursor)
-    return NotificationPage(
-        items=[
-            NotificationOut.from_model(n, page.attempts.get(n.id, ())) for n in page.notifications
-        ],
-        next_cursor=page.next_cursor,
-    )
+    return NotificationPage.from_models(page.notifications, page.attempts, page.next_cursor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -108,6 +109,38 @@ async def with_authorizations(
         execution_options={"populate_existing": True},
     )
     return {patient.id: (patient, authorization) for patient, authorization in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class PatientFilter:
+    """Each given field narrows the search; `phone` is E.164, `name_prefix` lower-case."""
+
+    phone: str | None = None
+    facility_id: str | None = None
+    name_prefix: str | None = None
+
+
+async def search(
+    session: AsyncSession, where: PatientFilter, *, limit: int, after: str | None
+) -> Sequence[tuple[Patient, ImoAuthorization | None]]:
+    """Patients matching `where` in id order after `after` (keyset), with their Imo
+    authorisation. Each filter has an index: phone numbers (GIN), facility, lower-case
+    name (prefix)."""
+    query = select(Patient, ImoAuthorization).outerjoin(
+        ImoAuthorization, ImoAuthorization.patient_id == Patient.id
+    )
+    if where.phone is not None:
+        query = query.where(Patient.phone_numbers.contains([{"number": where.phone}]))
+    if where.facility_id is not None:
+        query = query.where(Patient.facility_id == where.facility_id)
+    if where.name_prefix is not None:
+        # One bound pattern (not `param || '%'`): the planner sees its fixed prefix.
+        escaped = re.sub(r"([\\%_])", r"\\\1", where.name_prefix)
+        query = query.where(func.lower(Patient.full_name).like(f"{escaped}%", escape="\\"))
+    if after is not None:
+        query = query.where(Patient.id > after)
+    rows = await session.execute(query.order_by(Patient.id).limit(limit))
+    return [(patient, authorization) for patient, authorization in rows]
 
 
 async def get(session: AsyncSession, patient_id: str) -> Patient | None:

@@ -16,8 +16,8 @@ from pydantic import (
 )
 
 from app import phone
+from app.errors import ErrorInfo
 from app.models import ImoAuthorization, Patient
-from app.notifications.schemas import NotificationOut
 from app.templates.schemas import Locale
 
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@~+=-]*$"
@@ -176,31 +176,20 @@ class PatientOut(BaseModel):
         )
 
 
-class ErrorDetail(BaseModel):
-    field: str
-    message: str
-
-
-class ItemError(BaseModel):
-    code: str
-    message: str
-    details: list[ErrorDetail]
-
-
 class PatientBatchResult(BaseModel):
     index: int = Field(description="The item's position in the request")
     id: str | None = Field(description="The item's id, when it had a readable one")
     status: Literal["created", "updated", "error"]
     patient: PatientOut | None = None
-    error: ItemError | None = None
+    error: ErrorInfo | None = None
 
 
 class PatientBatchOut(BaseModel):
     results: list[PatientBatchResult]
 
 
-class NotificationPage(BaseModel):
-    items: list[NotificationOut]
+class PatientPage(BaseModel):
+    items: list[PatientOut]
     next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next (older) page; null on the last page"
+        description="Pass as `cursor` for the next page; null on the last page"
     )

@@ -6,21 +6,18 @@ A patient without a time zone gets the one that follows from the country (or num
 
 from __future__ import annotations
 
-import base64
-import binascii
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import phone
+from app import pagination, phone
 from app.errors import AppError, InvalidInput, NotFound, field_error, validation_details
-from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
-from app.notifications import repository as notification_repository
+from app.models import ImoAuthorization, Patient
+from app.notifications import service as notification_service
+from app.notifications.repository import NotificationFilter
 from app.patients import repository as patient_repository
 from app.patients.repository import PatientRecord
 from app.patients.schemas import PatientBatchItemIn, PatientIn
@@ -56,9 +53,8 @@ class BatchItemOutcome:
 
 
 @dataclass(frozen=True, slots=True)
-class NotificationPage:
-    notifications: Sequence[Notification]
-    attempts: dict[uuid.UUID, list[DeliveryAttempt]]
+class PatientPage:
+    patients: list[tuple[Patient, ImoAuthorization | None]]
     next_cursor: str | None
 
 
@@ -183,42 +179,48 @@ async def put_patients(session: AsyncSession, items: Sequence[object]) -> list[B
     return [outcomes[index] for index in range(len(items))]
 
 
-def encode_cursor(created_at: datetime, notification_id: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{notification_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+async def search(
+    session: AsyncSession,
+    *,
+    number: str | None,
+    country: str | None,
+    facility_id: str | None,
+    name_prefix: str | None,
+    limit: int,
+    cursor: str | None,
+) -> PatientPage:
+    """Patients by any of their numbers (in any format: national ones are read with
+    `country`), facility and the start of their name (case-insensitive), in id order.
 
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Raises InvalidInput naming `cursor` for anything this service did not hand out."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, notification_id = raw.split("|")
-        moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None:
-            raise ValueError("naive time")
-        return moment, uuid.UUID(notification_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise field_error("cursor", "not a cursor from this list") from exc
+    Raises InvalidInput naming `phone` (not a number, or national without `country`) or
+    `cursor`.
+    """
+    after = pagination.decode(cursor, str)[0] if cursor else None
+    e164 = None
+    if number is not None:
+        try:
+            e164 = phone.to_e164(number, country or phone.INTERNATIONAL_ONLY)
+        except phone.InvalidPhoneNumber as exc:
+            hint = "" if country else " (give `country` to search by a national number)"
+            raise field_error("phone", f"{exc}{hint}") from exc
+    where = patient_repository.PatientFilter(
+        phone=e164,
+        facility_id=facility_id,
+        name_prefix=name_prefix.lower() if name_prefix else None,
+    )
+    rows = await patient_repository.search(session, where, limit=limit + 1, after=after)
+    page, next_cursor = pagination.split(rows, limit, lambda row: (row[0].id,))
+    return PatientPage(page, next_cursor)
 
 
 async def notifications_of(
     session: AsyncSession, patient_id: str, *, limit: int, cursor: str | None
-) -> NotificationPage:
+) -> notification_service.NotificationPage:
     """A page of the patient's notifications, newest first, with their attempts.
 
-    Keyset-paginated on (created_at, id), so deep pages cost what the first one does.
     Raises NotFound for an unknown patient and InvalidInput for a bad cursor.
     """
-    before = decode_cursor(cursor) if cursor else None
     if not await patient_repository.exists(session, patient_id):
         raise NotFound(f"no patient '{patient_id}'")
-    rows = await notification_repository.page_of_patient(
-        session, patient_id, limit=limit + 1, before=before
-    )
-    page = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        next_cursor = encode_cursor(last.created_at, last.id)
-    attempts = await notification_repository.attempts_of(session, [n.id for n in page])
-    return NotificationPage(page, attempts, next_cursor)
+    where = NotificationFilter(patient_id=patient_id)
+    return await notification_service.search(session, where, limit=limit, cursor=cursor)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Response, status
 
 from app.db.session import DbSession
+from app.pagination import Cursor, Limit
 from app.reminder_plans import service as plan_service
 from app.reminder_plans.schemas import (
     PLAN_NAME_PATTERN,
@@ -50,7 +51,7 @@ PlanName = Annotated[
         422: {"description": "A malformed body, an unknown template, or unsetting the default"},
     },
 )
-async def put_plan(
+async def upsert_reminder_plan(
     name: PlanName, body: ReminderPlanIn, response: Response, session: DbSession
 ) -> ReminderPlanOut:
     stored = await plan_service.put_plan(session, name, body)
@@ -59,17 +60,15 @@ async def put_plan(
 
 
 @router.get("/{name}", summary="One reminder plan", responses={**_ERRORS, 404: {}})
-async def get_plan(name: PlanName, session: DbSession) -> ReminderPlanOut:
+async def get_reminder_plan(name: PlanName, session: DbSession) -> ReminderPlanOut:
     return ReminderPlanOut.from_model(await plan_service.get_plan(session, name))
 
 
 @router.get("", summary="Every reminder plan, by name", responses=_ERRORS)
-async def list_plans(
+async def list_reminder_plans(
     session: DbSession,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size")] = 100,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
-    ] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
 ) -> ReminderPlanPage:
     page = await plan_service.list_plans(session, limit=limit, cursor=cursor)
     return ReminderPlanPage(

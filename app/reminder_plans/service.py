@@ -6,20 +6,19 @@ A plan's templates may use only the variables an appointment provides
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import pagination
 from app.errors import Conflict, InvalidInput, NotFound, field_error
-from app.models import ReminderPlan, Template
+from app.models import ReminderPlan
 from app.reminder_plans import repository as plan_repository
 from app.reminder_plans.schemas import ReminderPlanIn
-from app.templates import service as template_service
+from app.templates import repository as template_repository
+from app.templates.placeholders import variables_of
 
 # What every appointment reminder can fill in.
 PLAN_VARIABLES = frozenset({"patient_name", "facility_name", "appointment_date"})
@@ -70,16 +69,14 @@ async def _check_templates(session: AsyncSession, request: ReminderPlanIn) -> No
     keys = {r.template for r in request.reminders}
     if not keys:
         return
-    templates = (await session.scalars(select(Template).where(Template.key.in_(keys)))).all()
+    templates = await template_repository.with_keys(session, keys)
     problems: dict[str, str] = {}
     found = {t.key for t in templates}
     for key in keys - found:
         problems[key] = f"no template '{key}'"
     for template in templates:
         try:
-            needed = template_service.variables_of(template.body) | template_service.variables_of(
-                template.title
-            )
+            needed = variables_of(template.body) | variables_of(template.title)
         except ValueError as exc:
             problems[template.key] = f"template '{template.key}' ({template.locale}): {exc}"
             continue
@@ -113,15 +110,7 @@ class PlanPage:
 
 async def list_plans(session: AsyncSession, *, limit: int, cursor: str | None) -> PlanPage:
     """Plans by name, keyset-paginated. Raises InvalidInput for a bad cursor."""
-    after = None
-    if cursor:
-        try:
-            after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-            raise field_error("cursor", "not a cursor from this list") from exc
+    after = pagination.decode(cursor, str)[0] if cursor else None
     rows = await plan_repository.page(session, limit=limit + 1, after=after)
-    plans = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        next_cursor = base64.urlsafe_b64encode(plans[-1].name.encode()).decode().rstrip("=")
+    plans, next_cursor = pagination.split(rows, limit, lambda plan: (plan.name,))
     return PlanPage(plans, next_cursor)

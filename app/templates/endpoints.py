@@ -7,8 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from app.db.session import DbSession
-from app.errors import NotFound
-from app.templates import repository as template_repository
+from app.templates import service as template_service
 from app.templates.schemas import (
     TEMPLATE_KEY_PATTERN,
     Locale,
@@ -37,7 +36,7 @@ LocalePath = Annotated[Locale, Path(examples=["bn-BD"])]
 
 @router.get("", summary="Every template", responses=_ERRORS)
 async def list_templates(session: DbSession) -> TemplateList:
-    templates = await template_repository.list_all(session)
+    templates = await template_service.list_templates(session)
     return TemplateList(items=[TemplateOut.from_model(template) for template in templates])
 
 
@@ -47,9 +46,7 @@ async def list_templates(session: DbSession) -> TemplateList:
     responses={**_ERRORS, 404: {"description": "No such template in this locale"}},
 )
 async def get_template(key: KeyPath, locale: LocalePath, session: DbSession) -> TemplateOut:
-    template = await template_repository.get(session, key, locale)
-    if template is None:
-        raise NotFound(f"no template '{key}' in locale '{locale}'")
+    template = await template_service.get_template(session, key, locale)
     return TemplateOut.from_model(template)
 
 
@@ -61,8 +58,8 @@ async def get_template(key: KeyPath, locale: LocalePath, session: DbSession) -> 
         422: {"description": "A placeholder that is not a plain `{name}` variable"},
     },
 )
-async def put_template(
+async def upsert_template(
     key: KeyPath, locale: LocalePath, body: TemplateIn, session: DbSession
 ) -> TemplateOut:
-    template = await template_repository.upsert(session, key, locale, body.title, body.body)
+    template = await template_service.put_template(session, key, locale, body.title, body.body)
     return TemplateOut.from_model(template)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -22,6 +22,11 @@ async def find_for_locales(
     ).all()
     order = {locale: position for position, locale in enumerate(locales)}
     return sorted(rows, key=lambda template: order[template.locale])
+
+
+async def with_keys(session: AsyncSession, keys: Collection[str]) -> Sequence[Template]:
+    """Every locale's text of each of `keys`."""
+    return (await session.scalars(select(Template).where(Template.key.in_(keys)))).all()
 
 
 async def upsert(session: AsyncSession, key: str, locale: str, title: str, body: str) -> Template:

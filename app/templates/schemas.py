@@ -9,7 +9,7 @@ from typing import Annotated, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.models import Template
-from app.templates.service import variables_of
+from app.templates.placeholders import variables_of
 
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
 TEMPLATE_KEY_PATTERN = r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*$"
@@ -40,11 +40,6 @@ Locale = Annotated[
     StringConstraints(min_length=2, max_length=20),
     AfterValidator(normalise_locale),
     Field(examples=["bn-BD", "en"], description="A BCP 47 language tag"),
-]
-TemplateKey = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=100, pattern=TEMPLATE_KEY_PATTERN),
-    Field(examples=["appointment_reminder.basic"]),
 ]
 
 

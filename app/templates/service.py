@@ -6,19 +6,20 @@ so a missing template or variable is a 422 then, never a failure at sending time
 
 from __future__ import annotations
 
-import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import InvalidInput, field_error
+from app.errors import InvalidInput, NotFound, field_error
+from app.models import Template
 from app.templates import repository as template_repository
+from app.templates.placeholders import variables_of
 
 FALLBACK_LOCALE = "en"
 # A title is a heading (Imo's `title`); a long variable must not overflow it.
 MAX_TITLE_LENGTH = 200
-_FORMATTER = string.Formatter()
 
 
 @dataclass(slots=True)  # not frozen: an invitation round renders one per patient
@@ -27,18 +28,6 @@ class RenderedTemplate:
     locale: str
     title: str
     body: str
-
-
-def variables_of(text: str) -> set[str]:
-    """The `{names}` a text uses. Raises ValueError for a malformed text."""
-    names: set[str] = set()
-    for _, field_name, format_spec, conversion in _FORMATTER.parse(text):
-        if field_name is None:
-            continue
-        if not field_name.isidentifier() or format_spec or conversion:
-            raise ValueError(f"'{{{field_name}}}' is not a plain {{name}} variable")
-        names.add(field_name)
-    return names
 
 
 def locale_candidates(locale: str) -> list[str]:
@@ -50,6 +39,25 @@ def locale_candidates(locale: str) -> list[str]:
     if FALLBACK_LOCALE not in candidates:
         candidates.append(FALLBACK_LOCALE)
     return candidates
+
+
+async def list_templates(session: AsyncSession) -> Sequence[Template]:
+    return await template_repository.list_all(session)
+
+
+async def get_template(session: AsyncSession, key: str, locale: str) -> Template:
+    """Raises NotFound."""
+    template = await template_repository.get(session, key, locale)
+    if template is None:
+        raise NotFound(f"no template '{key}' in locale '{locale}'")
+    return template
+
+
+async def put_template(
+    session: AsyncSession, key: str, locale: str, title: str, body: str
+) -> Template:
+    """Create or replace the text of `key` in `locale` (checked by the schema). Flushes."""
+    return await template_repository.upsert(session, key, locale, title, body)
 
 
 async def render(

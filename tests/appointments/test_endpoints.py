@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Notification, Patient
+from app.models import Notification, Patient, ReminderPlan
 from tests.appointments.helpers import days, put_appointment, put_plan
 from tests.clock import daytime_zone
 from tests.factories import make_patient, unique_id
@@ -77,12 +77,48 @@ class TestSchedule:
         data = await put_appointment(api, patient.id, local_day(patient, -1))
         assert [r["remind_on"] for r in data["reminders"]] == [local_day(patient, 2)]
 
-    async def test_no_default_plan_no_reminders(
+    async def test_a_fresh_installation_has_a_default_plan(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        shipped = (await api.get("/v1/reminder-plans/default")).json()
+        assert shipped["default"] is True
+        assert shipped["reminders"] == [
+            {"offset_days": -1, "template": "appointment_reminder.basic"},
+            {"offset_days": 2, "template": "missed_visit.basic"},
+        ]
+        patient = await daytime_patient(db_session)
+        data = await put_appointment(api, patient.id, local_day(patient, 3))
+        assert data["reminder_plan"] == "default" and data["reminders_note"] is None
+        assert [(r["remind_on"], r["purpose"]) for r in data["reminders"]] == [
+            (local_day(patient, 2), "appointment_reminder"),
+            (local_day(patient, 5), "missed_visit"),
+        ]
+
+    async def test_without_a_default_plan_the_answer_says_why_there_are_no_reminders(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        # The API cannot unset the default, only move it; an installation that lost it.
+        await db_session.execute(update(ReminderPlan).values(is_default=False))
+        patient = await daytime_patient(db_session)
+        appointment_id = unique_id("a")
+        answer = await api.put(
+            f"/v1/appointments/{appointment_id}",
+            json={"patient_id": patient.id, "scheduled_date": days(3)},
+        )
+        assert answer.status_code == 201, answer.text
+        data = answer.json()
+        assert data["reminder_plan"] is None and data["reminders"] == []
+        assert "no default plan" in data["reminders_note"]
+        read = (await api.get(f"/v1/appointments/{appointment_id}")).json()
+        assert read["reminders_note"] == data["reminders_note"]
+
+    async def test_a_plan_whose_days_have_passed_says_so(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await daytime_patient(db_session)
-        data = await put_appointment(api, patient.id, days(3))
-        assert data["reminder_plan"] is None and data["reminders"] == []
+        data = await put_appointment(api, patient.id, local_day(patient, -5))
+        assert data["reminder_plan"] == "default" and data["reminders"] == []
+        assert "'default'" in data["reminders_note"] and "passed" in data["reminders_note"]
 
     async def test_facility_defaults_to_the_patients(
         self, api: httpx.AsyncClient, db_session: AsyncSession

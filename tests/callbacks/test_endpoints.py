@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.callbacks import urls
+from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
 from app.main import create_app
@@ -89,7 +89,7 @@ class TestImoReadReceipt:
         self, client: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, "imo", provider_message_id="post-1")
-        url = urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
+        url = callback_urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
         first = await client.post(url, json={"event": "read_receipt", "post_id": "post-1"})
         assert first.status_code == 200 and first.json() == {"status": "ok", "changed": True}
         assert await states(db_session, notification, attempt) == ("read", "read")
@@ -103,8 +103,8 @@ class TestImoReadReceipt:
     ) -> None:
         notification, attempt = await sent_attempt(db_session, "imo")
         body = {"event": "read_receipt", "post_id": "x"}
-        other_purpose = SIGNER.sign(urls.IMO_INVITATION, str(attempt.id))
-        forged = TokenSigner("another key").sign(urls.IMO_READ, str(attempt.id))
+        other_purpose = SIGNER.sign(callback_urls.IMO_INVITATION, str(attempt.id))
+        forged = TokenSigner("another key").sign(callback_urls.IMO_READ, str(attempt.id))
         for token in (other_purpose, forged, "garbage", f"{attempt.id}"):
             answer = await client.post(f"/callbacks/imo/notifications/{token}", json=body)
             assert answer.status_code == 404, token
@@ -114,7 +114,7 @@ class TestImoReadReceipt:
         self, client: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, "imo", provider_message_id="mine")
-        url = urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
+        url = callback_urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
         answer = await client.post(url, json={"event": "read_receipt", "post_id": "theirs"})
         assert answer.status_code == 404
         assert await states(db_session, notification, attempt) == ("sent", "sent")
@@ -123,7 +123,7 @@ class TestImoReadReceipt:
         self, client: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         _, attempt = await sent_attempt(db_session, "imo")
-        url = urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
+        url = callback_urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
         assert (await client.post(url, json={"event": "delivered"})).status_code == 400
         garbage = await client.post(url, content=b"{not json", headers={"content-type": "x"})
         assert garbage.status_code == 400
@@ -133,7 +133,7 @@ class TestImoReadReceipt:
         self, client: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         notification, attempt = await sent_attempt(db_session, "imo")
-        url = urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
+        url = callback_urls.imo_read_receipt_url(SETTINGS, SIGNER, attempt.id).removeprefix(BASE)
         padding = "x" * (64 * 1024)
         answer = await client.post(url, json={"event": "read_receipt", "padding": padding})
         assert answer.status_code == 413
@@ -146,7 +146,7 @@ class TestImoInvitation:
         self, client: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await make_patient(db_session)
-        url = urls.imo_invitation_url(SETTINGS, SIGNER, patient.id).removeprefix(BASE)
+        url = callback_urls.imo_invitation_url(SETTINGS, SIGNER, patient.id).removeprefix(BASE)
         for encoding in (
             {"json": {"event": "accept_invite"}},
             {"data": {"event": "accept_invite"}},
@@ -163,9 +163,9 @@ class TestImoInvitation:
         self, client: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
         patient = await make_patient(db_session)
-        token = SIGNER.sign(urls.IMO_INVITATION, patient.id)
+        token = SIGNER.sign(callback_urls.IMO_INVITATION, patient.id)
         _, mac = token.split(".")
-        other = TokenSigner("x").sign(urls.IMO_INVITATION, "someone-else").split(".")[0]
+        other = TokenSigner("x").sign(callback_urls.IMO_INVITATION, "someone-else").split(".")[0]
         answer = await client.post(
             f"/callbacks/imo/invitations/{other}.{mac}", json={"event": "accept_invite"}
         )

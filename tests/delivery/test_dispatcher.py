@@ -27,15 +27,24 @@ from app.channels.base import (
 from app.config import Settings
 from app.delivery import status as delivery_status
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.types import Report
 from app.fakes.imo import FakeImoConfig, start_fake_imo
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
 from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
-from app.notifications.states import AttemptStatus
 from app.security import TokenSigner
+from app.states import AttemptStatus
 from tests.clock import daytime_zone, night_zone
 from tests.factories import make_notification, make_patient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def report(
+    session: AsyncSession, attempt_id: int, status: AttemptStatus, **fields: str | None
+) -> None:
+    """A provider's report on one attempt, as the callbacks apply it."""
+    [answer] = await delivery_status.apply_reports(session, [Report(attempt_id, status, **fields)])
+    assert answer is True, answer
 
 
 @dataclass
@@ -373,7 +382,7 @@ class TestSafety:
         async def answer_after_callback(message: OutgoingMessage) -> SendResult:
             attempt_id = int(message.callback_url.rsplit("/", 1)[1])
             async with db_sessionmaker() as session:
-                await delivery_status.report(session, attempt_id, early, provider_message_id="SM1")
+                await report(session, attempt_id, early, provider_message_id="SM1")
                 await session.commit()
             return SendResult(provider_message_id="SM1", provider_status="queued")
 
@@ -395,7 +404,7 @@ class TestSafety:
         async def answer_after_failure(message: OutgoingMessage) -> SendResult:
             attempt_id = int(message.callback_url.rsplit("/", 1)[1])
             async with db_sessionmaker() as session:
-                await delivery_status.report(
+                await report(
                     session,
                     attempt_id,
                     AttemptStatus.FAILED,
@@ -439,7 +448,7 @@ class TestUnclearAnswers:
 
         # The provider's own status callback confirms it after all.
         async with db_sessionmaker() as session:
-            await delivery_status.report(
+            await report(
                 session, attempts[0].id, AttemptStatus.DELIVERED, provider_message_id="SM3"
             )
             await session.commit()

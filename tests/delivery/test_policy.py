@@ -7,9 +7,9 @@ import pytest
 from app.channels.base import PermanentChannelError, TransientChannelError
 from app.config import Settings
 from app.delivery import policy
-from app.delivery.policy import ClaimedNotification, Outcome, SendOn
-from app.notifications.states import NotificationState as S
+from app.delivery.types import ClaimedNotification, Outcome, SendOn
 from app.notifications.window import MessagingWindow
+from app.states import NotificationState as S
 
 NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # 12:00 in Dhaka
 WINDOW = MessagingWindow(time(8, 0), time(20, 0))

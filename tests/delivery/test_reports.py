@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.delivery import reports
 from app.delivery.reports import APPLY_TRIES, ReportBatcher
-from app.delivery.status import Report
-from app.notifications.states import AttemptStatus
+from app.delivery.types import Report
+from app.states import AttemptStatus
 from tests.db.test_session import dbapi_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

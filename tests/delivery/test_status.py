@@ -6,9 +6,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.delivery import status as delivery_status
-from app.delivery.status import Report, UnknownAttempt
+from app.delivery.status import UnknownAttempt
+from app.delivery.types import Report
 from app.models import DeliveryAttempt, Notification
-from app.notifications.states import AttemptStatus
+from app.states import AttemptStatus
 from tests.factories import make_notification, make_patient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

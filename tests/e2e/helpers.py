@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from app.callbacks import urls
+from app import callback_urls
 from app.config import Settings
 from app.security import TokenSigner
 from tests.clock import daytime_zone
@@ -43,7 +43,7 @@ async def put_patient(api: httpx.AsyncClient, number: str, **overrides: Any) -> 
 async def accept_imo_invitation(stack: Stack, patient_id: str) -> None:
     """What Imo does when the patient accepts: POST to the invitation's callback URL."""
     settings = Settings(public_base_url=stack.api_url)
-    url = urls.imo_invitation_url(settings, TokenSigner(TEST_SECRET_KEY), patient_id)
+    url = callback_urls.imo_invitation_url(settings, TokenSigner(TEST_SECRET_KEY), patient_id)
     async with httpx.AsyncClient() as client:
         answer = await client.post(url, json={"event": "accept_invite"})
     assert answer.status_code == 200, answer.text

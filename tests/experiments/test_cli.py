@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.experiments import cli as experiments_cli
+from app.experiments import report as experiment_report
 from app.experiments import repository as experiment_repository
-from app.experiments.cli import CSV_COLUMNS, p_value_text, report_from, run_report
+from app.experiments.report import CSV_COLUMNS, p_value_text, report_from, run_report
 from tests.appointments.helpers import create_experiment, days, put_appointment, put_plan
 from tests.clock import daytime_zone
 from tests.factories import make_patient
@@ -32,7 +32,7 @@ class TestReport:
         capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        monkeypatch.setattr(experiments_cli.console, "width", 250)
+        monkeypatch.setattr(experiment_report.console, "width", 250)
         experiment = await create_experiment(api, await put_plan(api), return_window_days=3)
         patients = [await make_patient(db_session, time_zone=daytime_zone()) for _ in range(6)]
         appointments = [await put_appointment(api, p.id, days(1)) for p in patients]

@@ -15,10 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.delivery import repository as delivery_repository
-from app.delivery.policy import Outcome
+from app.delivery.types import Outcome
 from app.experiments.assignment import assign
 from app.models import ExperimentMembership, Notification, Patient
-from app.notifications.states import NotificationState
+from app.states import NotificationState
 from tests.appointments.helpers import (
     create_experiment,
     days,
@@ -189,11 +189,14 @@ class TestEnrolment:
         assert none["reminder_plan"] is None and none["reminders"] == []
         assert none["experiment"]["group"] == "control"
         assert none["experiment"]["enrolled_by_this_appointment"] is True
+        assert "control group" in none["reminders_note"]
+        assert experiment["name"] in none["reminders_note"]
 
         some = await put_appointment(api, treated.id, days(3))
         assert some["reminder_plan"] == plan and len(some["reminders"]) == 3
         assert some["experiment"]["group"] == "g1"
         assert some["experiment"]["id"] == experiment["id"]
+        assert some["reminders_note"] is None
 
         # A second appointment of a member follows the group too, enrolled or not.
         later = await put_appointment(api, control.id, days(9))

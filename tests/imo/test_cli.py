@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from app.imo import service as imo_service
-from app.imo.cli import run_round
+from app.imo.terminal import run_round
 from tests.imo.conftest import FakeImo, ImoDb, round_settings
 from tests.imo.helpers import invite_phone, seed_patients
 from tests.stack import Services

@@ -105,7 +105,9 @@ class TestAnswers:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         reported: list[tuple[str, str, dict[str, Any]]] = []
-        monkeypatch.setattr("app.imo.runner.report_unexpected", lambda *args: reported.append(args))
+        monkeypatch.setattr(
+            "app.channels.reporting.report_unexpected", lambda *args: reported.append(args)
+        )
         phones = [invite_phone(n, 3) for n in range(3)]
         async with db.engine.begin() as connection:
             await seed_patients(connection, phones)

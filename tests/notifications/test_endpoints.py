@@ -203,3 +203,97 @@ class TestRead:
             ("sms", "sent", None),
         ]
         assert data["channel"] == "sms" and data["state"] == "sent"
+
+
+class TestSearch:
+    """GET /v1/notifications: filters narrow, newest first, a page at a time."""
+
+    async def test_filters_and_order(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        other = await make_patient(db_session)
+        base = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+        now = datetime.now(UTC)
+        rows = {}
+        for hours, name, values in [
+            (0, "due", {"due_at": now - timedelta(minutes=5)}),
+            (1, "later", {"due_at": now + timedelta(days=2)}),
+            (2, "failed", {"state": "failed", "purpose": "missed_visit"}),
+            (3, "sent", {"state": "sent"}),
+        ]:
+            rows[name] = await make_notification(
+                db_session, patient, created_at=base + timedelta(hours=hours), **values
+            )
+        await make_notification(db_session, other, created_at=base)
+        db_session.add(
+            DeliveryAttempt(notification_id=rows["sent"].id, channel="sms", status="sent")
+        )
+        await db_session.flush()
+
+        async def ids(**params: Any) -> list[str]:
+            answer = await api.get("/v1/notifications", params={"patient_id": patient.id, **params})
+            assert answer.status_code == 200, answer.text
+            return [item["id"] for item in answer.json()["items"]]
+
+        def of(*names: str) -> list[str]:
+            return [str(rows[name].id) for name in names]
+
+        assert await ids() == of("sent", "failed", "later", "due")
+        assert await ids(state="pending") == of("due")
+        assert await ids(state="scheduled") == of("later")
+        assert await ids(state="failed") == of("failed")
+        assert await ids(purpose="missed_visit") == of("failed")
+        assert await ids(channel="sms") == of("sent")
+        assert await ids(channel="imo") == []
+        hour = timedelta(hours=1)
+        assert await ids(
+            created_from=(base + hour).isoformat(), created_until=(base + 3 * hour).isoformat()
+        ) == of("failed", "later")
+        assert await ids(due_from=now.isoformat(), state="scheduled") == of("later")
+        assert await ids(due_until=now.isoformat(), state="scheduled") == []
+
+    async def test_pages_newest_first_without_gaps_or_repeats(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        moment = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+        # Equal creation times too: the id breaks the tie.
+        made = [
+            await make_notification(
+                db_session, patient, created_at=moment + timedelta(seconds=i // 2)
+            )
+            for i in range(7)
+        ]
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"patient_id": patient.id, "limit": 3}
+            if cursor:
+                params["cursor"] = cursor
+            page = (await api.get("/v1/notifications", params=params)).json()
+            seen += [item["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        expected = sorted(made, key=lambda n: (n.created_at, n.id), reverse=True)
+        assert seen == [str(n.id) for n in expected]
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"state": "lost"},
+            {"channel": "pigeon"},
+            {"purpose": "Not A Purpose"},
+            {"created_from": "2026-11-20T08:00:00"},  # no offset
+            {"due_until": "yesterday"},
+            {"limit": 0},
+            {"limit": 501},
+        ],
+    )
+    async def test_bad_filters_are_422_naming_them(
+        self, api: httpx.AsyncClient, params: dict[str, Any]
+    ) -> None:
+        answer = await api.get("/v1/notifications", params=params)
+        assert answer.status_code == 422, answer.text
+        assert [d["field"] for d in answer.json()["error"]["details"]] == list(params)

@@ -401,3 +401,91 @@ class TestNotificationsOfPatient:
         answer = await api.get(f"/v1/patients/{patient.id}/notifications", params=params)
         assert answer.status_code == 422
         assert fields_of(answer) == [next(iter(params))]
+
+
+class TestSearch:
+    """GET /v1/patients: by any number in any format, facility, name prefix."""
+
+    async def test_filters(self, api: httpx.AsyncClient) -> None:
+        facility = {"id": unique_id("f"), "name": "Khulna Clinic"}
+        other_facility = {"id": unique_id("f"), "name": "Sylhet Clinic"}
+        tag = unique_id("n")  # keeps the names of this test apart from others'
+        people = {
+            "rahim": patient_body(full_name=f"{tag} Rahim", facility=facility),
+            "rahima": patient_body(
+                full_name=f"{tag.upper()} RAHIMA",
+                facility=facility,
+                phone_numbers=[
+                    {"number": "029660001", "type": "landline"},
+                    {"number": "01811000002", "type": "mobile"},
+                ],
+            ),
+            "karim": patient_body(full_name=f"{tag} Karim", facility=other_facility),
+            "percent": patient_body(full_name=f"{tag}%_ odd", facility=other_facility),
+        }
+        ids = {}
+        for name, body in people.items():
+            ids[name] = f"{unique_id()}-{name}"
+            assert (await api.put(f"/v1/patients/{ids[name]}", json=body)).is_success
+
+        async def found(**params: Any) -> list[str]:
+            answer = await api.get("/v1/patients", params=params)
+            assert answer.status_code == 200, answer.text
+            return sorted(item["id"] for item in answer.json()["items"])
+
+        def of(*names: str) -> list[str]:
+            return sorted(ids[name] for name in names)
+
+        assert await found(facility_id=facility["id"]) == of("rahim", "rahima")
+        assert await found(name_prefix=f"{tag} rahim".upper()) == of("rahim", "rahima")
+        assert await found(name_prefix=f"{tag} K") == of("karim")
+        # LIKE's wildcards are plain characters in a prefix.
+        assert await found(name_prefix=f"{tag}%") == of("percent")
+        assert await found(name_prefix=f"{tag}_") == []
+        # A landline, in international, national and spaced formats.
+        for number, country in [
+            ("+880 2-966-0001", None),
+            ("029660001", "BD"),
+            ("+88029660001", "bd"),
+        ]:
+            params = {"phone": number, "facility_id": facility["id"]}
+            if country:
+                params["country"] = country
+            assert await found(**params) == of("rahima"), number
+        assert await found(phone="+8801811000002", name_prefix=tag) == of("rahima")
+        assert await found(phone="+8801811000002", facility_id=other_facility["id"]) == []
+
+    async def test_pages_in_id_order(self, api: httpx.AsyncClient) -> None:
+        facility = {"id": unique_id("f"), "name": "Khulna Clinic"}
+        ids = sorted(unique_id() for _ in range(5))
+        for patient_id in ids:
+            await api.put(f"/v1/patients/{patient_id}", json=patient_body(facility=facility))
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"facility_id": facility["id"], "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            page = (await api.get("/v1/patients", params=params)).json()
+            seen += [item["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == ids
+
+    @pytest.mark.parametrize(
+        ("params", "field"),
+        [
+            ({"phone": "01711000001"}, "phone"),  # national, and no country to read it
+            ({"phone": "12345", "country": "BD"}, "phone"),
+            ({"phone": "+88017", "country": "BD"}, "phone"),
+            ({"country": "Bangladesh"}, "country"),
+            ({"name_prefix": ""}, "name_prefix"),
+        ],
+    )
+    async def test_bad_filters_are_422_naming_them(
+        self, api: httpx.AsyncClient, params: dict[str, Any], field: str
+    ) -> None:
+        answer = await api.get("/v1/patients", params=params)
+        assert answer.status_code == 422, answer.text
+        assert [d["field"] for d in answer.json()["error"]["details"]] == [field]

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -73,21 +72,6 @@ class TestToRecord:
             "phone_numbers[0].number",
             "phone_numbers[2].number",
         ]
-
-
-class TestCursor:
-    def test_round_trip(self) -> None:
-        moment = datetime(2026, 11, 23, 10, 45, 1, 123456, tzinfo=UTC)
-        notification_id = uuid.uuid4()
-        cursor = patient_service.encode_cursor(moment, notification_id)
-        assert "=" not in cursor
-        assert patient_service.decode_cursor(cursor) == (moment, notification_id)
-
-    @pytest.mark.parametrize("cursor", ["", "!!", "bm9wZQ", "MjAyNi0xMS0yM3xub3QtYS11dWlk"])
-    def test_garbage(self, cursor: str) -> None:
-        with pytest.raises(InvalidInput) as raised:
-            patient_service.decode_cursor(cursor)
-        assert raised.value.details[0]["field"] == "cursor"
 
 
 @pytest.mark.asyncio(loop_scope="session")

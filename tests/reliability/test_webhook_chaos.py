@@ -19,11 +19,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from app.callbacks import urls
+from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
-from app.notifications.states import ACCEPTED_RANK, NotificationState
 from app.security import TokenSigner
+from app.states import ACCEPTED_RANK, NotificationState
 from tests.reliability.helpers import Seeded, attempts, seed, states, wait_until_settled
 from tests.stack import (
     FAKE_TWILIO_ACCOUNT_SID,
@@ -86,7 +86,7 @@ class Chaos:
         self.signer = TokenSigner(TEST_SECRET_KEY)
 
     def twilio(self, attempt_id: int, sid: str, status: str) -> tuple[str, dict[str, Any]]:
-        url = urls.twilio_status_url(self.settings, attempt_id)
+        url = callback_urls.twilio_status_url(self.settings, attempt_id)
         params = {
             "AccountSid": FAKE_TWILIO_ACCOUNT_SID,
             "MessageSid": sid,
@@ -98,7 +98,7 @@ class Chaos:
     def imo_read(
         self, attempt_id: int, post_id: str, signer: TokenSigner | None = None
     ) -> tuple[str, dict[str, Any]]:
-        url = urls.imo_read_receipt_url(self.settings, signer or self.signer, attempt_id)
+        url = callback_urls.imo_read_receipt_url(self.settings, signer or self.signer, attempt_id)
         return url, {"json": {"event": "read_receipt", "post_id": post_id}}
 
 

@@ -1,4 +1,4 @@
-"""`notify invite [--limit N]`: run an Imo invitation round in this process.
+"""An Imo invitation round run in this process, shown in a terminal (`notify invite`).
 
 Workers that are running join the round as they would any other; the progress bar
 shows the whole round. Heavy modules are imported inside the command.
@@ -11,9 +11,8 @@ import contextlib
 import signal
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,26 +33,6 @@ if TYPE_CHECKING:
     from app.config import Settings
     from app.imo.runner import InvitationRunner
     from app.imo.service import Idle, RoundProgress
-
-
-def invite(
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Invite at most this many patients.")
-    ] = None,
-) -> None:
-    """Run an Imo invitation round now, with a progress bar and a summary at the end."""
-    from app.config import get_settings
-    from app.devtools.console import console, err_console
-    from app.devtools.environment import prepare_environment
-    from app.logs import configure_logging
-
-    prepare_environment()
-    settings = get_settings()
-    configure_logging("WARNING", json=False)
-    if not (settings.imo_base_url and settings.imo_username):
-        err_console.print("[red]error:[/red] Imo is not configured (IMO_BASE_URL, IMO_USERNAME)")
-        raise typer.Exit(1)
-    raise typer.Exit(asyncio.run(run_round(settings, limit, console)))
 
 
 async def run_round(

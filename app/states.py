@@ -27,15 +27,6 @@ class NotificationState(enum.StrEnum):
 
 STORED_STATES = tuple(s.value for s in NotificationState if s is not NotificationState.PENDING)
 
-# States in which the service has nothing left to do.
-FINAL_STATES = frozenset(
-    {
-        NotificationState.FAILED,
-        NotificationState.DENIED,
-        NotificationState.CLEARED,
-        NotificationState.EXPIRED,
-    }
-)
 # States in which a channel has taken the message.
 ACCEPTED_STATES = frozenset(
     {NotificationState.SENT, NotificationState.DELIVERED, NotificationState.READ}
@@ -76,3 +67,11 @@ ATTEMPT_RANK = {
 
 # "Reached the patient", the same for every channel: an Imo read, an SMS delivered.
 REACHED_STATUSES = frozenset({AttemptStatus.DELIVERED, AttemptStatus.READ})
+
+
+class ChannelName(enum.StrEnum):
+    """The channels a reminder can go on (CHANNEL_CHAINS, switches, attempts)."""
+
+    IMO = "imo"
+    WHATSAPP = "whatsapp"
+    SMS = "sms"

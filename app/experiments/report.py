@@ -1,15 +1,13 @@
-"""`notify experiments report ID [--csv PATH]`: an experiment's results in the terminal,
-and its per-patient rows as CSV for the researcher's own analysis."""
+"""An experiment's results in the terminal, and its per-patient rows as CSV for the
+researcher's own analysis (`notify experiments report ID [--csv PATH]`)."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -17,8 +15,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app.experiments.schemas import ExperimentResults
-
-experiments_cli = typer.Typer(help="A/B experiments of reminder plans.", no_args_is_help=True)
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -34,21 +30,6 @@ CSV_COLUMNS = (
     "days_to_return",
     "evicted_reason",
 )
-
-
-@experiments_cli.command("report")
-def report(
-    experiment_id: Annotated[uuid.UUID, typer.Argument(help="The experiment's id.")],
-    csv_path: Annotated[
-        Path | None,
-        typer.Option("--csv", help="Also write one row per enrolled patient here.", dir_okay=False),
-    ] = None,
-) -> None:
-    """Print an experiment's results per group, as GET /v1/experiments/{id}/results."""
-    from app.devtools.environment import prepare_environment
-
-    database_url, _ = prepare_environment()
-    raise typer.Exit(asyncio.run(run_report(database_url, experiment_id, csv_path)))
 
 
 async def run_report(database_url: str, experiment_id: uuid.UUID, csv_path: Path | None) -> int:

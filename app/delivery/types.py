@@ -1,0 +1,69 @@
+"""The send path's data, shared by its rules (`policy`), its SQL (`repository`) and the
+code that drives them: a claimed notification, where one stands after a step, and a
+provider's report on an attempt."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.states import AttemptStatus, NotificationState
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedNotification:
+    """A notification a worker has claimed, with what sending it needs of its patient."""
+
+    id: uuid.UUID
+    patient_id: str
+    purpose: str
+    title: str
+    body: str
+    locale: str
+    expires_at: datetime
+    channel_chain: list[str] | None
+    channel_index: int
+    retry_count: int
+    full_name: str
+    mobile_e164: str | None
+    country: str
+    time_zone: str
+    reminder_consent: str
+    imo_status: str | None
+    # The claim's moment: a fencing token, so that a claim lost to the sweeper is not sent.
+    claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where one notification stands after a step of the dispatcher."""
+
+    state: NotificationState
+    channel_chain: list[str] | None = None
+    channel_index: int = 0
+    due_at: datetime | None = None
+    retry_count: int = 0
+    failure_reason: str | None = None
+    # Set when a channel accepted the message.
+    sent_at: datetime | None = None
+    # The paused switch (its scope) that holds the notification, when one does.
+    paused_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendOn:
+    """Send on `chain[index]` next."""
+
+    chain: list[str]
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    attempt_id: int
+    status: AttemptStatus
+    provider_message_id: str | None = None
+    provider_status: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None

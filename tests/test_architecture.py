@@ -1,0 +1,87 @@
+"""Imports run one way: the import-linter contracts in pyproject.toml hold, and no package
+imports a sibling that imports it back. CI runs this as part of `./scripts/test`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph(*CONFIG["root_packages"], cache_dir=None)
+
+
+def layers_of_the_contract() -> list[grimp.Layer]:
+    [contract] = [c for c in CONFIG["contracts"] if c["type"] == "layers"]
+    layers = []
+    for layer in contract["layers"]:
+        independent = "|" in layer
+        modules = [m.strip() for m in layer.replace("|", ":").split(":")]
+        layers.append(grimp.Layer(*modules, independent=independent))
+    return layers
+
+
+def cycles(graph: grimp.ImportGraph) -> dict[str, set[tuple[str, str]]]:
+    """Per package, the imports that would break its children's cycles (none: acyclic)."""
+    found = {}
+    for package in sorted(graph.modules):
+        if graph.find_children(package):
+            breakers = graph.nominate_cycle_breakers(package)
+            if breakers:
+                found[package] = breakers
+    return found
+
+
+def test_lint_imports_keeps_every_contract() -> None:
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run(
+        [str(lint_imports), "--no-cache", "--config", str(ROOT / "pyproject.toml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+class TestLayers:
+    def test_no_import_runs_back_up(self, graph: grimp.ImportGraph) -> None:
+        illegal = graph.find_illegal_dependencies_for_layers(layers=layers_of_the_contract())
+        assert illegal == set()
+
+    def test_an_import_of_the_worker_from_a_model_would_be_caught(
+        self, graph: grimp.ImportGraph
+    ) -> None:
+        graph.add_import(importer="app.models.notification", imported="workers.settings")
+        try:
+            illegal = graph.find_illegal_dependencies_for_layers(layers=layers_of_the_contract())
+        finally:
+            graph.remove_import(importer="app.models.notification", imported="workers.settings")
+        assert {(d.importer, d.imported) for d in illegal} == {("app.models", "workers")}
+
+
+class TestCycles:
+    def test_no_package_imports_a_sibling_that_imports_it_back(
+        self, graph: grimp.ImportGraph
+    ) -> None:
+        assert cycles(graph) == {}
+
+    def test_a_cycle_would_be_found(self, graph: grimp.ImportGraph) -> None:
+        # The database layer reaching up into a model: app.db -> app.models -> app.db.
+        graph.add_import(importer="app.db.session", imported="app.models.notification")
+        try:
+            found = cycles(graph)
+        finally:
+            graph.remove_import(importer="app.db.session", imported="app.models.notification")
+        assert "app" in found
