@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 
-from app.config import get_settings
+from app.config import Settings, get_settings
+from app.delivery.dispatcher import check_chains
 from tests.factories import api, api_app
 
 __all__ = ["api", "api_app"]
@@ -28,3 +31,33 @@ class TestReadiness:
         assert body["channels"]["configured"] == []
         assert body["channels"]["unconfigured_steps"] == chains
         assert set(body["channels"]["unconfigured"]) == {"imo", "sms", "whatsapp"}
+
+
+class TestStartUpCheck:
+    async def test_unconfigured_steps_are_logged_once_by_name(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        settings = Settings(
+            app_env="test",
+            twilio_account_sid="AC" + "1" * 32,
+            twilio_sms_from="+15005550006",
+            channel_chains={"BD": ["imo", "sms"], "*": ["sms"]},
+        )
+        with caplog.at_level(logging.WARNING, logger="app.delivery.dispatcher"):
+            report = check_chains(settings)
+        assert report.unconfigured_steps == {"BD": ["imo"]}
+        [record] = [r for r in caplog.records if "not configured" in r.getMessage()]
+        assert record.__dict__["steps"] == {"BD": ["imo"]}
+
+    async def test_nothing_is_logged_when_every_step_is_configured(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        settings = Settings(
+            app_env="test",
+            twilio_account_sid="AC" + "1" * 32,
+            twilio_sms_from="+15005550006",
+            channel_chains={"*": ["sms"]},
+        )
+        with caplog.at_level(logging.WARNING, logger="app.delivery.dispatcher"):
+            assert check_chains(settings).unconfigured == []
+        assert not caplog.records
