@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 
@@ -92,13 +92,12 @@ def worker(
     ] = None,
 ) -> None:
     """Run an arq worker; run as many as you like, on any machines."""
-    from arq import run_worker
-
     from app.logs import configure_logging
 
     prepare_environment()
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    from workers import settings as worker_settings
     from workers.settings import WorkerSettings
 
     overrides: dict[str, Any] = {}
@@ -115,8 +114,7 @@ def worker(
         overrides["on_startup"] = on_startup
     # arq takes the current event loop; make one instead of relying on a deprecated default.
     asyncio.set_event_loop(new_event_loop())
-    # arq types settings as a protocol class that plain settings classes do not subclass.
-    run_worker(cast(Any, WorkerSettings), **overrides)
+    worker_settings.run(**overrides)
 
 
 @api_keys_cli.command("create")
@@ -206,6 +204,30 @@ def fake_twilio(
     if callback_delay is not None:
         options["callback_delay"] = callback_delay
     twilio.run(host, port, twilio.FakeTwilioConfig(**options))
+
+
+@cli.command("fake-whatsapp")
+def fake_whatsapp(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="0: any free port.")] = 8003,
+    callback_delay: Annotated[
+        float | None, typer.Option(help="Seconds between status webhooks.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any FakeWhatsAppConfig field, e.g. --set webhook_url=http://h/callbacks/whatsapp.",
+        ),
+    ] = None,
+) -> None:
+    """Serve the fake WhatsApp Cloud API (base URL http://HOST:PORT)."""
+    from app.fakes import whatsapp
+
+    options = parse_overrides(set_ or [])
+    if callback_delay is not None:
+        options["callback_delay"] = callback_delay
+    whatsapp.run(host, port, whatsapp.FakeWhatsAppConfig(**options))
 
 
 @cli.command()

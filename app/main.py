@@ -16,7 +16,7 @@ from app.callbacks import endpoints as callback_endpoints
 from app.config import Settings, get_settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.dispatcher import check_chains
-from app.delivery.reports import ReportBatcher
+from app.delivery.report_batcher import ReportBatcher
 from app.errors import install_error_handlers
 from app.experiments import endpoints as experiment_endpoints
 from app.gc_tuning import tune_gc
@@ -72,14 +72,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = sessionmaker
         app.state.redis = arq_pool
         app.state.chains = check_chains(settings)
-        # Provider reports are committed in groups; see app/delivery/reports.py.
-        app.state.reports = ReportBatcher(lambda: app.state.sessionmaker)
-        app.state.reports.start()
+        # Provider reports are committed in groups; see app/delivery/report_batcher.py.
+        app.state.report_batcher = ReportBatcher(lambda: app.state.sessionmaker)
+        app.state.report_batcher.start()
         tune_gc()
         try:
             yield
         finally:
-            await app.state.reports.stop()
+            await app.state.report_batcher.stop()
             await arq_pool.aclose()
             await engine.dispose()
 

@@ -1,13 +1,30 @@
-"""Notification states and delivery-attempt statuses, and the order they move in.
+"""The notification and delivery-attempt state machines: the one home of their rules.
 
-A state only moves forward: a late or repeated provider callback never takes a message
-back. The one backward step is deliberate and internal: a message whose channel failed
-returns to `scheduled` to try the next channel (or to wait out a transient error).
+Two tables say every move there is, and everything else reads them: the Python rules
+(`notification_move`, `attempt_moves`) and every SQL guard of the send and callback
+paths (`sql_notification_moves`, `sql_attempt_moves`, `sql_in`), generated from these
+tables so that the database can never apply another rule. tests/test_states.py walks
+every (state, event) pair through both against PostgreSQL.
+
+A state only moves forward (`NOTIFICATION_RANK`, `ATTEMPT_RANK`): a late or repeated
+provider callback never takes a message back. The backward steps are deliberate and
+internal (`BACKWARD_EVENTS`): a message whose channel failed, or that a worker claimed
+and did not send, returns to `scheduled` (`RETRY`) to try the next channel or to wait
+out a transient error, or, when the sweeper had settled it `sent` before its worker's
+answer said the send failed, to `sending` (`FALL_BACK`) on the way to the next channel.
+
+A read receipt proves the patient has the message: `read` beats every other state of an
+attempt (even `failed`: the failure was wrong, or the message got through anyway) and of
+its notification (even `failed`, `expired` or a fallback still `scheduled`, which then
+is not sent), except while a worker holds the notification (`sending`): the worker
+settles it. `delivered` and `failed` are both final reports of a carrier: whichever
+arrives first stands, and a later contradicting one changes nothing.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 
 class NotificationState(enum.StrEnum):
@@ -25,25 +42,151 @@ class NotificationState(enum.StrEnum):
     EXPIRED = "expired"
 
 
+class NotificationEvent(enum.StrEnum):
+    """What can happen to a notification; each event leads to one state."""
+
+    # A worker takes a due notification (`claim_due`).
+    CLAIM = "claim"
+    # A person (or an appointment or experiment change) acts on an unsent notification.
+    CANCEL = "cancel"
+    MUTE = "mute"
+    UNMUTE = "unmute"
+    # Where a send leaves the notification, written by the worker (`settle`), by the
+    # sweeper for a dead worker's claim, and by a provider's failure report on the
+    # attempt that made it `sent` (`follow_failure`).
+    RETRY = "retry"
+    FALL_BACK = "fall_back"
+    ACCEPT = "accept"
+    DELIVER = "deliver"
+    READ = "read"
+    FAIL = "fail"
+    DENY = "deny"
+    EXPIRE = "expire"
+    # A provider's report that one of its attempts reached the patient (`raise_notifications`).
+    REPORT_DELIVERED = "report_delivered"
+    REPORT_READ = "report_read"
+
+
+S = NotificationState
+E = NotificationEvent
+
+# The state each event leads to.
+EVENT_TARGET: dict[NotificationEvent, NotificationState] = {
+    E.CLAIM: S.SENDING,
+    E.CANCEL: S.CLEARED,
+    E.MUTE: S.MUTED,
+    E.UNMUTE: S.SCHEDULED,
+    E.RETRY: S.SCHEDULED,
+    E.FALL_BACK: S.SENDING,
+    E.ACCEPT: S.SENT,
+    E.DELIVER: S.DELIVERED,
+    E.READ: S.READ,
+    E.FAIL: S.FAILED,
+    E.DENY: S.DENIED,
+    E.EXPIRE: S.EXPIRED,
+    E.REPORT_DELIVERED: S.DELIVERED,
+    E.REPORT_READ: S.READ,
+}
+
+# The states each event may move a notification from. Any other (state, event) pair
+# changes nothing.
+EVENT_SOURCES: dict[NotificationEvent, frozenset[NotificationState]] = {
+    E.CLAIM: frozenset({S.SCHEDULED}),
+    E.CANCEL: frozenset({S.SCHEDULED, S.MUTED}),
+    E.MUTE: frozenset({S.SCHEDULED}),
+    E.UNMUTE: frozenset({S.MUTED}),
+    # From `sent`: the provider reported the accepted message failed; next channel.
+    E.RETRY: frozenset({S.SENDING, S.SENT}),
+    # From `sent`: the sweeper took the claim of a worker too slow to write its answer
+    # back (and marked the attempt it had in flight `unconfirmed`); the answer says the
+    # attempt failed, so the next channel is tried after all (fenced off from that
+    # worker, so the sweeper releases it again, to `scheduled`).
+    E.FALL_BACK: frozenset({S.SENDING, S.SENT}),
+    E.ACCEPT: frozenset({S.SENDING}),
+    # From `sending`: a callback beat the worker's own write (or the sweeper saw it).
+    E.DELIVER: frozenset({S.SENDING, S.SENT}),
+    E.READ: frozenset({S.SENDING, S.SENT, S.DELIVERED}),
+    # From `sent`: the provider reported the accepted message failed; no channel left.
+    E.FAIL: frozenset({S.SENDING, S.SENT}),
+    E.DENY: frozenset({S.SENDING, S.SENT}),
+    E.EXPIRE: frozenset({S.SENDING}),
+    # Never from `sending`: the worker holding it settles it with what the attempt says.
+    E.REPORT_DELIVERED: frozenset({S.SENT}),
+    E.REPORT_READ: frozenset(
+        {
+            S.SCHEDULED,
+            S.MUTED,
+            S.SENT,
+            S.DELIVERED,
+            S.FAILED,
+            S.DENIED,
+            S.CLEARED,
+            S.EXPIRED,
+        }
+    ),
+}
+
+# Progress towards the patient. No event lowers it but the internal steps back to try
+# the next channel or wait out a transient error: RETRY (to `scheduled`) and, after the
+# sweeper settled a claim too early, FALL_BACK (to `sending`). The ends that need no
+# patient (failed, denied, cleared, expired) rank with `delivered`: only a read receipt
+# goes past them.
+NOTIFICATION_RANK: dict[NotificationState, int] = {
+    S.SCHEDULED: 0,
+    S.MUTED: 0,
+    S.SENDING: 1,
+    S.SENT: 2,
+    S.DELIVERED: 3,
+    S.FAILED: 3,
+    S.DENIED: 3,
+    S.CLEARED: 3,
+    S.EXPIRED: 3,
+    S.READ: 4,
+}
+BACKWARD_EVENTS = frozenset({E.RETRY, E.FALL_BACK})
+
+# Where the worker's outcome of a send (an `Outcome.state`) comes from: the events
+# `settle` writes, one per state it may write.
+SETTLE_EVENTS = frozenset(
+    {E.RETRY, E.FALL_BACK, E.ACCEPT, E.DELIVER, E.READ, E.FAIL, E.DENY, E.EXPIRE}
+)
+# A provider's report on an attempt, as an event on its notification.
+REPORT_EVENTS = frozenset({E.REPORT_DELIVERED, E.REPORT_READ})
+
 STORED_STATES = tuple(s.value for s in NotificationState if s is not NotificationState.PENDING)
 
 # States in which a channel has taken the message.
-ACCEPTED_STATES = frozenset(
-    {NotificationState.SENT, NotificationState.DELIVERED, NotificationState.READ}
-)
+ACCEPTED_STATES = frozenset({S.SENT, S.DELIVERED, S.READ})
 # States a person can still cancel, mute or unmute from.
-UNSENT_STATES = frozenset({NotificationState.SCHEDULED, NotificationState.MUTED})
+UNSENT_STATES = EVENT_SOURCES[E.CANCEL]
+# The state a worker holds a claimed notification in.
+HELD_STATE = EVENT_TARGET[E.CLAIM]
 
-# Progress of a message that a channel took; a callback may only raise it.
-ACCEPTED_RANK = {
-    NotificationState.SENT: 1,
-    NotificationState.DELIVERED: 2,
-    NotificationState.READ: 3,
-}
+
+def notification_move(state: str, event: NotificationEvent) -> NotificationState | None:
+    """The state `event` moves a notification in `state` to, or None: it changes nothing."""
+    if state in EVENT_SOURCES[event]:
+        return EVENT_TARGET[event]
+    return None
+
+
+def notification_moves(events: Iterable[NotificationEvent]) -> set[tuple[str, str]]:
+    """Every (from, to) state pair the `events` allow: each event's target identifies it."""
+    targets = [EVENT_TARGET[event] for event in events]
+    assert len(targets) == len(set(targets)), "two events lead to one state: ambiguous"
+    return {
+        (source.value, EVENT_TARGET[event].value)
+        for event in events
+        for source in EVENT_SOURCES[event]
+    }
 
 
 class AttemptStatus(enum.StrEnum):
-    """One normalised status for every channel's delivery attempts."""
+    """One normalised status for every channel's delivery attempts.
+
+    An attempt's event is the status reported for it (by the worker's write-back, the
+    sweeper or a provider callback): it moves the attempt there if that ranks higher.
+    """
 
     SENDING = "sending"
     # The process died between asking the provider and writing down its answer.
@@ -54,19 +197,94 @@ class AttemptStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-# A callback may only move an attempt to a higher rank. `failed` and `delivered` are
-# both final for a provider: whichever arrives first stands.
-ATTEMPT_RANK = {
-    AttemptStatus.SENDING: 0,
-    AttemptStatus.UNCONFIRMED: 1,
-    AttemptStatus.SENT: 2,
-    AttemptStatus.FAILED: 3,
-    AttemptStatus.DELIVERED: 3,
-    AttemptStatus.READ: 4,
+A = AttemptStatus
+
+# An attempt moves only to a higher rank. `failed` and `delivered` are both final for a
+# provider: whichever arrives first stands. `read` proves the patient has it.
+ATTEMPT_RANK: dict[AttemptStatus, int] = {
+    A.SENDING: 0,
+    A.UNCONFIRMED: 1,
+    A.SENT: 2,
+    A.FAILED: 3,
+    A.DELIVERED: 3,
+    A.READ: 4,
+}
+
+# The attempt table: (status, reported status) pairs that move an attempt.
+ATTEMPT_MOVES = frozenset(
+    (old.value, new.value)
+    for old in AttemptStatus
+    for new in AttemptStatus
+    if ATTEMPT_RANK[new] > ATTEMPT_RANK[old]
+)
+
+
+def attempt_moves(status: str, reported: str) -> bool:
+    """Whether a report of `reported` moves an attempt in `status` (to `reported`)."""
+    return (status, reported) in ATTEMPT_MOVES
+
+
+# A provider confirmed taking the message.
+CONFIRMED_STATUSES = frozenset({A.SENT, A.DELIVERED, A.READ})
+# What an attempt's status proves of its notification, once no worker holds it (the
+# sweeper's rule for a dead worker's claim).
+ATTEMPT_PROVES: dict[AttemptStatus, NotificationState] = {
+    A.UNCONFIRMED: S.SENT,
+    A.SENT: S.SENT,
+    A.DELIVERED: S.DELIVERED,
+    A.READ: S.READ,
+}
+# The attempt reports a notification follows, as events.
+ATTEMPT_REPORT_EVENTS: dict[AttemptStatus, NotificationEvent] = {
+    A.DELIVERED: E.REPORT_DELIVERED,
+    A.READ: E.REPORT_READ,
 }
 
 # "Reached the patient", the same for every channel: an Imo read, an SMS delivered.
-REACHED_STATUSES = frozenset({AttemptStatus.DELIVERED, AttemptStatus.READ})
+REACHED_STATUSES = frozenset({A.DELIVERED, A.READ})
+
+
+# SQL fragments, built from the tables above and enum values only (never input).
+
+
+def sql_list(values: Iterable[str]) -> str:
+    """`'a', 'b'`: constants for an `IN (...)`."""
+    return ", ".join(f"'{value}'" for value in sorted(values))
+
+
+def sql_in(column: str, values: Iterable[str]) -> str:
+    """`column IN ('a', 'b')`; `column = 'a'` for one value (as partial indexes say it)."""
+    values = list(values)
+    if len(values) == 1:
+        return f"{column} = '{values[0]}'"
+    return f"{column} IN ({sql_list(values)})"
+
+
+def _sql_pairs_in(old: str, new: str, pairs: Iterable[tuple[str, str]]) -> str:
+    rows = ", ".join(f"('{a}', '{b}')" for a, b in sorted(pairs))
+    return f"(({old})::text, ({new})::text) IN ({rows})"
+
+
+def sql_notification_moves(old: str, new: str, events: Iterable[NotificationEvent]) -> str:
+    """A condition: one of `events` moves a notification in state `old` to state `new`."""
+    return _sql_pairs_in(old, new, notification_moves(events))
+
+
+def sql_attempt_moves(old: str, new: str) -> str:
+    """A condition: a report of status `new` moves an attempt in status `old`."""
+    return _sql_pairs_in(old, new, ATTEMPT_MOVES)
+
+
+def sql_case(column: str, mapping: dict[str, str] | dict[str, int] | dict[int, str]) -> str:
+    """`CASE column WHEN k THEN v ... END`, strings quoted."""
+
+    def constant(value: str | int) -> str:
+        return str(value) if isinstance(value, int) else f"'{value}'"
+
+    arms = " ".join(
+        f"WHEN {constant(key)} THEN {constant(value)}" for key, value in mapping.items()
+    )
+    return f"(CASE {column} {arms} END)"
 
 
 class ChannelName(enum.StrEnum):

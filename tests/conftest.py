@@ -6,8 +6,17 @@
 - `engine` (session), `db_connection` / `db_session` / `db_sessionmaker` (per test, in
   one transaction rolled back at the end: the code under test may commit freely).
 - `redis` (per test, flushed at the end).
+- `api_app` (session: the app, lifespan running) and `api` (per test: an authorised
+  client of it on the test's rolled-back transaction). A module that needs the app
+  configured otherwise overrides `api_app` (see `running_app`); `api` follows.
+- `db` (per test): a database of its own on the same server, emptied before the test,
+  for code that commits from several connections at once (worker loops, invitation
+  runners), which the one rolled-back connection of `db_session` cannot host.
+- `fake_imo`, `fake_twilio` (per test, reset): the fake providers served from this
+  process with callbacks off (tests/fake_servers.py).
 - `stack` (session): the real API, a worker and the fake providers as processes; see
-  tests/stack.py. Tests that need their own stack use `run_stack(services, ...)`.
+  tests/stack.py. Tests that need their own stack use `run_stack(services, ...)` and
+  override `stack`. `stack_api`: an authorised client of whichever `stack` applies.
 
 A developer's `.env` never leaks into tests: settings read the environment only.
 """
@@ -21,8 +30,11 @@ import tempfile
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
+import aiohttp
+import httpx
 import pytest
 import pytest_asyncio
+from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -30,7 +42,19 @@ from app import embedded
 from app.config import Settings, get_settings
 from app.db.session import create_engine_and_sessionmaker
 from app.devtools.environment import upgrade_head
-from tests.stack import ACTIVE_STACKS, TEST_SECRET_KEY, Services, Stack, run_stack
+from app.fakes.imo import FakeImoConfig, base_url, start_fake_imo
+from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
+from tests.factories import api_client, running_app
+from tests.fake_servers import FakeImo, FakeTwilio
+from tests.stack import (
+    ACTIVE_STACKS,
+    TEST_SECRET_KEY,
+    Database,
+    Services,
+    Stack,
+    migrated_database,
+    run_stack,
+)
 
 # Before any test module is imported, so that whatever reads settings sees these.
 Settings.model_config["env_file"] = None
@@ -43,6 +67,7 @@ os.environ.update(
 get_settings.cache_clear()
 
 TEST_DATABASE = "clinic_notify_test"
+COMMITTING_TEST_DATABASE = "clinic_notify_committing_test"
 
 # The shared stack: fast callbacks so that end-to-end tests need not wait long.
 SHARED_STACK_FAKE_OPTIONS = {"callback_delay": 0.2}
@@ -116,6 +141,69 @@ async def redis(services: Services) -> AsyncIterator[Redis]:
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def committing_database(services: Services) -> AsyncIterator[Database]:
+    async with migrated_database(services, COMMITTING_TEST_DATABASE) as database:
+        yield database
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db(committing_database: Database) -> Database:
+    """A database of its own, without patients (nor anything of theirs), rounds or keys."""
+    await committing_database.empty()
+    return committing_database
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def fake_imo_server() -> AsyncIterator[FakeImo]:
+    runner, port = await start_fake_imo(FakeImoConfig(callbacks_enabled=False))
+    yield FakeImo(base_url(port), runner.app)
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fake_imo(fake_imo_server: FakeImo) -> FakeImo:
+    fake_imo_server.reset()
+    return fake_imo_server
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def fake_twilio_server() -> AsyncIterator[FakeTwilio]:
+    runner, port = await start_fake_twilio(FakeTwilioConfig(callbacks_enabled=False))
+    yield FakeTwilio(f"http://127.0.0.1:{port}", runner.app)
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fake_twilio(fake_twilio_server: FakeTwilio) -> FakeTwilio:
+    fake_twilio_server.reset()
+    return fake_twilio_server
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp client session, closed after the test."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def api_app() -> AsyncIterator[FastAPI]:
+    """The whole app with the session's settings, its lifespan running."""
+    async with running_app(Settings()) as app:
+        yield app
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(
+    api_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An authorised client of `api_app`, sharing the test's rolled-back transaction:
+    what it writes, `db_session` sees, and what `db_session` flushes, it sees."""
+    async with api_client(api_app, db_sessionmaker) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def stack(services: Services) -> AsyncIterator[Stack]:
     """One real stack shared by the session's end-to-end tests; reset the fakes or count
     deltas rather than assume a clean slate."""
@@ -123,8 +211,17 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
         services,
         fake_imo_options=SHARED_STACK_FAKE_OPTIONS,
         fake_twilio_options=SHARED_STACK_FAKE_OPTIONS,
+        fake_whatsapp_options=SHARED_STACK_FAKE_OPTIONS,
     ) as running:
         yield running
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack_api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the stack's API over a socket, authorised with a fresh key."""
+    key = await stack.create_api_key()
+    async with stack.client(key) as client:
+        yield client
 
 
 # ---------------------------------------------------------------------------- failure logs

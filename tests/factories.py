@@ -3,9 +3,11 @@
 - `patient_body(**overrides)`: a valid `PUT /v1/patients/{id}` body (Bangladesh, mobile).
 - `make_patient(session, **overrides)`: a stored Patient row (flushed, not committed).
 - `make_notification(session, patient, **overrides)`: a stored Notification row.
+- `running_app(settings)`: the app built from `settings`, its lifespan running.
 - `api_client(app, sessionmaker)`: an httpx client on the app whose units of work come
   from `sessionmaker` (the test's rolled-back one), authorised with a fresh API key.
-- fixtures `api_app` (session: the app, lifespan running) and `api` (that client).
+
+The fixtures built on these (`api_app`, `api`) are in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -89,6 +90,14 @@ async def make_notification(
 
 
 @asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app built from `settings`, its lifespan running (engine, pools, batcher)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@asynccontextmanager
 async def api_client(
     app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> AsyncIterator[httpx.AsyncClient]:
@@ -111,25 +120,3 @@ async def api_client(
             yield client
     finally:
         app.state.sessionmaker = original
-
-
-# Fixtures, imported by the conftest files that want them (`from tests.factories import
-# api, api_app`) until the root conftest offers them.
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def api_app() -> AsyncIterator[FastAPI]:
-    """The whole app, its lifespan running, for the test session."""
-    app = create_app(Settings())
-    async with app.router.lifespan_context(app):
-        yield app
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(
-    api_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An authorised client of the app, sharing the test's rolled-back transaction: what
-    it writes, `db_session` sees, and what `db_session` flushes, it sees."""
-    async with api_client(api_app, db_sessionmaker) as client:
-        yield client

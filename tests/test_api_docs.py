@@ -7,10 +7,6 @@ import re
 import httpx
 import pytest
 
-from tests.factories import api, api_app
-
-__all__ = ["api", "api_app"]
-
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 # Every URL the page itself makes the browser fetch: scripts, styles, icons.

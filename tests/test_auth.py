@@ -12,9 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import service as auth_service
-from tests.factories import api_app
 
-__all__ = ["api_app"]
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 

@@ -8,9 +8,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.factories import api, api_app, patient_body, unique_id
-
-__all__ = ["api", "api_app"]
+from tests.factories import patient_body, unique_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -12,9 +12,7 @@ import pytest
 
 from app import pagination
 from app.errors import InvalidInput
-from tests.factories import api, api_app, patient_body, unique_id
-
-__all__ = ["api", "api_app"]
+from tests.factories import patient_body, unique_id
 
 
 def crafted(*parts: object) -> str:

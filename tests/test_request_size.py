@@ -7,9 +7,6 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.factories import api, api_app
-
-__all__ = ["api", "api_app"]
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 MIB = 1024 * 1024

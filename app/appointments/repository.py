@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Appointment, Notification
-from app.states import UNSENT_STATES
+from app.states import EVENT_TARGET, UNSENT_STATES, NotificationEvent, sql_in
 
 
 async def insert_if_absent(session: AsyncSession, values: dict[str, Any]) -> bool:
@@ -49,9 +49,10 @@ async def reminders_of(session: AsyncSession, appointment_id: str) -> Sequence[N
 
 _CLEAR_UNSENT = text(
     f"""
-    UPDATE notifications SET state = 'cleared', failure_reason = :reason, updated_at = now()
-    WHERE appointment_id = :appointment_id
-      AND state IN ({", ".join(f"'{s.value}'" for s in sorted(UNSENT_STATES))})
+    UPDATE notifications
+    SET state = '{EVENT_TARGET[NotificationEvent.CANCEL]}', failure_reason = :reason,
+        updated_at = now()
+    WHERE appointment_id = :appointment_id AND {sql_in("state", UNSENT_STATES)}
     RETURNING id
     """  # noqa: S608 - constants only
 )

@@ -39,7 +39,12 @@ from app.notifications.window import MessagingWindow
 from app.observability import ATTEMPTS
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
-from app.states import AttemptStatus, NotificationState
+from app.states import (
+    ATTEMPT_PROVES,
+    REACHED_STATUSES,
+    AttemptStatus,
+    NotificationState,
+)
 from app.switches import repository as switch_repository
 from app.switches.scope import Switchboard
 
@@ -119,7 +124,9 @@ class Dispatcher:
             # worker's next batch.
             board = Switchboard(await switch_repository.paused_scopes(session))
             claimed = await delivery_repository.claim_due(
-                session, self.settings.dispatch_batch_size
+                session,
+                self.settings.dispatch_batch_size,
+                no_whatsapp_days=self.settings.whatsapp_retry_no_account_days,
             )
             await session.commit()
         if not claimed:
@@ -181,6 +188,7 @@ class Dispatcher:
         results: list[delivery_repository.AttemptResult] = []
         fallbacks: list[_Send] = []
         downgrades: dict[str, str] = {}
+        no_whatsapp: list[uuid.UUID] = []
         for send, answer in zip(sends, answers, strict=True):
             n = send.notification
             if isinstance(answer, _NotSent):
@@ -235,6 +243,8 @@ class Dispatcher:
             downgrade = policy.imo_downgrade(send.channel, answer)
             if downgrade:
                 downgrades[n.patient_id] = downgrade
+            if policy.no_whatsapp_account(send.channel, answer):
+                no_whatsapp.append(n.id)
             following = policy.after_error(
                 n, send.step, answer, now=now, window=self.window, settings=self.settings
             )
@@ -258,6 +268,7 @@ class Dispatcher:
                 session, self._reconcile(sends, attempt_ids, stored, settled)
             )
             await delivery_repository.downgrade_imo(session, downgrades)
+            await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
 
         await self._retrying(write_back)
         return fallbacks
@@ -298,9 +309,9 @@ class Dispatcher:
             if outcome is None or outcome.state is not S.SENT:
                 continue
             status = stored.get(attempt_ids[send.notification.id])
-            if status in (AttemptStatus.DELIVERED, AttemptStatus.READ):
+            if status in REACHED_STATUSES:
                 settled[send.notification.id] = Outcome(
-                    S(status),
+                    ATTEMPT_PROVES[AttemptStatus(status)],
                     channel_chain=outcome.channel_chain,
                     channel_index=outcome.channel_index,
                     sent_at=outcome.sent_at,
@@ -413,6 +424,8 @@ class Dispatcher:
                 self.settings, self.signer, attempt_id
             )
         else:
+            # The Cloud API reports on the app's one webhook instead, naming the attempt
+            # by `status_reference`; Twilio, SMS or WhatsApp, calls this URL.
             callback_url = callback_urls.twilio_status_url(self.settings, attempt_id)
         return OutgoingMessage(
             phone_e164=n.mobile_e164,
@@ -424,6 +437,8 @@ class Dispatcher:
             action=self.settings.imo_action_label if self.settings.imo_action_url else "",
             action_url=self.settings.imo_action_url,
             reference=str(n.id),
+            status_reference=str(attempt_id),
+            whatsapp_template=n.whatsapp_template,
         )
 
 

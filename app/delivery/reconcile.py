@@ -36,8 +36,8 @@ from app.channels.base import (
 )
 from app.config import Settings
 from app.delivery import repository as delivery_repository
+from app.delivery.provider_reports import apply_reports
 from app.delivery.repository import SentAttempt
-from app.delivery.status import apply_reports
 from app.delivery.types import Report
 from app.observability import report_unexpected
 from app.ratelimit import RateLimiter

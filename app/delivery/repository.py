@@ -3,67 +3,125 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.channels.base import WhatsAppTemplateMessage
 from app.delivery.types import ClaimedNotification, Outcome, Report
 from app.models.experiment_membership import EvictionReason
-from app.states import ATTEMPT_RANK
+from app.states import (
+    ATTEMPT_MOVES,
+    ATTEMPT_PROVES,
+    CONFIRMED_STATUSES,
+    EVENT_SOURCES,
+    EVENT_TARGET,
+    HELD_STATE,
+    NOTIFICATION_RANK,
+    REACHED_STATUSES,
+    REPORT_EVENTS,
+    SETTLE_EVENTS,
+    AttemptStatus,
+    NotificationEvent,
+    NotificationState,
+    notification_moves,
+    sql_attempt_moves,
+    sql_case,
+    sql_in,
+    sql_notification_moves,
+)
+
+A = AttemptStatus
+E = NotificationEvent
+S = NotificationState
+
+# Every state and status in the SQL below comes from app/states.py: the
+# guards (which rows move, to what) are generated from its tables, never written here.
 
 _CLAIM = text(
-    """
+    f"""
     WITH due AS (
         SELECT id FROM notifications
-        WHERE state = 'scheduled' AND due_at <= now()
+        WHERE {sql_in("state", EVENT_SOURCES[E.CLAIM])} AND due_at <= now()
         ORDER BY due_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE notifications AS n
-        SET state = 'sending', claimed_at = now(), updated_at = now()
+        SET state = '{EVENT_TARGET[E.CLAIM]}', claimed_at = now(), updated_at = now()
         FROM due WHERE n.id = due.id
         RETURNING n.id, n.patient_id, n.purpose, n.title, n.body, n.locale, n.expires_at,
-                  n.channel_chain, n.channel_index, n.retry_count, n.claimed_at
+                  n.channel_chain, n.channel_index, n.retry_count, n.claimed_at,
+                  n.template_key, n.variables
     )
-    SELECT c.*, p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
-           a.status AS imo_status
+    SELECT c.id, c.patient_id, c.purpose, c.title, c.body, c.locale, c.expires_at,
+           c.channel_chain, c.channel_index, c.retry_count, c.claimed_at,
+           p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
+           a.status AS imo_status,
+           COALESCE(p.whatsapp_no_account_at > now() - make_interval(days => :no_account_days),
+                    false) AS whatsapp_unavailable,
+           t.whatsapp->>'name' AS whatsapp_name,
+           t.whatsapp->>'language' AS whatsapp_language,
+           COALESCE(t.whatsapp->>'content_sid', '') AS whatsapp_content_sid,
+           -- The template's body parameters, filled from the reminder's variables in order.
+           CASE WHEN t.whatsapp IS NOT NULL THEN ARRAY(
+               SELECT COALESCE(c.variables->>x.name, '')
+               FROM jsonb_array_elements_text(t.whatsapp->'parameters')
+                    WITH ORDINALITY AS x(name, position)
+               ORDER BY x.position) END AS whatsapp_parameters
     FROM claimed AS c
     JOIN patients AS p ON p.id = c.patient_id
     LEFT JOIN imo_authorizations AS a ON a.patient_id = c.patient_id
-    """
+    LEFT JOIN templates AS t ON t.key = c.template_key AND t.locale = c.locale
+    """  # noqa: S608 - constants only
 )
 
 
-async def claim_due(session: AsyncSession, limit: int) -> list[ClaimedNotification]:
+async def claim_due(
+    session: AsyncSession, limit: int, *, no_whatsapp_days: int = 30
+) -> list[ClaimedNotification]:
     """Move up to `limit` due notifications to `sending` for this worker alone.
 
     SKIP LOCKED lets any number of workers claim at once without waiting on or
-    double-claiming each other's rows.
+    double-claiming each other's rows. A patient WhatsApp said has no account within
+    `no_whatsapp_days` comes `whatsapp_unavailable`.
     """
-    rows = (await session.execute(_CLAIM, {"limit": limit})).mappings().all()
-    return [ClaimedNotification(**row) for row in rows]
+    rows = await session.execute(_CLAIM, {"limit": limit, "no_account_days": no_whatsapp_days})
+    claimed = []
+    for row in rows.mappings():
+        fields = dict(row)
+        name = fields.pop("whatsapp_name")
+        language = fields.pop("whatsapp_language")
+        content_sid = fields.pop("whatsapp_content_sid")
+        parameters = fields.pop("whatsapp_parameters")
+        template = (
+            WhatsAppTemplateMessage(name, language, tuple(parameters), content_sid)
+            if name and language
+            else None
+        )
+        claimed.append(ClaimedNotification(**fields, whatsapp_template=template))
+    return claimed
 
 
 _INSERT_ATTEMPTS = text(
-    """
+    f"""
     WITH ours AS (
         SELECT n.id, v.channel
         FROM unnest(CAST(:notification_ids AS uuid[]), CAST(:channels AS text[]),
                     CAST(:claimed_ats AS timestamptz[])) AS v(notification_id, channel, claimed_at)
         JOIN notifications AS n ON n.id = v.notification_id
-        WHERE n.state = 'sending' AND n.claimed_at = v.claimed_at
+        WHERE n.state = '{HELD_STATE}' AND n.claimed_at = v.claimed_at
         -- In id order, as every other writer of several notifications: no deadlocks.
         ORDER BY n.id
         FOR UPDATE OF n
     )
     INSERT INTO delivery_attempts (notification_id, channel, status, created_at, updated_at)
-    SELECT id, channel, 'sending', now(), now() FROM ours
+    SELECT id, channel, '{A.SENDING}', now(), now() FROM ours
     RETURNING id, notification_id
-    """
+    """  # noqa: S608 - constants only
 )
 
 
@@ -114,22 +172,27 @@ _RECORD_ATTEMPTS = text(
     WITH v AS (
         {_ATTEMPT_ANSWERS}
     ), locked AS (
-        SELECT a.id FROM delivery_attempts AS a
+        SELECT a.id, a.status FROM delivery_attempts AS a
         WHERE a.id IN (SELECT id FROM v) ORDER BY a.id FOR UPDATE
+    ), m AS (
+        SELECT v.*, {sql_attempt_moves("locked.status", "v.status")} AS moves
+        FROM v JOIN locked ON locked.id = v.id
     )
+    -- Our own answer, so its provider id and error are kept even when a callback's
+    -- status got there first; the status moves by the attempt table like any report.
     UPDATE delivery_attempts AS a SET
-        status = CASE WHEN a.status IN ('sending', 'unconfirmed') THEN v.status ELSE a.status END,
-        provider_message_id = COALESCE(a.provider_message_id, v.provider_message_id),
-        provider_status = CASE WHEN a.status IN ('sending', 'unconfirmed')
-                               THEN v.provider_status ELSE a.provider_status END,
-        error_code = COALESCE(a.error_code, v.error_code),
-        error_message = COALESCE(a.error_message, v.error_message),
-        sent_at = CASE WHEN v.status = 'sent' THEN COALESCE(a.sent_at, now()) ELSE a.sent_at END,
-        failed_at = CASE WHEN v.status = 'failed' AND a.failed_at IS NULL
-                         THEN now() ELSE a.failed_at END,
+        status = CASE WHEN m.moves THEN m.status ELSE a.status END,
+        provider_message_id = COALESCE(a.provider_message_id, m.provider_message_id),
+        provider_status = CASE WHEN m.moves THEN m.provider_status ELSE a.provider_status END,
+        error_code = COALESCE(a.error_code, m.error_code),
+        error_message = COALESCE(a.error_message, m.error_message),
+        sent_at = CASE WHEN m.status = '{A.SENT}' THEN COALESCE(a.sent_at, now())
+                       ELSE a.sent_at END,
+        failed_at = CASE WHEN m.moves AND m.status = '{A.FAILED}' THEN COALESCE(a.failed_at, now())
+                         ELSE a.failed_at END,
         updated_at = now()
-    FROM v JOIN locked ON locked.id = v.id
-    WHERE a.id = v.id
+    FROM m
+    WHERE a.id = m.id
     RETURNING a.id, a.status
     """  # noqa: S608 - constants only
 )
@@ -159,13 +222,14 @@ async def record_attempts(
     return {row.id: row.status for row in rows}
 
 
+_SETTLE_SOURCES = {source for source, _ in notification_moves(SETTLE_EVENTS)}
+
 _SETTLE = text(
-    """
+    f"""
     WITH settled AS (
         UPDATE notifications AS n SET
-            state = CASE
-                WHEN n.state IN ('delivered', 'read') AND v.state = 'sent' THEN n.state
-                ELSE v.state END,
+            state = CASE WHEN {sql_notification_moves("n.state", "v.state", SETTLE_EVENTS)}
+                         THEN v.state ELSE n.state END,
             channel_chain = CASE WHEN v.chain IS NULL THEN n.channel_chain
                                  ELSE string_to_array(v.chain, ',') END,
             channel_index = v.channel_index,
@@ -173,12 +237,13 @@ _SETTLE = text(
             retry_count = v.retry_count,
             failure_reason = v.failure_reason,
             sent_at = COALESCE(n.sent_at, v.sent_at),
-            delivered_at = CASE WHEN v.state = 'delivered' THEN COALESCE(n.delivered_at, now())
-                                ELSE n.delivered_at END,
-            read_at = CASE WHEN v.state = 'read' THEN COALESCE(n.read_at, now()) ELSE n.read_at END,
-            -- Still `sending` (falling back to the next channel): the claim stands. (Swept
+            delivered_at = CASE WHEN v.state = '{S.DELIVERED}'
+                                THEN COALESCE(n.delivered_at, now()) ELSE n.delivered_at END,
+            read_at = CASE WHEN v.state = '{S.READ}' THEN COALESCE(n.read_at, now())
+                           ELSE n.read_at END,
+            -- Still held (falling back to the next channel): the claim stands. (Swept
             -- meanwhile, it has none: a fresh one lets the sweeper find it again.)
-            claimed_at = CASE WHEN v.state = 'sending' THEN COALESCE(n.claimed_at, now())
+            claimed_at = CASE WHEN v.state = '{HELD_STATE}' THEN COALESCE(n.claimed_at, now())
                               ELSE NULL END,
             paused_by = v.paused_by,
             updated_at = now()
@@ -188,7 +253,7 @@ _SETTLE = text(
                     CAST(:sent_ats AS timestamptz[]), CAST(:paused_bys AS text[]))
              AS v(id, state, chain, channel_index, due_at, retry_count, failure_reason, sent_at,
                   paused_by)
-        WHERE n.id = v.id AND n.state IN ('sending', 'sent', 'delivered', 'read')
+        WHERE n.id = v.id AND {sql_in("n.state", _SETTLE_SOURCES)}
         RETURNING n.appointment_id, n.state
     )
     -- Failed on every channel: the experiment member whose reminder this was is evicted
@@ -199,8 +264,8 @@ _SETTLE = text(
     WHERE m.evicted_at IS NULL
       AND m.id IN (SELECT a.membership_id FROM settled AS s
                    JOIN appointments AS a ON a.id = s.appointment_id
-                   WHERE s.state = 'failed')
-    """
+                   WHERE s.state = '{S.FAILED}')
+    """  # noqa: S608 - constants only
 )
 
 
@@ -208,7 +273,8 @@ async def settle(session: AsyncSession, outcomes: dict[uuid.UUID, Outcome]) -> N
     """Write where each claimed notification stands now, in one statement, which also
     evicts the experiment members whose reminders failed on every channel.
 
-    A callback that already moved a notification to `delivered`/`read` is kept.
+    Each state moves only as the notification table allows (`SETTLE_EVENTS`): a
+    callback that already moved a notification to `delivered`/`read` is kept.
     """
     if not outcomes:
         return
@@ -239,6 +305,22 @@ _DOWNGRADE_IMO = text(
 )
 
 
+_NO_WHATSAPP = text(
+    """
+    UPDATE patients AS p SET whatsapp_no_account_at = now(), updated_at = now()
+    FROM notifications AS n
+    WHERE n.id = ANY(CAST(:notification_ids AS uuid[])) AND p.id = n.patient_id
+    """
+)
+
+
+async def mark_no_whatsapp(session: AsyncSession, notification_ids: Collection[uuid.UUID]) -> None:
+    """WhatsApp said the patients of these notifications have no account there: the
+    dispatcher leaves it out of their chains for WHATSAPP_RETRY_NO_ACCOUNT_DAYS."""
+    if notification_ids:
+        await session.execute(_NO_WHATSAPP, {"notification_ids": list(notification_ids)})
+
+
 async def downgrade_imo(session: AsyncSession, downgrades: dict[str, str]) -> None:
     """Imo said these patients are no longer reachable there: next time, go straight to
     the fallback channel."""
@@ -250,31 +332,38 @@ async def downgrade_imo(session: AsyncSession, downgrades: dict[str, str]) -> No
 
 
 _RELEASE_UNSTARTED = text(
-    """
-    UPDATE notifications AS n SET state = 'scheduled', claimed_at = NULL, updated_at = now()
-    WHERE n.state = 'sending' AND n.claimed_at < :stale_before
+    f"""
+    UPDATE notifications AS n
+    SET state = '{EVENT_TARGET[E.RETRY]}', claimed_at = NULL, updated_at = now()
+    WHERE n.state = '{HELD_STATE}' AND n.claimed_at < :stale_before
       AND NOT EXISTS (SELECT 1 FROM delivery_attempts AS a
-                      WHERE a.notification_id = n.id AND a.status <> 'failed')
-      AND n.id IN (SELECT id FROM notifications WHERE state = 'sending'
+                      WHERE a.notification_id = n.id AND a.status <> '{A.FAILED}')
+      AND n.id IN (SELECT id FROM notifications WHERE state = '{HELD_STATE}'
                    AND claimed_at < :stale_before ORDER BY claimed_at LIMIT :limit
                    FOR UPDATE SKIP LOCKED)
     RETURNING n.id
-    """
+    """  # noqa: S608 - constants only
 )
 
+# The notification state an attempt proves, by rank (sent, delivered, read differ).
+_PROVEN_RANK = {status.value: NOTIFICATION_RANK[state] for status, state in ATTEMPT_PROVES.items()}
+_PROVEN_BY_RANK = {NOTIFICATION_RANK[state]: state.value for state in ATTEMPT_PROVES.values()}
+assert len(_PROVEN_BY_RANK) == len(set(ATTEMPT_PROVES.values()))
+
 _MARK_UNCONFIRMED = text(
-    """
+    f"""
     WITH stale AS (
         SELECT id FROM notifications
-        WHERE state = 'sending' AND claimed_at < :stale_before
+        WHERE state = '{HELD_STATE}' AND claimed_at < :stale_before
         ORDER BY claimed_at LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ), unconfirmed AS (
         UPDATE delivery_attempts AS a
-        SET status = 'unconfirmed', updated_at = now(),
+        SET status = '{A.UNCONFIRMED}', updated_at = now(),
             error_message = 'the worker stopped before recording the provider''s answer'
-        FROM stale WHERE a.notification_id = stale.id AND a.status = 'sending'
-        RETURNING a.notification_id, 1 AS rank
+        FROM stale WHERE a.notification_id = stale.id
+          AND {sql_in("a.status", (old for old, new in ATTEMPT_MOVES if new == A.UNCONFIRMED))}
+        RETURNING a.notification_id, {NOTIFICATION_RANK[ATTEMPT_PROVES[A.UNCONFIRMED]]} AS rank
     ), taken AS (
         -- A provider's callback may have beaten the dead worker's write: the message
         -- went out, and how far it got is known.
@@ -282,26 +371,27 @@ _MARK_UNCONFIRMED = text(
             SELECT notification_id, rank FROM unconfirmed
             UNION ALL
             SELECT a.notification_id,
-                   CASE a.status WHEN 'read' THEN 3 WHEN 'delivered' THEN 2 ELSE 1 END
+                   {sql_case("a.status", _PROVEN_RANK)}
             FROM delivery_attempts AS a JOIN stale ON a.notification_id = stale.id
-            WHERE a.status IN ('sent', 'delivered', 'read')
+            WHERE {sql_in("a.status", ATTEMPT_PROVES)}
         ) AS ranked GROUP BY notification_id
     )
     UPDATE notifications AS n
-    SET state = CASE taken.rank WHEN 3 THEN 'read' WHEN 2 THEN 'delivered' ELSE 'sent' END,
+    SET state = {sql_case("taken.rank", _PROVEN_BY_RANK)},
         claimed_at = NULL, updated_at = now(), sent_at = COALESCE(n.sent_at, now()),
-        delivered_at = CASE WHEN taken.rank >= 2 THEN COALESCE(n.delivered_at, now())
-                            ELSE n.delivered_at END,
-        read_at = CASE WHEN taken.rank = 3 THEN COALESCE(n.read_at, now()) ELSE n.read_at END,
+        delivered_at = CASE WHEN taken.rank >= {NOTIFICATION_RANK[S.DELIVERED]}
+                            THEN COALESCE(n.delivered_at, now()) ELSE n.delivered_at END,
+        read_at = CASE WHEN taken.rank = {NOTIFICATION_RANK[S.READ]}
+                       THEN COALESCE(n.read_at, now()) ELSE n.read_at END,
         failure_reason = CASE
             WHEN EXISTS (SELECT 1 FROM delivery_attempts AS a
                          WHERE a.notification_id = n.id
-                           AND a.status IN ('sent', 'delivered', 'read'))
+                           AND {sql_in("a.status", CONFIRMED_STATUSES)})
             THEN n.failure_reason
             ELSE 'unconfirmed: handed to the provider, answer not recorded; not resent' END
     FROM taken WHERE n.id = taken.notification_id
     RETURNING n.id
-    """
+    """  # noqa: S608 - constants only
 )
 
 
@@ -330,44 +420,46 @@ async def sweep_stale_sending(
     return requeued, unconfirmed
 
 
-def _rank_sql(column: str) -> str:
-    cases = " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in ATTEMPT_RANK.items())
-    return f"(CASE {column} {cases} END)"
-
-
-# Built from ATTEMPT_RANK's constants only; every value is a bound parameter. Rows are
-# locked in id order so concurrent batches cannot deadlock.
+# Rows are locked in id order so concurrent batches cannot deadlock. A report that does
+# not move its attempt (a repeat, a late or contradicting one) changes nothing at all,
+# not even a field: it is kept in the raw report log only (`log_reports`).
 _ADVANCE_ATTEMPTS = text(
     f"""
     WITH v AS (
         {_ATTEMPT_ANSWERS}
     ), old AS (
-        SELECT a.id, a.status, a.provider_message_id FROM delivery_attempts AS a
+        SELECT a.id, a.notification_id, a.channel, a.status, a.provider_message_id
+        FROM delivery_attempts AS a
         WHERE a.id IN (SELECT id FROM v) ORDER BY a.id FOR UPDATE
+    ), matched AS (
+        SELECT v.*, old.notification_id, old.channel, old.status AS old_status,
+               {sql_attempt_moves("old.status", "v.status")} AS moves
+        FROM v JOIN old ON old.id = v.id
+        WHERE old.provider_message_id IS NULL OR v.provider_message_id IS NULL
+              OR old.provider_message_id = v.provider_message_id
+    ), moved AS (
+        UPDATE delivery_attempts AS a SET
+            status = m.status,
+            provider_message_id = COALESCE(a.provider_message_id, m.provider_message_id),
+            provider_status = COALESCE(m.provider_status, a.provider_status),
+            error_code = COALESCE(m.error_code, a.error_code),
+            error_message = COALESCE(m.error_message, a.error_message),
+            sent_at = CASE WHEN {sql_in("m.status", CONFIRMED_STATUSES)}
+                           THEN COALESCE(a.sent_at, now()) ELSE a.sent_at END,
+            delivered_at = CASE WHEN {sql_in("m.status", REACHED_STATUSES)}
+                                THEN COALESCE(a.delivered_at, now()) ELSE a.delivered_at END,
+            read_at = CASE WHEN m.status = '{A.READ}' THEN COALESCE(a.read_at, now())
+                           ELSE a.read_at END,
+            failed_at = CASE WHEN m.status = '{A.FAILED}' THEN COALESCE(a.failed_at, now())
+                             ELSE a.failed_at END,
+            updated_at = now()
+        FROM matched AS m
+        WHERE a.id = m.id AND m.moves
     )
-    UPDATE delivery_attempts AS a SET
-        status = CASE WHEN {_rank_sql("v.status")} > {_rank_sql("old.status")}
-                      THEN v.status ELSE a.status END,
-        provider_message_id = COALESCE(a.provider_message_id, v.provider_message_id),
-        provider_status = CASE WHEN {_rank_sql("v.status")} > {_rank_sql("old.status")}
-                               THEN COALESCE(v.provider_status, a.provider_status)
-                               ELSE a.provider_status END,
-        error_code = COALESCE(v.error_code, a.error_code),
-        error_message = COALESCE(v.error_message, a.error_message),
-        sent_at = CASE WHEN v.status IN ('sent', 'delivered', 'read')
-                       THEN COALESCE(a.sent_at, now()) ELSE a.sent_at END,
-        delivered_at = CASE WHEN v.status IN ('delivered', 'read')
-                            THEN COALESCE(a.delivered_at, now()) ELSE a.delivered_at END,
-        read_at = CASE WHEN v.status = 'read' THEN COALESCE(a.read_at, now()) ELSE a.read_at END,
-        failed_at = CASE WHEN v.status = 'failed' AND {_rank_sql("old.status")} < 3
-                         THEN now() ELSE a.failed_at END,
-        updated_at = now()
-    FROM v JOIN old ON old.id = v.id
-    WHERE a.id = v.id
-      AND (old.provider_message_id IS NULL OR v.provider_message_id IS NULL
-           OR old.provider_message_id = v.provider_message_id)
-    RETURNING a.id, a.notification_id, a.channel, old.status AS old_status, a.status AS status
-    """  # noqa: S608
+    SELECT id, notification_id, channel, old_status,
+           CASE WHEN moves THEN status ELSE old_status END AS status
+    FROM matched
+    """  # noqa: S608 - constants only
 )
 
 
@@ -386,7 +478,7 @@ class AdvancedAttempt:
 async def advance_attempts(
     session: AsyncSession, reports: Sequence[Report]
 ) -> dict[int, AdvancedAttempt]:
-    """Raise each reported attempt's status if the report ranks higher; never lower it.
+    """Move each reported attempt as the attempt table allows (to a higher rank only).
 
     One report per attempt. Attempts missing from the answer do not exist,
     or their provider id is another message's.
@@ -407,8 +499,40 @@ async def advance_attempts(
     return {row.id: AdvancedAttempt(*row[1:]) for row in rows}
 
 
-_RAISE_NOTIFICATIONS = text(
+_LOG_REPORTS = text(
     """
+    INSERT INTO delivery_reports (attempt_id, status, provider_message_id, provider_status,
+                                  error_code, error_message, applied)
+    SELECT * FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:provider_message_ids AS text[]),
+        CAST(:provider_statuses AS text[]), CAST(:error_codes AS text[]),
+        CAST(:error_messages AS text[]), CAST(:applied AS boolean[]))
+    """
+)
+
+
+async def log_reports(session: AsyncSession, reports: Sequence[tuple[Report, bool]]) -> None:
+    """Keep (report, whether it moved its attempt) pairs as received, in one statement.
+
+    Every report must name an existing attempt.
+    """
+    if reports:
+        await session.execute(
+            _LOG_REPORTS,
+            {
+                "ids": [r.attempt_id for r, _ in reports],
+                "statuses": [str(r.status) for r, _ in reports],
+                "provider_message_ids": [r.provider_message_id for r, _ in reports],
+                "provider_statuses": [r.provider_status for r, _ in reports],
+                "error_codes": [r.error_code for r, _ in reports],
+                "error_messages": [r.error_message for r, _ in reports],
+                "applied": [applied for _, applied in reports],
+            },
+        )
+
+
+_RAISE_NOTIFICATIONS = text(
+    f"""
     WITH v AS (
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[])) AS v(id, state)
     ), locked AS (
@@ -418,24 +542,26 @@ _RAISE_NOTIFICATIONS = text(
     UPDATE notifications AS n SET
         state = v.state,
         delivered_at = COALESCE(n.delivered_at, now()),
-        read_at = CASE WHEN v.state = 'read' THEN COALESCE(n.read_at, now()) ELSE n.read_at END,
+        read_at = CASE WHEN v.state = '{S.READ}' THEN COALESCE(n.read_at, now())
+                       ELSE n.read_at END,
         failure_reason = NULL,
         updated_at = now()
     FROM v JOIN locked ON locked.id = v.id
-    WHERE n.id = v.id
-      AND (n.state = 'sent' OR (n.state = 'delivered' AND v.state = 'read'))
-    """
+    WHERE n.id = v.id AND {sql_notification_moves("n.state", "v.state", REPORT_EVENTS)}
+    """  # noqa: S608 - constants only
 )
 
 
 async def raise_notifications(
     session: AsyncSession, reached: Sequence[tuple[uuid.UUID, str]]
 ) -> None:
-    """Move accepted notifications up to `delivered`/`read`; never down, never from a
-    state in which the dispatcher still holds them."""
+    """Move notifications to the `delivered`/`read` their attempts reached, as the
+    notification table allows for a provider's report (`REPORT_EVENTS`): never down,
+    never while a worker holds them."""
     best: dict[uuid.UUID, str] = {}
     for notification_id, state in reached:
-        if best.get(notification_id) != "read":
+        known = best.get(notification_id)
+        if known is None or NOTIFICATION_RANK[S(state)] > NOTIFICATION_RANK[S(known)]:
             best[notification_id] = str(state)
     if best:
         await session.execute(

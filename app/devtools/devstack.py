@@ -27,6 +27,10 @@ from app.fakes.credentials import (
     FAKE_TWILIO_ACCOUNT_SID,
     FAKE_TWILIO_AUTH_TOKEN,
     FAKE_TWILIO_SMS_FROM,
+    FAKE_WHATSAPP_ACCESS_TOKEN,
+    FAKE_WHATSAPP_APP_SECRET,
+    FAKE_WHATSAPP_PHONE_NUMBER_ID,
+    FAKE_WHATSAPP_VERIFY_TOKEN,
 )
 
 
@@ -205,6 +209,35 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
             )
         )
         urls.append(("Fake Twilio", f"{twilio_root}  (stats: {twilio_root}/_fake/stats)"))
+    if not settings.whatsapp_configured and settings.whatsapp_provider == "cloud":
+        whatsapp_port = embedded.free_port()
+        whatsapp_root = f"http://127.0.0.1:{whatsapp_port}"
+        webhook_url = f"{env['PUBLIC_BASE_URL']}/callbacks/whatsapp"
+        env.update(
+            WHATSAPP_BASE_URL=whatsapp_root,
+            WHATSAPP_PHONE_NUMBER_ID=FAKE_WHATSAPP_PHONE_NUMBER_ID,
+            WHATSAPP_ACCESS_TOKEN=FAKE_WHATSAPP_ACCESS_TOKEN,
+            WHATSAPP_APP_SECRET=FAKE_WHATSAPP_APP_SECRET,
+            WHATSAPP_VERIFY_TOKEN=FAKE_WHATSAPP_VERIFY_TOKEN,
+        )
+        children.append(
+            (
+                "fake-whatsapp",
+                notify_command(
+                    "fake-whatsapp",
+                    "--port",
+                    str(whatsapp_port),
+                    "--set",
+                    f"webhook_url={webhook_url}",
+                ),
+                f"{whatsapp_root}/_fake/stats",
+                "blue",
+            )
+        )
+        urls.append(("Fake WhatsApp", f"{whatsapp_root}  (stats: {whatsapp_root}/_fake/stats)"))
+    elif not settings.whatsapp_configured and not settings.twilio_account_sid:
+        # WhatsApp through the fake Twilio: it speaks both.
+        env.update(WHATSAPP_TWILIO_FROM=FAKE_TWILIO_SMS_FROM)
     stack = DevStack(env)
     for child in children:
         stack.add(*child)
@@ -237,10 +270,14 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
                 break
             stack.stopping.wait(0.25)
     finally:
-        console.print("Stopping...")
-        stack.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # The children first, whatever printing does: they need the embedded servers
+        # that `run` stops after this.
+        try:
+            console.print("Stopping...")
+        finally:
+            stack.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return exit_code
 
 

@@ -19,11 +19,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.models import Experiment, ExperimentGroup, ExperimentMembership
-from app.states import REACHED_STATUSES, UNSENT_STATES
+from app.states import (
+    EVENT_TARGET,
+    REACHED_STATUSES,
+    UNSENT_STATES,
+    NotificationEvent,
+    sql_list,
+)
 
 # One definition of "reached", for every channel: an attempt delivered or read.
-_REACHED = ", ".join(f"'{s.value}'" for s in sorted(REACHED_STATUSES))
-_UNSENT = ", ".join(f"'{s.value}'" for s in sorted(UNSENT_STATES))
+_REACHED = sql_list(REACHED_STATUSES)
+_UNSENT = sql_list(UNSENT_STATES)
+_CLEARED = EVENT_TARGET[NotificationEvent.CANCEL]
 
 
 async def create(
@@ -261,7 +268,7 @@ async def stop(session: AsyncSession, experiment_id: uuid.UUID, now: datetime) -
         text(
             f"""
             UPDATE notifications AS n
-            SET state = 'cleared', failure_reason = 'experiment stopped', updated_at = now()
+            SET state = '{_CLEARED}', failure_reason = 'experiment stopped', updated_at = now()
             FROM appointments AS a
             JOIN experiment_memberships AS m ON m.id = a.membership_id
             WHERE m.experiment_id = :experiment_id AND m.evicted_at IS NULL

@@ -370,6 +370,8 @@ class InvitationRunner:
         slots: int = 2,
         retry_delays: Sequence[float] = (1.0, 3.0),
         flush_interval: float = 0.5,
+        pacing_error_backoff: float = 2.0,
+        outage_backoff: float = 5.0,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -380,6 +382,10 @@ class InvitationRunner:
         self.slots = slots
         self.retry_delays = tuple(retry_delays)
         self.flush_interval = flush_interval
+        # The first pause after the limiter (Redis) failed, or Imo failed a whole batch;
+        # doubled while it lasts, up to _MAX_BACKOFF_SECONDS.
+        self.pacing_error_backoff = pacing_error_backoff
+        self.outage_backoff = outage_backoff
         self.window = MessagingWindow(
             settings.messaging_window_start, settings.messaging_window_end
         )
@@ -536,7 +542,9 @@ class InvitationRunner:
         if current.halted == "error":
             # Pacing failed (Redis, the shared limit, unreachable): the answers so far are
             # written; the batch waits, and this worker backs off, as for an Imo outage.
-            self._backoff = min(max(self._backoff * 2, 2.0), _MAX_BACKOFF_SECONDS)
+            self._backoff = min(
+                max(self._backoff * 2, self.pacing_error_backoff), _MAX_BACKOFF_SECONDS
+            )
             return "waiting", self.clock() + timedelta(seconds=self._backoff)
         if current.halted is not None:
             # Stopped (shutdown) or a write failed: what is left is taken over at once.
@@ -545,7 +553,9 @@ class InvitationRunner:
             if writer.known_answers == 0 and claim.claims < MAX_BATCH_CLAIMS:
                 # Imo failed every request: an outage. Put the batch back and back off
                 # rather than skip its patients for the rest of the round.
-                self._backoff = min(max(self._backoff * 2, 5.0), _MAX_BACKOFF_SECONDS)
+                self._backoff = min(
+                    max(self._backoff * 2, self.outage_backoff), _MAX_BACKOFF_SECONDS
+                )
                 log.warning(
                     "Imo failed a whole invitation batch; backing off",
                     extra={"batch_id": claim.batch_id, "backoff_seconds": self._backoff},
@@ -686,4 +696,9 @@ def build_invitation_runner(
         imo=imo,
         limiter=channel_registry.build_limiter(ChannelName.IMO, settings, limiter_redis),
         signer=TokenSigner(settings.secret_key.get_secret_value()),
+        retry_delays=(
+            settings.imo_invitation_retry_seconds,
+            3 * settings.imo_invitation_retry_seconds,
+        ),
+        outage_backoff=settings.imo_invitation_outage_backoff_seconds,
     )

@@ -2,6 +2,7 @@
 
 from app.models.api_key import ApiKey
 from app.models.appointment import Appointment
+from app.models.delivery_report import DeliveryReport
 from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
 from app.models.experiment_group import ExperimentGroup
@@ -19,6 +20,7 @@ __all__ = [
     "ApiKey",
     "Appointment",
     "DeliveryAttempt",
+    "DeliveryReport",
     "Experiment",
     "ExperimentEnrolmentDay",
     "ExperimentGroup",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Index, String, func, literal_column, text
@@ -56,3 +57,6 @@ class Patient(TimestampMixin, Base):
     facility_id: Mapped[str | None] = mapped_column(String(64))
     facility_name: Mapped[str | None] = mapped_column(String(200))
     reminder_consent: Mapped[str] = mapped_column(String(10))
+    # When WhatsApp last said this number has no account (131026): the number is not tried
+    # there for WHATSAPP_RETRY_NO_ACCOUNT_DAYS after. Cleared when the number changes.
+    whatsapp_no_account_at: Mapped[datetime | None]

@@ -21,7 +21,14 @@ from app.notifications.repository import NotificationFilter
 from app.notifications.schemas import NotificationIn
 from app.notifications.window import MessagingWindow, zone
 from app.observability import NOTIFICATIONS_SCHEDULED
-from app.states import ACCEPTED_STATES, NotificationState
+from app.states import (
+    ACCEPTED_STATES,
+    EVENT_SOURCES,
+    EVENT_TARGET,
+    HELD_STATE,
+    NotificationEvent,
+    NotificationState,
+)
 from app.templates import service as template_service
 
 S = NotificationState
@@ -208,17 +215,15 @@ async def get_with_attempts(
 
 
 async def _act(
-    session: AsyncSession,
-    notification_id: uuid.UUID,
-    *,
-    from_states: set[S],
-    to_state: S,
-    action: str,
-    **values: object,
+    session: AsyncSession, notification_id: uuid.UUID, event: NotificationEvent, **values: object
 ) -> Notification:
-    """Move a notification that has not been sent; a repeat of the same act is a no-op."""
+    """Move a notification that has not been sent, as the notification table allows
+    `event`; a repeat of the same act is a no-op. Raises NotFound, or Conflict naming
+    the state that does not allow it."""
+    to_state = EVENT_TARGET[event]
+    action = event.value
     moved = await notification_repository.transition(
-        session, notification_id, from_states, to_state, **values
+        session, notification_id, EVENT_SOURCES[event], to_state, **values
     )
     if moved is not None:
         return moved
@@ -227,7 +232,7 @@ async def _act(
         raise NotFound(f"no notification '{notification_id}'")
     if current.state == to_state:
         return current
-    if current.state == S.SENDING:
+    if current.state == HELD_STATE:
         raise Conflict(f"cannot {action}: the notification is being sent right now")
     if current.state in ACCEPTED_STATES:
         raise Conflict(f"cannot {action}: the notification was already sent ({current.state})")
@@ -236,22 +241,13 @@ async def _act(
 
 async def cancel(session: AsyncSession, notification_id: uuid.UUID) -> Notification:
     return await _act(
-        session,
-        notification_id,
-        from_states={S.SCHEDULED, S.MUTED},
-        to_state=S.CLEARED,
-        action="cancel",
-        failure_reason="cancelled",
+        session, notification_id, NotificationEvent.CANCEL, failure_reason="cancelled"
     )
 
 
 async def mute(session: AsyncSession, notification_id: uuid.UUID) -> Notification:
-    return await _act(
-        session, notification_id, from_states={S.SCHEDULED}, to_state=S.MUTED, action="mute"
-    )
+    return await _act(session, notification_id, NotificationEvent.MUTE)
 
 
 async def unmute(session: AsyncSession, notification_id: uuid.UUID) -> Notification:
-    return await _act(
-        session, notification_id, from_states={S.MUTED}, to_state=S.SCHEDULED, action="unmute"
-    )
+    return await _act(session, notification_id, NotificationEvent.UNMUTE)

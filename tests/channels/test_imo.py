@@ -105,12 +105,6 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
 
 
 @pytest_asyncio.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
-
-
-@pytest_asyncio.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver()
     app = web.Application()
@@ -131,9 +125,9 @@ async def fake_imo_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def imo(fake_imo_url: str, session: aiohttp.ClientSession) -> ImoChannel:
+def imo(fake_imo_url: str, http: aiohttp.ClientSession) -> ImoChannel:
     return ImoChannel(
-        base_url=fake_imo_url, username=USERNAME, password=PASSWORD, session=session, timeout=2
+        base_url=fake_imo_url, username=USERNAME, password=PASSWORD, session=http, timeout=2
     )
 
 
@@ -202,16 +196,20 @@ class TestNotificationAgainstFake:
 
     @pytest.mark.asyncio
     async def test_unread_gives_no_signal(self, imo: ImoChannel, receiver: Receiver) -> None:
-        await imo.send(message(phone(7), receiver.url("read")))
-        await asyncio.sleep(CALLBACK_DELAY * 4)
+        await imo.send(message(phone(7), receiver.url("unread")))
+        # A control sent after it, that is read: once its receipt is in, one for the
+        # unread message would have come too.
+        await imo.send(message(phone(3), receiver.url("read")))
+        name, _, _ = await receiver.next()
+        assert name == "read"
         assert receiver.received.empty()
 
     @pytest.mark.asyncio
     async def test_wrong_credentials_are_unexpected(
-        self, fake_imo_url: str, session: aiohttp.ClientSession
+        self, fake_imo_url: str, http: aiohttp.ClientSession
     ) -> None:
         imo = ImoChannel(
-            base_url=fake_imo_url, username=USERNAME, password="wrong", session=session, timeout=2
+            base_url=fake_imo_url, username=USERNAME, password="wrong", session=http, timeout=2
         )
         with pytest.raises(PermanentChannelError) as caught:
             await imo.send(message(phone(3)))
@@ -227,10 +225,18 @@ class TestInvitationAgainstFake:
         assert result == InvitationResult("no_imo_account", provider_status="nonexistent_user")
 
     @pytest.mark.asyncio
-    async def test_never_accepting_stays_invited(self, imo: ImoChannel) -> None:
-        assert await imo.invite(invitation(phone(1))) == InvitationResult("invited")
-        await asyncio.sleep(CALLBACK_DELAY * 2)
-        again = await imo.invite(invitation(phone(1)))
+    async def test_never_accepting_stays_invited(self, imo: ImoChannel, receiver: Receiver) -> None:
+        never = invitation(phone(1), receiver.url("never"))
+        assert await imo.invite(never) == InvitationResult("invited")
+        # A control invited after it, that accepts: once its acceptance is in, the other's
+        # would have come too.
+        assert await imo.invite(invitation(phone(5), receiver.url("accept"))) == (
+            InvitationResult("invited")
+        )
+        name, _, _ = await receiver.next()
+        assert name == "accept"
+        assert receiver.received.empty()
+        again = await imo.invite(never)
         assert again == InvitationResult("invited", provider_status="invited")
 
     @pytest.mark.asyncio
@@ -293,9 +299,9 @@ async def scripted() -> AsyncIterator[Scripted]:
 
 
 @pytest.fixture
-def scripted_imo(scripted: Scripted, session: aiohttp.ClientSession) -> ImoChannel:
+def scripted_imo(scripted: Scripted, http: aiohttp.ClientSession) -> ImoChannel:
     return ImoChannel(
-        base_url=scripted.url, username=USERNAME, password=PASSWORD, session=session, timeout=0.3
+        base_url=scripted.url, username=USERNAME, password=PASSWORD, session=http, timeout=0.3
     )
 
 
@@ -398,7 +404,7 @@ class TestTransientAnswers:
 
     @pytest.mark.asyncio
     @pytest.mark.parametrize("endpoint", ["send", "invite"])
-    async def test_connection_refused(self, session: aiohttp.ClientSession, endpoint: str) -> None:
+    async def test_connection_refused(self, http: aiohttp.ClientSession, endpoint: str) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -406,7 +412,7 @@ class TestTransientAnswers:
             base_url=f"http://127.0.0.1:{port}/api/simple",
             username=USERNAME,
             password=PASSWORD,
-            session=session,
+            session=http,
             timeout=2,
         )
         with pytest.raises(TransientChannelError) as caught:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +29,7 @@ from app.channels.twilio_sms import (
     parse_status_callback,
 )
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
+from tests.waiting import wait_until
 
 CONFIG = FakeTwilioConfig(callback_delay=0.03)
 SENDERS = ("+15005550001", "+15005550002", "+15005550003")
@@ -102,20 +102,6 @@ class Stub:
         return await self.handler(request)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
-@pytest_asyncio.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 @pytest_asyncio.fixture
 async def fake() -> AsyncIterator[Server]:
     runner, port = await start_fake_twilio(CONFIG)
@@ -184,9 +170,9 @@ def assert_redacted(detail: dict[str, object]) -> None:
 class TestSendingThroughTheFake:
     @pytest.mark.asyncio
     async def test_accepted_message_gives_sid_and_status(
-        self, session: aiohttp.ClientSession, fake: Server
+        self, http: aiohttp.ClientSession, fake: Server
     ) -> None:
-        sms = channel(session, fake.base_url)
+        sms = channel(http, fake.base_url)
 
         result = await sms.send(message())
 
@@ -198,23 +184,23 @@ class TestSendingThroughTheFake:
 
     @pytest.mark.asyncio
     async def test_senders_are_used_in_turn(
-        self, session: aiohttp.ClientSession, fake: Server
+        self, http: aiohttp.ClientSession, fake: Server
     ) -> None:
-        sms = channel(session, fake.base_url)
+        sms = channel(http, fake.base_url)
 
         for i in range(6):
             await sms.send(message(f"+88017110{i:04d}1"))
 
-        assert (await fake_stats(session, fake))["from"] == {sender: 2 for sender in SENDERS}
+        assert (await fake_stats(http, fake))["from"] == {sender: 2 for sender in SENDERS}
 
     @pytest.mark.asyncio
     async def test_invalid_number_is_permanent_and_marks_the_recipient(
-        self, session: aiohttp.ClientSession, fake: Server
+        self, http: aiohttp.ClientSession, fake: Server
     ) -> None:
         bad = "+8801711000008"
 
         with pytest.raises(PermanentChannelError) as caught:
-            await channel(session, fake.base_url).send(message(bad))
+            await channel(http, fake.base_url).send(message(bad))
 
         error = caught.value
         assert error.recipient_invalid
@@ -227,23 +213,23 @@ class TestSendingThroughTheFake:
 
     @pytest.mark.asyncio
     async def test_wrong_credentials_are_permanent(
-        self, session: aiohttp.ClientSession, fake: Server
+        self, http: aiohttp.ClientSession, fake: Server
     ) -> None:
         with pytest.raises(PermanentChannelError) as caught:
-            await channel(session, fake.base_url, auth_token="wrong").send(message())
+            await channel(http, fake.base_url, auth_token="wrong").send(message())
 
         assert caught.value.code == "20003"
         assert not caught.value.recipient_invalid
 
     @pytest.mark.asyncio
     async def test_rate_limit_is_transient_with_retry_after(
-        self, session: aiohttp.ClientSession, fake: Server
+        self, http: aiohttp.ClientSession, fake: Server
     ) -> None:
-        async with session.post(f"{fake.base_url}/_fake/config", json={"rate_limited_rate": 1}):
+        async with http.post(f"{fake.base_url}/_fake/config", json={"rate_limited_rate": 1}):
             pass
 
         with pytest.raises(TransientChannelError) as caught:
-            await channel(session, fake.base_url).send(message())
+            await channel(http, fake.base_url).send(message())
 
         assert caught.value.code == "20429"
         assert caught.value.retry_after == 1.0
@@ -261,7 +247,7 @@ class TestStatusCallbacksFromTheFake:
     )
     async def test_statuses_arrive_signed(
         self,
-        session: aiohttp.ClientSession,
+        http: aiohttp.ClientSession,
         fake: Server,
         receiver: Receiver,
         phone: str,
@@ -271,7 +257,7 @@ class TestStatusCallbacksFromTheFake:
     ) -> None:
         url = receiver.url("n-1")
 
-        result = await channel(session, fake.base_url).send(message(phone, callback_url=url))
+        result = await channel(http, fake.base_url).send(message(phone, callback_url=url))
 
         await wait_until(lambda: len(receiver.calls) == 2)
         parsed = [parse_status_callback(params) for params in receiver.for_url(url)]
@@ -296,7 +282,7 @@ class TestStatusCallbacksFromTheFake:
 
 class TestAnswersTheFakeDoesNotGive:
     @pytest.mark.asyncio
-    async def test_time_out_is_transient(self, session: aiohttp.ClientSession, stub: Stub) -> None:
+    async def test_time_out_is_transient(self, http: aiohttp.ClientSession, stub: Stub) -> None:
         async def hang(request: web.Request) -> web.Response:
             await stub.release.wait()
             return web.Response(status=201)
@@ -304,14 +290,14 @@ class TestAnswersTheFakeDoesNotGive:
         stub.handler = hang
 
         with pytest.raises(TransientChannelError) as caught:
-            await channel(session, stub.base_url, timeout=0.1).send(message())
+            await channel(http, stub.base_url, timeout=0.1).send(message())
 
         assert caught.value.code == "timeout"
         assert_redacted(caught.value.detail)
 
     @pytest.mark.asyncio
     async def test_429_without_twilio_body_is_transient_with_retry_after(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         async def limited(request: web.Request) -> web.Response:
             return web.Response(status=429, text="slow down", headers={"Retry-After": "7"})
@@ -319,20 +305,20 @@ class TestAnswersTheFakeDoesNotGive:
         stub.handler = limited
 
         with pytest.raises(TransientChannelError) as caught:
-            await channel(session, stub.base_url).send(message())
+            await channel(http, stub.base_url).send(message())
 
         assert caught.value.code == "429"
         assert caught.value.retry_after == 7.0
 
     @pytest.mark.asyncio
-    async def test_503_is_transient(self, session: aiohttp.ClientSession, stub: Stub) -> None:
+    async def test_503_is_transient(self, http: aiohttp.ClientSession, stub: Stub) -> None:
         async def unavailable(request: web.Request) -> web.Response:
             return web.Response(status=503, text="<html>Service Unavailable</html>")
 
         stub.handler = unavailable
 
         with pytest.raises(TransientChannelError) as caught:
-            await channel(session, stub.base_url).send(message())
+            await channel(http, stub.base_url).send(message())
 
         assert caught.value.code == "http_5xx"
         assert caught.value.retry_after is None
@@ -353,7 +339,7 @@ class TestAnswersTheFakeDoesNotGive:
         ],
     )
     async def test_success_without_a_readable_sid_is_unexpected_and_maybe_sent(
-        self, session: aiohttp.ClientSession, stub: Stub, body: bytes
+        self, http: aiohttp.ClientSession, stub: Stub, body: bytes
     ) -> None:
         async def accepted(request: web.Request) -> web.Response:
             return web.Response(status=201, body=body, content_type="application/json")
@@ -361,7 +347,7 @@ class TestAnswersTheFakeDoesNotGive:
         stub.handler = accepted
 
         with pytest.raises(PermanentChannelError) as caught:
-            await channel(session, stub.base_url).send(message())
+            await channel(http, stub.base_url).send(message())
 
         assert caught.value.unexpected and caught.value.maybe_sent
         assert caught.value.code == "unexpected"
@@ -374,7 +360,7 @@ class TestAnswersTheFakeDoesNotGive:
         [(21610, False), (21408, False), (21614, True), (99999, False)],
     )
     async def test_4xx_with_a_twilio_code_is_permanent(
-        self, session: aiohttp.ClientSession, stub: Stub, code: int, recipient_invalid: bool
+        self, http: aiohttp.ClientSession, stub: Stub, code: int, recipient_invalid: bool
     ) -> None:
         async def refused(request: web.Request) -> web.Response:
             error = {
@@ -389,7 +375,7 @@ class TestAnswersTheFakeDoesNotGive:
         stub.handler = refused
 
         with pytest.raises(PermanentChannelError) as caught:
-            await channel(session, stub.base_url).send(message())
+            await channel(http, stub.base_url).send(message())
 
         error = caught.value
         assert error.code == str(code)
@@ -404,7 +390,7 @@ class TestAnswersTheFakeDoesNotGive:
 
     @pytest.mark.asyncio
     async def test_4xx_without_a_twilio_code_is_unexpected(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         async def not_found(request: web.Request) -> web.Response:
             return web.Response(status=404, text="x" * 5000)
@@ -412,7 +398,7 @@ class TestAnswersTheFakeDoesNotGive:
         stub.handler = not_found
 
         with pytest.raises(PermanentChannelError) as caught:
-            await channel(session, stub.base_url).send(message())
+            await channel(http, stub.base_url).send(message())
 
         assert caught.value.unexpected
         response = caught.value.detail["response"]
@@ -421,7 +407,7 @@ class TestAnswersTheFakeDoesNotGive:
 
     @pytest.mark.asyncio
     async def test_the_request_is_twilios_form_with_basic_auth(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         seen: list[web.Request] = []
 
@@ -432,7 +418,7 @@ class TestAnswersTheFakeDoesNotGive:
         stub.handler = accepted
         url = "https://clinic.example/callbacks/twilio/status/n-9"
 
-        result = await channel(session, stub.base_url + "/").send(message(callback_url=url))
+        result = await channel(http, stub.base_url + "/").send(message(callback_url=url))
 
         assert (result.provider_message_id, result.provider_status) == ("SM1", "queued")
         assert seen[0].path == f"/2010-04-01/Accounts/{CONFIG.account_sid}/Messages.json"
@@ -443,13 +429,13 @@ class TestAnswersTheFakeDoesNotGive:
 
     @pytest.mark.asyncio
     async def test_a_reference_keeps_its_sender_across_channels(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         async def accepted(request: web.Request) -> web.Response:
             return web.json_response({"sid": "SM1", "status": "queued"}, status=201)
 
         stub.handler = accepted
-        first, second = channel(session, stub.base_url), channel(session, stub.base_url)
+        first, second = channel(http, stub.base_url), channel(http, stub.base_url)
 
         for sms in (first, second, first, second):
             await sms.send(message(reference="notification-42"))
@@ -461,13 +447,13 @@ class TestAnswersTheFakeDoesNotGive:
         assert {request["From"] for request in stub.requests} == set(SENDERS)
 
     @pytest.mark.asyncio
-    async def test_connection_refused_is_transient(self, session: aiohttp.ClientSession) -> None:
+    async def test_connection_refused_is_transient(self, http: aiohttp.ClientSession) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
 
         with pytest.raises(TransientChannelError) as caught:
-            await channel(session, f"http://127.0.0.1:{port}").send(message())
+            await channel(http, f"http://127.0.0.1:{port}").send(message())
 
         assert caught.value.code == "connection_error"
         assert_redacted(caught.value.detail)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -25,16 +26,15 @@ from app.channels.base import (
     TransientChannelError,
 )
 from app.config import Settings
-from app.delivery import status as delivery_status
+from app.delivery import provider_reports
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.types import Report
-from app.fakes.imo import FakeImoConfig, start_fake_imo
-from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
 from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
 from app.security import TokenSigner
 from app.states import AttemptStatus
 from tests.clock import daytime_zone, night_zone
 from tests.factories import make_notification, make_patient
+from tests.fake_servers import FakeImo, FakeTwilio
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -43,7 +43,7 @@ async def report(
     session: AsyncSession, attempt_id: int, status: AttemptStatus, **fields: str | None
 ) -> None:
     """A provider's report on one attempt, as the callbacks apply it."""
-    [answer] = await delivery_status.apply_reports(session, [Report(attempt_id, status, **fields)])
+    [answer] = await provider_reports.apply_reports(session, [Report(attempt_id, status, **fields)])
     assert answer is True, answer
 
 
@@ -53,13 +53,9 @@ class Fakes:
     twilio_url: str
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def fakes() -> AsyncIterator[Fakes]:
-    imo_runner, imo_port = await start_fake_imo(FakeImoConfig(callbacks_enabled=False))
-    twilio_runner, twilio_port = await start_fake_twilio(FakeTwilioConfig(callbacks_enabled=False))
-    yield Fakes(f"http://127.0.0.1:{imo_port}/api/simple", f"http://127.0.0.1:{twilio_port}")
-    await imo_runner.cleanup()
-    await twilio_runner.cleanup()
+@pytest.fixture
+def fakes(fake_imo: FakeImo, fake_twilio: FakeTwilio) -> Fakes:
+    return Fakes(fake_imo.url, fake_twilio.url)
 
 
 def settings_for(fakes: Fakes, **overrides: Any) -> Settings:
@@ -77,12 +73,6 @@ def settings_for(fakes: Fakes, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -131,8 +121,6 @@ async def patient_with(
 
 
 async def due(session: AsyncSession, patient: Patient, **overrides: Any) -> Notification:
-    from datetime import UTC, datetime, timedelta
-
     overrides.setdefault("due_at", datetime.now(UTC) - timedelta(seconds=1))
     notification = await make_notification(session, patient, **overrides)
     await session.commit()
@@ -160,27 +148,112 @@ async def imo_status(session: AsyncSession, patient: Patient) -> str | None:
     )
 
 
-class TestChannels:
-    async def test_subscribed_patient_gets_imo(
-        self, db_session: AsyncSession, dispatcher: Dispatcher
-    ) -> None:
-        notification = await due(db_session, await patient_with(db_session, 3, imo="subscribed"))
-        assert await dispatcher.dispatch_once() >= 1
-        fresh, attempts = await reload(db_session, notification)
-        assert fresh.state == "sent"
-        assert [(a.channel, a.status) for a in attempts] == [("imo", "sent")]
-        assert attempts[0].provider_message_id
-        assert fresh.sent_at is not None
+@dataclass(frozen=True)
+class Case:
+    """One patient, one due notification, one dispatch against the fakes, and what it
+    leaves behind."""
 
-    async def test_unsubscribed_patient_gets_sms(
-        self, db_session: AsyncSession, dispatcher: Dispatcher
+    digit: int  # the phone's last digit, which steers the fakes
+    state: str  # the notification's, after the dispatch
+    attempts: list[tuple[str, str, str | None]]  # (channel, status, error_code)
+    imo: str | None = None  # the patient's Imo authorisation before...
+    imo_after: str | None = None  # ...and after (None: as before)
+    reason: str | None = None  # found in the failure reason
+    consent: str = "granted"
+    zone: Callable[[], str] = daytime_zone  # called at the test: "now" moves
+    expires_in: timedelta | None = None
+
+
+CASES = [
+    pytest.param(
+        Case(3, "sent", [("imo", "sent", None)], imo="subscribed"),
+        id="subscribed-patient-gets-imo",
+    ),
+    pytest.param(
+        Case(3, "sent", [("sms", "sent", None)], imo="invited"),
+        id="unsubscribed-patient-gets-sms",
+    ),
+    pytest.param(
+        Case(
+            0,
+            "sent",
+            [("imo", "failed", "nonexistent_user"), ("sms", "sent", None)],
+            imo="subscribed",
+            imo_after="no_imo_account",
+        ),
+        id="no-imo-account-falls-back-to-sms-and-downgrades",
+    ),
+    pytest.param(
+        Case(
+            1,
+            "sent",
+            [("imo", "failed", "not_subscribed"), ("sms", "sent", None)],
+            imo="subscribed",
+            imo_after="not_subscribed",
+        ),
+        id="imo-not-subscribed-falls-back-to-sms-and-downgrades",
+    ),
+    pytest.param(
+        Case(2, "sent", [("imo", "failed", "http_5xx"), ("sms", "sent", None)], imo="subscribed"),
+        id="imo-server-error-falls-back-without-downgrade",
+    ),
+    pytest.param(
+        Case(8, "denied", [("sms", "failed", "21211")], reason="21211"),
+        id="invalid-number-for-sms-is-denied",
+    ),
+    pytest.param(
+        Case(3, "denied", [], reason="no reminder consent", consent="denied"),
+        id="no-consent-is-denied-without-an-attempt",
+    ),
+    pytest.param(
+        Case(3, "scheduled", [], zone=night_zone),
+        id="outside-the-window-waits-for-the-morning",
+    ),
+    pytest.param(
+        Case(
+            3, "expired", [], reason="not sent while still useful", expires_in=timedelta(minutes=-1)
+        ),
+        id="expired-is-not-sent",
+    ),
+]
+
+
+class TestOneDispatch:
+    @pytest.mark.parametrize("case", CASES)
+    async def test_channel_and_policy(
+        self, db_session: AsyncSession, dispatcher: Dispatcher, case: Case
     ) -> None:
-        notification = await due(db_session, await patient_with(db_session, 3, imo="invited"))
-        await dispatcher.dispatch_once()
+        patient = await patient_with(
+            db_session,
+            case.digit,
+            imo=case.imo,
+            reminder_consent=case.consent,
+            time_zone=case.zone(),
+        )
+        overrides = {}
+        if case.expires_in is not None:
+            overrides["expires_at"] = datetime.now(UTC) + case.expires_in
+        notification = await due(db_session, patient, **overrides)
+        was_due = notification.due_at
+
+        assert await dispatcher.dispatch_once() >= 1
+
         fresh, attempts = await reload(db_session, notification)
-        assert fresh.state == "sent"
-        assert [(a.channel, a.status) for a in attempts] == [("sms", "sent")]
-        assert attempts[0].provider_message_id and attempts[0].provider_message_id.startswith("SM")
+        assert fresh.state == case.state
+        assert [(a.channel, a.status, a.error_code) for a in attempts] == case.attempts
+        for attempt in attempts:
+            if attempt.status == "sent":
+                assert attempt.provider_message_id
+                if attempt.channel == "sms":
+                    assert attempt.provider_message_id.startswith("SM")
+        assert (fresh.sent_at is not None) == (case.state == "sent")
+        if case.state == "scheduled":
+            assert fresh.due_at > was_due
+        if case.reason is None:
+            assert fresh.failure_reason is None
+        else:
+            assert fresh.failure_reason is not None and case.reason in fresh.failure_reason
+        assert await imo_status(db_session, patient) == (case.imo_after or case.imo)
 
     async def test_both_channels_with_chunks_larger_than_the_concurrency(
         self,
@@ -209,92 +282,6 @@ class TestChannels:
             channels += [a.channel for a in attempts]
         assert sorted(channels) == ["imo"] * 4 + ["sms"] * 4
 
-    @pytest.mark.parametrize(
-        ("digit", "code", "downgraded"),
-        [(0, "nonexistent_user", "no_imo_account"), (1, "not_subscribed", "not_subscribed")],
-    )
-    async def test_imo_refusal_falls_back_to_sms_and_downgrades(
-        self,
-        db_session: AsyncSession,
-        dispatcher: Dispatcher,
-        digit: int,
-        code: str,
-        downgraded: str,
-    ) -> None:
-        patient = await patient_with(db_session, digit, imo="subscribed")
-        notification = await due(db_session, patient)
-        await dispatcher.dispatch_once()
-        fresh, attempts = await reload(db_session, notification)
-        assert fresh.state == "sent"
-        assert [(a.channel, a.status, a.error_code) for a in attempts] == [
-            ("imo", "failed", code),
-            ("sms", "sent", None),
-        ]
-        assert await imo_status(db_session, patient) == downgraded
-
-    async def test_imo_server_error_falls_back_without_downgrade(
-        self, db_session: AsyncSession, dispatcher: Dispatcher
-    ) -> None:
-        patient = await patient_with(db_session, 2, imo="subscribed")
-        notification = await due(db_session, patient)
-        await dispatcher.dispatch_once()
-        fresh, attempts = await reload(db_session, notification)
-        assert fresh.state == "sent"
-        assert [(a.channel, a.status) for a in attempts] == [("imo", "failed"), ("sms", "sent")]
-        assert await imo_status(db_session, patient) == "subscribed"
-
-    async def test_invalid_number_for_sms_is_denied(
-        self, db_session: AsyncSession, dispatcher: Dispatcher
-    ) -> None:
-        notification = await due(db_session, await patient_with(db_session, 8))
-        await dispatcher.dispatch_once()
-        fresh, attempts = await reload(db_session, notification)
-        assert fresh.state == "denied"
-        assert fresh.failure_reason is not None and "21211" in fresh.failure_reason
-        assert [(a.channel, a.status, a.error_code) for a in attempts] == [
-            ("sms", "failed", "21211")
-        ]
-
-
-class TestPolicy:
-    async def test_no_consent_is_denied_without_an_attempt(
-        self, db_session: AsyncSession, dispatcher: Dispatcher
-    ) -> None:
-        patient = await patient_with(db_session, 3, reminder_consent="denied")
-        notification = await due(db_session, patient)
-        await dispatcher.dispatch_once()
-        fresh, attempts = await reload(db_session, notification)
-        assert (fresh.state, fresh.failure_reason, attempts) == (
-            "denied",
-            "no reminder consent",
-            [],
-        )
-
-    async def test_outside_the_window_nothing_is_sent(
-        self, db_session: AsyncSession, dispatcher: Dispatcher
-    ) -> None:
-        patient = await patient_with(db_session, 3, time_zone=night_zone())
-        notification = await due(db_session, patient)
-        was_due = notification.due_at
-        await dispatcher.dispatch_once()
-        fresh, attempts = await reload(db_session, notification)
-        assert fresh.state == "scheduled"
-        assert fresh.due_at > was_due
-        assert attempts == []
-
-    async def test_expired_is_not_sent(
-        self, db_session: AsyncSession, dispatcher: Dispatcher
-    ) -> None:
-        from datetime import UTC, datetime, timedelta
-
-        patient = await patient_with(db_session, 3)
-        notification = await due(
-            db_session, patient, expires_at=datetime.now(UTC) - timedelta(minutes=1)
-        )
-        await dispatcher.dispatch_once()
-        fresh, attempts = await reload(db_session, notification)
-        assert (fresh.state, attempts) == ("expired", [])
-
 
 @dataclass
 class ScriptedChannel:
@@ -314,30 +301,44 @@ class ScriptedChannel:
         return SendResult(provider_message_id=f"SM{uuid.uuid4().hex}", provider_status="queued")
 
 
-def scripted_dispatcher(
-    fakes: Fakes,
-    redis: Redis,
+Scripted = Callable[..., tuple[ScriptedChannel, Dispatcher]]
+
+
+@pytest.fixture
+def scripted(
+    fakes: Fakes, redis: Redis, db_sessionmaker: async_sessionmaker[AsyncSession]
+) -> Scripted:
+    """`scripted(answer, base_url=..., **settings)`: a dispatcher whose only channel,
+    SMS, answers `answer` (an exception to raise, a coroutine function, or None: sent)."""
+
+    def build(
+        answer: Any = None, *, base_url: str | None = None, **overrides: Any
+    ) -> tuple[ScriptedChannel, Dispatcher]:
+        channel = ScriptedChannel(ChannelName.SMS, base_url or fakes.twilio_url, answer)
+        settings = settings_for(fakes, **overrides)
+        return channel, make_dispatcher(settings, db_sessionmaker, redis, {"sms": channel})
+
+    return build
+
+
+async def reported(
     sessionmaker: async_sessionmaker[AsyncSession],
-    channel: ScriptedChannel,
-    **overrides: Any,
-) -> Dispatcher:
-    return make_dispatcher(settings_for(fakes, **overrides), sessionmaker, redis, {"sms": channel})
+    attempt_id: int,
+    status: AttemptStatus,
+    **fields: str | None,
+) -> None:
+    """A provider's report on one attempt, applied and committed in a unit of its own."""
+    async with sessionmaker() as session:
+        await report(session, attempt_id, status, **fields)
+        await session.commit()
 
 
 class TestSafety:
     async def test_outside_production_only_allowed_recipients_reach_a_real_provider(
-        self,
-        db_session: AsyncSession,
-        db_sessionmaker: async_sessionmaker[AsyncSession],
-        fakes: Fakes,
-        redis: Redis,
+        self, db_session: AsyncSession, scripted: Scripted
     ) -> None:
-        real = ScriptedChannel(ChannelName.SMS, "https://api.twilio.com")
-        dispatcher = scripted_dispatcher(
-            fakes,
-            redis,
-            db_sessionmaker,
-            real,
+        real, dispatcher = scripted(
+            base_url="https://api.twilio.com",
             app_env="staging",
             allowed_recipients="+8801711000004",
         )
@@ -351,16 +352,9 @@ class TestSafety:
         assert fresh.failure_reason is not None and "ALLOWED_RECIPIENTS" in fresh.failure_reason
 
     async def test_transient_error_retries_later_and_keeps_the_reason(
-        self,
-        db_session: AsyncSession,
-        db_sessionmaker: async_sessionmaker[AsyncSession],
-        fakes: Fakes,
-        redis: Redis,
+        self, db_session: AsyncSession, scripted: Scripted
     ) -> None:
-        flaky = ScriptedChannel(
-            ChannelName.SMS, fakes.twilio_url, TransientChannelError("busy", code="http_5xx")
-        )
-        dispatcher = scripted_dispatcher(fakes, redis, db_sessionmaker, flaky)
+        _, dispatcher = scripted(TransientChannelError("busy", code="http_5xx"))
         notification = await due(db_session, await patient_with(db_session, 3))
         was_due = notification.due_at
         await dispatcher.dispatch_once()
@@ -370,57 +364,39 @@ class TestSafety:
         assert fresh.failure_reason == "sms: http_5xx: busy"
         assert [(a.status, a.error_code) for a in attempts] == [("failed", "http_5xx")]
 
-    @pytest.mark.parametrize("early", [AttemptStatus.READ, AttemptStatus.DELIVERED])
+    @pytest.mark.parametrize(
+        ("early", "error_code"),
+        [
+            pytest.param(AttemptStatus.READ, None, id="read"),
+            pytest.param(AttemptStatus.DELIVERED, None, id="delivered"),
+            pytest.param(AttemptStatus.FAILED, "30003", id="failed-fails-the-notification"),
+        ],
+    )
     async def test_a_callback_that_beats_our_own_write_stands(
         self,
         db_session: AsyncSession,
         db_sessionmaker: async_sessionmaker[AsyncSession],
-        fakes: Fakes,
-        redis: Redis,
+        scripted: Scripted,
         early: AttemptStatus,
+        error_code: str | None,
     ) -> None:
         async def answer_after_callback(message: OutgoingMessage) -> SendResult:
             attempt_id = int(message.callback_url.rsplit("/", 1)[1])
-            async with db_sessionmaker() as session:
-                await report(session, attempt_id, early, provider_message_id="SM1")
-                await session.commit()
+            await reported(
+                db_sessionmaker,
+                attempt_id,
+                early,
+                provider_message_id="SM1",
+                **({"error_code": error_code} if error_code else {}),
+            )
             return SendResult(provider_message_id="SM1", provider_status="queued")
 
-        channel = ScriptedChannel(ChannelName.SMS, fakes.twilio_url, answer_after_callback)
-        dispatcher = scripted_dispatcher(fakes, redis, db_sessionmaker, channel)
+        _, dispatcher = scripted(answer_after_callback)
         notification = await due(db_session, await patient_with(db_session, 3))
         await dispatcher.dispatch_once()
         fresh, attempts = await reload(db_session, notification)
         assert fresh.state == early.value
-        assert [a.status for a in attempts] == [early.value]
-
-    async def test_a_failure_that_beats_our_own_write_fails_the_notification(
-        self,
-        db_session: AsyncSession,
-        db_sessionmaker: async_sessionmaker[AsyncSession],
-        fakes: Fakes,
-        redis: Redis,
-    ) -> None:
-        async def answer_after_failure(message: OutgoingMessage) -> SendResult:
-            attempt_id = int(message.callback_url.rsplit("/", 1)[1])
-            async with db_sessionmaker() as session:
-                await report(
-                    session,
-                    attempt_id,
-                    AttemptStatus.FAILED,
-                    provider_message_id="SM2",
-                    error_code="30003",
-                )
-                await session.commit()
-            return SendResult(provider_message_id="SM2", provider_status="queued")
-
-        channel = ScriptedChannel(ChannelName.SMS, fakes.twilio_url, answer_after_failure)
-        dispatcher = scripted_dispatcher(fakes, redis, db_sessionmaker, channel)
-        notification = await due(db_session, await patient_with(db_session, 3))
-        await dispatcher.dispatch_once()
-        fresh, attempts = await reload(db_session, notification)
-        assert fresh.state == "failed"
-        assert [(a.status, a.error_code) for a in attempts] == [("failed", "30003")]
+        assert [(a.status, a.error_code) for a in attempts] == [(early.value, error_code)]
 
 
 class TestUnclearAnswers:
@@ -428,8 +404,7 @@ class TestUnclearAnswers:
         self,
         db_session: AsyncSession,
         db_sessionmaker: async_sessionmaker[AsyncSession],
-        fakes: Fakes,
-        redis: Redis,
+        scripted: Scripted,
     ) -> None:
         unreadable = PermanentChannelError(
             "Twilio answered 201 without a message sid: it may have sent it",
@@ -437,8 +412,7 @@ class TestUnclearAnswers:
             unexpected=True,
             maybe_sent=True,
         )
-        channel = ScriptedChannel(ChannelName.SMS, fakes.twilio_url, unreadable)
-        dispatcher = scripted_dispatcher(fakes, redis, db_sessionmaker, channel)
+        channel, dispatcher = scripted(unreadable)
         notification = await due(db_session, await patient_with(db_session, 3))
         await dispatcher.dispatch_once()
         fresh, attempts = await reload(db_session, notification)
@@ -447,11 +421,9 @@ class TestUnclearAnswers:
         assert [(a.status, a.error_code) for a in attempts] == [("unconfirmed", "unexpected")]
 
         # The provider's own status callback confirms it after all.
-        async with db_sessionmaker() as session:
-            await report(
-                session, attempts[0].id, AttemptStatus.DELIVERED, provider_message_id="SM3"
-            )
-            await session.commit()
+        await reported(
+            db_sessionmaker, attempts[0].id, AttemptStatus.DELIVERED, provider_message_id="SM3"
+        )
         fresh, _ = await reload(db_session, notification)
         statuses = await db_session.scalars(
             select(DeliveryAttempt.status).where(DeliveryAttempt.notification_id == fresh.id)
@@ -461,17 +433,12 @@ class TestUnclearAnswers:
         assert len(channel.sent) == 1
 
     async def test_a_429_pauses_the_channel_for_every_worker(
-        self,
-        db_session: AsyncSession,
-        db_sessionmaker: async_sessionmaker[AsyncSession],
-        fakes: Fakes,
-        redis: Redis,
+        self, db_session: AsyncSession, redis: Redis, scripted: Scripted
     ) -> None:
         throttled = TransientChannelError(
             "Too Many Requests", code="20429", provider_status="429", retry_after=3
         )
-        channel = ScriptedChannel(ChannelName.SMS, fakes.twilio_url, throttled)
-        dispatcher = scripted_dispatcher(fakes, redis, db_sessionmaker, channel)
+        _, dispatcher = scripted(throttled)
         await due(db_session, await patient_with(db_session, 3))
         await dispatcher.dispatch_once()
         other_worker = channel_registry.build_limiters(dispatcher.settings, redis)["sms"]

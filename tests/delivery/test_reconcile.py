@@ -22,14 +22,13 @@ from tests.delivery.test_dispatcher import (
     Fakes,
     due,
     fakes,
-    http,
     make_dispatcher,
     patient_with,
     reload,
     settings_for,
 )
 
-__all__ = ["fakes", "http"]
+__all__ = ["fakes"]
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -10,7 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.delivery import dispatcher
+from app.delivery import repository as delivery_repository
+from app.delivery.repository import AttemptResult
+from app.delivery.types import Outcome
 from app.models import DeliveryAttempt, Notification
+from app.states import NotificationState as S
 from tests.factories import make_notification, make_patient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -64,3 +68,31 @@ class TestSweep:
         assert (await after_sweep(db_session, still_working))[0::2] == ("sending", ["sending"])
         # Nothing left to settle: a second sweep (another worker's) changes nothing.
         assert await dispatcher.sweep(db_sessionmaker, SETTINGS, NOW) == (0, 0)
+
+    async def test_a_worker_that_answers_after_the_sweep_that_its_send_failed_falls_back(
+        self, db_session: AsyncSession, db_sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        """The sweeper settled a slow worker's claim `sent` (attempt `unconfirmed`); the
+        worker's answer then says the send failed and the next channel is to be tried:
+        the next channel is tried after all, by whichever worker claims it next."""
+        notification = await left_sending(db_session, "sending")
+        attempt_id = await db_session.scalar(
+            select(DeliveryAttempt.id).where(DeliveryAttempt.notification_id == notification.id)
+        )
+        assert attempt_id is not None
+        await db_session.commit()
+        await dispatcher.sweep(db_sessionmaker, SETTINGS, NOW)
+        assert (await after_sweep(db_session, notification))[0::2] == ("sent", ["unconfirmed"])
+
+        failed = AttemptResult(attempt_id, "failed", None, None, "30003", "unreachable")
+        await delivery_repository.record_attempts(db_session, [failed])
+        next_channel = Outcome(S.SENDING, channel_chain=["sms", "whatsapp"], channel_index=1)
+        await delivery_repository.settle(db_session, {notification.id: next_channel})
+        await db_session.commit()
+        assert (await after_sweep(db_session, notification))[0::2] == ("sending", ["failed"])
+
+        # The slow worker no longer holds it (its claim is fenced); the sweeper frees it.
+        later = datetime.now(UTC) + timedelta(seconds=SETTINGS.sending_stale_after_seconds + 5)
+        assert await dispatcher.sweep(db_sessionmaker, SETTINGS, later) == (1, 0)
+        await db_session.refresh(notification)
+        assert (notification.state, notification.channel_index) == ("scheduled", 1)

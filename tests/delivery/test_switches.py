@@ -17,12 +17,11 @@ from tests.delivery.test_dispatcher import (
     dispatcher,
     due,
     fakes,
-    http,
     patient_with,
     reload,
 )
 
-__all__ = ["dispatcher", "fakes", "http"]
+__all__ = ["dispatcher", "fakes"]
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

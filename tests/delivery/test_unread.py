@@ -23,15 +23,14 @@ from tests.delivery.test_dispatcher import (
     Fakes,
     due,
     fakes,
-    http,
     make_dispatcher,
     patient_with,
     reload,
     settings_for,
 )
-from tests.factories import api, api_app, make_notification, make_patient
+from tests.factories import make_notification, make_patient
 
-__all__ = ["api", "api_app", "fakes", "http"]
+__all__ = ["fakes"]
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -16,6 +13,7 @@ from app.security import TokenSigner
 from tests.clock import daytime_zone
 from tests.factories import unique_id
 from tests.stack import TEST_SECRET_KEY, Stack
+from tests.waiting import wait_until
 
 
 def phone(last_digit: int) -> str:
@@ -64,20 +62,6 @@ async def schedule(
     return dict(answer.json())
 
 
-async def eventually(
-    check: Callable[[], Awaitable[Any]], *, timeout: float = 20.0, interval: float = 0.1
-) -> Any:
-    """Poll `check` until it returns something truthy; fail with its last answer."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"not reached within {timeout}s; last: {last!r}")
-
-
 async def notification_in(
     api: httpx.AsyncClient, notification_id: str, *states: str, timeout: float = 20.0
 ) -> dict[str, Any]:
@@ -86,7 +70,7 @@ async def notification_in(
         return data if data["state"] in states else None
 
     try:
-        result: dict[str, Any] = await eventually(check, timeout=timeout)
+        result: dict[str, Any] = await wait_until(check, timeout=timeout, interval=0.1)
     except AssertionError:
         final = (await api.get(f"/v1/notifications/{notification_id}")).json()
         raise AssertionError(f"never {states}: {final}") from None

@@ -5,14 +5,12 @@ the results endpoint counts it all."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from app.experiments.assignment import assign
 from tests.clock import daytime_zone
@@ -27,13 +25,6 @@ PLAN = [
     {"offset_days": 0, "template": "appointment_reminder.basic"},  # due now
     {"offset_days": 2, "template": "missed_visit.basic"},  # cleared by a visit
 ]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    key = await stack.create_api_key()
-    async with stack.client(key) as client:
-        yield client
 
 
 async def put_patient_in(
@@ -61,15 +52,15 @@ async def put_patient_in(
 
 class TestExperimentEndToEnd:
     async def test_reminders_go_out_visits_clear_them_and_results_count_it(
-        self, stack: Stack, api: httpx.AsyncClient
+        self, stack: Stack, stack_api: httpx.AsyncClient
     ) -> None:
         zone = daytime_zone()
         today = datetime.now(ZoneInfo(zone)).date()
         utc_today = datetime.now(UTC).date()
         plan = unique_id("cascade")
-        answer = await api.put(f"/v1/reminder-plans/{plan}", json={"reminders": PLAN})
+        answer = await stack_api.put(f"/v1/reminder-plans/{plan}", json={"reminders": PLAN})
         assert answer.status_code == 201, answer.text
-        answer = await api.post(
+        answer = await stack_api.post(
             "/v1/experiments",
             json={
                 "name": unique_id("e2e"),
@@ -88,15 +79,17 @@ class TestExperimentEndToEnd:
         experiment = answer.json()
 
         control_numbers = [phone(4), phone(4)]
-        controls = [await put_patient_in(api, experiment, 0, n, zone) for n in control_numbers]
-        by_sms = await put_patient_in(api, experiment, 1, phone(4), zone)
-        by_imo = await put_patient_in(api, experiment, 1, phone(3), zone)
-        unreachable = await put_patient_in(api, experiment, 1, phone(7), zone)
+        controls = [
+            await put_patient_in(stack_api, experiment, 0, n, zone) for n in control_numbers
+        ]
+        by_sms = await put_patient_in(stack_api, experiment, 1, phone(4), zone)
+        by_imo = await put_patient_in(stack_api, experiment, 1, phone(3), zone)
+        unreachable = await put_patient_in(stack_api, experiment, 1, phone(7), zone)
         await accept_imo_invitation(stack, by_imo)
 
         appointments: dict[str, dict[str, Any]] = {}
         for patient_id in [*controls, by_sms, by_imo, unreachable]:
-            answer = await api.put(
+            answer = await stack_api.put(
                 f"/v1/appointments/{unique_id('a')}",
                 json={"patient_id": patient_id, "scheduled_date": today.isoformat()},
             )
@@ -115,13 +108,13 @@ class TestExperimentEndToEnd:
         def due_now(patient_id: str) -> str:
             return str(appointments[patient_id]["reminders"][0]["id"])
 
-        delivered = await notification_in(api, due_now(by_sms), "delivered")
+        delivered = await notification_in(stack_api, due_now(by_sms), "delivered")
         assert [(a["channel"], a["status"]) for a in delivered["attempts"]] == [
             ("sms", "delivered")
         ]
-        read = await notification_in(api, due_now(by_imo), "read")
+        read = await notification_in(stack_api, due_now(by_imo), "read")
         assert [(a["channel"], a["status"]) for a in read["attempts"]] == [("imo", "read")]
-        await notification_in(api, due_now(unreachable), "failed")
+        await notification_in(stack_api, due_now(unreachable), "failed")
 
         # The control group got nothing, on any channel.
         twilio, imo = await stack.twilio_stats(), await stack.imo_stats()
@@ -131,7 +124,7 @@ class TestExperimentEndToEnd:
 
         # A control patient and the SMS patient come back; the visit clears the rest.
         for patient_id in (controls[0], by_sms):
-            answer = await api.post(
+            answer = await stack_api.post(
                 f"/v1/appointments/{appointments[patient_id]['id']}/visit",
                 json={"visited_at": datetime.now(UTC).isoformat()},
             )
@@ -140,7 +133,7 @@ class TestExperimentEndToEnd:
                 ["delivered", "cleared"] if patient_id == by_sms else []
             )
 
-        answer = await api.get(f"/v1/experiments/{experiment['id']}/results")
+        answer = await stack_api.get(f"/v1/experiments/{experiment['id']}/results")
         assert answer.status_code == 200, answer.text
         control, cascade = answer.json()["groups"]
         assert (control["enrolled"], control["returned"], control["reminders"]) == (2, 1, 0)

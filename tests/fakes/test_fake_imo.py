@@ -19,7 +19,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from app.fakes.imo import FakeImoConfig, start_fake_imo
+from app.fakes.imo import FAKE_IMO_KEY, FakeImoConfig, start_fake_imo
+from app.fakes.server import start as start_server
+from tests.waiting import wait_until
 
 USERNAME = "u"
 PASSWORD = "p"
@@ -66,14 +68,8 @@ async def start(session: aiohttp.ClientSession, **options: Any) -> Fake:
 
 
 @pytest_asyncio.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
-
-
-@pytest_asyncio.fixture
-async def fake(session: aiohttp.ClientSession) -> AsyncIterator[Fake]:
-    fake = await start(session, callback_retry_delay=0.01)
+async def fake(http: aiohttp.ClientSession) -> AsyncIterator[Fake]:
+    fake = await start(http, callback_retry_delay=0.01)
     yield fake
     await fake.runner.cleanup()
 
@@ -85,28 +81,35 @@ class Receiver:
     port: int = 0
     statuses: list[int] = field(default_factory=list)
     received: list[dict[str, str]] = field(default_factory=list)
+    # The `name` of the URL each callback in `received` came to.
+    names: list[str] = field(default_factory=list)
 
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/cb"
+    def url(self, name: str = "cb") -> str:
+        return f"http://127.0.0.1:{self.port}/cb/{name}"
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.content_type == "application/json":
             self.received.append(await request.json())
         else:
             self.received.append(dict(await request.post()))  # type: ignore[arg-type]
+        self.names.append(request.match_info["name"])
         return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+    async def control(self, fake: Fake) -> None:
+        """Invite a number that accepts, and wait for its callback: a callback that was
+        coming for anything sent before would have come by then."""
+        await fake.call("send_invite", "+8801711000005", self.url("control"))
+        await wait_until(lambda: "control" in self.names)
+        self.received.pop(self.names.index("control"))
+        self.names.remove("control")
 
 
 @pytest_asyncio.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver()
     app = web.Application()
-    app.router.add_post("/cb", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.port = runner.addresses[0][1]
+    app.router.add_post("/cb/{name}", receiver.handle)
+    runner, receiver.port = await start_server(app, "127.0.0.1", 0)
     yield receiver
     await runner.cleanup()
 
@@ -172,7 +175,7 @@ class TestSteering:
             200,
             {"status": "success", "response": {"error_code": "not_subscribed"}},
         )
-        await asyncio.sleep(DELAY * 3)
+        await receiver.control(fake)
         assert receiver.received == []
         _, body = await fake.call("send_invite", "+8801711000001")
         assert orjson.loads(body)["response"] == {"error_code": "invited"}
@@ -306,14 +309,16 @@ class TestFaults:
 
     @pytest.mark.asyncio
     async def test_timeout_rate_hangs_but_shuts_down_at_once(
-        self, session: aiohttp.ClientSession
+        self, http: aiohttp.ClientSession
     ) -> None:
-        fake = await start(session, timeout_rate=1.0)
+        fake = await start(http, timeout_rate=1.0)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
                 await fake.call("send_notification", "+8801711000003")
         hanging = asyncio.create_task(fake.call("send_notification", "+8801711000004"))
-        await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: fake.runner.app[FAKE_IMO_KEY].phones["send_notification"]["+8801711000004"]
+        )
         started = time.monotonic()
         await fake.runner.cleanup()
         assert time.monotonic() - started < 2
@@ -324,10 +329,10 @@ class TestFaults:
         assert status == 504
 
     @pytest.mark.asyncio
-    async def test_seeded_mix_is_reproducible(self, session: aiohttp.ClientSession) -> None:
+    async def test_seeded_mix_is_reproducible(self, http: aiohttp.ClientSession) -> None:
         outcomes = []
         for _ in range(2):
-            fake = await start(session, error_rate=0.3, garbage_rate=0.2, seed=7)
+            fake = await start(http, error_rate=0.3, garbage_rate=0.2, seed=7)
             statuses = [
                 (await fake.call("send_notification", "+8801711000007"))[0] for _ in range(40)
             ]
@@ -344,9 +349,10 @@ class TestCallbacks:
         await fake.configure(callbacks_enabled=False)
         await fake.call("send_invite", "+8801711000003", receiver.url())
         await fake.call("send_notification", "+8801711000003", receiver.url())
-        await asyncio.sleep(DELAY * 3)
-        assert receiver.received == []
         assert (await fake.stats())["callbacks"]["scheduled"] == 0
+        await fake.configure(callbacks_enabled=True)
+        await receiver.control(fake)
+        assert receiver.received == []
         _, body = await fake.call("send_invite", "+8801711000003", receiver.url())
         assert orjson.loads(body)["response"] == {"error_code": "subscribed"}
 

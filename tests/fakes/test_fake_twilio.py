@@ -6,7 +6,7 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
@@ -17,7 +17,9 @@ import pytest_asyncio
 from aiohttp import web
 
 from app.channels import twilio_signature
-from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
+from app.fakes.server import start as start_server
+from app.fakes.twilio import FAKE_TWILIO, FakeTwilioConfig, start_fake_twilio
+from tests.waiting import wait_until
 
 SID = FakeTwilioConfig().account_sid
 TOKEN = FakeTwilioConfig().auth_token
@@ -73,13 +75,11 @@ class Receiver:
     def statuses(self, name: str) -> list[str]:
         return [c.params["MessageStatus"] for c in self.calls if c.url == self.url(name)]
 
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+    async def control(self, session: aiohttp.ClientSession, fake: Fake) -> None:
+        """Send a message that calls back, and wait for its first callback: one that was
+        coming for anything sent before would have come by then."""
+        await send(session, fake, StatusCallback=self.url("control"))
+        await wait_until(lambda: self.statuses("control"))
 
 
 @pytest_asyncio.fixture
@@ -90,21 +90,12 @@ async def fake() -> AsyncIterator[Fake]:
 
 
 @pytest_asyncio.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest_asyncio.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/status/{name}", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, port = await start_server(app, "127.0.0.1", 0)
+    receiver.base_url = f"http://127.0.0.1:{port}"
     yield receiver
     await runner.cleanup()
 
@@ -153,8 +144,8 @@ async def settled_callbacks(session: aiohttp.ClientSession, fake: Fake) -> objec
 
 class TestAcceptedMessage:
     @pytest.mark.asyncio
-    async def test_answers_like_twilio(self, fake: Fake, session: aiohttp.ClientSession) -> None:
-        status, body, response = await send(session, fake)
+    async def test_answers_like_twilio(self, fake: Fake, http: aiohttp.ClientSession) -> None:
+        status, body, response = await send(http, fake)
 
         assert status == 201
         assert response.content_type == "application/json"
@@ -178,9 +169,9 @@ class TestAcceptedMessage:
         [("a" * 160, "1"), ("a" * 161, "2"), ("আ" * 70, "1"), ("আ" * 71, "2")],
     )
     async def test_counts_segments_like_gsm_and_ucs2(
-        self, fake: Fake, session: aiohttp.ClientSession, text: str, segments: str
+        self, fake: Fake, http: aiohttp.ClientSession, text: str, segments: str
     ) -> None:
-        status, body, _ = await send(session, fake, Body=text)
+        status, body, _ = await send(http, fake, Body=text)
 
         assert status == 201
         assert orjson.loads(body)["num_segments"] == segments
@@ -193,9 +184,9 @@ class TestRefusals:
         [None, basic_auth(SID, "wrong"), basic_auth("ACother", TOKEN), "Bearer x", "Basic !!"],
     )
     async def test_wrong_credentials_are_401(
-        self, fake: Fake, session: aiohttp.ClientSession, auth: str | None
+        self, fake: Fake, http: aiohttp.ClientSession, auth: str | None
     ) -> None:
-        status, body, _ = await send(session, fake, auth=auth)
+        status, body, _ = await send(http, fake, auth=auth)
 
         assert status == 401
         assert orjson.loads(body) == {
@@ -207,10 +198,10 @@ class TestRefusals:
 
     @pytest.mark.asyncio
     async def test_another_accounts_url_is_401(
-        self, fake: Fake, session: aiohttp.ClientSession
+        self, fake: Fake, http: aiohttp.ClientSession
     ) -> None:
         url = fake.messages_url.replace(SID, "AC" + "1" * 32)
-        async with session.post(
+        async with http.post(
             url, data={"To": "+1", "From": "+2", "Body": "x"}, headers={"Authorization": AUTH}
         ) as r:
             assert r.status == 401
@@ -218,9 +209,9 @@ class TestRefusals:
     @pytest.mark.asyncio
     @pytest.mark.parametrize(("missing", "code"), [("To", 21604), ("From", 21603), ("Body", 21602)])
     async def test_missing_field_is_400_with_twilio_code(
-        self, fake: Fake, session: aiohttp.ClientSession, missing: str, code: int
+        self, fake: Fake, http: aiohttp.ClientSession, missing: str, code: int
     ) -> None:
-        status, body, _ = await send(session, fake, fields={missing: ""})
+        status, body, _ = await send(http, fake, fields={missing: ""})
 
         assert status == 400
         error = orjson.loads(body)
@@ -229,10 +220,10 @@ class TestRefusals:
 
     @pytest.mark.asyncio
     async def test_number_ending_in_8_is_invalid_without_callbacks(
-        self, fake: Fake, session: aiohttp.ClientSession, receiver: Receiver
+        self, fake: Fake, http: aiohttp.ClientSession, receiver: Receiver
     ) -> None:
         status, body, _ = await send(
-            session, fake, To="+8801711000008", StatusCallback=receiver.url("eight")
+            http, fake, To="+8801711000008", StatusCallback=receiver.url("eight")
         )
 
         assert status == 400
@@ -242,11 +233,11 @@ class TestRefusals:
             "more_info": "https://www.twilio.com/docs/errors/21211",
             "status": 400,
         }
-        await asyncio.sleep(DELAY * 3)
-        assert receiver.calls == []
-        counts = await stats(session, fake)
+        counts = await stats(http, fake)
         assert counts["accepted"] == 0
         assert counts["responses"] == {"400": 1}
+        await receiver.control(http, fake)
+        assert receiver.statuses("eight") == []
 
 
 class TestStatusCallbacks:
@@ -262,14 +253,14 @@ class TestStatusCallbacks:
     async def test_walks_sent_then_final_status_signed(
         self,
         fake: Fake,
-        session: aiohttp.ClientSession,
+        http: aiohttp.ClientSession,
         receiver: Receiver,
         to: str,
         final: str,
         error_code: str | None,
     ) -> None:
         url = receiver.url("walk")
-        status, body, _ = await send(session, fake, To=to, StatusCallback=url)
+        status, body, _ = await send(http, fake, To=to, StatusCallback=url)
         assert status == 201
         sid = orjson.loads(body)["sid"]
 
@@ -291,7 +282,7 @@ class TestStatusCallbacks:
         assert last.params["SmsStatus"] == final
         for call in receiver.calls:
             assert twilio_signature.is_valid(TOKEN, url, call.params, call.signature)
-        assert await settled_callbacks(session, fake) == {
+        assert await settled_callbacks(http, fake) == {
             "sent": 2,
             "failed": 0,
             "rejected": {},
@@ -300,16 +291,16 @@ class TestStatusCallbacks:
 
     @pytest.mark.asyncio
     async def test_retries_5xx_and_counts_rejections(
-        self, fake: Fake, session: aiohttp.ClientSession, receiver: Receiver
+        self, fake: Fake, http: aiohttp.ClientSession, receiver: Receiver
     ) -> None:
         # The first callback gets 503 then 200 (retried); the second gets 403 (kept).
         receiver.answers = [503, 200, 403]
-        await send(session, fake, StatusCallback=receiver.url("retry"))
+        await send(http, fake, StatusCallback=receiver.url("retry"))
 
         await wait_until(lambda: len(receiver.calls) == 3)
 
         assert receiver.statuses("retry") == ["sent", "sent", "delivered"]
-        assert await settled_callbacks(session, fake) == {
+        assert await settled_callbacks(http, fake) == {
             "sent": 1,
             "failed": 0,
             "rejected": {"403": 1},
@@ -318,11 +309,11 @@ class TestStatusCallbacks:
 
     @pytest.mark.asyncio
     async def test_unreachable_callback_counts_as_failed(
-        self, fake: Fake, session: aiohttp.ClientSession
+        self, fake: Fake, http: aiohttp.ClientSession
     ) -> None:
-        await send(session, fake, StatusCallback="http://127.0.0.1:9/status")
+        await send(http, fake, StatusCallback="http://127.0.0.1:9/status")
 
-        assert await settled_callbacks(session, fake) == {
+        assert await settled_callbacks(http, fake) == {
             "sent": 0,
             "failed": 2,
             "rejected": {},
@@ -331,29 +322,30 @@ class TestStatusCallbacks:
 
     @pytest.mark.asyncio
     async def test_no_callbacks_when_disabled(
-        self, fake: Fake, session: aiohttp.ClientSession, receiver: Receiver
+        self, fake: Fake, http: aiohttp.ClientSession, receiver: Receiver
     ) -> None:
-        assert await configure(session, fake, callbacks_enabled=False) == 200
+        assert await configure(http, fake, callbacks_enabled=False) == 200
 
-        status, _, _ = await send(session, fake, StatusCallback=receiver.url("off"))
+        status, _, _ = await send(http, fake, StatusCallback=receiver.url("off"))
 
         assert status == 201
-        await asyncio.sleep(DELAY * 3)
-        assert receiver.calls == []
+        assert await configure(http, fake, callbacks_enabled=True) == 200
+        await receiver.control(http, fake)
+        assert receiver.statuses("off") == []
 
 
 class TestHooks:
     @pytest.mark.asyncio
     async def test_stats_count_per_recipient_and_sender(
-        self, fake: Fake, session: aiohttp.ClientSession
+        self, fake: Fake, http: aiohttp.ClientSession
     ) -> None:
-        await send(session, fake, To="+8801711000001", From="+15005550001")
-        await send(session, fake, To="+8801711000001", From="+15005550002")
-        await send(session, fake, To="+8801711000002", From="+15005550001")
-        await send(session, fake, To="+8801711000008", From="+15005550001")
-        await send(session, fake, auth=None)
+        await send(http, fake, To="+8801711000001", From="+15005550001")
+        await send(http, fake, To="+8801711000001", From="+15005550002")
+        await send(http, fake, To="+8801711000002", From="+15005550001")
+        await send(http, fake, To="+8801711000008", From="+15005550001")
+        await send(http, fake, auth=None)
 
-        counts = await stats(session, fake)
+        counts = await stats(http, fake)
 
         assert counts["requests"] == 5
         assert counts["accepted"] == 3
@@ -363,35 +355,36 @@ class TestHooks:
 
     @pytest.mark.asyncio
     async def test_reset_zeroes_counts_drops_callbacks_and_restores_config(
-        self, fake: Fake, session: aiohttp.ClientSession, receiver: Receiver
+        self, fake: Fake, http: aiohttp.ClientSession, receiver: Receiver
     ) -> None:
-        await configure(session, fake, callback_delay=0.3, error_rate=0.5)
+        await configure(http, fake, callback_delay=0.3, error_rate=0.5)
         for _ in range(4):
-            await send(session, fake, StatusCallback=receiver.url("reset"))
+            await send(http, fake, StatusCallback=receiver.url("reset"))
 
-        async with session.post(f"{fake.base_url}/_fake/reset") as response:
+        async with http.post(f"{fake.base_url}/_fake/reset") as response:
             assert response.status == 200
             config = await response.json()
 
         assert config["error_rate"] == 0.0
         assert config["callback_delay"] == DELAY
         assert "auth_token" not in config
-        counts = await stats(session, fake)
+        counts = await stats(http, fake)
         assert counts["requests"] == 0
         assert counts["to"] == {}
         assert counts["callbacks"] == {"sent": 0, "failed": 0, "rejected": {}, "pending": 0}
-        await asyncio.sleep(0.4)
-        assert receiver.calls == []
+        # The dropped callbacks were due 0.3 s after their messages: a control sent after
+        # them with the same delay calls back later than they would have.
+        await configure(http, fake, callback_delay=0.3)
+        await receiver.control(http, fake)
+        assert receiver.statuses("reset") == []
 
     @pytest.mark.asyncio
-    async def test_config_changes_apply_now(
-        self, fake: Fake, session: aiohttp.ClientSession
-    ) -> None:
-        assert await configure(session, fake, error_rate=1.0) == 200
-        assert (await send(session, fake))[0] == 500
+    async def test_config_changes_apply_now(self, fake: Fake, http: aiohttp.ClientSession) -> None:
+        assert await configure(http, fake, error_rate=1.0) == 200
+        assert (await send(http, fake))[0] == 500
 
-        assert await configure(session, fake, error_rate=0.0) == 200
-        assert (await send(session, fake))[0] == 201
+        assert await configure(http, fake, error_rate=0.0) == 200
+        assert (await send(http, fake))[0] == 201
 
     @pytest.mark.asyncio
     @pytest.mark.parametrize(
@@ -406,10 +399,10 @@ class TestHooks:
         ],
     )
     async def test_bad_config_is_400_and_changes_nothing(
-        self, fake: Fake, session: aiohttp.ClientSession, changes: dict[str, object]
+        self, fake: Fake, http: aiohttp.ClientSession, changes: dict[str, object]
     ) -> None:
-        assert await configure(session, fake, **changes) == 400
-        assert (await send(session, fake))[0] == 201
+        assert await configure(http, fake, **changes) == 400
+        assert (await send(http, fake))[0] == 201
 
 
 class TestFaults:
@@ -418,18 +411,18 @@ class TestFaults:
 
     @pytest.mark.asyncio
     async def test_rates_are_seeded_and_roughly_kept(
-        self, fake: Fake, session: aiohttp.ClientSession
+        self, fake: Fake, http: aiohttp.ClientSession
     ) -> None:
-        await configure(session, fake, error_rate=0.2, rate_limited_rate=0.2, seed=7)
-        first = await self._statuses(session, fake, 200)
-        await configure(session, fake, seed=7)
-        again = await self._statuses(session, fake, 200)
+        await configure(http, fake, error_rate=0.2, rate_limited_rate=0.2, seed=7)
+        first = await self._statuses(http, fake, 200)
+        await configure(http, fake, seed=7)
+        again = await self._statuses(http, fake, 200)
 
         assert first == again
         assert 20 <= first.count(500) <= 60
         assert 20 <= first.count(429) <= 60
         assert first.count(201) == 200 - first.count(500) - first.count(429)
-        counts = await stats(session, fake)
+        counts = await stats(http, fake)
         assert counts["faults"] == {
             "error": 2 * first.count(500),
             "rate_limited": 2 * first.count(429),
@@ -437,25 +430,23 @@ class TestFaults:
         assert counts["accepted"] == 2 * first.count(201)
 
     @pytest.mark.asyncio
-    async def test_error_is_500_with_garbage(
-        self, fake: Fake, session: aiohttp.ClientSession
-    ) -> None:
-        await configure(session, fake, error_rate=1.0)
+    async def test_error_is_500_with_garbage(self, fake: Fake, http: aiohttp.ClientSession) -> None:
+        await configure(http, fake, error_rate=1.0)
 
-        status, body, _ = await send(session, fake)
+        status, body, _ = await send(http, fake)
 
         assert status == 500
         with pytest.raises(ValueError):
             orjson.loads(body)
-        assert (await stats(session, fake))["accepted"] == 0
+        assert (await stats(http, fake))["accepted"] == 0
 
     @pytest.mark.asyncio
     async def test_rate_limited_is_429_with_retry_after(
-        self, fake: Fake, session: aiohttp.ClientSession
+        self, fake: Fake, http: aiohttp.ClientSession
     ) -> None:
-        await configure(session, fake, rate_limited_rate=1.0)
+        await configure(http, fake, rate_limited_rate=1.0)
 
-        status, body, response = await send(session, fake)
+        status, body, response = await send(http, fake)
 
         assert status == 429
         assert response.headers["Retry-After"] == "1"
@@ -464,30 +455,28 @@ class TestFaults:
 
     @pytest.mark.asyncio
     async def test_garbage_is_accepted_but_unreadable(
-        self, fake: Fake, session: aiohttp.ClientSession, receiver: Receiver
+        self, fake: Fake, http: aiohttp.ClientSession, receiver: Receiver
     ) -> None:
-        await configure(session, fake, garbage_rate=1.0)
+        await configure(http, fake, garbage_rate=1.0)
 
-        status, body, _ = await send(session, fake, StatusCallback=receiver.url("garbage"))
+        status, body, _ = await send(http, fake, StatusCallback=receiver.url("garbage"))
 
         assert status == 201
         with pytest.raises(ValueError):
             orjson.loads(body)
-        assert (await stats(session, fake))["to"] == {"+8801711000001": 1}
+        assert (await stats(http, fake))["to"] == {"+8801711000001": 1}
         await wait_until(lambda: len(receiver.calls) == 2)
 
     @pytest.mark.asyncio
-    async def test_timeout_hangs_and_shutdown_is_prompt(
-        self, session: aiohttp.ClientSession
-    ) -> None:
+    async def test_timeout_hangs_and_shutdown_is_prompt(self, http: aiohttp.ClientSession) -> None:
         runner, port = await start_fake_twilio(FakeTwilioConfig(timeout_rate=1.0))
         fake = Fake(f"http://127.0.0.1:{port}", runner)
         try:
             with pytest.raises(TimeoutError):
-                await send(session, fake, timeout=0.2)
+                await send(http, fake, timeout=0.2)
             # Another request left hanging while the server stops.
-            hanging = asyncio.create_task(send(session, fake, timeout=10))
-            await asyncio.sleep(0.1)
+            hanging = asyncio.create_task(send(http, fake, timeout=10))
+            await wait_until(lambda: runner.app[FAKE_TWILIO].requests == 2)
         finally:
             started = time.monotonic()
             await runner.cleanup()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.config import Settings
+from app.imo import service as imo_service
 from tests.clock import daytime_zone
+from tests.stack import Database
 
 
 def invite_phone(number: int, digit: int) -> str:
@@ -65,3 +68,21 @@ async def authorizations(connection: AsyncConnection) -> dict[str, tuple[str, da
         text("SELECT patient_id, status, last_invited_at FROM imo_authorizations")
     )
     return {row[0]: (row[1], row[2]) for row in rows}
+
+
+async def start_round(db: Database, settings: Settings, *, limit: int | None = None) -> int:
+    """A round started through the API's service, committed; its id."""
+    async with db.sessionmaker() as session:
+        round_ = await imo_service.start_round(
+            session, settings, trigger="api", now=datetime.now(UTC), limit=limit
+        )
+        await session.commit()
+        return round_.id
+
+
+async def round_state(db: Database, round_id: int) -> str:
+    async with db.engine.connect() as connection:
+        state = await connection.scalar(
+            text("SELECT state FROM imo_invitation_rounds WHERE id = :id"), {"id": round_id}
+        )
+    return str(state)

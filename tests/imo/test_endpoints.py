@@ -1,5 +1,5 @@
 """The invitation endpoints through the real app, on the test's rolled-back transaction
-(no worker: the rounds started here are not worked; `test_e2e` runs them)."""
+(no worker: the rounds started here are not worked; tests/e2e/test_invitations.py runs them)."""
 
 from __future__ import annotations
 
@@ -13,29 +13,19 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.main import create_app
 from app.models import ImoAuthorization
-from tests.factories import api_client, make_patient
+from tests.factories import api_client, make_patient, running_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def imo_app() -> AsyncIterator[FastAPI]:
-    # Imo configured (nothing is sent: no worker runs here).
-    app = create_app(
+async def api_app() -> AsyncIterator[FastAPI]:
+    """The app with Imo configured (nothing is sent: no worker runs here)."""
+    async with running_app(
         Settings(app_env="test", imo_base_url="http://127.0.0.1:9/api/simple", imo_username="u")
-    )
-    async with app.router.lifespan_context(app):
+    ) as app:
         yield app
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(
-    imo_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(imo_app, db_sessionmaker) as client:
-        yield client
 
 
 class TestStartRound:
@@ -70,9 +60,12 @@ class TestStartRound:
         assert "limit" in answer.text
 
     async def test_without_imo_credentials_it_is_409(
-        self, api_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
+        self, db_sessionmaker: async_sessionmaker[AsyncSession]
     ) -> None:
-        async with api_client(api_app, db_sessionmaker) as client:
+        async with (
+            running_app(Settings(app_env="test")) as unconfigured,
+            api_client(unconfigured, db_sessionmaker) as client,
+        ):
             answer = await client.post("/v1/imo/invitations/run")
         assert answer.status_code == 409
         assert answer.json()["error"]["code"] == "imo_not_configured"
@@ -107,8 +100,8 @@ class TestReading:
             },
         }
 
-    async def test_an_api_key_is_needed(self, imo_app: FastAPI) -> None:
-        transport = httpx.ASGITransport(app=imo_app)
+    async def test_an_api_key_is_needed(self, api_app: FastAPI) -> None:
+        transport = httpx.ASGITransport(app=api_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as anonymous:
             for path in ("/v1/imo/authorizations/summary", "/v1/imo/invitations/runs/1"):
                 assert (await anonymous.get(path)).status_code == 401

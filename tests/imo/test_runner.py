@@ -26,38 +26,31 @@ from app.notifications.window import MessagingWindow
 from app.switches import service as switch_service
 from app.switches.scope import parse_scope
 from tests.clock import daytime_zone, night_zone
-from tests.imo.conftest import FakeImo, ImoDb, RunnerFactory, round_settings
-from tests.imo.helpers import authorizations, invite_phone, seed_patients, set_authorization
+from tests.fake_servers import FakeImo
+from tests.imo.conftest import RunnerFactory, round_settings
+from tests.imo.helpers import (
+    authorizations,
+    invite_phone,
+    round_state,
+    seed_patients,
+    set_authorization,
+    start_round,
+)
+from tests.stack import Database
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def start(db: ImoDb, settings: Any, *, limit: int | None = None) -> int:
-    async with db.sessionmaker() as session:
-        round_ = await imo_service.start_round(
-            session, settings, trigger="api", now=datetime.now(UTC), limit=limit
-        )
-        await session.commit()
-        return round_.id
-
-
-async def counts(db: ImoDb, round_id: int) -> dict[str, int]:
+async def counts(db: Database, round_id: int) -> dict[str, int]:
     async with db.sessionmaker() as session:
         found = await imo_repository.round_counts(session, round_id)
     return {name: count for name, count in found.items() if count}
 
 
-async def round_state(db: ImoDb, round_id: int) -> str:
-    async with db.engine.connect() as connection:
-        state = await connection.scalar(
-            text("SELECT state FROM imo_invitation_rounds WHERE id = :id"), {"id": round_id}
-        )
-    return str(state)
-
-
 class TestAnswers:
     async def test_each_answer_of_the_fake_is_recorded(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         phones = {
             "invited": invite_phone(1, 3),
@@ -74,7 +67,7 @@ class TestAnswers:
         fake_imo.configure(callback_delay=0.0)
         runner = make_runner(round_settings(db, fake_imo))
         await runner.imo.invite(invitation(phones["subscribed"]))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
 
         idle = await runner.work(round_id, asyncio.Event())
 
@@ -99,7 +92,7 @@ class TestAnswers:
 
     async def test_unexpected_answers_are_reported_counted_and_left_for_the_next_round(
         self,
-        db: ImoDb,
+        db: Database,
         fake_imo: FakeImo,
         make_runner: RunnerFactory,
         monkeypatch: pytest.MonkeyPatch,
@@ -113,7 +106,7 @@ class TestAnswers:
             await seed_patients(connection, phones)
         fake_imo.configure(garbage_rate=1.0)
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
 
         assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
 
@@ -128,13 +121,13 @@ class TestAnswers:
             assert await authorizations(connection) == {}
         # The next round tries them again, once each.
         fake_imo.configure(garbage_rate=0.0)
-        second = await start(db, runner.settings)
+        second = await start_round(db, runner.settings)
         await runner.work(second, asyncio.Event())
         assert await counts(db, second) == {"invited": 3}
         assert set(fake_imo.requests_per_phone().values()) == {2}
 
     async def test_not_subscribed_is_recorded(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         # The fake never answers an invitation so; a scripted Imo does.
         async def not_subscribed(request: web.Request) -> web.Response:
@@ -152,7 +145,7 @@ class TestAnswers:
                 [patient_id] = await seed_patients(connection, [invite_phone(1, 5)])
             url = f"http://127.0.0.1:{scripted.addresses[0][1]}/api/simple"
             runner = make_runner(round_settings(db, fake_imo, imo_base_url=url))
-            round_id = await start(db, runner.settings)
+            round_id = await start_round(db, runner.settings)
             await runner.work(round_id, asyncio.Event())
         finally:
             await scripted.cleanup()
@@ -163,7 +156,7 @@ class TestAnswers:
 
 class TestWhoIsInvited:
     async def test_candidates_and_the_reinvite_rule(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         now = datetime.now(UTC)
         old, recent = now - timedelta(days=181), now - timedelta(days=10)
@@ -193,7 +186,7 @@ class TestWhoIsInvited:
                 text("UPDATE patients SET mobile_e164 = NULL WHERE id = :id"), {"id": landline}
             )
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
 
         await runner.work(round_id, asyncio.Event())
 
@@ -205,18 +198,18 @@ class TestWhoIsInvited:
         assert found[ids["subscribed_long_ago"]][0] == "subscribed"
 
     async def test_a_limit_invites_that_many(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         async with db.engine.begin() as connection:
             await seed_patients(connection, [invite_phone(n, 3) for n in range(20)])
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings, limit=9)
+        round_id = await start_round(db, runner.settings, limit=9)
         await runner.work(round_id, asyncio.Event())
         assert await counts(db, round_id) == {"invited": 9}
         assert await round_state(db, round_id) == "completed"
 
     async def test_several_runners_invite_each_patient_once(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         phones = [invite_phone(n, 3 + n % 7) for n in range(300)]
         async with db.engine.begin() as connection:
@@ -224,7 +217,7 @@ class TestWhoIsInvited:
             await seed_patients(connection, phones[150:], prefix="q", time_zone="Asia/Dhaka")
         settings = round_settings(db, fake_imo, imo_rate_limit_per_second=3000)
         runners = [make_runner(settings) for _ in range(3)]
-        round_id = await start(db, settings)
+        round_id = await start_round(db, settings)
         window = MessagingWindow(settings.messaging_window_start, settings.messaging_window_end)
         open_now = window.contains(datetime.now(UTC), "Asia/Dhaka")
 
@@ -239,18 +232,18 @@ class TestWhoIsInvited:
 
 class TestConcurrentRounds:
     async def test_a_second_start_says_a_round_is_running(
-        self, db: ImoDb, fake_imo: FakeImo
+        self, db: Database, fake_imo: FakeImo
     ) -> None:
         settings = round_settings(db, fake_imo)
-        first = await start(db, settings)
+        first = await start_round(db, settings)
         with pytest.raises(imo_service.RoundRunning) as refused:
-            await start(db, settings)
+            await start_round(db, settings)
         assert refused.value.round_id == first
 
-    async def test_two_starts_at_once_make_one_round(self, db: ImoDb, fake_imo: FakeImo) -> None:
+    async def test_two_starts_at_once_make_one_round(self, db: Database, fake_imo: FakeImo) -> None:
         settings = round_settings(db, fake_imo)
         answers = await asyncio.gather(
-            *(start(db, settings) for _ in range(4)), return_exceptions=True
+            *(start_round(db, settings) for _ in range(4)), return_exceptions=True
         )
         started = [a for a in answers if isinstance(a, int)]
         refused = [a for a in answers if isinstance(a, imo_service.RoundRunning)]
@@ -258,12 +251,12 @@ class TestConcurrentRounds:
         assert {r.round_id for r in refused} == set(started)
 
     async def test_a_new_round_can_start_when_the_last_completed(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         runner = make_runner(round_settings(db, fake_imo))
-        first = await start(db, runner.settings)
+        first = await start_round(db, runner.settings)
         assert (await runner.work(first, asyncio.Event())).reason == "completed"
-        assert await start(db, runner.settings) != first
+        assert await start_round(db, runner.settings) != first
 
 
 class Clock:
@@ -274,7 +267,7 @@ class Clock:
         return self.now
 
 
-async def put_switch(db: ImoDb, scope: str, *, paused: bool) -> None:
+async def put_switch(db: Database, scope: str, *, paused: bool) -> None:
     async with db.sessionmaker() as session:
         await switch_service.put_switch(
             session, parse_scope(scope), paused=paused, reason="t", by="t", now=datetime.now(UTC)
@@ -285,7 +278,7 @@ async def put_switch(db: ImoDb, scope: str, *, paused: bool) -> None:
 class TestSwitch:
     async def test_a_paused_imo_channel_stops_the_round_mid_batch_and_resuming_ends_it(
         self,
-        db: ImoDb,
+        db: Database,
         fake_imo: FakeImo,
         make_runner: RunnerFactory,
         monkeypatch: pytest.MonkeyPatch,
@@ -299,7 +292,7 @@ class TestSwitch:
             db, fake_imo, imo_rate_limit_per_second=250, imo_invitation_batch_size=40
         )
         runner = make_runner(settings)
-        round_id = await start(db, settings)
+        round_id = await start_round(db, settings)
 
         async def pause() -> None:
             while sum(fake_imo.requests_per_phone().values()) < 10:
@@ -327,7 +320,7 @@ class TestSwitch:
 
 class TestWindow:
     async def test_the_closing_window_pauses_the_round_until_the_next_opening(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         zone = "Asia/Dhaka"  # UTC+6, no daylight saving
         phones = [invite_phone(n, 3) for n in range(40)]
@@ -340,11 +333,12 @@ class TestWindow:
             db, fake_imo, imo_rate_limit_per_second=250, imo_invitation_batch_size=40
         )
         runner = make_runner(settings, clock=clock)
-        round_id = await start(db, settings)
+        round_id = await start_round(db, settings)
 
         async def close_the_window() -> None:
-            while sum(fake_imo.requests_per_phone().values()) < 10:
-                await asyncio.sleep(0.001)
+            await wait_until(
+                lambda: sum(fake_imo.requests_per_phone().values()) >= 10, interval=0.001
+            )
             clock.now = datetime(2026, 11, 23, 14, 0, 1, tzinfo=UTC)
 
         closer = asyncio.create_task(close_the_window())
@@ -374,14 +368,14 @@ class TestWindow:
         assert await counts(db, round_id) == {"invited": 40}
 
     async def test_a_zone_at_night_waits_while_a_zone_in_daytime_is_invited(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         day, night = [invite_phone(n, 3) for n in range(5)], [invite_phone(n, 4) for n in range(5)]
         async with db.engine.begin() as connection:
             await seed_patients(connection, day, time_zone=daytime_zone())
             await seed_patients(connection, night, prefix="n", time_zone=night_zone())
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
 
         idle = await runner.work(round_id, asyncio.Event())
 
@@ -408,13 +402,13 @@ def invitation(phone: str) -> Invitation:
 
 class TestDeadWorker:
     async def test_a_dead_workers_batch_is_taken_over_without_a_second_request(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         phones = [invite_phone(n, 3) for n in range(7)]
         async with db.engine.begin() as connection:
             ids = await seed_patients(connection, phones)
         runner = make_runner(round_settings(db, fake_imo))
-        round_id = await start(db, runner.settings)
+        round_id = await start_round(db, runner.settings)
         # A worker claims the batch, answers the first two, records that requests up to
         # the fourth may leave, and dies.
         async with db.sessionmaker() as session:
@@ -445,9 +439,18 @@ class TestDeadWorker:
                 ),
             )
             await session.commit()
-        # Not before its lease has run out.
+        # Not before its lease has run out...
         assert await runner.work(round_id, asyncio.Event()) == Idle("busy")
-        await asyncio.sleep(1.1)
+        # ...and at once after: the lease runs out (on the database's clock, which
+        # decides) without waiting for it.
+        async with db.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE imo_invitation_batches SET lease_until = now() - interval '1 ms'"
+                    " WHERE id = :id"
+                ),
+                {"id": claim.batch_id},
+            )
 
         assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
 
@@ -461,7 +464,7 @@ class TestDeadWorker:
 
 class TestPacing:
     async def test_the_limiter_failing_mid_batch_puts_the_batch_back_with_its_answers(
-        self, db: ImoDb, fake_imo: FakeImo, make_runner: RunnerFactory
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
     ) -> None:
         phones = [invite_phone(n, 3) for n in range(30)]
         async with db.engine.begin() as connection:
@@ -482,7 +485,7 @@ class TestPacing:
             return await reserve(n, **kwargs)
 
         runner.limiter.reserve = failing_once  # type: ignore[method-assign]
-        round_id = await start(db, settings)
+        round_id = await start_round(db, settings)
 
         assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
 
@@ -523,6 +526,12 @@ def pacer(rate: float, patients: int) -> tuple[_Pacer, _Limiter]:
     return _Pacer(runner, candidates, claim, writer, asyncio.Event(), first=False), limiter
 
 
+def late_by(paced: _Pacer, seconds: float) -> None:
+    """As if the group's slots had begun `seconds` ago (the pacer reads the loop's clock):
+    what a lane taking its patient that late finds."""
+    paced._first_slot -= seconds
+
+
 class TestPacer:
     """The pacer's slot rules, on a stub limiter that always grants slots from now."""
 
@@ -537,7 +546,7 @@ class TestPacer:
         # 100/s: a slot every 10 ms; 10 ms of lateness is one slot's worth.
         paced, limiter = pacer(rate=100, patients=10)
         await paced.take()
-        await asyncio.sleep(0.05)
+        late_by(paced, 0.05)
         await paced.take()
         assert limiter.reserved == [10, 9]
 
@@ -545,7 +554,7 @@ class TestPacer:
         # 10,000/s: 10 ms are 100 slots, more than the group's rest.
         paced, limiter = pacer(rate=10_000, patients=10)
         await paced.take()
-        await asyncio.sleep(0.05)
+        late_by(paced, 0.05)
         for _ in range(9):
             await paced.take()
         assert limiter.reserved == [10]

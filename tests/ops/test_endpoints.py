@@ -9,9 +9,6 @@ import pytest
 
 from app.config import Settings, get_settings
 from app.delivery.dispatcher import check_chains
-from tests.factories import api, api_app
-
-__all__ = ["api", "api_app"]
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -19,13 +19,15 @@ from redis.asyncio import Redis
 
 from app import embedded
 from tests.reliability.helpers import (
+    Seeded,
     attempts,
     received,
     seed,
     state_counts,
     wait_until_settled,
 )
-from tests.stack import Services, Stack, run_stack
+from tests.stack import Child, Services, Stack, run_stack
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.asyncio(loop_scope="session")]
 
@@ -60,10 +62,7 @@ async def survive(
     """Seed, wait until dispatch is under way, break something, then check that every
     notification went out once and the processes carried on."""
     seeded = await seed(stack, COUNT, series=series)
-    deadline = time.monotonic() + 20
-    while (await state_counts(stack, seeded))["sending"] == 0:
-        assert time.monotonic() < deadline, "dispatch never started"
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: _sending(stack, seeded), timeout=20, interval=0.1)
     await fault()
 
     final = await wait_until_settled(stack, seeded, timeout=90)
@@ -84,6 +83,27 @@ async def survive(
     async with stack.client() as client:
         assert (await client.get("/readyz")).status_code == 200
     return counts, by_status
+
+
+async def _sending(stack: Stack, seeded: list[Seeded]) -> bool:
+    return bool((await state_counts(stack, seeded))["sending"])
+
+
+async def until_every_worker_met_it(stack: Stack, since: dict[str, int]) -> None:
+    """Keep an outage going until every live worker has run into it: a warning or an
+    error in its log since `since` (from `stack.log_offsets()`)."""
+
+    def met(worker: Child) -> bool:
+        log = worker.read_log(since.get(worker.name, 0))
+        return '"level":"warning"' in log or '"level":"error"' in log
+
+    began = time.monotonic()
+    await wait_until(
+        lambda: all(met(stack.workers[i]) for i in stack.live_workers()),
+        timeout=30,
+        interval=0.05,
+    )
+    print(f"\ndown for {time.monotonic() - began:.1f}s more, until every worker met it")
 
 
 def redis_port(stack: Stack) -> int:
@@ -107,8 +127,9 @@ class TestRedis:
         async def restart_redis() -> None:
             data_dir = stack.services.data_dir
             port = redis_port(stack)
+            since = stack.log_offsets()
             await asyncio.to_thread(embedded.stop_redis, data_dir)
-            await asyncio.sleep(3)
+            await until_every_worker_met_it(stack, since)
             await asyncio.to_thread(embedded.ensure_redis, data_dir, port=port)
 
         await survive(stack, 3, restart_redis)
@@ -118,8 +139,9 @@ class TestPostgres:
     async def test_restarted_during_dispatch(self, stack: Stack) -> None:
         async def restart_postgres() -> None:
             data_dir = stack.services.data_dir
+            since = stack.log_offsets()
             await asyncio.to_thread(embedded.stop_postgres, data_dir)
-            await asyncio.sleep(3)
+            await until_every_worker_met_it(stack, since)
             await asyncio.to_thread(embedded.ensure_postgres, data_dir, "clinic_notify_faults")
 
         await survive(stack, 4, restart_postgres)

@@ -9,6 +9,7 @@ replayed shuffled and doubled, with callbacks for messages that do not exist.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections import Counter
@@ -23,7 +24,7 @@ from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
 from app.security import TokenSigner
-from app.states import ACCEPTED_RANK, NotificationState
+from app.states import NOTIFICATION_RANK, NotificationState
 from tests.reliability.helpers import Seeded, attempts, seed, states, wait_until_settled
 from tests.stack import (
     FAKE_TWILIO_ACCOUNT_SID,
@@ -33,6 +34,7 @@ from tests.stack import (
     Stack,
     run_stack,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.asyncio(loop_scope="session")]
 
@@ -50,7 +52,7 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
 
 
 def rank(state: str) -> int:
-    return ACCEPTED_RANK.get(NotificationState(state), 0)
+    return NOTIFICATION_RANK[NotificationState(state)]
 
 
 async def watch(
@@ -108,14 +110,16 @@ async def test_early_repeated_disordered_and_unknown_webhooks(stack: Stack) -> N
     watcher = asyncio.create_task(watch(stack, seeded, stop))
     try:
         await wait_until_settled(stack, seeded, timeout=60, done=ACCEPTED, due_later_is_done=False)
+
         # Read receipts and delivery statuses come after the send settles: wait for them.
-        deadline = asyncio.get_running_loop().time() + 30
-        while True:
+        async def all_final() -> bool:
             current = await states(stack, seeded)
-            wrong = [s for s in seeded if current[s.id][0] != expected_state(s)]
-            if not wrong or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.2)
+            return all(current[s.id][0] == expected_state(s) for s in seeded)
+
+        with contextlib.suppress(AssertionError):  # the assertion below says what is not
+            await wait_until(all_final, timeout=30, interval=0.2)
+        current = await states(stack, seeded)
+        wrong = [s for s in seeded if current[s.id][0] != expected_state(s)]
         assert not wrong, Counter((expected_state(s), current[s.id][0]) for s in wrong)
         before_attempts = {a["id"]: a["status"] for a in await attempts(stack, seeded)}
 

@@ -23,6 +23,7 @@ from tests.reliability.helpers import (
     wait_until_settled,
 )
 from tests.stack import Services, run_stack
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.asyncio(loop_scope="session")]
 
@@ -52,10 +53,12 @@ async def test_ten_sigkills_lose_nothing_and_send_nothing_twice(services: Servic
         started = time.monotonic()
         killed_while_sending = []
         for _ in range(KILLS):
+            # Kills at random moments: the pause is the chaos schedule, not a wait for
+            # something. (Pacing them by progress instead bunches them: the workers claim
+            # hundreds at a time, and a dead worker's batch stalls until the sweeper.)
             await asyncio.sleep(rng.uniform(0.3, 1.0))
             # Kill only workers that are dispatching, and keep at least one running.
-            while len(stack.ready_workers()) < 2:
-                await asyncio.sleep(0.1)
+            await wait_until(lambda: len(stack.ready_workers()) >= 2, timeout=30, interval=0.05)
             counts = await state_counts(stack, seeded)
             killed_while_sending.append(counts["sending"])
             victim = rng.choice(stack.ready_workers())

@@ -1,4 +1,5 @@
-"""Twilio message look-ups (`fetch_status`), against the fake Twilio over a real socket."""
+"""Twilio's Messages API, shared by SMS and WhatsApp through Twilio: message look-ups
+(`fetch_status`), against the fake Twilio over a real socket."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from app.channels.base import (
 )
 from app.channels.imo import ImoChannel
 from app.channels.twilio_sms import TwilioSmsChannel
+from app.channels.whatsapp import WhatsAppCloudChannel, WhatsAppTwilioChannel
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -145,6 +147,8 @@ class TestFetchStatus:
 
 
 class TestCapability:
-    async def test_twilio_sms_looks_up_and_imo_does_not(self) -> None:
+    async def test_what_twilio_carries_looks_up_and_the_rest_does_not(self) -> None:
         assert issubclass(TwilioSmsChannel, StatusLookup)
+        assert issubclass(WhatsAppTwilioChannel, StatusLookup)
         assert not issubclass(ImoChannel, StatusLookup)
+        assert not issubclass(WhatsAppCloudChannel, StatusLookup)

@@ -9,15 +9,16 @@ from rich.console import Console
 
 from app.imo import service as imo_service
 from app.imo.terminal import run_round
-from tests.imo.conftest import FakeImo, ImoDb, round_settings
+from tests.fake_servers import FakeImo
+from tests.imo.conftest import round_settings
 from tests.imo.helpers import invite_phone, seed_patients
-from tests.stack import Services
+from tests.stack import Database, Services
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_a_round_runs_to_the_end_with_a_summary(
-    db: ImoDb, fake_imo: FakeImo, services: Services
+    db: Database, fake_imo: FakeImo, services: Services
 ) -> None:
     async with db.engine.begin() as connection:
         await seed_patients(connection, [invite_phone(n, 3 if n % 4 else 0) for n in range(40)])
@@ -34,7 +35,7 @@ async def test_a_round_runs_to_the_end_with_a_summary(
 
 
 async def test_a_running_round_is_named_and_nothing_is_sent(
-    db: ImoDb, fake_imo: FakeImo, services: Services
+    db: Database, fake_imo: FakeImo, services: Services
 ) -> None:
     async with db.engine.begin() as connection:
         await seed_patients(connection, [invite_phone(1, 3)])

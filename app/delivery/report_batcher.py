@@ -2,10 +2,11 @@
 
 Each API process collects the reports that arrive within a few milliseconds and applies
 them in one transaction with set-based SQL. Every caller waits for the commit that holds
-its report, so an acknowledged callback is never lost; a failed batch fails every caller
-in it (the provider sees a 5xx and may retry), after a few quick tries if the error was
-a deadlock or a lost connection. Locks are taken in id order, so batches of concurrent
-API processes cannot deadlock with each other.
+its report, so an acknowledged callback is never lost. A batch is tried again at once if
+the error was a deadlock or a lost connection; a batch that still fails is split in
+halves until the report that fails is alone, so one bad report never costs its
+batch-mates (only its own caller sees a 5xx, and may retry). Locks are taken in id
+order, so batches of concurrent API processes cannot deadlock with each other.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.session import transient_database_error
-from app.delivery.status import apply_reports
+from app.delivery.provider_reports import UnknownAttempt, apply_reports
 from app.delivery.types import Report
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,8 @@ class ReportBatcher:
             await asyncio.gather(*self._applying, return_exceptions=True)
 
     async def submit(self, report: Report) -> bool:
-        """Whether the report changed anything. Raises UnknownAttempt, or the batch's
-        database error."""
+        """Whether the report changed anything. Raises UnknownAttempt, the error this
+        report alone causes, or a transient database error that outlasted its tries."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         await self._queue.put((report, future))
         return await future
@@ -93,13 +95,44 @@ class ReportBatcher:
         self._slots.release()
 
     async def _apply(self, batch: list[tuple[Report, asyncio.Future[bool]]]) -> None:
-        reports = [report for report, _ in batch]
+        """Apply a batch and answer its callers. A batch that fails for another reason
+        than a transient one is split in halves, each applied on its own, down to the
+        report that fails: that caller alone hears of the error. (n reports with one bad
+        cost about 2 log2(n) more transactions.)"""
+        try:
+            results = await self._apply_with_tries([report for report, _ in batch])
+        except Exception as exc:
+            # Still failing after its tries, a transient error is the database's, not a
+            # report's: splitting would only hammer a server that is away.
+            if len(batch) > 1 and not transient_database_error(exc):
+                half = len(batch) // 2
+                await self._apply(batch[:half])
+                await self._apply(batch[half:])
+                return
+            log.exception(
+                "applying provider reports failed",
+                extra={"reports": len(batch), "attempt_id": batch[0][0].attempt_id},
+            )
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _apply_with_tries(self, reports: list[Report]) -> list[bool | UnknownAttempt]:
+        """Apply in one transaction, tried again after a deadlock or a lost connection."""
         for attempt in range(APPLY_TRIES):
             try:
                 async with self._sessionmaker()() as session:
                     results = await apply_reports(session, reports)
                     await session.commit()
-                break
+                return results
             except Exception as exc:
                 # A deadlock with a write-back (rolled back: nothing applied) or a server
                 # away for a moment: applying again is safe, and spares the provider a 5xx
@@ -108,15 +141,11 @@ class ReportBatcher:
                     log.warning("applying provider reports: retrying after %s", type(exc).__name__)
                     await asyncio.sleep(0.02 * 2**attempt)
                     continue
-                log.exception("applying provider reports failed", extra={"reports": len(batch)})
-                for _, future in batch:  # every caller of the batch hears of it
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+                raise
+        raise AssertionError("unreachable")
+
+
+def report_batcher(request: Request) -> ReportBatcher:
+    """The API process's batcher (built in the app's lifespan): a FastAPI dependency."""
+    batcher: ReportBatcher = request.app.state.report_batcher
+    return batcher

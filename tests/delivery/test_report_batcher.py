@@ -1,18 +1,22 @@
 """The report batcher tries a batch again when PostgreSQL broke a deadlock or dropped the
-connection, and fails its callers at once on any other error."""
+connection; on any other error it fails only the report that causes it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.delivery import reports
-from app.delivery.reports import APPLY_TRIES, ReportBatcher
+from app.delivery import report_batcher
+from app.delivery.report_batcher import APPLY_TRIES, ReportBatcher
 from app.delivery.types import Report
+from app.models import DeliveryAttempt
 from app.states import AttemptStatus
 from tests.db.test_session import dbapi_error
+from tests.factories import make_notification, make_patient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,7 +37,7 @@ async def submit_with_failures(
             raise failures[len(calls) - 1]
         return [True] * len(batch)
 
-    monkeypatch.setattr(reports, "apply_reports", apply)
+    monkeypatch.setattr(report_batcher, "apply_reports", apply)
     batcher = ReportBatcher(lambda: sessionmaker)
     batcher.start()
     try:
@@ -65,3 +69,30 @@ async def test_tries_are_bounded(
     errors = [dbapi_error("40P01") for _ in range(APPLY_TRIES)]
     calls, result = await submit_with_failures(monkeypatch, db_sessionmaker, errors)
     assert (len(calls), result) == (APPLY_TRIES, errors[-1])
+
+
+async def test_a_report_that_fails_fails_alone(
+    db_session: AsyncSession, db_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """One report the database refuses (an id beyond bigint) in a batch of 40: the other
+    39 are applied and answered; only its own caller hears of the error."""
+    patient = await make_patient(db_session)
+    notification = await make_notification(db_session, patient, state="sent")
+    attempts = [
+        DeliveryAttempt(notification_id=notification.id, channel="sms", status="sent")
+        for _ in range(39)
+    ]
+    db_session.add_all(attempts)
+    await db_session.commit()
+    reports = [Report(attempt.id, AttemptStatus.DELIVERED) for attempt in attempts]
+    reports.insert(20, Report(2**63, AttemptStatus.DELIVERED))
+    batcher = ReportBatcher(lambda: db_sessionmaker, max_batch=40, max_wait=5, parallel=1)
+    batcher.start()
+    try:
+        results = await asyncio.gather(
+            *(batcher.submit(report) for report in reports), return_exceptions=True
+        )
+    finally:
+        await batcher.stop()
+    assert isinstance(results.pop(20), DBAPIError)
+    assert results == [True] * 39

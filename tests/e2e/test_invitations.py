@@ -16,7 +16,6 @@ from sqlalchemy import text
 from tests.clock import night_zone
 from tests.e2e.helpers import (
     accept_imo_invitation,
-    eventually,
     notification_in,
     phone,
     put_patient,
@@ -25,6 +24,7 @@ from tests.e2e.helpers import (
 from tests.imo.helpers import invite_phone, seed_patients
 from tests.reliability.helpers import database
 from tests.stack import Services, Stack, run_stack
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -34,6 +34,9 @@ ENV = {
     # A dead worker's batch is taken over within a few seconds.
     "IMO_INVITATION_LEASE_SECONDS": "3",
     "IMO_INVITATION_POLL_SECONDS": "0.2",
+    # Imo failing (digit 2) is retried and backed off from in tenths of seconds.
+    "IMO_INVITATION_RETRY_SECONDS": "0.1",
+    "IMO_INVITATION_OUTAGE_BACKOFF_SECONDS": "0.2",
 }
 
 
@@ -56,13 +59,6 @@ async def stack(imo_stack: Stack) -> Stack:
     return imo_stack
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    key = await stack.create_api_key()
-    async with stack.client(key) as client:
-        yield client
-
-
 async def start_round(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     answer = await api.post("/v1/imo/invitations/run", json=body or None)
     assert answer.status_code == 202, answer.text
@@ -76,7 +72,7 @@ async def round_in(
         data = dict((await api.get(f"/v1/imo/invitations/runs/{round_id}")).json())
         return data if data["state"] in states else None
 
-    found: dict[str, Any] = await eventually(check, timeout=timeout, interval=0.2)
+    found: dict[str, Any] = await wait_until(check, timeout=timeout, interval=0.2)
     return found
 
 
@@ -87,15 +83,15 @@ async def authorization(api: httpx.AsyncClient, patient_id: str) -> str | None:
 
 class TestRoundThroughTheApi:
     async def test_each_answer_is_recorded_and_an_acceptance_subscribes(
-        self, stack: Stack, api: httpx.AsyncClient
+        self, stack: Stack, stack_api: httpx.AsyncClient
     ) -> None:
         numbers = {"accepts": phone(3), "never_accepts": phone(1), "no_account": phone(0)}
-        patients = {name: (await put_patient(api, n))["id"] for name, n in numbers.items()}
-        imo_fails = await put_patient(api, phone(2))
+        patients = {name: (await put_patient(stack_api, n))["id"] for name, n in numbers.items()}
+        imo_fails = await put_patient(stack_api, phone(2))
 
-        started = await start_round(api)
+        started = await start_round(stack_api)
         assert (started["state"], started["trigger"]) == ("running", "api")
-        done = await round_in(api, started["id"], "completed")
+        done = await round_in(stack_api, started["id"], "completed")
 
         assert done["counts"] == {
             "invited": 2,
@@ -110,11 +106,11 @@ class TestRoundThroughTheApi:
         assert (done["reached"], done["candidates"], done["progress"]) == (4, 4, 1.0)
         assert done["finished_at"] is not None
         # Imo calls the invitation's callback URL when the patient accepts.
-        await eventually(lambda: _is(api, patients["accepts"], "subscribed"))
-        assert await authorization(api, patients["never_accepts"]) == "invited"
-        assert await authorization(api, patients["no_account"]) == "no_imo_account"
-        assert await authorization(api, imo_fails["id"]) is None
-        summary = (await api.get("/v1/imo/authorizations/summary")).json()
+        await wait_until(lambda: _is(stack_api, patients["accepts"], "subscribed"), timeout=20)
+        assert await authorization(stack_api, patients["never_accepts"]) == "invited"
+        assert await authorization(stack_api, patients["no_account"]) == "no_imo_account"
+        assert await authorization(stack_api, imo_fails["id"]) is None
+        summary = (await stack_api.get("/v1/imo/authorizations/summary")).json()
         assert summary == {
             "patients": 4,
             "by_status": {
@@ -126,32 +122,32 @@ class TestRoundThroughTheApi:
             },
         }
         # A second round invites only the patient Imo failed, and never the subscribed.
-        second = await start_round(api)
-        again = await round_in(api, second["id"], "completed")
+        second = await start_round(stack_api)
+        again = await round_in(stack_api, second["id"], "completed")
         assert (again["reached"], again["counts"]["transient"]) == (1, 1)
         invites = (await stack.imo_stats())["phones"]["send_invite"]
         assert invites[numbers["accepts"]] == 1
 
     async def test_a_second_start_while_a_round_runs_is_refused(
-        self, stack: Stack, api: httpx.AsyncClient
+        self, stack: Stack, stack_api: httpx.AsyncClient
     ) -> None:
         # A patient at night: the round waits for the morning, running meanwhile.
-        night = await put_patient(api, phone(3), time_zone=night_zone())
-        started = await start_round(api)
-        paused = await round_in(api, started["id"], "paused")
+        night = await put_patient(stack_api, phone(3), time_zone=night_zone())
+        started = await start_round(stack_api)
+        paused = await round_in(stack_api, started["id"], "paused")
         assert paused["paused_until"] is not None and paused["reached"] == 0
 
-        refused = await api.post("/v1/imo/invitations/run", json={"limit": 5})
+        refused = await stack_api.post("/v1/imo/invitations/run", json={"limit": 5})
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"]["code"] == "round_running"
         assert str(started["id"]) in refused.text
-        assert await authorization(api, night["id"]) is None
+        assert await authorization(stack_api, night["id"]) is None
         assert (await stack.imo_stats())["requests"]["send_invite"] == 0
 
     async def test_unknown_round_and_bad_callback_token(
-        self, stack: Stack, api: httpx.AsyncClient
+        self, stack: Stack, stack_api: httpx.AsyncClient
     ) -> None:
-        assert (await api.get("/v1/imo/invitations/runs/999999")).status_code == 404
+        assert (await stack_api.get("/v1/imo/invitations/runs/999999")).status_code == 404
         async with httpx.AsyncClient(base_url=stack.api_url) as anonymous:
             assert (await anonymous.get("/v1/imo/authorizations/summary")).status_code == 401
             forged = await anonymous.post(
@@ -162,29 +158,29 @@ class TestRoundThroughTheApi:
 
 class TestRemindersFirst:
     async def test_a_due_reminder_is_sent_within_seconds_during_a_round(
-        self, stack: Stack, api: httpx.AsyncClient
+        self, stack: Stack, stack_api: httpx.AsyncClient
     ) -> None:
         # 1,000 invitations at the account's 200/s: a round of 5 seconds.
         async with database(stack) as connection:
             await seed_patients(connection, [invite_phone(n, 1) for n in range(1000)])
-        subscriber = await put_patient(api, phone(7))
+        subscriber = await put_patient(stack_api, phone(7))
         await accept_imo_invitation(stack, subscriber["id"])
-        started = await start_round(api)
-        await eventually(lambda: _reached(api, started["id"], 200), timeout=30)
+        started = await start_round(stack_api)
+        await wait_until(lambda: _reached(stack_api, started["id"], 200), timeout=30)
 
-        scheduled = await schedule(api, subscriber["id"])
+        scheduled = await schedule(stack_api, subscriber["id"])
         began = time.monotonic()
-        sent = await notification_in(api, scheduled["id"], "sent", "delivered", "read")
+        sent = await notification_in(stack_api, scheduled["id"], "sent", "delivered", "read")
         waited = time.monotonic() - began
 
         assert [a["channel"] for a in sent["attempts"]] == ["imo"]
-        progress = (await api.get(f"/v1/imo/invitations/runs/{started['id']}")).json()
+        progress = (await stack_api.get(f"/v1/imo/invitations/runs/{started['id']}")).json()
         assert progress["state"] == "running", "the round ended before the reminder was due"
         # The worker's dispatch poll, plus at most ~1 s behind invitations (the limiter's
         # low-priority horizon), on a busy machine.
         assert waited < 4.0, waited
         # Ended, so that no worker is still at it when the next test empties the tables.
-        await round_in(api, started["id"], "completed")
+        await round_in(stack_api, started["id"], "completed")
 
 
 async def _worker_holding_a_batch(stack: Stack) -> int:
@@ -204,7 +200,7 @@ async def _worker_holding_a_batch(stack: Stack) -> int:
                 return [index]  # (a list: worker 0 must not read as "not found")
         return []
 
-    [found] = await eventually(find, timeout=10, interval=0.02)
+    [found] = await wait_until(find, timeout=10, interval=0.02)
     return int(found)
 
 
@@ -223,27 +219,27 @@ PATIENTS = 1200
 @pytest.mark.fault
 class TestKilledWorker:
     async def test_a_round_resumes_after_a_sigkill_and_no_phone_is_invited_twice(
-        self, stack: Stack, api: httpx.AsyncClient
+        self, stack: Stack, stack_api: httpx.AsyncClient
     ) -> None:
         digits = (3, 4, 5, 6, 7, 8, 9, 1, 0)  # no 2: Imo failing is retried by design
         phones = [invite_phone(n, digits[n % len(digits)]) for n in range(PATIENTS)]
         async with database(stack) as connection:
             await seed_patients(connection, phones)
-        started = await start_round(api)
+        started = await start_round(stack_api)
         began = time.monotonic()
 
         # Kill a worker half-way, in the middle of sending (SIGKILL: no clean-up at all).
         async def halfway() -> dict[str, Any] | None:
-            data = dict((await api.get(f"/v1/imo/invitations/runs/{started['id']}")).json())
+            data = dict((await stack_api.get(f"/v1/imo/invitations/runs/{started['id']}")).json())
             return data if data["reached"] >= PATIENTS // 3 else None
 
-        at_kill = await eventually(halfway, timeout=30, interval=0.05)
+        at_kill = await wait_until(halfway, timeout=30, interval=0.05)
         sent_at_kill = (await stack.imo_stats())["requests"]["send_invite"]
         victim = await _worker_holding_a_batch(stack)
         await stack.kill_worker(victim)
         await stack.start_worker(wait=False)
 
-        done = await round_in(api, started["id"], "completed", timeout=60)
+        done = await round_in(stack_api, started["id"], "completed", timeout=60)
         took = time.monotonic() - began
         received = (await stack.imo_stats())["phones"]["send_invite"]
         async with database(stack) as connection:
@@ -292,8 +288,8 @@ class TestKilledWorker:
         # The next round takes unconfirmed ones, and only them (not those who accepted
         # meanwhile): then every patient has an answer, and each has been invited (a new
         # invitation at Imo) exactly once.
-        second = await start_round(api)
-        again = await round_in(api, second["id"], "completed")
+        second = await start_round(stack_api)
+        again = await round_in(stack_api, second["id"], "completed")
         stats = await stack.imo_stats()
         after = stats["phones"]["send_invite"]
         second_round = {p for p in phones if after.get(p, 0) > received.get(p, 0)}

@@ -1,0 +1,145 @@
+"""`notify dev`: the stack starts, and stops whole whatever happened to its terminal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from app import embedded
+from app.devtools.environment import notify_command
+
+START_TIMEOUT = 120.0
+STOP_WITHIN = 10.0  # seconds; a worker left waiting on its servers took ~55
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data folder the embedded PostgreSQL's system user can reach (pytest's tmp_path
+    is private to this user); its servers stopped and removed at the end."""
+    path = Path(tempfile.mkdtemp(prefix="clinic-notify-devtools-"))
+    try:
+        yield path / "data"
+    finally:
+        embedded.stop_all(path / "data")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def dev_env(data_dir: Path) -> dict[str, str]:
+    """`notify dev` as on a fresh clone: embedded servers in `data_dir`, the fakes."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DATABASE_", "REDIS_", "IMO_", "TWILIO_", "PUBLIC_BASE_URL"))
+    }
+    env.update(APP_ENV="development", DATA_DIR=str(data_dir), SECRET_KEY="")
+    return env
+
+
+def wait_for_line(process: subprocess.Popen[bytes], text: str, seen: list[str]) -> None:
+    """Read stdout until a line contains `text`; fails after START_TIMEOUT."""
+    found = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for raw in iter(process.stdout.readline, b""):
+            seen.append(raw.decode(errors="replace"))
+            if text in seen[-1]:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(START_TIMEOUT), "".join(seen[-40:])
+
+
+def gone_within(processes: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+    """The processes still alive after `seconds`."""
+    _, alive = psutil.wait_procs(processes, timeout=seconds)
+    return alive
+
+
+@pytest.mark.e2e
+class TestStop:
+    def test_ctrl_c_after_the_terminal_pipe_closed_stops_every_child(self, tmp_path: Path) -> None:
+        """`./scripts/dev | tee log`, then Ctrl-C: tee is gone before notify dev prints."""
+        data_dir = tmp_path / "data"
+        port = embedded.free_port()
+        dev = subprocess.Popen(
+            notify_command("dev", "--port", str(port)),
+            env=dev_env(data_dir),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            seen: list[str] = []
+            wait_for_line(dev, "Ctrl-C stops it", seen)
+            children = psutil.Process(dev.pid).children(recursive=True)
+            assert len(children) >= 4, children  # fake-imo, fake-twilio, api, worker
+            assert embedded.postgres_running(data_dir)
+
+            assert dev.stdout is not None
+            dev.stdout.close()  # the reader of the pipe (tee) is gone
+            began = time.monotonic()
+            dev.send_signal(signal.SIGINT)
+
+            alive = gone_within([psutil.Process(dev.pid), *children], STOP_WITHIN)
+            assert alive == [], f"alive {time.monotonic() - began:.1f}s after Ctrl-C: {alive}"
+            assert dev.wait() == 0  # a stop asked for is a success
+            assert not embedded.postgres_running(data_dir)
+        finally:
+            if dev.poll() is None:
+                for process in psutil.Process(dev.pid).children(recursive=True):
+                    process.kill()
+            dev.kill()
+            dev.wait()
+
+
+@pytest.mark.e2e
+class TestWorkerWithoutItsServers:
+    def test_exits_within_5_s_of_sigterm(self, tmp_path: Path, data_dir: Path) -> None:
+        database_url = embedded.ensure_postgres(data_dir, durable=False)
+        redis_url = embedded.ensure_redis(data_dir)
+        env = {
+            **dev_env(data_dir),
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "SECRET_KEY": "k" * 40,
+        }
+        subprocess.run(notify_command("migrate"), env=env, check=True, capture_output=True)
+        ready = tmp_path / "ready"
+        with (tmp_path / "worker.log").open("wb") as log:  # the child keeps its copy
+            worker = subprocess.Popen(
+                notify_command("worker", "--ready-file", str(ready)),
+                env=env,
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready.exists():
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+        embedded.stop_all(data_dir)  # PostgreSQL and Redis are gone
+        time.sleep(1)
+        began = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        took = time.monotonic() - began
+        assert took < 5, f"{took:.1f}s\n" + (tmp_path / "worker.log").read_text()[-3000:]
