@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,13 +14,16 @@ from app.channels.base import (
     MessageNotFound,
     OutgoingMessage,
     PermanentChannelError,
+    ProviderStatus,
     StatusLookup,
     TransientChannelError,
+    WhatsAppTemplateMessage,
 )
 from app.channels.imo import ImoChannel
 from app.channels.twilio_sms import TwilioSmsChannel
 from app.channels.whatsapp import WhatsAppCloudChannel, WhatsAppTwilioChannel
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -64,25 +66,34 @@ async def send(sms: TwilioSmsChannel, phone: str) -> str:
     return result.provider_message_id
 
 
+async def final_status(
+    lookup: StatusLookup, sid: str, final: str = "failed"
+) -> ProviderStatus | None:
+    """The message's status once it is `final`; None before."""
+    found = await lookup.fetch_status(sid)
+    return found if found.status == final else None
+
+
 class TestFetchStatus:
-    async def test_a_message_is_queued_then_sent_then_final(
+    async def test_a_message_walks_from_queued_to_its_final_status(
         self, fake: tuple[str, aiohttp.ClientSession]
     ) -> None:
         sms = channel(fake)
         sid = await send(sms, "+8801711000003")
-        queued = await sms.fetch_status(sid)
-        assert (queued.provider_message_id, queued.status, queued.provider_status) == (
-            sid,
-            "sending",
-            "queued",
-        )
-        await asyncio.sleep(0.12)
-        delivered = await sms.fetch_status(sid)
-        assert (delivered.status, delivered.provider_status, delivered.error_code) == (
-            "delivered",
-            "delivered",
-            None,
-        )
+        seen: list[str] = []
+
+        async def final() -> ProviderStatus | None:
+            found = await sms.fetch_status(sid)
+            assert found.provider_message_id == sid
+            if not seen or seen[-1] != found.provider_status:
+                seen.append(found.provider_status)
+            return found if found.status == "delivered" else None
+
+        delivered = await wait_until(final)
+        assert (delivered.provider_status, delivered.error_code) == ("delivered", None)
+        # In order, never back: queued (`sending`), sent, delivered.
+        walk = ["queued", "sent", "delivered"]
+        assert seen == sorted(seen, key=walk.index)
 
     @pytest.mark.parametrize(
         ("digit", "provider_status", "code"),
@@ -93,8 +104,7 @@ class TestFetchStatus:
     ) -> None:
         sms = channel(fake)
         sid = await send(sms, "+880171100000" + digit)
-        await asyncio.sleep(0.12)
-        found = await sms.fetch_status(sid)
+        found = await wait_until(lambda: final_status(sms, sid))
         assert (found.status, found.provider_status, found.error_code) == (
             "failed",
             provider_status,
@@ -144,6 +154,56 @@ class TestFetchStatus:
                 await sms.fetch_status(sid)
         finally:
             await configure(fake, **{fault: 0.0})
+
+
+class TestWhatsAppThroughTwilio:
+    @pytest.mark.parametrize(
+        ("digit", "status", "provider_status", "code"),
+        [
+            ("5", "read", "read", None),
+            ("1", "delivered", "delivered", None),
+            ("0", "failed", "failed", "63003"),
+        ],
+    )
+    async def test_a_whatsapp_message_is_looked_up_the_same_way(
+        self,
+        fake: tuple[str, aiohttp.ClientSession],
+        digit: str,
+        status: str,
+        provider_status: str,
+        code: str | None,
+    ) -> None:
+        base_url, session = fake
+        whatsapp = WhatsAppTwilioChannel(
+            base_url=base_url,
+            account_sid=ACCOUNT,
+            auth_token=TOKEN,
+            sender="+15005550006",
+            session=session,
+            timeout=2.0,
+        )
+        template = WhatsAppTemplateMessage(
+            name="appointment_reminder",
+            language="en",
+            parameters=("x",),
+            content_sid="HX" + "a" * 32,
+        )
+        sent = await whatsapp.send(
+            OutgoingMessage(
+                phone_e164="+91981234567" + digit,
+                text="hello",
+                locale="en",
+                title="t",
+                callback_url="",
+                whatsapp_template=template,
+            )
+        )
+        found = await wait_until(lambda: final_status(whatsapp, sent.provider_message_id, status))
+        assert (found.status, found.provider_status, found.error_code) == (
+            status,
+            provider_status,
+            code,
+        )
 
 
 class TestCapability:
