@@ -1,6 +1,7 @@
 """`notify bench switch`: pausing `country=IN` while N reminders to Indian patients are
-being sent by real worker processes: how many still went out after the pause was
-committed, and, once resumed, that every reminder went out exactly once."""
+being sent on WhatsApp by real worker processes: how many still went out after the pause
+was committed, and, once resumed, that every reminder went out exactly once (one number
+per patient: the fake WhatsApp's per-number counts show any message sent twice)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from app.bench.common import Result, console, fakes_and_env, fresh_database, start_workers
-from app.bench.dispatch import unsettled
+from app.bench.dispatch import seed, unsettled
 from app.config import get_settings
 from app.switches import service as switch_service
 from app.switches.scope import parse_scope
@@ -23,29 +24,6 @@ DATABASE = "clinic_notify_bench_switch"
 SCOPE = "country=IN"
 # After the pause, sending has stopped once the fake has seen nothing new for this long.
 QUIET_SECONDS = 2.0
-
-# One Indian patient per reminder, each with their own number (last digit 4: the fake
-# Twilio accepts it), so the fake's per-number counts show any message sent twice.
-SEED = [
-    """
-    INSERT INTO patients (id, full_name, phone_numbers, mobile_e164, country, locale,
-                          time_zone, reminder_consent)
-    SELECT 's-' || i, 'Patient ' || i,
-           jsonb_build_array(jsonb_build_object(
-               'number', '+9198' || lpad(i::text, 7, '0') || '4', 'type', 'mobile')),
-           '+9198' || lpad(i::text, 7, '0') || '4', 'IN', 'en', 'Asia/Kolkata', 'granted'
-    FROM generate_series(0, :n - 1) AS i
-    """,
-    """
-    INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables, title,
-                               body, state, due_at, expires_at, channel_index, retry_count)
-    SELECT gen_random_uuid(), 's-' || i, 'appointment_reminder', 'appointment_reminder.basic',
-           'en', '{}'::jsonb, 'Appointment Reminder',
-           'Dear Patient, your next visit to the clinic is on 2026-12-01.',
-           'scheduled', now() + interval '1 day', now() + interval '5 days', 0, 0
-    FROM generate_series(0, :n - 1) AS i
-    """,
-]
 
 
 async def _states(engine: AsyncEngine) -> dict[str, int]:
@@ -57,6 +35,18 @@ async def _states(engine: AsyncEngine) -> dict[str, int]:
             )
         )
         return {str(state): int(count) for state, count in rows.all()}
+
+
+async def _not_held(engine: AsyncEngine) -> int:
+    """Reminders still to send or being sent, that no switch holds."""
+    async with engine.connect() as connection:
+        count = await connection.scalar(
+            text(
+                "SELECT count(*) FROM notifications"
+                " WHERE state IN ('scheduled', 'sending') AND paused_by IS NULL"
+            )
+        )
+    return int(count or 0)
 
 
 async def _put(engine: AsyncEngine, *, paused: bool) -> int:
@@ -76,15 +66,14 @@ async def _put(engine: AsyncEngine, *, paused: bool) -> int:
 async def measure(n: int, workers: int, batch: int, pause_at: float) -> dict[str, object]:
     database_url = await fresh_database(DATABASE)
     engine = create_async_engine(database_url)
-    async with engine.begin() as connection:
-        for statement in SEED:
-            await connection.execute(text(statement), {"n": n})
+    # Indian patients on WhatsApp (the dispatch benchmark's `whatsapp` mix).
+    await seed(engine, n, "whatsapp")
     env = {"DISPATCH_BATCH_SIZE": str(batch), "DISPATCH_IDLE_SECONDS": "0.05"}
     with fakes_and_env(database_url, get_settings().redis_url, **env) as processes:
-        twilio = processes.env["TWILIO_BASE_URL"]
+        whatsapp = processes.env["WHATSAPP_BASE_URL"]
         await start_workers(processes, workers)
 
-        async with httpx.AsyncClient(base_url=twilio) as fake:
+        async with httpx.AsyncClient(base_url=whatsapp) as fake:
 
             async def accepted() -> int:
                 return int((await fake.get("/_fake/stats")).json()["accepted"])
@@ -99,11 +88,15 @@ async def measure(n: int, workers: int, batch: int, pause_at: float) -> dict[str
             paused_at = time.perf_counter()
             at_pause = await accepted()
 
+            # Stopped: nothing new at the fake for QUIET_SECONDS, and every reminder
+            # either out or held (the workers may still be holding the rest).
             last, last_change = at_pause, paused_at
-            while time.perf_counter() - last_change < QUIET_SECONDS:
+            while time.perf_counter() - last_change < QUIET_SECONDS or await _not_held(engine):
                 await asyncio.sleep(0.02)
                 if (now_accepted := await accepted()) != last:
                     last, last_change = now_accepted, time.perf_counter()
+                if time.perf_counter() - paused_at > 600:
+                    raise RuntimeError("reminders neither sent nor held 10 minutes after the pause")
             while_paused = await _states(engine)
 
             released = await _put(engine, paused=False)
