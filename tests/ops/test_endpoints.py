@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -30,16 +31,21 @@ class TestReadiness:
         assert set(body["channels"]["unconfigured"]) == {"imo", "sms", "whatsapp"}
 
 
+def sms_only(**overrides: Any) -> Settings:
+    """Settings with Twilio SMS configured and no other channel."""
+    return Settings(
+        app_env="test",
+        twilio_account_sid="AC" + "1" * 32,
+        twilio_sms_from="+15005550006",
+        **overrides,
+    )
+
+
 class TestStartUpCheck:
     async def test_unconfigured_steps_are_logged_once_by_name(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        settings = Settings(
-            app_env="test",
-            twilio_account_sid="AC" + "1" * 32,
-            twilio_sms_from="+15005550006",
-            channel_chains={"BD": ["imo", "sms"], "*": ["sms"]},
-        )
+        settings = sms_only(channel_chains={"BD": ["imo", "sms"], "*": ["sms"]})
         with caplog.at_level(logging.WARNING, logger="app.delivery.dispatcher"):
             report = check_chains(settings)
         assert report.unconfigured_steps == {"BD": ["imo"]}
@@ -49,12 +55,7 @@ class TestStartUpCheck:
     async def test_nothing_is_logged_when_every_step_is_configured(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        settings = Settings(
-            app_env="test",
-            twilio_account_sid="AC" + "1" * 32,
-            twilio_sms_from="+15005550006",
-            channel_chains={"*": ["sms"]},
-        )
+        settings = sms_only(channel_chains={"*": ["sms"]})
         with caplog.at_level(logging.WARNING, logger="app.delivery.dispatcher"):
             assert check_chains(settings).unconfigured == []
         assert not caplog.records
