@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from app import observability
 from app.channels import registry as channel_registry
 from app.config import get_settings
+from app.conversations import service as conversation_service
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery import reconcile, unread
 from app.delivery.dispatcher import Dispatcher, check_chains, sweep
@@ -87,6 +88,16 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
     return await sweep(ctx["sessionmaker"], ctx["settings"], datetime.now(UTC))
 
 
+async def close_idle_conversations(ctx: Context) -> int:
+    """Cron: close conversations idle for CONVERSATION_IDLE_DAYS. Safe on every worker."""
+    async with ctx["sessionmaker"]() as session:
+        closed = await conversation_service.close_idle(session, ctx["settings"], datetime.now(UTC))
+        await session.commit()
+    if closed:
+        log.info("closed idle conversations", extra={"count": len(closed)})
+    return len(closed)
+
+
 async def hand_on_unread(ctx: Context) -> int:
     """Cron: unread Imo/WhatsApp reminders to their next channel. Safe on every worker."""
     return await unread.hand_on_unread(ctx["sessionmaker"], ctx["settings"])
@@ -114,6 +125,7 @@ def _sweep_seconds(interval: int) -> set[int]:
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
+        close_idle_conversations,
         hand_on_unread,
         reconcile_sent,
         invitations.run_invitation_round,
@@ -129,6 +141,7 @@ class WorkerSettings:
         cron(hand_on_unread, second={41}, unique=True),
         cron(reconcile_sent, second={29}, unique=True),
         invitations.scheduled_round_cron(get_settings()),
+        cron(close_idle_conversations, minute={7, 37}, unique=True),
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +31,7 @@ from app.channels.base import (
 )
 from app.channels.reporting import report_failure
 from app.config import Settings
+from app.consent import service as consent_service
 from app.db.session import transient_database_error
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
@@ -131,6 +132,7 @@ class Dispatcher:
             await session.commit()
         if not claimed:
             return 0
+        began = time.monotonic()
         now = self.clock()
         settled: dict[uuid.UUID, Outcome] = {}
         sends: list[_Send] = []
@@ -149,14 +151,18 @@ class Dispatcher:
                 sends.append(_Send(notification, step))
             else:
                 settled[notification.id] = step
+        outcomes: Counter[str] = Counter()
         # Each round tries one channel per notification; failures fall back at once.
         while sends:
             sends = await self._round(sends, settled, board)
+            outcomes.update(_outcome_name(o) for o in settled.values() if o.state is not S.SENDING)
             settled = {}
         if settled:
             async with self.sessionmaker() as session:
                 await delivery_repository.settle(session, settled)
                 await session.commit()
+            outcomes.update(_outcome_name(o) for o in settled.values())
+        _log_batch(len(claimed), outcomes, time.monotonic() - began)
         return len(claimed)
 
     def _allowed(
@@ -188,6 +194,7 @@ class Dispatcher:
         results: list[delivery_repository.AttemptResult] = []
         fallbacks: list[_Send] = []
         downgrades: dict[str, str] = {}
+        opt_outs: dict[str, str] = {}
         no_whatsapp: list[uuid.UUID] = []
         for send, answer in zip(sends, answers, strict=True):
             n = send.notification
@@ -243,6 +250,9 @@ class Dispatcher:
             downgrade = policy.imo_downgrade(send.channel, answer)
             if downgrade:
                 downgrades[n.patient_id] = downgrade
+            opted_out = policy.provider_opt_out(send.channel, answer)
+            if opted_out:
+                opt_outs[n.patient_id] = opted_out
             if policy.no_whatsapp_account(send.channel, answer):
                 no_whatsapp.append(n.id)
             following = policy.after_error(
@@ -268,6 +278,7 @@ class Dispatcher:
                 session, self._reconcile(sends, attempt_ids, stored, settled)
             )
             await delivery_repository.downgrade_imo(session, downgrades)
+            await consent_service.record_provider_opt_outs(session, opt_outs)
             await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
 
         await self._retrying(write_back)
@@ -439,6 +450,7 @@ class Dispatcher:
             reference=str(n.id),
             status_reference=str(attempt_id),
             whatsapp_template=n.whatsapp_template,
+            free_text_allowed=n.whatsapp_window_open and send.channel == ChannelName.WHATSAPP,
         )
 
 
@@ -453,6 +465,26 @@ def check_chains(settings: Settings) -> policy.ChainReport:
             extra={"unconfigured": report.unconfigured, "steps": report.unconfigured_steps},
         )
     return report
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    """`sent via imo`, `failed`, `scheduled` (put off): how a batch's summary counts."""
+    if outcome.state is S.SENT and outcome.channel_chain:
+        return f"sent via {outcome.channel_chain[outcome.channel_index]}"
+    return str(outcome.state)
+
+
+def _log_batch(claimed: int, outcomes: Counter[str], seconds: float) -> None:
+    """One line a batch, readable in `notify dev`'s console and a field each in JSON:
+    counts only, never a phone number or a text."""
+    parts = ", ".join(f"{count} {name}" for name, count in outcomes.most_common())
+    log.info(
+        "dispatched %d: %s in %.0f ms",
+        claimed,
+        parts or "nothing settled",
+        seconds * 1000,
+        extra={"claimed": claimed, "outcomes": dict(outcomes), "ms": round(seconds * 1000)},
+    )
 
 
 async def sweep(

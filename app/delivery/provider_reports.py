@@ -126,7 +126,10 @@ async def apply_reports(
                 no_whatsapp.append(row.notification_id)
             template_rejected = on_whatsapp and code in whatsapp.TEMPLATE_REJECTED_CODES
             if template_rejected:
-                report_template_rejected(row.channel, f"code {code}", "reported failed")
+                template = await delivery_repository.whatsapp_template_of(
+                    session, row.notification_id
+                )
+                report_template_rejected(row.channel, template, f"reported failed, code {code}")
             await follow_failure(
                 session,
                 row.notification_id,

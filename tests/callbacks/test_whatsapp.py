@@ -3,6 +3,7 @@ statuses (many to a webhook), and forged, unsigned and replayed ones refused."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,14 +12,22 @@ import orjson
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import observability
 from app.channels import whatsapp
 from app.config import Settings
-from app.main import create_app
-from app.models import DeliveryAttempt, Notification, Patient
-from tests.callbacks.test_endpoints import sent_attempt, states
-from tests.factories import api_client
+from app.models import DeliveryAttempt, Message, Notification, Patient
+from tests.callbacks.test_endpoints import (
+    BASE,
+    TOKEN,
+    sent_attempt,
+    states,
+    status_params,
+    twilio_post,
+)
+from tests.factories import api_client, make_patient_at, running_app, unique_mobile
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -28,9 +37,14 @@ VERIFY = "callback-test-verify-token"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def whatsapp_app() -> AsyncIterator[FastAPI]:
-    settings = Settings(app_env="test", whatsapp_app_secret=SECRET, whatsapp_verify_token=VERIFY)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    settings = Settings(
+        app_env="test",
+        whatsapp_app_secret=SECRET,
+        whatsapp_verify_token=VERIFY,
+        twilio_auth_token=TOKEN,
+        public_base_url=BASE,
+    )
+    async with running_app(settings) as app:
         yield app
 
 
@@ -161,18 +175,31 @@ class TestStatuses:
         patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
         assert patient is not None and patient.whatsapp_no_account_at is not None
 
-    async def test_a_refused_template_fails_the_notification_without_fallback(
-        self, client: httpx.AsyncClient, db_session: AsyncSession
+    async def test_a_refused_template_fails_without_fallback_and_sentry_hears_once(
+        self,
+        client: httpx.AsyncClient,
+        db_session: AsyncSession,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        notification, attempt = await whatsapp_attempt(db_session, "wamid.C1")
-        failed = status(attempt, "failed", errors=[{"code": 132001, "title": "Template missing"}])
-        assert (await post(client, webhook(failed))).status_code == 200
+        heard: list[str] = []
+        monkeypatch.setattr(observability, "_REJECTED_TEMPLATES", set())
+        monkeypatch.setattr(
+            observability.sentry_sdk, "capture_message", lambda m, **_: heard.append(m)
+        )
+        pairs = [await whatsapp_attempt(db_session, f"wamid.C{i}") for i in range(2)]
+        for _, attempt in pairs:
+            failed = status(attempt, "failed", errors=[{"code": 132001, "title": "Missing"}])
+            assert (await post(client, webhook(failed))).status_code == 200
 
-        await db_session.refresh(notification)
-        assert notification.state == "failed"
-        assert "template" in (notification.failure_reason or "")
-        patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
-        assert patient is not None and patient.whatsapp_no_account_at is None
+        for notification, _ in pairs:
+            await db_session.refresh(notification)
+            assert notification.state == "failed"
+            assert "template" in (notification.failure_reason or "")
+            patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
+            assert patient is not None and patient.whatsapp_no_account_at is None
+        # The notifications' template has no WhatsApp mapping here: named by key/locale.
+        assert len(heard) == 1
+        assert "appointment_reminder.basic/bn-BD" in heard[0] and "132001" in heard[0]
 
     async def test_statuses_not_ours_or_unknown_are_skipped(
         self, client: httpx.AsyncClient, db_session: AsyncSession
@@ -188,6 +215,26 @@ class TestStatuses:
     async def test_a_body_that_is_not_a_webhook_is_400(self, client: httpx.AsyncClient) -> None:
         answer = await post(client, b'{"object": "page"}')
         assert answer.status_code == 400
+
+
+class TestThroughTwilio:
+    """WhatsApp through Twilio reports on Twilio's status callback, `read` included."""
+
+    async def test_read_and_not_on_whatsapp(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        notification, attempt = await whatsapp_attempt(db_session, "SM" + "1" * 32)
+        answer = await twilio_post(client, attempt.id, status_params("SM" + "1" * 32, "read"))
+        assert answer.status_code == 200, answer.text
+        assert await states(db_session, notification, attempt) == ("read", "read")
+
+        notification, attempt = await whatsapp_attempt(db_session, "SM" + "2" * 32)
+        failed = status_params("SM" + "2" * 32, "failed", ErrorCode="63003")
+        assert (await twilio_post(client, attempt.id, failed)).status_code == 200
+        await db_session.refresh(notification)
+        assert (notification.state, notification.channel_index) == ("scheduled", 1)
+        patient = await db_session.get(Patient, notification.patient_id, populate_existing=True)
+        assert patient is not None and patient.whatsapp_no_account_at is not None
 
 
 class TestRefused:
@@ -228,3 +275,86 @@ class TestRefused:
         assert (await post(client, webhook(status(attempt, "read")))).status_code == 200
         assert (await post(client, sent)).status_code == 403
         assert await states(db_session, notification, attempt) == ("read", "read")
+
+
+def messages_webhook(*messages: dict[str, Any]) -> bytes:
+    value = {"messaging_product": "whatsapp", "contacts": [], "messages": list(messages)}
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": value}]}],
+        }
+    )
+
+
+class TestInboundMessages:
+    async def test_a_patients_text_and_picture_are_stored_once(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(
+            db_session, unique_mobile("+9198"), country="IN", locale="hi-IN"
+        )
+        digits = (patient.mobile_e164 or "").removeprefix("+")
+        text_id, image_id = f"wamid.{uuid.uuid4().hex}", f"wamid.{uuid.uuid4().hex}"
+        body = messages_webhook(
+            {
+                "from": digits,
+                "id": text_id,
+                "timestamp": "1764870000",
+                "type": "text",
+                "text": {"body": "मैं मंगलवार नहीं आ सकता"},
+            },
+            {
+                "from": digits,
+                "id": image_id,
+                "timestamp": "1764870060",
+                "type": "image",
+                "image": {"id": "MEDIA42", "mime_type": "image/jpeg", "caption": "report"},
+            },
+        )
+        answer = await post(client, body)
+        assert answer.status_code == 200, answer.text
+        # Meta's retry of another body with the same messages: stored once still.
+        again = await post(client, body + b" ")
+        assert again.status_code == 200
+        rows = (
+            await db_session.scalars(
+                select(Message).where(Message.patient_id == patient.id).order_by(Message.id)
+            )
+        ).all()
+        assert [(m.provider_message_id, m.channel, m.text) for m in rows] == [
+            (text_id, "whatsapp", "मैं मंगलवार नहीं आ सकता"),
+            (image_id, "whatsapp", "report"),
+        ]
+        assert rows[1].media == [{"type": "image/jpeg", "provider_media_id": "MEDIA42"}]
+        assert rows[0].received_at.timestamp() == 1764870000
+        # Both on the conversation the first one opened.
+        assert rows[0].conversation_id is not None
+        assert rows[0].conversation_id == rows[1].conversation_id
+
+    async def test_stop_on_whatsapp_opts_out(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session, unique_mobile("+9198"))
+        digits = (patient.mobile_e164 or "").removeprefix("+")
+        body = messages_webhook(
+            {
+                "from": digits,
+                "id": f"wamid.{uuid.uuid4().hex}",
+                "type": "text",
+                "text": {"body": "STOP"},
+            }
+        )
+        assert (await post(client, body)).status_code == 200
+        await db_session.refresh(patient)
+        assert patient.opted_out_channels == ["*"]
+
+    async def test_a_forged_one_stores_nothing(self, client: httpx.AsyncClient) -> None:
+        body = messages_webhook(
+            {"from": "919800000001", "id": "wamid.x", "type": "text", "text": {"body": "hi"}}
+        )
+        assert (await post(client, body, secret="wrong")).status_code == 403
+
+    async def test_a_message_without_a_sender_is_a_400(self, client: httpx.AsyncClient) -> None:
+        body = messages_webhook({"id": "wamid.y", "type": "text", "text": {"body": "hi"}})
+        assert (await post(client, body)).status_code == 400

@@ -26,7 +26,7 @@ from app.channels.twilio_sms import parse_status_callback
 from app.channels.whatsapp import WhatsAppCloudChannel, WhatsAppTwilioChannel, parse_statuses
 from app.fakes.twilio import FakeTwilioConfig, start_fake_twilio
 from app.fakes.whatsapp import FakeWhatsAppConfig, start_fake_whatsapp
-from tests.channels.test_twilio_sms import wait_until
+from tests.waiting import wait_until
 
 CONFIG = FakeWhatsAppConfig(callback_delay=0.02)
 TWILIO = FakeTwilioConfig(callback_delay=0.02)
@@ -80,8 +80,14 @@ class Webhooks:
             )
         return web.Response(status=200)
 
-    def statuses(self) -> list[whatsapp.WhatsAppStatus]:
-        return [status for body, _ in self.calls for status in parse_statuses(body)]
+    def statuses(self, message_id: str | None = None) -> list[whatsapp.WhatsAppStatus]:
+        """Every status received, or those of one message."""
+        return [
+            status
+            for body, _ in self.calls
+            for status in parse_statuses(body)
+            if message_id is None or status.message_id == message_id
+        ]
 
 
 @dataclass
@@ -101,12 +107,6 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-
-@pytest_asyncio.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest_asyncio.fixture
@@ -202,9 +202,9 @@ def assert_redacted(error: Exception) -> None:
 class TestCloudThroughTheFake:
     @pytest.mark.asyncio
     async def test_a_template_goes_out_and_its_statuses_arrive_signed_in_order(
-        self, session: aiohttp.ClientSession, fake: str, webhooks: Webhooks
+        self, http: aiohttp.ClientSession, fake: str, webhooks: Webhooks
     ) -> None:
-        channel = cloud(session, fake)
+        channel = cloud(http, fake)
         result = await channel.send(message())
 
         assert channel.name is ChannelName.WHATSAPP
@@ -234,17 +234,19 @@ class TestCloudThroughTheFake:
     )
     async def test_the_last_digit_steers_the_statuses(
         self,
-        session: aiohttp.ClientSession,
+        http: aiohttp.ClientSession,
         fake: str,
         webhooks: Webhooks,
         phone: str,
         expected: list[str],
         error_code: str | None,
     ) -> None:
-        await cloud(session, fake).send(message(phone))
-        await wait_until(lambda: len(webhooks.statuses()) == len(expected))
-        await asyncio.sleep(0.1)  # nothing more comes
-        statuses = webhooks.statuses()
+        sent = await cloud(http, fake).send(message(phone))
+        # A control sent after it, whose three statuses (sent, delivered, read) take at
+        # least as long: once they are in, any more for the message under test would be.
+        control = await cloud(http, fake).send(message("+919812345679"))
+        await wait_until(lambda: len(webhooks.statuses(control.provider_message_id)) == 3)
+        statuses = webhooks.statuses(sent.provider_message_id)
         assert [s.status for s in statuses] == expected
         assert statuses[-1].error_code == error_code
         if error_code:
@@ -253,44 +255,44 @@ class TestCloudThroughTheFake:
 
     @pytest.mark.asyncio
     async def test_statuses_due_together_share_a_webhook(
-        self, session: aiohttp.ClientSession, fake: str, webhooks: Webhooks
+        self, http: aiohttp.ClientSession, fake: str, webhooks: Webhooks
     ) -> None:
-        channel = cloud(session, fake)
+        channel = cloud(http, fake)
         await asyncio.gather(*(channel.send(message(f"+9198123{n:03d}5")) for n in range(10)))
         await wait_until(lambda: len(webhooks.statuses()) == 30)
         assert len(webhooks.calls) < 30
 
     @pytest.mark.asyncio
-    async def test_a_5xx_is_transient(self, session: aiohttp.ClientSession, fake: str) -> None:
+    async def test_a_5xx_is_transient(self, http: aiohttp.ClientSession, fake: str) -> None:
         with pytest.raises(TransientChannelError) as caught:
-            await cloud(session, fake).send(message("+919812345672"))
+            await cloud(http, fake).send(message("+919812345672"))
         assert caught.value.code == "131000"
         assert not caught.value.throttled
 
     @pytest.mark.asyncio
     async def test_without_a_template_nothing_is_requested(
-        self, session: aiohttp.ClientSession, fake: str
+        self, http: aiohttp.ClientSession, fake: str
     ) -> None:
         with pytest.raises(PermanentChannelError) as caught:
-            await cloud(session, fake).send(message(template=None))
+            await cloud(http, fake).send(message(template=None))
         assert caught.value.code == whatsapp.NO_TEMPLATE
         assert not caught.value.unexpected
         assert (await stats(fake))["requests"] == 0
 
     @pytest.mark.asyncio
     async def test_free_text_refused_for_reengagement_goes_as_its_template(
-        self, session: aiohttp.ClientSession, fake: str
+        self, http: aiohttp.ClientSession, fake: str
     ) -> None:
-        result = await cloud(session, fake).send(message(free_text=True))
+        result = await cloud(http, fake).send(message(free_text=True))
         assert result.provider_message_id.startswith("wamid.")
         assert (await stats(fake))["responses"] == {"400": 1, "200": 1}
 
     @pytest.mark.asyncio
     async def test_free_text_refused_without_a_template_is_permanent(
-        self, session: aiohttp.ClientSession, fake: str
+        self, http: aiohttp.ClientSession, fake: str
     ) -> None:
         with pytest.raises(PermanentChannelError) as caught:
-            await cloud(session, fake).send(message(template=None, free_text=True))
+            await cloud(http, fake).send(message(template=None, free_text=True))
         assert caught.value.code == whatsapp.REENGAGEMENT
         assert not caught.value.unexpected
         assert_redacted(caught.value)
@@ -301,31 +303,31 @@ class TestCloudThroughTheFake:
         [({"another_template": 3}, "132001"), ({"appointment_reminder": 2}, "132000")],
     )
     async def test_a_missing_or_mismatched_template_names_the_template(
-        self, session: aiohttp.ClientSession, fake: str, templates: dict[str, int], code: str
+        self, http: aiohttp.ClientSession, fake: str, templates: dict[str, int], code: str
     ) -> None:
         await configure(fake, templates=templates)
         with pytest.raises(PermanentChannelError) as caught:
-            await cloud(session, fake).send(message())
+            await cloud(http, fake).send(message())
         assert caught.value.code == code
         assert caught.value.template_rejected == "appointment_reminder/en_US"
         assert code in whatsapp.TEMPLATE_REJECTED_CODES
 
     @pytest.mark.asyncio
     async def test_throughput_limit_pauses_the_account(
-        self, session: aiohttp.ClientSession, fake: str
+        self, http: aiohttp.ClientSession, fake: str
     ) -> None:
         await configure(fake, rate_limited_rate=1.0)
         with pytest.raises(TransientChannelError) as caught:
-            await cloud(session, fake).send(message())
+            await cloud(http, fake).send(message())
         assert caught.value.code == "130429"
         assert caught.value.throttled
 
     @pytest.mark.asyncio
     async def test_a_wrong_token_is_unexpected(
-        self, session: aiohttp.ClientSession, fake: str
+        self, http: aiohttp.ClientSession, fake: str
     ) -> None:
         with pytest.raises(PermanentChannelError) as caught:
-            await cloud(session, fake, token="wrong").send(message())
+            await cloud(http, fake, token="wrong").send(message())
         assert caught.value.unexpected
         assert "code 190" in caught.value.message
         assert_redacted(caught.value)
@@ -342,7 +344,7 @@ def _graph_error(code: int, status: int = 400) -> Handler:
 class TestCloudAnswersTheFakeDoesNotGive:
     @pytest.mark.asyncio
     async def test_the_request_is_the_cloud_apis(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         async def ok(request: web.Request) -> web.Response:
             assert request.path == f"/v21.0/{CONFIG.phone_number_id}/messages"
@@ -350,7 +352,7 @@ class TestCloudAnswersTheFakeDoesNotGive:
             return web.json_response({"messages": [{"id": "wamid.X"}]})
 
         stub.handler = ok
-        result = await cloud(session, stub.base_url).send(message())
+        result = await cloud(http, stub.base_url).send(message())
         assert result.provider_message_id == "wamid.X"
         assert stub.bodies == [
             {
@@ -376,11 +378,11 @@ class TestCloudAnswersTheFakeDoesNotGive:
 
     @pytest.mark.asyncio
     async def test_not_on_whatsapp_is_permanent_and_marks_no_account(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         stub.handler = _graph_error(131026)
         with pytest.raises(PermanentChannelError) as caught:
-            await cloud(session, stub.base_url).send(message())
+            await cloud(http, stub.base_url).send(message())
         assert caught.value.no_account
         assert not caught.value.unexpected
         assert_redacted(caught.value)
@@ -388,21 +390,21 @@ class TestCloudAnswersTheFakeDoesNotGive:
     @pytest.mark.asyncio
     @pytest.mark.parametrize("code", [130429, 131056])
     async def test_rate_limits_are_throttling(
-        self, session: aiohttp.ClientSession, stub: Stub, code: int
+        self, http: aiohttp.ClientSession, stub: Stub, code: int
     ) -> None:
         stub.handler = _graph_error(code)
         with pytest.raises(TransientChannelError) as caught:
-            await cloud(session, stub.base_url).send(message())
+            await cloud(http, stub.base_url).send(message())
         assert caught.value.throttled
         assert caught.value.code == str(code)
 
     @pytest.mark.asyncio
     async def test_an_unknown_code_is_unexpected_with_the_answer(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         stub.handler = _graph_error(987654)
         with pytest.raises(PermanentChannelError) as caught:
-            await cloud(session, stub.base_url).send(message())
+            await cloud(http, stub.base_url).send(message())
         assert caught.value.unexpected
         response = caught.value.detail["response"]
         assert isinstance(response, dict)
@@ -411,27 +413,25 @@ class TestCloudAnswersTheFakeDoesNotGive:
 
     @pytest.mark.asyncio
     async def test_success_without_an_id_may_have_been_sent(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         async def empty(request: web.Request) -> web.Response:
             return web.json_response({"messages": []})
 
         stub.handler = empty
         with pytest.raises(PermanentChannelError) as caught:
-            await cloud(session, stub.base_url).send(message())
+            await cloud(http, stub.base_url).send(message())
         assert caught.value.maybe_sent and caught.value.unexpected
 
     @pytest.mark.asyncio
-    async def test_a_time_out_is_transient(
-        self, session: aiohttp.ClientSession, stub: Stub
-    ) -> None:
+    async def test_a_time_out_is_transient(self, http: aiohttp.ClientSession, stub: Stub) -> None:
         async def hang(request: web.Request) -> web.Response:
             await asyncio.sleep(3)
             return web.Response()
 
         stub.handler = hang
         with pytest.raises(TransientChannelError) as caught:
-            await cloud(session, stub.base_url, timeout=0.5).send(message())
+            await cloud(http, stub.base_url, timeout=0.5).send(message())
         assert caught.value.code == "timeout"
         assert_redacted(caught.value)
 
@@ -439,9 +439,9 @@ class TestCloudAnswersTheFakeDoesNotGive:
 class TestThroughTwilio:
     @pytest.mark.asyncio
     async def test_a_template_goes_out_as_content_and_is_read(
-        self, session: aiohttp.ClientSession, fake_twilio: str, webhooks: Webhooks
+        self, http: aiohttp.ClientSession, fake_twilio: str, webhooks: Webhooks
     ) -> None:
-        channel = through_twilio(session, fake_twilio)
+        channel = through_twilio(http, fake_twilio)
         result = await channel.send(message(callback_url=webhooks.url))
 
         assert channel.name is ChannelName.WHATSAPP
@@ -455,9 +455,9 @@ class TestThroughTwilio:
 
     @pytest.mark.asyncio
     async def test_not_on_whatsapp_fails_with_a_no_account_code(
-        self, session: aiohttp.ClientSession, fake_twilio: str, webhooks: Webhooks
+        self, http: aiohttp.ClientSession, fake_twilio: str, webhooks: Webhooks
     ) -> None:
-        await through_twilio(session, fake_twilio).send(
+        await through_twilio(http, fake_twilio).send(
             message("+919812345670", callback_url=webhooks.url)
         )
         await wait_until(lambda: len(webhooks.form_calls) == 1)
@@ -467,18 +467,18 @@ class TestThroughTwilio:
 
     @pytest.mark.asyncio
     async def test_a_template_without_a_content_sid_is_not_sent(
-        self, session: aiohttp.ClientSession, fake_twilio: str
+        self, http: aiohttp.ClientSession, fake_twilio: str
     ) -> None:
         cloud_only = WhatsAppTemplateMessage(name="t", language="en", parameters=("x",))
         with pytest.raises(PermanentChannelError) as caught:
-            await through_twilio(session, fake_twilio).send(message(template=cloud_only))
+            await through_twilio(http, fake_twilio).send(message(template=cloud_only))
         assert caught.value.code == whatsapp.NO_TEMPLATE
         assert "content_sid" in caught.value.message
         assert (await stats(fake_twilio))["requests"] == 0
 
     @pytest.mark.asyncio
     async def test_the_form_names_the_content_and_numbers_its_variables(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         forms: list[dict[str, str]] = []
 
@@ -493,7 +493,7 @@ class TestThroughTwilio:
         app.router.add_post("/{tail:.*}", handle)
         runner, base = await _serve(app)
         try:
-            await through_twilio(session, base).send(message(callback_url="http://cb/x"))
+            await through_twilio(http, base).send(message(callback_url="http://cb/x"))
         finally:
             await runner.cleanup()
         assert forms == [
@@ -510,7 +510,7 @@ class TestThroughTwilio:
 
     @pytest.mark.asyncio
     async def test_twilio_rate_limit_for_the_sender_is_throttling(
-        self, session: aiohttp.ClientSession, stub: Stub
+        self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:
         async def limited(request: web.Request) -> web.Response:
             return web.json_response({"code": 63018, "message": "Rate limit"}, status=400)
@@ -520,7 +520,7 @@ class TestThroughTwilio:
         runner, base = await _serve(app)
         try:
             with pytest.raises(TransientChannelError) as caught:
-                await through_twilio(session, base).send(message())
+                await through_twilio(http, base).send(message())
         finally:
             await runner.cleanup()
         assert caught.value.throttled

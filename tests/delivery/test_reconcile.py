@@ -18,17 +18,14 @@ from app.channels import registry as channel_registry
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.reconcile import MAX_CHECKS, NOT_FOUND, reconcilable, reconcile
 from app.models import DeliveryAttempt, Notification
+from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import (
-    Fakes,
     due,
-    fakes,
     make_dispatcher,
     patient_with,
     reload,
     settings_for,
 )
-
-__all__ = ["fakes"]
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -16,12 +16,11 @@ from app.switches.scope import parse_scope
 from tests.delivery.test_dispatcher import (
     dispatcher,
     due,
-    fakes,
     patient_with,
     reload,
 )
 
-__all__ = ["dispatcher", "fakes"]
+__all__ = ["dispatcher"]
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

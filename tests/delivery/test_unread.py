@@ -19,18 +19,15 @@ from app.delivery import repository as delivery_repository
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.unread import hand_on_unread
 from app.models import Notification
+from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import (
-    Fakes,
     due,
-    fakes,
     make_dispatcher,
     patient_with,
     reload,
     settings_for,
 )
 from tests.factories import make_notification, make_patient
-
-__all__ = ["fakes"]
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -38,12 +38,10 @@ async def whatsapp_stack(
         yield provider, stack
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(whatsapp_stack: tuple[str, Stack]) -> AsyncIterator[httpx.AsyncClient]:
-    _, stack = whatsapp_stack
-    key = await stack.create_api_key()
-    async with stack.client(key) as client:
-        yield client
+@pytest.fixture
+def stack(whatsapp_stack: tuple[str, Stack]) -> Stack:
+    """The module's stack (one per provider), for `stack_api`."""
+    return whatsapp_stack[1]
 
 
 def indian_phone(last_digit: int) -> str:
@@ -79,13 +77,13 @@ def channels(notification: dict[str, Any]) -> list[tuple[str, str]]:
 
 class TestWhatsApp:
     async def test_a_reminder_goes_out_on_whatsapp_and_is_read(
-        self, whatsapp_stack: tuple[str, Stack], api: httpx.AsyncClient
+        self, whatsapp_stack: tuple[str, Stack], stack_api: httpx.AsyncClient
     ) -> None:
-        key = await whatsapp_template(api)
-        patient = await indian_patient(api, 5)
-        scheduled = await schedule(api, patient["id"], template=key, variables=VARIABLES)
+        key = await whatsapp_template(stack_api)
+        patient = await indian_patient(stack_api, 5)
+        scheduled = await schedule(stack_api, patient["id"], template=key, variables=VARIABLES)
 
-        read = await notification_in(api, scheduled["id"], "read")
+        read = await notification_in(stack_api, scheduled["id"], "read")
         assert channels(read) == [("whatsapp", "read")]
         [attempt] = read["attempts"]
         assert attempt["provider_message_id"]
@@ -93,28 +91,28 @@ class TestWhatsApp:
         assert read["sent_at"] and read["delivered_at"] and read["read_at"]
 
     async def test_delivered_but_never_read_stays_delivered(
-        self, whatsapp_stack: tuple[str, Stack], api: httpx.AsyncClient
+        self, whatsapp_stack: tuple[str, Stack], stack_api: httpx.AsyncClient
     ) -> None:
-        key = await whatsapp_template(api)
-        patient = await indian_patient(api, 1)
-        scheduled = await schedule(api, patient["id"], template=key, variables=VARIABLES)
-        delivered = await notification_in(api, scheduled["id"], "delivered")
+        key = await whatsapp_template(stack_api)
+        patient = await indian_patient(stack_api, 1)
+        scheduled = await schedule(stack_api, patient["id"], template=key, variables=VARIABLES)
+        delivered = await notification_in(stack_api, scheduled["id"], "delivered")
         assert channels(delivered) == [("whatsapp", "delivered")]
 
     async def test_not_on_whatsapp_falls_back_to_sms_and_is_not_tried_again(
-        self, whatsapp_stack: tuple[str, Stack], api: httpx.AsyncClient
+        self, whatsapp_stack: tuple[str, Stack], stack_api: httpx.AsyncClient
     ) -> None:
         provider, stack = whatsapp_stack
-        key = await whatsapp_template(api)
-        patient = await indian_patient(api, 0)
-        first = await schedule(api, patient["id"], template=key, variables=VARIABLES)
+        key = await whatsapp_template(stack_api)
+        patient = await indian_patient(stack_api, 0)
+        first = await schedule(stack_api, patient["id"], template=key, variables=VARIABLES)
 
-        delivered = await notification_in(api, first["id"], "delivered")
+        delivered = await notification_in(stack_api, first["id"], "delivered")
         assert channels(delivered) == [("whatsapp", "failed"), ("sms", "delivered")]
         assert delivered["attempts"][0]["error_code"] in whatsapp.NO_ACCOUNT_CODES
 
-        second = await schedule(api, patient["id"], template=key, variables=VARIABLES)
-        again = await notification_in(api, second["id"], "delivered")
+        second = await schedule(stack_api, patient["id"], template=key, variables=VARIABLES)
+        again = await notification_in(stack_api, second["id"], "delivered")
         assert channels(again) == [("sms", "delivered")]
         number = patient["phone_numbers"][0]["number"]
         if provider == "cloud":
@@ -123,10 +121,10 @@ class TestWhatsApp:
             assert (await stack.twilio_stats())["to"].get(f"whatsapp:{number}") == 1
 
     async def test_a_template_without_a_mapping_goes_by_sms_with_the_reason(
-        self, whatsapp_stack: tuple[str, Stack], api: httpx.AsyncClient
+        self, whatsapp_stack: tuple[str, Stack], stack_api: httpx.AsyncClient
     ) -> None:
-        patient = await indian_patient(api, 5)
-        scheduled = await schedule(api, patient["id"])  # appointment_reminder.basic: unmapped
-        delivered = await notification_in(api, scheduled["id"], "delivered")
+        patient = await indian_patient(stack_api, 5)
+        scheduled = await schedule(stack_api, patient["id"])  # appointment_reminder.basic: unmapped
+        delivered = await notification_in(stack_api, scheduled["id"], "delivered")
         assert channels(delivered) == [("whatsapp", "failed"), ("sms", "delivered")]
         assert delivered["attempts"][0]["error_code"] == whatsapp.NO_TEMPLATE

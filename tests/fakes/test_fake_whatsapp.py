@@ -4,8 +4,6 @@ through the adapter.)"""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +16,7 @@ from aiohttp import web
 
 from app.channels import whatsapp
 from app.fakes.whatsapp import FakeWhatsAppConfig, start_fake_whatsapp
-from tests.channels.test_twilio_sms import wait_until
+from tests.waiting import wait_until
 
 CONFIG = FakeWhatsAppConfig()
 AUTH = {"Authorization": f"Bearer {CONFIG.access_token}"}
@@ -81,12 +79,6 @@ async def fake(hook: Hook) -> AsyncIterator[Fake]:
     await runner.cleanup()
 
 
-@pytest_asyncio.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def post(
     session: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
@@ -96,6 +88,31 @@ async def post(
             return answer.status, orjson.loads(raw)
         except orjson.JSONDecodeError:
             return answer.status, raw
+
+
+class TestCustomerServiceWindow:
+    @pytest.mark.asyncio
+    async def test_a_patient_writing_opens_their_window_and_is_sent_signed(
+        self, fake: Fake, hook: Hook, http: aiohttp.ClientSession
+    ) -> None:
+        text = {"messaging_product": "whatsapp", "to": "919812345675", "type": "text",
+                "text": {"body": "hi"}}  # fmt: skip
+        assert (await post(http, fake.messages, text))[1]["error"]["code"] == 131047
+        status, answer = await post(
+            http, f"{fake.base_url}/_fake/inbound", {"from": "+919812345675", "body": "আসব"}
+        )
+        assert (status, answer["status"]) == (200, 200)
+        [body] = hook.bodies
+        [message] = whatsapp.parse_messages(body)
+        assert (message.sender_e164, message.text, message.provider_message_id) == (
+            "+919812345675",
+            "আসব",
+            answer["id"],
+        )
+        status, sent = await post(http, fake.messages, text)
+        assert status == 200 and sent["messages"][0]["id"].startswith("wamid.")
+        other = {**text, "to": "919812345676"}
+        assert (await post(http, fake.messages, other))[1]["error"]["code"] == 131047
 
 
 class TestRefusals:
@@ -111,14 +128,14 @@ class TestRefusals:
     async def test_credentials_and_phone_number_id(
         self,
         fake: Fake,
-        session: aiohttp.ClientSession,
+        http: aiohttp.ClientSession,
         headers: dict[str, str],
         path_id: str,
         status: int,
         code: int,
     ) -> None:
         url = f"{fake.base_url}/v21.0/{path_id}/messages"
-        async with session.post(url, data=orjson.dumps(template()), headers=headers) as answer:
+        async with http.post(url, data=orjson.dumps(template()), headers=headers) as answer:
             assert answer.status == status
             assert (await answer.json())["error"]["code"] == code
 
@@ -134,9 +151,9 @@ class TestRefusals:
         ],
     )
     async def test_payloads_it_will_not_send(
-        self, fake: Fake, session: aiohttp.ClientSession, body: dict[str, Any], code: int
+        self, fake: Fake, http: aiohttp.ClientSession, body: dict[str, Any], code: int
     ) -> None:
-        status, answer = await post(session, fake.messages, body)
+        status, answer = await post(http, fake.messages, body)
         assert status == 400
         assert answer["error"]["code"] == code
 
@@ -144,67 +161,64 @@ class TestRefusals:
 class TestWebhooks:
     @pytest.mark.asyncio
     async def test_retries_5xx_then_counts(
-        self, fake: Fake, hook: Hook, session: aiohttp.ClientSession
+        self, fake: Fake, hook: Hook, http: aiohttp.ClientSession
     ) -> None:
         hook.answers = [503, 200]
-        await post(session, fake.messages, template(to="919812345670"))
+        await post(http, fake.messages, template(to="919812345670"))
         await wait_until(lambda: len(hook.bodies) == 1)
-        stats = await (await session.get(f"{fake.base_url}/_fake/stats")).json()
+        stats = await (await http.get(f"{fake.base_url}/_fake/stats")).json()
         assert stats["webhooks"]["sent"] == 1
         assert stats["webhooks"]["statuses"] == {"failed": 1}
 
     @pytest.mark.asyncio
     async def test_a_refusing_hook_is_counted_as_rejected(
-        self, fake: Fake, hook: Hook, session: aiohttp.ClientSession
+        self, fake: Fake, hook: Hook, http: aiohttp.ClientSession
     ) -> None:
         hook.answers = [403]
-        await post(session, fake.messages, template(to="919812345670"))
+        await post(http, fake.messages, template(to="919812345670"))
 
         async def rejected() -> bool:
-            stats = await (await session.get(f"{fake.base_url}/_fake/stats")).json()
+            stats = await (await http.get(f"{fake.base_url}/_fake/stats")).json()
             return bool(stats["webhooks"]["rejected"] == {"403": 1})
 
-        deadline = time.monotonic() + 3
-        while not await rejected():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await wait_until(rejected, timeout=3, interval=0.02)
 
 
 class TestHooksAndFaults:
     @pytest.mark.asyncio
     async def test_config_reset_and_bad_config(
-        self, fake: Fake, session: aiohttp.ClientSession
+        self, fake: Fake, http: aiohttp.ClientSession
     ) -> None:
-        changed = await session.post(
+        changed = await http.post(
             f"{fake.base_url}/_fake/config", json={"garbage_rate": 1.0, "seed": 3}
         )
         assert changed.status == 200
         assert "access_token" not in await changed.json()
-        status, raw = await post(session, fake.messages, template())
+        status, raw = await post(http, fake.messages, template())
         assert (status, isinstance(raw, bytes)) == (200, True)  # accepted, unreadable
 
         for bad in ({"garbage_rate": 2}, {"access_token": "x"}, {"templates": {"a": "b"}}):
-            answer = await session.post(f"{fake.base_url}/_fake/config", json=bad)
+            answer = await http.post(f"{fake.base_url}/_fake/config", json=bad)
             assert answer.status == 400, bad
 
-        reset = await session.post(f"{fake.base_url}/_fake/reset")
+        reset = await http.post(f"{fake.base_url}/_fake/reset")
         assert (await reset.json())["garbage_rate"] == 0.0
-        stats = await (await session.get(f"{fake.base_url}/_fake/stats")).json()
+        stats = await (await http.get(f"{fake.base_url}/_fake/stats")).json()
         assert (stats["requests"], stats["accepted"]) == (0, 0)
 
     @pytest.mark.asyncio
     async def test_error_and_rate_limit_faults(
-        self, fake: Fake, session: aiohttp.ClientSession
+        self, fake: Fake, http: aiohttp.ClientSession
     ) -> None:
-        await session.post(f"{fake.base_url}/_fake/config", json={"error_rate": 1.0})
-        status, _ = await post(session, fake.messages, template())
+        await http.post(f"{fake.base_url}/_fake/config", json={"error_rate": 1.0})
+        status, _ = await post(http, fake.messages, template())
         assert status == 500
-        await session.post(
+        await http.post(
             f"{fake.base_url}/_fake/config", json={"error_rate": 0.0, "rate_limited_rate": 1.0}
         )
-        status, answer = await post(session, fake.messages, template())
+        status, answer = await post(http, fake.messages, template())
         assert (status, answer["error"]["code"]) == (429, 130429)
-        stats = await (await session.get(f"{fake.base_url}/_fake/stats")).json()
+        stats = await (await http.get(f"{fake.base_url}/_fake/stats")).json()
         assert stats["faults"] == {"error": 1, "rate_limited": 1}
         assert stats["accepted"] == 0
 

@@ -3,7 +3,7 @@ index that finds them
 
 Revision ID: 20261204_reconcile
 Revises: 20261204_unread_fallback
-Create Date: 2026-12-04 20:20:00+00:00
+Create Date: 2026-12-04 21:00:00+00:00
 """
 
 from collections.abc import Sequence

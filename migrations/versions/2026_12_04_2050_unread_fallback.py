@@ -3,7 +3,7 @@ candidates
 
 Revision ID: 20261204_unread_fallback
 Revises: 20261204_switches
-Create Date: 2026-12-04 20:10:00+00:00
+Create Date: 2026-12-04 20:50:00+00:00
 """
 
 from collections.abc import Sequence
