@@ -22,6 +22,7 @@ from app.states import (
     HELD_STATE,
     NOTIFICATION_RANK,
     REACHED_STATUSES,
+    READ_RECEIPT_CHANNELS,
     REPORT_EVENTS,
     SETTLE_EVENTS,
     AttemptStatus,
@@ -626,7 +627,7 @@ async def latest_attempt_id(session: AsyncSession, notification_id: uuid.UUID) -
 # purpose without its own rule takes the "*" rule, if any. Rows a callback or another
 # worker holds are skipped; a read receipt committed meanwhile takes a row out.
 _HAND_ON_UNREAD = text(
-    """
+    f"""
     WITH rules AS (
         SELECT * FROM unnest(CAST(:purposes AS text[]), CAST(:hours AS float8[]))
             AS r(purpose, hours)
@@ -635,8 +636,9 @@ _HAND_ON_UNREAD = text(
         FROM notifications AS n
         JOIN rules AS r ON r.purpose = CASE WHEN n.purpose IN (SELECT purpose FROM rules)
                                             THEN n.purpose ELSE '*' END
-        WHERE n.state IN ('sent', 'delivered') AND n.unread_fallback_at IS NULL
-          AND n.channel_chain[n.channel_index + 1] IN ('imo', 'whatsapp')
+        WHERE {sql_in("n.state", EVENT_SOURCES[E.UNREAD_FALLBACK])}
+          AND n.unread_fallback_at IS NULL
+          AND {sql_in("n.channel_chain[n.channel_index + 1]", READ_RECEIPT_CHANNELS)}
           AND n.expires_at > now()
           AND cardinality(n.channel_chain) > n.channel_index + 1
           AND n.sent_at <= now() - make_interval(secs => r.hours * 3600)
@@ -645,7 +647,7 @@ _HAND_ON_UNREAD = text(
         FOR UPDATE OF n SKIP LOCKED
     )
     UPDATE notifications AS n SET
-        state = 'scheduled',
+        state = '{EVENT_TARGET[E.UNREAD_FALLBACK]}',
         channel_index = n.channel_index + 1,
         due_at = now(),
         retry_count = 0,
@@ -654,7 +656,7 @@ _HAND_ON_UNREAD = text(
         updated_at = now()
     FROM due WHERE n.id = due.id
     RETURNING n.id
-    """
+    """  # noqa: S608 - constants only
 )
 
 
@@ -679,10 +681,10 @@ async def hand_on_unread(
 # is made, and committed: another worker skips these rows now (SKIP LOCKED) and after
 # (`reconciled_at`), so each attempt is looked up once per interval, whoever runs.
 _CLAIM_SENT = text(
-    """
+    f"""
     WITH stale AS (
         SELECT a.id FROM delivery_attempts AS a
-        WHERE a.status = 'sent' AND a.channel = ANY(CAST(:channels AS text[]))
+        WHERE a.status = '{A.SENT}' AND a.channel = ANY(CAST(:channels AS text[]))
           AND a.sent_at < :sent_before
           AND a.provider_message_id IS NOT NULL
           AND a.reconcile_checks < :max_checks
@@ -695,7 +697,7 @@ _CLAIM_SENT = text(
     SET reconcile_checks = a.reconcile_checks + 1, reconciled_at = now()
     FROM stale WHERE a.id = stale.id
     RETURNING a.id, a.channel, a.provider_message_id, a.reconcile_checks
-    """
+    """  # noqa: S608 - constants only
 )
 
 
@@ -733,7 +735,7 @@ async def claim_sent_attempts(
 
 
 _GIVE_UP = text(
-    """
+    f"""
     UPDATE delivery_attempts AS a
     SET reconcile_checks = GREATEST(a.reconcile_checks, :max_checks),
         error_code = COALESCE(a.error_code, v.error_code),
@@ -741,8 +743,8 @@ _GIVE_UP = text(
         updated_at = now()
     FROM unnest(CAST(:ids AS bigint[]), CAST(:error_codes AS text[]),
                 CAST(:error_messages AS text[])) AS v(id, error_code, error_message)
-    WHERE a.id = v.id AND a.status = 'sent'
-    """
+    WHERE a.id = v.id AND a.status = '{A.SENT}'
+    """  # noqa: S608 - constants only
 )
 
 

@@ -19,13 +19,21 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, TimestampMixin
-from app.states import STORED_STATES, AttemptStatus
+from app.states import (
+    EVENT_SOURCES,
+    READ_RECEIPT_CHANNELS,
+    STORED_STATES,
+    AttemptStatus,
+    NotificationEvent,
+    sql_in,
+)
 
 # Reminders the unread fallback may hand on: accepted on a channel with read receipts,
 # not read, not handed on before. (PostgreSQL arrays count from 1.)
 UNREAD_CANDIDATES = (
-    "state IN ('sent', 'delivered') AND unread_fallback_at IS NULL"
-    " AND channel_chain[channel_index + 1] IN ('imo', 'whatsapp')"
+    f"{sql_in('state', EVENT_SOURCES[NotificationEvent.UNREAD_FALLBACK])}"
+    " AND unread_fallback_at IS NULL"
+    f" AND {sql_in('channel_chain[channel_index + 1]', READ_RECEIPT_CHANNELS)}"
 )
 
 

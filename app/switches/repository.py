@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Switch
+from app.states import NotificationState
 from app.switches.scope import Scope
 
 
@@ -48,14 +49,15 @@ async def list_switches(session: AsyncSession) -> list[Switch]:
 # read the switches just before the resume): due now. Looked up by the resumed scopes in
 # ix_notifications_paused_by, so a large backlog held by a paused switch costs nothing.
 _RELEASE = text(
-    """
+    f"""
     UPDATE notifications AS n SET
-        due_at = CASE WHEN n.state = 'scheduled' THEN now() ELSE n.due_at END,
-        failure_reason = CASE WHEN n.state = 'scheduled' THEN NULL ELSE n.failure_reason END,
+        due_at = CASE WHEN n.state = '{NotificationState.SCHEDULED}' THEN now() ELSE n.due_at END,
+        failure_reason = CASE WHEN n.state = '{NotificationState.SCHEDULED}' THEN NULL
+                              ELSE n.failure_reason END,
         paused_by = NULL,
         updated_at = now()
     WHERE n.paused_by IN (SELECT scope FROM switches WHERE NOT paused)
-    """
+    """  # noqa: S608 - constants only
 )
 
 

@@ -27,7 +27,7 @@ def upgrade() -> None:
         "notifications",
         ["expires_at"],
         postgresql_where=sa.text(
-            "state IN ('sent', 'delivered') AND unread_fallback_at IS NULL"
+            "state IN ('delivered', 'sent') AND unread_fallback_at IS NULL"
             " AND channel_chain[channel_index + 1] IN ('imo', 'whatsapp')"
         ),
     )
