@@ -5,6 +5,7 @@ Every variable is listed with its default in `.env.example`.
 
 from __future__ import annotations
 
+import re
 from datetime import time
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -12,6 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.states import ChannelName
 
 AppEnv = Literal["development", "test", "staging", "production"]
 
@@ -39,6 +42,12 @@ MIN_SECRET_KEY_DISTINCT_CHARACTERS = 10
 def _is_https_url(value: str) -> bool:
     parts = urlsplit(value)
     return parts.scheme == "https" and bool(parts.hostname) and not parts.query
+
+
+# A purpose, as the API accepts it (app/notifications/schemas.py).
+PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,49}")
+# A CHANNEL_CHAINS key: a country (ISO 3166 alpha-2) or `*`, then optionally `/purpose`.
+_CHAIN_KEY = re.compile(r"(?P<country>[A-Z]{2}|\*)(?:/(?P<purpose>[a-z][a-z0-9_]{0,49}))?")
 
 
 class Settings(BaseSettings):
@@ -99,9 +108,10 @@ class Settings(BaseSettings):
     # A number WhatsApp says has no account is not tried there again for this long.
     whatsapp_retry_no_account_days: int = Field(default=30, ge=1)
 
-    # Channels to try in order, by patient country ("*": everywhere else). Imo is used
-    # only for patients whose Imo authorisation is `subscribed`; unconfigured channels
-    # are skipped.
+    # Channels to try in order, by patient country ("*": everywhere else) and, where a
+    # key `COUNTRY/purpose` (or `*/purpose`) is set, by purpose: see `chain_for`. Imo is
+    # used only for patients whose Imo authorisation is `subscribed`; channels without
+    # credentials are reported at start-up (log, /readyz) and skipped.
     channel_chains: dict[str, list[str]] = {
         "BD": ["imo", "sms"],
         "IN": ["whatsapp", "sms"],
@@ -145,6 +155,13 @@ class Settings(BaseSettings):
     # A reminder due before its appointment also expires when the appointment's day ends.
     notification_expiry_days: int = Field(default=4, ge=1)
     notification_expiry_days_by_purpose: dict[str, Annotated[int, Field(ge=1)]] = {}
+    # A reminder delivered on Imo or WhatsApp and not read this many hours after it was
+    # sent goes once more, on the next channel of its chain. Per purpose (JSON, e.g.
+    # {"missed_visit": 6}; "*": every other purpose). Empty: off.
+    unread_fallback_hours: dict[str, Annotated[float, Field(gt=0)]] = {}
+    # An attempt still `sent` (no final status: its callback may be lost) this many
+    # minutes after sending is looked up at the provider, on channels that can be.
+    reconcile_after_minutes: int = Field(default=30, ge=1)
 
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
     dispatch_concurrency: int = Field(default=200, ge=1, le=5_000)
@@ -189,6 +206,36 @@ class Settings(BaseSettings):
         "consent_help_keywords",
         mode="before",
     )(_split_csv)
+
+    @field_validator("channel_chains")
+    @classmethod
+    def _known_chains(cls, chains: dict[str, list[str]]) -> dict[str, list[str]]:
+        known = {name.value for name in ChannelName}
+        problems = []
+        for key, chain in chains.items():
+            if not _CHAIN_KEY.fullmatch(key):
+                problems.append(
+                    f"key {key!r} is not COUNTRY, COUNTRY/purpose, * or */purpose "
+                    "(COUNTRY: two capital letters, purpose: lower case)"
+                )
+            unknown = [name for name in chain if name not in known]
+            if unknown:
+                problems.append(
+                    f"{key!r} names unknown channels {unknown} (known: {sorted(known)})"
+                )
+            elif len(set(chain)) != len(chain):
+                problems.append(f"{key!r} names a channel twice: {chain}")
+        if problems:
+            raise ValueError("CHANNEL_CHAINS: " + "; ".join(problems))
+        return chains
+
+    @field_validator("unread_fallback_hours")
+    @classmethod
+    def _purposes(cls, hours: dict[str, float]) -> dict[str, float]:
+        wrong = [key for key in hours if key != "*" and not PURPOSE_PATTERN.fullmatch(key)]
+        if wrong:
+            raise ValueError(f"keys must be purposes (lower case) or *: {wrong}")
+        return hours
 
     @field_validator("sweep_interval_seconds")
     @classmethod
@@ -281,6 +328,22 @@ class Settings(BaseSettings):
     def callback_base_url(self) -> str:
         """Where providers call us back: PUBLIC_BASE_URL, or the local API in development."""
         return self.public_base_url or "http://127.0.0.1:8000"
+
+    def chain_for(self, country: str, purpose: str) -> list[str]:
+        """The configured channel chain of a patient's country and a message's purpose:
+        `COUNTRY/purpose`, else `COUNTRY`, else `*/purpose`, else `*`, else SMS alone."""
+        chains = self.channel_chains
+        country = country.upper()
+        for key in (f"{country}/{purpose}", country, f"*/{purpose}", "*"):
+            chain = chains.get(key)
+            if chain is not None:
+                return chain
+        return [ChannelName.SMS.value]
+
+    def unread_fallback_after(self, purpose: str) -> float | None:
+        """Hours after which an unread reminder of `purpose` falls back; None: never."""
+        hours = self.unread_fallback_hours
+        return hours.get(purpose, hours.get("*"))
 
     def expiry_days(self, purpose: str) -> int:
         """How long after falling due a notification of `purpose` is still worth sending."""

@@ -18,6 +18,7 @@ from app.callbacks import endpoints as callback_endpoints
 from app.config import Settings, get_settings
 from app.conversations import endpoints as conversation_endpoints
 from app.db.session import create_engine_and_sessionmaker
+from app.delivery.dispatcher import check_chains
 from app.delivery.report_batcher import ReportBatcher
 from app.errors import install_error_handlers
 from app.experiments import endpoints as experiment_endpoints
@@ -33,6 +34,7 @@ from app.reminder_plans import endpoints as reminder_plan_endpoints
 from app.request_size import RequestSizeLimit
 from app.request_text import RefuseUnstorableText
 from app.response_headers import ResponseHeaders
+from app.switches import endpoints as switch_endpoints
 from app.templates import endpoints as template_endpoints
 
 API_DESCRIPTION = """
@@ -59,6 +61,7 @@ def v1_router() -> APIRouter:
     router.include_router(imo_endpoints.router)
     router.include_router(conversation_endpoints.router)
     router.include_router(conversation_endpoints.patient_router)
+    router.include_router(switch_endpoints.router)
     return router
 
 
@@ -85,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
         app.state.redis = arq_pool
+        app.state.chains = check_chains(settings)
         # Provider reports are committed in groups; see app/delivery/report_batcher.py.
         app.state.report_batcher = ReportBatcher(lambda: app.state.sessionmaker)
         app.state.report_batcher.start()

@@ -140,10 +140,11 @@ class ClaimedBatch:
 @dataclass(frozen=True, slots=True)
 class Idle:
     """Why nothing was claimed: `completed` (now or before), `paused` until the next
-    opening of a window, `busy` (the rest is held by live workers), `gone` (no such
-    round), `again` (a long run of non-candidates was skipped: claim again)."""
+    opening of a window, `switch` (a paused switch stops invitations: look again at
+    `paused_until`), `busy` (the rest is held by live workers), `gone` (no such round),
+    `again` (a long run of non-candidates was skipped: claim again)."""
 
-    reason: Literal["completed", "paused", "busy", "gone", "again"]
+    reason: Literal["completed", "paused", "switch", "busy", "gone", "again"]
     paused_until: datetime | None = None
 
 
