@@ -30,6 +30,7 @@ from app.redis import redis_settings
 from app.reminder_plans import endpoints as reminder_plan_endpoints
 from app.request_size import RequestSizeLimit
 from app.templates import endpoints as template_endpoints
+from app.webhooks import endpoints as webhook_endpoints
 
 API_DESCRIPTION = """
 Reminds patients of their clinic visits over Imo, WhatsApp and SMS.
@@ -55,6 +56,7 @@ def v1_router() -> APIRouter:
     router.include_router(imo_endpoints.router)
     router.include_router(conversation_endpoints.router)
     router.include_router(conversation_endpoints.patient_router)
+    router.include_router(webhook_endpoints.router)
     return router
 
 
