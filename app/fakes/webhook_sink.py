@@ -41,6 +41,11 @@ class WebhookSink:
         self._verifier = Webhook(self.secret)
         self._rng = random.Random(self.seed)
 
+    def use_secret(self, secret: str) -> None:
+        """Verify with `secret` from now on (an endpoint's is known once it is created)."""
+        self.secret = secret
+        self._verifier = Webhook(secret)
+
     async def deliver(self, request: web.Request) -> web.Response:
         body = await request.read()
         try:

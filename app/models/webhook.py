@@ -63,6 +63,16 @@ class WebhookDelivery(TimestampMixin, Base):
             "next_attempt_at",
             postgresql_where=sql("state = 'pending'"),
         ),
+        # A patient's events reach an endpoint in order: one waits while an earlier one
+        # of the same patient is still owed there.
+        Index(
+            "ix_webhook_deliveries_lane",
+            "endpoint_name",
+            "patient_id",
+            "occurred_at",
+            "id",
+            postgresql_where=sql("state = 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -70,6 +80,9 @@ class WebhookDelivery(TimestampMixin, Base):
     endpoint_name: Mapped[str] = mapped_column(
         ForeignKey("webhook_endpoints.name", ondelete="CASCADE")
     )
+    # Copied from the event, for the in-order rule.
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    occurred_at: Mapped[datetime]
     state: Mapped[str] = mapped_column(String(10))
     attempts: Mapped[int] = mapped_column(Integer, server_default=sql("0"))
     next_attempt_at: Mapped[datetime]

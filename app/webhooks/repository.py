@@ -20,8 +20,9 @@ _EMIT = text(
         VALUES (:id, :type, :patient_id, CAST(:data AS jsonb), now())
         RETURNING id, occurred_at
     )
-    INSERT INTO webhook_deliveries (event_id, endpoint_name, state, next_attempt_at)
-    SELECT event.id, e.name, 'pending', event.occurred_at
+    INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,
+                                    next_attempt_at)
+    SELECT event.id, e.name, :patient_id, event.occurred_at, 'pending', event.occurred_at
     FROM event JOIN webhook_endpoints AS e ON e.active AND :type = ANY(e.events)
     """
 )
@@ -45,8 +46,9 @@ async def emit(
 
 _REPLAY = text(
     """
-    INSERT INTO webhook_deliveries (event_id, endpoint_name, state, next_attempt_at)
-    SELECT ev.id, e.name, 'pending', now()
+    INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,
+                                    next_attempt_at)
+    SELECT ev.id, e.name, ev.patient_id, ev.occurred_at, 'pending', now()
     FROM webhook_events AS ev JOIN webhook_endpoints AS e ON e.name = :name
     WHERE ev.occurred_at >= :since AND ev.occurred_at < :until
       AND ev.type = ANY(CAST(:types AS text[]))
@@ -81,12 +83,19 @@ class DueDelivery:
 
 
 # Claimed for `lease` seconds: a worker that dies mid-send leaves them due again then.
+# A delivery waits while an earlier one of the same patient is owed to the same endpoint
+# (ix_webhook_deliveries_lane): a patient's events arrive in order.
 _CLAIM = text(
     """
     WITH due AS (
         SELECT d.id FROM webhook_deliveries AS d
         JOIN webhook_endpoints AS e ON e.name = d.endpoint_name
         WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND e.active
+          AND NOT EXISTS (
+              SELECT FROM webhook_deliveries AS earlier
+              WHERE earlier.state = 'pending' AND earlier.endpoint_name = d.endpoint_name
+                AND earlier.patient_id = d.patient_id
+                AND (earlier.occurred_at, earlier.id) < (d.occurred_at, d.id))
         ORDER BY d.next_attempt_at, d.id
         LIMIT :limit
         FOR UPDATE OF d SKIP LOCKED

@@ -62,6 +62,8 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger(), nullable=False),
         sa.Column("event_id", sa.UUID(), nullable=False),
         sa.Column("endpoint_name", sa.String(length=64), nullable=False),
+        sa.Column("patient_id", sa.String(length=64), nullable=True),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("state", sa.String(length=10), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
@@ -108,8 +110,21 @@ def upgrade() -> None:
         postgresql_where=sa.text("state = 'pending'"),
     )
 
+    op.create_index(
+        "ix_webhook_deliveries_lane",
+        "webhook_deliveries",
+        ["endpoint_name", "patient_id", "occurred_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("state = 'pending'"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_index(
+        "ix_webhook_deliveries_lane",
+        table_name="webhook_deliveries",
+        postgresql_where=sa.text("state = 'pending'"),
+    )
     op.drop_index(
         "ix_webhook_deliveries_due",
         table_name="webhook_deliveries",

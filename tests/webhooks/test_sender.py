@@ -180,3 +180,29 @@ class TestDelivery:
         duplicates = receiver.duplicates
         await sender(db_sessionmaker, http).send_once()
         assert receiver.duplicates == duplicates + 1
+
+
+class TestOrder:
+    async def test_a_patients_later_event_waits_for_the_earlier_one(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        http: aiohttp.ClientSession,
+        sink: tuple[WebhookSink, str],
+    ) -> None:
+        receiver, url = sink
+        receiver.fail_rate = 1.0
+        endpoint = await subscribe(db_session, receiver, url)
+        patient = await make_patient(db_session)
+        for subject in ("first", "second"):
+            await conversation_service.open_conversation(db_session, patient.id, subject, None)
+        await db_session.commit()
+        await sender(db_sessionmaker, http).send_once()
+        first, second = await deliveries(db_session, endpoint)
+        assert (first.attempts, second.attempts) == (1, 0)
+        receiver.fail_rate = 0.0
+        first.next_attempt_at = datetime.now(UTC) - timedelta(seconds=1)
+        await db_session.commit()
+        await sender(db_sessionmaker, http).send_once()
+        await sender(db_sessionmaker, http).send_once()
+        assert [e["data"]["subject"] for e in receiver.received] == ["first", "second"]
