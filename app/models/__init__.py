@@ -15,6 +15,7 @@ from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
+from app.models.switch import Switch
 from app.models.template import Template
 from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
@@ -36,6 +37,7 @@ __all__ = [
     "Notification",
     "Patient",
     "ReminderPlan",
+    "Switch",
     "Template",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -2,8 +2,8 @@
 and one delivery row per event and endpoint
 
 Revision ID: 20261204_webhooks
-Revises: 20261204_staff_message_template
-Create Date: 2026-12-04 20:40:00+00:00
+Revises: 20261204_reconcile
+Create Date: 2026-12-04 21:10:00+00:00
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "20261204_webhooks"
-down_revision: str | None = "20261204_staff_message_template"
+down_revision: str | None = "20261204_reconcile"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
