@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from app.models import WebhookEndpoint
+from app.validation import BoundedDatetime, InputModel, SingleLine
 
 EventName = Literal[
     "message.received", "conversation.opened", "conversation.closed", "consent.changed"
@@ -15,10 +16,8 @@ EventName = Literal[
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
 
 
-class WebhookIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = Field(
+class WebhookIn(InputModel):
+    url: SingleLine = Field(
         min_length=1,
         max_length=2000,
         description="https in production; never a private, loopback or link-local address "
@@ -53,11 +52,9 @@ class WebhookOut(BaseModel):
         )
 
 
-class ReplayIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    since: AwareDatetime
-    until: AwareDatetime
+class ReplayIn(InputModel):
+    since: BoundedDatetime
+    until: BoundedDatetime
     events: list[EventName] | None = Field(default=None, description="Default: every type")
 
     @model_validator(mode="after")
