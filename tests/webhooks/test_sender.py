@@ -45,6 +45,19 @@ async def subscribe(
     return endpoint
 
 
+async def owed(
+    session: AsyncSession, receiver: WebhookSink, url: str, *subjects: str
+) -> WebhookEndpoint:
+    """An endpoint subscribed to the sink, owed one `conversation.opened` per subject
+    (one patient's, in order), committed."""
+    endpoint = await subscribe(session, receiver, url)
+    patient = await make_patient(session)
+    for subject in subjects or ("x",):
+        await conversation_service.open_conversation(session, patient.id, subject, None)
+    await session.commit()
+    return endpoint
+
+
 def sender(
     sessionmaker: async_sessionmaker[AsyncSession], http: aiohttp.ClientSession, **clock: float
 ) -> WebhookSender:
@@ -107,10 +120,7 @@ class TestDelivery:
     ) -> None:
         receiver, url = sink
         receiver.fail_rate = 1.0
-        endpoint = await subscribe(db_session, receiver, url)
-        patient = await make_patient(db_session)
-        await conversation_service.open_conversation(db_session, patient.id, "x", None)
-        await db_session.commit()
+        endpoint = await owed(db_session, receiver, url)
         before = datetime.now(UTC)
         await sender(db_sessionmaker, http).send_once()
         [delivery] = await deliveries(db_session, endpoint)
@@ -149,10 +159,7 @@ class TestDelivery:
     ) -> None:
         receiver, url = sink
         receiver.fail_rate = 1.0
-        endpoint = await subscribe(db_session, receiver, url)
-        patient = await make_patient(db_session)
-        await conversation_service.open_conversation(db_session, patient.id, "x", None)
-        await db_session.commit()
+        endpoint = await owed(db_session, receiver, url)
         await sender(db_sessionmaker, http, hours=73).send_once()
         [delivery] = await deliveries(db_session, endpoint)
         assert delivery.state == "failed"
@@ -166,11 +173,8 @@ class TestDelivery:
         sink: tuple[WebhookSink, str],
     ) -> None:
         receiver, url = sink
-        endpoint = await subscribe(db_session, receiver, url)
-        patient = await make_patient(db_session)
         since = datetime.now(UTC) - timedelta(minutes=1)
-        await conversation_service.open_conversation(db_session, patient.id, "x", None)
-        await db_session.commit()
+        endpoint = await owed(db_session, receiver, url)
         await sender(db_sessionmaker, http).send_once()
         queued = await webhook_service.replay(
             db_session, endpoint.name, since, datetime.now(UTC) + timedelta(minutes=1), None
@@ -192,11 +196,7 @@ class TestOrder:
     ) -> None:
         receiver, url = sink
         receiver.fail_rate = 1.0
-        endpoint = await subscribe(db_session, receiver, url)
-        patient = await make_patient(db_session)
-        for subject in ("first", "second"):
-            await conversation_service.open_conversation(db_session, patient.id, subject, None)
-        await db_session.commit()
+        endpoint = await owed(db_session, receiver, url, "first", "second")
         await sender(db_sessionmaker, http).send_once()
         first, second = await deliveries(db_session, endpoint)
         assert (first.attempts, second.attempts) == (1, 0)
