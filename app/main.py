@@ -17,6 +17,7 @@ from app.config import Settings, get_settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.report_batcher import ReportBatcher
 from app.errors import install_error_handlers
+from app.events import endpoints as event_endpoints
 from app.experiments import endpoints as experiment_endpoints
 from app.gc_tuning import tune_gc
 from app.imo import endpoints as imo_endpoints
@@ -52,6 +53,7 @@ def v1_router() -> APIRouter:
     router.include_router(reminder_plan_endpoints.router)
     router.include_router(experiment_endpoints.router)
     router.include_router(imo_endpoints.router)
+    router.include_router(event_endpoints.router)
     return router
 
 
