@@ -20,6 +20,7 @@ from app.errors import install_error_handlers
 from app.events import endpoints as event_endpoints
 from app.experiments import endpoints as experiment_endpoints
 from app.gc_tuning import tune_gc
+from app.groups import endpoints as group_endpoints
 from app.imo import endpoints as imo_endpoints
 from app.logs import configure_logging
 from app.notifications import endpoints as notification_endpoints
@@ -54,6 +55,7 @@ def v1_router() -> APIRouter:
     router.include_router(experiment_endpoints.router)
     router.include_router(imo_endpoints.router)
     router.include_router(event_endpoints.router)
+    router.include_router(group_endpoints.router)
     return router
 
 
