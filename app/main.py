@@ -12,6 +12,7 @@ from app import observability
 from app.api_docs import install_api_docs
 from app.appointments import endpoints as appointment_endpoints
 from app.auth.dependencies import require_api_key
+from app.broadcasts import endpoints as broadcast_endpoints
 from app.callbacks import endpoints as callback_endpoints
 from app.config import Settings, get_settings
 from app.db.session import create_engine_and_sessionmaker
@@ -56,6 +57,7 @@ def v1_router() -> APIRouter:
     router.include_router(imo_endpoints.router)
     router.include_router(event_endpoints.router)
     router.include_router(group_endpoints.router)
+    router.include_router(broadcast_endpoints.router)
     return router
 
 

@@ -27,7 +27,7 @@ from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
 from app.security import TokenSigner
-from workers import invitations
+from workers import broadcasts, invitations
 
 log = logging.getLogger(__name__)
 Context = dict[str, Any]
@@ -95,6 +95,7 @@ class WorkerSettings:
         sweep_stale_sending,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
+        broadcasts.fan_out_broadcast,
     ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(
@@ -104,6 +105,7 @@ class WorkerSettings:
             run_at_startup=True,
         ),
         invitations.scheduled_round_cron(get_settings()),
+        cron(broadcasts.resume_stalled_broadcasts, second=set(range(5, 60, 10)), unique=True),
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, literal, select, true
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import Text
 
 from app.models import Group, GroupMember, Patient
 
@@ -51,28 +51,31 @@ async def remove_members(
     await session.execute(statement)
 
 
-def matches(filter_: dict[str, Any], today: date) -> ColumnElement[bool]:
-    """The patients (table `patients`) a group filter selects."""
-    clauses: list[ColumnElement[bool]] = []
-    if filter_.get("facility_id"):
-        clauses.append(Patient.facility_id.in_(filter_["facility_id"]))
-    if filter_.get("country"):
-        clauses.append(Patient.country.in_(filter_["country"]))
-    if filter_.get("locale"):
-        clauses.append(Patient.locale.in_(filter_["locale"]))
+def matches(filter_: dict[str, Any], today: date) -> tuple[str, dict[str, Any]]:
+    """The SQL condition (over patients as `p`) of a group filter, and its parameters.
+
+    Text, because the broadcast fan-out splices it into its one INSERT ... SELECT."""
+    clauses = ["true"]
+    params: dict[str, Any] = {}
+    for field in ("facility_id", "country", "locale"):
+        if filter_.get(field):
+            clauses.append(f"p.{field} = ANY(:g_{field})")
+            params[f"g_{field}"] = list(filter_[field])
     if filter_.get("tags"):
-        clauses.append(Patient.tags.contains(literal(filter_["tags"], ARRAY(Text))))
+        clauses.append("p.tags @> CAST(:g_tags AS text[])")
+        params["g_tags"] = list(filter_["tags"])
     if filter_.get("attributes"):
-        clauses.append(Patient.attributes.contains(literal(filter_["attributes"], JSONB)))
-    if filter_.get("age"):
-        # ISO dates compare as text: no cast that a malformed birth_date could fail.
-        birth_date = Patient.attributes["birth_date"].astext
-        band = filter_["age"]
-        if band.get("min") is not None:
-            clauses.append(birth_date <= _years_before(today, band["min"]).isoformat())
-        if band.get("max") is not None:
-            clauses.append(birth_date > _years_before(today, band["max"] + 1).isoformat())
-    return and_(true(), *clauses)
+        clauses.append("p.attributes @> CAST(:g_attributes AS jsonb)")
+        params["g_attributes"] = json.dumps(filter_["attributes"])
+    band = filter_.get("age") or {}
+    # ISO dates compare as text: no cast that a malformed birth_date could fail.
+    if band.get("min") is not None:
+        clauses.append("p.attributes ->> 'birth_date' <= :g_born_by")
+        params["g_born_by"] = _years_before(today, band["min"]).isoformat()
+    if band.get("max") is not None:
+        clauses.append("p.attributes ->> 'birth_date' > :g_born_after")
+        params["g_born_after"] = _years_before(today, band["max"] + 1).isoformat()
+    return " AND ".join(clauses), params
 
 
 def _years_before(today: date, years: int) -> date:
@@ -84,20 +87,30 @@ def _years_before(today: date, years: int) -> date:
 
 async def count_members(session: AsyncSession, group: Group, today: date) -> int:
     if group.filter is None:
-        query = select(func.count()).where(GroupMember.group_name == group.name)
-    else:
-        query = select(func.count()).select_from(Patient).where(matches(group.filter, today))
-    return int(await session.scalar(query) or 0)
+        members = select(func.count()).where(GroupMember.group_name == group.name)
+        return int(await session.scalar(members) or 0)
+    condition, params = matches(group.filter, today)
+    counted = text(f"SELECT count(*) FROM patients p WHERE {condition}")  # noqa: S608
+    return int(await session.scalar(counted, params) or 0)
 
 
 async def sample_members(
     session: AsyncSession, group: Group, today: date, limit: int
 ) -> Sequence[Patient]:
-    query = select(Patient).order_by(Patient.id).limit(limit)
+    """The first `limit` members in id order."""
     if group.filter is None:
-        query = query.join(GroupMember, GroupMember.patient_id == Patient.id).where(
-            GroupMember.group_name == group.name
+        query = (
+            select(Patient)
+            .join(GroupMember, GroupMember.patient_id == Patient.id)
+            .where(GroupMember.group_name == group.name)
+            .order_by(Patient.id)
+            .limit(limit)
         )
-    else:
-        query = query.where(matches(group.filter, today))
-    return (await session.scalars(query)).all()
+        return (await session.scalars(query)).all()
+    condition, params = matches(group.filter, today)
+    # `condition` is matches()'s own SQL; its values are bind parameters.
+    statement = text(f"SELECT p.* FROM patients p WHERE {condition} ORDER BY p.id LIMIT :limit")  # noqa: S608
+    rows = await session.scalars(
+        select(Patient).from_statement(statement), {**params, "limit": limit}
+    )
+    return rows.all()
