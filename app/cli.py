@@ -13,7 +13,6 @@ commands stay fast.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +24,7 @@ from app.devtools.console import console, err_console
 from app.devtools.environment import (
     parse_overrides,
     prepare_environment,
+    require_migrated,
     upgrade_head,
 )
 from app.event_loop import new_event_loop
@@ -50,7 +50,7 @@ def main() -> None:
 @cli.command()
 def migrate() -> None:
     """Apply the database migrations (`alembic upgrade head`)."""
-    database_url, _ = prepare_environment(redis=False)
+    database_url, _ = prepare_environment(redis=False, one_off=True)
     upgrade_head(database_url)
     console.print("[green]database is at the latest migration[/green]")
 
@@ -122,7 +122,8 @@ def api_keys_create(name: Annotated[str, typer.Argument(help="Who the key is for
     """Create an API key. The key is the last line printed, shown only this once."""
     from app.auth import service as auth_service
 
-    database_url, _ = prepare_environment(redis=False)
+    database_url, _ = prepare_environment(redis=False, one_off=True)
+    require_migrated(database_url)
     key_id, plaintext = asyncio.run(auth_service.issue_api_key(database_url, name))
     console.print(f"Created API key [bold]{name}[/bold] (id {key_id}). Keep it now:")
     print(plaintext, flush=True)
@@ -140,7 +141,8 @@ def invite(
     from app.imo import terminal
     from app.logs import configure_logging
 
-    prepare_environment()
+    database_url, _ = prepare_environment(one_off=True)
+    require_migrated(database_url)
     settings = get_settings()
     configure_logging("WARNING", json=False)
     if not (settings.imo_base_url and settings.imo_username):
@@ -151,7 +153,7 @@ def invite(
 
 @experiments_cli.command("report")
 def experiments_report(
-    experiment_id: Annotated[uuid.UUID, typer.Argument(help="The experiment's id.")],
+    experiment: Annotated[str, typer.Argument(help="The experiment's id or name.")],
     csv_path: Annotated[
         Path | None,
         typer.Option("--csv", help="Also write one row per enrolled patient here.", dir_okay=False),
@@ -160,8 +162,9 @@ def experiments_report(
     """Print an experiment's results per group, as GET /v1/experiments/{id}/results."""
     from app.experiments import report
 
-    database_url, _ = prepare_environment()
-    raise typer.Exit(asyncio.run(report.run_report(database_url, experiment_id, csv_path)))
+    database_url, _ = prepare_environment(one_off=True)
+    require_migrated(database_url)
+    raise typer.Exit(asyncio.run(report.run_report(database_url, experiment, csv_path)))
 
 
 @cli.command("fake-imo")
@@ -204,6 +207,30 @@ def fake_twilio(
     if callback_delay is not None:
         options["callback_delay"] = callback_delay
     twilio.run(host, port, twilio.FakeTwilioConfig(**options))
+
+
+@cli.command("fake-whatsapp")
+def fake_whatsapp(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="0: any free port.")] = 8003,
+    callback_delay: Annotated[
+        float | None, typer.Option(help="Seconds between status webhooks.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any FakeWhatsAppConfig field, e.g. --set webhook_url=http://h/callbacks/whatsapp.",
+        ),
+    ] = None,
+) -> None:
+    """Serve the fake WhatsApp Cloud API (base URL http://HOST:PORT)."""
+    from app.fakes import whatsapp
+
+    options = parse_overrides(set_ or [])
+    if callback_delay is not None:
+        options["callback_delay"] = callback_delay
+    whatsapp.run(host, port, whatsapp.FakeWhatsAppConfig(**options))
 
 
 @cli.command()

@@ -21,6 +21,7 @@ AppEnv = Literal["development", "test", "staging", "production"]
 PLACEHOLDER_SECRETS = frozenset(
     {"", "change-me", "changeme", "secret", "fake", "test", "xxx"}
     | {"fake-imo-password", "fake-twilio-token"}
+    | {"fake-whatsapp-token", "fake-whatsapp-app-secret", "fake-whatsapp-verify-token"}
 )
 
 
@@ -80,6 +81,23 @@ class Settings(BaseSettings):
     twilio_rate_limit_per_second: float = Field(default=100.0, gt=0)
     twilio_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # WhatsApp, through Meta's Cloud API (`cloud`) or a Twilio account (`twilio`: the
+    # TWILIO_* account above, sending from WHATSAPP_TWILIO_FROM).
+    whatsapp_provider: Literal["cloud", "twilio"] = "cloud"
+    whatsapp_base_url: str = "https://graph.facebook.com"
+    whatsapp_api_version: str = "v21.0"
+    whatsapp_phone_number_id: str = ""
+    whatsapp_access_token: SecretStr = SecretStr("")
+    # Signs the Cloud API's webhooks (X-Hub-Signature-256): the Meta app's secret.
+    whatsapp_app_secret: SecretStr = SecretStr("")
+    # What Meta's webhook verification (GET, hub.verify_token) must present.
+    whatsapp_verify_token: SecretStr = SecretStr("")
+    whatsapp_twilio_from: str = ""
+    whatsapp_rate_limit_per_second: float = Field(default=80.0, gt=0)
+    whatsapp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A number WhatsApp says has no account is not tried there again for this long.
+    whatsapp_retry_no_account_days: int = Field(default=30, ge=1)
+
     # Channels to try in order, by patient country ("*": everywhere else). Imo is used
     # only for patients whose Imo authorisation is `subscribed`; unconfigured channels
     # are skipped.
@@ -128,7 +146,8 @@ class Settings(BaseSettings):
     # patients is well under 2 MiB).
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
-    # Embedded PostgreSQL/Redis and the development key live here.
+    # Embedded PostgreSQL/Redis and the development key live here. Unset, the `notify`
+    # commands use the project's .data wherever they run (app/devtools/environment.py).
     data_dir: str = ".data"
     log_level: str = "INFO"
     log_json: bool = True
@@ -142,7 +161,7 @@ class Settings(BaseSettings):
             raise ValueError("must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60)")
         return value
 
-    @field_validator("imo_base_url", "twilio_base_url", "public_base_url")
+    @field_validator("imo_base_url", "twilio_base_url", "whatsapp_base_url", "public_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
@@ -177,9 +196,36 @@ class Settings(BaseSettings):
                 problems.append(f"{name} must be set")
         if not self.twilio_sms_from:
             problems.append("TWILIO_SMS_FROM must name at least one sender")
+        if self.chains_use("whatsapp"):
+            problems += self._whatsapp_problems()
         if problems:
             raise ValueError("production settings are incomplete: " + "; ".join(problems))
         return self
+
+    def _whatsapp_problems(self) -> list[str]:
+        why = " (a channel chain uses whatsapp)"
+        if self.whatsapp_provider == "twilio":
+            return [] if self.whatsapp_twilio_from else ["WHATSAPP_TWILIO_FROM must be set" + why]
+        problems = []
+        if not self.whatsapp_phone_number_id:
+            problems.append("WHATSAPP_PHONE_NUMBER_ID must be set" + why)
+        for name, secret in {
+            "WHATSAPP_ACCESS_TOKEN": self.whatsapp_access_token,
+            "WHATSAPP_APP_SECRET": self.whatsapp_app_secret,
+            "WHATSAPP_VERIFY_TOKEN": self.whatsapp_verify_token,
+        }.items():
+            if secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+                problems.append(f"{name} is missing or a placeholder" + why)
+        return problems
+
+    def chains_use(self, channel: str) -> bool:
+        return any(channel in chain for chain in self.channel_chains.values())
+
+    @property
+    def whatsapp_configured(self) -> bool:
+        if self.whatsapp_provider == "twilio":
+            return bool(self.twilio_account_sid and self.whatsapp_twilio_from)
+        return bool(self.whatsapp_phone_number_id and self.whatsapp_access_token.get_secret_value())
 
     @property
     def callback_base_url(self) -> str:

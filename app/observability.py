@@ -81,6 +81,25 @@ def report_unexpected(provider: str, message: str, context: dict[str, Any]) -> N
         sentry_sdk.capture_message(f"{provider}: {message}", level="error")
 
 
+# Templates a provider refused, as "channel: template": each is reported once per process.
+_REJECTED_TEMPLATES: set[str] = set()
+
+
+def report_template_rejected(provider: str, template: str, message: str) -> None:
+    """A provider has no such template, or not with our parameters: every message of it
+    fails until an operator fixes it, so Sentry hears once per template, not per message.
+    `message` must be redacted (adapters drop numbers and texts)."""
+    key = f"{provider}: {template}"
+    if key in _REJECTED_TEMPLATES:
+        return
+    _REJECTED_TEMPLATES.add(key)
+    log.error("provider refused a template", extra={"provider": provider, "template": template})
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("provider", provider)
+        scope.set_tag("template", template)
+        sentry_sdk.capture_message(f"{key}: template refused: {message}", level="error")
+
+
 class HttpMetricsMiddleware:
     """Counts requests by route template (not raw path: tokens stay out of labels)."""
 

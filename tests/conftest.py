@@ -13,7 +13,7 @@
   for code that commits from several connections at once (worker loops, invitation
   runners), which the one rolled-back connection of `db_session` cannot host.
 - `fake_imo`, `fake_twilio` (per test, reset): the fake providers served from this
-  process with callbacks off (tests/fake_servers.py).
+  process with callbacks off (tests/fake_servers.py); `http`: an aiohttp client.
 - `stack` (session): the real API, a worker and the fake providers as processes; see
   tests/stack.py. Tests that need their own stack use `run_stack(services, ...)` and
   override `stack`. `stack_api`: an authorised client of whichever `stack` applies.
@@ -83,7 +83,8 @@ def services() -> Iterator[Services]:
             data_dir, TEST_DATABASE, durable=False, fresh=True
         )
         redis_url = os.environ.get("TEST_REDIS_URL") or embedded.ensure_redis(data_dir)
-        os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url)
+        # DATA_DIR: no test meets the checkout's own .data (or a `notify dev` running on it).
+        os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url, DATA_DIR=str(data_dir))
         get_settings.cache_clear()
         # In a thread: alembic's env.py runs (and then unsets) an event loop of its own.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -211,6 +212,7 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
         services,
         fake_imo_options=SHARED_STACK_FAKE_OPTIONS,
         fake_twilio_options=SHARED_STACK_FAKE_OPTIONS,
+        fake_whatsapp_options=SHARED_STACK_FAKE_OPTIONS,
     ) as running:
         yield running
 

@@ -1,10 +1,11 @@
 """The real process stack for end-to-end tests.
 
 `run_stack(services)` starts, as child processes on free loopback ports, the fake Imo,
-the fake Twilio, the API (`notify api`) and N workers (`notify worker`), all pointed at
-each other and at a database and Redis DB of their own (a fresh `clinic_notify_e2e_N`
-on the test server, migrated; the next Redis DB number), so that the committed data of
-end-to-end tests never meets the rolled-back world of the unit tests.
+the fake Twilio, the fake WhatsApp, the API (`notify api`) and N workers (`notify
+worker`), all pointed at each other and at a database and Redis DB of their own (a fresh
+`clinic_notify_e2e_N` on the test server, migrated; the next Redis DB number), so that
+the committed data of end-to-end tests never meets the rolled-back world of the unit
+tests.
 
 Every wait has a time-out; a child that dies while starting fails the start with its
 output; at the end every child gets SIGTERM, then SIGKILL, and also dies with the test
@@ -52,6 +53,10 @@ from app.fakes.credentials import (
     FAKE_TWILIO_ACCOUNT_SID,
     FAKE_TWILIO_AUTH_TOKEN,
     FAKE_TWILIO_SMS_FROM,
+    FAKE_WHATSAPP_ACCESS_TOKEN,
+    FAKE_WHATSAPP_APP_SECRET,
+    FAKE_WHATSAPP_PHONE_NUMBER_ID,
+    FAKE_WHATSAPP_VERIFY_TOKEN,
 )
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
@@ -172,6 +177,7 @@ class Stack:
         workers: int,
         fake_imo_options: Mapping[str, Any],
         fake_twilio_options: Mapping[str, Any],
+        fake_whatsapp_options: Mapping[str, Any],
         env: Mapping[str, str],
     ) -> None:
         self.number = next(_stack_numbers)
@@ -180,6 +186,7 @@ class Stack:
         self.initial_workers = workers
         self.fake_imo_options = dict(fake_imo_options)
         self.fake_twilio_options = dict(fake_twilio_options)
+        self.fake_whatsapp_options = dict(fake_whatsapp_options)
         self.extra_env = dict(env)
 
         self.imo_port, self.twilio_port, self.api_port = free_port(), free_port(), free_port()
@@ -187,6 +194,8 @@ class Stack:
         self.imo_url = f"{self.imo_root}/api/simple"
         self.twilio_url = f"http://127.0.0.1:{self.twilio_port}"
         self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.whatsapp_port = free_port()
+        self.whatsapp_url = f"http://127.0.0.1:{self.whatsapp_port}"
         self.database_url = ""
         self.redis_url = with_redis_db(services.redis_url, 1 + self.number % 15)
         self.env: dict[str, str] = {}
@@ -208,16 +217,24 @@ class Stack:
 
         imo_options = _set_options(self.fake_imo_options)
         twilio_options = _set_options(self.fake_twilio_options)
+        whatsapp_options = _set_options(
+            {"webhook_url": f"{self.api_url}/callbacks/whatsapp", **self.fake_whatsapp_options}
+        )
         self.fakes = [
             self._spawn("fake-imo", ["fake-imo", "--port", str(self.imo_port), *imo_options]),
             self._spawn(
                 "fake-twilio", ["fake-twilio", "--port", str(self.twilio_port), *twilio_options]
+            ),
+            self._spawn(
+                "fake-whatsapp",
+                ["fake-whatsapp", "--port", str(self.whatsapp_port), *whatsapp_options],
             ),
         ]
         self.api = self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.api_port)])
         waits = [
             self._wait_http(self.fakes[0], f"{self.imo_root}/_fake/stats"),
             self._wait_http(self.fakes[1], f"{self.twilio_url}/_fake/stats"),
+            self._wait_http(self.fakes[2], f"{self.whatsapp_url}/_fake/stats"),
             self._wait_http(self.api, f"{self.api_url}/healthz"),
         ]
         pending_workers = [self._launch_worker() for _ in range(self.initial_workers)]
@@ -299,23 +316,30 @@ class Stack:
     async def twilio_stats(self) -> dict[str, Any]:
         return await self._get_json(f"{self.twilio_url}/_fake/stats")
 
+    async def whatsapp_stats(self) -> dict[str, Any]:
+        return await self._get_json(f"{self.whatsapp_url}/_fake/stats")
+
     async def configure_fakes(
-        self, imo: Mapping[str, Any] | None = None, twilio: Mapping[str, Any] | None = None
+        self,
+        imo: Mapping[str, Any] | None = None,
+        twilio: Mapping[str, Any] | None = None,
+        whatsapp: Mapping[str, Any] | None = None,
     ) -> None:
         """Change the fakes' behaviour now (`POST /_fake/config`)."""
         async with httpx.AsyncClient(timeout=10) as client:
-            if imo:
-                (
-                    await client.post(f"{self.imo_root}/_fake/config", json=dict(imo))
-                ).raise_for_status()
-            if twilio:
-                response = await client.post(f"{self.twilio_url}/_fake/config", json=dict(twilio))
-                response.raise_for_status()
+            for root, changes in (
+                (self.imo_root, imo),
+                (self.twilio_url, twilio),
+                (self.whatsapp_url, whatsapp),
+            ):
+                if changes:
+                    response = await client.post(f"{root}/_fake/config", json=dict(changes))
+                    response.raise_for_status()
 
     async def reset_fakes(self) -> None:
         """Forget every message and pending callback (`POST /_fake/reset`)."""
         async with httpx.AsyncClient(timeout=10) as client:
-            for root in (self.imo_root, self.twilio_url):
+            for root in (self.imo_root, self.twilio_url, self.whatsapp_url):
                 (await client.post(f"{root}/_fake/reset")).raise_for_status()
 
     def children(self) -> list[Child]:
@@ -351,6 +375,13 @@ class Stack:
             TWILIO_ACCOUNT_SID=FAKE_TWILIO_ACCOUNT_SID,
             TWILIO_AUTH_TOKEN=FAKE_TWILIO_AUTH_TOKEN,
             TWILIO_SMS_FROM=FAKE_TWILIO_SMS_FROM,
+            WHATSAPP_BASE_URL=self.whatsapp_url,
+            WHATSAPP_PHONE_NUMBER_ID=FAKE_WHATSAPP_PHONE_NUMBER_ID,
+            WHATSAPP_ACCESS_TOKEN=FAKE_WHATSAPP_ACCESS_TOKEN,
+            WHATSAPP_APP_SECRET=FAKE_WHATSAPP_APP_SECRET,
+            WHATSAPP_VERIFY_TOKEN=FAKE_WHATSAPP_VERIFY_TOKEN,
+            # WHATSAPP_PROVIDER=twilio (in `env`) sends from here, through the fake Twilio.
+            WHATSAPP_TWILIO_FROM=FAKE_TWILIO_SMS_FROM,
             DATA_DIR=str(self.workdir / "data"),
             PYTHONUNBUFFERED="1",
         )
@@ -422,16 +453,18 @@ async def run_stack(
     workers: int = 1,
     fake_imo_options: Mapping[str, Any] | None = None,
     fake_twilio_options: Mapping[str, Any] | None = None,
+    fake_whatsapp_options: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
     """Start a stack, yield it, stop it. `*_options` are the fakes' config fields
-    (`FakeImoConfig`, `FakeTwilioConfig`); `env` adds or overrides settings of the API
-    and workers (e.g. `{"DISPATCH_IDLE_SECONDS": "0.1"}`)."""
+    (`FakeImoConfig`, `FakeTwilioConfig`, `FakeWhatsAppConfig`); `env` adds or overrides
+    settings of the API and workers (e.g. `{"DISPATCH_IDLE_SECONDS": "0.1"}`)."""
     stack = Stack(
         services,
         workers=workers,
         fake_imo_options=fake_imo_options or {},
         fake_twilio_options=fake_twilio_options or {},
+        fake_whatsapp_options=fake_whatsapp_options or {},
         env=env or {},
     )
     ACTIVE_STACKS.append(stack)

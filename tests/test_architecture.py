@@ -56,6 +56,11 @@ def test_lint_imports_keeps_every_contract() -> None:
 
 
 class TestLayers:
+    def test_every_module_of_the_app_has_its_layer(self, graph: grimp.ImportGraph) -> None:
+        """A new package or module is placed in pyproject.toml's layers, not left out."""
+        placed = {module for layer in layers_of_the_contract() for module in layer.module_tails}
+        assert graph.find_children("app") - placed == set()
+
     def test_no_import_runs_back_up(self, graph: grimp.ImportGraph) -> None:
         illegal = graph.find_illegal_dependencies_for_layers(layers=layers_of_the_contract())
         assert illegal == set()

@@ -35,7 +35,8 @@ class TestHelp:
     def test_lists_every_command(self) -> None:
         result = runner.invoke(cli, ["--help"])
         assert result.exit_code == 0
-        for name in ("dev", "migrate", "api", "worker", "api-keys", "fake-imo", "fake-twilio"):
+        commands = ("dev", "migrate", "api", "worker", "api-keys", "fake-imo", "fake-twilio")
+        for name in (*commands, "fake-whatsapp"):
             assert name in result.output
 
 

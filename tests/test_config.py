@@ -11,7 +11,13 @@ from pydantic import ValidationError
 
 from app.config import PLACEHOLDER_SECRETS, Settings
 from app.devtools.environment import notify_command
-from app.fakes.credentials import FAKE_IMO_PASSWORD, FAKE_TWILIO_AUTH_TOKEN
+from app.fakes.credentials import (
+    FAKE_IMO_PASSWORD,
+    FAKE_TWILIO_AUTH_TOKEN,
+    FAKE_WHATSAPP_ACCESS_TOKEN,
+    FAKE_WHATSAPP_APP_SECRET,
+    FAKE_WHATSAPP_VERIFY_TOKEN,
+)
 
 PRODUCTION: dict[str, Any] = {
     "app_env": "production",
@@ -25,7 +31,17 @@ PRODUCTION: dict[str, Any] = {
     "twilio_account_sid": "AC" + "1" * 32,
     "twilio_auth_token": "a-real-twilio-token",
     "twilio_sms_from": "+15005550006",
+    "whatsapp_phone_number_id": "106540352242922",
+    "whatsapp_access_token": "a-real-whatsapp-token",
+    "whatsapp_app_secret": "a-real-app-secret",
+    "whatsapp_verify_token": "a-real-verify-token",
 }
+WHATSAPP_CLOUD = (
+    "whatsapp_phone_number_id",
+    "whatsapp_access_token",
+    "whatsapp_app_secret",
+    "whatsapp_verify_token",
+)
 
 
 def production(**changes: Any) -> Settings:
@@ -60,8 +76,47 @@ class TestProductionStartUp:
         with pytest.raises(ValidationError, match=complaint):
             production(**{field: value})
 
+    @pytest.mark.parametrize(
+        ("field", "value", "complaint"),
+        [
+            ("whatsapp_phone_number_id", "", "WHATSAPP_PHONE_NUMBER_ID must be set"),
+            ("whatsapp_access_token", "", "WHATSAPP_ACCESS_TOKEN is missing or a placeholder"),
+            (
+                "whatsapp_app_secret",
+                FAKE_WHATSAPP_APP_SECRET,
+                "WHATSAPP_APP_SECRET is missing or a placeholder",
+            ),
+            ("whatsapp_verify_token", "", "WHATSAPP_VERIFY_TOKEN is missing or a placeholder"),
+        ],
+    )
+    def test_a_chain_with_whatsapp_needs_its_credentials(
+        self, field: str, value: str, complaint: str
+    ) -> None:
+        with pytest.raises(ValidationError, match=complaint):
+            production(**{field: value})
+
+    def test_no_chain_with_whatsapp_needs_no_whatsapp_credentials(self) -> None:
+        chains = {"BD": ["imo", "sms"], "*": ["sms"]}
+        settings = production(channel_chains=chains, **dict.fromkeys(WHATSAPP_CLOUD, ""))
+        assert not settings.chains_use("whatsapp")
+
+    def test_whatsapp_through_twilio_needs_a_sender_not_cloud_credentials(self) -> None:
+        cloudless = dict.fromkeys(WHATSAPP_CLOUD, "")
+        with pytest.raises(ValidationError, match="WHATSAPP_TWILIO_FROM must be set"):
+            production(whatsapp_provider="twilio", **cloudless)
+        settings = production(
+            whatsapp_provider="twilio", whatsapp_twilio_from="+15005550006", **cloudless
+        )
+        assert settings.whatsapp_configured
+
     def test_the_fakes_credentials_are_placeholders(self) -> None:
-        assert {FAKE_IMO_PASSWORD, FAKE_TWILIO_AUTH_TOKEN} <= PLACEHOLDER_SECRETS
+        assert {
+            FAKE_IMO_PASSWORD,
+            FAKE_TWILIO_AUTH_TOKEN,
+            FAKE_WHATSAPP_ACCESS_TOKEN,
+            FAKE_WHATSAPP_APP_SECRET,
+            FAKE_WHATSAPP_VERIFY_TOKEN,
+        } <= PLACEHOLDER_SECRETS
 
     @pytest.mark.parametrize("command", ["api", "worker"])
     def test_the_processes_refuse_to_start(self, tmp_path: Path, command: str) -> None:

@@ -18,6 +18,7 @@ class TestStack:
             assert (await client.get("/readyz")).status_code == 200
         assert isinstance(await stack.imo_stats(), dict)
         assert isinstance(await stack.twilio_stats(), dict)
+        assert isinstance(await stack.whatsapp_stats(), dict)
         assert stack.live_workers()
 
     async def test_api_keys_are_inserted_into_the_stacks_database(self, stack: Stack) -> None:
@@ -29,7 +30,7 @@ class TestStack:
 
     async def test_logs_are_kept_per_process(self, stack: Stack) -> None:
         logs = stack.logs()
-        for name in ("fake-imo", "fake-twilio", "api", "worker-0"):
+        for name in ("fake-imo", "fake-twilio", "fake-whatsapp", "api", "worker-0"):
             assert f"----- {name} " in logs
 
 

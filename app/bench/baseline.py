@@ -1,8 +1,8 @@
 """The physical limit to compare against: a bare aiohttp loop posting the same requests
 to the same fake servers at the same concurrency. Run as its own process.
 
-python -m app.bench.baseline --imo URL --twilio URL --requests N --concurrency C
-prints one JSON line: {"requests": N, "seconds": s, "rate": r, "cpu_seconds": c}.
+python -m app.bench.baseline --imo URL --twilio URL [--whatsapp URL --mix M] --requests N
+--concurrency C prints one JSON line: {"requests": N, "seconds": s, "rate": r, "cpu_seconds": c}.
 """
 
 from __future__ import annotations
@@ -22,18 +22,53 @@ from app.fakes.credentials import (
     FAKE_IMO_USERNAME,
     FAKE_TWILIO_ACCOUNT_SID,
     FAKE_TWILIO_AUTH_TOKEN,
+    FAKE_WHATSAPP_ACCESS_TOKEN,
+    FAKE_WHATSAPP_PHONE_NUMBER_ID,
 )
 
 
-async def run(imo_url: str, twilio_url: str, requests: int, concurrency: int) -> dict[str, float]:
+async def run(
+    imo_url: str,
+    twilio_url: str,
+    requests: int,
+    concurrency: int,
+    whatsapp_url: str = "",
+    mix: str = "imo-sms",
+) -> dict[str, float]:
     imo_auth = basic_auth(FAKE_IMO_USERNAME, FAKE_IMO_PASSWORD)
     twilio_auth = basic_auth(FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN)
     messages_url = f"{twilio_url}/2010-04-01/Accounts/{FAKE_TWILIO_ACCOUNT_SID}/Messages.json"
+    whatsapp_auth = f"Bearer {FAKE_WHATSAPP_ACCESS_TOKEN}"
+    whatsapp_messages = f"{whatsapp_url}/v21.0/{FAKE_WHATSAPP_PHONE_NUMBER_ID}/messages"
     next_index = 0
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
         phone = f"+88017{i:07d}{3 if i % 2 == 0 else 4}"
-        if i % 2 == 0:
+        if mix == "whatsapp":
+            values = [f"Patient {i}", "Dhaka Medical", "2026-12-01"]
+            payload = {
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": f"9198{i:07d}5",
+                "biz_opaque_callback_data": str(i),
+                "type": "template",
+                "template": {
+                    "name": "appointment_reminder",
+                    "language": {"code": "en_US"},
+                    "components": [
+                        {
+                            "type": "body",
+                            "parameters": [{"type": "text", "text": v} for v in values],
+                        }
+                    ],
+                },
+            }
+            headers = {"Authorization": whatsapp_auth, "Content-Type": "application/json"}
+            async with session.post(
+                whatsapp_messages, data=orjson.dumps(payload), headers=headers
+            ) as r:
+                await r.read()
+        elif i % 2 == 0 and mix == "imo-sms":
             body = orjson.dumps(
                 {
                     "phone": phone,
@@ -88,10 +123,14 @@ def main() -> None:
     parser.add_argument("--twilio", required=True)
     parser.add_argument("--requests", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--whatsapp", default="")
+    parser.add_argument("--mix", default="imo-sms", choices=["imo-sms", "sms", "whatsapp"])
     args = parser.parse_args()
     # The same event loop as the workers', so the ratio compares like with like.
     loop = new_event_loop()
-    result = loop.run_until_complete(run(args.imo, args.twilio, args.requests, args.concurrency))
+    result = loop.run_until_complete(
+        run(args.imo, args.twilio, args.requests, args.concurrency, args.whatsapp, args.mix)
+    )
     print(json.dumps(result))
 
 

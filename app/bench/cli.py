@@ -22,14 +22,19 @@ def dispatch(
         int | None,
         typer.Option(help="Time only the first M sends of the N due (memory on a big table)."),
     ] = None,
+    mix: Annotated[
+        list[str],
+        typer.Option(help="imo-sms (half each), sms or whatsapp (all of them); one row each."),
+    ] = ["imo-sms"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
-    """N due reminders (half Imo, half SMS) sent by real workers vs a bare aiohttp loop."""
+    """N due reminders (half Imo, half SMS by default) sent by real workers vs a bare
+    aiohttp loop. `--mix sms --mix whatsapp` compares the two channels in one run."""
     from app.bench import dispatch as bench_dispatch
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_dispatch.run(reminders, workers, concurrency, batch, json_path, measured)
+    bench_dispatch.run(reminders, workers, concurrency, batch, json_path, measured, mix)
 
 
 @bench_cli.command("invitations")

@@ -39,6 +39,8 @@ from app.fakes.credentials import (
     FAKE_TWILIO_ACCOUNT_SID,
     FAKE_TWILIO_AUTH_TOKEN,
     FAKE_TWILIO_SMS_FROM,
+    FAKE_WHATSAPP_ACCESS_TOKEN,
+    FAKE_WHATSAPP_PHONE_NUMBER_ID,
 )
 
 console = Console(highlight=False, width=160)
@@ -217,10 +219,11 @@ class Processes:
 
 @contextmanager
 def fakes_and_env(database_url: str, redis_url: str, **settings: str) -> Iterator[Processes]:
-    """Fake Imo and Twilio (callbacks off) on free ports, and the environment for
-    workers/API pointing at them, unthrottled, with the window always open."""
+    """Fake Imo, Twilio and WhatsApp (callbacks off) on free ports, and the environment
+    for workers/API pointing at them, unthrottled, with the window always open."""
     workdir = Path(tempfile.mkdtemp(prefix="clinic-notify-bench-"))
     imo_port, twilio_port = embedded.free_port(), embedded.free_port()
+    whatsapp_port = embedded.free_port()
     env = {
         **os.environ,
         "APP_ENV": "test",
@@ -237,6 +240,10 @@ def fakes_and_env(database_url: str, redis_url: str, **settings: str) -> Iterato
         "TWILIO_SMS_FROM": FAKE_TWILIO_SMS_FROM,
         "IMO_RATE_LIMIT_PER_SECOND": "1000000",
         "TWILIO_RATE_LIMIT_PER_SECOND": "1000000",
+        "WHATSAPP_BASE_URL": f"http://127.0.0.1:{whatsapp_port}",
+        "WHATSAPP_PHONE_NUMBER_ID": FAKE_WHATSAPP_PHONE_NUMBER_ID,
+        "WHATSAPP_ACCESS_TOKEN": FAKE_WHATSAPP_ACCESS_TOKEN,
+        "WHATSAPP_RATE_LIMIT_PER_SECOND": "1000000",
         "MESSAGING_WINDOW_START": "00:00",
         "MESSAGING_WINDOW_END": "23:59:59.999999",
         "LOG_LEVEL": "WARNING",
@@ -248,8 +255,9 @@ def fakes_and_env(database_url: str, redis_url: str, **settings: str) -> Iterato
         off = ["--set", "callbacks_enabled=false"]
         processes.start("fake-imo", "fake-imo", "--port", str(imo_port), *off)
         processes.start("fake-twilio", "fake-twilio", "--port", str(twilio_port), *off)
-        processes.wait_http(f"http://127.0.0.1:{imo_port}/_fake/stats")
-        processes.wait_http(f"http://127.0.0.1:{twilio_port}/_fake/stats")
+        processes.start("fake-whatsapp", "fake-whatsapp", "--port", str(whatsapp_port), *off)
+        for port in (imo_port, twilio_port, whatsapp_port):
+            processes.wait_http(f"http://127.0.0.1:{port}/_fake/stats")
         yield processes
     finally:
         processes.stop()

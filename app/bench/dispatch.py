@@ -1,5 +1,6 @@
-"""`notify bench dispatch`: N due reminders (half Imo-subscribed, half SMS) sent end to end
-by real worker processes, against the bare-aiohttp baseline on the same fakes."""
+"""`notify bench dispatch`: N due reminders (half Imo-subscribed, half SMS; or all SMS, or
+all WhatsApp) sent end to end by real worker processes, against the bare-aiohttp
+baseline on the same fakes."""
 
 from __future__ import annotations
 
@@ -22,36 +23,72 @@ from app.bench.common import (
 )
 from app.config import get_settings
 
-# Even i: an Imo-subscribed patient (fake Imo digit 3: accepted); odd i: SMS (digit 4).
-SEED = [
-    """
-    INSERT INTO patients (id, full_name, phone_numbers, mobile_e164, country, locale,
-                          time_zone, reminder_consent)
-    SELECT 'b-' || i, 'Patient ' || i,
-           jsonb_build_array(jsonb_build_object(
-               'number', '+88017' || lpad(i::text, 7, '0') || (3 + i % 2), 'type', 'mobile')),
-           '+88017' || lpad(i::text, 7, '0') || (3 + i % 2), 'BD', 'en', 'Asia/Dhaka', 'granted'
-    FROM generate_series(0, :n - 1) AS i
-    """,
-    """
-    INSERT INTO imo_authorizations (patient_id, status, subscribed_at)
-    SELECT 'b-' || i, 'subscribed', now() FROM generate_series(0, :n - 1, 2) AS i
-    """,
-    """
-    INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables, title,
-                               body, state, due_at, expires_at, channel_index, retry_count)
-    SELECT gen_random_uuid(), 'b-' || i, 'appointment_reminder', 'appointment_reminder.basic',
-           'en', '{}'::jsonb, 'Appointment Reminder',
-           'Dear Patient, your next visit to Dhaka Medical is on 2026-12-01.',
-           'scheduled', now() + interval '1 day', now() + interval '5 days', 0, 0
-    FROM generate_series(0, :n - 1) AS i
-    """,
-]
+# The mixes: who the N reminders go to.
+# - `imo-sms`: even i an Imo-subscribed patient (fake Imo digit 3: accepted), odd i SMS
+#   (digit 4), Bangladesh;
+# - `sms`: every one by SMS (Bangladesh, not on Imo); `whatsapp`: every one on WhatsApp
+#   (India, fake WhatsApp digit 5: accepted). These two use the same WhatsApp-mapped
+#   template and variables, so that their CPU per message compares the channels alone.
+MIXES = ("imo-sms", "sms", "whatsapp")
+_NUMBER = {
+    "imo-sms": "'+88017' || lpad(i::text, 7, '0') || (3 + i % 2)",
+    "sms": "'+88017' || lpad(i::text, 7, '0') || '4'",
+    "whatsapp": "'+9198' || lpad(i::text, 7, '0') || '5'",
+}
+_TEMPLATE = """
+    INSERT INTO templates (key, locale, title, body, whatsapp, created_at, updated_at)
+    VALUES ('bench.reminder', 'en', 'Appointment Reminder',
+            'Dear {patient_name}, your next visit to {facility_name} is on {appointment_date}.',
+            '{"name": "appointment_reminder", "language": "en_US",
+              "parameters": ["patient_name", "facility_name", "appointment_date"],
+              "content_sid": "HXb5b62575e6e4ff6129ad7c8efe1f983e"}'::jsonb, now(), now())
+"""
+_VARIABLES = """jsonb_build_object('patient_name', 'Patient ' || i,
+                       'facility_name', 'Dhaka Medical', 'appointment_date', '2026-12-01')"""
 
 
-async def seed(engine: AsyncEngine, n: int) -> None:
+def seed_statements(mix: str) -> list[str]:
+    number = _NUMBER[mix]
+    country = "IN" if mix == "whatsapp" else "BD"
+    template, variables = (
+        ("appointment_reminder.basic", "'{}'::jsonb")
+        if mix == "imo-sms"
+        else ("bench.reminder", _VARIABLES)
+    )
+    statements = [
+        _TEMPLATE,
+        f"""
+        INSERT INTO patients (id, full_name, phone_numbers, mobile_e164, country, locale,
+                              time_zone, reminder_consent)
+        SELECT 'b-' || i, 'Patient ' || i,
+               jsonb_build_array(jsonb_build_object('number', {number}, 'type', 'mobile')),
+               {number}, '{country}', 'en', 'Asia/Dhaka', 'granted'
+        FROM generate_series(0, :n - 1) AS i
+        """,  # noqa: S608 - constants of this module only
+        f"""
+        INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables,
+                                   title, body, state, due_at, expires_at, channel_index,
+                                   retry_count)
+        SELECT gen_random_uuid(), 'b-' || i, 'appointment_reminder', '{template}',
+               'en', {variables}, 'Appointment Reminder',
+               'Dear Patient, your next visit to Dhaka Medical is on 2026-12-01.',
+               'scheduled', now() + interval '1 day', now() + interval '5 days', 0, 0
+        FROM generate_series(0, :n - 1) AS i
+        """,  # noqa: S608 - constants of this module only
+    ]
+    if mix == "imo-sms":
+        statements.append(
+            """
+            INSERT INTO imo_authorizations (patient_id, status, subscribed_at)
+            SELECT 'b-' || i, 'subscribed', now() FROM generate_series(0, :n - 1, 2) AS i
+            """
+        )
+    return statements
+
+
+async def seed(engine: AsyncEngine, n: int, mix: str = "imo-sms") -> None:
     async with engine.begin() as connection:
-        for statement in SEED:
+        for statement in seed_statements(mix):
             await connection.execute(text(statement), {"n": n})
     async with engine.connect() as connection:
         await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -78,7 +115,12 @@ def per_message_us(cpu_seconds: float, n: int) -> float:
 
 
 async def measure(
-    n: int, workers: int, concurrency: int, batch: int, measured: int | None = None
+    n: int,
+    workers: int,
+    concurrency: int,
+    batch: int,
+    measured: int | None = None,
+    mix: str = "imo-sms",
 ) -> dict[str, object]:
     """`measured` < n: time only the first `measured` sends of n due reminders (memory
     and rate on a large table without waiting for all of it)."""
@@ -87,7 +129,7 @@ async def measure(
     redis_url = get_settings().redis_url
     engine = create_async_engine(database_url)
     started = time.perf_counter()
-    await seed(engine, n)
+    await seed(engine, n, mix)
     console.print(f"seeded {n:,} reminders in {time.perf_counter() - started:.1f}s")
     env = {
         "DISPATCH_CONCURRENCY": str(concurrency),
@@ -134,6 +176,15 @@ async def measure(
                     )
                 ).all()
             )
+            attempts: dict[str, int] = {
+                f"{channel} {status}": count
+                for channel, status, count in await connection.execute(
+                    text(
+                        "SELECT channel, status, count(*) FROM delivery_attempts"
+                        " GROUP BY channel, status ORDER BY channel, status"
+                    )
+                )
+            }
         processes.stop(children)
         baseline_cpu = CpuSeconds([("fakes", c.pid) for c in processes.children])
         baseline_cpu.start()
@@ -143,6 +194,10 @@ async def measure(
             processes.env["IMO_BASE_URL"],
             "--twilio",
             processes.env["TWILIO_BASE_URL"],
+            "--whatsapp",
+            processes.env["WHATSAPP_BASE_URL"],
+            "--mix",
+            mix,
             "--requests",
             str(measured),
             "--concurrency",
@@ -152,6 +207,7 @@ async def measure(
     await engine.dispose()
     rate = measured / seconds
     return {
+        "mix": mix,
         "reminders": n,
         "measured": measured,
         "workers": workers,
@@ -168,6 +224,7 @@ async def measure(
         "us/msg fakes (bare)": per_message_us(baseline_used.get("fakes", 0.0), measured),
         "sent": states.get("sent", 0),
         "other states": {k: v for k, v in states.items() if k != "sent"},
+        "attempts": attempts,
     }
 
 
@@ -178,11 +235,15 @@ def run(
     batch: int,
     json_path: Path | None,
     measured: int | None = None,
+    mixes: list[str] | None = None,
 ) -> Result:
     result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
-    for n in sizes:
-        for count in workers:
-            result.add(**asyncio.run(measure(n, count, concurrency, batch, measured)))
+    for mix in mixes or ["imo-sms"]:
+        if mix not in MIXES:
+            raise ValueError(f"unknown mix {mix!r}: one of {', '.join(MIXES)}")
+        for n in sizes:
+            for count in workers:
+                result.add(**asyncio.run(measure(n, count, concurrency, batch, measured, mix)))
     result.show()
     result.write_json(json_path)
     return result

@@ -1,22 +1,27 @@
 """Provider webhooks: authenticate, parse, then one service call. No rules here.
 
 Imo cannot sign its callbacks, so each URL carries a signed token; Twilio's are checked
-with X-Twilio-Signature. Repeats are answered 200 and change nothing.
+with X-Twilio-Signature, WhatsApp's (Cloud API) with X-Hub-Signature-256. Repeats are
+answered 200 and change nothing; a WhatsApp webhook body accepted before is a replay,
+refused with a 403.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import logging
 from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel
 
 from app import callback_urls
-from app.channels import twilio_signature
+from app.channels import twilio_signature, whatsapp
 from app.channels.twilio_sms import normalised_status, parse_status_callback
 from app.db.session import DbSession
 from app.delivery import provider_reports
@@ -33,6 +38,9 @@ router = APIRouter(prefix="/callbacks", tags=["provider callbacks"], include_in_
 Batcher = Annotated[ReportBatcher, Depends(report_batcher)]
 
 MAX_CALLBACK_BYTES = 64 * 1024
+# A WhatsApp webhook body accepted is remembered this long (Meta retries for up to 7 days
+# only what was not accepted): the same signed body again is a replay.
+WHATSAPP_REPLAY_SECONDS = 8 * 24 * 3600
 
 
 class Accepted(BaseModel):
@@ -45,11 +53,16 @@ class BadCallback(AppError):
     code = "bad_callback"
 
 
-async def _fields(request: Request) -> dict[str, str]:
-    """A callback body as flat fields, whether it came as JSON or as a form."""
+async def _body(request: Request) -> bytes:
     raw = await request.body()
     if len(raw) > MAX_CALLBACK_BYTES:
         raise PayloadTooLarge(f"callback body larger than {MAX_CALLBACK_BYTES} bytes")
+    return raw
+
+
+async def _fields(request: Request) -> dict[str, str]:
+    """A callback body as flat fields, whether it came as JSON or as a form."""
+    raw = await _body(request)
     stripped = raw.strip()
     if stripped.startswith(b"{"):
         try:
@@ -202,3 +215,103 @@ async def twilio_inbound(
     CALLBACKS.labels("twilio", "inbound").inc()
     log.info("inbound message", extra={"message_sid": fields.get("MessageSid", "")[:64]})
     return Response('<?xml version="1.0" encoding="UTF-8"?><Response/>', media_type="text/xml")
+
+
+@router.get(
+    "/whatsapp",
+    summary="WhatsApp: Meta's webhook verification handshake",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, 403: {"description": "Wrong token"}},
+)
+async def whatsapp_verify(
+    request: Request,
+    mode: Annotated[str, Query(alias="hub.mode")] = "",
+    verify_token: Annotated[str, Query(alias="hub.verify_token")] = "",
+    challenge: Annotated[str, Query(alias="hub.challenge", max_length=200)] = "",
+) -> Response:
+    """Answers `hub.challenge` when `hub.verify_token` is WHATSAPP_VERIFY_TOKEN."""
+    expected = request.app.state.settings.whatsapp_verify_token.get_secret_value()
+    if (
+        mode != "subscribe"
+        or not expected
+        or not hmac.compare_digest(verify_token.encode(), expected.encode())
+    ):
+        CALLBACKS.labels("whatsapp", "bad_verify_token").inc()
+        raise Forbidden("webhook verification refused")
+    return Response(challenge, media_type="text/plain")
+
+
+@router.post(
+    "/whatsapp",
+    summary="WhatsApp (Cloud API): message statuses, many to a webhook",
+    responses={403: {"description": "Unsigned, forged or replayed webhook"}},
+)
+async def whatsapp_statuses(
+    request: Request,
+    batcher: Batcher,
+    x_hub_signature_256: Annotated[str | None, Header()] = None,
+) -> Accepted:
+    raw = await _body(request)
+    secret = request.app.state.settings.whatsapp_app_secret.get_secret_value()
+    if not whatsapp.signature_is_valid(secret, raw, x_hub_signature_256 or ""):
+        CALLBACKS.labels("whatsapp", "bad_signature").inc()
+        raise Forbidden("invalid X-Hub-Signature-256")
+    try:
+        statuses = whatsapp.parse_statuses(raw)
+    except ValueError as exc:
+        raise BadCallback(str(exc)) from exc
+    reports = []
+    for reported in statuses:
+        status = reported.normalised
+        if status == "unknown" or reported.attempt_id is None:
+            # Another status (`deleted`, ...), or a message that is not one of ours.
+            CALLBACKS.labels(
+                "whatsapp", "unknown_status" if status == "unknown" else "not_ours"
+            ).inc()
+            continue
+        reports.append(
+            Report(
+                reported.attempt_id,
+                AttemptStatus(status),
+                provider_message_id=_message_id(reported.message_id),
+                provider_status=reported.status,
+                error_code=reported.error_code,
+                error_message=reported.error_message,
+            )
+        )
+    replay_key = "whatsapp:webhook:" + hashlib.sha256(raw).hexdigest()
+    if not await _first_time(request, replay_key):
+        CALLBACKS.labels("whatsapp", "replayed").inc()
+        raise Forbidden("this webhook was accepted before")
+    results = await asyncio.gather(
+        *(batcher.submit(report) for report in reports), return_exceptions=True
+    )
+    changed = False
+    for report, result in zip(reports, results, strict=True):
+        if isinstance(result, provider_reports.UnknownAttempt):
+            CALLBACKS.labels("whatsapp", "unknown_attempt").inc()
+        elif isinstance(result, BaseException):
+            # Not (all) applied: Meta's retry of this body must be let in.
+            await _forget(request, replay_key)
+            raise result
+        else:
+            changed = changed or result
+            CALLBACKS.labels("whatsapp", report.status.value).inc()
+    return Accepted(changed=changed)
+
+
+async def _first_time(request: Request, key: str) -> bool:
+    """Whether `key` is new (and now remembered). With Redis away, every body is let in:
+    statuses only move forward, so a replay could change nothing anyway."""
+    try:
+        return bool(await request.app.state.redis.set(key, 1, nx=True, ex=WHATSAPP_REPLAY_SECONDS))
+    except Exception as exc:  # Redis away: not worth losing statuses over
+        log.warning("replay check unavailable: %s", type(exc).__name__)
+        return True
+
+
+async def _forget(request: Request, key: str) -> None:
+    try:
+        await request.app.state.redis.delete(key)
+    except Exception as exc:
+        log.warning("could not forget a webhook: %s", type(exc).__name__)

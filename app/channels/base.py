@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import base64
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import orjson
+
+from app.logs import mask_phone
 
 
 class ChannelName(enum.StrEnum):
     IMO = "imo"
     WHATSAPP = "whatsapp"
     SMS = "sms"
+
+
+@dataclass(frozen=True, slots=True)
+class WhatsAppTemplateMessage:
+    """A pre-approved WhatsApp template, its parameters already filled in, in order."""
+
+    name: str
+    language: str
+    parameters: tuple[str, ...] = ()
+    # The same template at Twilio (Content API), when the deployment has one.
+    content_sid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +52,49 @@ class OutgoingMessage:
     action_url: str = ""
     # Used by adapters that rotate senders, so a message keeps its sender on retry.
     reference: str = ""
+    # An id the provider echoes in its statuses (WhatsApp's biz_opaque_callback_data).
+    status_reference: str = ""
+    # WhatsApp: the approved template this text is sent as, when its template has one.
+    whatsapp_template: WhatsAppTemplateMessage | None = None
+    # WhatsApp: inside the 24-hour customer-service window (the patient wrote to us in the
+    # last 24 h) `text` may go out as it is. Nothing sets it yet: that needs inbound
+    # messages (two-way messaging), so WhatsApp sends templates only.
+    free_text_allowed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
     provider_message_id: str
     provider_status: str
+
+
+def json_object(raw: bytes) -> dict[str, object] | None:
+    """A provider's answer as a JSON object, or None for anything else."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def redact(text: str, message: OutgoingMessage) -> str:
+    """`text` (a provider's answer) without the message's number, text or template
+    parameters, as providers may echo them."""
+    phone = message.phone_e164
+    masked = mask_phone(phone)
+    redacted = text.replace(phone, masked)
+    bare = phone.removeprefix("+")
+    if len(bare) >= 6:
+        redacted = redacted.replace(bare, masked.removeprefix("+"))
+    template = message.whatsapp_template
+    secrets = [message.text, *(template.parameters if template else ())]
+    # Longest first, and not the shortest (a one-digit parameter would blank every digit).
+    for secret in sorted((s for s in secrets if len(s) >= 3), key=len, reverse=True):
+        placeholder = f"<text: {len(secret)} chars>"
+        redacted = redacted.replace(secret, placeholder)
+        redacted = redacted.replace(orjson.dumps(secret).decode()[1:-1], placeholder)
+        redacted = redacted.replace(json.dumps(secret)[1:-1], placeholder)
+    return redacted
 
 
 class ChannelError(Exception):
@@ -65,17 +118,27 @@ class ChannelError(Exception):
 class TransientChannelError(ChannelError):
     """Time-out, connection error, 429 or 5xx: the same request may succeed later.
 
-    `retry_after` is the provider's own hint in seconds, when it gave one.
+    `retry_after` is the provider's own hint in seconds, when it gave one. `account_limited`
+    marks a limit on the whole account that a provider reports other than by a 429
+    (WhatsApp's 130429 and 131056).
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        account_limited: bool = False,
+        **kwargs: object,
+    ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.retry_after = retry_after
+        self.account_limited = account_limited
 
     @property
     def throttled(self) -> bool:
         """The provider answered 429: the whole account must slow down, not one message."""
-        return self.provider_status == "429"
+        return self.account_limited or self.provider_status == "429"
 
 
 class PermanentChannelError(ChannelError):
@@ -85,7 +148,12 @@ class PermanentChannelError(ChannelError):
     `unexpected` marks an answer outside the provider's known vocabulary, which is
     reported to Sentry with the request and response. `maybe_sent` marks a success
     that could not be read (a 2xx without a message id): the provider may have taken
-    the message, so it is neither resent nor sent on another channel.
+    the message, so it is neither resent nor sent on another channel. `no_account` marks
+    a number without an account on this channel (WhatsApp 131026): the next channel is
+    tried, and this one is not tried again for a while. `template_rejected` names a
+    WhatsApp template the provider does not have or cannot fill (132000, 132001): no
+    message of that template can go out until an operator fixes it, so the notification
+    fails with the reason rather than hiding the fault behind a fallback.
     """
 
     def __init__(
@@ -95,12 +163,16 @@ class PermanentChannelError(ChannelError):
         recipient_invalid: bool = False,
         unexpected: bool = False,
         maybe_sent: bool = False,
+        no_account: bool = False,
+        template_rejected: str = "",
         **kwargs: object,
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.recipient_invalid = recipient_invalid
         self.unexpected = unexpected
         self.maybe_sent = maybe_sent
+        self.no_account = no_account
+        self.template_rejected = template_rejected
 
 
 class Channel(Protocol):

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from app.channels.base import Channel, ChannelName
 from app.channels.imo import ImoChannel
 from app.channels.twilio_sms import TwilioSmsChannel
+from app.channels.whatsapp import WhatsAppCloudChannel, WhatsAppTwilioChannel
 from app.config import Settings
 from app.ratelimit import RateLimiter
 
@@ -57,6 +58,31 @@ def twilio_sms_channel(settings: Settings, http: aiohttp.ClientSession) -> Twili
     )
 
 
+def whatsapp_channel(
+    settings: Settings, http: aiohttp.ClientSession
+) -> WhatsAppCloudChannel | WhatsAppTwilioChannel | None:
+    """WhatsApp through the provider WHATSAPP_PROVIDER names; None when not configured."""
+    if not settings.whatsapp_configured:
+        return None
+    if settings.whatsapp_provider == "twilio":
+        return WhatsAppTwilioChannel(
+            base_url=settings.twilio_base_url,
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token.get_secret_value(),
+            sender=settings.whatsapp_twilio_from,
+            session=http,
+            timeout=settings.whatsapp_timeout_seconds,
+        )
+    return WhatsAppCloudChannel(
+        base_url=settings.whatsapp_base_url,
+        api_version=settings.whatsapp_api_version,
+        phone_number_id=settings.whatsapp_phone_number_id,
+        access_token=settings.whatsapp_access_token.get_secret_value(),
+        session=http,
+        timeout=settings.whatsapp_timeout_seconds,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     """A channel: its adapter (None when not configured) and its account's shared limit."""
@@ -74,6 +100,13 @@ PROVIDERS: tuple[Provider, ...] = (
         twilio_sms_channel,
         "ratelimit:twilio",
         lambda s: s.twilio_rate_limit_per_second,
+    ),
+    # The WhatsApp number's own throughput, whichever provider carries it.
+    Provider(
+        ChannelName.WHATSAPP,
+        whatsapp_channel,
+        "ratelimit:whatsapp",
+        lambda s: s.whatsapp_rate_limit_per_second,
     ),
 )
 _BY_CHANNEL = {provider.channel: provider for provider in PROVIDERS}

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -118,11 +118,14 @@ class Dispatcher:
         """Claim and handle one batch; returns how many notifications were claimed."""
         async with self.sessionmaker() as session:
             claimed = await delivery_repository.claim_due(
-                session, self.settings.dispatch_batch_size
+                session,
+                self.settings.dispatch_batch_size,
+                no_whatsapp_days=self.settings.whatsapp_retry_no_account_days,
             )
             await session.commit()
         if not claimed:
             return 0
+        began = time.monotonic()
         now = self.clock()
         settled: dict[uuid.UUID, Outcome] = {}
         sends: list[_Send] = []
@@ -141,14 +144,18 @@ class Dispatcher:
                 sends.append(_Send(notification, step))
             else:
                 settled[notification.id] = step
+        outcomes: Counter[str] = Counter()
         # Each round tries one channel per notification; failures fall back at once.
         while sends:
             sends = await self._round(sends, settled)
+            outcomes.update(_outcome_name(o) for o in settled.values() if o.state is not S.SENDING)
             settled = {}
         if settled:
             async with self.sessionmaker() as session:
                 await delivery_repository.settle(session, settled)
                 await session.commit()
+            outcomes.update(_outcome_name(o) for o in settled.values())
+        _log_batch(len(claimed), outcomes, time.monotonic() - began)
         return len(claimed)
 
     def _allowed(self, notification: ClaimedNotification, step: SendOn) -> Outcome | SendOn:
@@ -174,6 +181,7 @@ class Dispatcher:
         results: list[delivery_repository.AttemptResult] = []
         fallbacks: list[_Send] = []
         downgrades: dict[str, str] = {}
+        no_whatsapp: list[uuid.UUID] = []
         for send, answer in zip(sends, answers, strict=True):
             n = send.notification
             if isinstance(answer, _NotSent):
@@ -228,6 +236,8 @@ class Dispatcher:
             downgrade = policy.imo_downgrade(send.channel, answer)
             if downgrade:
                 downgrades[n.patient_id] = downgrade
+            if policy.no_whatsapp_account(send.channel, answer):
+                no_whatsapp.append(n.id)
             following = policy.after_error(
                 n, send.step, answer, now=now, window=self.window, settings=self.settings
             )
@@ -251,6 +261,7 @@ class Dispatcher:
                 session, self._reconcile(sends, attempt_ids, stored, settled)
             )
             await delivery_repository.downgrade_imo(session, downgrades)
+            await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
 
         await self._retrying(write_back)
         return fallbacks
@@ -406,6 +417,8 @@ class Dispatcher:
                 self.settings, self.signer, attempt_id
             )
         else:
+            # The Cloud API reports on the app's one webhook instead, naming the attempt
+            # by `status_reference`; Twilio, SMS or WhatsApp, calls this URL.
             callback_url = callback_urls.twilio_status_url(self.settings, attempt_id)
         return OutgoingMessage(
             phone_e164=n.mobile_e164,
@@ -417,7 +430,29 @@ class Dispatcher:
             action=self.settings.imo_action_label if self.settings.imo_action_url else "",
             action_url=self.settings.imo_action_url,
             reference=str(n.id),
+            status_reference=str(attempt_id),
+            whatsapp_template=n.whatsapp_template,
         )
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    """`sent via imo`, `failed`, `scheduled` (put off): how a batch's summary counts."""
+    if outcome.state is S.SENT and outcome.channel_chain:
+        return f"sent via {outcome.channel_chain[outcome.channel_index]}"
+    return str(outcome.state)
+
+
+def _log_batch(claimed: int, outcomes: Counter[str], seconds: float) -> None:
+    """One line a batch, readable in `notify dev`'s console and a field each in JSON:
+    counts only, never a phone number or a text."""
+    parts = ", ".join(f"{count} {name}" for name, count in outcomes.most_common())
+    log.info(
+        "dispatched %d: %s in %.0f ms",
+        claimed,
+        parts or "nothing settled",
+        seconds * 1000,
+        extra={"claimed": claimed, "outcomes": dict(outcomes), "ms": round(seconds * 1000)},
+    )
 
 
 async def sweep(

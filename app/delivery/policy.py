@@ -20,7 +20,11 @@ IMO_DOWNGRADES = {"not_subscribed": "not_subscribed", "nonexistent_user": "no_im
 
 
 def channel_chain(
-    settings: Settings, country: str, imo_status: str | None, available: set[str]
+    settings: Settings,
+    country: str,
+    imo_status: str | None,
+    available: set[str],
+    whatsapp_unavailable: bool = False,
 ) -> list[str]:
     """The channels to try for a patient, in order: configured, available, eligible."""
     chains = settings.channel_chains
@@ -28,8 +32,18 @@ def channel_chain(
     return [
         name
         for name in wanted
-        if name in available and (name != ChannelName.IMO or imo_status == "subscribed")
+        if name in available and eligible(name, imo_status, whatsapp_unavailable)
     ]
+
+
+def eligible(channel: str, imo_status: str | None, whatsapp_unavailable: bool) -> bool:
+    """Imo only for patients `subscribed` there; WhatsApp not for a number it said lately
+    has no account."""
+    if channel == ChannelName.IMO:
+        return imo_status == "subscribed"
+    if channel == ChannelName.WHATSAPP:
+        return not whatsapp_unavailable
+    return True
 
 
 def first_step(
@@ -57,24 +71,27 @@ def first_step(
         )
     chain = n.channel_chain
     if chain is None:
-        chain = channel_chain(settings, n.country, n.imo_status, available)
+        chain = channel_chain(settings, n.country, n.imo_status, available, n.whatsapp_unavailable)
     return next_channel(n, chain, n.channel_index)
 
 
-def usable_index(chain: list[str], index: int, imo_status: str | None) -> int | None:
+def usable_index(
+    chain: list[str], index: int, imo_status: str | None, whatsapp_unavailable: bool = False
+) -> int | None:
     """The first channel from `index` on that can take the message, if any.
 
-    Imo is skipped once the patient's authorisation is no longer `subscribed`.
+    Imo is skipped once the patient's authorisation is no longer `subscribed`, WhatsApp
+    once it said the number has no account.
     """
     for position in range(index, len(chain)):
-        if chain[position] != ChannelName.IMO or imo_status == "subscribed":
+        if eligible(chain[position], imo_status, whatsapp_unavailable):
             return position
     return None
 
 
 def next_channel(n: ClaimedNotification, chain: list[str], index: int) -> Outcome | SendOn:
     """The first usable channel from `index` on, or `failed` when none is left."""
-    usable = usable_index(chain, index, n.imo_status)
+    usable = usable_index(chain, index, n.imo_status, n.whatsapp_unavailable)
     if usable is not None:
         return SendOn(chain, usable)
     return Outcome(
@@ -117,6 +134,11 @@ def after_error(
     if isinstance(error, PermanentChannelError) and error.recipient_invalid:
         return Outcome(
             S.DENIED, channel_chain=step.chain, channel_index=step.index, failure_reason=reason
+        )
+    if template_rejected(error):
+        # An operator must fix the template: a fallback would hide it behind SMS.
+        return Outcome(
+            S.FAILED, channel_chain=step.chain, channel_index=step.index, failure_reason=reason
         )
     retriable = isinstance(error, TransientChannelError) and channel != ChannelName.IMO
     if retriable and n.retry_count < settings.retry_max_attempts:
@@ -174,6 +196,20 @@ def describe(channel: str, error: Exception) -> str:
     code = getattr(error, "code", "") or type(error).__name__
     message = getattr(error, "message", "") or str(error)
     return f"{channel}: {code}: {message}"[:500]
+
+
+def template_rejected(error: Exception) -> bool:
+    """The provider has no such template, or it cannot be filled with our parameters."""
+    return isinstance(error, PermanentChannelError) and bool(error.template_rejected)
+
+
+def no_whatsapp_account(channel: str, error: Exception) -> bool:
+    """WhatsApp said this number has no account: do not try it there for a while."""
+    return (
+        channel == ChannelName.WHATSAPP
+        and isinstance(error, PermanentChannelError)
+        and error.no_account
+    )
 
 
 def imo_downgrade(channel: str, error: Exception) -> str | None:

@@ -16,10 +16,13 @@ from datetime import UTC, datetime
 from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.channels import whatsapp
+from app.channels.base import ChannelName
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
 from app.delivery.types import Report, SendOn
 from app.models import DeliveryAttempt
+from app.observability import report_template_rejected
 from app.states import (
     ATTEMPT_RANK,
     ATTEMPT_REPORT_EVENTS,
@@ -114,9 +117,26 @@ async def apply_reports(
             if row.status in ATTEMPT_REPORT_EVENTS
         ],
     )
+    no_whatsapp = []
     for position, row in changed.items():
         if row.status == AttemptStatus.FAILED:
-            await follow_failure(session, row.notification_id, reports[position].attempt_id)
+            code = reports[position].error_code or ""
+            on_whatsapp = row.channel == ChannelName.WHATSAPP
+            if on_whatsapp and code in whatsapp.NO_ACCOUNT_CODES:
+                no_whatsapp.append(row.notification_id)
+            template_rejected = on_whatsapp and code in whatsapp.TEMPLATE_REJECTED_CODES
+            if template_rejected:
+                template = await delivery_repository.whatsapp_template_of(
+                    session, row.notification_id
+                )
+                report_template_rejected(row.channel, template, f"reported failed, code {code}")
+            await follow_failure(
+                session,
+                row.notification_id,
+                reports[position].attempt_id,
+                fall_back=not template_rejected,
+            )
+    await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
 
     answers: list[bool | UnknownAttempt] = []
     for position, report in enumerate(reports):
@@ -137,10 +157,11 @@ async def apply_reports(
 
 
 async def follow_failure(
-    session: AsyncSession, notification_id: uuid.UUID, attempt_id: int
+    session: AsyncSession, notification_id: uuid.UUID, attempt_id: int, *, fall_back: bool = True
 ) -> None:
     """The attempt that made a notification `sent` failed after all: fall back to the
-    next channel, or fail the notification when none is left."""
+    next channel, or fail the notification when none is left (or `fall_back` is False:
+    a template the provider refused, which an operator must fix)."""
     locked = await delivery_repository.lock_notification_for_callback(session, notification_id)
     if locked is None:
         return
@@ -154,8 +175,9 @@ async def follow_failure(
         return
     outcome = policy.after_delivery_failure(
         imo_status,
-        SendOn(chain, channel_index),
+        SendOn(chain[: channel_index + 1] if not fall_back else chain, channel_index),
         datetime.now(UTC),
-        "the provider reported the message failed",
+        "the provider reported the message failed"
+        + ("" if fall_back else ": its template was refused"),
     )
     await delivery_repository.settle(session, {notification_id: outcome})

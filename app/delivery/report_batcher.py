@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from fastapi import Request
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Tries of one batch when PostgreSQL breaks a deadlock or drops the connection.
 APPLY_TRIES = 3
+# A burst of callbacks is summed up in one log line at most this often.
+BURST_LOG_SECONDS = 1.0
 
 
 class ReportBatcher:
@@ -49,6 +52,8 @@ class ReportBatcher:
         self._applying: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[tuple[Report, asyncio.Future[bool]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._burst: Counter[str] = Counter()
+        self._burst_log: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="report-batcher")
@@ -61,6 +66,9 @@ class ReportBatcher:
                 await self._task
         if self._applying:
             await asyncio.gather(*self._applying, return_exceptions=True)
+        if self._burst_log is not None:
+            self._burst_log.cancel()
+            self._log_burst()
 
     async def submit(self, report: Report) -> bool:
         """Whether the report changed anything. Raises UnknownAttempt, the error this
@@ -117,6 +125,7 @@ class ReportBatcher:
                 if not future.done():
                     future.set_exception(exc)
             return
+        self._count([report for report, _ in batch], results)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -124,6 +133,29 @@ class ReportBatcher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    def _count(self, reports: list[Report], results: list[bool | UnknownAttempt]) -> None:
+        """Add a batch to the burst; its summary is logged BURST_LOG_SECONDS later."""
+        for report, result in zip(reports, results, strict=True):
+            if isinstance(result, UnknownAttempt):
+                self._burst["unknown attempt"] += 1
+            else:
+                self._burst[str(report.status) if result else "repeated"] += 1
+        if self._burst_log is None:
+            loop = asyncio.get_running_loop()
+            self._burst_log = loop.call_later(BURST_LOG_SECONDS, self._log_burst)
+
+    def _log_burst(self) -> None:
+        """One line a burst of callbacks, readable in `notify dev`'s console and a field
+        each in JSON: counts by status only, never a phone number or a text."""
+        burst, self._burst, self._burst_log = self._burst, Counter(), None
+        parts = ", ".join(f"{count} {name}" for name, count in burst.most_common())
+        log.info(
+            "provider reports: %d (%s)",
+            burst.total(),
+            parts,
+            extra={"reports": burst.total(), "by_status": dict(burst)},
+        )
 
     async def _apply_with_tries(self, reports: list[Report]) -> list[bool | UnknownAttempt]:
         """Apply in one transaction, tried again after a deadlock or a lost connection."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.channels.base import WhatsAppTemplateMessage
 from app.delivery.types import ClaimedNotification, Outcome, Report
 from app.models.experiment_membership import EvictionReason
 from app.states import (
@@ -53,25 +54,56 @@ _CLAIM = text(
         SET state = '{EVENT_TARGET[E.CLAIM]}', claimed_at = now(), updated_at = now()
         FROM due WHERE n.id = due.id
         RETURNING n.id, n.patient_id, n.title, n.body, n.locale, n.expires_at,
-                  n.channel_chain, n.channel_index, n.retry_count, n.claimed_at
+                  n.channel_chain, n.channel_index, n.retry_count, n.claimed_at,
+                  n.template_key, n.variables
     )
-    SELECT c.*, p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
-           a.status AS imo_status
+    SELECT c.id, c.patient_id, c.title, c.body, c.locale, c.expires_at, c.channel_chain,
+           c.channel_index, c.retry_count, c.claimed_at,
+           p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
+           a.status AS imo_status,
+           COALESCE(p.whatsapp_no_account_at > now() - make_interval(days => :no_account_days),
+                    false) AS whatsapp_unavailable,
+           t.whatsapp->>'name' AS whatsapp_name,
+           t.whatsapp->>'language' AS whatsapp_language,
+           COALESCE(t.whatsapp->>'content_sid', '') AS whatsapp_content_sid,
+           -- The template's body parameters, filled from the reminder's variables in order.
+           CASE WHEN t.whatsapp IS NOT NULL THEN ARRAY(
+               SELECT COALESCE(c.variables->>x.name, '')
+               FROM jsonb_array_elements_text(t.whatsapp->'parameters')
+                    WITH ORDINALITY AS x(name, position)
+               ORDER BY x.position) END AS whatsapp_parameters
     FROM claimed AS c
     JOIN patients AS p ON p.id = c.patient_id
     LEFT JOIN imo_authorizations AS a ON a.patient_id = c.patient_id
+    LEFT JOIN templates AS t ON t.key = c.template_key AND t.locale = c.locale
     """  # noqa: S608 - constants only
 )
 
 
-async def claim_due(session: AsyncSession, limit: int) -> list[ClaimedNotification]:
+async def claim_due(
+    session: AsyncSession, limit: int, *, no_whatsapp_days: int = 30
+) -> list[ClaimedNotification]:
     """Move up to `limit` due notifications to `sending` for this worker alone.
 
     SKIP LOCKED lets any number of workers claim at once without waiting on or
-    double-claiming each other's rows.
+    double-claiming each other's rows. A patient WhatsApp said has no account within
+    `no_whatsapp_days` comes `whatsapp_unavailable`.
     """
-    rows = (await session.execute(_CLAIM, {"limit": limit})).mappings().all()
-    return [ClaimedNotification(**row) for row in rows]
+    rows = await session.execute(_CLAIM, {"limit": limit, "no_account_days": no_whatsapp_days})
+    claimed = []
+    for row in rows.mappings():
+        fields = dict(row)
+        name = fields.pop("whatsapp_name")
+        language = fields.pop("whatsapp_language")
+        content_sid = fields.pop("whatsapp_content_sid")
+        parameters = fields.pop("whatsapp_parameters")
+        template = (
+            WhatsAppTemplateMessage(name, language, tuple(parameters), content_sid)
+            if name and language
+            else None
+        )
+        claimed.append(ClaimedNotification(**fields, whatsapp_template=template))
+    return claimed
 
 
 _INSERT_ATTEMPTS = text(
@@ -268,6 +300,22 @@ _DOWNGRADE_IMO = text(
     WHERE a.patient_id = v.patient_id AND a.status = 'subscribed'
     """
 )
+
+
+_NO_WHATSAPP = text(
+    """
+    UPDATE patients AS p SET whatsapp_no_account_at = now(), updated_at = now()
+    FROM notifications AS n
+    WHERE n.id = ANY(CAST(:notification_ids AS uuid[])) AND p.id = n.patient_id
+    """
+)
+
+
+async def mark_no_whatsapp(session: AsyncSession, notification_ids: Collection[uuid.UUID]) -> None:
+    """WhatsApp said the patients of these notifications have no account there: the
+    dispatcher leaves it out of their chains for WHATSAPP_RETRY_NO_ACCOUNT_DAYS."""
+    if notification_ids:
+        await session.execute(_NO_WHATSAPP, {"notification_ids": list(notification_ids)})
 
 
 async def downgrade_imo(session: AsyncSession, downgrades: dict[str, str]) -> None:
@@ -516,6 +564,24 @@ async def raise_notifications(
         await session.execute(
             _RAISE_NOTIFICATIONS, {"ids": list(best), "states": list(best.values())}
         )
+
+
+async def whatsapp_template_of(session: AsyncSession, notification_id: uuid.UUID) -> str:
+    """The WhatsApp template (`name/language`, as the adapters name it) a notification was
+    sent as, or its own template `key/locale` when it has no mapping (any more)."""
+    label: str | None = await session.scalar(
+        text(
+            """
+            SELECT COALESCE((t.whatsapp->>'name') || '/' || (t.whatsapp->>'language'),
+                            n.template_key || '/' || n.locale)
+            FROM notifications AS n
+            LEFT JOIN templates AS t ON t.key = n.template_key AND t.locale = n.locale
+            WHERE n.id = :id
+            """
+        ),
+        {"id": notification_id},
+    )
+    return label or ""
 
 
 async def lock_notification_for_callback(

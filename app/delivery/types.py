@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from app.channels.base import WhatsAppTemplateMessage
 from app.states import AttemptStatus, NotificationState
 
 
@@ -32,6 +33,10 @@ class ClaimedNotification:
     imo_status: str | None
     # The claim's moment: a fencing token, so that a claim lost to the sweeper is not sent.
     claimed_at: datetime | None = None
+    # WhatsApp said lately that this number has no account (WHATSAPP_RETRY_NO_ACCOUNT_DAYS).
+    whatsapp_unavailable: bool = False
+    # The reminder's template as a WhatsApp template, its parameters filled in, if mapped.
+    whatsapp_template: WhatsAppTemplateMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,4 +71,5 @@ stdout = UnbreakableStream("stdout")
 stderr = UnbreakableStream("stderr")
 # A text stream in all but name: typeshed's IO[str] is a class that io.TextIOBase isn't.
 console = Console(file=cast(TextIO, stdout), highlight=False)
-err_console = Console(file=cast(TextIO, stderr), highlight=False)
+# An error is one line, however narrow the terminal (or 80 columns, when not a terminal).
+err_console = Console(file=cast(TextIO, stderr), highlight=False, soft_wrap=True)

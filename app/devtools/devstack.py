@@ -19,7 +19,14 @@ from app import embedded
 from app.auth import service as auth_service
 from app.config import get_settings
 from app.devtools.console import console, err_console
-from app.devtools.environment import notify_command, prepare_environment, upgrade_head
+from app.devtools.environment import (
+    checked_settings,
+    data_dir_or_exit,
+    notify_command,
+    prepare_environment,
+    upgrade_head,
+    write_dev_env,
+)
 from app.devtools.supervisor import http_ok, port_is_free, spawn, stop_processes
 from app.fakes.credentials import (
     FAKE_IMO_PASSWORD,
@@ -27,6 +34,28 @@ from app.fakes.credentials import (
     FAKE_TWILIO_ACCOUNT_SID,
     FAKE_TWILIO_AUTH_TOKEN,
     FAKE_TWILIO_SMS_FROM,
+    FAKE_WHATSAPP_ACCESS_TOKEN,
+    FAKE_WHATSAPP_APP_SECRET,
+    FAKE_WHATSAPP_PHONE_NUMBER_ID,
+    FAKE_WHATSAPP_VERIFY_TOKEN,
+)
+
+# The settings `notify dev` gives its children that other `notify` commands need too.
+_SHARED = (
+    "PUBLIC_BASE_URL",
+    "IMO_BASE_URL",
+    "IMO_USERNAME",
+    "IMO_PASSWORD",
+    "TWILIO_BASE_URL",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_SMS_FROM",
+    "WHATSAPP_BASE_URL",
+    "WHATSAPP_PHONE_NUMBER_ID",
+    "WHATSAPP_ACCESS_TOKEN",
+    "WHATSAPP_APP_SECRET",
+    "WHATSAPP_VERIFY_TOKEN",
+    "WHATSAPP_TWILIO_FROM",
 )
 
 
@@ -115,8 +144,8 @@ def _dev_api_key(data_dir: Path, database_url: str) -> tuple[str, bool]:
 
 def run(host: str, port: int) -> int:
     """Run the stack until Ctrl-C, SIGTERM or a child's exit; returns the exit code."""
-    settings = get_settings()
-    data_dir = Path(settings.data_dir).expanduser().resolve()
+    settings = checked_settings()
+    data_dir = data_dir_or_exit(settings)
     data_dir.mkdir(parents=True, exist_ok=True)
     if not port_is_free(host, port):
         err_console.print(f"[red]error:[/red] {host}:{port} is in use (another `notify dev`?)")
@@ -128,7 +157,7 @@ def run(host: str, port: int) -> int:
     try:
         began = time.monotonic()
         with console.status("Starting PostgreSQL and Redis..."):
-            database_url, redis_url = prepare_environment()
+            database_url, redis_url = prepare_environment(dev_env=False)
         embedded_names = [
             name for name, unset in (("PostgreSQL", not settings.database_url),
                                      ("Redis", not settings.redis_url)) if unset
@@ -205,6 +234,37 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
             )
         )
         urls.append(("Fake Twilio", f"{twilio_root}  (stats: {twilio_root}/_fake/stats)"))
+    if not settings.whatsapp_configured and settings.whatsapp_provider == "cloud":
+        whatsapp_port = embedded.free_port()
+        whatsapp_root = f"http://127.0.0.1:{whatsapp_port}"
+        webhook_url = f"{env['PUBLIC_BASE_URL']}/callbacks/whatsapp"
+        env.update(
+            WHATSAPP_BASE_URL=whatsapp_root,
+            WHATSAPP_PHONE_NUMBER_ID=FAKE_WHATSAPP_PHONE_NUMBER_ID,
+            WHATSAPP_ACCESS_TOKEN=FAKE_WHATSAPP_ACCESS_TOKEN,
+            WHATSAPP_APP_SECRET=FAKE_WHATSAPP_APP_SECRET,
+            WHATSAPP_VERIFY_TOKEN=FAKE_WHATSAPP_VERIFY_TOKEN,
+        )
+        children.append(
+            (
+                "fake-whatsapp",
+                notify_command(
+                    "fake-whatsapp",
+                    "--port",
+                    str(whatsapp_port),
+                    "--set",
+                    f"webhook_url={webhook_url}",
+                ),
+                f"{whatsapp_root}/_fake/stats",
+                "blue",
+            )
+        )
+        urls.append(("Fake WhatsApp", f"{whatsapp_root}  (stats: {whatsapp_root}/_fake/stats)"))
+    elif not settings.whatsapp_configured and not settings.twilio_account_sid:
+        # WhatsApp through the fake Twilio: it speaks both.
+        env.update(WHATSAPP_TWILIO_FROM=FAKE_TWILIO_SMS_FROM)
+    # What another terminal's `notify invite` needs to reach this stack's fakes and API.
+    shared = {key: env[key] for key in _SHARED if key in env and key not in os.environ}
     stack = DevStack(env)
     for child in children:
         stack.add(*child)
@@ -221,6 +281,7 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     exit_code = 0
+    dev_env = write_dev_env(data_dir, shared)
     try:
         stack.start()
         if stack.wait_ready():
@@ -243,6 +304,7 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
             console.print("Stopping...")
         finally:
             stack.stop()
+            dev_env.unlink(missing_ok=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     return exit_code

@@ -1,12 +1,22 @@
-"""What every `notify` command prepares before it runs: settings, the database and Redis
-(embedded ones when unset), the migrations, an event loop."""
+"""What every `notify` command prepares before it runs: settings, the project's data
+folder, the database and Redis (embedded ones when unset), the migrations.
+
+The data folder is `DATA_DIR` when set, else the `.data` of the clinic-notify project
+the command runs in (the working folder or one above it), else of the checkout the
+package runs from: `notify` from any folder finds the same embedded servers, never a new
+one in the folder it happens to run in. While `notify dev` runs, it writes its fakes' URLs
+and credentials to `DATA_DIR/dev.env`, which every other command reads (variables set
+in the environment win), so `notify invite` in another terminal reaches the same fakes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,18 +49,119 @@ def checked_settings() -> Settings:
         raise typer.Exit(1) from None
 
 
-def prepare_environment(*, redis: bool = True) -> tuple[str, str]:
+PROJECT_NAME = 'name = "clinic-notify"'
+DEV_ENV = "dev.env"
+_DEV_PID = "NOTIFY_DEV_PID"
+
+
+def _is_project(folder: Path) -> bool:
+    try:
+        return PROJECT_NAME in (folder / "pyproject.toml").read_text()
+    except OSError:
+        return False
+
+
+def find_data_dir(
+    settings: Settings, cwd: Path | None = None, package_root: Path | None = None
+) -> Path | None:
+    """`DATA_DIR` when set; else `.data` of the project holding `cwd` (or a folder above
+    it with a `.data` of ours), else of the checkout at `package_root` (by default the
+    one this package runs from). None when there is no such folder."""
+    if "data_dir" in settings.model_fields_set:
+        return Path(settings.data_dir).expanduser().resolve()
+    here = (cwd or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        data = folder / ".data"
+        if _is_project(folder) or (data / "secret_key").is_file():
+            return data
+    root = package_root or Path(app_package.__file__).resolve().parent.parent
+    return root / ".data" if _is_project(root) else None
+
+
+def data_dir_or_exit(settings: Settings) -> Path:
+    data_dir = find_data_dir(settings)
+    if data_dir is None:
+        err_console.print(
+            "[red]error:[/red] no clinic-notify data folder here: run `notify` from the "
+            "project's folder, or set DATA_DIR (or DATABASE_URL and REDIS_URL)"
+        )
+        raise typer.Exit(1)
+    return data_dir
+
+
+def write_dev_env(data_dir: Path, values: Mapping[str, str]) -> Path:
+    """`notify dev`'s word to the other commands: `values`, for as long as it runs."""
+    path = data_dir / DEV_ENV
+    lines = [
+        "# Written by `notify dev` for the other `notify` commands; gone when it stops.",
+        f"{_DEV_PID}={os.getpid()}",
+        *(f"{key}={value}" for key, value in values.items()),
+    ]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # credentials, if fake
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+def read_dev_env(data_dir: Path) -> dict[str, str]:
+    """What a running `notify dev` wrote; nothing when none runs (a file left by one
+    that was killed names a process that is gone)."""
+    try:
+        text = (data_dir / DEV_ENV).read_text()
+    except OSError:
+        return {}
+    values = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[:1] != "#"
+    )
+    try:
+        os.kill(int(values.pop(_DEV_PID, "")), 0)
+    except (ValueError, ProcessLookupError):
+        return {}
+    except PermissionError:  # alive, another user's
+        pass
+    return values
+
+
+def _stop_at_exit_what_this_starts(data_dir: Path) -> None:
+    """A one-off command leaves behind no embedded server it started."""
+    if not embedded.postgres_running(data_dir):
+        atexit.register(embedded.stop_postgres, data_dir)
+    if not embedded.redis_running(data_dir):
+        atexit.register(embedded.stop_redis, data_dir)
+
+
+def prepare_environment(
+    *, redis: bool = True, one_off: bool = False, dev_env: bool = True
+) -> tuple[str, str]:
     """Resolve the database and Redis URLs (embedded ones when unset) into `os.environ`.
 
     `redis=False` (commands that need only the database) starts no embedded Redis and
     returns the configured URL, perhaps empty. Also gives development a stable
-    SECRET_KEY kept in the data folder. Everything read later through `get_settings()`
-    (and every child process) sees the result. Exits with a message when an embedded
-    service is missing or fails, or when the settings are refused (in production: a
-    missing or placeholder secret, no PUBLIC_BASE_URL).
+    SECRET_KEY kept in the data folder, and reads a running `notify dev`'s `dev.env`
+    (unless `dev_env=False`: `notify dev` itself).
+    Everything read later through `get_settings()` (and every child process) sees the
+    result. A `one_off` command stops at exit the embedded servers it started (the API
+    and workers leave theirs to the next command). Exits with one line when an embedded
+    service is missing or fails, when there is no data folder to keep one in, or when
+    the settings are refused (in production: a missing or placeholder secret, no
+    PUBLIC_BASE_URL).
     """
     settings = checked_settings()
-    data_dir = Path(settings.data_dir)
+    found = find_data_dir(settings)
+    if found is not None:
+        if dev_env:
+            written = read_dev_env(found)
+            os.environ.update({k: v for k, v in written.items() if k not in os.environ})
+        os.environ["DATA_DIR"] = str(found)
+        get_settings.cache_clear()
+        settings = checked_settings()
+    embedded_needed = not settings.database_url or (redis and not settings.redis_url)
+    dev_secret = not settings.secret_key.get_secret_value() and not settings.is_production
+    if not (embedded_needed or dev_secret):
+        return settings.database_url, settings.redis_url
+    data_dir = data_dir_or_exit(settings)
+    if one_off:
+        _stop_at_exit_what_this_starts(data_dir)
     try:
         database_url = settings.database_url or embedded.ensure_postgres(data_dir)
         redis_url = settings.redis_url
@@ -59,7 +170,7 @@ def prepare_environment(*, redis: bool = True) -> tuple[str, str]:
         updates = {"DATABASE_URL": database_url}
         if redis_url:
             updates["REDIS_URL"] = redis_url
-        if not settings.secret_key.get_secret_value() and not settings.is_production:
+        if dev_secret:
             updates["SECRET_KEY"] = embedded.ensure_secret_key(data_dir)
     except embedded.EmbeddedServiceError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
@@ -67,6 +178,39 @@ def prepare_environment(*, redis: bool = True) -> tuple[str, str]:
     os.environ.update(updates)
     get_settings.cache_clear()
     return database_url, redis_url
+
+
+def require_migrated(database_url: str) -> None:
+    """Exit with one line unless the database is at the latest migration."""
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    current = asyncio.run(_revision(database_url))
+    if current not in heads:
+        where = f"at {current}" if current else "empty"
+        err_console.print(
+            f"[red]error:[/red] the database is {where}, not at the latest migration: "
+            "run `notify migrate` first"
+        )
+        raise typer.Exit(1)
+
+
+async def _revision(database_url: str) -> str | None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            try:
+                revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+            except DBAPIError:  # no alembic_version table: never migrated
+                return None
+            return str(revision) if revision is not None else None
+    finally:
+        await engine.dispose()
 
 
 def alembic_config(

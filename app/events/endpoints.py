@@ -9,6 +9,11 @@ from fastapi import APIRouter, Path, Request, Response, status
 from app.db.session import DbSession
 from app.events import service as event_service
 from app.events.schemas import NAME_PATTERN, EventIn, EventOut, TriggerRuleIn, TriggerRuleOut
+from app.notifications import history
+from app.notifications import service as notification_service
+from app.notifications.history import HistoryFilter
+from app.notifications.schemas import NotificationPage
+from app.pagination import Cursor, Limit
 
 router = APIRouter(tags=["events"])
 
@@ -58,6 +63,31 @@ async def void_event(event_id: str, session: DbSession) -> EventOut:
     return EventOut.from_model(await event_service.void(session, event_id))
 
 
+@router.get(
+    "/events/{event_id}/messages",
+    summary="The messages the event's trigger rules scheduled, newest first",
+    description="Sent and scheduled, each with its state and channel; filter by state, "
+    "purpose and creation time; a page at a time to the very first.",
+    responses={
+        **_ERRORS,
+        404: {"description": "No such event"},
+        422: {"description": "A bad filter, limit or cursor"},
+    },
+)
+async def list_event_messages(
+    event_id: str,
+    where: HistoryFilter,
+    session: DbSession,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> NotificationPage:
+    await event_service.get(session, event_id)
+    page = await notification_service.search(
+        session, history.of_event(where, event_id), limit=limit, cursor=cursor
+    )
+    return NotificationPage.from_models(page.notifications, page.attempts, page.next_cursor)
+
+
 @router.put(
     "/trigger-rules/{name}",
     summary="Create or replace a trigger rule",
@@ -69,7 +99,7 @@ async def void_event(event_id: str, session: DbSession) -> EventOut:
     "variable no parameter fills.",
     responses={**_ERRORS, 422: {"description": "A bad expression, template or variable"}},
 )
-async def put_trigger_rule(
+async def upsert_trigger_rule(
     name: str = Path(pattern=NAME_PATTERN), *, body: TriggerRuleIn, session: DbSession
 ) -> TriggerRuleOut:
     return TriggerRuleOut.from_model(await event_service.put_rule(session, name, body))

@@ -1,9 +1,10 @@
 """An experiment's results in the terminal, and its per-patient rows as CSV for the
-researcher's own analysis (`notify experiments report ID [--csv PATH]`)."""
+researcher's own analysis (`notify experiments report ID-OR-NAME [--csv PATH]`)."""
 
 from __future__ import annotations
 
 import csv
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,8 +17,11 @@ if TYPE_CHECKING:
 
     from app.experiments.schemas import ExperimentResults
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Not on a terminal (a pipe, a file, a CI log), a table is as wide as its content: rich
+# would fit it into 80 columns and cut every cell to "co...".
+_UNBOUNDED = None if sys.stdout.isatty() else 10_000
+console = Console(highlight=False, width=_UNBOUNDED)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 CSV_COLUMNS = (
     "patient_id",
@@ -32,7 +36,7 @@ CSV_COLUMNS = (
 )
 
 
-async def run_report(database_url: str, experiment_id: uuid.UUID, csv_path: Path | None) -> int:
+async def run_report(database_url: str, experiment: str | uuid.UUID, csv_path: Path | None) -> int:
     """Print the report (and write the CSV); returns the exit code."""
     from app.db.session import create_engine_and_sessionmaker
 
@@ -47,19 +51,24 @@ async def run_report(database_url: str, experiment_id: uuid.UUID, csv_path: Path
                     "postgresql_readonly": True,
                 }
             )
-            return await report_from(session, experiment_id, csv_path)
+            return await report_from(session, experiment, csv_path)
     finally:
         await engine.dispose()
 
 
 async def report_from(
-    session: AsyncSession, experiment_id: uuid.UUID, csv_path: Path | None
+    session: AsyncSession, experiment: str | uuid.UUID, csv_path: Path | None
 ) -> int:
-    """The report from this session's view of the database; returns the exit code."""
+    """The report of `experiment` (its id, or its name) from this session's view of the
+    database; returns the exit code."""
     from app.errors import NotFound
     from app.experiments import repository as experiment_repository
     from app.experiments import service as experiment_service
 
+    experiment_id = await _experiment_id(session, experiment)
+    if experiment_id is None:
+        err_console.print(f"[red]error:[/red] no experiment named '{experiment}'")
+        return 1
     try:
         results = await experiment_service.results(session, experiment_id)
     except NotFound as exc:
@@ -94,6 +103,19 @@ async def report_from(
             written += 1
     console.print(f"Wrote {written:,} patients to {csv_path}")
     return 0
+
+
+async def _experiment_id(session: AsyncSession, experiment: str | uuid.UUID) -> uuid.UUID | None:
+    """An id as given, or the id of the experiment of that name (names are unique)."""
+    from app.experiments import repository as experiment_repository
+
+    if isinstance(experiment, uuid.UUID):
+        return experiment
+    try:
+        return uuid.UUID(experiment)
+    except ValueError:
+        found = await experiment_repository.get_by_name(session, experiment)
+        return found.id if found is not None else None
 
 
 def _percent(value: float | None) -> str:

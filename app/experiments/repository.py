@@ -57,6 +57,10 @@ async def get_for_update(session: AsyncSession, experiment_id: uuid.UUID) -> Exp
     )
 
 
+async def get_by_name(session: AsyncSession, name: str) -> Experiment | None:
+    return await session.scalar(select(Experiment).where(Experiment.name == name))
+
+
 async def name_taken(session: AsyncSession, name: str) -> bool:
     return (await session.scalar(select(Experiment.id).where(Experiment.name == name))) is not None
 

@@ -11,3 +11,7 @@ FAKE_IMO_PASSWORD: Final = "fake-imo-password"  # noqa: S105
 FAKE_TWILIO_ACCOUNT_SID: Final = "ACfake00000000000000000000000000"
 FAKE_TWILIO_AUTH_TOKEN: Final = "fake-twilio-token"  # noqa: S105
 FAKE_TWILIO_SMS_FROM: Final = "+15005550006"
+FAKE_WHATSAPP_PHONE_NUMBER_ID: Final = "100000000000001"
+FAKE_WHATSAPP_ACCESS_TOKEN: Final = "fake-whatsapp-token"  # noqa: S105
+FAKE_WHATSAPP_APP_SECRET: Final = "fake-whatsapp-app-secret"  # noqa: S105
+FAKE_WHATSAPP_VERIFY_TOKEN: Final = "fake-whatsapp-verify-token"  # noqa: S105

@@ -6,10 +6,21 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from app.event_loop import new_event_loop
+
+
+def add_test_hooks(app: web.Application, fake: Any) -> None:
+    """`GET /_fake/stats`, `POST /_fake/reset`, `POST /_fake/config`, and the fake's
+    callback session and shutdown, as the fake Twilio and the fake WhatsApp have them."""
+    app.router.add_get("/_fake/stats", fake.stats)
+    app.router.add_post("/_fake/reset", fake.reset)
+    app.router.add_post("/_fake/config", fake.change_config)
+    app.cleanup_ctx.append(fake.client_session)
+    app.on_shutdown.append(fake.on_shutdown)
 
 
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

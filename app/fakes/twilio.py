@@ -19,6 +19,13 @@ Steering by the last digit of `To`:
 Missing `To`, `From` or `Body` is a 400 with code 21604, 21603 or 21602; wrong
 credentials a 401 with code 20003.
 
+WhatsApp (`To` and `From` both `whatsapp:+E164`): a template is `ContentSid` (HX...) with
+`ContentVariables` (a JSON object) instead of `Body`; a `Body` alone is accepted and then
+fails with ErrorCode 63016 (outside the customer-service window: nobody ever wrote to
+the fake). The last digit steers as in the fake WhatsApp (app/fakes/whatsapp.py), with
+Twilio's codes: `0` fails with 63003 (not on WhatsApp), `1` is delivered and never read,
+`2` is a 500, `3` fails with 63049, `4`-`9` are `sent`, `delivered`, then `read`.
+
 Fault injection, drawn once per request from a seeded `random.Random` (all 0 by
 default, disjoint, summing to at most 1):
 
@@ -55,7 +62,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -65,14 +71,21 @@ from aiohttp import web
 from app.channels import twilio_signature
 from app.channels.base import basic_auth
 from app.fakes import server
+from app.fakes.common import (
+    changed_config,
+    check_config,
+    draw_fault,
+    json_response,
+    post_with_retries,
+)
 from app.fakes.credentials import FAKE_TWILIO_ACCOUNT_SID, FAKE_TWILIO_AUTH_TOKEN
+from app.fakes.whatsapp import STATUSES_BY_DIGIT as WHATSAPP_STATUSES_BY_DIGIT
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "2010-04-01"
 # Longer than any client time-out: the request simply never gets an answer.
 HANG_SECONDS = 30.0
-CALLBACK_ATTEMPTS = 3
 CALLBACK_TIMEOUT_SECONDS = 10.0
 
 # Fields `POST /_fake/config` may change at runtime.
@@ -87,7 +100,6 @@ RUNTIME_FIELDS = frozenset(
         "seed",
     }
 )
-_RATE_FIELDS = ("error_rate", "timeout_rate", "rate_limited_rate", "garbage_rate")
 
 # Last digit of `To` -> (final status, ErrorCode), for accepted messages.
 _FINAL_STATUS_BY_DIGIT: dict[str, tuple[str, str | None]] = {
@@ -96,6 +108,11 @@ _FINAL_STATUS_BY_DIGIT: dict[str, tuple[str, str | None]] = {
 }
 _DELIVERED: tuple[str, str | None] = ("delivered", None)
 _INVALID_NUMBER_DIGIT = "8"
+WHATSAPP = "whatsapp:"
+# The fake WhatsApp's error codes, as Twilio reports the same failures.
+_TWILIO_WHATSAPP_CODES = {"131026": "63003", "131049": "63049"}
+_WHATSAPP_SERVER_ERROR_DIGIT = "2"
+_OUTSIDE_WINDOW = "63016"
 
 _GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>\x00\xff"
 
@@ -115,23 +132,7 @@ class FakeTwilioConfig:
     callback_concurrency: int = 100
 
     def __post_init__(self) -> None:
-        for name in _RATE_FIELDS:
-            rate = getattr(self, name)
-            if isinstance(rate, bool) or not isinstance(rate, int | float):
-                raise ValueError(f"{name} must be a number")
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        if sum(getattr(self, name) for name in _RATE_FIELDS) > 1.0 + 1e-9:
-            raise ValueError("the fault rates must add up to at most 1")
-        delay = self.callback_delay
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-            raise ValueError("callback_delay must be a number of seconds >= 0")
-        if not isinstance(self.callbacks_enabled, bool):
-            raise ValueError("callbacks_enabled must be true or false")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError("seed must be an integer")
-        if self.callback_concurrency < 1:
-            raise ValueError("callback_concurrency must be at least 1")
+        check_config(self)
 
     def public(self) -> dict[str, object]:
         """The configuration without the auth token."""
@@ -150,10 +151,6 @@ def _twilio_error(status: int, code: int, message: str) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
-
-
 def _num_segments(body: str) -> int:
     # Plain ASCII approximates GSM-7 (160 per message, 153 per part); anything else,
     # Bengali included, goes as UCS-2 (70, or 67 per part), counted in UTF-16 units.
@@ -162,6 +159,38 @@ def _num_segments(body: str) -> int:
     else:
         units, single, part = len(body.encode("utf-16-le")) // 2, 70, 67
     return 1 if units <= single else math.ceil(units / part)
+
+
+def _whatsapp_refusal(
+    to: str, sender: str, content_sid: object, content_variables: object
+) -> web.Response | None:
+    """Twilio's answer to a WhatsApp message it will not take, or None."""
+    if not sender.startswith(WHATSAPP):
+        return _twilio_error(400, 63007, "Twilio could not find a Channel with the From address")
+    if to[-1] == _WHATSAPP_SERVER_ERROR_DIGIT:
+        return _twilio_error(500, 20500, "Internal Server Error")
+    if content_sid is None:
+        return None
+    if not (
+        isinstance(content_sid, str) and content_sid.startswith("HX") and len(content_sid) == 34
+    ):
+        return _twilio_error(400, 21656, "The ContentSid is invalid.")
+    if content_variables is not None:
+        try:
+            variables = orjson.loads(str(content_variables))
+        except orjson.JSONDecodeError:
+            variables = None
+        if not isinstance(variables, dict):
+            return _twilio_error(400, 21656, "The ContentVariables Parameter is invalid.")
+    return None
+
+
+def _whatsapp_walk(to: str, *, free_text: bool) -> tuple[tuple[str, ...], str | None]:
+    """The statuses of a WhatsApp message to `to`, and the error code of a failure."""
+    if free_text:
+        return ("failed",), _OUTSIDE_WINDOW
+    statuses, code = WHATSAPP_STATUSES_BY_DIGIT[to[-1]]
+    return statuses, _TWILIO_WHATSAPP_CODES.get(code, code) if code else None
 
 
 def _rfc2822_now() -> str:
@@ -228,9 +257,17 @@ class FakeTwilio:
             return _twilio_error(400, 21604, "A 'To' phone number is required.")
         if not isinstance(sender, str) or not sender:
             return _twilio_error(400, 21603, "A 'From' phone number is required.")
+        on_whatsapp = to.startswith(WHATSAPP)
+        content_sid = form.get("ContentSid")
+        if on_whatsapp:
+            refusal = _whatsapp_refusal(to, sender, content_sid, form.get("ContentVariables"))
+            if refusal is not None:
+                return refusal
+            if isinstance(content_sid, str) and not body:
+                body = f"<template {content_sid}>"
         if not isinstance(body, str) or not body:
             return _twilio_error(400, 21602, "Message body is required.")
-        if to[-1] == _INVALID_NUMBER_DIGIT:
+        if not on_whatsapp and to[-1] == _INVALID_NUMBER_DIGIT:
             return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
 
         sid = "SM" + os.urandom(16).hex()
@@ -239,14 +276,18 @@ class FakeTwilio:
         self.from_counts[sender] += 1
         callback_url = form.get("StatusCallback")
         if config.callbacks_enabled and isinstance(callback_url, str) and callback_url:
-            final = _FINAL_STATUS_BY_DIGIT.get(to[-1], _DELIVERED)
-            self._start_walk(callback_url, sid, to, sender, final)
+            if on_whatsapp:
+                walk = _whatsapp_walk(to, free_text=not content_sid)
+            else:
+                final, error_code = _FINAL_STATUS_BY_DIGIT.get(to[-1], _DELIVERED)
+                walk = (("sent", final), error_code)
+            self._start_walk(callback_url, sid, to, sender, walk)
 
         if fault == "garbage":
             return web.Response(status=201, body=_GARBAGE_BODY, content_type="application/json")
         now = _rfc2822_now()
         uri = f"/{API_VERSION}/Accounts/{config.account_sid}/Messages/{sid}.json"
-        return _json(
+        return json_response(
             {
                 "account_sid": config.account_sid,
                 "api_version": API_VERSION,
@@ -286,39 +327,21 @@ class FakeTwilio:
         return (login, password) == (self.config.account_sid, self.config.auth_token)
 
     def _draw_fault(self, config: FakeTwilioConfig) -> str | None:
-        if not (
-            config.error_rate
-            or config.timeout_rate
-            or config.rate_limited_rate
-            or config.garbage_rate
-        ):
-            return None
-        draw = self._rng.random()
-        for name, rate in (
-            ("error", config.error_rate),
-            ("timeout", config.timeout_rate),
-            ("rate_limited", config.rate_limited_rate),
-            ("garbage", config.garbage_rate),
-        ):
-            if draw < rate:
-                self.faults[name] += 1
-                return name
-            draw -= rate
-        return None
+        return draw_fault(self._rng, config, self.faults)
 
     # --- status callbacks -------------------------------------------------------------
 
     def _start_walk(
-        self, url: str, sid: str, to: str, sender: str, final: tuple[str, str | None]
+        self, url: str, sid: str, to: str, sender: str, walk: tuple[tuple[str, ...], str | None]
     ) -> None:
-        task = asyncio.create_task(self._walk(url, sid, to, sender, final))
+        task = asyncio.create_task(self._walk(url, sid, to, sender, walk))
         self._walks.add(task)
         task.add_done_callback(self._walks.discard)
 
     async def _walk(
-        self, url: str, sid: str, to: str, sender: str, final: tuple[str, str | None]
+        self, url: str, sid: str, to: str, sender: str, walk: tuple[tuple[str, ...], str | None]
     ) -> None:
-        """`sent`, then the final status, in order, each after `callback_delay`."""
+        """The statuses in order, each after `callback_delay`; the error code on the last."""
         common = {
             "AccountSid": self.config.account_sid,
             "ApiVersion": API_VERSION,
@@ -327,15 +350,14 @@ class FakeTwilio:
             "SmsSid": sid,
             "To": to,
         }
-        final_status, error_code = final
+        statuses, error_code = walk
         try:
-            await asyncio.sleep(self.config.callback_delay)
-            await self._post_callback(url, {**common, "MessageStatus": "sent", "SmsStatus": "sent"})
-            await asyncio.sleep(self.config.callback_delay)
-            params = {**common, "MessageStatus": final_status, "SmsStatus": final_status}
-            if error_code:
-                params["ErrorCode"] = error_code
-            await self._post_callback(url, params)
+            for position, status in enumerate(statuses):
+                await asyncio.sleep(self.config.callback_delay)
+                params = {**common, "MessageStatus": status, "SmsStatus": status}
+                if error_code and position == len(statuses) - 1:
+                    params["ErrorCode"] = error_code
+                await self._post_callback(url, params)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -354,21 +376,7 @@ class FakeTwilio:
             ),
         }
         data = urlencode(params).encode()
-        status: int | None = None
-        for attempt in range(CALLBACK_ATTEMPTS):
-            try:
-                async with (
-                    self._semaphore,
-                    session.post(url, data=data, headers=headers, allow_redirects=False) as answer,
-                ):
-                    status = answer.status
-                    await answer.read()
-            except (aiohttp.ClientError, TimeoutError):
-                status = None
-            if status is not None and status < 500:
-                break
-            if attempt + 1 < CALLBACK_ATTEMPTS:
-                await asyncio.sleep(0.1 * 2**attempt)
+        status = await post_with_retries(session, self._semaphore, url, data, headers)
         if status is None:
             self.callbacks_failed += 1
         elif 200 <= status < 300:
@@ -385,7 +393,7 @@ class FakeTwilio:
     # --- test hooks -------------------------------------------------------------------
 
     async def stats(self, request: web.Request) -> web.Response:
-        return _json(
+        return json_response(
             {
                 "requests": self.requests,
                 "accepted": self.accepted,
@@ -406,24 +414,15 @@ class FakeTwilio:
         await self._cancel_walks()
         self._apply(self.start_config)
         self._reset_counters()
-        return _json(self.config.public())
+        return json_response(self.config.public())
 
     async def change_config(self, request: web.Request) -> web.Response:
-        try:
-            changes: Any = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _json({"error": "the body must be a JSON object"}, status=400)
-        if not isinstance(changes, dict):
-            return _json({"error": "the body must be a JSON object"}, status=400)
-        unknown = sorted(set(changes) - RUNTIME_FIELDS)
-        if unknown:
-            return _json({"error": f"cannot change: {', '.join(unknown)}"}, status=400)
-        try:
-            config = dataclasses.replace(self.config, **changes)
-        except (TypeError, ValueError) as exc:
-            return _json({"error": str(exc)}, status=400)
-        self._apply(config, reseed="seed" in changes)
-        return _json(self.config.public())
+        changed = await changed_config(request, self.config, RUNTIME_FIELDS)
+        if isinstance(changed, web.Response):
+            return changed
+        config, reseed = changed
+        self._apply(config, reseed=reseed)
+        return json_response(self.config.public())
 
     def _apply(self, config: FakeTwilioConfig, *, reseed: bool = True) -> None:
         self.config = config
@@ -456,11 +455,7 @@ def create_app(config: FakeTwilioConfig | None = None) -> web.Application:
     app.router.add_post(
         f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json", fake.create_message
     )
-    app.router.add_get("/_fake/stats", fake.stats)
-    app.router.add_post("/_fake/reset", fake.reset)
-    app.router.add_post("/_fake/config", fake.change_config)
-    app.cleanup_ctx.append(fake.client_session)
-    app.on_shutdown.append(fake.on_shutdown)
+    server.add_test_hooks(app, fake)
     return app
 
 

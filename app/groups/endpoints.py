@@ -11,10 +11,15 @@ from app.groups import service as group_service
 from app.groups.schemas import (
     GROUP_NAME_PATTERN,
     MAX_MEMBERS_PER_REQUEST,
-    GroupIn,
-    GroupOut,
+    PatientGroupIn,
+    PatientGroupOut,
     MembersIn,
 )
+from app.notifications import history
+from app.notifications import service as notification_service
+from app.notifications.history import HistoryFilter
+from app.notifications.schemas import NotificationPage
+from app.pagination import Cursor, Limit
 
 router = APIRouter(prefix="/groups", tags=["groups"])
 
@@ -32,9 +37,11 @@ _SIZE = f"at most {MAX_MEMBERS_PER_REQUEST:,} patient ids a request"
     "filter is evaluated when a broadcast starts.",
     responses={**_ERRORS, 422: {"description": "Both or neither, unknown patients, too many"}},
 )
-async def put_group(name: GroupName, body: GroupIn, session: DbSession) -> GroupOut:
+async def upsert_group(
+    name: GroupName, body: PatientGroupIn, session: DbSession
+) -> PatientGroupOut:
     group, members = await group_service.put_group(session, name, body)
-    return GroupOut.from_model(group, members)
+    return PatientGroupOut.from_model(group, members)
 
 
 @router.get(
@@ -42,9 +49,9 @@ async def put_group(name: GroupName, body: GroupIn, session: DbSession) -> Group
     summary="A group and how many patients are in it now",
     responses={**_ERRORS, 404: {"description": "No such group"}},
 )
-async def get_group(name: GroupName, session: DbSession) -> GroupOut:
+async def get_group(name: GroupName, session: DbSession) -> PatientGroupOut:
     group = await group_service.get_group(session, name)
-    return GroupOut.from_model(group, await group_service.count(session, group))
+    return PatientGroupOut.from_model(group, await group_service.count(session, group))
 
 
 @router.post(
@@ -56,9 +63,11 @@ async def get_group(name: GroupName, session: DbSession) -> GroupOut:
         422: {"description": "A filter group, unknown patients, too many"},
     },
 )
-async def add_members(name: GroupName, body: MembersIn, session: DbSession) -> GroupOut:
+async def add_group_members(
+    name: GroupName, body: MembersIn, session: DbSession
+) -> PatientGroupOut:
     group, members = await group_service.change_members(session, name, body.patient_ids, add=True)
-    return GroupOut.from_model(group, members)
+    return PatientGroupOut.from_model(group, members)
 
 
 @router.delete(
@@ -70,6 +79,34 @@ async def add_members(name: GroupName, body: MembersIn, session: DbSession) -> G
         422: {"description": "A filter group, too many"},
     },
 )
-async def remove_members(name: GroupName, body: MembersIn, session: DbSession) -> GroupOut:
+async def remove_group_members(
+    name: GroupName, body: MembersIn, session: DbSession
+) -> PatientGroupOut:
     group, members = await group_service.change_members(session, name, body.patient_ids, add=False)
-    return GroupOut.from_model(group, members)
+    return PatientGroupOut.from_model(group, members)
+
+
+@router.get(
+    "/{name}/messages",
+    summary="The messages broadcast to the group, newest first",
+    description="Sent and scheduled, of every broadcast to it, each with its state and "
+    "channel; filter by state, purpose and creation time; a page at a time to the very "
+    "first.",
+    responses={
+        **_ERRORS,
+        404: {"description": "No such group"},
+        422: {"description": "A bad filter, limit or cursor"},
+    },
+)
+async def list_group_messages(
+    name: GroupName,
+    where: HistoryFilter,
+    session: DbSession,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> NotificationPage:
+    await group_service.get_group(session, name)
+    page = await notification_service.search(
+        session, history.of_group(where, name), limit=limit, cursor=cursor
+    )
+    return NotificationPage.from_models(page.notifications, page.attempts, page.next_cursor)

@@ -63,7 +63,7 @@ class GroupFilter(BaseModel):
         return self
 
 
-class GroupIn(BaseModel):
+class PatientGroupIn(BaseModel):
     """A static list of patients (`members`) or a `filter`, not both."""
 
     model_config = ConfigDict(extra="forbid")
@@ -88,7 +88,7 @@ class MembersIn(BaseModel):
     patient_ids: list[PatientId] = Field(min_length=1, max_length=MAX_MEMBERS_PER_REQUEST)
 
 
-class GroupOut(BaseModel):
+class PatientGroupOut(BaseModel):
     name: str
     kind: Literal["static", "filter"]
     filter: dict[str, Any] | None

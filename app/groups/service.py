@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidInput, NotFound
 from app.groups import repository as group_repository
-from app.groups.schemas import GroupIn
+from app.groups.schemas import PatientGroupIn
 from app.models import Group
 
 
@@ -18,7 +18,7 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
-async def put_group(session: AsyncSession, name: str, body: GroupIn) -> tuple[Group, int]:
+async def put_group(session: AsyncSession, name: str, body: PatientGroupIn) -> tuple[Group, int]:
     """Create or replace group `name`; returns it with its member count. A static list
     replaces the previous members. Raises InvalidInput naming unknown patients. Flushes."""
     if body.members is not None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Index, String, Text, func, literal_column, text
@@ -64,3 +65,6 @@ class Patient(TimestampMixin, Base):
     tags: Mapped[list[str]] = mapped_column(
         ARRAY(Text), default=list, server_default=text("'{}'::text[]")
     )
+    # When WhatsApp last said this number has no account (131026): the number is not tried
+    # there for WHATSAPP_RETRY_NO_ACCOUNT_DAYS after. Cleared when the number changes.
+    whatsapp_no_account_at: Mapped[datetime | None]

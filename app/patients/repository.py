@@ -14,10 +14,12 @@ from sqlalchemy import (
     String,
     Text,
     bindparam,
+    case,
     cast,
     column,
     func,
     literal_column,
+    null,
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
@@ -79,6 +81,14 @@ _UPSERT = _INSERT.on_conflict_do_update(
     index_elements=["id"],
     set_={
         **{name: _INSERT.excluded[name] for name in _COLUMNS if name != "id"},
+        # WhatsApp's "no account" was about the old number.
+        "whatsapp_no_account_at": case(
+            (
+                _PATIENTS.c.mobile_e164.is_distinct_from(_INSERT.excluded.mobile_e164),
+                null(),
+            ),
+            else_=_PATIENTS.c.whatsapp_no_account_at,
+        ),
         "updated_at": func.now(),
     },
 ).returning(

@@ -55,11 +55,17 @@ async def get_template(key: KeyPath, locale: LocalePath, session: DbSession) -> 
     summary="Create or replace a template's text in one locale",
     responses={
         **_ERRORS,
-        422: {"description": "A placeholder that is not a plain `{name}` variable"},
+        422: {
+            "description": "A placeholder that is not a plain `{name}` variable, or a "
+            "WhatsApp parameter the template does not use"
+        },
     },
 )
 async def upsert_template(
     key: KeyPath, locale: LocalePath, body: TemplateIn, session: DbSession
 ) -> TemplateOut:
-    template = await template_service.put_template(session, key, locale, body.title, body.body)
+    whatsapp = body.whatsapp.model_dump(exclude_none=True) if body.whatsapp else None
+    template = await template_service.put_template(
+        session, key, locale, body.title, body.body, whatsapp
+    )
     return TemplateOut.from_model(template)

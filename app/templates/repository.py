@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -29,13 +30,20 @@ async def with_keys(session: AsyncSession, keys: Collection[str]) -> Sequence[Te
     return (await session.scalars(select(Template).where(Template.key.in_(keys)))).all()
 
 
-async def upsert(session: AsyncSession, key: str, locale: str, title: str, body: str) -> Template:
+async def upsert(
+    session: AsyncSession,
+    key: str,
+    locale: str,
+    title: str,
+    body: str,
+    whatsapp: dict[str, Any] | None = None,
+) -> Template:
     statement = (
         insert(Template)
-        .values(key=key, locale=locale, title=title, body=body)
+        .values(key=key, locale=locale, title=title, body=body, whatsapp=whatsapp)
         .on_conflict_do_update(
             index_elements=[Template.key, Template.locale],
-            set_={"title": title, "body": body, "updated_at": func.now()},
+            set_={"title": title, "body": body, "whatsapp": whatsapp, "updated_at": func.now()},
         )
         .returning(Template)
     )

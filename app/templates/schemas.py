@@ -6,7 +6,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from app.models import Template
 from app.templates.placeholders import variables_of
@@ -48,6 +55,43 @@ def _plain_variables(text: str) -> str:
     return text
 
 
+class WhatsAppTemplate(BaseModel):
+    """The pre-approved WhatsApp template a text is sent as: WhatsApp allows nothing else
+    outside the 24-hour customer-service window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^[a-z0-9_]+$",
+        description="The template's name as approved in WhatsApp Manager (Cloud API)",
+        examples=["appointment_reminder"],
+    )
+    language: str = Field(
+        min_length=2,
+        max_length=10,
+        pattern=r"^[a-z]{2,3}(?:_[A-Za-z]{2,4})?$",
+        description="The approved translation's language code, e.g. `en_US`, `hi`, `bn`",
+        examples=["en_US"],
+    )
+    parameters: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = (
+        Field(
+            default_factory=list,
+            max_length=100,
+            description="The variables filling the approved body's `{{1}}`, `{{2}}`, ... in "
+            "that order; each must be one of this template's variables",
+            examples=[["patient_name", "facility_name", "appointment_date"]],
+        )
+    )
+    content_sid: str | None = Field(
+        default=None,
+        pattern=r"^HX[0-9a-fA-F]{32}$",
+        description="The same template's Content SID at Twilio, for WHATSAPP_PROVIDER=twilio",
+        examples=["HXb5b62575e6e4ff6129ad7c8efe1f983e"],
+    )
+
+
 class TemplateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +108,22 @@ class TemplateIn(BaseModel):
         "literal braces are doubled (`{{`, `}}`).",
         examples=["Dear {patient_name}, your visit at {facility_name} is on {appointment_date}."],
     )
+    whatsapp: WhatsAppTemplate | None = Field(
+        default=None,
+        description="How this text goes out on WhatsApp; without it, reminders of this "
+        "template skip the WhatsApp channel (the attempt says why) and go to the next one",
+    )
+
+    @model_validator(mode="after")
+    def _parameters_are_variables(self) -> Self:
+        if self.whatsapp is not None:
+            known = variables_of(self.title) | variables_of(self.body)
+            unknown = [name for name in self.whatsapp.parameters if name not in known]
+            if unknown:
+                raise ValueError(
+                    f"whatsapp.parameters names variables the template does not use: {unknown}"
+                )
+        return self
 
 
 class TemplateOut(BaseModel):
@@ -72,6 +132,7 @@ class TemplateOut(BaseModel):
     title: str
     body: str
     variables: list[str] = Field(description="The variables title and body use, sorted")
+    whatsapp: WhatsAppTemplate | None
     created_at: datetime
     updated_at: datetime
 
@@ -83,6 +144,9 @@ class TemplateOut(BaseModel):
             title=template.title,
             body=template.body,
             variables=sorted(variables_of(template.title) | variables_of(template.body)),
+            whatsapp=WhatsAppTemplate.model_validate(template.whatsapp)
+            if template.whatsapp
+            else None,
             created_at=template.created_at,
             updated_at=template.updated_at,
         )

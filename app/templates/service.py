@@ -54,10 +54,16 @@ async def get_template(session: AsyncSession, key: str, locale: str) -> Template
 
 
 async def put_template(
-    session: AsyncSession, key: str, locale: str, title: str, body: str
+    session: AsyncSession,
+    key: str,
+    locale: str,
+    title: str,
+    body: str,
+    whatsapp: dict[str, Any] | None = None,
 ) -> Template:
-    """Create or replace the text of `key` in `locale` (checked by the schema). Flushes."""
-    return await template_repository.upsert(session, key, locale, title, body)
+    """Create or replace the text of `key` in `locale`, and the WhatsApp template it is
+    sent as (all checked by the schema; None: not sent on WhatsApp). Flushes."""
+    return await template_repository.upsert(session, key, locale, title, body, whatsapp)
 
 
 async def render(

@@ -17,3 +17,13 @@ def test_sends_everything_and_writes_its_figures(tmp_path: Path) -> None:
     [row] = result.rows
     assert row["sent"] == 300 and row["other states"] == {}
     assert (tmp_path / "d.json").exists()
+
+
+def test_whatsapp_and_sms_mixes_go_out_on_their_channel() -> None:
+    result = dispatch.run(
+        [200], [1], concurrency=20, batch=100, json_path=None, mixes=["sms", "whatsapp"]
+    )
+    assert [(r["mix"], r["sent"], r["other states"], r["attempts"]) for r in result.rows] == [
+        ("sms", 200, {}, {"sms sent": 200}),
+        ("whatsapp", 200, {}, {"whatsapp sent": 200}),
+    ]

@@ -33,8 +33,8 @@ from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
 from app.security import TokenSigner
 from app.states import AttemptStatus
 from tests.clock import daytime_zone, night_zone
+from tests.delivery.conftest import Fakes
 from tests.factories import make_notification, make_patient
-from tests.fake_servers import FakeImo, FakeTwilio
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -45,17 +45,6 @@ async def report(
     """A provider's report on one attempt, as the callbacks apply it."""
     [answer] = await provider_reports.apply_reports(session, [Report(attempt_id, status, **fields)])
     assert answer is True, answer
-
-
-@dataclass
-class Fakes:
-    imo_url: str
-    twilio_url: str
-
-
-@pytest.fixture
-def fakes(fake_imo: FakeImo, fake_twilio: FakeTwilio) -> Fakes:
-    return Fakes(fake_imo.url, fake_twilio.url)
 
 
 def settings_for(fakes: Fakes, **overrides: Any) -> Settings:
@@ -281,6 +270,25 @@ class TestOneDispatch:
             assert fresh.state == "sent"
             channels += [a.channel for a in attempts]
         assert sorted(channels) == ["imo"] * 4 + ["sms"] * 4
+
+
+class TestConsole:
+    async def test_one_line_a_batch_counts_its_outcomes_without_phones(
+        self, db_session: AsyncSession, dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        sent = await due(db_session, await patient_with(db_session, 3))
+        refused = await due(
+            db_session, await patient_with(db_session, 4, reminder_consent="denied")
+        )
+        with caplog.at_level("INFO", logger="app.delivery.dispatcher"):
+            assert await dispatcher.dispatch_once() >= 2
+        [line] = [r for r in caplog.records if r.getMessage().startswith("dispatched")]
+        assert line.outcomes["sent via sms"] >= 1
+        assert line.outcomes["denied"] >= 1
+        assert "sent via sms" in line.getMessage() and " ms" in line.getMessage()
+        assert "17110000" not in caplog.text  # no phone number, masked or not
+        assert (await reload(db_session, sent))[0].state == "sent"
+        assert (await reload(db_session, refused))[0].state == "denied"
 
 
 @dataclass

@@ -96,3 +96,36 @@ async def test_a_report_that_fails_fails_alone(
         await batcher.stop()
     assert isinstance(results.pop(20), DBAPIError)
     assert results == [True] * 39
+
+
+async def test_a_burst_of_callbacks_is_one_log_line_of_counts(
+    db_session: AsyncSession,
+    db_sessionmaker: async_sessionmaker[AsyncSession],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    patient = await make_patient(db_session, mobile_e164="+8801711000042")
+    notification = await make_notification(db_session, patient, state="sent")
+    attempts = [
+        DeliveryAttempt(notification_id=notification.id, channel="sms", status="sent")
+        for _ in range(3)
+    ]
+    db_session.add_all(attempts)
+    await db_session.commit()
+    reports = [
+        Report(attempts[0].id, AttemptStatus.DELIVERED),
+        Report(attempts[1].id, AttemptStatus.DELIVERED),
+        Report(attempts[2].id, AttemptStatus.READ),
+        Report(attempts[2].id, AttemptStatus.DELIVERED),  # ranks lower: changes nothing
+    ]
+    batcher = ReportBatcher(lambda: db_sessionmaker)
+    batcher.start()
+    with caplog.at_level("INFO", logger="app.delivery.report_batcher"):
+        try:
+            for report in reports:
+                await batcher.submit(report)
+        finally:
+            await batcher.stop()  # logs the burst at once, without waiting for its second
+    [line] = [r for r in caplog.records if r.getMessage().startswith("provider reports")]
+    assert line.getMessage() == "provider reports: 4 (2 delivered, 1 read, 1 repeated)"
+    assert line.by_status == {"delivered": 2, "read": 1, "repeated": 1}
+    assert "1711000042" not in caplog.text

@@ -62,16 +62,24 @@ async def schedule(
     return dict(answer.json())
 
 
-async def notification_in(
-    api: httpx.AsyncClient, notification_id: str, *states: str, timeout: float = 20.0
+async def in_state(
+    api: httpx.AsyncClient, path: str, *states: str, timeout: float, interval: float = 0.1
 ) -> dict[str, Any]:
+    """GET `path` until its `state` is one of `states`; its last answer on failure."""
+
     async def check() -> dict[str, Any] | None:
-        data = dict((await api.get(f"/v1/notifications/{notification_id}")).json())
+        data = dict((await api.get(path)).json())
         return data if data["state"] in states else None
 
     try:
-        result: dict[str, Any] = await wait_until(check, timeout=timeout, interval=0.1)
+        result: dict[str, Any] = await wait_until(check, timeout=timeout, interval=interval)
     except AssertionError:
-        final = (await api.get(f"/v1/notifications/{notification_id}")).json()
+        final = (await api.get(path)).json()
         raise AssertionError(f"never {states}: {final}") from None
     return result
+
+
+async def notification_in(
+    api: httpx.AsyncClient, notification_id: str, *states: str, timeout: float = 20.0
+) -> dict[str, Any]:
+    return await in_state(api, f"/v1/notifications/{notification_id}", *states, timeout=timeout)

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from tests.clock import night_zone
 from tests.e2e.helpers import (
     accept_imo_invitation,
+    in_state,
     notification_in,
     phone,
     put_patient,
@@ -68,12 +69,8 @@ async def start_round(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
 async def round_in(
     api: httpx.AsyncClient, round_id: int, *states: str, timeout: float = 30.0
 ) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        data = dict((await api.get(f"/v1/imo/invitations/runs/{round_id}")).json())
-        return data if data["state"] in states else None
-
-    found: dict[str, Any] = await wait_until(check, timeout=timeout, interval=0.2)
-    return found
+    path = f"/v1/imo/invitations/runs/{round_id}"
+    return await in_state(api, path, *states, timeout=timeout, interval=0.2)
 
 
 async def authorization(api: httpx.AsyncClient, patient_id: str) -> str | None:

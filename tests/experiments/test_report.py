@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.experiments import report as experiment_report
 from app.experiments import repository as experiment_repository
 from app.experiments.report import CSV_COLUMNS, p_value_text, report_from, run_report
 from tests.appointments.helpers import create_experiment, days, put_appointment, put_plan
@@ -30,9 +29,7 @@ class TestReport:
         db_session: AsyncSession,
         tmp_path: Path,
         capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        monkeypatch.setattr(experiment_report.console, "width", 250)
         experiment = await create_experiment(api, await put_plan(api), return_window_days=3)
         patients = [await make_patient(db_session, time_zone=daytime_zone()) for _ in range(6)]
         appointments = [await put_appointment(api, p.id, days(1)) for p in patients]
@@ -48,6 +45,8 @@ class TestReport:
         assert code == 0
         out = capsys.readouterr().out
         assert experiment["name"] in out and "control" in out and "g1" in out
+        # Not a terminal (pytest captures it, as a pipe or a file would): no cell is cut.
+        assert "…" not in out
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         assert tuple(rows[0]) == CSV_COLUMNS
@@ -68,6 +67,16 @@ class TestReport:
             db_session, uuid.UUID(experiment["id"]), 3, batch=4
         )
         assert sorted([row.patient_id async for row in paged]) == sorted(p.id for p in patients)
+
+    async def test_an_experiment_is_named_by_its_name_as_well(
+        self, api: httpx.AsyncClient, db_session: AsyncSession, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        experiment = await create_experiment(api, await put_plan(api))
+        assert await report_from(db_session, experiment["name"], None) == 0
+        assert experiment["name"] in capsys.readouterr().out
+        assert await report_from(db_session, experiment["id"], None) == 0
+        assert await report_from(db_session, "no-such-experiment", None) == 1
+        assert "no experiment named 'no-such-experiment'" in capsys.readouterr().err
 
     async def test_an_unknown_experiment_exits_1(
         self, db_session: AsyncSession, capsys: pytest.CaptureFixture[str]
@@ -94,5 +103,5 @@ class TestCommand:
     def test_is_registered(self) -> None:
         answer = CliRunner().invoke(cli, ["experiments", "report", "--help"])
         assert answer.exit_code == 0 and "--csv" in answer.output
-        bad = CliRunner().invoke(cli, ["experiments", "report", "not-a-uuid"])
-        assert bad.exit_code == 2
+        missing = CliRunner().invoke(cli, ["experiments", "report"])
+        assert missing.exit_code == 2  # an id or a name is required

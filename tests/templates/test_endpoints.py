@@ -79,6 +79,61 @@ class TestPutTemplate:
         assert answer.status_code == 422
 
 
+class TestWhatsAppMapping:
+    BODY = "Dear {patient_name}, your visit at {facility_name} is on {appointment_date}."
+    WHATSAPP = {
+        "name": "appointment_reminder",
+        "language": "en_US",
+        "parameters": ["patient_name", "facility_name", "appointment_date"],
+        "content_sid": "HX" + "b" * 32,
+    }
+
+    async def test_stored_returned_and_cleared(self, api: httpx.AsyncClient) -> None:
+        key = unique_key()
+        body = {"title": "Reminder", "body": self.BODY, "whatsapp": self.WHATSAPP}
+        created = await api.put(f"/v1/templates/{key}/en", json=body)
+        assert created.status_code == 200, created.text
+        assert created.json()["whatsapp"] == self.WHATSAPP
+        assert (await api.get(f"/v1/templates/{key}/en")).json()["whatsapp"] == self.WHATSAPP
+
+        # Replacing the text without a mapping removes it: the PUT is the whole template.
+        replaced = await api.put(f"/v1/templates/{key}/en", json={"title": "t", "body": "b"})
+        assert replaced.json()["whatsapp"] is None
+        assert (await api.get(f"/v1/templates/{key}/en")).json()["whatsapp"] is None
+
+    async def test_content_sid_is_optional(self, api: httpx.AsyncClient) -> None:
+        cloud_only = {k: v for k, v in self.WHATSAPP.items() if k != "content_sid"}
+        body = {"title": "Reminder", "body": self.BODY, "whatsapp": cloud_only}
+        answer = await api.put(f"/v1/templates/{unique_key()}/en", json=body)
+        assert answer.json()["whatsapp"] == {**cloud_only, "content_sid": None}
+
+    async def test_a_parameter_the_template_does_not_use_is_a_422(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        whatsapp = {**self.WHATSAPP, "parameters": ["patient_name", "doctor_name"]}
+        body = {"title": "Reminder", "body": self.BODY, "whatsapp": whatsapp}
+        answer = await api.put(f"/v1/templates/{unique_key()}/en", json=body)
+        assert answer.status_code == 422, answer.text
+        assert "doctor_name" in answer.text
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"name": "Has Spaces"},
+            {"language": "english"},
+            {"content_sid": "MG" + "b" * 32},
+            {"parameters": ["not-a-name"]},
+            {"unknown": 1},
+        ],
+    )
+    async def test_malformed_mapping_is_a_422(
+        self, api: httpx.AsyncClient, change: dict[str, Any]
+    ) -> None:
+        body = {"title": "Reminder", "body": self.BODY, "whatsapp": {**self.WHATSAPP, **change}}
+        answer = await api.put(f"/v1/templates/{unique_key()}/en", json=body)
+        assert answer.status_code == 422, answer.text
+
+
 class TestGetTemplates:
     async def test_lists_the_shipped_and_new_ones(self, api: httpx.AsyncClient) -> None:
         key = unique_key()
