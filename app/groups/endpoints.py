@@ -11,9 +11,9 @@ from app.groups import service as group_service
 from app.groups.schemas import (
     GROUP_NAME_PATTERN,
     MAX_MEMBERS_PER_REQUEST,
+    MembersIn,
     PatientGroupIn,
     PatientGroupOut,
-    MembersIn,
 )
 from app.notifications import history
 from app.notifications import service as notification_service
