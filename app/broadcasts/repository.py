@@ -108,13 +108,14 @@ def _chunk_sql(plan: FanOutPlan, params: dict[str, Any]) -> str:
         params[f"k{n}"] = "{" + variable + "}"
         title = f"replace({title}, :k{n}, {value_sql})"
         body = f"replace({body}, :k{n}, {value_sql})"
-    local = "(:send_at AT TIME ZONE c.time_zone)"
+    # Per time zone of the chunk (a handful), not per patient: AT TIME ZONE is dear.
+    local = "(:send_at AT TIME ZONE z.time_zone)"
     due = (
         f"CASE WHEN {local}::time >= :window_start AND {local}::time < :window_end "
         f"THEN :send_at "
         f"WHEN {local}::time < :window_start "
-        f"THEN ({local}::date + :window_start) AT TIME ZONE c.time_zone "
-        f"ELSE ({local}::date + 1 + :window_start) AT TIME ZONE c.time_zone END"
+        f"THEN ({local}::date + :window_start) AT TIME ZONE z.time_zone "
+        f"ELSE ({local}::date + 1 + :window_start) AT TIME ZONE z.time_zone END"
     )
     params.update(
         group_name=broadcast.group_name,
@@ -135,6 +136,8 @@ WITH chunk AS (
   SELECT p.id, p.full_name, p.facility_name, p.attributes, p.locale, p.time_zone
   {source}
   LIMIT :size
+), zones AS (
+  SELECT z.time_zone, {due} AS due FROM (SELECT DISTINCT time_zone FROM chunk) AS z
 ), made AS (
   INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables,
     title, body, send_at, state, due_at, expires_at, channel_chain, channel_index,
@@ -146,7 +149,7 @@ WITH chunk AS (
   FROM chunk c
   JOIN (VALUES {values}) AS t(n, locale, title, body)
     ON t.n = CASE {exact} {language} ELSE {english} END
-  CROSS JOIN LATERAL (SELECT {due} AS due) d
+  JOIN zones d ON d.time_zone = c.time_zone
   ON CONFLICT (broadcast_id, patient_id) WHERE broadcast_id IS NOT NULL DO NOTHING
   RETURNING 1
 )
