@@ -60,8 +60,7 @@ async def start_broadcast(
         )
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    broadcast, counts = await broadcast_service.get(session, broadcast.id)
-    return BroadcastOut.from_model(broadcast, counts)
+    return await _answer(session, broadcast.id)
 
 
 @router.get(
@@ -70,8 +69,7 @@ async def start_broadcast(
     responses={**_ERRORS, 404: {"description": "No such broadcast"}},
 )
 async def get_broadcast(broadcast_id: uuid.UUID, session: DbSession) -> BroadcastOut:
-    broadcast, counts = await broadcast_service.get(session, broadcast_id)
-    return BroadcastOut.from_model(broadcast, counts)
+    return await _answer(session, broadcast_id)
 
 
 @router.post(
@@ -81,5 +79,9 @@ async def get_broadcast(broadcast_id: uuid.UUID, session: DbSession) -> Broadcas
 )
 async def cancel_broadcast(broadcast_id: uuid.UUID, session: DbSession) -> BroadcastOut:
     await broadcast_service.cancel(session, broadcast_id)
-    broadcast, counts = await broadcast_service.get(session, broadcast_id)
-    return BroadcastOut.from_model(broadcast, counts)
+    return await _answer(session, broadcast_id)
+
+
+async def _answer(session: DbSession, broadcast_id: uuid.UUID) -> BroadcastOut:
+    broadcast, progress = await broadcast_service.get(session, broadcast_id)
+    return BroadcastOut.from_model(broadcast, progress.members, progress.counts)

@@ -176,14 +176,23 @@ class ChunkStatement:
         return row[0], int(row[1]), int(row[2])
 
 
-async def progress(session: AsyncSession, broadcast_id: uuid.UUID) -> dict[str, int]:
-    """{state: notifications of the broadcast in it}."""
+async def progress(session: AsyncSession, broadcast_id: uuid.UUID) -> tuple[int, dict[str, int]]:
+    """(members reached, {state: notifications of the broadcast in it}), read in one
+    statement: one snapshot, so a chunk committed meanwhile is in both or in neither."""
     rows = await session.execute(
-        select(Notification.state, func.count())
-        .where(Notification.broadcast_id == broadcast_id)
-        .group_by(Notification.state)
+        select(Broadcast.members, Notification.state, func.count(Notification.id))
+        .select_from(Broadcast)
+        .outerjoin(Notification, Notification.broadcast_id == Broadcast.id)
+        .where(Broadcast.id == broadcast_id)
+        .group_by(Broadcast.members, Notification.state)
     )
-    return {state: int(count) for state, count in rows}
+    members = 0
+    counts: dict[str, int] = {}
+    for reached, state, count in rows:
+        members = int(reached)
+        if state is not None:
+            counts[state] = int(count)
+    return members, counts
 
 
 async def clear_unsent(

@@ -77,7 +77,7 @@ class BroadcastOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def from_model(cls, broadcast: Broadcast, counts: dict[str, int]) -> Self:
+    def from_model(cls, broadcast: Broadcast, members: int, counts: dict[str, int]) -> Self:
         def count(*states: str) -> int:
             return sum(counts.get(state, 0) for state in states)
 
@@ -91,7 +91,7 @@ class BroadcastOut(BaseModel):
             channel_chain=broadcast.channel_chain,
             state=broadcast.state,
             progress=BroadcastProgress(
-                members=broadcast.members,
+                members=members,
                 scheduled=count("scheduled", "muted", "sending"),
                 sent=count("sent"),
                 delivered=count("delivered"),

@@ -211,11 +211,19 @@ async def stale_broadcasts(
     return await broadcast_repository.stale(session, before)
 
 
-async def get(session: AsyncSession, broadcast_id: uuid.UUID) -> tuple[Broadcast, dict[str, int]]:
+@dataclass(frozen=True, slots=True)
+class Progress:
+    members: int
+    counts: dict[str, int]
+
+
+async def get(session: AsyncSession, broadcast_id: uuid.UUID) -> tuple[Broadcast, Progress]:
+    """The broadcast and its progress (members and counts of one snapshot)."""
     broadcast = await session.get(Broadcast, broadcast_id, populate_existing=True)
     if broadcast is None:
         raise NotFound(f"no broadcast '{broadcast_id}'")
-    return broadcast, await broadcast_repository.progress(session, broadcast_id)
+    members, counts = await broadcast_repository.progress(session, broadcast_id)
+    return broadcast, Progress(members, counts)
 
 
 async def cancel(session: AsyncSession, broadcast_id: uuid.UUID) -> Broadcast:

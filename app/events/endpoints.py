@@ -10,7 +10,6 @@ from app.db.session import DbSession
 from app.events import service as event_service
 from app.events.schemas import NAME_PATTERN, EventIn, EventOut, TriggerRuleIn, TriggerRuleOut
 from app.notifications import history
-from app.notifications import service as notification_service
 from app.notifications.history import HistoryFilter
 from app.notifications.schemas import NotificationPage
 from app.pagination import Cursor, Limit
@@ -82,10 +81,9 @@ async def list_event_messages(
     cursor: Cursor = None,
 ) -> NotificationPage:
     await event_service.get(session, event_id)
-    page = await notification_service.search(
+    return await history.page(
         session, history.of_event(where, event_id), limit=limit, cursor=cursor
     )
-    return NotificationPage.from_models(page.notifications, page.attempts, page.next_cursor)
 
 
 @router.put(

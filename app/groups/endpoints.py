@@ -16,7 +16,6 @@ from app.groups.schemas import (
     PatientGroupOut,
 )
 from app.notifications import history
-from app.notifications import service as notification_service
 from app.notifications.history import HistoryFilter
 from app.notifications.schemas import NotificationPage
 from app.pagination import Cursor, Limit
@@ -106,7 +105,4 @@ async def list_group_messages(
     cursor: Cursor = None,
 ) -> NotificationPage:
     await group_service.get_group(session, name)
-    page = await notification_service.search(
-        session, history.of_group(where, name), limit=limit, cursor=cursor
-    )
-    return NotificationPage.from_models(page.notifications, page.attempts, page.next_cursor)
+    return await history.page(session, history.of_group(where, name), limit=limit, cursor=cursor)

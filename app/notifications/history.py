@@ -10,9 +10,11 @@ from typing import Annotated
 
 from fastapi import Depends, Query
 from pydantic import AwareDatetime
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.notifications import service as notification_service
 from app.notifications.repository import NotificationFilter
-from app.notifications.schemas import PURPOSE_PATTERN
+from app.notifications.schemas import PURPOSE_PATTERN, NotificationPage
 from app.states import NotificationState
 
 
@@ -39,3 +41,11 @@ def of_event(where: NotificationFilter, event_id: str) -> NotificationFilter:
 
 def of_group(where: NotificationFilter, group_name: str) -> NotificationFilter:
     return replace(where, group_name=group_name)
+
+
+async def page(
+    session: AsyncSession, where: NotificationFilter, *, limit: int, cursor: str | None
+) -> NotificationPage:
+    """A page of the history `where` selects. Raises InvalidInput for a bad cursor."""
+    found = await notification_service.search(session, where, limit=limit, cursor=cursor)
+    return NotificationPage.from_models(found.notifications, found.attempts, found.next_cursor)
