@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import (
@@ -42,8 +42,8 @@ class PatientRecord:
     facility_id: str | None
     facility_name: str | None
     reminder_consent: str
-    attributes: dict[str, Any]
-    tags: list[str]
+    attributes: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
 
 
 _COLUMNS = tuple(f.name for f in fields(PatientRecord))
