@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.broadcasts import service as broadcast_service
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.models import Broadcast, Notification
 from tests.clock import daytime_zone, night_zone
 from tests.factories import make_patient, unique_id
@@ -54,7 +54,7 @@ async def messages_of(session: AsyncSession, broadcast_id: str) -> list[Notifica
 
 
 def small_chunks() -> Settings:
-    return get_settings().model_copy(update={"broadcast_chunk_size": 2})
+    return Settings().model_copy(update={"broadcast_chunk_size": 2})
 
 
 class TestFanOut:
@@ -114,10 +114,10 @@ class TestFanOut:
         now = datetime.now(UTC)
         assert by_day.due_at <= now + timedelta(seconds=5)
         night_local = by_night.due_at.astimezone(ZoneInfo(night))
-        assert night_local.time() == get_settings().messaging_window_start
+        assert night_local.time() == Settings().messaging_window_start
         assert by_night.due_at > now
         assert by_day.expires_at - by_day.due_at == timedelta(
-            days=get_settings().expiry_days("health_camp")
+            days=Settings().expiry_days("health_camp")
         )
 
     async def test_a_resumed_fan_out_reaches_nobody_twice_and_skips_nobody(

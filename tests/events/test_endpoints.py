@@ -13,7 +13,7 @@ import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import get_settings
+from app.config import Settings
 from app.models import Notification
 from tests.clock import daytime_zone
 from tests.factories import make_patient, unique_id
@@ -96,7 +96,7 @@ class TestEnrolment:
         assert timedelta(days=6) < later_message.due_at - datetime.now(UTC) < timedelta(days=8)
         # 07:00 is before the window: moved to its opening.
         local = later_message.due_at.astimezone(ZoneInfo(patient.time_zone))
-        assert local.time() == get_settings().messaging_window_start
+        assert local.time() == Settings().messaging_window_start
 
     async def test_the_same_event_twice_schedules_nothing_new(
         self, api: httpx.AsyncClient, db_session: AsyncSession, two_rules: tuple[str, str]
