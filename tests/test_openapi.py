@@ -76,6 +76,13 @@ OPERATION_IDS = {
     "POST /v1/broadcasts": "start_broadcast",
     "GET /v1/broadcasts/{broadcast_id}": "get_broadcast",
     "POST /v1/broadcasts/{broadcast_id}/cancel": "cancel_broadcast",
+    "POST /v1/conversations": "open_conversation",
+    "GET /v1/conversations/{conversation_id}": "get_conversation",
+    "POST /v1/conversations/{conversation_id}/close": "close_conversation",
+    "POST /v1/conversations/{conversation_id}/messages": "write_message",
+    "GET /v1/patients/{patient_id}/messages": "list_patient_messages",
+    "PUT /v1/switches/{scope}": "put_switch",
+    "GET /v1/switches": "list_switches",
 }
 
 

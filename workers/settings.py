@@ -21,8 +21,10 @@ from redis.exceptions import RedisError
 from app import observability
 from app.channels import registry as channel_registry
 from app.config import get_settings
+from app.conversations import service as conversation_service
 from app.db.session import create_engine_and_sessionmaker
-from app.delivery.dispatcher import Dispatcher, sweep
+from app.delivery import reconcile, unread
+from app.delivery.dispatcher import Dispatcher, check_chains, sweep
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
@@ -38,6 +40,7 @@ async def startup(ctx: Context) -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     observability.init_sentry(settings, component="worker")
     engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
+    check_chains(settings)
     http = channel_registry.http_session(settings.dispatch_concurrency)
     limiter_redis = Redis.from_url(settings.redis_url, retry_on_timeout=True)
     dispatcher = Dispatcher(
@@ -85,6 +88,35 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
     return await sweep(ctx["sessionmaker"], ctx["settings"], datetime.now(UTC))
 
 
+async def close_idle_conversations(ctx: Context) -> int:
+    """Cron: close conversations idle for CONVERSATION_IDLE_DAYS. Safe on every worker."""
+    async with ctx["sessionmaker"]() as session:
+        closed = await conversation_service.close_idle(session, ctx["settings"], datetime.now(UTC))
+        await session.commit()
+    if closed:
+        log.info("closed idle conversations", extra={"count": len(closed)})
+    return len(closed)
+
+
+async def hand_on_unread(ctx: Context) -> int:
+    """Cron: unread Imo/WhatsApp reminders to their next channel. Safe on every worker."""
+    return await unread.hand_on_unread(ctx["sessionmaker"], ctx["settings"])
+
+
+async def reconcile_sent(ctx: Context) -> dict[str, int]:
+    """Cron: look up attempts whose final status never came. Safe on every worker."""
+    dispatcher: Dispatcher = ctx["dispatcher"]
+    return dict(
+        await reconcile.reconcile(
+            ctx["sessionmaker"],
+            ctx["settings"],
+            dispatcher.channels,
+            dispatcher.limiters,
+            datetime.now(UTC),
+        )
+    )
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -93,6 +125,9 @@ def _sweep_seconds(interval: int) -> set[int]:
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
+        close_idle_conversations,
+        hand_on_unread,
+        reconcile_sent,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
         broadcasts.fan_out_broadcast,
@@ -104,8 +139,11 @@ class WorkerSettings:
             unique=True,
             run_at_startup=True,
         ),
+        cron(hand_on_unread, second={41}, unique=True),
+        cron(reconcile_sent, second={29}, unique=True),
         invitations.scheduled_round_cron(get_settings()),
         cron(broadcasts.resume_stalled_broadcasts, second=set(range(5, 60, 10)), unique=True),
+        cron(close_idle_conversations, minute={7, 37}, unique=True),
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -6,20 +6,19 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
 from app.channels.base import ChannelName
 from app.events.schemas import TEMPLATE_PATTERN
 from app.groups.schemas import GROUP_NAME_PATTERN
 from app.models import Broadcast
 from app.notifications.schemas import PURPOSE_PATTERN
+from app.validation import InputModel
 
 ParameterValue = Annotated[str, StringConstraints(max_length=500)]
 
 
-class BroadcastIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BroadcastIn(InputModel):
     group: str = Field(pattern=GROUP_NAME_PATTERN)
     template: str = Field(pattern=TEMPLATE_PATTERN)
     parameters: dict[str, ParameterValue] = Field(

@@ -5,19 +5,18 @@ from __future__ import annotations
 from datetime import datetime, time
 from typing import Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from app.models import Event, TriggerRule
 from app.notifications.schemas import PURPOSE_PATTERN
+from app.validation import InputModel
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.\-]{0,99}$"
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_.\-]{0,49}$"
 TEMPLATE_PATTERN = r"^[a-z][a-z0-9_.\-]{0,99}$"
 
 
-class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EventIn(InputModel):
     id: str = Field(min_length=1, max_length=64, description="The clinic system's own id")
     type: str = Field(
         pattern=EVENT_TYPE_PATTERN, examples=["registration", "enrolment", "visit_completed"]
@@ -58,9 +57,7 @@ class EventOut(BaseModel):
         )
 
 
-class SendAt(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SendAt(InputModel):
     days: int = Field(default=0, ge=0, le=366, description="Days after `occurred_at`")
     hours: int = Field(default=0, ge=0, le=23)
     at: time | None = Field(
@@ -70,9 +67,7 @@ class SendAt(BaseModel):
     )
 
 
-class TriggerRuleIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TriggerRuleIn(InputModel):
     event_type: str = Field(pattern=EVENT_TYPE_PATTERN)
     condition: str = Field(
         default="true",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from app.models import Group
+from app.validation import InputModel
 
 GROUP_NAME_PATTERN = r"^[a-z][a-z0-9_.\-]{0,99}$"
 # Members added, removed or listed in one request.
@@ -17,9 +18,7 @@ PatientId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Short = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
-class AgeBand(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AgeBand(InputModel):
     min: int | None = Field(default=None, ge=0, le=150, description="Years, included")
     max: int | None = Field(default=None, ge=0, le=150, description="Years, included")
 
@@ -32,10 +31,8 @@ class AgeBand(BaseModel):
         return self
 
 
-class GroupFilter(BaseModel):
+class GroupFilter(InputModel):
     """Patients matching every field given (any of each list)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     facility_id: list[Short] | None = Field(default=None, min_length=1, max_length=100)
     country: list[Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]] | None = Field(
@@ -63,10 +60,8 @@ class GroupFilter(BaseModel):
         return self
 
 
-class PatientGroupIn(BaseModel):
+class PatientGroupIn(InputModel):
     """A static list of patients (`members`) or a `filter`, not both."""
-
-    model_config = ConfigDict(extra="forbid")
 
     members: list[PatientId] | None = Field(
         default=None,
@@ -82,9 +77,7 @@ class PatientGroupIn(BaseModel):
         return self
 
 
-class MembersIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MembersIn(InputModel):
     patient_ids: list[PatientId] = Field(min_length=1, max_length=MAX_MEMBERS_PER_REQUEST)
 
 

@@ -1,7 +1,8 @@
 """An Imo invitation round run in this process, shown in a terminal (`notify invite`).
 
 Workers that are running join the round as they would any other; the progress bar
-shows the whole round. Heavy modules are imported inside the command.
+shows the whole round. Heavy modules are imported inside `run_round`, so that `notify
+--help` stays fast.
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ async def _work_with_progress(runner: InvitationRunner, round_id: int, console: 
     if stop.is_set():
         console.print("Interrupted: what was answered is recorded; the workers go on with it.")
         return 130
+    if idle.reason == "switch":
+        console.print(
+            "A paused switch (all, or channel=imo) stops invitations: the workers go on "
+            "once it is resumed (GET /v1/switches lists them)."
+        )
     if idle.reason == "paused" and idle.paused_until is not None:
         console.print(
             "The messaging window is closed for the patients left: the round is paused "

@@ -3,6 +3,7 @@
 from app.models.api_key import ApiKey
 from app.models.appointment import Appointment
 from app.models.broadcast import Broadcast
+from app.models.conversation import Conversation, ConversationRouting
 from app.models.delivery_report import DeliveryReport
 from app.models.event import Event
 from app.models.experiment import Experiment
@@ -13,9 +14,11 @@ from app.models.group import Group, GroupMember
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
+from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
+from app.models.switch import Switch
 from app.models.template import Template
 from app.models.trigger_rule import TriggerRule
 
@@ -23,6 +26,8 @@ __all__ = [
     "ApiKey",
     "Appointment",
     "Broadcast",
+    "Conversation",
+    "ConversationRouting",
     "DeliveryAttempt",
     "DeliveryReport",
     "Event",
@@ -35,9 +40,11 @@ __all__ = [
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",
+    "Message",
     "Notification",
     "Patient",
     "ReminderPlan",
+    "Switch",
     "Template",
     "TriggerRule",
 ]

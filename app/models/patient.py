@@ -10,6 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db.base import Base, TimestampMixin
 
 CONSENT_VALUES = ("granted", "denied")
+# In `opted_out_channels`: the patient withdrew consent on every channel.
+EVERY_CHANNEL = "*"
 
 
 class Patient(TimestampMixin, Base):
@@ -64,6 +66,12 @@ class Patient(TimestampMixin, Base):
     )
     tags: Mapped[list[str]] = mapped_column(
         ARRAY(Text), default=list, server_default=text("'{}'::text[]")
+    )
+    # Channels on which the patient withdrew consent themselves (STOP, or a provider's
+    # opt-out error), EVERY_CHANNEL for all. The clinic's `reminder_consent` cannot
+    # override it; only the patient's START can.
+    opted_out_channels: Mapped[list[str]] = mapped_column(
+        ARRAY(String(20)), server_default=text("'{}'")
     )
     # When WhatsApp last said this number has no account (131026): the number is not tried
     # there for WHATSAPP_RETRY_NO_ACCOUNT_DAYS after. Cleared when the number changes.
