@@ -11,14 +11,12 @@ and rate limits to them as to any other.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,6 +28,7 @@ from app.errors import InvalidInput, NotFound, field_error
 from app.groups import service as group_service
 from app.groups.repository import sample_members
 from app.models import Broadcast, Patient, Template
+from app.notifications.service import request_hash
 from app.observability import BROADCAST_NOTIFICATIONS
 from app.states import EVENT_SOURCES, EVENT_TARGET, NotificationEvent
 from app.templates import repository as template_repository
@@ -46,11 +45,6 @@ STANDARD = {"patient_name": "@name", "facility_name": "@facility_name"}
 
 def fan_out_job_id(broadcast_id: uuid.UUID, attempt: str = "start") -> str:
     return f"broadcast:{broadcast_id}:{attempt}"
-
-
-def request_hash(request: BroadcastIn) -> str:
-    canonical = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical).hexdigest()
 
 
 async def start(
