@@ -18,6 +18,7 @@ from app.db.session import create_engine_and_sessionmaker
 from app.delivery.report_batcher import ReportBatcher
 from app.errors import install_error_handlers
 from app.experiments import endpoints as experiment_endpoints
+from app.gateways import endpoints as gateway_endpoints
 from app.gc_tuning import tune_gc
 from app.imo import endpoints as imo_endpoints
 from app.logs import configure_logging
@@ -52,6 +53,7 @@ def v1_router() -> APIRouter:
     router.include_router(reminder_plan_endpoints.router)
     router.include_router(experiment_endpoints.router)
     router.include_router(imo_endpoints.router)
+    router.include_router(gateway_endpoints.router)
     return router
 
 
@@ -97,5 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /v1 route's pattern (an eighth of a callback's CPU). Paths do not overlap.
     app.include_router(callback_endpoints.router)
     app.include_router(ops_endpoints.router)
+    # cht-gateway phones poll here with HTTP Basic auth (their own, not an API key).
+    app.include_router(gateway_endpoints.phone_router)
     app.include_router(v1_router())
     return app

@@ -62,6 +62,8 @@ OPERATION_IDS = {
     "POST /v1/imo/invitations/run": "start_imo_invitation_round",
     "GET /v1/imo/invitations/runs/{run_id}": "get_imo_invitation_round",
     "GET /v1/imo/authorizations/summary": "get_imo_authorization_summary",
+    "POST /v1/gateways": "create_gateway",
+    "GET /v1/gateways": "list_gateways",
 }
 
 

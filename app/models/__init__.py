@@ -7,6 +7,7 @@ from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
 from app.models.experiment_group import ExperimentGroup
 from app.models.experiment_membership import ExperimentMembership
+from app.models.gateway import Gateway, GatewayIncomingMessage
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
@@ -24,6 +25,8 @@ __all__ = [
     "ExperimentEnrolmentDay",
     "ExperimentGroup",
     "ExperimentMembership",
+    "Gateway",
+    "GatewayIncomingMessage",
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",

@@ -89,6 +89,13 @@ class DeliveryAttempt(TimestampMixin, Base):
             "created_at",
             postgresql_where=text("status = 'sending'"),
         ),
+        # The gateway phones' queue: what a poll may offer, oldest first.
+        Index(
+            "ix_delivery_attempts_gateway_queue",
+            "created_at",
+            "id",
+            postgresql_where=text("gateway_state IN ('queued', 'forwarded-to-gateway')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -105,3 +112,9 @@ class DeliveryAttempt(TimestampMixin, Base):
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
+    # Gateway phones only: the phone that took the message, where it stands on the
+    # phone (`queued`, `forwarded-to-gateway`, `received-by-gateway`, ...), and every
+    # status change with its time, `[{"state", "at", "reason"?}]`.
+    gateway_id: Mapped[int | None] = mapped_column(ForeignKey("gateways.id", ondelete="SET NULL"))
+    gateway_state: Mapped[str | None] = mapped_column(String(30))
+    state_history: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)

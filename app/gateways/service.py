@@ -1,0 +1,153 @@
+"""Gateway phones: registering them, authenticating their polls, and what a poll does.
+
+A poll (cht-gateway's POST to /gateway/api/sms) does three things in one unit of work:
+stores the SMS the phone received (once per id), records the statuses it reports on
+the messages it was given (the attempt's state history, and for SENT, DELIVERED and
+FAILED the same report path as every provider's callbacks), and answers with the
+messages due for it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from dataclasses import replace
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.service import hash_key
+from app.db.session import create_engine_and_sessionmaker
+from app.delivery import provider_reports
+from app.delivery.types import Report
+from app.errors import Conflict
+from app.gateways import protocol
+from app.gateways import repository as gateway_repository
+from app.gateways.protocol import Poll
+from app.models import Gateway
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "gw_"  # noqa: S105 - a prefix, not a secret
+
+
+async def create_gateway(
+    session: AsyncSession, name: str, country: str | None, number: str | None
+) -> tuple[Gateway, str]:
+    """Register a phone; returns the row and its secret, which is never stored. Flushes."""
+    if await gateway_repository.name_taken(session, name):
+        raise Conflict(f"a gateway named {name!r} exists already")
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    gateway = Gateway(
+        name=name,
+        country=country.upper() if country else None,
+        number=number,
+        secret_hash=hash_key(secret),
+    )
+    session.add(gateway)
+    await session.flush()
+    return gateway, secret
+
+
+async def issue_gateway(
+    database_url: str, name: str, country: str | None, number: str | None
+) -> tuple[int, str]:
+    """Create and commit a gateway in a unit of work of its own (`notify gateways
+    create`); returns (its id, its secret)."""
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            gateway, secret = await create_gateway(session, name, country, number)
+            await session.commit()
+            return gateway.id, secret
+    finally:
+        await engine.dispose()
+
+
+async def authenticate(session: AsyncSession, name: str, secret: str) -> Gateway | None:
+    """The gateway these HTTP Basic credentials name, or None."""
+    if len(secret) > 200:
+        return None
+    gateway = await gateway_repository.by_name(session, name)
+    # Compared in constant time, and hashed even for an unknown name.
+    digest = hash_key(secret)
+    if gateway is None or not hmac.compare_digest(gateway.secret_hash, digest):
+        return None
+    return gateway
+
+
+async def poll(
+    session: AsyncSession, gateway: Gateway, received: Poll, now: datetime
+) -> list[gateway_repository.Offered]:
+    """Apply a gateway's poll and return what it should send. Flushes; caller commits."""
+    await gateway_repository.touch(session, gateway.id, now)
+    await store_incoming(session, gateway, received)
+    await record_updates(session, gateway, received.updates, now)
+    return await gateway_repository.offer(session, gateway, protocol.MAX_OFFERED, now)
+
+
+async def store_incoming(session: AsyncSession, gateway: Gateway, received: Poll) -> None:
+    """Keep the SMS the phone received, each id once.
+
+    To be replaced by the two-way path's inbound service (patient matching, STOP/START,
+    replies) once it lands: the de-duplication by the phone's id stays here.
+    """
+    new = await gateway_repository.insert_incoming(session, gateway.id, received.messages)
+    if received.dropped or new:
+        log.info(
+            "gateway poll",
+            extra={"gateway": gateway.name, "incoming_new": len(new), "dropped": received.dropped},
+        )
+
+
+async def record_updates(
+    session: AsyncSession, gateway: Gateway, updates: list[protocol.Update], now: datetime
+) -> None:
+    """Append each status to its attempt's history (an identical repeat is not recorded
+    again); SENT, DELIVERED and FAILED are also reports on the attempt, as a provider's
+    callback is. Updates for ids this gateway was never given are ignored."""
+    attempts = await gateway_repository.lock_attempts(session, gateway.id, [u.id for u in updates])
+    changed: dict[str, gateway_repository.GatewayAttempt] = {}
+    reports: list[Report] = []
+    unknown = 0
+    for update in updates:
+        attempt = changed.get(update.id) or attempts.get(update.id)
+        if attempt is None:
+            unknown += 1
+            continue
+        entry = protocol.history_entry(update.state, now, update.reason)
+        if update.state == protocol.UNRECOGNISED:
+            entry["status"] = update.status
+        last = attempt.history[-1] if attempt.history else None
+        if last is not None and _same(last, entry):
+            continue
+        gateway_state = (
+            attempt.gateway_state if update.state == protocol.UNRECOGNISED else update.state
+        )
+        changed[update.id] = replace(
+            attempt, gateway_state=gateway_state, history=[*attempt.history, entry]
+        )
+        status = protocol.STATUS_REPORTS.get(update.status)
+        if status is not None:
+            reports.append(
+                Report(
+                    attempt_id=attempt.id,
+                    status=status,
+                    provider_message_id=update.id,
+                    provider_status=update.status,
+                    error_message=update.reason,
+                )
+            )
+    if unknown:
+        log.warning("gateway reported unknown ids", extra={"gateway": gateway.name, "n": unknown})
+    await gateway_repository.write_states(session, list(changed.values()))
+    if reports:
+        await provider_reports.apply_reports(session, reports)
+
+
+def _same(last: dict[str, object], entry: dict[str, str]) -> bool:
+    """The same status again (its time aside)."""
+    return {k: v for k, v in last.items() if k != "at"} == {
+        k: v for k, v in entry.items() if k != "at"
+    }

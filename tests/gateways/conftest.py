@@ -1,0 +1,117 @@
+"""A registered gateway phone, a client that speaks to /gateway/api/sms exactly as the
+cht-gateway app does, and messages queued for the phones."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest_asyncio
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.channels.base import basic_auth
+from app.gateways import protocol
+from app.gateways import service as gateway_service
+from app.models import DeliveryAttempt, Gateway, Notification
+from tests.factories import make_notification, make_patient
+
+# The headers of cht-gateway's requests (its SimpleJsonClient).
+APP_HEADERS = {
+    "Accept": "application/json",
+    "Accept-Charset": "utf-8",
+    "Accept-Encoding": "gzip",
+    "Cache-Control": "no-cache",
+    "Content-Type": "application/json",
+}
+
+
+@dataclass
+class Phone:
+    """A cht-gateway app: its gateway row and a client with its credentials."""
+
+    gateway: Gateway
+    secret: str
+    client: httpx.AsyncClient
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {
+            **APP_HEADERS,
+            "Authorization": basic_auth(self.gateway.name, self.secret),
+            **extra,
+        }
+
+    async def poll(
+        self, body: dict[str, Any] | None = None, *, compress: bool = True
+    ) -> httpx.Response:
+        raw = orjson.dumps(body if body is not None else {})
+        headers = self.headers()
+        if compress:
+            raw = gzip.compress(raw)
+            headers["Content-Encoding"] = "gzip"
+        return await self.client.post("/gateway/api/sms", content=raw, headers=headers)
+
+
+async def register(
+    sessionmaker: async_sessionmaker[AsyncSession], name: str = "", **kwargs: Any
+) -> tuple[Gateway, str]:
+    async with sessionmaker() as session:
+        gateway, secret = await gateway_service.create_gateway(
+            session,
+            name or f"phone-{uuid.uuid4().hex[:8]}",
+            kwargs.get("country"),
+            kwargs.get("number"),
+        )
+        await session.commit()
+    return gateway, secret
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(
+    api_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app without an API key (a phone has none)."""
+    original = api_app.state.sessionmaker
+    api_app.state.sessionmaker = db_sessionmaker
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api_app), base_url="http://test"
+        ) as c:
+            yield c
+    finally:
+        api_app.state.sessionmaker = original
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def phone(
+    client: httpx.AsyncClient, db_sessionmaker: async_sessionmaker[AsyncSession]
+) -> Phone:
+    gateway, secret = await register(db_sessionmaker, country="BD")
+    return Phone(gateway, secret, client)
+
+
+async def queue_message(
+    session: AsyncSession, *, body: str = "Your visit is tomorrow.", **patient: Any
+) -> tuple[Notification, DeliveryAttempt]:
+    """A notification handed to the gateway channel: `sent` (the channel took it), its
+    attempt waiting in the phones' pool."""
+    p = await make_patient(session, **patient)
+    notification = await make_notification(
+        session, p, body=body, state="sent", channel_chain=["gateway", "sms"]
+    )
+    attempt = DeliveryAttempt(
+        notification_id=notification.id,
+        channel=protocol.CHANNEL,
+        status="sending",
+        provider_message_id=str(uuid.uuid4()),
+        gateway_state=protocol.QUEUED,
+        state_history=[],
+    )
+    session.add(attempt)
+    await session.flush()
+    return notification, attempt
