@@ -112,6 +112,15 @@ class Settings(BaseSettings):
 
     sentry_dsn: str = ""
     allowed_recipients: Annotated[list[str], NoDecode] = []
+    # Deny rules (CHT's): a recipient matching one ends `denied` on every channel, as do
+    # the registered gateway phones' own numbers. Prefixes are compared case-insensitively.
+    outgoing_deny_list: Annotated[list[str], NoDecode] = []
+    # Numbers with fewer digits than this (short codes); 0: no such rule.
+    outgoing_deny_shorter_than: int = Field(default=0, ge=0, le=20)
+    outgoing_deny_with_alphas: bool = False
+    # Loop guard: more than this many messages with the same recipient and text, each
+    # within 30 minutes of the previous, end `duplicate` and are not sent.
+    duplicate_limit: int = Field(default=5, ge=1, le=20)
 
     # Local hours in which patients may be messaged, in their own time zone.
     messaging_window_start: time = time(8, 0)
@@ -147,7 +156,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    _csv = field_validator("twilio_sms_from", "allowed_recipients", mode="before")(_split_csv)
+    _csv = field_validator(
+        "twilio_sms_from", "allowed_recipients", "outgoing_deny_list", mode="before"
+    )(_split_csv)
 
     @field_validator("sweep_interval_seconds")
     @classmethod

@@ -122,6 +122,9 @@ class Dispatcher:
                 self.settings.dispatch_batch_size,
                 no_whatsapp_days=self.settings.whatsapp_retry_no_account_days,
             )
+            gateway_numbers = (
+                await delivery_repository.gateway_numbers(session) if claimed else frozenset()
+            )
             await session.commit()
         if not claimed:
             return 0
@@ -137,6 +140,7 @@ class Dispatcher:
                 window=self.window,
                 settings=self.settings,
                 available=available,
+                gateway_numbers=gateway_numbers,
             )
             if isinstance(step, SendOn):
                 step = self._allowed(notification, step)

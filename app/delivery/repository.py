@@ -610,3 +610,9 @@ async def latest_attempt_id(session: AsyncSession, notification_id: uuid.UUID) -
         {"id": notification_id},
     )
     return latest
+
+
+async def gateway_numbers(session: AsyncSession) -> frozenset[str]:
+    """The gateway phones' own numbers: never recipients (deny rules)."""
+    rows = await session.execute(text("SELECT number FROM gateways WHERE number IS NOT NULL"))
+    return frozenset(rows.scalars())
