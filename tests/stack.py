@@ -148,10 +148,10 @@ class Database:
     url: str
 
     async def empty(self) -> None:
-        """No patient (nor anything of theirs), invitation round or API key."""
+        """No patient (nor anything of theirs), invitation round, API key or gateway."""
         async with self.engine.begin() as connection:
             await connection.execute(
-                text("TRUNCATE patients, imo_invitation_rounds, api_keys CASCADE")
+                text("TRUNCATE patients, imo_invitation_rounds, api_keys, gateways CASCADE")
             )
 
 

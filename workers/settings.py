@@ -23,6 +23,7 @@ from app.channels import registry as channel_registry
 from app.config import get_settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.dispatcher import Dispatcher, sweep
+from app.delivery.loop_guard import LoopGuard
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
@@ -46,6 +47,7 @@ async def startup(ctx: Context) -> None:
         channels=channel_registry.build_channels(settings, http),
         limiters=channel_registry.build_limiters(settings, limiter_redis),
         signer=TokenSigner(settings.secret_key.get_secret_value()),
+        loop_guard=LoopGuard(limiter_redis, settings.duplicate_limit),
     )
     stop = asyncio.Event()
     ctx.update(
