@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     # Numbers with fewer digits than this (short codes); 0: no such rule.
     outgoing_deny_shorter_than: int = Field(default=0, ge=0, le=20)
     outgoing_deny_with_alphas: bool = False
+    # Gateway phones (cht-gateway): how many SMS a phone sends a minute (about one a
+    # second), which paces what each poll offers; a phone silent this long is offline,
+    # and what it was offered goes to the next channel.
+    gateway_rate_per_minute: int = Field(default=60, ge=1, le=6000)
+    gateway_offline_after_minutes: int = Field(default=10, ge=1)
     # Loop guard: more than this many messages with the same recipient and text, each
     # within 30 minutes of the previous, end `duplicate` and are not sent.
     duplicate_limit: int = Field(default=5, ge=1, le=20)

@@ -41,6 +41,11 @@ CALLBACKS = Counter(
     "Provider callbacks by provider and result",
     ["provider", "result"],
 )
+GATEWAY_TAKEN_BACK = Counter(
+    "notify_gateway_messages_taken_back_total",
+    "Messages taken back from gateway phones that stopped polling, by gateway",
+    ["gateway"],
+)
 UNEXPECTED_PROVIDER_ANSWERS = Counter(
     "notify_unexpected_provider_answers_total",
     "Answers outside a provider's known vocabulary",

@@ -24,6 +24,7 @@ from app.config import get_settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.dispatcher import Dispatcher, sweep
 from app.delivery.loop_guard import LoopGuard
+from app.gateways import service as gateway_service
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
@@ -87,6 +88,14 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
     return await sweep(ctx["sessionmaker"], ctx["settings"], datetime.now(UTC))
 
 
+async def take_back_from_offline_gateways(ctx: Context) -> int:
+    """Cron: what offline gateway phones were offered goes to the next channel. Safe on
+    every worker (SKIP LOCKED)."""
+    return await gateway_service.take_back_in_own_unit(
+        ctx["sessionmaker"], ctx["settings"], datetime.now(UTC)
+    )
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -95,6 +104,7 @@ def _sweep_seconds(interval: int) -> set[int]:
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
+        take_back_from_offline_gateways,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
     ]
@@ -105,6 +115,7 @@ class WorkerSettings:
             unique=True,
             run_at_startup=True,
         ),
+        cron(take_back_from_offline_gateways, second={41}, unique=True),
         invitations.scheduled_round_cron(get_settings()),
     ]
     on_startup = startup

@@ -23,6 +23,8 @@ class ChannelName(enum.StrEnum):
     IMO = "imo"
     WHATSAPP = "whatsapp"
     SMS = "sms"
+    # SMS from a gateway phone's own SIM (cht-gateway), queued for its polls.
+    GATEWAY = "gateway"
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,9 @@ async def gateway_poll(request: Request, session: DbSession) -> JSONResponse:
         return _error(413, str(error))
     except protocol.ProtocolError as error:
         return _error(400, str(error))
-    offered = await gateway_service.poll(session, gateway, received, datetime.now(UTC))
+    offered = await gateway_service.poll(
+        session, request.app.state.settings, gateway, received, datetime.now(UTC)
+    )
     await session.commit()
     return JSONResponse(
         {"messages": [{"id": m.id, "to": m.to, "content": m.content} for m in offered]}

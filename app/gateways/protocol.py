@@ -13,15 +13,16 @@ from datetime import UTC, datetime
 
 import orjson
 
+from app.channels.base import ChannelName
 from app.states import AttemptStatus
 
-# Where an attempt stands on the phone's side. `queued`: waiting in its country's pool
-# for a phone; `forwarded-to-gateway`: offered to one phone, offered again on every poll
-# until that phone acknowledges it.
-QUEUED = "queued"
+# Where an attempt stands on the phone's side (`gateway_state`). None: in its country's
+# pool, waiting for a phone (app/channels/gateway.py queued it); `forwarded-to-gateway`:
+# offered to one phone, and offered again on every poll until that phone acknowledges it.
 FORWARDED_TO_GATEWAY = "forwarded-to-gateway"
-QUEUE_STATES = (QUEUED, FORWARDED_TO_GATEWAY)
 UNRECOGNISED = "unrecognised"
+# Taken back from a phone that stopped polling, and failed over to the next channel.
+TAKEN_BACK = "taken-back"
 
 # The phone's status words, and the state each records.
 STATUS_STATES = {
@@ -185,4 +186,4 @@ def history_entry(state: str, at: datetime, reason: str | None = None) -> dict[s
 
 
 # The channel name of gateway attempts (`delivery_attempts.channel`).
-CHANNEL = "gateway"
+CHANNEL = ChannelName.GATEWAY.value

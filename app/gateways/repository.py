@@ -11,11 +11,9 @@ import orjson
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.gateways.protocol import CHANNEL, FORWARDED_TO_GATEWAY, QUEUED, Incoming
+from app.gateways.protocol import CHANNEL, FORWARDED_TO_GATEWAY, TAKEN_BACK, Incoming
 from app.models import Gateway
-from app.states import sql_in
-
-_QUEUE = sql_in("a.gateway_state", (QUEUED, FORWARDED_TO_GATEWAY))
+from app.states import AttemptStatus
 
 
 async def by_name(session: AsyncSession, name: str) -> Gateway | None:
@@ -92,7 +90,8 @@ _CLAIM = text(
         SELECT q.id FROM delivery_attempts AS q
         JOIN notifications AS n ON n.id = q.notification_id
         JOIN patients AS p ON p.id = n.patient_id
-        WHERE q.gateway_state = '{QUEUED}' AND q.channel = '{CHANNEL}'
+        WHERE q.channel = '{CHANNEL}' AND q.gateway_state IS NULL
+              AND q.status = '{AttemptStatus.SENT}'
               AND (CAST(:country AS text) IS NULL OR p.country = :country)
         ORDER BY q.created_at, q.id
         LIMIT :limit
@@ -103,13 +102,14 @@ _CLAIM = text(
 
 
 async def offer(
-    session: AsyncSession, gateway: Gateway, limit: int, now: datetime
+    session: AsyncSession, gateway: Gateway, limit: int, fresh: int, now: datetime
 ) -> list[Offered]:
     """What the gateway's poll answers: the messages already offered to it and not yet
-    acknowledged, topped up from its country's pool, oldest first, at most `limit`."""
+    acknowledged, topped up with at most `fresh` from its country's pool, oldest first,
+    at most `limit` in all."""
     outstanding = await session.execute(text(_OFFERED), {"gateway_id": gateway.id, "limit": limit})
     offered = [Offered(*row) for row in outstanding]
-    room = limit - len(offered)
+    room = min(limit - len(offered), fresh)
     if room > 0:
         claimed = await session.execute(
             _CLAIM,
@@ -214,3 +214,35 @@ async def insert_incoming(
         },
     )
     return set(rows.scalars())
+
+
+# Offered to a phone that has not polled since `cutoff`, and not acknowledged: taken back.
+_TAKE_BACK = text(
+    f"""
+    UPDATE delivery_attempts AS a SET
+        gateway_state = '{TAKEN_BACK}',
+        state_history = COALESCE(a.state_history, '[]'::jsonb)
+            || jsonb_build_array(jsonb_build_object(
+                'state', '{TAKEN_BACK}', 'at', to_jsonb(CAST(:now AS timestamptz)),
+                'reason', 'gateway offline')),
+        updated_at = now()
+    WHERE a.id IN (
+        SELECT q.id FROM delivery_attempts AS q
+        JOIN gateways AS g ON g.id = q.gateway_id
+        WHERE q.gateway_state = '{FORWARDED_TO_GATEWAY}' AND g.last_polled_at < :cutoff
+        ORDER BY q.id
+        LIMIT :limit
+        FOR UPDATE OF q SKIP LOCKED
+    )
+    RETURNING a.id, a.provider_message_id,
+              (SELECT g.name FROM gateways AS g WHERE g.id = a.gateway_id) AS gateway
+    """  # noqa: S608 - constants only
+)
+
+
+async def take_back(
+    session: AsyncSession, cutoff: datetime, now: datetime, limit: int
+) -> list[tuple[int, str, str]]:
+    """Take back what offline phones were offered: (attempt id, message id, gateway)."""
+    rows = await session.execute(_TAKE_BACK, {"cutoff": cutoff, "now": now, "limit": limit})
+    return [(row.id, row.provider_message_id, row.gateway) for row in rows]

@@ -12,12 +12,14 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+from collections import Counter
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.service import hash_key
+from app.config import Settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery import provider_reports
 from app.delivery.types import Report
@@ -26,6 +28,8 @@ from app.gateways import protocol
 from app.gateways import repository as gateway_repository
 from app.gateways.protocol import Poll
 from app.models import Gateway
+from app.observability import GATEWAY_TAKEN_BACK
+from app.states import AttemptStatus
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +82,27 @@ async def authenticate(session: AsyncSession, name: str, secret: str) -> Gateway
 
 
 async def poll(
-    session: AsyncSession, gateway: Gateway, received: Poll, now: datetime
+    session: AsyncSession,
+    settings: Settings,
+    gateway: Gateway,
+    received: Poll,
+    now: datetime,
 ) -> list[gateway_repository.Offered]:
     """Apply a gateway's poll and return what it should send. Flushes; caller commits."""
+    fresh = pace(settings.gateway_rate_per_minute, gateway.last_polled_at, now)
     await gateway_repository.touch(session, gateway.id, now)
     await store_incoming(session, gateway, received)
     await record_updates(session, gateway, received.updates, now)
-    return await gateway_repository.offer(session, gateway, protocol.MAX_OFFERED, now)
+    return await gateway_repository.offer(session, gateway, protocol.MAX_OFFERED, fresh, now)
+
+
+def pace(rate_per_minute: int, last_polled_at: datetime | None, now: datetime) -> int:
+    """How many new messages a poll may hand the phone: what it can send at its rate
+    since its previous poll (at least one), a full answer on its first poll."""
+    if last_polled_at is None:
+        return protocol.MAX_OFFERED
+    seconds = max((now - last_polled_at).total_seconds(), 0.0)
+    return min(protocol.MAX_OFFERED, max(1, int(rate_per_minute * seconds / 60)))
 
 
 async def store_incoming(session: AsyncSession, gateway: Gateway, received: Poll) -> None:
@@ -151,3 +169,45 @@ def _same(last: dict[str, object], entry: dict[str, str]) -> bool:
     return {k: v for k, v in last.items() if k != "at"} == {
         k: v for k, v in entry.items() if k != "at"
     }
+
+
+async def take_back_from_offline(
+    session: AsyncSession, settings: Settings, now: datetime, limit: int = 1000
+) -> int:
+    """Messages offered to a phone silent for GATEWAY_OFFLINE_AFTER_MINUTES and not yet
+    acknowledged: taken back, and failed as a provider's failure report would, so each
+    goes to the next channel of its chain (or fails when none is left). Flushes."""
+    cutoff = now - timedelta(minutes=settings.gateway_offline_after_minutes)
+    taken = await gateway_repository.take_back(session, cutoff, now, limit)
+    if not taken:
+        return 0
+    await provider_reports.apply_reports(
+        session,
+        [
+            Report(
+                attempt_id=attempt_id,
+                status=AttemptStatus.FAILED,
+                provider_message_id=message_id,
+                provider_status=protocol.TAKEN_BACK,
+                error_message=f"gateway {gateway} offline",
+            )
+            for attempt_id, message_id, gateway in taken
+        ],
+    )
+    for gateway, count in Counter(gateway for _, _, gateway in taken).items():
+        GATEWAY_TAKEN_BACK.labels(gateway).inc(count)
+        log.warning(
+            "gateway offline: its messages go to the next channel",
+            extra={"gateway": gateway, "taken_back": count},
+        )
+    return len(taken)
+
+
+async def take_back_in_own_unit(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
+) -> int:
+    """`take_back_from_offline` in a unit of work of its own (the worker's cron job)."""
+    async with sessionmaker() as session:
+        taken = await take_back_from_offline(session, settings, now)
+        await session.commit()
+    return taken

@@ -89,12 +89,22 @@ class DeliveryAttempt(TimestampMixin, Base):
             "created_at",
             postgresql_where=text("status = 'sending'"),
         ),
-        # The gateway phones' queue: what a poll may offer, oldest first.
+        # The gateway phones' pool (queued, no phone yet) and what each phone was offered
+        # and has not acknowledged: what a poll answers, oldest first.
         Index(
-            "ix_delivery_attempts_gateway_queue",
+            "ix_delivery_attempts_gateway_pool",
             "created_at",
             "id",
-            postgresql_where=text("gateway_state IN ('queued', 'forwarded-to-gateway')"),
+            postgresql_where=text(
+                "channel = 'gateway' AND gateway_state IS NULL AND status = 'sent'"
+            ),
+        ),
+        Index(
+            "ix_delivery_attempts_gateway_offered",
+            "gateway_id",
+            "created_at",
+            "id",
+            postgresql_where=text("gateway_state = 'forwarded-to-gateway'"),
         ),
     )
 
@@ -113,7 +123,7 @@ class DeliveryAttempt(TimestampMixin, Base):
     read_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
     # Gateway phones only: the phone that took the message, where it stands on the
-    # phone (`queued`, `forwarded-to-gateway`, `received-by-gateway`, ...), and every
+    # phone (None: queued; `forwarded-to-gateway`, `received-by-gateway`, ...), and every
     # status change with its time, `[{"state", "at", "reason"?}]`.
     gateway_id: Mapped[int | None] = mapped_column(ForeignKey("gateways.id", ondelete="SET NULL"))
     gateway_state: Mapped[str | None] = mapped_column(String(30))

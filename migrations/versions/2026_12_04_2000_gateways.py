@@ -16,6 +16,9 @@ down_revision: str | None = "20261204_whatsapp"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+POOL = "channel = 'gateway' AND gateway_state IS NULL AND status = 'sent'"
+OFFERED = "gateway_state = 'forwarded-to-gateway'"
+
 
 def upgrade() -> None:
     op.create_table(
@@ -74,18 +77,29 @@ def upgrade() -> None:
         ondelete="SET NULL",
     )
     op.create_index(
-        "ix_delivery_attempts_gateway_queue",
+        "ix_delivery_attempts_gateway_pool",
         "delivery_attempts",
         ["created_at", "id"],
-        postgresql_where=sa.text("gateway_state IN ('queued', 'forwarded-to-gateway')"),
+        postgresql_where=sa.text(POOL),
+    )
+    op.create_index(
+        "ix_delivery_attempts_gateway_offered",
+        "delivery_attempts",
+        ["gateway_id", "created_at", "id"],
+        postgresql_where=sa.text(OFFERED),
     )
 
 
 def downgrade() -> None:
     op.drop_index(
-        "ix_delivery_attempts_gateway_queue",
+        "ix_delivery_attempts_gateway_offered",
         table_name="delivery_attempts",
-        postgresql_where=sa.text("gateway_state IN ('queued', 'forwarded-to-gateway')"),
+        postgresql_where=sa.text(OFFERED),
+    )
+    op.drop_index(
+        "ix_delivery_attempts_gateway_pool",
+        table_name="delivery_attempts",
+        postgresql_where=sa.text(POOL),
     )
     op.drop_constraint(
         op.f("fk_delivery_attempts_gateway_id_gateways"), "delivery_attempts", type_="foreignkey"

@@ -98,8 +98,8 @@ async def phone(
 async def queue_message(
     session: AsyncSession, *, body: str = "Your visit is tomorrow.", **patient: Any
 ) -> tuple[Notification, DeliveryAttempt]:
-    """A notification handed to the gateway channel: `sent` (the channel took it), its
-    attempt waiting in the phones' pool."""
+    """A notification handed to the gateway channel as the dispatcher leaves it: `sent`
+    (the channel took it), its attempt `sent` and in the phones' pool."""
     p = await make_patient(session, **patient)
     notification = await make_notification(
         session, p, body=body, state="sent", channel_chain=["gateway", "sms"]
@@ -107,10 +107,8 @@ async def queue_message(
     attempt = DeliveryAttempt(
         notification_id=notification.id,
         channel=protocol.CHANNEL,
-        status="sending",
+        status="sent",
         provider_message_id=str(uuid.uuid4()),
-        gateway_state=protocol.QUEUED,
-        state_history=[],
     )
     session.add(attempt)
     await session.flush()

@@ -203,7 +203,9 @@ class TestUpdates:
         await db_session.commit()
         await phone.poll()
         await other.poll({"updates": [{"id": attempt.provider_message_id, "status": "SENT"}]})
-        assert (await attempt_of(db_session, attempt.id)).status == "sending"
+        stored = await attempt_of(db_session, attempt.id)
+        assert stored.status == "sent"
+        assert [h["state"] for h in stored.state_history or []] == ["forwarded-to-gateway"]
 
 
 class TestIncoming:
@@ -282,3 +284,17 @@ async def test_a_poll_counts_as_the_gateways_last_poll(
     listed = (await api.get("/v1/gateways")).json()["data"]
     mine = next(g for g in listed if g["id"] == phone.gateway.id)
     assert mine["last_polled_at"] is not None
+
+
+class TestPace:
+    async def test_new_messages_wait_for_the_phones_pace_offered_ones_do_not(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        await queue_message(db_session)
+        await db_session.commit()
+        assert len((await phone.poll()).json()["messages"]) == 1
+        for _ in range(3):
+            await queue_message(db_session)
+        await db_session.commit()
+        # At once again: the one already offered, and one new.
+        assert len((await phone.poll()).json()["messages"]) == 2
