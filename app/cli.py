@@ -254,6 +254,23 @@ def fake_twilio(
     twilio.run(host, port, twilio.FakeTwilioConfig(**options))
 
 
+@cli.command("fake-gateway")
+def fake_gateway(
+    url: Annotated[str, typer.Option(help="The service's /gateway/api/sms URL.")],
+    user: Annotated[str, typer.Option(help="The gateway's name.")],
+    password: Annotated[str, typer.Option(help="The gateway's secret.")],
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 5.0,
+    fail_rate: Annotated[float, typer.Option(help="Share of messages reported FAILED.")] = 0.0,
+) -> None:
+    """Poll like a cht-gateway phone: take messages, report them sent and delivered."""
+    from app.fakes import gateway
+
+    config = gateway.FakeGatewayConfig(
+        url=url, user=user, password=password, interval=interval, fail_rate=fail_rate
+    )
+    asyncio.run(gateway.run_until_stopped(config))
+
+
 @cli.command("fake-whatsapp")
 def fake_whatsapp(
     host: Annotated[str, typer.Option()] = "127.0.0.1",

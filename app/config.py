@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     # second), which paces what each poll offers; a phone silent this long is offline,
     # and what it was offered goes to the next channel.
     gateway_rate_per_minute: int = Field(default=60, ge=1, le=6000)
-    gateway_offline_after_minutes: int = Field(default=10, ge=1)
+    gateway_offline_after_minutes: float = Field(default=10.0, gt=0)
     # Loop guard: more than this many messages with the same recipient and text, each
     # within 30 minutes of the previous, end `duplicate` and are not sent.
     duplicate_limit: int = Field(default=5, ge=1, le=20)

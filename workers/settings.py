@@ -115,7 +115,12 @@ class WorkerSettings:
             unique=True,
             run_at_startup=True,
         ),
-        cron(take_back_from_offline_gateways, second={41}, unique=True),
+        # With the sweeper: a phone's silence is noticed within a sweep interval.
+        cron(
+            take_back_from_offline_gateways,
+            second=_sweep_seconds(get_settings().sweep_interval_seconds),
+            unique=True,
+        ),
         invitations.scheduled_round_cron(get_settings()),
     ]
     on_startup = startup

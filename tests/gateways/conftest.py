@@ -16,19 +16,11 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.channels.base import basic_auth
+from app.fakes.gateway import APP_HEADERS
 from app.gateways import protocol
 from app.gateways import service as gateway_service
 from app.models import DeliveryAttempt, Gateway, Notification
 from tests.factories import make_notification, make_patient
-
-# The headers of cht-gateway's requests (its SimpleJsonClient).
-APP_HEADERS = {
-    "Accept": "application/json",
-    "Accept-Charset": "utf-8",
-    "Accept-Encoding": "gzip",
-    "Cache-Control": "no-cache",
-    "Content-Type": "application/json",
-}
 
 
 @dataclass
