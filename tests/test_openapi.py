@@ -64,6 +64,13 @@ OPERATION_IDS = {
     "GET /v1/imo/authorizations/summary": "get_imo_authorization_summary",
     "POST /v1/gateways": "create_gateway",
     "GET /v1/gateways": "list_gateways",
+    "POST /v1/conversations": "open_conversation",
+    "GET /v1/conversations/{conversation_id}": "get_conversation",
+    "POST /v1/conversations/{conversation_id}/close": "close_conversation",
+    "POST /v1/conversations/{conversation_id}/messages": "write_message",
+    "GET /v1/patients/{patient_id}/messages": "list_patient_messages",
+    "PUT /v1/switches/{scope}": "put_switch",
+    "GET /v1/switches": "list_switches",
 }
 
 

@@ -21,8 +21,10 @@ from redis.exceptions import RedisError
 from app import observability
 from app.channels import registry as channel_registry
 from app.config import get_settings
+from app.conversations import service as conversation_service
 from app.db.session import create_engine_and_sessionmaker
-from app.delivery.dispatcher import Dispatcher, sweep
+from app.delivery import reconcile, unread
+from app.delivery.dispatcher import Dispatcher, check_chains, sweep
 from app.delivery.loop_guard import LoopGuard
 from app.gateways import service as gateway_service
 from app.gc_tuning import tune_gc
@@ -40,6 +42,7 @@ async def startup(ctx: Context) -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     observability.init_sentry(settings, component="worker")
     engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
+    check_chains(settings)
     http = channel_registry.http_session(settings.dispatch_concurrency)
     limiter_redis = Redis.from_url(settings.redis_url, retry_on_timeout=True)
     dispatcher = Dispatcher(
@@ -96,6 +99,35 @@ async def take_back_from_offline_gateways(ctx: Context) -> int:
     )
 
 
+async def close_idle_conversations(ctx: Context) -> int:
+    """Cron: close conversations idle for CONVERSATION_IDLE_DAYS. Safe on every worker."""
+    async with ctx["sessionmaker"]() as session:
+        closed = await conversation_service.close_idle(session, ctx["settings"], datetime.now(UTC))
+        await session.commit()
+    if closed:
+        log.info("closed idle conversations", extra={"count": len(closed)})
+    return len(closed)
+
+
+async def hand_on_unread(ctx: Context) -> int:
+    """Cron: unread Imo/WhatsApp reminders to their next channel. Safe on every worker."""
+    return await unread.hand_on_unread(ctx["sessionmaker"], ctx["settings"])
+
+
+async def reconcile_sent(ctx: Context) -> dict[str, int]:
+    """Cron: look up attempts whose final status never came. Safe on every worker."""
+    dispatcher: Dispatcher = ctx["dispatcher"]
+    return dict(
+        await reconcile.reconcile(
+            ctx["sessionmaker"],
+            ctx["settings"],
+            dispatcher.channels,
+            dispatcher.limiters,
+            datetime.now(UTC),
+        )
+    )
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -105,6 +137,9 @@ class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
         take_back_from_offline_gateways,
+        close_idle_conversations,
+        hand_on_unread,
+        reconcile_sent,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
     ]
@@ -121,7 +156,10 @@ class WorkerSettings:
             second=_sweep_seconds(get_settings().sweep_interval_seconds),
             unique=True,
         ),
+        cron(hand_on_unread, second={41}, unique=True),
+        cron(reconcile_sent, second={29}, unique=True),
         invitations.scheduled_round_cron(get_settings()),
+        cron(close_idle_conversations, minute={7, 37}, unique=True),
     ]
     on_startup = startup
     on_shutdown = shutdown

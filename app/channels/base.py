@@ -9,22 +9,16 @@ exceptions never leak past an adapter.
 from __future__ import annotations
 
 import base64
-import enum
 import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import orjson
 
 from app.logs import mask_phone
 
-
-class ChannelName(enum.StrEnum):
-    IMO = "imo"
-    WHATSAPP = "whatsapp"
-    SMS = "sms"
-    # SMS from a gateway phone's own SIM (cht-gateway), queued for its polls.
-    GATEWAY = "gateway"
+# Re-exported: the channels' names are shared vocabulary, one floor down (settings use them).
+from app.states import ChannelName as ChannelName
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +52,8 @@ class OutgoingMessage:
     status_reference: str = ""
     # WhatsApp: the approved template this text is sent as, when its template has one.
     whatsapp_template: WhatsAppTemplateMessage | None = None
-    # WhatsApp: inside the 24-hour customer-service window (the patient wrote to us in the
-    # last 24 h) `text` may go out as it is. Nothing sets it yet: that needs inbound
-    # messages (two-way messaging), so WhatsApp sends templates only.
+    # WhatsApp: inside the 24-hour customer-service window (the patient wrote to us on
+    # WhatsApp in the last 24 h) `text` may go out as it is.
     free_text_allowed: bool = False
 
 
@@ -150,11 +143,13 @@ class PermanentChannelError(ChannelError):
     `unexpected` marks an answer outside the provider's known vocabulary, which is
     reported to Sentry with the request and response. `maybe_sent` marks a success
     that could not be read (a 2xx without a message id): the provider may have taken
-    the message, so it is neither resent nor sent on another channel. `no_account` marks
-    a number without an account on this channel (WhatsApp 131026): the next channel is
-    tried, and this one is not tried again for a while. `template_rejected` names a
-    WhatsApp template the provider does not have or cannot fill (132000, 132001): no
-    message of that template can go out until an operator fixes it, so the notification
+    the message, so it is neither resent nor sent on another channel. `opted_out` marks
+    a recipient who told the provider to stop (Twilio 21610): not on this channel again.
+    `no_account` marks a number without an account on this channel (WhatsApp 131026):
+    the next channel is tried, and this one is not tried again for a while.
+    `template_rejected` names a WhatsApp template the provider does not have or cannot
+    fill (132000, 132001): no message of that template can go out until an operator
+    fixes it, so the notification
     fails with the reason rather than hiding the fault behind a fallback.
     """
 
@@ -165,6 +160,7 @@ class PermanentChannelError(ChannelError):
         recipient_invalid: bool = False,
         unexpected: bool = False,
         maybe_sent: bool = False,
+        opted_out: bool = False,
         no_account: bool = False,
         template_rejected: str = "",
         **kwargs: object,
@@ -173,6 +169,7 @@ class PermanentChannelError(ChannelError):
         self.recipient_invalid = recipient_invalid
         self.unexpected = unexpected
         self.maybe_sent = maybe_sent
+        self.opted_out = opted_out
         self.no_account = no_account
         self.template_rejected = template_rejected
 
@@ -183,6 +180,37 @@ class Channel(Protocol):
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Send one message. Raises TransientChannelError or PermanentChannelError."""
+        ...
+
+
+class MessageNotFound(PermanentChannelError):
+    """A status look-up named a message the provider does not know."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    """A message's status as the provider reports it when asked.
+
+    `status` is normalised like a callback's: sending, sent, delivered, read, failed, or
+    `unknown` for a word outside the provider's known vocabulary.
+    """
+
+    provider_message_id: str
+    status: str
+    provider_status: str
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@runtime_checkable
+class StatusLookup(Protocol):
+    """What a channel can do besides sending when its provider answers status look-ups
+    (Twilio's Messages API, for SMS and for WhatsApp through Twilio): the reconciler
+    asks it about messages whose final callback never came. Imo and the WhatsApp Cloud
+    API have no such look-up, and their channels do not implement it."""
+
+    async def fetch_status(self, provider_message_id: str) -> ProviderStatus:
+        """Raises MessageNotFound, TransientChannelError or PermanentChannelError."""
         ...
 
 

@@ -21,8 +21,7 @@ QUEUED = "queued"
 
 class GatewayQueueChannel:
     name = ChannelName.GATEWAY
-    # Not loopback: gateway phones send real SMS, so outside production only
-    # ALLOWED_RECIPIENTS are queued for them.
+    # No URL: the phones come to us (/gateway/api/sms).
     base_url = "gateway:"
 
     async def send(self, message: OutgoingMessage) -> SendResult:

@@ -5,10 +5,13 @@ provider's answer means for the notification. No I/O here, so every rule is unit
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.channels.base import ChannelName, PermanentChannelError, TransientChannelError
 from app.config import Settings
+from app.consent.rules import OPTED_OUT, opted_out_everywhere, opted_out_of
 from app.delivery.types import ClaimedNotification, Outcome, SendOn
 from app.notifications.window import MessagingWindow
 from app.states import NotificationState
@@ -22,16 +25,16 @@ IMO_DOWNGRADES = {"not_subscribed": "not_subscribed", "nonexistent_user": "no_im
 def channel_chain(
     settings: Settings,
     country: str,
+    purpose: str,
     imo_status: str | None,
     available: set[str],
     whatsapp_unavailable: bool = False,
 ) -> list[str]:
-    """The channels to try for a patient, in order: configured, available, eligible."""
-    chains = settings.channel_chains
-    wanted = chains.get(country.upper(), chains.get("*", [ChannelName.SMS.value]))
+    """The channels to try for a patient and purpose, in order: configured for the
+    country and purpose (`Settings.chain_for`), available, eligible."""
     return [
         name
-        for name in wanted
+        for name in settings.chain_for(country, purpose)
         if name in available and eligible(name, imo_status, whatsapp_unavailable)
     ]
 
@@ -65,6 +68,36 @@ def deny_rule(phone: str, settings: Settings, gateway_numbers: frozenset[str]) -
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """Which channels are configured, and the CHANNEL_CHAINS steps that are not (by
+    chain key): logged at start-up and shown by /readyz, never skipped unseen."""
+
+    configured: list[str]
+    unconfigured: list[str]
+    unconfigured_steps: dict[str, list[str]]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "configured": self.configured,
+            "unconfigured": self.unconfigured,
+            "unconfigured_steps": self.unconfigured_steps,
+        }
+
+
+def chain_report(settings: Settings, configured: set[str]) -> ChainReport:
+    steps = {
+        key: [name for name in chain if name not in configured]
+        for key, chain in sorted(settings.channel_chains.items())
+    }
+    steps = {key: names for key, names in steps.items() if names}
+    return ChainReport(
+        configured=sorted(configured),
+        unconfigured=sorted({name for names in steps.values() for name in names}),
+        unconfigured_steps=steps,
+    )
+
+
 def first_step(
     n: ClaimedNotification,
     *,
@@ -79,6 +112,8 @@ def first_step(
         return Outcome(S.EXPIRED, failure_reason="not sent while still useful")
     if n.reminder_consent != "granted":
         return Outcome(S.DENIED, failure_reason="no reminder consent")
+    if opted_out_everywhere(n.opted_out_channels):
+        return Outcome(S.DENIED, failure_reason=OPTED_OUT)
     if n.mobile_e164 is None:
         return Outcome(S.DENIED, failure_reason="no mobile number")
     rule = deny_rule(n.mobile_e164, settings, gateway_numbers)
@@ -94,29 +129,55 @@ def first_step(
         )
     chain = n.channel_chain
     if chain is None:
-        chain = channel_chain(settings, n.country, n.imo_status, available, n.whatsapp_unavailable)
+        chain = channel_chain(
+            settings, n.country, n.purpose, n.imo_status, available, n.whatsapp_unavailable
+        )
     return next_channel(n, chain, n.channel_index)
 
 
+def held(n: ClaimedNotification, step: SendOn, scope: str) -> Outcome:
+    """A paused switch covers this send: the notification waits `scheduled` on the same
+    channel (no fallback: that would change what an experiment compares) until the
+    switch is resumed, or until it expires."""
+    return Outcome(
+        S.SCHEDULED,
+        channel_chain=step.chain,
+        channel_index=step.index,
+        due_at=n.expires_at,
+        retry_count=n.retry_count,
+        failure_reason=f"paused: {scope}",
+        paused_by=scope,
+    )
+
+
 def usable_index(
-    chain: list[str], index: int, imo_status: str | None, whatsapp_unavailable: bool = False
+    chain: list[str],
+    index: int,
+    imo_status: str | None,
+    whatsapp_unavailable: bool = False,
+    opted_out_channels: Sequence[str] = (),
 ) -> int | None:
     """The first channel from `index` on that can take the message, if any.
 
     Imo is skipped once the patient's authorisation is no longer `subscribed`, WhatsApp
-    once it said the number has no account.
+    once it said the number has no account, and a channel the patient opted out of always.
     """
     for position in range(index, len(chain)):
+        if opted_out_of(opted_out_channels, chain[position]):
+            continue
         if eligible(chain[position], imo_status, whatsapp_unavailable):
             return position
     return None
 
 
 def next_channel(n: ClaimedNotification, chain: list[str], index: int) -> Outcome | SendOn:
-    """The first usable channel from `index` on, or `failed` when none is left."""
-    usable = usable_index(chain, index, n.imo_status, n.whatsapp_unavailable)
+    """The first usable channel from `index` on; `denied` when the patient opted out of
+    every one left, `failed` when none is left otherwise."""
+    usable = usable_index(chain, index, n.imo_status, n.whatsapp_unavailable, n.opted_out_channels)
     if usable is not None:
         return SendOn(chain, usable)
+    if any(opted_out_of(n.opted_out_channels, c) for c in chain[index:]):
+        return Outcome(S.DENIED, channel_chain=chain, channel_index=index, failure_reason=OPTED_OUT)
     return Outcome(
         S.FAILED,
         channel_chain=chain,
@@ -153,6 +214,15 @@ def after_error(
             retry_count=n.retry_count,
             failure_reason=f"unconfirmed: {reason}",
             sent_at=now,
+        )
+    if isinstance(error, PermanentChannelError) and error.opted_out:
+        # The patient opted out of this channel at the provider (Twilio 21610): the
+        # dispatcher records it; the next channel may still carry the message.
+        following = next_channel(n, step.chain, step.index + 1)
+        if isinstance(following, SendOn):
+            return following
+        return Outcome(
+            S.DENIED, channel_chain=step.chain, channel_index=step.index, failure_reason=OPTED_OUT
         )
     if isinstance(error, PermanentChannelError) and error.recipient_invalid:
         return Outcome(
@@ -219,6 +289,13 @@ def describe(channel: str, error: Exception) -> str:
     code = getattr(error, "code", "") or type(error).__name__
     message = getattr(error, "message", "") or str(error)
     return f"{channel}: {code}: {message}"[:500]
+
+
+def provider_opt_out(channel: str, error: Exception) -> str | None:
+    """The channel a provider's refusal says the patient opted out of, if any."""
+    if isinstance(error, PermanentChannelError) and error.opted_out:
+        return channel
+    return None
 
 
 def template_rejected(error: Exception) -> bool:

@@ -2,6 +2,7 @@
 
 from app.models.api_key import ApiKey
 from app.models.appointment import Appointment
+from app.models.conversation import Conversation, ConversationRouting
 from app.models.delivery_report import DeliveryReport
 from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
@@ -11,14 +12,18 @@ from app.models.gateway import Gateway, GatewayIncomingMessage
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
+from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
+from app.models.switch import Switch
 from app.models.template import Template
 
 __all__ = [
     "ApiKey",
     "Appointment",
+    "Conversation",
+    "ConversationRouting",
     "DeliveryAttempt",
     "DeliveryReport",
     "Experiment",
@@ -30,8 +35,10 @@ __all__ = [
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",
+    "Message",
     "Notification",
     "Patient",
     "ReminderPlan",
+    "Switch",
     "Template",
 ]

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
 from app.config import Settings
+from app.consent.rules import OPTED_OUT, opted_out_everywhere
 from app.errors import Conflict, InvalidInput, NotFound, field_error
 from app.models import Appointment, DeliveryAttempt, Notification, Patient
 from app.notifications import repository as notification_repository
@@ -90,18 +91,20 @@ async def schedule(
     request: NotificationIn,
     settings: Settings,
     *,
+    api_key_id: int | None = None,
     idempotency_key: str | None = None,
     now: datetime | None = None,
 ) -> tuple[Notification, bool]:
     """Schedule one message; returns it and whether it was created now.
 
-    A repeated `idempotency_key` with the same body returns the first notification;
-    with another body it is an InvalidInput. Raises InvalidInput for an unknown
-    patient, template or missing variable. Flushes.
+    A repeated `idempotency_key` of the same API key (`api_key_id`) with the same body
+    returns the first notification; with another body it is an InvalidInput. Another
+    key's `idempotency_key` never matches: clients cannot see each other's. Raises
+    InvalidInput for an unknown patient, template or missing variable. Flushes.
     """
     digest = request_hash(request)
     if idempotency_key is not None:
-        existing = await _replay(session, idempotency_key, digest)
+        existing = await _replay(session, api_key_id, idempotency_key, digest)
         if existing is not None:
             return existing, False
 
@@ -120,6 +123,8 @@ async def schedule(
     if appointment is not None and appointment.patient_id != patient.id:
         appointment = None
 
+    # A patient who opted out of every channel is refused now, as the dispatcher would.
+    opted_out = opted_out_everywhere(patient.opted_out_channels)
     notification = Notification(
         id=uuid.uuid4(),
         patient_id=patient.id,
@@ -132,11 +137,13 @@ async def schedule(
         appointment_id=request.appointment_id,
         remind_on=request.remind_on,
         send_at=request.send_at,
-        state=S.SCHEDULED,
+        state=S.DENIED if opted_out else S.SCHEDULED,
+        failure_reason=OPTED_OUT if opted_out else None,
         due_at=due_at,
         expires_at=expiry_moment(settings, request.purpose, due_at, patient, appointment),
         channel_index=0,
         retry_count=0,
+        api_key_id=api_key_id,
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
@@ -149,7 +156,7 @@ async def schedule(
             async with session.begin_nested():
                 session.add(notification)
         except IntegrityError:
-            existing = await _replay(session, idempotency_key, digest)
+            existing = await _replay(session, api_key_id, idempotency_key, digest)
             if existing is None:
                 raise
             return existing, False
@@ -157,8 +164,10 @@ async def schedule(
     return notification, True
 
 
-async def _replay(session: AsyncSession, key: str, digest: str) -> Notification | None:
-    existing = await notification_repository.find_by_idempotency_key(session, key)
+async def _replay(
+    session: AsyncSession, api_key_id: int | None, key: str, digest: str
+) -> Notification | None:
+    existing = await notification_repository.find_by_idempotency_key(session, api_key_id, key)
     if existing is not None and existing.request_hash != digest:
         raise InvalidInput(
             "this Idempotency-Key was used with a different request body",

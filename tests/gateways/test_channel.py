@@ -47,7 +47,9 @@ async def fresh_reload(
 
 def gateway_settings(fakes: Fakes, phone_number: str = "+8801711000001") -> Settings:
     # Outside production a gateway phone (a real SIM) reaches ALLOWED_RECIPIENTS only.
-    return settings_for(fakes, channel_chains=CHAINS, allowed_recipients=phone_number)
+    return settings_for(
+        fakes, channel_chains=CHAINS, allowed_recipients=phone_number, fake_providers=False
+    )
 
 
 def dispatcher_for(
