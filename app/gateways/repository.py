@@ -11,7 +11,7 @@ import orjson
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.gateways.protocol import CHANNEL, FORWARDED_TO_GATEWAY, TAKEN_BACK, Incoming
+from app.gateways.protocol import CHANNEL, FORWARDED_TO_GATEWAY, TAKEN_BACK
 from app.models import Gateway
 from app.states import AttemptStatus
 
@@ -181,39 +181,6 @@ async def write_states(session: AsyncSession, attempts: Sequence[GatewayAttempt]
             "histories": [orjson.dumps(a.history).decode() for a in attempts],
         },
     )
-
-
-_INSERT_INCOMING = text(
-    """
-    INSERT INTO gateway_incoming_messages
-        (gateway_id, gateway_message_id, sender, content, sms_sent, sms_received)
-    SELECT :gateway_id, * FROM unnest(
-        CAST(:ids AS text[]), CAST(:senders AS text[]), CAST(:contents AS text[]),
-        CAST(:sent AS timestamptz[]), CAST(:received AS timestamptz[]))
-    ON CONFLICT (gateway_id, gateway_message_id) DO NOTHING
-    RETURNING gateway_message_id
-    """
-)
-
-
-async def insert_incoming(
-    session: AsyncSession, gateway_id: int, messages: Sequence[Incoming]
-) -> set[str]:
-    """Store the messages not stored before; returns the ids that were new."""
-    if not messages:
-        return set()
-    rows = await session.execute(
-        _INSERT_INCOMING,
-        {
-            "gateway_id": gateway_id,
-            "ids": [m.id for m in messages],
-            "senders": [m.sender for m in messages],
-            "contents": [m.content for m in messages],
-            "sent": [m.sms_sent for m in messages],
-            "received": [m.sms_received for m in messages],
-        },
-    )
-    return set(rows.scalars())
 
 
 # Offered to a phone that has not polled since `cutoff`, and not acknowledged: taken back.

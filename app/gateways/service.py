@@ -1,10 +1,10 @@
 """Gateway phones: registering them, authenticating their polls, and what a poll does.
 
 A poll (cht-gateway's POST to /gateway/api/sms) does three things in one unit of work:
-stores the SMS the phone received (once per id), records the statuses it reports on
-the messages it was given (the attempt's state history, and for SENT, DELIVERED and
-FAILED the same report path as every provider's callbacks), and answers with the
-messages due for it.
+hands the SMS the phone received to the two-way path (once per id), records the
+statuses it reports on the messages it was given (the attempt's state history, and for
+SENT, DELIVERED and FAILED the same report path as every provider's callbacks), and
+answers with the messages due for it (and the answers to what it received).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import uuid
 from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -19,6 +20,8 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.service import hash_key
+from app.channels.base import ChannelName
+from app.channels.inbound import IncomingMessage, sender_e164
 from app.config import Settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery import provider_reports
@@ -27,6 +30,7 @@ from app.errors import Conflict
 from app.gateways import protocol
 from app.gateways import repository as gateway_repository
 from app.gateways.protocol import Poll
+from app.messages import service as message_service
 from app.models import Gateway
 from app.observability import GATEWAY_TAKEN_BACK
 from app.states import AttemptStatus
@@ -91,9 +95,10 @@ async def poll(
     """Apply a gateway's poll and return what it should send. Flushes; caller commits."""
     fresh = pace(settings.gateway_rate_per_minute, gateway.last_polled_at, now)
     await gateway_repository.touch(session, gateway.id, now)
-    await store_incoming(session, gateway, received)
+    replies = await store_incoming(session, settings, gateway, received)
     await record_updates(session, gateway, received.updates, now)
-    return await gateway_repository.offer(session, gateway, protocol.MAX_OFFERED, fresh, now)
+    room = protocol.MAX_OFFERED - len(replies)
+    return replies + await gateway_repository.offer(session, gateway, room, fresh, now)
 
 
 def pace(rate_per_minute: int, last_polled_at: datetime | None, now: datetime) -> int:
@@ -105,18 +110,37 @@ def pace(rate_per_minute: int, last_polled_at: datetime | None, now: datetime) -
     return min(protocol.MAX_OFFERED, max(1, int(rate_per_minute * seconds / 60)))
 
 
-async def store_incoming(session: AsyncSession, gateway: Gateway, received: Poll) -> None:
-    """Keep the SMS the phone received, each id once.
-
-    To be replaced by the two-way path's inbound service (patient matching, STOP/START,
-    replies) once it lands: the de-duplication by the phone's id stays here.
-    """
-    new = await gateway_repository.insert_incoming(session, gateway.id, received.messages)
-    if received.dropped or new:
-        log.info(
-            "gateway poll",
-            extra={"gateway": gateway.name, "incoming_new": len(new), "dropped": received.dropped},
+async def store_incoming(
+    session: AsyncSession, settings: Settings, gateway: Gateway, received: Poll
+) -> list[gateway_repository.Offered]:
+    """Hand the SMS the phone received to the two-way path (stored once per id, matched
+    to a patient, STOP/START/HELP, routed to a conversation) -> the answers to send back
+    to their senders, in this poll's answer, as Twilio's come back in its TwiML. A sender
+    that is not a phone number is dropped; the rest of the batch stands."""
+    replies = []
+    dropped = received.dropped
+    for message in received.messages:
+        try:
+            sender = sender_e164(message.sender)
+        except ValueError:
+            dropped += 1
+            continue
+        outcome = await message_service.receive(
+            session,
+            settings,
+            IncomingMessage(
+                channel=ChannelName.GATEWAY,
+                provider_message_id=message.id,
+                sender_e164=sender,
+                text=message.content,
+                received_at=message.sms_received,
+            ),
         )
+        if outcome.reply:
+            replies.append(gateway_repository.Offered(str(uuid.uuid4()), sender, outcome.reply))
+    if dropped:
+        log.warning("gateway poll: entries dropped", extra={"gateway": gateway.name, "n": dropped})
+    return replies
 
 
 async def record_updates(

@@ -8,7 +8,7 @@ from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
 from app.models.experiment_group import ExperimentGroup
 from app.models.experiment_membership import ExperimentMembership
-from app.models.gateway import Gateway, GatewayIncomingMessage
+from app.models.gateway import Gateway
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
@@ -31,7 +31,6 @@ __all__ = [
     "ExperimentGroup",
     "ExperimentMembership",
     "Gateway",
-    "GatewayIncomingMessage",
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint, func
+from sqlalchemy import BigInteger, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base
@@ -26,20 +26,3 @@ class Gateway(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_polled_at: Mapped[datetime | None]
-
-
-class GatewayIncomingMessage(Base):
-    """An SMS a gateway phone received, kept once per (gateway, the phone's id)."""
-
-    __tablename__ = "gateway_incoming_messages"
-    __table_args__ = (UniqueConstraint("gateway_id", "gateway_message_id"),)
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    gateway_id: Mapped[int] = mapped_column(ForeignKey("gateways.id", ondelete="CASCADE"))
-    gateway_message_id: Mapped[str] = mapped_column(String(100))
-    sender: Mapped[str] = mapped_column(String(40))
-    content: Mapped[str] = mapped_column(Text)
-    # When the phone says the SMS was sent and received (milliseconds since the epoch).
-    sms_sent: Mapped[datetime | None]
-    sms_received: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

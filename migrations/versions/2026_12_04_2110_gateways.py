@@ -1,4 +1,4 @@
-"""Gateway phones (cht-gateway), the SMS they receive, and their attempts' state history
+"""Gateway phones (cht-gateway), and their attempts' state history
 
 Revision ID: 20261204_gateways
 Revises: 20261204_reconcile
@@ -34,31 +34,6 @@ def upgrade() -> None:
         sa.Column("last_polled_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_gateways")),
         sa.UniqueConstraint("name", name=op.f("uq_gateways_name")),
-    )
-    op.create_table(
-        "gateway_incoming_messages",
-        sa.Column("id", sa.BigInteger(), nullable=False),
-        sa.Column("gateway_id", sa.BigInteger(), nullable=False),
-        sa.Column("gateway_message_id", sa.String(length=100), nullable=False),
-        sa.Column("sender", sa.String(length=40), nullable=False),
-        sa.Column("content", sa.Text(), nullable=False),
-        sa.Column("sms_sent", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("sms_received", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
-        ),
-        sa.ForeignKeyConstraint(
-            ["gateway_id"],
-            ["gateways.id"],
-            name=op.f("fk_gateway_incoming_messages_gateway_id_gateways"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_gateway_incoming_messages")),
-        sa.UniqueConstraint(
-            "gateway_id",
-            "gateway_message_id",
-            name=op.f("uq_gateway_incoming_messages_gateway_id"),
-        ),
     )
     op.add_column("delivery_attempts", sa.Column("gateway_id", sa.BigInteger(), nullable=True))
     op.add_column(
@@ -107,5 +82,4 @@ def downgrade() -> None:
     op.drop_column("delivery_attempts", "state_history")
     op.drop_column("delivery_attempts", "gateway_state")
     op.drop_column("delivery_attempts", "gateway_id")
-    op.drop_table("gateway_incoming_messages")
     op.drop_table("gateways")

@@ -12,7 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.channels.base import basic_auth
-from app.models import DeliveryAttempt, GatewayIncomingMessage
+from app.models import DeliveryAttempt, Message
+from tests.factories import make_patient_at
 from tests.gateways.conftest import APP_HEADERS, Phone, queue_message, register
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -209,33 +210,42 @@ class TestUpdates:
 
 
 class TestIncoming:
-    async def test_messages_are_stored_once_and_a_bad_one_is_dropped(
+    async def test_messages_go_to_the_two_way_path_once_and_a_bad_one_is_dropped(
         self, phone: Phone, db_session: AsyncSession
     ) -> None:
+        patient = await make_patient_at(db_session)
+        await db_session.commit()
         good = {
             "id": str(uuid.uuid4()),
-            "from": "+8801711000009",
+            "from": patient.mobile_e164,
             "content": "STOP",
             "sms_sent": 1764800000000,
             "sms_received": 1764800001000,
             "unknown_field": True,
         }
-        bad = {"id": str(uuid.uuid4()), "content": "no sender"}
+        no_sender = {"id": str(uuid.uuid4()), "content": "no sender"}
+        not_a_number = {"id": str(uuid.uuid4()), "from": "MPESA", "content": "hi"}
+        answers = []
         for _ in range(2):
-            response = await phone.poll({"messages": [good, bad, good]})
+            response = await phone.poll({"messages": [good, no_sender, not_a_number, good]})
             assert response.status_code == 200
+            answers.append(response.json()["messages"])
         rows = (
             await db_session.scalars(
-                select(GatewayIncomingMessage).where(
-                    GatewayIncomingMessage.gateway_id == phone.gateway.id
+                select(Message).where(
+                    Message.channel == "gateway", Message.patient_id == patient.id
                 )
             )
         ).all()
-        assert [(r.gateway_message_id, r.sender, r.content) for r in rows] == [
-            (good["id"], "+8801711000009", "STOP")
+        assert [(r.provider_message_id, r.phone_e164, r.text) for r in rows] == [
+            (good["id"], patient.mobile_e164, "STOP")
         ]
-        assert rows[0].sms_received is not None
-        assert int(rows[0].sms_received.timestamp() * 1000) == 1764800001000
+        assert int(rows[0].received_at.timestamp() * 1000) == 1764800001000
+        # STOP's answer goes back to the sender through the phone, once (the repeat is
+        # not acted on again).
+        [reply] = answers[0]
+        assert reply["to"] == patient.mobile_e164 and reply["content"]
+        assert answers[1] == []
 
 
 class TestErrors:
