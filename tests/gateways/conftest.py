@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import gzip
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 import pytest_asyncio
-from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.channels.base import basic_auth
@@ -64,27 +62,18 @@ async def register(
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def client(
-    api_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the app without an API key (a phone has none)."""
-    original = api_app.state.sessionmaker
-    api_app.state.sessionmaker = db_sessionmaker
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=api_app), base_url="http://test"
-        ) as c:
-            yield c
-    finally:
-        api_app.state.sessionmaker = original
-
-
-@pytest_asyncio.fixture(loop_scope="session")
 async def phone(
     client: httpx.AsyncClient, db_sessionmaker: async_sessionmaker[AsyncSession]
 ) -> Phone:
     gateway, secret = await register(db_sessionmaker, country="BD")
     return Phone(gateway, secret, client)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def other_phone(phone: Phone, db_sessionmaker: async_sessionmaker[AsyncSession]) -> Phone:
+    """A second phone of the same country."""
+    gateway, secret = await register(db_sessionmaker, country="BD")
+    return Phone(gateway, secret, phone.client)
 
 
 async def queue_message(

@@ -9,12 +9,12 @@ import uuid
 import httpx
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.channels.base import basic_auth
 from app.models import DeliveryAttempt, Message
 from tests.factories import make_patient_at
-from tests.gateways.conftest import APP_HEADERS, Phone, queue_message, register
+from tests.gateways.conftest import APP_HEADERS, Phone, queue_message
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -107,11 +107,10 @@ class TestOutgoing:
     async def test_two_phones_are_never_offered_one_message(
         self,
         phone: Phone,
+        other_phone: Phone,
         db_session: AsyncSession,
-        db_sessionmaker: async_sessionmaker[AsyncSession],
     ) -> None:
-        other_gateway, other_secret = await register(db_sessionmaker, country="BD")
-        other = Phone(other_gateway, other_secret, phone.client)
+        other = other_phone
         await queue_message(db_session)
         await db_session.commit()
         assert len((await phone.poll()).json()["messages"]) == 1
@@ -195,11 +194,10 @@ class TestUpdates:
     async def test_another_phones_message_cannot_be_reported(
         self,
         phone: Phone,
+        other_phone: Phone,
         db_session: AsyncSession,
-        db_sessionmaker: async_sessionmaker[AsyncSession],
     ) -> None:
-        other_gateway, other_secret = await register(db_sessionmaker, country="BD")
-        other = Phone(other_gateway, other_secret, phone.client)
+        other = other_phone
         _, attempt = await queue_message(db_session)
         await db_session.commit()
         await phone.poll()
