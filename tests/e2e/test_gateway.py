@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 # Outside production a gateway phone (a real SIM) reaches ALLOWED_RECIPIENTS only.
 # The last digit 1: the fake Twilio delivers.
-NUMBERS = [phone(1) for _ in range(2)]
+NUMBERS = [phone(1) for _ in range(3)]
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
@@ -52,8 +52,9 @@ def stack(gateway_stack: Stack) -> Stack:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def fake_gateway(
-    gateway_stack: Stack, stack_api: httpx.AsyncClient
+    request: pytest.FixtureRequest, gateway_stack: Stack, stack_api: httpx.AsyncClient
 ) -> AsyncIterator[FakeGateway]:
+    """A fake phone polling the stack; `fail_rate` by indirect parametrisation."""
     created = await stack_api.post(
         "/v1/gateways", json={"name": f"phone-{random.randrange(10**6)}", "country": "BD"}
     )
@@ -62,6 +63,7 @@ async def fake_gateway(
         url=f"{gateway_stack.api_url}/gateway/api/sms",
         user=created.json()["name"],
         password=created.json()["secret"],
+        fail_rate=getattr(request, "param", 0.0),
     )
     async with aiohttp.ClientSession() as session:
         yield FakeGateway(config, session)
@@ -110,3 +112,34 @@ async def test_reminders_go_through_the_phone_and_fall_back_when_it_goes_silent(
     listed = (await stack_api.get("/v1/gateways")).json()["data"]
     mine = next(g for g in listed if g["name"] == fake_gateway.config.user)
     assert mine["counts"] == {"delivered": 1, "taken-back": 1}
+
+
+@pytest.mark.parametrize("fake_gateway", [1.0], indirect=True)
+async def test_a_message_the_phone_reports_failed_goes_to_twilio(
+    stack_api: httpx.AsyncClient, fake_gateway: FakeGateway
+) -> None:
+    patient = await put_patient(stack_api, NUMBERS[2])
+    reminder = await schedule(stack_api, patient["id"])
+
+    async def offered() -> list[dict[str, str]] | None:
+        return await fake_gateway.poll() or None
+
+    [message] = await wait_until(offered, timeout=20, interval=0.2)
+    assert message["to"] == NUMBERS[2]
+    await fake_gateway.poll()  # UNSENT, then FAILED with its reason
+    await fake_gateway.poll()
+
+    async def on_sms() -> dict[str, Any] | None:
+        answer = dict((await stack_api.get(f"/v1/notifications/{reminder['id']}")).json())
+        return answer if len(answer["attempts"]) == 2 else None
+
+    done = await wait_until(on_sms, timeout=30, interval=0.2)
+    gateway_attempt, sms_attempt = done["attempts"]
+    assert gateway_attempt["status"] == "failed"
+    assert gateway_attempt["error_message"] == "generic failure"
+    assert gateway_attempt["state_history"][-1] == {
+        "state": "failed",
+        "at": gateway_attempt["state_history"][-1]["at"],
+        "reason": "generic failure",
+    }
+    assert sms_attempt["channel"] == "sms"
