@@ -1,8 +1,8 @@
 """Gateway phones (cht-gateway), and their attempts' state history
 
 Revision ID: 20261204_gateways
-Revises: 20261204_reconcile
-Create Date: 2026-12-04 21:10:00+00:00
+Revises: 20261204_webhooks
+Create Date: 2026-12-04 21:20:00+00:00
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "20261204_gateways"
-down_revision: str | None = "20261204_reconcile"
+down_revision: str | None = "20261204_webhooks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -2,7 +2,7 @@
 
 Revision ID: 20261204_duplicate_state
 Revises: 20261204_gateways
-Create Date: 2026-12-04 21:15:00+00:00
+Create Date: 2026-12-04 21:25:00+00:00
 """
 
 from collections.abc import Sequence
