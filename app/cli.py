@@ -39,6 +39,8 @@ cli = typer.Typer(
 api_keys_cli = typer.Typer(help="Manage the clinic system's API keys.", no_args_is_help=True)
 experiments_cli = typer.Typer(help="A/B experiments of reminder plans.", no_args_is_help=True)
 cli.add_typer(api_keys_cli, name="api-keys")
+gateways_cli = typer.Typer(help="Gateway phones (cht-gateway) that send SMS from their SIM.")
+cli.add_typer(gateways_cli, name="gateways")
 cli.add_typer(bench_cli, name="bench")
 cli.add_typer(experiments_cli, name="experiments")
 
@@ -129,6 +131,49 @@ def api_keys_create(name: Annotated[str, typer.Argument(help="Who the key is for
     key_id, plaintext = asyncio.run(auth_service.issue_api_key(database_url, name))
     console.print(f"Created API key [bold]{name}[/bold] (id {key_id}). Keep it now:")
     print(plaintext, flush=True)
+
+
+@gateways_cli.command("create")
+def gateways_create(
+    name: Annotated[str, typer.Argument(help="The phone's user name in cht-gateway.")],
+    country: Annotated[
+        str | None, typer.Option(help="The patients' country whose queue it serves (BD, IN).")
+    ] = None,
+    number: Annotated[
+        str | None, typer.Option(help="The phone's own number, E.164: never a recipient.")
+    ] = None,
+) -> None:
+    """Register a gateway phone. Its secret is the last line printed, shown only once."""
+    from pydantic import ValidationError
+
+    from app.errors import Conflict
+    from app.gateways import service as gateway_service
+    from app.gateways.schemas import GatewayIn
+
+    try:
+        wanted = GatewayIn(name=name, country=country, number=number)
+    except ValidationError as error:
+        fields = ", ".join(str(e["loc"][0]) for e in error.errors())
+        console.print(
+            f"[red]Invalid {fields}[/red]: a name without spaces or colons, "
+            "a two-letter country, an E.164 number (+8801...)."
+        )
+        raise typer.Exit(2) from None
+    database_url, _ = prepare_environment(redis=False, one_off=True)
+    require_migrated(database_url)
+    try:
+        gateway_id, secret = asyncio.run(
+            gateway_service.issue_gateway(database_url, wanted.name, wanted.country, wanted.number)
+        )
+    except Conflict as error:
+        console.print(f"[red]{error.message}[/red]")
+        raise typer.Exit(1) from None
+    console.print(
+        f"Created gateway [bold]{name}[/bold] (id {gateway_id}). In cht-gateway set the URL "
+        "to this service's /gateway/api/sms, the user name to the gateway's name and the "
+        "password to this secret. Keep it now:"
+    )
+    print(secret, flush=True)
 
 
 @cli.command()
@@ -280,6 +325,23 @@ def fake_twilio(
     if callback_delay is not None:
         options["callback_delay"] = callback_delay
     twilio.run(host, port, twilio.FakeTwilioConfig(**options))
+
+
+@cli.command("fake-gateway")
+def fake_gateway(
+    url: Annotated[str, typer.Option(help="The service's /gateway/api/sms URL.")],
+    user: Annotated[str, typer.Option(help="The gateway's name.")],
+    password: Annotated[str, typer.Option(help="The gateway's secret.")],
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 5.0,
+    fail_rate: Annotated[float, typer.Option(help="Share of messages reported FAILED.")] = 0.0,
+) -> None:
+    """Poll like a cht-gateway phone: take messages, report them sent and delivered."""
+    from app.fakes import gateway
+
+    config = gateway.FakeGatewayConfig(
+        url=url, user=user, password=password, interval=interval, fail_rate=fail_rate
+    )
+    asyncio.run(gateway.run_until_stopped(config))
 
 
 @cli.command("fake-whatsapp")

@@ -155,6 +155,20 @@ class Settings(BaseSettings):
     # Outside production, only these numbers are messaged, whatever the provider's URL
     # (a local proxy or tunnel may lead to a real one)...
     allowed_recipients: Annotated[list[str], NoDecode] = []
+    # Deny rules (CHT's): a recipient matching one ends `denied` on every channel, as do
+    # the registered gateway phones' own numbers. Prefixes are compared case-insensitively.
+    outgoing_deny_list: Annotated[list[str], NoDecode] = []
+    # Numbers with fewer digits than this (short codes); 0: no such rule.
+    outgoing_deny_shorter_than: int = Field(default=0, ge=0, le=20)
+    outgoing_deny_with_alphas: bool = False
+    # Gateway phones (cht-gateway): how many SMS a phone sends a minute (about one a
+    # second), which paces what each poll offers; a phone silent this long is offline,
+    # and what it was offered goes to the next channel.
+    gateway_rate_per_minute: int = Field(default=60, ge=1, le=6000)
+    gateway_offline_after_minutes: float = Field(default=10.0, gt=0)
+    # Loop guard: more than this many messages with the same recipient and text, each
+    # within 30 minutes of the previous, end `duplicate` and are not sent.
+    duplicate_limit: int = Field(default=5, ge=1, le=20)
     # ...unless every provider is one of the project's fakes, which reach nobody: then
     # anyone (`notify dev` and the tests set it). Refused in production.
     fake_providers: bool = False
@@ -221,6 +235,7 @@ class Settings(BaseSettings):
         "consent_stop_keywords",
         "consent_start_keywords",
         "consent_help_keywords",
+        "outgoing_deny_list",
         mode="before",
     )(_split_csv)
 

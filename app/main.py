@@ -24,6 +24,7 @@ from app.delivery.report_batcher import ReportBatcher
 from app.errors import install_error_handlers
 from app.events import endpoints as event_endpoints
 from app.experiments import endpoints as experiment_endpoints
+from app.gateways import endpoints as gateway_endpoints
 from app.gc_tuning import tune_gc
 from app.groups import endpoints as group_endpoints
 from app.imo import endpoints as imo_endpoints
@@ -66,6 +67,7 @@ def v1_router() -> APIRouter:
     router.include_router(event_endpoints.router)
     router.include_router(group_endpoints.router)
     router.include_router(broadcast_endpoints.router)
+    router.include_router(gateway_endpoints.router)
     router.include_router(conversation_endpoints.router)
     router.include_router(conversation_endpoints.patient_router)
     router.include_router(switch_endpoints.router)
@@ -131,5 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /v1 route's pattern (an eighth of a callback's CPU). Paths do not overlap.
     app.include_router(callback_endpoints.router)
     app.include_router(ops_endpoints.router)
+    # cht-gateway phones poll here with HTTP Basic auth (their own, not an API key).
+    app.include_router(gateway_endpoints.phone_router)
     app.include_router(v1_router())
     return app

@@ -50,6 +50,11 @@ CALLBACKS = Counter(
     "Provider callbacks by provider and result",
     ["provider", "result"],
 )
+GATEWAY_TAKEN_BACK = Counter(
+    "notify_gateway_messages_taken_back_total",
+    "Messages taken back from gateway phones that stopped polling, by gateway",
+    ["gateway"],
+)
 INBOUND_MESSAGES = Counter(
     "notify_inbound_messages_total",
     "Messages from patients by channel and match (matched, unmatched, duplicate)",

@@ -39,6 +39,8 @@ class NotificationState(enum.StrEnum):
     READ = "read"
     FAILED = "failed"
     DENIED = "denied"
+    # The loop guard stopped it: too many of the same text to the same number lately.
+    DUPLICATE = "duplicate"
     CLEARED = "cleared"
     MUTED = "muted"
     EXPIRED = "expired"
@@ -63,6 +65,8 @@ class NotificationEvent(enum.StrEnum):
     READ = "read"
     FAIL = "fail"
     DENY = "deny"
+    # The loop guard (DUPLICATE_LIMIT): never sent.
+    DUPLICATE = "duplicate"
     EXPIRE = "expire"
     # A provider's report that one of its attempts reached the patient (`raise_notifications`).
     REPORT_DELIVERED = "report_delivered"
@@ -87,6 +91,7 @@ EVENT_TARGET: dict[NotificationEvent, NotificationState] = {
     E.READ: S.READ,
     E.FAIL: S.FAILED,
     E.DENY: S.DENIED,
+    E.DUPLICATE: S.DUPLICATE,
     E.EXPIRE: S.EXPIRED,
     E.REPORT_DELIVERED: S.DELIVERED,
     E.REPORT_READ: S.READ,
@@ -114,6 +119,8 @@ EVENT_SOURCES: dict[NotificationEvent, frozenset[NotificationState]] = {
     # From `sent`: the provider reported the accepted message failed; no channel left.
     E.FAIL: frozenset({S.SENDING, S.SENT}),
     E.DENY: frozenset({S.SENDING, S.SENT}),
+    # Decided by the worker holding it, before any attempt.
+    E.DUPLICATE: frozenset({S.SENDING}),
     E.EXPIRE: frozenset({S.SENDING}),
     # Never from `sending`: the worker holding it settles it with what the attempt says.
     E.REPORT_DELIVERED: frozenset({S.SENT}),
@@ -136,9 +143,9 @@ EVENT_SOURCES: dict[NotificationEvent, frozenset[NotificationState]] = {
 # Progress towards the patient. No event lowers it but the internal steps back to try
 # the next channel or wait out a transient error: RETRY (to `scheduled`) and, after the
 # sweeper settled a claim too early, FALL_BACK (to `sending`); and, once, an unread
-# reminder's UNREAD_FALLBACK (to `scheduled`). The ends that need no
-# patient (failed, denied, cleared, expired) rank with `delivered`: only a read receipt
-# goes past them.
+# reminder's UNREAD_FALLBACK (to `scheduled`). The ends that need no patient (failed,
+# denied, duplicate, cleared, expired) rank with `delivered`: only a read receipt goes
+# past them.
 NOTIFICATION_RANK: dict[NotificationState, int] = {
     S.SCHEDULED: 0,
     S.MUTED: 0,
@@ -147,6 +154,7 @@ NOTIFICATION_RANK: dict[NotificationState, int] = {
     S.DELIVERED: 3,
     S.FAILED: 3,
     S.DENIED: 3,
+    S.DUPLICATE: 3,
     S.CLEARED: 3,
     S.EXPIRED: 3,
     S.READ: 4,
@@ -156,7 +164,7 @@ BACKWARD_EVENTS = frozenset({E.RETRY, E.FALL_BACK, E.UNREAD_FALLBACK})
 # Where the worker's outcome of a send (an `Outcome.state`) comes from: the events
 # `settle` writes, one per state it may write.
 SETTLE_EVENTS = frozenset(
-    {E.RETRY, E.FALL_BACK, E.ACCEPT, E.DELIVER, E.READ, E.FAIL, E.DENY, E.EXPIRE}
+    {E.RETRY, E.FALL_BACK, E.ACCEPT, E.DELIVER, E.READ, E.FAIL, E.DENY, E.DUPLICATE, E.EXPIRE}
 )
 # A provider's report on an attempt, as an event on its notification.
 REPORT_EVENTS = frozenset({E.REPORT_DELIVERED, E.REPORT_READ})
@@ -301,6 +309,8 @@ class ChannelName(enum.StrEnum):
     IMO = "imo"
     WHATSAPP = "whatsapp"
     SMS = "sms"
+    # SMS from a gateway phone's own SIM (cht-gateway), queued for its polls.
+    GATEWAY = "gateway"
 
 
 # Channels that report reads: a reminder taken there and not read may fall back once.

@@ -207,6 +207,23 @@ async def api(
         yield client
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(
+    api_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `api_app` without an API key (as a gateway phone or a stranger comes),
+    on the test's rolled-back transaction like `api`."""
+    original = api_app.state.sessionmaker
+    api_app.state.sessionmaker = db_sessionmaker
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api_app), base_url="http://test"
+        ) as c:
+            yield c
+    finally:
+        api_app.state.sessionmaker = original
+
+
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def stack(services: Services) -> AsyncIterator[Stack]:
     """One real stack shared by the session's end-to-end tests; reset the fakes or count

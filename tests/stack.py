@@ -164,13 +164,13 @@ class Database:
     url: str
 
     async def empty(self) -> None:
-        """No patient (nor anything of theirs), invitation round, API key, switch, group,
+        """No patient (nor anything of theirs), invitation round, API key, switch, gateway, group,
         broadcast or trigger rule."""
         async with self.engine.begin() as connection:
             await connection.execute(
                 text(
-                    "TRUNCATE patients, imo_invitation_rounds, api_keys, switches, groups, "
-                    "broadcasts, trigger_rules CASCADE"
+                    "TRUNCATE patients, imo_invitation_rounds, api_keys, switches, gateways, "
+                    "groups, broadcasts, trigger_rules CASCADE"
                 )
             )
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
 import pytest
-import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,21 +27,6 @@ def v1_routes(app: FastAPI) -> list[tuple[str, str]]:
             filled = re.sub(r"\{[^}]+\}", "x", path)
             routes.extend((method.upper(), filled) for method in sorted(operations))
     return routes
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def client(
-    api_app: FastAPI, db_sessionmaker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[httpx.AsyncClient]:
-    original = api_app.state.sessionmaker
-    api_app.state.sessionmaker = db_sessionmaker
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=api_app), base_url="http://test"
-        ) as c:
-            yield c
-    finally:
-        api_app.state.sessionmaker = original
 
 
 async def test_the_walk_finds_the_routes(api_app: FastAPI) -> None:

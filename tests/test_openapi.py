@@ -76,6 +76,8 @@ OPERATION_IDS = {
     "POST /v1/broadcasts": "start_broadcast",
     "GET /v1/broadcasts/{broadcast_id}": "get_broadcast",
     "POST /v1/broadcasts/{broadcast_id}/cancel": "cancel_broadcast",
+    "POST /v1/gateways": "create_gateway",
+    "GET /v1/gateways": "list_gateways",
     "POST /v1/conversations": "open_conversation",
     "GET /v1/conversations/{conversation_id}": "get_conversation",
     "POST /v1/conversations/{conversation_id}/close": "close_conversation",

@@ -26,6 +26,8 @@ from app.conversations import service as conversation_service
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery import reconcile, unread
 from app.delivery.dispatcher import Dispatcher, check_chains, sweep
+from app.delivery.loop_guard import LoopGuard
+from app.gateways import service as gateway_service
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
@@ -51,6 +53,7 @@ async def startup(ctx: Context) -> None:
         channels=channel_registry.build_channels(settings, http),
         limiters=channel_registry.build_limiters(settings, limiter_redis),
         signer=TokenSigner(settings.secret_key.get_secret_value()),
+        loop_guard=LoopGuard(limiter_redis, settings.duplicate_limit),
     )
     webhook_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     sender = WebhookSender(settings=settings, sessionmaker=sessionmaker, http=webhook_http)
@@ -99,6 +102,14 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
     return await sweep(ctx["sessionmaker"], ctx["settings"], datetime.now(UTC))
 
 
+async def take_back_from_offline_gateways(ctx: Context) -> int:
+    """Cron: what offline gateway phones were offered goes to the next channel. Safe on
+    every worker (SKIP LOCKED)."""
+    return await gateway_service.take_back_in_own_unit(
+        ctx["sessionmaker"], ctx["settings"], datetime.now(UTC)
+    )
+
+
 async def close_idle_conversations(ctx: Context) -> int:
     """Cron: close conversations idle for CONVERSATION_IDLE_DAYS. Safe on every worker."""
     async with ctx["sessionmaker"]() as session:
@@ -136,6 +147,7 @@ def _sweep_seconds(interval: int) -> set[int]:
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
+        take_back_from_offline_gateways,
         close_idle_conversations,
         hand_on_unread,
         reconcile_sent,
@@ -149,6 +161,12 @@ class WorkerSettings:
             second=_sweep_seconds(get_settings().sweep_interval_seconds),
             unique=True,
             run_at_startup=True,
+        ),
+        # With the sweeper: a phone's silence is noticed within a sweep interval.
+        cron(
+            take_back_from_offline_gateways,
+            second=_sweep_seconds(get_settings().sweep_interval_seconds),
+            unique=True,
         ),
         cron(hand_on_unread, second={41}, unique=True),
         cron(reconcile_sent, second={29}, unique=True),

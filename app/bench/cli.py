@@ -128,6 +128,20 @@ def callbacks(
     bench_callbacks.run(callbacks, concurrency, json_path, api_workers)
 
 
+@bench_cli.command("gateway")
+def gateway(
+    notifications: Annotated[list[int], typer.Option("--notifications", "-n")] = [1_000_000],  # noqa: B006
+    polls: Annotated[int, typer.Option(help="Polls measured.")] = 300,
+    json_path: JsonOption = None,
+) -> None:
+    """A cht-gateway poll (10 incoming, 20 updates) with a full table: latency."""
+    from app.bench import gateway as bench_gateway
+    from app.devtools.environment import prepare_environment
+
+    prepare_environment()
+    bench_gateway.run(notifications, polls, json_path)
+
+
 @bench_cli.command("schedule")
 def schedule(
     notifications: Annotated[list[int], typer.Option("--notifications", "-n")] = [10_000],  # noqa: B006

@@ -16,6 +16,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from app.channels.base import Channel, ChannelName
+from app.channels.gateway import GatewayQueueChannel
 from app.channels.imo import ImoChannel
 from app.channels.twilio_sms import TwilioSmsChannel
 from app.channels.whatsapp import WhatsAppCloudChannel, WhatsAppTwilioChannel
@@ -91,6 +92,11 @@ def whatsapp_channel(
     )
 
 
+def gateway_channel(settings: Settings, http: aiohttp.ClientSession) -> GatewayQueueChannel:
+    """Gateway phones: always available, used where CHANNEL_CHAINS names `gateway`."""
+    return GatewayQueueChannel()
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     """A channel: its adapter (None when not configured) and its account's shared limit."""
@@ -124,6 +130,15 @@ PROVIDERS: tuple[Provider, ...] = (
         whatsapp_channel,
         "ratelimit:whatsapp",
         lambda s: s.whatsapp_rate_limit_per_second,
+    ),
+    # Queueing costs nothing: the phones' own pace (GATEWAY_RATE_PER_MINUTE) is applied
+    # by their polls, per phone.
+    Provider(
+        ChannelName.GATEWAY,
+        lambda s: True,
+        gateway_channel,
+        "ratelimit:gateway",
+        lambda s: 10_000.0,
     ),
 )
 _BY_CHANNEL = {provider.channel: provider for provider in PROVIDERS}

@@ -35,6 +35,7 @@ from app.consent import service as consent_service
 from app.db.session import transient_database_error
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
+from app.delivery.loop_guard import LoopGuard
 from app.delivery.types import ClaimedNotification, Outcome, SendOn
 from app.notifications.window import MessagingWindow
 from app.observability import ATTEMPTS
@@ -90,9 +91,11 @@ class Dispatcher:
         channels: dict[str, Channel],
         limiters: dict[str, RateLimiter],
         signer: TokenSigner,
+        loop_guard: LoopGuard,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
+        self.loop_guard = loop_guard
         self.sessionmaker = sessionmaker
         self.channels = channels
         self.limiters = limiters
@@ -129,6 +132,9 @@ class Dispatcher:
                 self.settings.dispatch_batch_size,
                 no_whatsapp_days=self.settings.whatsapp_retry_no_account_days,
             )
+            gateway_numbers = (
+                await delivery_repository.gateway_numbers(session) if claimed else frozenset()
+            )
             await session.commit()
         if not claimed:
             return 0
@@ -144,6 +150,7 @@ class Dispatcher:
                 window=self.window,
                 settings=self.settings,
                 available=available,
+                gateway_numbers=gateway_numbers,
             )
             if isinstance(step, SendOn):
                 step = self._allowed(notification, step, board)
@@ -151,6 +158,7 @@ class Dispatcher:
                 sends.append(_Send(notification, step))
             else:
                 settled[notification.id] = step
+        sends = await self._without_loops(sends, settled)
         outcomes: Counter[str] = Counter()
         # Each round tries one channel per notification; failures fall back at once.
         while sends:
@@ -182,6 +190,33 @@ class Dispatcher:
             channel_index=step.index,
             failure_reason=f"not in ALLOWED_RECIPIENTS (APP_ENV={self.settings.app_env})",
         )
+
+    async def _without_loops(
+        self, sends: list[_Send], settled: dict[uuid.UUID, Outcome]
+    ) -> list[_Send]:
+        """The sends the loop guard lets through; the others end `duplicate`."""
+        repeated = await self.loop_guard.duplicates(
+            [
+                (s.notification.id, s.notification.mobile_e164 or "", s.notification.body)
+                for s in sends
+            ]
+        )
+        if not repeated:
+            return sends
+        reason = (
+            f"loop guard: more than {self.loop_guard.limit} messages with this text to this "
+            "number, each within 30 minutes of the previous"
+        )
+        for send in sends:
+            if send.notification.id in repeated:
+                settled[send.notification.id] = Outcome(
+                    S.DUPLICATE,
+                    channel_chain=send.step.chain,
+                    channel_index=send.step.index,
+                    failure_reason=reason,
+                )
+        log.warning("loop guard stopped %d messages", len(repeated))
+        return [s for s in sends if s.notification.id not in repeated]
 
     async def _round(
         self, sends: Sequence[_Send], settled: dict[uuid.UUID, Outcome], board: Switchboard

@@ -49,6 +49,25 @@ def eligible(channel: str, imo_status: str | None, whatsapp_unavailable: bool) -
     return True
 
 
+def deny_rule(phone: str, settings: Settings, gateway_numbers: frozenset[str]) -> str | None:
+    """The deny rule `phone` matches (CHT's outgoing deny rules), or None: it may be sent to.
+
+    A gateway phone's own number is never a recipient: a message to it would come back in.
+    """
+    if phone in gateway_numbers:
+        return "the number of a gateway phone"
+    lowered = phone.lower()
+    for prefix in settings.outgoing_deny_list:
+        if lowered.startswith(prefix.lower()):
+            return f"OUTGOING_DENY_LIST ({prefix})"
+    shorter_than = settings.outgoing_deny_shorter_than
+    if shorter_than and sum(c.isdigit() for c in phone) < shorter_than:
+        return f"OUTGOING_DENY_SHORTER_THAN ({shorter_than} digits)"
+    if settings.outgoing_deny_with_alphas and any(c.isalpha() for c in phone):
+        return "OUTGOING_DENY_WITH_ALPHAS"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ChainReport:
     """Which channels are configured, and the CHANNEL_CHAINS steps that are not (by
@@ -86,6 +105,7 @@ def first_step(
     window: MessagingWindow,
     settings: Settings,
     available: set[str],
+    gateway_numbers: frozenset[str] = frozenset(),
 ) -> Outcome | SendOn:
     """What to do with a freshly claimed notification: refuse it, put it off, or send."""
     if now >= n.expires_at:
@@ -96,6 +116,9 @@ def first_step(
         return Outcome(S.DENIED, failure_reason=OPTED_OUT)
     if n.mobile_e164 is None:
         return Outcome(S.DENIED, failure_reason="no mobile number")
+    rule = deny_rule(n.mobile_e164, settings, gateway_numbers)
+    if rule is not None:
+        return Outcome(S.DENIED, failure_reason=f"recipient denied by {rule}")
     if not window.contains(now, n.time_zone):
         return Outcome(
             S.SCHEDULED,

@@ -623,6 +623,12 @@ async def latest_attempt_id(session: AsyncSession, notification_id: uuid.UUID) -
     return latest
 
 
+async def gateway_numbers(session: AsyncSession) -> frozenset[str]:
+    """The gateway phones' own numbers: never recipients (deny rules)."""
+    rows = await session.execute(text("SELECT number FROM gateways WHERE number IS NOT NULL"))
+    return frozenset(rows.scalars())
+
+
 # Index-backed (ix_notifications_unread: the same conditions, then `expires_at`). A
 # purpose without its own rule takes the "*" rule, if any. Rows a callback or another
 # worker holds are skipped; a read receipt committed meanwhile takes a row out.

@@ -10,6 +10,7 @@ from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
 from app.models.experiment_group import ExperimentGroup
 from app.models.experiment_membership import ExperimentMembership
+from app.models.gateway import Gateway
 from app.models.group import Group, GroupMember
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
@@ -36,6 +37,7 @@ __all__ = [
     "ExperimentEnrolmentDay",
     "ExperimentGroup",
     "ExperimentMembership",
+    "Gateway",
     "Group",
     "GroupMember",
     "ImoAuthorization",

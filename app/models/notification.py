@@ -157,6 +157,23 @@ class DeliveryAttempt(TimestampMixin, Base):
             "created_at",
             postgresql_where=text("status = 'sending'"),
         ),
+        # The gateway phones' pool (queued, no phone yet) and what each phone was offered
+        # and has not acknowledged: what a poll answers, oldest first.
+        Index(
+            "ix_delivery_attempts_gateway_pool",
+            "created_at",
+            "id",
+            postgresql_where=text(
+                "channel = 'gateway' AND gateway_state IS NULL AND status = 'sent'"
+            ),
+        ),
+        Index(
+            "ix_delivery_attempts_gateway_offered",
+            "gateway_id",
+            "created_at",
+            "id",
+            postgresql_where=text("gateway_state = 'forwarded-to-gateway'"),
+        ),
         # The reconciler: attempts still `sent`, by channel, oldest first.
         Index(
             "ix_delivery_attempts_sent",
@@ -180,6 +197,12 @@ class DeliveryAttempt(TimestampMixin, Base):
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
+    # Gateway phones only: the phone that took the message, where it stands on the
+    # phone (None: queued; `forwarded-to-gateway`, `received-by-gateway`, ...), and every
+    # status change with its time, `[{"state", "at", "reason"?}]`.
+    gateway_id: Mapped[int | None] = mapped_column(ForeignKey("gateways.id", ondelete="SET NULL"))
+    gateway_state: Mapped[str | None] = mapped_column(String(30))
+    state_history: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     # Look-ups of a `sent` attempt at its provider, and the last one (app/delivery/reconcile.py).
     reconcile_checks: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     reconciled_at: Mapped[datetime | None]

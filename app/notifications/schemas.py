@@ -54,6 +54,11 @@ class DeliveryAttemptOut(BaseModel):
     delivered_at: datetime | None
     read_at: datetime | None
     failed_at: datetime | None
+    state_history: list[dict[str, str]] | None = Field(
+        default=None,
+        description="Gateway phones: every state the phone reported, "
+        "`[{state, at, reason?}]`, oldest first",
+    )
 
     @classmethod
     def from_model(cls, attempt: DeliveryAttempt) -> Self:
@@ -69,6 +74,7 @@ class DeliveryAttemptOut(BaseModel):
             delivered_at=attempt.delivered_at,
             read_at=attempt.read_at,
             failed_at=attempt.failed_at,
+            state_history=attempt.state_history,
         )
 
 

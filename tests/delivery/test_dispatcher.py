@@ -28,6 +28,7 @@ from app.channels.base import (
 from app.config import Settings
 from app.delivery import provider_reports
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.loop_guard import LoopGuard
 from app.delivery.types import Report
 from app.models import DeliveryAttempt, ImoAuthorization, Notification, Patient
 from app.security import TokenSigner
@@ -89,6 +90,7 @@ def make_dispatcher(
         channels=channels,
         limiters=channel_registry.build_limiters(settings, redis),
         signer=TokenSigner("test"),
+        loop_guard=LoopGuard(redis, settings.duplicate_limit),
     )
 
 
@@ -111,6 +113,8 @@ async def patient_with(
 
 async def due(session: AsyncSession, patient: Patient, **overrides: Any) -> Notification:
     overrides.setdefault("due_at", datetime.now(UTC) - timedelta(seconds=1))
+    # A text of its own: the same text to the same number many times is the loop guard's.
+    overrides.setdefault("body", f"Your visit is on 2026-12-01 ({uuid.uuid4().hex[:8]}).")
     notification = await make_notification(session, patient, **overrides)
     await session.commit()
     return notification

@@ -72,7 +72,7 @@ async def dispatcher(
 ) -> Dispatcher:
     settings = whatsapp_settings(fakes, whatsapp_url)
     channels = channel_registry.build_channels(settings, http)
-    assert set(channels) == {"imo", "sms", "whatsapp"}
+    assert set(channels) == {"imo", "sms", "whatsapp", "gateway"}
     return make_dispatcher(settings, db_sessionmaker, redis, channels)
 
 

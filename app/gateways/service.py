@@ -1,0 +1,237 @@
+"""Gateway phones: registering them, authenticating their polls, and what a poll does.
+
+A poll (cht-gateway's POST to /gateway/api/sms) does three things in one unit of work:
+hands the SMS the phone received to the two-way path (once per id), records the
+statuses it reports on the messages it was given (the attempt's state history, and for
+SENT, DELIVERED and FAILED the same report path as every provider's callbacks), and
+answers with the messages due for it (and the answers to what it received).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import uuid
+from collections import Counter
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth.service import hash_key
+from app.channels.base import ChannelName
+from app.channels.inbound import IncomingMessage, sender_e164
+from app.config import Settings
+from app.db.session import create_engine_and_sessionmaker
+from app.delivery import provider_reports
+from app.delivery.types import Report
+from app.errors import Conflict
+from app.gateways import protocol
+from app.gateways import repository as gateway_repository
+from app.gateways.protocol import Poll
+from app.messages import service as message_service
+from app.models import Gateway
+from app.observability import GATEWAY_TAKEN_BACK
+from app.states import AttemptStatus
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "gw_"  # noqa: S105 - a prefix, not a secret
+
+
+async def create_gateway(
+    session: AsyncSession, name: str, country: str | None, number: str | None
+) -> tuple[Gateway, str]:
+    """Register a phone; returns the row and its secret, which is never stored. Flushes."""
+    if await gateway_repository.name_taken(session, name):
+        raise Conflict(f"a gateway named {name!r} exists already")
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    gateway = Gateway(
+        name=name,
+        country=country.upper() if country else None,
+        number=number,
+        secret_hash=hash_key(secret),
+    )
+    session.add(gateway)
+    await session.flush()
+    return gateway, secret
+
+
+async def issue_gateway(
+    database_url: str, name: str, country: str | None, number: str | None
+) -> tuple[int, str]:
+    """Create and commit a gateway in a unit of work of its own (`notify gateways
+    create`); returns (its id, its secret)."""
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            gateway, secret = await create_gateway(session, name, country, number)
+            await session.commit()
+            return gateway.id, secret
+    finally:
+        await engine.dispose()
+
+
+async def authenticate(session: AsyncSession, name: str, secret: str) -> Gateway | None:
+    """The gateway these HTTP Basic credentials name, or None."""
+    if len(secret) > 200:
+        return None
+    gateway = await gateway_repository.by_name(session, name)
+    # Compared in constant time, and hashed even for an unknown name.
+    digest = hash_key(secret)
+    if gateway is None or not hmac.compare_digest(gateway.secret_hash, digest):
+        return None
+    return gateway
+
+
+async def poll(
+    session: AsyncSession,
+    settings: Settings,
+    gateway: Gateway,
+    received: Poll,
+    now: datetime,
+) -> list[gateway_repository.Offered]:
+    """Apply a gateway's poll and return what it should send. Flushes; caller commits."""
+    fresh = pace(settings.gateway_rate_per_minute, gateway.last_polled_at, now)
+    await gateway_repository.touch(session, gateway.id, now)
+    replies = await store_incoming(session, settings, gateway, received)
+    await record_updates(session, gateway, received.updates, now)
+    room = protocol.MAX_OFFERED - len(replies)
+    return replies + await gateway_repository.offer(session, gateway, room, fresh, now)
+
+
+def pace(rate_per_minute: int, last_polled_at: datetime | None, now: datetime) -> int:
+    """How many new messages a poll may hand the phone: what it can send at its rate
+    since its previous poll (at least one), a full answer on its first poll."""
+    if last_polled_at is None:
+        return protocol.MAX_OFFERED
+    seconds = max((now - last_polled_at).total_seconds(), 0.0)
+    return min(protocol.MAX_OFFERED, max(1, int(rate_per_minute * seconds / 60)))
+
+
+async def store_incoming(
+    session: AsyncSession, settings: Settings, gateway: Gateway, received: Poll
+) -> list[gateway_repository.Offered]:
+    """Hand the SMS the phone received to the two-way path (stored once per id, matched
+    to a patient, STOP/START/HELP, routed to a conversation) -> the answers to send back
+    to their senders, in this poll's answer, as Twilio's come back in its TwiML. A sender
+    that is not a phone number is dropped; the rest of the batch stands."""
+    replies = []
+    dropped = received.dropped
+    for message in received.messages:
+        try:
+            sender = sender_e164(message.sender)
+        except ValueError:
+            dropped += 1
+            continue
+        outcome = await message_service.receive(
+            session,
+            settings,
+            IncomingMessage(
+                channel=ChannelName.GATEWAY,
+                provider_message_id=message.id,
+                sender_e164=sender,
+                text=message.content,
+                received_at=message.sms_received,
+            ),
+        )
+        if outcome.reply:
+            replies.append(gateway_repository.Offered(str(uuid.uuid4()), sender, outcome.reply))
+    if dropped:
+        log.warning("gateway poll: entries dropped", extra={"gateway": gateway.name, "n": dropped})
+    return replies
+
+
+async def record_updates(
+    session: AsyncSession, gateway: Gateway, updates: list[protocol.Update], now: datetime
+) -> None:
+    """Append each status to its attempt's history (an identical repeat is not recorded
+    again); SENT, DELIVERED and FAILED are also reports on the attempt, as a provider's
+    callback is. Updates for ids this gateway was never given are ignored."""
+    attempts = await gateway_repository.lock_attempts(session, gateway.id, [u.id for u in updates])
+    changed: dict[str, gateway_repository.GatewayAttempt] = {}
+    reports: list[Report] = []
+    unknown = 0
+    for update in updates:
+        attempt = changed.get(update.id) or attempts.get(update.id)
+        if attempt is None:
+            unknown += 1
+            continue
+        entry = protocol.history_entry(update.state, now, update.reason)
+        if update.state == protocol.UNRECOGNISED:
+            entry["status"] = update.status
+        last = attempt.history[-1] if attempt.history else None
+        if last is not None and _same(last, entry):
+            continue
+        gateway_state = (
+            attempt.gateway_state if update.state == protocol.UNRECOGNISED else update.state
+        )
+        changed[update.id] = replace(
+            attempt, gateway_state=gateway_state, history=[*attempt.history, entry]
+        )
+        status = protocol.STATUS_REPORTS.get(update.status)
+        if status is not None:
+            reports.append(
+                Report(
+                    attempt_id=attempt.id,
+                    status=status,
+                    provider_message_id=update.id,
+                    provider_status=update.status,
+                    error_message=update.reason,
+                )
+            )
+    if unknown:
+        log.warning("gateway reported unknown ids", extra={"gateway": gateway.name, "n": unknown})
+    await gateway_repository.write_states(session, list(changed.values()))
+    if reports:
+        await provider_reports.apply_reports(session, reports)
+
+
+def _same(last: dict[str, object], entry: dict[str, str]) -> bool:
+    """The same status again (its time aside)."""
+    return {k: v for k, v in last.items() if k != "at"} == {
+        k: v for k, v in entry.items() if k != "at"
+    }
+
+
+async def take_back_from_offline(
+    session: AsyncSession, settings: Settings, now: datetime, limit: int = 1000
+) -> int:
+    """Messages offered to a phone silent for GATEWAY_OFFLINE_AFTER_MINUTES and not yet
+    acknowledged: taken back, and failed as a provider's failure report would, so each
+    goes to the next channel of its chain (or fails when none is left). Flushes."""
+    cutoff = now - timedelta(minutes=settings.gateway_offline_after_minutes)
+    taken = await gateway_repository.take_back(session, cutoff, now, limit)
+    if not taken:
+        return 0
+    await provider_reports.apply_reports(
+        session,
+        [
+            Report(
+                attempt_id=attempt_id,
+                status=AttemptStatus.FAILED,
+                provider_message_id=message_id,
+                provider_status=protocol.TAKEN_BACK,
+                error_message=f"gateway {gateway} offline",
+            )
+            for attempt_id, message_id, gateway in taken
+        ],
+    )
+    for gateway, count in Counter(gateway for _, _, gateway in taken).items():
+        GATEWAY_TAKEN_BACK.labels(gateway).inc(count)
+        log.warning(
+            "gateway offline: its messages go to the next channel",
+            extra={"gateway": gateway, "taken_back": count},
+        )
+    return len(taken)
+
+
+async def take_back_in_own_unit(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
+) -> int:
+    """`take_back_from_offline` in a unit of work of its own (the worker's cron job)."""
+    async with sessionmaker() as session:
+        taken = await take_back_from_offline(session, settings, now)
+        await session.commit()
+    return taken

@@ -1,0 +1,308 @@
+"""Conformance: /gateway/api/sms driven with the cht-gateway app's own requests (its
+headers, gzip bodies), every case of the protocol."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.channels.base import basic_auth
+from app.models import DeliveryAttempt, Message
+from tests.factories import make_patient_at
+from tests.gateways.conftest import APP_HEADERS, Phone, queue_message
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def attempt_of(session: AsyncSession, attempt_id: int) -> DeliveryAttempt:
+    session.expire_all()
+    attempt = await session.get(DeliveryAttempt, attempt_id)
+    assert attempt is not None
+    return attempt
+
+
+class TestAuthentication:
+    async def test_get_answers_the_apps_settings_check(self, phone: Phone) -> None:
+        response = await phone.client.get("/gateway/api/sms", headers=phone.headers())
+        assert response.status_code == 200
+        assert response.json() == {"medic-gateway": True}
+
+    @pytest.mark.parametrize("method", ["GET", "POST"])
+    async def test_wrong_missing_or_malformed_credentials_are_401(
+        self, phone: Phone, method: str
+    ) -> None:
+        for authorization in (
+            basic_auth(phone.gateway.name, "wrong"),
+            basic_auth("nobody", phone.secret),
+            "Basic !!!",
+            f"Bearer {phone.secret}",
+            None,
+        ):
+            headers = {**APP_HEADERS}
+            if authorization:
+                headers["Authorization"] = authorization
+            response = await phone.client.request(
+                method, "/gateway/api/sms", headers=headers, content=b"{}"
+            )
+            assert response.status_code == 401, authorization
+            assert response.json()["error"] is True
+            assert response.headers["www-authenticate"].startswith("Basic")
+
+
+class TestOutgoing:
+    async def test_empty_and_absent_lists_answer_no_messages(self, phone: Phone) -> None:
+        for body in ({}, {"messages": None, "updates": None}, {"messages": [], "updates": []}):
+            response = await phone.poll(body)
+            assert response.status_code == 200
+            assert response.json() == {"messages": []}
+        response = await phone.poll({"extra": 1, "messages": [], "version": "1.0"}, compress=False)
+        assert response.json() == {"messages": []}
+
+    async def test_due_messages_are_offered_oldest_first_until_acknowledged(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        _, a1 = await queue_message(db_session, body="first")
+        _, a2 = await queue_message(db_session, body="second", mobile_e164="+8801711000002")
+        await db_session.commit()
+        answer = (await phone.poll()).json()["messages"]
+        assert answer == [
+            {"id": a1.provider_message_id, "to": "+8801711000001", "content": "first"},
+            {"id": a2.provider_message_id, "to": "+8801711000002", "content": "second"},
+        ]
+        # Offered again until the phone says UNSENT (it has it).
+        assert (await phone.poll()).json()["messages"] == answer
+        response = await phone.poll(
+            {"updates": [{"id": a1.provider_message_id, "status": "UNSENT"}]}
+        )
+        assert [m["id"] for m in response.json()["messages"]] == [a2.provider_message_id]
+        attempt = await attempt_of(db_session, a1.id)
+        assert attempt.gateway_id == phone.gateway.id
+        assert [h["state"] for h in attempt.state_history or []] == [
+            "forwarded-to-gateway",
+            "received-by-gateway",
+        ]
+
+    async def test_at_most_25_messages_per_poll(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        for _ in range(27):
+            await queue_message(db_session)
+        await db_session.commit()
+        assert len((await phone.poll()).json()["messages"]) == 25
+
+    async def test_a_phone_is_offered_its_own_countrys_messages_only(
+        self,
+        phone: Phone,
+        db_session: AsyncSession,
+    ) -> None:
+        await queue_message(db_session, country="IN", mobile_e164="+919800000001")
+        await db_session.commit()
+        assert (await phone.poll()).json()["messages"] == []
+
+    async def test_two_phones_are_never_offered_one_message(
+        self,
+        phone: Phone,
+        other_phone: Phone,
+        db_session: AsyncSession,
+    ) -> None:
+        other = other_phone
+        await queue_message(db_session)
+        await db_session.commit()
+        assert len((await phone.poll()).json()["messages"]) == 1
+        assert (await other.poll()).json()["messages"] == []
+
+
+class TestUpdates:
+    async def test_statuses_are_recorded_in_the_history_and_move_the_notification(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        notification, attempt = await queue_message(db_session)
+        await db_session.commit()
+        message_id = attempt.provider_message_id
+        await phone.poll()
+        updates = [
+            {"id": message_id, "status": "UNSENT"},
+            {"id": message_id, "status": "PENDING"},
+            {"id": message_id, "status": "PENDING"},
+            {"id": message_id, "status": "SENT"},
+            {"id": message_id, "status": "DELIVERED"},
+        ]
+        response = await phone.poll({"updates": updates})
+        assert response.status_code == 200
+        stored = await attempt_of(db_session, attempt.id)
+        assert [h["state"] for h in stored.state_history or []] == [
+            "forwarded-to-gateway",
+            "received-by-gateway",
+            "forwarded-by-gateway",
+            "sent",
+            "delivered",
+        ]
+        assert all("at" in h for h in stored.state_history or [])
+        assert stored.status == "delivered" and stored.sent_at is not None
+        await db_session.refresh(notification)
+        assert notification.state == "delivered"
+        # The same again later records nothing new.
+        await phone.poll({"updates": updates[-1:]})
+        assert len((await attempt_of(db_session, attempt.id)).state_history or []) == 5
+
+    async def test_failed_with_reason_fails_over_to_the_next_channel(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        notification, attempt = await queue_message(db_session)
+        await db_session.commit()
+        await phone.poll()
+        update = {"id": attempt.provider_message_id, "status": "FAILED", "reason": "no credit"}
+        await phone.poll({"updates": [update]})
+        stored = await attempt_of(db_session, attempt.id)
+        assert stored.status == "failed" and stored.error_message == "no credit"
+        assert (stored.state_history or [])[-1]["reason"] == "no credit"
+        await db_session.refresh(notification)
+        # The chain's next channel (sms) is tried.
+        assert notification.state == "scheduled" and notification.channel_index == 1
+
+    async def test_unrecognised_statuses_and_unknown_ids_break_nothing(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        _, attempt = await queue_message(db_session)
+        await db_session.commit()
+        await phone.poll()
+        response = await phone.poll(
+            {
+                "updates": [
+                    {"id": "no-such-id", "status": "SENT"},
+                    {"id": attempt.provider_message_id, "status": "WAITING"},
+                    {"id": attempt.provider_message_id, "status": "UNSENT"},
+                    {"status": "SENT"},
+                    "garbage",
+                ]
+            }
+        )
+        assert response.status_code == 200
+        history = (await attempt_of(db_session, attempt.id)).state_history or []
+        assert [h["state"] for h in history] == [
+            "forwarded-to-gateway",
+            "unrecognised",
+            "received-by-gateway",
+        ]
+        assert history[1]["status"] == "WAITING"
+
+    async def test_another_phones_message_cannot_be_reported(
+        self,
+        phone: Phone,
+        other_phone: Phone,
+        db_session: AsyncSession,
+    ) -> None:
+        other = other_phone
+        _, attempt = await queue_message(db_session)
+        await db_session.commit()
+        await phone.poll()
+        await other.poll({"updates": [{"id": attempt.provider_message_id, "status": "SENT"}]})
+        stored = await attempt_of(db_session, attempt.id)
+        assert stored.status == "sent"
+        assert [h["state"] for h in stored.state_history or []] == ["forwarded-to-gateway"]
+
+
+class TestIncoming:
+    async def test_messages_go_to_the_two_way_path_once_and_a_bad_one_is_dropped(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session)
+        await db_session.commit()
+        good = {
+            "id": str(uuid.uuid4()),
+            "from": patient.mobile_e164,
+            "content": "STOP",
+            "sms_sent": 1764800000000,
+            "sms_received": 1764800001000,
+            "unknown_field": True,
+        }
+        no_sender = {"id": str(uuid.uuid4()), "content": "no sender"}
+        not_a_number = {"id": str(uuid.uuid4()), "from": "MPESA", "content": "hi"}
+        answers = []
+        for _ in range(2):
+            response = await phone.poll({"messages": [good, no_sender, not_a_number, good]})
+            assert response.status_code == 200
+            answers.append(response.json()["messages"])
+        rows = (
+            await db_session.scalars(
+                select(Message).where(
+                    Message.channel == "gateway", Message.patient_id == patient.id
+                )
+            )
+        ).all()
+        assert [(r.provider_message_id, r.phone_e164, r.text) for r in rows] == [
+            (good["id"], patient.mobile_e164, "STOP")
+        ]
+        assert int(rows[0].received_at.timestamp() * 1000) == 1764800001000
+        # STOP's answer goes back to the sender through the phone, once (the repeat is
+        # not acted on again).
+        [reply] = answers[0]
+        assert reply["to"] == patient.mobile_e164 and reply["content"]
+        assert answers[1] == []
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        "raw",
+        [b"not json", b"[]", b'{"messages": {}}', b'{"updates": "x"}'],
+    )
+    async def test_a_body_outside_the_protocol_is_400(self, phone: Phone, raw: bytes) -> None:
+        response = await phone.client.post("/gateway/api/sms", content=raw, headers=phone.headers())
+        assert response.status_code == 400
+        body = response.json()
+        assert body["error"] is True and body["message"]
+
+    async def test_broken_gzip_is_400(self, phone: Phone) -> None:
+        response = await phone.client.post(
+            "/gateway/api/sms",
+            content=gzip.compress(b'{"messages": []}')[:-6],
+            headers=phone.headers(**{"Content-Encoding": "gzip"}),
+        )
+        assert response.status_code == 400 and response.json()["error"] is True
+
+    async def test_a_zip_bomb_is_refused_after_decompression(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        # 64 MiB of spaces inflate from about 64 KiB: under the request limit compressed.
+        bomb = gzip.compress(b"{" + b" " * (64 * 1024 * 1024) + b"}", compresslevel=9)
+        response = await phone.client.post(
+            "/gateway/api/sms",
+            content=bomb,
+            headers=phone.headers(**{"Content-Encoding": "gzip"}),
+        )
+        assert response.status_code == 413
+        assert response.json()["error"] is True
+
+    async def test_an_unknown_content_encoding_is_415(self, phone: Phone) -> None:
+        response = await phone.client.post(
+            "/gateway/api/sms", content=b"{}", headers=phone.headers(**{"Content-Encoding": "br"})
+        )
+        assert response.status_code == 415
+
+
+async def test_a_poll_counts_as_the_gateways_last_poll(
+    phone: Phone, api: httpx.AsyncClient, db_session: AsyncSession
+) -> None:
+    await phone.poll()
+    listed = (await api.get("/v1/gateways")).json()["data"]
+    mine = next(g for g in listed if g["id"] == phone.gateway.id)
+    assert mine["last_polled_at"] is not None
+
+
+class TestPace:
+    async def test_new_messages_wait_for_the_phones_pace_offered_ones_do_not(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        await queue_message(db_session)
+        await db_session.commit()
+        assert len((await phone.poll()).json()["messages"]) == 1
+        for _ in range(3):
+            await queue_message(db_session)
+        await db_session.commit()
+        # At once again: the one already offered, and one new.
+        assert len((await phone.poll()).json()["messages"]) == 2
