@@ -38,9 +38,11 @@ cli = typer.Typer(
 )
 api_keys_cli = typer.Typer(help="Manage the clinic system's API keys.", no_args_is_help=True)
 experiments_cli = typer.Typer(help="A/B experiments of reminder plans.", no_args_is_help=True)
+operators_cli = typer.Typer(help="Manage the dashboard's operators.", no_args_is_help=True)
 cli.add_typer(api_keys_cli, name="api-keys")
 cli.add_typer(bench_cli, name="bench")
 cli.add_typer(experiments_cli, name="experiments")
+cli.add_typer(operators_cli, name="operators")
 
 
 def main() -> None:
@@ -127,6 +129,46 @@ def api_keys_create(name: Annotated[str, typer.Argument(help="Who the key is for
     key_id, plaintext = asyncio.run(auth_service.issue_api_key(database_url, name))
     console.print(f"Created API key [bold]{name}[/bold] (id {key_id}). Keep it now:")
     print(plaintext, flush=True)
+
+
+@operators_cli.command("create")
+def operators_create(
+    email: Annotated[str, typer.Argument(help="The operator's email: their login.")],
+    role: Annotated[
+        str, typer.Option(help="viewer: read; support: also see phone numbers; admin: switches.")
+    ] = "viewer",
+) -> None:
+    """Create a dashboard operator. The password is the last line printed, shown only once."""
+    from app.errors import AppError
+    from app.operators import service as operator_service
+
+    database_url, _ = prepare_environment(redis=False, one_off=True)
+    require_migrated(database_url)
+    try:
+        password = asyncio.run(operator_service.issue_operator(database_url, email, role))
+    except AppError as refused:
+        err_console.print(f"[red]error:[/red] {refused.message}")
+        raise typer.Exit(1) from None
+    console.print(f"Created operator [bold]{email}[/bold] ({role}). Their password, shown once:")
+    print(password, flush=True)
+
+
+@operators_cli.command("revoke")
+def operators_revoke(
+    email: Annotated[str, typer.Argument(help="The operator's email.")],
+) -> None:
+    """Disable an operator and end every dashboard session of theirs at once."""
+    from app.errors import AppError
+    from app.operators import service as operator_service
+
+    database_url, _ = prepare_environment(redis=False, one_off=True)
+    require_migrated(database_url)
+    try:
+        ended = asyncio.run(operator_service.revoke_operator(database_url, email))
+    except AppError as refused:
+        err_console.print(f"[red]error:[/red] {refused.message}")
+        raise typer.Exit(1) from None
+    console.print(f"Operator [bold]{email}[/bold] disabled; {ended} live session(s) ended.")
 
 
 @cli.command()

@@ -14,6 +14,7 @@ from app.appointments import endpoints as appointment_endpoints
 from app.auth.dependencies import require_api_key
 from app.callbacks import endpoints as callback_endpoints
 from app.config import Settings, get_settings
+from app.dashboard.endpoints import install_dashboard
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.report_batcher import ReportBatcher
 from app.errors import install_error_handlers
@@ -98,4 +99,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(callback_endpoints.router)
     app.include_router(ops_endpoints.router)
     app.include_router(v1_router())
+    install_dashboard(app)
     return app

@@ -11,6 +11,7 @@ from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
 from app.models.notification import DeliveryAttempt, Notification
+from app.models.operator import Operator, OperatorSession
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
 from app.models.template import Template
@@ -28,6 +29,8 @@ __all__ = [
     "ImoInvitationBatch",
     "ImoInvitationRound",
     "Notification",
+    "Operator",
+    "OperatorSession",
     "Patient",
     "ReminderPlan",
     "Template",
