@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from app import observability
 from app.channels import registry as channel_registry
 from app.config import get_settings
+from app.dashboard import repository as dashboard_repository
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.dispatcher import Dispatcher, sweep
 from app.gc_tuning import tune_gc
@@ -85,6 +86,15 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
     return await sweep(ctx["sessionmaker"], ctx["settings"], datetime.now(UTC))
 
 
+async def fold_notification_counts(ctx: Context) -> int:
+    """Cron: fold the dashboard's count deltas into the hourly counts. Safe on every
+    worker at once (app/dashboard/repository.py)."""
+    async with ctx["sessionmaker"]() as session:
+        moved = await dashboard_repository.fold_counts(session)
+        await session.commit()
+        return moved
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -93,6 +103,7 @@ def _sweep_seconds(interval: int) -> set[int]:
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
+        fold_notification_counts,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
     ]
@@ -104,6 +115,7 @@ class WorkerSettings:
             run_at_startup=True,
         ),
         invitations.scheduled_round_cron(get_settings()),
+        cron(fold_notification_counts, second={41}, unique=True),
     ]
     on_startup = startup
     on_shutdown = shutdown

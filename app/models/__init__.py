@@ -11,6 +11,7 @@ from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
 from app.models.notification import DeliveryAttempt, Notification
+from app.models.notification_count import NotificationCount, NotificationCountDelta
 from app.models.operator import Operator, OperatorSession
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
@@ -29,6 +30,8 @@ __all__ = [
     "ImoInvitationBatch",
     "ImoInvitationRound",
     "Notification",
+    "NotificationCount",
+    "NotificationCountDelta",
     "Operator",
     "OperatorSession",
     "Patient",
