@@ -110,6 +110,24 @@ class Settings(BaseSettings):
     imo_action_label: str = "Official Website"
     imo_action_url: str = ""
 
+    # Words a patient may write, alone, to withdraw reminder consent (STOP), restore it
+    # (START) or ask for help (HELP); any case, surrounding punctuation ignored.
+    consent_stop_keywords: Annotated[list[str], NoDecode] = [
+        *("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"),
+        *("বন্ধ", "বাতিল", "থামুন"),
+        *("रोकें", "रोको", "बंद", "रद्द"),
+    ]
+    consent_start_keywords: Annotated[list[str], NoDecode] = [
+        *("START", "UNSTOP", "YES"),
+        *("শুরু", "চালু", "হ্যাঁ"),
+        *("शुरू", "चालू", "हाँ", "हां"),
+    ]
+    consent_help_keywords: Annotated[list[str], NoDecode] = ["HELP", "সাহায্য", "मदद", "सहायता"]
+    # A STOP withdraws consent on every channel (`all`) or on the one it came by.
+    opt_out_scope: Literal["all", "channel"] = "all"
+    # A conversation with no message either way for this many days is closed.
+    conversation_idle_days: int = Field(default=14, ge=1)
+
     sentry_dsn: str = ""
     allowed_recipients: Annotated[list[str], NoDecode] = []
 
@@ -147,7 +165,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    _csv = field_validator("twilio_sms_from", "allowed_recipients", mode="before")(_split_csv)
+    _csv = field_validator(
+        "twilio_sms_from",
+        "allowed_recipients",
+        "consent_stop_keywords",
+        "consent_start_keywords",
+        "consent_help_keywords",
+        mode="before",
+    )(_split_csv)
 
     @field_validator("sweep_interval_seconds")
     @classmethod

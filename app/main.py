@@ -14,6 +14,7 @@ from app.appointments import endpoints as appointment_endpoints
 from app.auth.dependencies import require_api_key
 from app.callbacks import endpoints as callback_endpoints
 from app.config import Settings, get_settings
+from app.conversations import endpoints as conversation_endpoints
 from app.dashboard.endpoints import install_dashboard
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.report_batcher import ReportBatcher
@@ -53,6 +54,8 @@ def v1_router() -> APIRouter:
     router.include_router(reminder_plan_endpoints.router)
     router.include_router(experiment_endpoints.router)
     router.include_router(imo_endpoints.router)
+    router.include_router(conversation_endpoints.router)
+    router.include_router(conversation_endpoints.patient_router)
     return router
 
 

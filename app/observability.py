@@ -41,6 +41,11 @@ CALLBACKS = Counter(
     "Provider callbacks by provider and result",
     ["provider", "result"],
 )
+INBOUND_MESSAGES = Counter(
+    "notify_inbound_messages_total",
+    "Messages from patients by channel and match (matched, unmatched, duplicate)",
+    ["channel", "match"],
+)
 UNEXPECTED_PROVIDER_ANSWERS = Counter(
     "notify_unexpected_provider_answers_total",
     "Answers outside a provider's known vocabulary",

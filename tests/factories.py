@@ -2,6 +2,8 @@
 
 - `patient_body(**overrides)`: a valid `PUT /v1/patients/{id}` body (Bangladesh, mobile).
 - `make_patient(session, **overrides)`: a stored Patient row (flushed, not committed).
+- `make_patient_at(session, number=None, **overrides)`: one whose only number is
+  `number` (a fresh `unique_mobile()` by default).
 - `make_notification(session, patient, **overrides)`: a stored Notification row.
 - `running_app(settings)`: the app built from `settings`, its lifespan running.
 - `api_client(app, sessionmaker)`: an httpx client on the app whose units of work come
@@ -64,6 +66,25 @@ async def make_patient(session: AsyncSession, **overrides: Any) -> Patient:
     session.add(patient)
     await session.flush()
     return patient
+
+
+def unique_mobile(prefix: str = "+88017") -> str:
+    """A mobile number no other test uses: `prefix` and eight random digits."""
+    return f"{prefix}{uuid.uuid4().int % 10**8:08d}"
+
+
+async def make_patient_at(
+    session: AsyncSession, number: str | None = None, **overrides: Any
+) -> Patient:
+    """A stored Patient whose one (mobile) number is `number`, a fresh one by default:
+    for what matches a patient by number (inbound messages, opt-outs)."""
+    number = number or unique_mobile()
+    return await make_patient(
+        session,
+        phone_numbers=[{"number": number, "type": "mobile"}],
+        mobile_e164=number,
+        **overrides,
+    )
 
 
 async def make_notification(

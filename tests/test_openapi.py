@@ -62,6 +62,11 @@ OPERATION_IDS = {
     "POST /v1/imo/invitations/run": "start_imo_invitation_round",
     "GET /v1/imo/invitations/runs/{run_id}": "get_imo_invitation_round",
     "GET /v1/imo/authorizations/summary": "get_imo_authorization_summary",
+    "POST /v1/conversations": "open_conversation",
+    "GET /v1/conversations/{conversation_id}": "get_conversation",
+    "POST /v1/conversations/{conversation_id}/close": "close_conversation",
+    "POST /v1/conversations/{conversation_id}/messages": "write_message",
+    "GET /v1/patients/{patient_id}/messages": "list_patient_messages",
 }
 
 

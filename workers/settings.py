@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from app import observability
 from app.channels import registry as channel_registry
 from app.config import get_settings
+from app.conversations import service as conversation_service
 from app.dashboard import repository as dashboard_repository
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.dispatcher import Dispatcher, sweep
@@ -86,6 +87,16 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
     return await sweep(ctx["sessionmaker"], ctx["settings"], datetime.now(UTC))
 
 
+async def close_idle_conversations(ctx: Context) -> int:
+    """Cron: close conversations idle for CONVERSATION_IDLE_DAYS. Safe on every worker."""
+    async with ctx["sessionmaker"]() as session:
+        closed = await conversation_service.close_idle(session, ctx["settings"], datetime.now(UTC))
+        await session.commit()
+    if closed:
+        log.info("closed idle conversations", extra={"count": len(closed)})
+    return len(closed)
+
+
 async def fold_notification_counts(ctx: Context) -> int:
     """Cron: fold the dashboard's count deltas into the hourly counts. Safe on every
     worker at once (app/dashboard/repository.py)."""
@@ -103,6 +114,7 @@ def _sweep_seconds(interval: int) -> set[int]:
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
+        close_idle_conversations,
         fold_notification_counts,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
@@ -115,6 +127,7 @@ class WorkerSettings:
             run_at_startup=True,
         ),
         invitations.scheduled_round_cron(get_settings()),
+        cron(close_idle_conversations, minute={7, 37}, unique=True),
         cron(fold_notification_counts, second={41}, unique=True),
     ]
     on_startup = startup

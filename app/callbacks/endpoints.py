@@ -22,13 +22,19 @@ from pydantic import BaseModel
 
 from app import callback_urls
 from app.channels import twilio_signature, whatsapp
-from app.channels.twilio_sms import normalised_status, parse_status_callback
+from app.channels.twilio_sms import (
+    normalised_status,
+    parse_inbound,
+    parse_status_callback,
+    twiml_reply,
+)
 from app.db.session import DbSession
 from app.delivery import provider_reports
 from app.delivery.report_batcher import ReportBatcher, report_batcher
 from app.delivery.types import Report
 from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
+from app.messages import service as message_service
 from app.observability import CALLBACKS
 from app.security import TokenSigner
 from app.states import AttemptStatus
@@ -207,14 +213,21 @@ async def twilio_status(
 )
 async def twilio_inbound(
     request: Request,
+    session: DbSession,
     x_twilio_signature: Annotated[str | None, Header()] = None,
 ) -> Response:
+    """Stored once per MessageSid (Twilio retries); an answer to the sender, if any, is
+    the TwiML `<Message>`, so it goes back on the number and channel the patient used."""
     fields = await _fields(request)
     _check_twilio_signature(request, fields, x_twilio_signature)
-    # Two-way messaging is not built yet: acknowledge, count, and keep no text.
+    try:
+        incoming = parse_inbound(fields)
+    except ValueError as exc:
+        CALLBACKS.labels("twilio", "bad_inbound").inc()
+        raise BadCallback(str(exc)) from exc
+    received = await message_service.receive(session, request.app.state.settings, incoming)
     CALLBACKS.labels("twilio", "inbound").inc()
-    log.info("inbound message", extra={"message_sid": fields.get("MessageSid", "")[:64]})
-    return Response('<?xml version="1.0" encoding="UTF-8"?><Response/>', media_type="text/xml")
+    return Response(twiml_reply(received.reply), media_type="text/xml")
 
 
 @router.get(
@@ -249,8 +262,13 @@ async def whatsapp_verify(
 async def whatsapp_statuses(
     request: Request,
     batcher: Batcher,
+    session: DbSession,
     x_hub_signature_256: Annotated[str | None, Header()] = None,
 ) -> Accepted:
+    """Statuses go to the report batcher; patients' messages are stored (once per
+    message id) and acted on like any inbound message. An answer the service has for the
+    patient (a consent confirmation, the numbered list) is logged, not sent: the Cloud
+    API takes no answer in the webhook's response."""
     raw = await _body(request)
     secret = request.app.state.settings.whatsapp_app_secret.get_secret_value()
     if not whatsapp.signature_is_valid(secret, raw, x_hub_signature_256 or ""):
@@ -258,6 +276,7 @@ async def whatsapp_statuses(
         raise Forbidden("invalid X-Hub-Signature-256")
     try:
         statuses = whatsapp.parse_statuses(raw)
+        incoming = whatsapp.parse_messages(raw)
     except ValueError as exc:
         raise BadCallback(str(exc)) from exc
     reports = []
@@ -283,6 +302,18 @@ async def whatsapp_statuses(
     if not await _first_time(request, replay_key):
         CALLBACKS.labels("whatsapp", "replayed").inc()
         raise Forbidden("this webhook was accepted before")
+    try:
+        for message in incoming:
+            received = await message_service.receive(session, request.app.state.settings, message)
+            CALLBACKS.labels("whatsapp", "inbound").inc()
+            if received.reply:
+                log.warning(
+                    "an answer to a WhatsApp Cloud message was not sent",
+                    extra={"message_id": received.message_id},
+                )
+    except BaseException:
+        await _forget(request, replay_key)
+        raise
     results = await asyncio.gather(
         *(batcher.submit(report) for report in reports), return_exceptions=True
     )

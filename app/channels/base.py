@@ -56,9 +56,8 @@ class OutgoingMessage:
     status_reference: str = ""
     # WhatsApp: the approved template this text is sent as, when its template has one.
     whatsapp_template: WhatsAppTemplateMessage | None = None
-    # WhatsApp: inside the 24-hour customer-service window (the patient wrote to us in the
-    # last 24 h) `text` may go out as it is. Nothing sets it yet: that needs inbound
-    # messages (two-way messaging), so WhatsApp sends templates only.
+    # WhatsApp: inside the 24-hour customer-service window (the patient wrote to us on
+    # WhatsApp in the last 24 h) `text` may go out as it is.
     free_text_allowed: bool = False
 
 
@@ -148,11 +147,13 @@ class PermanentChannelError(ChannelError):
     `unexpected` marks an answer outside the provider's known vocabulary, which is
     reported to Sentry with the request and response. `maybe_sent` marks a success
     that could not be read (a 2xx without a message id): the provider may have taken
-    the message, so it is neither resent nor sent on another channel. `no_account` marks
-    a number without an account on this channel (WhatsApp 131026): the next channel is
-    tried, and this one is not tried again for a while. `template_rejected` names a
-    WhatsApp template the provider does not have or cannot fill (132000, 132001): no
-    message of that template can go out until an operator fixes it, so the notification
+    the message, so it is neither resent nor sent on another channel. `opted_out` marks
+    a recipient who told the provider to stop (Twilio 21610): not on this channel again.
+    `no_account` marks a number without an account on this channel (WhatsApp 131026):
+    the next channel is tried, and this one is not tried again for a while.
+    `template_rejected` names a WhatsApp template the provider does not have or cannot
+    fill (132000, 132001): no message of that template can go out until an operator
+    fixes it, so the notification
     fails with the reason rather than hiding the fault behind a fallback.
     """
 
@@ -163,6 +164,7 @@ class PermanentChannelError(ChannelError):
         recipient_invalid: bool = False,
         unexpected: bool = False,
         maybe_sent: bool = False,
+        opted_out: bool = False,
         no_account: bool = False,
         template_rejected: str = "",
         **kwargs: object,
@@ -171,6 +173,7 @@ class PermanentChannelError(ChannelError):
         self.recipient_invalid = recipient_invalid
         self.unexpected = unexpected
         self.maybe_sent = maybe_sent
+        self.opted_out = opted_out
         self.no_account = no_account
         self.template_rejected = template_rejected
 

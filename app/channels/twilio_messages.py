@@ -36,6 +36,7 @@ WHATSAPP_PREFIX = "whatsapp:"
 
 class _Outcome(enum.Enum):
     RECIPIENT_INVALID = "recipient_invalid"
+    OPTED_OUT = "opted_out"
     NO_ACCOUNT = "no_account"
     TEMPLATE_REJECTED = "template_rejected"
     PERMANENT = "permanent"
@@ -48,6 +49,7 @@ class _Outcome(enum.Enum):
 _OUTCOME_BY_CODE: dict[int, _Outcome] = {
     21211: _Outcome.RECIPIENT_INVALID,  # the 'To' number is not a valid phone number
     21614: _Outcome.RECIPIENT_INVALID,  # the 'To' number is not a mobile number
+    21610: _Outcome.OPTED_OUT,  # the recipient replied STOP to this sender
     20429: _Outcome.TRANSIENT,  # too many requests
     21611: _Outcome.TRANSIENT,  # the 'From' number's queue is full: later is fine
     # WhatsApp through Twilio:
@@ -161,6 +163,7 @@ class TwilioMessages:
                 reason,
                 code=str(twilio_code),
                 recipient_invalid=outcome is _Outcome.RECIPIENT_INVALID,
+                opted_out=outcome is _Outcome.OPTED_OUT,
                 no_account=outcome is _Outcome.NO_ACCOUNT,
                 template_rejected=template if outcome is _Outcome.TEMPLATE_REJECTED else "",
                 **common,

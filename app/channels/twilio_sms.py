@@ -7,10 +7,12 @@ import itertools
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from xml.sax.saxutils import escape as xml_escape
 
 import aiohttp
 
 from app.channels.base import ChannelName, OutgoingMessage, SendResult
+from app.channels.inbound import IncomingMessage, Media, sender_e164
 from app.channels.twilio_messages import TwilioMessages
 
 # Twilio's message statuses -> the service's delivery statuses.
@@ -106,3 +108,46 @@ class TwilioSmsChannel:
         if message.callback_url:
             form["StatusCallback"] = message.callback_url
         return await self._messages.create(form, message)
+
+
+def parse_inbound(params: Mapping[str, str]) -> IncomingMessage:
+    """Twilio's inbound-message webhook (SMS, or WhatsApp when `From` says `whatsapp:`).
+
+    Raises ValueError without MessageSid or with a `From` that is not a phone number.
+    Media are kept by reference: their content type and Twilio's media sid (`ME...`).
+    """
+    sid = params.get("MessageSid") or params.get("SmsSid") or ""
+    if not sid:
+        raise ValueError("inbound message without MessageSid")
+    raw_sender = params.get("From", "")
+    channel = ChannelName.WHATSAPP if raw_sender.startswith("whatsapp:") else ChannelName.SMS
+    try:
+        count = int(params.get("NumMedia") or 0)
+    except ValueError as exc:
+        raise ValueError("NumMedia is not a number") from exc
+    media = tuple(
+        Media(
+            content_type=params.get(f"MediaContentType{i}", "")[:100],
+            provider_media_id=params.get(f"MediaUrl{i}", "").rstrip("/").rsplit("/", 1)[-1][:200],
+        )
+        for i in range(min(count, 10))
+        if params.get(f"MediaUrl{i}")
+    )
+    return IncomingMessage(
+        channel=channel,
+        provider_message_id=sid[:100],
+        sender_e164=sender_e164(raw_sender),
+        text=params.get("Body", ""),
+        media=media,
+    )
+
+
+def twiml_reply(text: str | None) -> str:
+    """The TwiML answer to an inbound message: empty, or one message back."""
+    if not text:
+        return '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Message>'
+        + xml_escape(text)
+        + "</Message></Response>"
+    )

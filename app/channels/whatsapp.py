@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -35,6 +36,7 @@ from app.channels.base import (
     json_object,
     redact,
 )
+from app.channels.inbound import IncomingMessage, Media, sender_e164
 from app.channels.twilio_messages import WHATSAPP_PREFIX, TwilioMessages
 from app.logs import mask_phone
 
@@ -328,10 +330,9 @@ class WhatsAppStatus:
         return _NORMALISED_STATUS.get(self.status, "unknown")
 
 
-def parse_statuses(raw_body: bytes) -> list[WhatsAppStatus]:
-    """Every message status in a webhook (one may carry many; other changes, such as
-    inbound messages, are skipped). Raises ValueError for a body that is not a
-    WhatsApp Business Account webhook."""
+def _values(raw_body: bytes) -> list[dict[str, Any]]:
+    """The `value` of every change in a webhook. Raises ValueError for a body that is not
+    a WhatsApp Business Account webhook."""
     try:
         data = orjson.loads(raw_body)
     except orjson.JSONDecodeError as exc:
@@ -341,15 +342,79 @@ def parse_statuses(raw_body: bytes) -> list[WhatsAppStatus]:
     entries = data.get("entry")
     if not isinstance(entries, list):
         raise ValueError("webhook without entries")
-    statuses: list[WhatsAppStatus] = []
+    values = []
     for entry in entries:
         changes = entry.get("changes") if isinstance(entry, dict) else None
         for change in changes if isinstance(changes, list) else ():
             value = change.get("value") if isinstance(change, dict) else None
-            reported = value.get("statuses") if isinstance(value, dict) else None
-            for item in reported if isinstance(reported, list) else ():
-                statuses.append(_status(item))
+            if isinstance(value, dict):
+                values.append(value)
+    return values
+
+
+def parse_statuses(raw_body: bytes) -> list[WhatsAppStatus]:
+    """Every message status in a webhook (one may carry many; inbound messages are
+    parse_messages'). Raises ValueError for a body that is not a WhatsApp Business
+    Account webhook."""
+    statuses: list[WhatsAppStatus] = []
+    for value in _values(raw_body):
+        reported = value.get("statuses")
+        for item in reported if isinstance(reported, list) else ():
+            statuses.append(_status(item))
     return statuses
+
+
+# Message types whose content stays with Meta: kept as (mime type, media id).
+_MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
+
+
+def parse_messages(raw_body: bytes) -> list[IncomingMessage]:
+    """Every message a patient sent, in a webhook. Raises ValueError for a body that is
+    not a WhatsApp Business Account webhook, or a message without id or sender."""
+    messages: list[IncomingMessage] = []
+    for value in _values(raw_body):
+        received = value.get("messages")
+        for item in received if isinstance(received, list) else ():
+            messages.append(_incoming(item))
+    return messages
+
+
+def _incoming(item: object) -> IncomingMessage:
+    if not isinstance(item, dict):
+        raise ValueError("a message that is not an object")
+    message_id, sender, kind = item.get("id"), item.get("from"), item.get("type")
+    if not isinstance(message_id, str) or not message_id:
+        raise ValueError("a message without an id")
+    if not isinstance(sender, str):
+        raise ValueError("a message without a sender")
+    body = item.get(kind) if isinstance(kind, str) else None
+    body = body if isinstance(body, dict) else {}
+    text = ""
+    if kind == "text":
+        text = str(body.get("body") or "")
+    elif kind == "button":
+        text = str(body.get("text") or "")
+    elif kind == "interactive":
+        reply = body.get("button_reply") or body.get("list_reply") or {}
+        text = str(reply.get("title") or "") if isinstance(reply, dict) else ""
+    media: tuple[Media, ...] = ()
+    if kind in _MEDIA_TYPES:
+        text = str(body.get("caption") or "")
+        media = (Media(str(body.get("mime_type") or kind)[:100], str(body.get("id") or "")[:200]),)
+    stamp = item.get("timestamp")
+    received_at = (
+        datetime.fromtimestamp(int(stamp), UTC)
+        if isinstance(stamp, str) and stamp.isdigit() and len(stamp) <= 12
+        else None
+    )
+    return IncomingMessage(
+        channel=ChannelName.WHATSAPP,
+        provider_message_id=message_id[:100],
+        sender_e164=sender_e164(sender),
+        text=text,
+        media=media,
+        received_at=received_at,
+    )
 
 
 def _status(item: object) -> WhatsAppStatus:
@@ -378,6 +443,7 @@ __all__ = [
     "WhatsAppCloudChannel",
     "WhatsAppStatus",
     "WhatsAppTwilioChannel",
+    "parse_messages",
     "parse_statuses",
     "signature",
     "signature_is_valid",

@@ -30,6 +30,7 @@ from app.channels.base import (
 )
 from app.channels.reporting import report_failure
 from app.config import Settings
+from app.consent import service as consent_service
 from app.db.session import transient_database_error
 from app.delivery import policy
 from app.delivery import repository as delivery_repository
@@ -181,6 +182,7 @@ class Dispatcher:
         results: list[delivery_repository.AttemptResult] = []
         fallbacks: list[_Send] = []
         downgrades: dict[str, str] = {}
+        opt_outs: dict[str, str] = {}
         no_whatsapp: list[uuid.UUID] = []
         for send, answer in zip(sends, answers, strict=True):
             n = send.notification
@@ -236,6 +238,9 @@ class Dispatcher:
             downgrade = policy.imo_downgrade(send.channel, answer)
             if downgrade:
                 downgrades[n.patient_id] = downgrade
+            opted_out = policy.provider_opt_out(send.channel, answer)
+            if opted_out:
+                opt_outs[n.patient_id] = opted_out
             if policy.no_whatsapp_account(send.channel, answer):
                 no_whatsapp.append(n.id)
             following = policy.after_error(
@@ -261,6 +266,7 @@ class Dispatcher:
                 session, self._reconcile(sends, attempt_ids, stored, settled)
             )
             await delivery_repository.downgrade_imo(session, downgrades)
+            await consent_service.record_provider_opt_outs(session, opt_outs)
             await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
 
         await self._retrying(write_back)
@@ -432,6 +438,7 @@ class Dispatcher:
             reference=str(n.id),
             status_reference=str(attempt_id),
             whatsapp_template=n.whatsapp_template,
+            free_text_allowed=n.whatsapp_window_open and send.channel == ChannelName.WHATSAPP,
         )
 
 

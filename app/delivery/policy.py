@@ -5,10 +5,12 @@ provider's answer means for the notification. No I/O here, so every rule is unit
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from app.channels.base import ChannelName, PermanentChannelError, TransientChannelError
 from app.config import Settings
+from app.consent.rules import OPTED_OUT, opted_out_everywhere, opted_out_of
 from app.delivery.types import ClaimedNotification, Outcome, SendOn
 from app.notifications.window import MessagingWindow
 from app.states import NotificationState
@@ -59,6 +61,8 @@ def first_step(
         return Outcome(S.EXPIRED, failure_reason="not sent while still useful")
     if n.reminder_consent != "granted":
         return Outcome(S.DENIED, failure_reason="no reminder consent")
+    if opted_out_everywhere(n.opted_out_channels):
+        return Outcome(S.DENIED, failure_reason=OPTED_OUT)
     if n.mobile_e164 is None:
         return Outcome(S.DENIED, failure_reason="no mobile number")
     if not window.contains(now, n.time_zone):
@@ -76,24 +80,33 @@ def first_step(
 
 
 def usable_index(
-    chain: list[str], index: int, imo_status: str | None, whatsapp_unavailable: bool = False
+    chain: list[str],
+    index: int,
+    imo_status: str | None,
+    whatsapp_unavailable: bool = False,
+    opted_out_channels: Sequence[str] = (),
 ) -> int | None:
     """The first channel from `index` on that can take the message, if any.
 
     Imo is skipped once the patient's authorisation is no longer `subscribed`, WhatsApp
-    once it said the number has no account.
+    once it said the number has no account, and a channel the patient opted out of always.
     """
     for position in range(index, len(chain)):
+        if opted_out_of(opted_out_channels, chain[position]):
+            continue
         if eligible(chain[position], imo_status, whatsapp_unavailable):
             return position
     return None
 
 
 def next_channel(n: ClaimedNotification, chain: list[str], index: int) -> Outcome | SendOn:
-    """The first usable channel from `index` on, or `failed` when none is left."""
-    usable = usable_index(chain, index, n.imo_status, n.whatsapp_unavailable)
+    """The first usable channel from `index` on; `denied` when the patient opted out of
+    every one left, `failed` when none is left otherwise."""
+    usable = usable_index(chain, index, n.imo_status, n.whatsapp_unavailable, n.opted_out_channels)
     if usable is not None:
         return SendOn(chain, usable)
+    if any(opted_out_of(n.opted_out_channels, c) for c in chain[index:]):
+        return Outcome(S.DENIED, channel_chain=chain, channel_index=index, failure_reason=OPTED_OUT)
     return Outcome(
         S.FAILED,
         channel_chain=chain,
@@ -130,6 +143,15 @@ def after_error(
             retry_count=n.retry_count,
             failure_reason=f"unconfirmed: {reason}",
             sent_at=now,
+        )
+    if isinstance(error, PermanentChannelError) and error.opted_out:
+        # The patient opted out of this channel at the provider (Twilio 21610): the
+        # dispatcher records it; the next channel may still carry the message.
+        following = next_channel(n, step.chain, step.index + 1)
+        if isinstance(following, SendOn):
+            return following
+        return Outcome(
+            S.DENIED, channel_chain=step.chain, channel_index=step.index, failure_reason=OPTED_OUT
         )
     if isinstance(error, PermanentChannelError) and error.recipient_invalid:
         return Outcome(
@@ -196,6 +218,13 @@ def describe(channel: str, error: Exception) -> str:
     code = getattr(error, "code", "") or type(error).__name__
     message = getattr(error, "message", "") or str(error)
     return f"{channel}: {code}: {message}"[:500]
+
+
+def provider_opt_out(channel: str, error: Exception) -> str | None:
+    """The channel a provider's refusal says the patient opted out of, if any."""
+    if isinstance(error, PermanentChannelError) and error.opted_out:
+        return channel
+    return None
 
 
 def template_rejected(error: Exception) -> bool:

@@ -60,6 +60,13 @@ _CLAIM = text(
     SELECT c.id, c.patient_id, c.title, c.body, c.locale, c.expires_at, c.channel_chain,
            c.channel_index, c.retry_count, c.claimed_at,
            p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
+           p.opted_out_channels,
+           -- WhatsApp's customer-service window: the patient wrote on WhatsApp in the
+           -- last 24 hours (ix_messages_patient_received), so free text may go.
+           EXISTS (SELECT FROM messages AS m
+                   WHERE m.patient_id = c.patient_id AND m.direction = 'in'
+                     AND m.channel = 'whatsapp'
+                     AND m.received_at > now() - interval '24 hours') AS whatsapp_window_open,
            a.status AS imo_status,
            COALESCE(p.whatsapp_no_account_at > now() - make_interval(days => :no_account_days),
                     false) AS whatsapp_unavailable,

@@ -5,6 +5,7 @@ provider's report on an attempt."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,6 +34,10 @@ class ClaimedNotification:
     imo_status: str | None
     # The claim's moment: a fencing token, so that a claim lost to the sweeper is not sent.
     claimed_at: datetime | None = None
+    # The channels the patient opted out of themselves ("*": all of them).
+    opted_out_channels: Sequence[str] = ()
+    # The patient wrote on WhatsApp in the last 24 hours: free text may go there.
+    whatsapp_window_open: bool = False
     # WhatsApp said lately that this number has no account (WHATSAPP_RETRY_NO_ACCOUNT_DAYS).
     whatsapp_unavailable: bool = False
     # The reminder's template as a WhatsApp template, its parameters filled in, if mapped.

@@ -16,6 +16,13 @@ Steering by the last digit of `To`:
 | `6` | 201 `queued` | `sent`, then `undelivered`, ErrorCode 30003 (unreachable handset) |
 | any other | 201 `queued` | `sent`, then `delivered` |
 
+A number marked opted out (`POST /_fake/opt-outs` {"number"}) is refused with a 400,
+code 21610, as Twilio refuses a recipient who replied STOP.
+
+`POST /_fake/inbound` {"url", "from", "body"[, "sid", "to"]} plays a patient writing
+in: the fake POSTs Twilio's signed inbound-message webhook to `url` and answers
+{"status", "sid", "reply"}, `reply` being the text of the TwiML `<Message>` (or null).
+
 Missing `To`, `From` or `Body` is a 400 with code 21604, 21603 or 21602; wrong
 credentials a 401 with code 20003.
 
@@ -54,14 +61,17 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import html
 import logging
 import math
 import os
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -161,6 +171,23 @@ def _num_segments(body: str) -> int:
     return 1 if units <= single else math.ceil(units / part)
 
 
+_TWIML_MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.DOTALL)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _twiml_message(twiml: str) -> str | None:
+    """The text of a TwiML answer's `<Message>`, if it has one."""
+    found = _TWIML_MESSAGE.search(twiml)
+    return None if found is None else html.unescape(found.group(1))
+
+
 def _whatsapp_refusal(
     to: str, sender: str, content_sid: object, content_variables: object
 ) -> web.Response | None:
@@ -221,6 +248,7 @@ class FakeTwilio:
         self.callbacks_sent = 0
         self.callbacks_failed = 0
         self.callbacks_rejected: Counter[int] = Counter()
+        self.opted_out: set[str] = set()
 
     # --- the Messages API -------------------------------------------------------------
 
@@ -267,6 +295,8 @@ class FakeTwilio:
                 body = f"<template {content_sid}>"
         if not isinstance(body, str) or not body:
             return _twilio_error(400, 21602, "Message body is required.")
+        if to in self.opted_out:
+            return _twilio_error(400, 21610, "Attempt to send to unsubscribed recipient")
         if not on_whatsapp and to[-1] == _INVALID_NUMBER_DIGIT:
             return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
 
@@ -410,6 +440,47 @@ class FakeTwilio:
             }
         )
 
+    async def opt_out(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        number = body.get("number") if body is not None else None
+        if not isinstance(number, str) or not number:
+            return json_response({"error": 'give the opted-out number as {"number": ...}'}, 400)
+        self.opted_out.add(number)
+        return json_response({"opted_out": sorted(self.opted_out)})
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """A patient writes in: Twilio's signed inbound webhook, POSTed to `url`."""
+        body = await _json_body(request)
+        fields = ("url", "from", "body")
+        if body is None or not all(isinstance(body.get(f), str) for f in fields):
+            return json_response({"error": "give url, from and body as strings"}, 400)
+        sid = body.get("sid") or "SM" + os.urandom(16).hex()
+        params = {
+            "MessageSid": str(sid),
+            "AccountSid": self.config.account_sid,
+            "From": body["from"],
+            "To": str(body.get("to") or "+15005550006"),
+            "Body": body["body"],
+            "NumMedia": "0",
+        }
+        url = body["url"]
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            twilio_signature.SIGNATURE_HEADER: twilio_signature.sign(
+                self.config.auth_token, url, params
+            ),
+        }
+        session = self._session
+        assert session is not None
+        try:
+            async with session.post(
+                url, data=urlencode(params).encode(), headers=headers, allow_redirects=False
+            ) as answer:
+                status, text = answer.status, await answer.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return json_response({"error": f"could not deliver: {type(exc).__name__}"}, 502)
+        return json_response({"status": status, "sid": sid, "reply": _twiml_message(text)})
+
     async def reset(self, request: web.Request) -> web.Response:
         await self._cancel_walks()
         self._apply(self.start_config)
@@ -455,6 +526,8 @@ def create_app(config: FakeTwilioConfig | None = None) -> web.Application:
     app.router.add_post(
         f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json", fake.create_message
     )
+    app.router.add_post("/_fake/opt-outs", fake.opt_out)
+    app.router.add_post("/_fake/inbound", fake.inbound)
     server.add_test_hooks(app, fake)
     return app
 

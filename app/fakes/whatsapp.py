@@ -18,10 +18,12 @@ Steering by the last digit of `to`:
 | `4`-`9` | 200, accepted | `sent`, `delivered`, `read` |
 
 Each status follows the one before after `callback_delay` seconds. A free-text message
-(`type: text`) is refused with 131047 (re-engagement): nobody ever wrote to the fake, so
-no customer-service window is open. With `templates` set (name -> number of body
-parameters), an unknown template is refused with 132001 and a wrong parameter count
-with 132000; unset, every template is taken. A wrong token is a 401 with code 190.
+(`type: text`) is refused with 131047 (re-engagement) unless the recipient wrote in the
+last 24 hours: `POST /_fake/inbound` {"from", "body"[, "id"]} plays a patient writing,
+opens their window and sends the signed `messages` webhook to `webhook_url`. With
+`templates` set (name -> number of body parameters), an unknown template is refused
+with 132001 and a wrong parameter count with 132000; unset, every template is taken.
+A wrong token is a 401 with code 190.
 
 Fault injection, drawn once per request from a seeded `random.Random` (all 0 by
 default, summing to at most 1): `error_rate` (500, non-JSON, not accepted),
@@ -40,6 +42,7 @@ import dataclasses
 import logging
 import os
 import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -67,6 +70,8 @@ from app.fakes.credentials import (
 log = logging.getLogger(__name__)
 
 HANG_SECONDS = 30.0
+# WhatsApp's customer-service window after a patient's message.
+WINDOW_SECONDS = 24 * 3600.0
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 
 RUNTIME_FIELDS = frozenset(
@@ -207,6 +212,8 @@ class FakeWhatsApp:
         self.webhooks_failed = 0
         self.webhooks_rejected: Counter[int] = Counter()
         self.statuses_sent: Counter[str] = Counter()
+        # wa_id -> when its customer-service window closes (time.monotonic()).
+        self.windows: dict[str, float] = {}
 
     # --- the messages API -------------------------------------------------------------
 
@@ -247,7 +254,8 @@ class FakeWhatsApp:
         message_id = "wamid.HBgM" + os.urandom(18).hex().upper()
         self.accepted += 1
         self.to_counts["+" + to] += 1
-        self.template_counts[payload["template"]["name"]] += 1
+        if payload.get("type") == "template":
+            self.template_counts[payload["template"]["name"]] += 1
         opaque = payload.get("biz_opaque_callback_data")
         if config.callbacks_enabled:
             statuses, error_code = STATUSES_BY_DIGIT[to[-1]]
@@ -264,6 +272,41 @@ class FakeWhatsApp:
             }
         )
 
+    def _window_open(self, wa_id: str) -> bool:
+        return self.windows.get(wa_id, 0.0) > time.monotonic()
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """A patient writes in: their window opens for 24 hours, and the signed
+        `messages` webhook goes to `webhook_url` (status null when none is set)."""
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        sender = body.get("from") if isinstance(body, dict) else None
+        text = body.get("body") if isinstance(body, dict) else None
+        if not isinstance(sender, str) or not isinstance(text, str):
+            return json_response({"error": "give from and body as strings"}, 400)
+        wa_id = sender.removeprefix("+")
+        self.windows[wa_id] = time.monotonic() + WINDOW_SECONDS
+        message_id = str(body.get("id") or "wamid.IN" + os.urandom(12).hex().upper())
+        item = {
+            "from": wa_id,
+            "id": message_id,
+            "timestamp": str(int(time.time())),
+            "type": "text",
+            "text": {"body": text},
+        }
+        session, url = self._session, self.config.webhook_url
+        if session is None or not url:
+            return json_response({"status": None, "id": message_id})
+        raw = self._webhook({"messages": [item], "contacts": [{"wa_id": wa_id}]})
+        headers = {
+            "Content-Type": "application/json",
+            whatsapp.SIGNATURE_HEADER: whatsapp.signature(self.config.app_secret, raw),
+        }
+        async with session.post(url, data=raw, headers=headers) as answer:
+            return json_response({"status": answer.status, "id": message_id})
+
     def _refusal(self, payload: Any) -> web.Response | None:
         """The Cloud API's answer to a payload it will not send, or None."""
         if not isinstance(payload, dict) or payload.get("messaging_product") != "whatsapp":
@@ -272,12 +315,17 @@ class FakeWhatsApp:
         if not isinstance(to, str) or not to.removeprefix("+").isdigit():
             return _error(400, 100, "Invalid parameter", "to must be a phone number")
         if payload.get("type") == "text":
-            return _error(
-                400,
-                131047,
-                "Re-engagement message",
-                "More than 24 hours have passed since the recipient last replied",
-            )
+            if not self._window_open(to.removeprefix("+")):
+                return _error(
+                    400,
+                    131047,
+                    "Re-engagement message",
+                    "More than 24 hours have passed since the recipient last replied",
+                )
+            text = payload.get("text")
+            if not isinstance(text, dict) or not isinstance(text.get("body"), str):
+                return _error(400, 131008, "Required parameter is missing", "text.body")
+            return None
         template = payload.get("template")
         if payload.get("type") != "template" or not isinstance(template, dict):
             return _error(400, 131051, "Unsupported message type")
@@ -337,6 +385,9 @@ class FakeWhatsApp:
         self._semaphore.release()
 
     def webhook_body(self, batch: list[_Status]) -> bytes:
+        return self._webhook({"statuses": [status.webhook_item() for status in batch]})
+
+    def _webhook(self, fields: dict[str, Any]) -> bytes:
         return orjson.dumps(
             {
                 "object": "whatsapp_business_account",
@@ -352,7 +403,7 @@ class FakeWhatsApp:
                                         "display_phone_number": "15550000000",
                                         "phone_number_id": self.config.phone_number_id,
                                     },
-                                    "statuses": [status.webhook_item() for status in batch],
+                                    **fields,
                                 },
                             }
                         ],
@@ -454,6 +505,7 @@ def create_app(config: FakeWhatsAppConfig | None = None) -> web.Application:
     app = web.Application()
     app[FAKE_WHATSAPP] = fake
     app.router.add_post("/{version}/{phone_number_id}/messages", fake.send_message)
+    app.router.add_post("/_fake/inbound", fake.inbound)
     server.add_test_hooks(app, fake)
     return app
 

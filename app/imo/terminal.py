@@ -1,7 +1,8 @@
 """An Imo invitation round run in this process, shown in a terminal (`notify invite`).
 
 Workers that are running join the round as they would any other; the progress bar
-shows the whole round. Heavy modules are imported inside the command.
+shows the whole round. Heavy modules are imported inside `run_round`, so that `notify
+--help` stays fast.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from app.models.api_key import ApiKey
 from app.models.appointment import Appointment
+from app.models.conversation import Conversation, ConversationRouting
 from app.models.delivery_report import DeliveryReport
 from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
@@ -10,6 +11,7 @@ from app.models.experiment_membership import ExperimentMembership
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
+from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
 from app.models.notification_count import NotificationCount, NotificationCountDelta
 from app.models.operator import Operator, OperatorSession
@@ -20,6 +22,8 @@ from app.models.template import Template
 __all__ = [
     "ApiKey",
     "Appointment",
+    "Conversation",
+    "ConversationRouting",
     "DeliveryAttempt",
     "DeliveryReport",
     "Experiment",
@@ -29,6 +33,7 @@ __all__ = [
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",
+    "Message",
     "Notification",
     "NotificationCount",
     "NotificationCountDelta",

@@ -4,12 +4,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Index, String, func, literal_column, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, TimestampMixin
 
 CONSENT_VALUES = ("granted", "denied")
+# In `opted_out_channels`: the patient withdrew consent on every channel.
+EVERY_CHANNEL = "*"
 
 
 class Patient(TimestampMixin, Base):
@@ -57,6 +59,12 @@ class Patient(TimestampMixin, Base):
     facility_id: Mapped[str | None] = mapped_column(String(64))
     facility_name: Mapped[str | None] = mapped_column(String(200))
     reminder_consent: Mapped[str] = mapped_column(String(10))
+    # Channels on which the patient withdrew consent themselves (STOP, or a provider's
+    # opt-out error), EVERY_CHANNEL for all. The clinic's `reminder_consent` cannot
+    # override it; only the patient's START can.
+    opted_out_channels: Mapped[list[str]] = mapped_column(
+        ARRAY(String(20)), server_default=text("'{}'")
+    )
     # When WhatsApp last said this number has no account (131026): the number is not tried
     # there for WHATSAPP_RETRY_NO_ACCOUNT_DAYS after. Cleared when the number changes.
     whatsapp_no_account_at: Mapped[datetime | None]

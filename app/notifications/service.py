@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
 from app.config import Settings
+from app.consent.rules import OPTED_OUT, opted_out_everywhere
 from app.errors import Conflict, InvalidInput, NotFound, field_error
 from app.models import Appointment, DeliveryAttempt, Notification, Patient
 from app.notifications import repository as notification_repository
@@ -120,6 +121,8 @@ async def schedule(
     if appointment is not None and appointment.patient_id != patient.id:
         appointment = None
 
+    # A patient who opted out of every channel is refused now, as the dispatcher would.
+    opted_out = opted_out_everywhere(patient.opted_out_channels)
     notification = Notification(
         id=uuid.uuid4(),
         patient_id=patient.id,
@@ -132,7 +135,8 @@ async def schedule(
         appointment_id=request.appointment_id,
         remind_on=request.remind_on,
         send_at=request.send_at,
-        state=S.SCHEDULED,
+        state=S.DENIED if opted_out else S.SCHEDULED,
+        failure_reason=OPTED_OUT if opted_out else None,
         due_at=due_at,
         expires_at=expiry_moment(settings, request.purpose, due_at, patient, appointment),
         channel_index=0,

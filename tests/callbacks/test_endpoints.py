@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,9 +19,15 @@ from app import callback_urls
 from app.channels import twilio_signature
 from app.config import Settings
 from app.delivery.report_batcher import ReportBatcher
-from app.models import DeliveryAttempt, DeliveryReport, ImoAuthorization, Notification
+from app.models import (
+    DeliveryAttempt,
+    DeliveryReport,
+    ImoAuthorization,
+    Message,
+    Notification,
+)
 from app.security import TokenSigner
-from tests.factories import make_notification, make_patient, running_app
+from tests.factories import make_notification, make_patient, make_patient_at, running_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -241,14 +249,118 @@ class TestTwilioStatus:
         assert await states(db_session, notification, attempt) == ("sent", "sent")
 
 
+def inbound_post(api: httpx.AsyncClient, params: dict[str, str], *, sign: bool = True) -> Any:
+    path = "/callbacks/twilio/inbound"
+    headers = {}
+    if sign:
+        headers["X-Twilio-Signature"] = twilio_signature.sign(TOKEN, BASE + path, params)
+    return api.post(path, data=params, headers=headers)
+
+
+def inbound_count(channel: str, match: str) -> float:
+    labels = {"channel": channel, "match": match}
+    return REGISTRY.get_sample_value("notify_inbound_messages_total", labels) or 0.0
+
+
+async def stored(session: AsyncSession, sid: str) -> list[Message]:
+    rows = await session.scalars(select(Message).where(Message.provider_message_id == sid))
+    return list(rows)
+
+
 class TestTwilioInbound:
-    async def test_signed_inbound_is_acknowledged(self, api: httpx.AsyncClient) -> None:
-        params = {"MessageSid": "SM9", "From": "+8801711000003", "Body": "hello"}
-        path = "/callbacks/twilio/inbound"
-        signed = twilio_signature.sign(TOKEN, BASE + path, params)
-        answer = await api.post(path, data=params, headers={"X-Twilio-Signature": signed})
+    async def test_a_patients_sms_is_stored_matched(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session)
+        number = patient.mobile_e164
+        assert number is not None
+        sid = f"SM{uuid.uuid4().hex}"
+        answer = await inbound_post(api, {"MessageSid": sid, "From": number, "Body": "hello"})
         assert answer.status_code == 200 and "<Response/>" in answer.text
-        assert (await api.post(path, data=params)).status_code == 403
+        [message] = await stored(db_session, sid)
+        assert (message.direction, message.channel, message.patient_id) == ("in", "sms", patient.id)
+        assert (message.phone_e164, message.text, message.media) == (number, "hello", [])
+        assert message.received_at is not None
+
+    async def test_any_number_of_the_patient_matches(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        landline = f"+88029{uuid.uuid4().int % 10**7:07d}"
+        patient = await make_patient(
+            db_session,
+            phone_numbers=[
+                {"number": "+8801711000001", "type": "mobile"},
+                {"number": landline, "type": "home"},
+            ],
+        )
+        sid = f"SM{uuid.uuid4().hex}"
+        await inbound_post(api, {"MessageSid": sid, "From": landline, "Body": "x"})
+        assert [m.patient_id for m in await stored(db_session, sid)] == [patient.id]
+
+    async def test_an_unknown_number_is_stored_unmatched_and_counted(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        before = inbound_count("sms", "unmatched")
+        sid = f"SM{uuid.uuid4().hex}"
+        answer = await inbound_post(
+            api, {"MessageSid": sid, "From": "+8801999999990", "Body": "who is this"}
+        )
+        assert answer.status_code == 200
+        [message] = await stored(db_session, sid)
+        assert message.patient_id is None and message.text == "who is this"
+        assert inbound_count("sms", "unmatched") == before + 1
+
+    async def test_a_repeated_webhook_stores_one_message(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": "+8801711000003", "Body": "hi"}
+        before = inbound_count("sms", "duplicate")
+        for _ in range(3):
+            assert (await inbound_post(api, params)).status_code == 200
+        assert len(await stored(db_session, params["MessageSid"])) == 1
+        assert inbound_count("sms", "duplicate") == before + 2
+
+    async def test_a_forged_webhook_is_a_403_and_stores_nothing(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": "+8801711000003", "Body": "hi"}
+        assert (await inbound_post(api, params, sign=False)).status_code == 403
+        path = "/callbacks/twilio/inbound"
+        forged = twilio_signature.sign("another-token", BASE + path, params)
+        answer = await api.post(path, data=params, headers={"X-Twilio-Signature": forged})
+        assert answer.status_code == 403
+        assert await stored(db_session, params["MessageSid"]) == []
+
+    async def test_media_are_kept_by_reference(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        sid = f"MM{uuid.uuid4().hex}"
+        media_url = f"https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/{sid}/Media/ME42"
+        params = {
+            "MessageSid": sid,
+            "From": "whatsapp:+8801711000003",
+            "Body": "",
+            "NumMedia": "1",
+            "MediaContentType0": "image/jpeg",
+            "MediaUrl0": media_url,
+        }
+        assert (await inbound_post(api, params)).status_code == 200
+        [message] = await stored(db_session, sid)
+        assert message.channel == "whatsapp" and message.phone_e164 == "+8801711000003"
+        assert message.media == [{"type": "image/jpeg", "provider_media_id": "ME42"}]
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"From": "+8801711000003", "Body": "no sid"},
+            {"MessageSid": "SM1", "From": "not a number", "Body": "x"},
+            {"MessageSid": "SM1", "From": "+8801711000003", "NumMedia": "many"},
+        ],
+    )
+    async def test_an_unreadable_message_is_a_400(
+        self, api: httpx.AsyncClient, params: dict[str, str]
+    ) -> None:
+        assert (await inbound_post(api, params)).status_code == 400
 
 
 class TestOneBadReportInABatch:
@@ -299,3 +411,69 @@ class TestOneBadReportInABatch:
         answer = await twilio_post(api, attempt.id, status_params("S" * 101, "delivered"))
         assert answer.status_code == 400
         assert await states(db_session, notification, attempt) == ("sent", "sent")
+
+
+async def write(api: httpx.AsyncClient, number: str, text: str) -> httpx.Response:
+    params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": number, "Body": text}
+    answer: httpx.Response = await inbound_post(api, params)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+class TestConsentKeywords:
+    async def test_stop_in_bengali_opts_out_denies_unsent_and_answers_once(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session)
+        unsent = await make_notification(db_session, patient)
+        muted = await make_notification(db_session, patient, state="muted")
+        sent = await make_notification(db_session, patient, state="sent")
+        params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": patient.mobile_e164, "Body": "বন্ধ"}
+        answer = await inbound_post(api, params)
+        assert answer.status_code == 200
+        assert "<Message>আপনি আর ক্লিনিক থেকে কোনো অনুস্মারক পাবেন না" in answer.text
+        await db_session.refresh(patient)
+        assert patient.opted_out_channels == ["*"]
+        for notification, state in ((unsent, "denied"), (muted, "denied"), (sent, "sent")):
+            await db_session.refresh(notification)
+            assert notification.state == state
+        assert unsent.failure_reason == "opted out"
+        # Twilio's retry of the same message: stored once, answered not again.
+        again = await inbound_post(api, params)
+        assert again.status_code == 200 and "<Response/>" in again.text
+
+    async def test_start_restores_and_answers_in_the_patients_language(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session, locale="hi-IN", country="IN")
+        await write(api, patient.mobile_e164, "STOP")
+        answer = await write(api, patient.mobile_e164, "शुरू")
+        assert "<Message>आपको फिर से क्लिनिक से अनुस्मारक मिलेंगे" in answer.text
+        await db_session.refresh(patient)
+        assert patient.opted_out_channels == []
+
+    async def test_help_answers_and_changes_nothing(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session, locale="en")
+        unsent = await make_notification(db_session, patient)
+        answer = await write(api, patient.mobile_e164, "help")
+        assert "<Message>Visit reminders from your clinic." in answer.text
+        await db_session.refresh(patient)
+        await db_session.refresh(unsent)
+        assert (patient.opted_out_channels, unsent.state) == ([], "scheduled")
+
+    async def test_a_sentence_with_stop_in_it_is_a_message(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session)
+        answer = await write(api, patient.mobile_e164, "please stop calling my brother")
+        assert "<Response/>" in answer.text
+        await db_session.refresh(patient)
+        assert patient.opted_out_channels == []
+
+    async def test_stop_from_an_unknown_number_is_stored_and_unanswered(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        answer = await write(api, "+8801999999991", "STOP")
+        assert "<Response/>" in answer.text

@@ -3,6 +3,7 @@ statuses (many to a webhook), and forged, unsigned and replayed ones refused."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,12 +12,13 @@ import orjson
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import observability
 from app.channels import whatsapp
 from app.config import Settings
-from app.models import DeliveryAttempt, Notification, Patient
+from app.models import DeliveryAttempt, Message, Notification, Patient
 from tests.callbacks.test_endpoints import (
     BASE,
     TOKEN,
@@ -25,7 +27,7 @@ from tests.callbacks.test_endpoints import (
     status_params,
     twilio_post,
 )
-from tests.factories import api_client, running_app
+from tests.factories import api_client, make_patient_at, running_app, unique_mobile
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -273,3 +275,86 @@ class TestRefused:
         assert (await post(client, webhook(status(attempt, "read")))).status_code == 200
         assert (await post(client, sent)).status_code == 403
         assert await states(db_session, notification, attempt) == ("read", "read")
+
+
+def messages_webhook(*messages: dict[str, Any]) -> bytes:
+    value = {"messaging_product": "whatsapp", "contacts": [], "messages": list(messages)}
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": value}]}],
+        }
+    )
+
+
+class TestInboundMessages:
+    async def test_a_patients_text_and_picture_are_stored_once(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(
+            db_session, unique_mobile("+9198"), country="IN", locale="hi-IN"
+        )
+        digits = (patient.mobile_e164 or "").removeprefix("+")
+        text_id, image_id = f"wamid.{uuid.uuid4().hex}", f"wamid.{uuid.uuid4().hex}"
+        body = messages_webhook(
+            {
+                "from": digits,
+                "id": text_id,
+                "timestamp": "1764870000",
+                "type": "text",
+                "text": {"body": "मैं मंगलवार नहीं आ सकता"},
+            },
+            {
+                "from": digits,
+                "id": image_id,
+                "timestamp": "1764870060",
+                "type": "image",
+                "image": {"id": "MEDIA42", "mime_type": "image/jpeg", "caption": "report"},
+            },
+        )
+        answer = await post(client, body)
+        assert answer.status_code == 200, answer.text
+        # Meta's retry of another body with the same messages: stored once still.
+        again = await post(client, body + b" ")
+        assert again.status_code == 200
+        rows = (
+            await db_session.scalars(
+                select(Message).where(Message.patient_id == patient.id).order_by(Message.id)
+            )
+        ).all()
+        assert [(m.provider_message_id, m.channel, m.text) for m in rows] == [
+            (text_id, "whatsapp", "मैं मंगलवार नहीं आ सकता"),
+            (image_id, "whatsapp", "report"),
+        ]
+        assert rows[1].media == [{"type": "image/jpeg", "provider_media_id": "MEDIA42"}]
+        assert rows[0].received_at.timestamp() == 1764870000
+        # Both on the conversation the first one opened.
+        assert rows[0].conversation_id is not None
+        assert rows[0].conversation_id == rows[1].conversation_id
+
+    async def test_stop_on_whatsapp_opts_out(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session, unique_mobile("+9198"))
+        digits = (patient.mobile_e164 or "").removeprefix("+")
+        body = messages_webhook(
+            {
+                "from": digits,
+                "id": f"wamid.{uuid.uuid4().hex}",
+                "type": "text",
+                "text": {"body": "STOP"},
+            }
+        )
+        assert (await post(client, body)).status_code == 200
+        await db_session.refresh(patient)
+        assert patient.opted_out_channels == ["*"]
+
+    async def test_a_forged_one_stores_nothing(self, client: httpx.AsyncClient) -> None:
+        body = messages_webhook(
+            {"from": "919800000001", "id": "wamid.x", "type": "text", "text": {"body": "hi"}}
+        )
+        assert (await post(client, body, secret="wrong")).status_code == 403
+
+    async def test_a_message_without_a_sender_is_a_400(self, client: httpx.AsyncClient) -> None:
+        body = messages_webhook({"id": "wamid.y", "type": "text", "text": {"body": "hi"}})
+        assert (await post(client, body)).status_code == 400

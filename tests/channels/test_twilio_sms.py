@@ -356,11 +356,21 @@ class TestAnswersTheFakeDoesNotGive:
 
     @pytest.mark.asyncio
     @pytest.mark.parametrize(
-        ("code", "recipient_invalid"),
-        [(21610, False), (21408, False), (21614, True), (99999, False)],
+        ("code", "recipient_invalid", "opted_out"),
+        [
+            (21610, False, True),
+            (21408, False, False),
+            (21614, True, False),
+            (99999, False, False),
+        ],
     )
     async def test_4xx_with_a_twilio_code_is_permanent(
-        self, http: aiohttp.ClientSession, stub: Stub, code: int, recipient_invalid: bool
+        self,
+        http: aiohttp.ClientSession,
+        stub: Stub,
+        code: int,
+        recipient_invalid: bool,
+        opted_out: bool,
     ) -> None:
         async def refused(request: web.Request) -> web.Response:
             error = {
@@ -380,6 +390,7 @@ class TestAnswersTheFakeDoesNotGive:
         error = caught.value
         assert error.code == str(code)
         assert error.recipient_invalid is recipient_invalid
+        assert error.opted_out is opted_out
         assert not error.unexpected
         assert PHONE not in str(error) and TEXT not in str(error)
         assert_redacted(error.detail)

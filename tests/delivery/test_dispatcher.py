@@ -271,6 +271,33 @@ class TestOneDispatch:
             channels += [a.channel for a in attempts]
         assert sorted(channels) == ["imo"] * 4 + ["sms"] * 4
 
+    async def test_a_recipient_who_opted_out_at_twilio_is_opted_out_on_sms(
+        self,
+        db_session: AsyncSession,
+        dispatcher: Dispatcher,
+        fakes: Fakes,
+        http: aiohttp.ClientSession,
+    ) -> None:
+        patient = await patient_with(db_session, 41)
+        async with http.post(
+            f"{fakes.twilio_url}/_fake/opt-outs", json={"number": patient.mobile_e164}
+        ) as answer:
+            assert answer.status == 200
+        notification = await due(db_session, patient)
+        await dispatcher.dispatch_once()
+        fresh, attempts = await reload(db_session, notification)
+        assert (fresh.state, fresh.failure_reason) == ("denied", "opted out")
+        assert [(a.channel, a.status, a.error_code) for a in attempts] == [
+            ("sms", "failed", "21610")
+        ]
+        await db_session.refresh(patient)
+        assert patient.opted_out_channels == ["sms"]
+        # The next one is refused before any channel is tried.
+        following = await due(db_session, patient)
+        await dispatcher.dispatch_once()
+        fresh, attempts = await reload(db_session, following)
+        assert (fresh.state, fresh.failure_reason, attempts) == ("denied", "opted out", [])
+
 
 class TestConsole:
     async def test_one_line_a_batch_counts_its_outcomes_without_phones(

@@ -170,3 +170,31 @@ class TestAfterDeliveryFailure:
         assert moved.state is S.SCHEDULED and moved.channel_index == 1 and moved.due_at == NOW
         last = policy.after_delivery_failure("subscribed", SendOn(["imo", "sms"], 1), NOW, "x")
         assert last.state is S.FAILED and last.failure_reason == "sms: x"
+
+
+class TestOptOuts:
+    def test_opted_out_everywhere_is_denied_without_a_channel(self) -> None:
+        assert first(claimed(opted_out_channels=["*"])) == Outcome(
+            S.DENIED, failure_reason="opted out"
+        )
+
+    def test_an_opted_out_channel_is_skipped(self) -> None:
+        outcome = first(claimed(opted_out_channels=["imo"]))
+        assert outcome == SendOn(["imo", "sms"], 1)
+
+    def test_opted_out_of_every_channel_left_is_denied_not_failed(self) -> None:
+        outcome = first(claimed(imo_status=None, opted_out_channels=["sms"]))
+        assert isinstance(outcome, Outcome)
+        assert (outcome.state, outcome.failure_reason) == (S.DENIED, "opted out")
+
+    def test_a_providers_opt_out_falls_back_or_denies(self) -> None:
+        error = PermanentChannelError("unsubscribed", code="21610", opted_out=True)
+        assert policy.provider_opt_out("sms", error) == "sms"
+        assert policy.provider_opt_out("sms", PermanentChannelError("x", code="21211")) is None
+        outcome = after(claimed(imo_status=None), SendOn(["sms"], 0), error)
+        assert isinstance(outcome, Outcome)
+        assert (outcome.state, outcome.failure_reason) == (S.DENIED, "opted out")
+        error_on_imo = PermanentChannelError("unsubscribed", opted_out=True)
+        assert after(claimed(), SendOn(["imo", "sms"], 0), error_on_imo) == SendOn(
+            ["imo", "sms"], 1
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,7 @@ from app.config import Settings
 from app.delivery import repository as delivery_repository
 from app.delivery.dispatcher import Dispatcher
 from app.fakes.whatsapp import FakeWhatsAppConfig, start_fake_whatsapp
-from app.models import Patient, Template
+from app.models import Message, Patient, Template
 from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import (
     ScriptedChannel,
@@ -165,6 +166,74 @@ class TestTemplates:
         ]
         assert attempts[0].error_code == NO_TEMPLATE
         assert "no WhatsApp template" in (attempts[0].error_message or "")
+
+
+async def wrote_on_whatsapp(
+    session: AsyncSession,
+    patient: Patient,
+    whatsapp_url: str,
+    http: aiohttp.ClientSession,
+    *,
+    hours_ago: float = 1.0,
+    channel: str = "whatsapp",
+) -> None:
+    """The patient wrote `hours_ago`: stored as the webhook would, and told to the fake
+    (whose window it opens; it has no webhook URL here)."""
+    assert patient.mobile_e164 is not None
+    session.add(
+        Message(
+            direction="in",
+            channel=channel,
+            provider_message_id=f"wamid.{uuid.uuid4().hex}",
+            phone_e164=patient.mobile_e164,
+            patient_id=patient.id,
+            text="hello",
+            media=[],
+            received_at=datetime.now(UTC) - timedelta(hours=hours_ago),
+        )
+    )
+    await session.flush()
+    async with http.post(
+        f"{whatsapp_url}/_fake/inbound", json={"from": patient.mobile_e164, "body": "hello"}
+    ) as answer:
+        assert answer.status == 200
+
+
+class TestCustomerServiceWindow:
+    async def test_the_claim_sees_a_whatsapp_message_of_the_last_24_hours_only(
+        self, db_session: AsyncSession, whatsapp_url: str, http: aiohttp.ClientSession
+    ) -> None:
+        key = await template(db_session)
+        cases = {"recent": (1.0, "whatsapp"), "old": (25.0, "whatsapp"), "sms": (1.0, "sms")}
+        notifications = {}
+        for name, (hours, channel) in cases.items():
+            patient = await indian_patient(db_session, 60 + len(notifications))
+            await wrote_on_whatsapp(
+                db_session, patient, whatsapp_url, http, hours_ago=hours, channel=channel
+            )
+            notifications[name] = (await reminder(db_session, patient, key)).id
+        claimed = {n.id: n for n in await delivery_repository.claim_due(db_session, 10_000)}
+        assert {name: claimed[i].whatsapp_window_open for name, i in notifications.items()} == {
+            "recent": True,
+            "old": False,
+            "sms": False,
+        }
+
+    async def test_inside_the_window_a_text_without_a_template_goes_as_free_text(
+        self,
+        db_session: AsyncSession,
+        dispatcher: Dispatcher,
+        whatsapp_url: str,
+        http: aiohttp.ClientSession,
+    ) -> None:
+        key = await template(db_session, mapped=False)
+        patient = await indian_patient(db_session, 65)
+        await wrote_on_whatsapp(db_session, patient, whatsapp_url, http)
+        notification = await reminder(db_session, patient, key)
+        await dispatcher.dispatch_once()
+        fresh, attempts = await reload(db_session, notification)
+        assert fresh.state == "sent"
+        assert [(a.channel, a.status) for a in attempts] == [("whatsapp", "sent")]
 
 
 def scripted(

@@ -90,6 +90,31 @@ async def post(
             return answer.status, raw
 
 
+class TestCustomerServiceWindow:
+    @pytest.mark.asyncio
+    async def test_a_patient_writing_opens_their_window_and_is_sent_signed(
+        self, fake: Fake, hook: Hook, http: aiohttp.ClientSession
+    ) -> None:
+        text = {"messaging_product": "whatsapp", "to": "919812345675", "type": "text",
+                "text": {"body": "hi"}}  # fmt: skip
+        assert (await post(http, fake.messages, text))[1]["error"]["code"] == 131047
+        status, answer = await post(
+            http, f"{fake.base_url}/_fake/inbound", {"from": "+919812345675", "body": "আসব"}
+        )
+        assert (status, answer["status"]) == (200, 200)
+        [body] = hook.bodies
+        [message] = whatsapp.parse_messages(body)
+        assert (message.sender_e164, message.text, message.provider_message_id) == (
+            "+919812345675",
+            "আসব",
+            answer["id"],
+        )
+        status, sent = await post(http, fake.messages, text)
+        assert status == 200 and sent["messages"][0]["id"].startswith("wamid.")
+        other = {**text, "to": "919812345676"}
+        assert (await post(http, fake.messages, other))[1]["error"]["code"] == 131047
+
+
 class TestRefusals:
     @pytest.mark.asyncio
     @pytest.mark.parametrize(

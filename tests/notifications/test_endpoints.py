@@ -44,6 +44,14 @@ class TestSchedule:
         assert data["attempts"] == [] and data["channel"] is None
         assert datetime.fromisoformat(data["due_at"]).tzinfo is not None
 
+    async def test_a_patient_who_opted_out_is_denied_at_once(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session, opted_out_channels=["*"])
+        answer = await api.post("/v1/notifications", json=body(patient.id))
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["state"] == "denied"
+
     async def test_falls_back_to_english(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:

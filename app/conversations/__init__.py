@@ -1,0 +1,1 @@
+"""Conversations with patients: topics, the messages on them, and routing replies."""

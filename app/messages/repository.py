@@ -1,0 +1,63 @@
+"""The messages' SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.channels.inbound import IncomingMessage
+
+# The sender is matched by any of a patient's numbers (ix_patients_phone_numbers); a
+# number shared by several patients (a family phone) goes to the one whose messaging
+# number it is, then to the most recently updated record.
+_INSERT_INBOUND = text(
+    """
+    INSERT INTO messages (direction, channel, provider_message_id, phone_e164, patient_id,
+                          text, media, received_at)
+    VALUES ('in', :channel, :provider_message_id, CAST(:phone AS text), (
+                SELECT id FROM patients
+                WHERE phone_numbers @> CAST(:number_match AS jsonb)
+                ORDER BY mobile_e164 = CAST(:phone AS text) DESC, updated_at DESC, id
+                LIMIT 1
+            ), :text, CAST(:media AS jsonb), :received_at)
+    ON CONFLICT (channel, provider_message_id) DO NOTHING
+    RETURNING id, patient_id
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInbound:
+    id: int
+    patient_id: str | None
+
+
+async def insert_inbound(
+    session: AsyncSession, message: IncomingMessage, received_at: datetime
+) -> StoredInbound | None:
+    """Store `message` matched to its sender's patient -> the row, or None when this
+    provider message id was stored before (a provider's retry)."""
+    row = (
+        await session.execute(
+            _INSERT_INBOUND,
+            {
+                "channel": message.channel.value,
+                "provider_message_id": message.provider_message_id,
+                "phone": message.sender_e164,
+                "number_match": orjson.dumps([{"number": message.sender_e164}]).decode(),
+                "text": message.text,
+                "media": orjson.dumps(
+                    [
+                        {"type": m.content_type, "provider_media_id": m.provider_media_id}
+                        for m in message.media
+                    ]
+                ).decode(),
+                "received_at": received_at,
+            },
+        )
+    ).one_or_none()
+    return None if row is None else StoredInbound(row.id, row.patient_id)
