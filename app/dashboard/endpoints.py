@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-from urllib.parse import urlencode
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from app.conversations import service as conversation_service
 from app.dashboard import security
+from app.dashboard import service as dashboard_service
 from app.dashboard.rendering import render, static_files
 from app.dashboard.security import (
     LOGIN_COOKIE,
@@ -18,7 +21,10 @@ from app.dashboard.security import (
     Operator,
 )
 from app.db.session import DbSession
+from app.errors import AppError
+from app.models import Patient
 from app.operators import service as operator_service
+from app.patients import service as patient_service
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 HOME = "/dashboard/"
@@ -82,9 +88,116 @@ async def logout(session: DbSession, signed: Operator) -> Response:
     return response
 
 
+RANGES = {"1": "last 24 hours", "7": "last 7 days", "30": "last 30 days", "90": "last 90 days"}
+
+
 @router.get("/")
-async def overview(request: Request, signed: Operator) -> Response:
-    return render(request, "overview.html", signed)
+async def overview(
+    request: Request,
+    session: DbSession,
+    signed: Operator,
+    days: Annotated[Literal["1", "7", "30", "90"], Query()] = "7",
+    country: Annotated[str | None, Query(max_length=2)] = None,
+    purpose: Annotated[str | None, Query(max_length=50)] = None,
+) -> Response:
+    now = datetime.now(UTC)
+    until = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    since = until - timedelta(days=int(days))
+    figures = await dashboard_service.overview(
+        session, since, until, country=country or None, purpose=purpose or None
+    )
+    return render(
+        request,
+        "overview.html",
+        signed,
+        active="overview",
+        figures=figures,
+        ranges=RANGES,
+        days=days,
+        country=country or "",
+        purpose=purpose or "",
+        steps=(*dashboard_service.STEPS, *dashboard_service.PROBLEMS),
+    )
+
+
+def masked(phone_e164: str | None) -> str:
+    """A number as a viewer sees it: the country code and the last two digits."""
+    if not phone_e164:
+        return ""
+    return phone_e164[:4] + "•" * max(len(phone_e164) - 6, 0) + phone_e164[-2:]
+
+
+@router.get("/patients")
+async def patient_lookup(
+    request: Request,
+    session: DbSession,
+    signed: Operator,
+    q: Annotated[str, Query(max_length=64)] = "",
+) -> Response:
+    """By id (straight to the patient) or by phone number in international form."""
+    q = q.strip()
+    error = None
+    if q and (q.startswith("+") or q.isdigit()):
+        try:
+            page = await patient_service.search(
+                session,
+                number=q,
+                country=None,
+                facility_id=None,
+                name_prefix=None,
+                limit=20,
+                cursor=None,
+            )
+        except AppError as refused:
+            error = refused.message
+        else:
+            if len(page.patients) == 1:
+                return RedirectResponse(f"/dashboard/patients/{page.patients[0][0].id}", 303)
+            error = (
+                f"{len(page.patients)} patients share this number: search by id"
+                if page.patients
+                else "no patient has this number"
+            )
+    elif q:
+        if await session.get(Patient, q) is not None:
+            return RedirectResponse(f"/dashboard/patients/{quote(q, safe='')}", 303)
+        error = "no patient has this id"
+    return render(request, "patients.html", signed, active="patients", q=q, error=error)
+
+
+@router.get("/patients/{patient_id}")
+async def patient_page(
+    request: Request, session: DbSession, signed: Operator, patient_id: str
+) -> Response:
+    try:
+        patient, authorization = await patient_service.get_patient_with_authorization(
+            session, patient_id
+        )
+    except AppError:
+        return render(
+            request,
+            "patients.html",
+            signed,
+            status_code=404,
+            active="patients",
+            q=patient_id,
+            error="no patient has this id",
+        )
+    history = await patient_service.notifications_of(session, patient_id, limit=50, cursor=None)
+    messages, _ = await conversation_service.patient_messages(session, patient_id, None, 50)
+    shows_phone = operator_service.role_allows(signed.operator.role, "support")
+    return render(
+        request,
+        "patient.html",
+        signed,
+        active="patients",
+        patient=patient,
+        authorization=authorization,
+        phone=patient.mobile_e164 if shows_phone else masked(patient.mobile_e164),
+        shows_phone=shows_phone,
+        history=history,
+        messages=[message for message, _ in messages],
+    )
 
 
 def install_dashboard(app: FastAPI) -> None:

@@ -1,0 +1,130 @@
+"""The pages: the overview's figures from the counts, the patient lookup and its masking."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.dashboard.endpoints import masked
+from app.models import DeliveryAttempt, Notification
+from tests.dashboard.conftest import MakeOperator, log_in
+from tests.factories import make_notification, make_patient
+
+
+async def seed(sessionmaker: async_sessionmaker[AsyncSession]) -> str:
+    """A Bangladeshi patient with two notifications: one read on SMS after falling back
+    from Imo, one failed on SMS with a reason."""
+    async with sessionmaker() as session:
+        patient = await make_patient(
+            session,
+            mobile_e164="+8801711234567",
+            phone_numbers=[{"number": "+8801711234567", "type": "mobile"}],
+        )
+        read = await make_notification(session, patient, purpose="dashboard_test")
+        failed = await make_notification(session, patient, purpose="dashboard_test")
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == read.id)
+            .values(state="read", channel_chain=["imo", "sms"], channel_index=1)
+        )
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == failed.id)
+            .values(
+                state="failed",
+                channel_chain=["sms"],
+                channel_index=0,
+                failure_reason="sms: 30006 unreachable carrier",
+            )
+        )
+        session.add(
+            DeliveryAttempt(
+                notification_id=failed.id,
+                channel="sms",
+                status="failed",
+                provider_message_id="SMfake1",
+                provider_status="failed",
+                error_code="30006",
+                error_message="landline or unreachable carrier",
+            )
+        )
+        await session.commit()
+        return patient.id
+
+
+def cell(page: str, row: str, column: int) -> str:
+    found = re.search(rf"<th scope=\"row\">{row}</th>((?:<td[^>]*>[^<]*</td>)+)", page)
+    assert found, page
+    return re.findall(r">([^<]*)</td>", found.group(1))[column]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestOverview:
+    async def test_shows_the_funnel_reasons_and_fallbacks_of_the_filtered_purpose(
+        self,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        await seed(db_sessionmaker)
+        await log_in(dashboard, *await make_operator("viewer"))
+        page = await dashboard.get("/dashboard/", params={"days": "1", "purpose": "dashboard_test"})
+        assert page.status_code == 200
+        text = page.text
+        assert "<svg" in text and "sms: 30006 unreachable carrier" in text
+        # Per channel: the read one is on sms (index 1), and so is the failed one.
+        assert cell(text, "sms", 0) == "2" and cell(text, "sms", 3) == "1"
+        assert cell(text, "sms", 4) == "1"  # failed
+        assert "50.0%</strong> (1 of 2 dispatched" in text
+        assert "<option selected>dashboard_test</option>" in text
+
+    async def test_a_bad_filter_is_a_clear_4xx(
+        self, dashboard: httpx.AsyncClient, make_operator: MakeOperator
+    ) -> None:
+        await log_in(dashboard, *await make_operator("viewer"))
+        assert (await dashboard.get("/dashboard/", params={"days": "9999"})).status_code == 422
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestPatients:
+    async def test_a_viewer_sees_the_phone_masked_and_support_sees_it_whole(
+        self,
+        api_app: object,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        patient_id = await seed(db_sessionmaker)
+        await log_in(dashboard, *await make_operator("viewer"))
+        page = await dashboard.get(f"/dashboard/patients/{patient_id}")
+        assert page.status_code == 200
+        assert "+8801711234567" not in page.text and masked("+8801711234567") in page.text
+        assert "30006" in page.text and "SMfake1" in page.text
+        dashboard.cookies.clear()
+        await log_in(dashboard, *await make_operator("support"))
+        assert "+8801711234567" in (await dashboard.get(f"/dashboard/patients/{patient_id}")).text
+
+    async def test_lookup_by_id_or_phone_leads_to_the_patient(
+        self,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        patient_id = await seed(db_sessionmaker)
+        await log_in(dashboard, *await make_operator("viewer"))
+        for query in (patient_id, "+8801711234567"):
+            found = await dashboard.get("/dashboard/patients", params={"q": query})
+            assert found.status_code == 303 and found.headers["location"].endswith(patient_id)
+        missing = await dashboard.get("/dashboard/patients", params={"q": "nobody"})
+        assert missing.status_code == 200 and "no patient has this id" in missing.text
+        unknown = await dashboard.get("/dashboard/patients/nobody")
+        assert unknown.status_code == 404
+
+
+def test_masking_keeps_the_country_code_and_two_digits() -> None:
+    assert masked("+8801711234567") == "+880••••••••67"
+    assert masked(None) == ""
