@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 from urllib.parse import quote, urlencode
@@ -22,6 +23,7 @@ from app.dashboard.security import (
 )
 from app.db.session import DbSession
 from app.errors import AppError
+from app.experiments import service as experiment_service
 from app.models import Patient
 from app.operators import service as operator_service
 from app.patients import service as patient_service
@@ -197,6 +199,38 @@ async def patient_page(
         shows_phone=shows_phone,
         history=history,
         messages=[message for message, _ in messages],
+    )
+
+
+@router.get("/experiments")
+async def experiments(request: Request, session: DbSession, signed: Operator) -> Response:
+    page = await experiment_service.list_experiments(session, limit=100, cursor=None)
+    return render(
+        request,
+        "experiments.html",
+        signed,
+        active="experiments",
+        experiments=[experiment for experiment, _ in page.experiments],
+    )
+
+
+@router.get("/experiments/{experiment_id}")
+async def experiment(
+    request: Request, session: DbSession, signed: Operator, experiment_id: uuid.UUID
+) -> Response:
+    """The same numbers as GET /v1/experiments/{id}/results: the same service call."""
+    try:
+        results = await experiment_service.results(session, experiment_id)
+    except AppError as refused:
+        return render(request, "forbidden.html", signed, status_code=404, message=refused.message)
+    rate_rows = [(g.name, g.return_rate, g.return_rate_ci95) for g in results.groups]
+    return render(
+        request,
+        "experiment.html",
+        signed,
+        active="experiments",
+        results=results,
+        rate_rows=rate_rows,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import httpx
@@ -11,7 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.dashboard.endpoints import masked
 from app.models import DeliveryAttempt, Notification
+from tests.appointments.helpers import create_experiment, put_plan
 from tests.dashboard.conftest import MakeOperator, log_in
+from tests.experiments.test_results import WINDOW
+from tests.experiments.test_results import seed as seed_members
 from tests.factories import make_notification, make_patient
 
 
@@ -128,3 +132,30 @@ class TestPatients:
 def test_masking_keeps_the_country_code_and_two_digits() -> None:
     assert masked("+8801711234567") == "+880••••••••67"
     assert masked(None) == ""
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestExperiments:
+    async def test_shows_the_apis_numbers_with_interval_bars(
+        self,
+        api: httpx.AsyncClient,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        experiment = await create_experiment(
+            api, await put_plan(api), return_window_days=WINDOW, start_date="2026-01-01"
+        )
+        async with db_sessionmaker() as session:
+            await seed_members(session, experiment, [0.3, 0.45], 200, random.Random(7))
+            await session.commit()
+        results = (await api.get(f"/v1/experiments/{experiment['id']}/results")).json()
+        await log_in(dashboard, *await make_operator("viewer"))
+        listed = await dashboard.get("/dashboard/experiments")
+        assert f"/dashboard/experiments/{experiment['id']}" in listed.text
+        page = (await dashboard.get(f"/dashboard/experiments/{experiment['id']}")).text
+        control, treatment = results["groups"]
+        assert f"{100 * control['return_rate']:.1f}%" in page
+        assert f"{treatment['versus_control']['p_value']:.3g}" in page
+        assert f"{100 * treatment['versus_control']['difference']:+.1f} pts" in page
+        assert page.count('class="mark"') == 2
