@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from app.conversations import service as conversation_service
+from app.dashboard import repository as dashboard_repository
 from app.dashboard import security
 from app.dashboard import service as dashboard_service
 from app.dashboard.rendering import render, static_files
@@ -24,6 +25,7 @@ from app.dashboard.security import (
 from app.db.session import DbSession
 from app.errors import AppError
 from app.experiments import service as experiment_service
+from app.imo import service as imo_service
 from app.models import Patient
 from app.operators import service as operator_service
 from app.patients import service as patient_service
@@ -199,6 +201,28 @@ async def patient_page(
         shows_phone=shows_phone,
         history=history,
         messages=[message for message, _ in messages],
+    )
+
+
+@router.get("/imo")
+async def imo_invitations(request: Request, session: DbSession, signed: Operator) -> Response:
+    """The latest rounds with their progress (as GET /v1/imo/invitation-rounds/{id}) and
+    the authorisation counts (as GET /v1/imo/authorizations/summary)."""
+    now = datetime.now(UTC)
+    rounds = [
+        progress
+        for round_id in await dashboard_repository.recent_round_ids(session, 20)
+        if (progress := await imo_service.round_progress(session, round_id, now)) is not None
+    ]
+    total, by_status = await imo_service.authorization_summary(session)
+    return render(
+        request,
+        "imo.html",
+        signed,
+        active="imo",
+        rounds=rounds,
+        patients=total,
+        by_status=list(by_status.items()),
     )
 
 

@@ -79,3 +79,11 @@ async def counts(
         {"since": since, "until": until, "country": country, "purpose": purpose},
     )
     return [CountRow(*row) for row in rows]
+
+
+async def recent_round_ids(session: AsyncSession, limit: int) -> list[int]:
+    rows = await session.scalars(
+        text("SELECT id FROM imo_invitation_rounds ORDER BY id DESC LIMIT :limit"),
+        {"limit": limit},
+    )
+    return list(rows)

@@ -159,3 +159,15 @@ class TestExperiments:
         assert f"{treatment['versus_control']['p_value']:.3g}" in page
         assert f"{100 * treatment['versus_control']['difference']:+.1f} pts" in page
         assert page.count('class="mark"') == 2
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_imo_page_shows_the_apis_authorisation_counts(
+    api: httpx.AsyncClient, dashboard: httpx.AsyncClient, make_operator: MakeOperator
+) -> None:
+    summary = (await api.get("/v1/imo/authorizations/summary")).json()
+    await log_in(dashboard, *await make_operator("viewer"))
+    page = await dashboard.get("/dashboard/imo")
+    assert page.status_code == 200
+    assert f"({summary['patients']:,} patients)" in page.text
+    assert "No rounds yet." in page.text or "<progress" in page.text
