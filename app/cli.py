@@ -64,24 +64,25 @@ def api(
     workers: Annotated[int, typer.Option(help="Processes (or run several `notify api`).")] = 1,
 ) -> None:
     """Run the HTTP API (uvicorn)."""
-    import uvicorn
-
+    from app import http_server
     from app.logs import configure_logging
 
     prepare_environment()
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,  # the app's structured logging, not uvicorn's own
-        proxy_headers=True,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
+    require_redis(settings.redis_url, settings.redis_start_timeout_seconds)
+    http_server.serve(settings, host=host, port=port, workers=workers)
+
+
+def require_redis(redis_url: str, wait_seconds: float) -> None:
+    """Wait for Redis (SIGTERM and Ctrl-C stop the wait at once), or exit 1 saying so."""
+    from app.redis import RedisUnreachable, wait_for_redis
+
+    try:
+        asyncio.run(wait_for_redis(redis_url, wait_seconds))
+    except RedisUnreachable as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @cli.command()
@@ -99,6 +100,7 @@ def worker(
     prepare_environment()
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    require_redis(settings.redis_url, settings.redis_start_timeout_seconds)
     from workers import settings as worker_settings
     from workers.settings import WorkerSettings
 
@@ -207,6 +209,34 @@ def experiments_report(
     database_url, _ = prepare_environment(one_off=True)
     require_migrated(database_url)
     raise typer.Exit(asyncio.run(report.run_report(database_url, experiment, csv_path)))
+
+
+@api_keys_cli.command("list")
+def api_keys_list() -> None:
+    """Every API key: name, prefix, created, last used (to the minute), revoked."""
+    from app.auth import terminal
+
+    database_url, _ = prepare_environment(redis=False)
+    console.print(terminal.keys_table(asyncio.run(terminal.every_key(database_url))))
+
+
+@api_keys_cli.command("revoke")
+def api_keys_revoke(
+    name_or_prefix: Annotated[
+        str, typer.Argument(help="The key's prefix (as listed), or its name if only one has it.")
+    ],
+) -> None:
+    """Revoke a key: its next request is refused (401)."""
+    from app.auth import terminal
+    from app.errors import AppError
+
+    database_url, _ = prepare_environment(redis=False)
+    try:
+        revoked = asyncio.run(terminal.revoke(database_url, name_or_prefix))
+    except AppError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    console.print(f"Revoked API key [bold]{revoked.name}[/bold] ({revoked.prefix}...)")
 
 
 @cli.command("fake-imo")

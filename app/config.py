@@ -5,7 +5,7 @@ Every variable is listed with its default in `.env.example`.
 
 from __future__ import annotations
 
-import ipaddress
+import re
 from datetime import time
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.states import ChannelName
 
 AppEnv = Literal["development", "test", "staging", "production"]
 
@@ -31,15 +33,21 @@ def _split_csv(value: object) -> object:
     return value
 
 
-def is_loopback_url(url: str) -> bool:
-    """True when `url` points at this machine: only the project's fakes live there."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# The fake providers' identifiers (app/fakes/credentials.py): production refuses them.
+FAKE_IDENTIFIERS = frozenset({"fake-imo", "ACfake00000000000000000000000000", "100000000000001"})
+# A SECRET_KEY with fewer distinct characters than this is not random (32 x "a").
+MIN_SECRET_KEY_DISTINCT_CHARACTERS = 10
+
+
+def _is_https_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme == "https" and bool(parts.hostname) and not parts.query
+
+
+# A purpose, as the API accepts it (app/notifications/schemas.py).
+PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,49}")
+# A CHANNEL_CHAINS key: a country (ISO 3166 alpha-2) or `*`, then optionally `/purpose`.
+_CHAIN_KEY = re.compile(r"(?P<country>[A-Z]{2}|\*)(?:/(?P<purpose>[a-z][a-z0-9_]{0,49}))?")
 
 
 class Settings(BaseSettings):
@@ -58,6 +66,8 @@ class Settings(BaseSettings):
     imo_rate_limit_per_second: float = Field(default=1000.0, gt=0)
     imo_timeout_seconds: float = Field(default=10.0, gt=0)
     imo_reinvite_after_days: int = Field(default=180, ge=1)
+    # Days an invitation's accept callback URL stays valid: generous, Imo may be slow.
+    imo_callback_token_days: int = Field(default=30, ge=1, le=3650)
     # UTC hour at which the scheduled invitation round starts on the workers.
     imo_invitation_hour_utc: int = Field(default=3, ge=0, le=23)
     # Invitation rounds: patients a worker claims at a time, requests in flight per worker,
@@ -98,9 +108,10 @@ class Settings(BaseSettings):
     # A number WhatsApp says has no account is not tried there again for this long.
     whatsapp_retry_no_account_days: int = Field(default=30, ge=1)
 
-    # Channels to try in order, by patient country ("*": everywhere else). Imo is used
-    # only for patients whose Imo authorisation is `subscribed`; unconfigured channels
-    # are skipped.
+    # Channels to try in order, by patient country ("*": everywhere else) and, where a
+    # key `COUNTRY/purpose` (or `*/purpose`) is set, by purpose: see `chain_for`. Imo is
+    # used only for patients whose Imo authorisation is `subscribed`; channels without
+    # credentials are reported at start-up (log, /readyz) and skipped.
     channel_chains: dict[str, list[str]] = {
         "BD": ["imo", "sms"],
         "IN": ["whatsapp", "sms"],
@@ -129,7 +140,12 @@ class Settings(BaseSettings):
     conversation_idle_days: int = Field(default=14, ge=1)
 
     sentry_dsn: str = ""
+    # Outside production, only these numbers are messaged, whatever the provider's URL
+    # (a local proxy or tunnel may lead to a real one)...
     allowed_recipients: Annotated[list[str], NoDecode] = []
+    # ...unless every provider is one of the project's fakes, which reach nobody: then
+    # anyone (`notify dev` and the tests set it). Refused in production.
+    fake_providers: bool = False
 
     # Local hours in which patients may be messaged, in their own time zone.
     messaging_window_start: time = time(8, 0)
@@ -139,6 +155,13 @@ class Settings(BaseSettings):
     # A reminder due before its appointment also expires when the appointment's day ends.
     notification_expiry_days: int = Field(default=4, ge=1)
     notification_expiry_days_by_purpose: dict[str, Annotated[int, Field(ge=1)]] = {}
+    # A reminder delivered on Imo or WhatsApp and not read this many hours after it was
+    # sent goes once more, on the next channel of its chain. Per purpose (JSON, e.g.
+    # {"missed_visit": 6}; "*": every other purpose). Empty: off.
+    unread_fallback_hours: dict[str, Annotated[float, Field(gt=0)]] = {}
+    # An attempt still `sent` (no final status: its callback may be lost) this many
+    # minutes after sending is looked up at the provider, on channels that can be.
+    reconcile_after_minutes: int = Field(default=30, ge=1)
 
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
     dispatch_concurrency: int = Field(default=200, ge=1, le=5_000)
@@ -158,6 +181,16 @@ class Settings(BaseSettings):
     # Request bodies larger than this are refused with a 413 (a full batch of 1,000
     # patients is well under 2 MiB).
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A request's line and headers: larger is a 400 (app/http_server.py).
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096)
+    # A client must send a whole request head this soon after connecting (or after the
+    # previous answer); one that trickles it (slow loris) is disconnected.
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0)
+    # How long `notify api` and `notify worker` wait for Redis at start before giving up
+    # with "Redis unreachable at ..." (exit 1).
+    redis_start_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Interactive API docs at /docs and /redoc (and /openapi.json); off hides them.
+    api_docs: bool = True
 
     # Embedded PostgreSQL/Redis and the development key live here. Unset, the `notify`
     # commands use the project's .data wherever they run (app/devtools/environment.py).
@@ -173,6 +206,36 @@ class Settings(BaseSettings):
         "consent_help_keywords",
         mode="before",
     )(_split_csv)
+
+    @field_validator("channel_chains")
+    @classmethod
+    def _known_chains(cls, chains: dict[str, list[str]]) -> dict[str, list[str]]:
+        known = {name.value for name in ChannelName}
+        problems = []
+        for key, chain in chains.items():
+            if not _CHAIN_KEY.fullmatch(key):
+                problems.append(
+                    f"key {key!r} is not COUNTRY, COUNTRY/purpose, * or */purpose "
+                    "(COUNTRY: two capital letters, purpose: lower case)"
+                )
+            unknown = [name for name in chain if name not in known]
+            if unknown:
+                problems.append(
+                    f"{key!r} names unknown channels {unknown} (known: {sorted(known)})"
+                )
+            elif len(set(chain)) != len(chain):
+                problems.append(f"{key!r} names a channel twice: {chain}")
+        if problems:
+            raise ValueError("CHANNEL_CHAINS: " + "; ".join(problems))
+        return chains
+
+    @field_validator("unread_fallback_hours")
+    @classmethod
+    def _purposes(cls, hours: dict[str, float]) -> dict[str, float]:
+        wrong = [key for key in hours if key != "*" and not PURPOSE_PATTERN.fullmatch(key)]
+        if wrong:
+            raise ValueError(f"keys must be purposes (lower case) or *: {wrong}")
+        return hours
 
     @field_validator("sweep_interval_seconds")
     @classmethod
@@ -205,8 +268,22 @@ class Settings(BaseSettings):
         for name, secret in secrets.items():
             if secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
                 problems.append(f"{name} is missing or a placeholder")
-        if len(self.secret_key.get_secret_value()) < 32:
+        secret_key = self.secret_key.get_secret_value()
+        if len(secret_key) < 32:
             problems.append("SECRET_KEY must be at least 32 characters")
+        elif len(set(secret_key)) < MIN_SECRET_KEY_DISTINCT_CHARACTERS:
+            problems.append("SECRET_KEY is not random (too few distinct characters)")
+        if self.public_base_url and not _is_https_url(self.public_base_url):
+            problems.append("PUBLIC_BASE_URL must be an https:// URL")
+        if self.fake_providers:
+            problems.append("FAKE_PROVIDERS must not be set")
+        for name, value in {
+            "IMO_USERNAME": self.imo_username,
+            "TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+            "WHATSAPP_PHONE_NUMBER_ID": self.whatsapp_phone_number_id,
+        }.items():
+            if value.strip() in FAKE_IDENTIFIERS:
+                problems.append(f"{name} is the fake provider's")
         for name, value in {
             "IMO_BASE_URL": self.imo_base_url,
             "IMO_USERNAME": self.imo_username,
@@ -252,6 +329,22 @@ class Settings(BaseSettings):
         """Where providers call us back: PUBLIC_BASE_URL, or the local API in development."""
         return self.public_base_url or "http://127.0.0.1:8000"
 
+    def chain_for(self, country: str, purpose: str) -> list[str]:
+        """The configured channel chain of a patient's country and a message's purpose:
+        `COUNTRY/purpose`, else `COUNTRY`, else `*/purpose`, else `*`, else SMS alone."""
+        chains = self.channel_chains
+        country = country.upper()
+        for key in (f"{country}/{purpose}", country, f"*/{purpose}", "*"):
+            chain = chains.get(key)
+            if chain is not None:
+                return chain
+        return [ChannelName.SMS.value]
+
+    def unread_fallback_after(self, purpose: str) -> float | None:
+        """Hours after which an unread reminder of `purpose` falls back; None: never."""
+        hours = self.unread_fallback_hours
+        return hours.get(purpose, hours.get("*"))
+
     def expiry_days(self, purpose: str) -> int:
         """How long after falling due a notification of `purpose` is still worth sending."""
         return self.notification_expiry_days_by_purpose.get(purpose, self.notification_expiry_days)
@@ -260,14 +353,15 @@ class Settings(BaseSettings):
     def is_production(self) -> bool:
         return self.app_env == "production"
 
-    def recipient_allowed(self, phone_e164: str, provider_base_url: str) -> bool:
-        """Outside production only allow-listed numbers reach a real provider.
+    @property
+    def messages_everyone(self) -> bool:
+        """Production, or only the fakes: no allow-list applies."""
+        return self.is_production or self.fake_providers
 
-        A provider on loopback is one of the project's fakes, which reach nobody.
-        """
-        if self.is_production or is_loopback_url(provider_base_url):
-            return True
-        return phone_e164 in self.allowed_recipients
+    def recipient_allowed(self, phone_e164: str) -> bool:
+        """Outside production only ALLOWED_RECIPIENTS are messaged, by every provider
+        whatever its host, unless FAKE_PROVIDERS says every provider is a fake."""
+        return self.messages_everyone or phone_e164 in self.allowed_recipients
 
 
 @lru_cache

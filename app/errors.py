@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sentry_sdk
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.logs import error_summary
+from app.response_headers import PRIVATE_PREFIXES, common_headers, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,11 @@ class Unauthorized(AppError):
 class Forbidden(AppError):
     status_code = 403
     code = "forbidden"
+
+
+class Gone(AppError):
+    status_code = 410
+    code = "gone"
 
 
 class Conflict(AppError):
@@ -99,9 +108,18 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return "".join(parts) or str(loc[0] if loc else "")
 
 
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates escaped: a field name taken from the request (an
+    unknown key) may hold one, and UTF-8 cannot encode the answer then."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def validation_details(errors: Any) -> list[dict[str, Any]]:
     return [
-        {"field": _location(err.get("loc", ())), "message": err.get("msg", "invalid")}
+        {
+            "field": _encodable(_location(err.get("loc", ()))),
+            "message": _encodable(str(err.get("msg", "invalid"))),
+        }
         for err in errors
     ]
 
@@ -132,6 +150,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Sentry's FastAPI integration captures it; the log line carries the route only.
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return JSONResponse(error_body("internal_error", "internal error", []), 500)
+        # One line, no traceback: Sentry's FastAPI integration captures the whole of it.
+        # The connection is closed: whatever broke may have left it in a bad state.
+        request_id = getattr(request.state, "request_id", None) or request_id_of(request.scope)
+        log.error(
+            "unhandled error",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.url.path,
+                "error": error_summary(exc),
+            },
+        )
+        sentry_sdk.set_tag("request_id", request_id)
+        private = request.url.path.startswith(PRIVATE_PREFIXES)
+        headers = {**common_headers(request_id, private=private), "Connection": "close"}
+        return JSONResponse(
+            error_body("internal_error", f"internal error (request {request_id})", []),
+            500,
+            headers=headers,
+        )

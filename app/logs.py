@@ -1,7 +1,10 @@
 """Structured logs: one JSON object a line, with ids; never a full phone number or text.
 
 `redact()` is the last guard: any E.164-looking number in a message or field is masked
-before a line is written, whatever the caller passed.
+before a line is written, whatever the caller passed. Exceptions are written by
+`exception_text()`: the traceback's frames (no local variables) and each exception's
+message, except a database error's, which may quote the row it failed on (a patient's
+name, a rendered reminder): only its class and SQLSTATE are kept.
 """
 
 from __future__ import annotations
@@ -9,14 +12,20 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from typing import Any
 
 import orjson
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
-# +8801711000001 -> +88017******01; also bare national mobiles (01711000001). Runs of
-# digits only, so dates, times and ids with separators are left alone.
-_PHONE = re.compile(r"(?<![\w.:/-])\+?\d{9,15}(?![\w.])")
+# Any run of 7 or more digits, whatever separates them (spaces, `-`, `.`, `/`,
+# parentheses) and whatever is around them (`+880 1712-345671`, `8801712345671x`, a
+# number inside an id): +8801711000001 -> +88017******01, 01711000001 -> *********01.
+# An ISO date (2026-12-04) is kept, so that logs still say when; times have colons.
+_PHONE = re.compile(
+    r"(?<!\d)(?!(?:19|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?!\d))"
+    r"\+?\d(?:[\s\-./()]{0,3}\d){6,}"
+)
 
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime"}
@@ -44,11 +53,72 @@ def mask_phone(e164: str) -> str:
     return f"+{country_code}{masked}"
 
 
+def _mask_run(found: re.Match[str]) -> str:
+    run = found.group(0)
+    digits = "".join(character for character in run if character.isdigit())
+    return mask_phone("+" + digits if run.startswith("+") else digits)
+
+
 def redact(value: str) -> str:
-    return _PHONE.sub(lambda m: mask_phone(m.group(0)), value)
+    return _PHONE.sub(_mask_run, value)
 
 
-class JsonFormatter(logging.Formatter):
+# Exceptions of these packages carry SQL parameters, or PostgreSQL's DETAIL with the
+# failing row, in their messages.
+_DATABASE_PACKAGES = ("sqlalchemy", "asyncpg")
+
+
+def is_database_error(module: str) -> bool:
+    """True for an exception class defined in `module` of a database package."""
+    return module.split(".", 1)[0] in _DATABASE_PACKAGES
+
+
+def error_message(error: BaseException) -> str:
+    """What may be logged of `error`'s own message."""
+    if not is_database_error(type(error).__module__):
+        return redact(str(error))
+    orig = getattr(error, "orig", None) or error
+    sqlstate = getattr(orig, "sqlstate", None)
+    kind = type(orig).__name__
+    return (
+        f"{kind} (SQLSTATE {sqlstate}); message hidden" if sqlstate else f"{kind}; message hidden"
+    )
+
+
+def error_summary(error: BaseException) -> str:
+    """One line: the exception's class and safe message, and where it was raised."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"{type(error).__qualname__}: {error_message(error)}{where}"
+
+
+def exception_text(error: BaseException) -> str:
+    """A traceback like Python's, each message passed through `error_message()`."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        cause = current.__cause__
+        current = (
+            cause if cause is not None or current.__suppress_context__ else current.__context__
+        )
+    parts: list[str] = []
+    for link in reversed(chain):
+        if parts:
+            parts.append("\nwhich led to:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(link.__traceback__))
+        kind = type(link)
+        parts.append(f"{kind.__module__}.{kind.__qualname__}: {error_message(link)}\n")
+    return "".join(parts).rstrip()
+
+
+class SafeExceptions(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return exception_text(ei[1]) if ei and ei[1] is not None else ""
+
+
+class JsonFormatter(SafeExceptions):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
@@ -64,7 +134,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(SafeExceptions):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 

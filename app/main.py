@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from arq import create_pool
 from fastapi import APIRouter, Depends, FastAPI
+from redis.exceptions import RedisError
 
 from app import observability
 from app.api_docs import install_api_docs
@@ -17,6 +19,7 @@ from app.config import Settings, get_settings
 from app.conversations import endpoints as conversation_endpoints
 from app.dashboard.endpoints import install_dashboard
 from app.db.session import create_engine_and_sessionmaker
+from app.delivery.dispatcher import check_chains
 from app.delivery.report_batcher import ReportBatcher
 from app.errors import install_error_handlers
 from app.experiments import endpoints as experiment_endpoints
@@ -27,9 +30,11 @@ from app.notifications import endpoints as notification_endpoints
 from app.openapi import install_openapi, operation_id
 from app.ops import endpoints as ops_endpoints
 from app.patients import endpoints as patient_endpoints
-from app.redis import redis_settings
+from app.redis import RedisUnreachable, redis_location, redis_settings
 from app.reminder_plans import endpoints as reminder_plan_endpoints
 from app.request_size import RequestSizeLimit
+from app.response_headers import ResponseHeaders
+from app.switches import endpoints as switch_endpoints
 from app.templates import endpoints as template_endpoints
 
 API_DESCRIPTION = """
@@ -56,6 +61,7 @@ def v1_router() -> APIRouter:
     router.include_router(imo_endpoints.router)
     router.include_router(conversation_endpoints.router)
     router.include_router(conversation_endpoints.patient_router)
+    router.include_router(switch_endpoints.router)
     return router
 
 
@@ -67,11 +73,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
-        arq_pool = await create_pool(redis_settings(settings.redis_url))
+        # Bounded: a Redis gone for good fails the start with its address, instead of
+        # arq's and redis-py's retries holding it (and SIGTERM) for minutes.
+        try:
+            arq_pool = await asyncio.wait_for(
+                create_pool(redis_settings(settings.redis_url)),
+                settings.redis_start_timeout_seconds,
+            )
+        except (TimeoutError, OSError, RedisError) as exc:
+            raise RedisUnreachable(
+                f"Redis unreachable at {redis_location(settings.redis_url)}"
+            ) from exc
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
         app.state.redis = arq_pool
+        app.state.chains = check_chains(settings)
         # Provider reports are committed in groups; see app/delivery/report_batcher.py.
         app.state.report_batcher = ReportBatcher(lambda: app.state.sessionmaker)
         app.state.report_batcher.start()
@@ -90,13 +107,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # API_DOCS=false hides the interactive docs and the document behind them.
+        openapi_url="/openapi.json" if settings.api_docs else None,
         generate_unique_id_function=operation_id,
     )
     install_openapi(app)
-    install_api_docs(app)
+    if settings.api_docs:
+        install_api_docs(app)
     install_error_handlers(app)
     observability.install_http_metrics(app)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ResponseHeaders, hsts=settings.is_production)
     # Provider callbacks are the busiest routes: matched first, they skip trying every
     # /v1 route's pattern (an eighth of a callback's CPU). Paths do not overlap.
     app.include_router(callback_endpoints.router)

@@ -18,6 +18,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
+from app.logs import is_database_error, redact
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,51 @@ UNEXPECTED_PROVIDER_ANSWERS = Counter(
 )
 
 
-def init_sentry(settings: Settings, *, component: str) -> None:
+def init_sentry(settings: Settings, *, component: str, transport: Any = None) -> None:
+    """Sentry when SENTRY_DSN is set. `transport`: where events go instead (tests)."""
     if not settings.sentry_dsn:
         return
     sentry_sdk.init(
         dsn=settings.sentry_dsn,
+        transport=transport,
         environment=settings.app_env,
-        send_default_pii=False,
+        # No user, body, query data or frame variables: they would hold patients' data.
+        data_collection={
+            "user_info": False,
+            "http_bodies": [],
+            "database_query_data": False,
+            "stack_frame_variables": False,
+        },
+        before_send=scrub_event,
         traces_sample_rate=0.0,
     )
     sentry_sdk.set_tag("component", component)
+
+
+def scrub_event(event: Any, _hint: Any) -> Any:
+    """Sentry's `before_send`: the same rules as the logs (`app/logs.py`) for whatever
+    an event carries, so no integration can ship a name or a message text.
+
+    A database error's message (SQL parameters, the failing row) is dropped, every
+    other string has its phone numbers masked, request bodies and frame variables go.
+    """
+    for exception in (event.get("exception") or {}).get("values") or []:
+        if is_database_error(str(exception.get("module") or "")):
+            exception["value"] = "message hidden"
+        for frame in (exception.get("stacktrace") or {}).get("frames") or []:
+            frame.pop("vars", None)
+    (event.get("request") or {}).pop("data", None)
+    return _redacted(event)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def report_unexpected(provider: str, message: str, context: dict[str, Any]) -> None:

@@ -11,7 +11,9 @@ provider callback never takes a message back. The backward steps are deliberate 
 internal (`BACKWARD_EVENTS`): a message whose channel failed, or that a worker claimed
 and did not send, returns to `scheduled` (`RETRY`) to try the next channel or to wait
 out a transient error, or, when the sweeper had settled it `sent` before its worker's
-answer said the send failed, to `sending` (`FALL_BACK`) on the way to the next channel.
+answer said the send failed, to `sending` (`FALL_BACK`) on the way to the next channel;
+and a reminder taken by Imo or WhatsApp but not read in time returns to `scheduled`
+(`UNREAD_FALLBACK`, once) to go on the next channel.
 
 A read receipt proves the patient has the message: `read` beats every other state of an
 attempt (even `failed`: the failure was wrong, or the message got through anyway) and of
@@ -65,6 +67,8 @@ class NotificationEvent(enum.StrEnum):
     # A provider's report that one of its attempts reached the patient (`raise_notifications`).
     REPORT_DELIVERED = "report_delivered"
     REPORT_READ = "report_read"
+    # Taken by Imo or WhatsApp and not read in time: the next channel (`hand_on_unread`).
+    UNREAD_FALLBACK = "unread_fallback"
 
 
 S = NotificationState
@@ -86,6 +90,7 @@ EVENT_TARGET: dict[NotificationEvent, NotificationState] = {
     E.EXPIRE: S.EXPIRED,
     E.REPORT_DELIVERED: S.DELIVERED,
     E.REPORT_READ: S.READ,
+    E.UNREAD_FALLBACK: S.SCHEDULED,
 }
 
 # The states each event may move a notification from. Any other (state, event) pair
@@ -124,11 +129,14 @@ EVENT_SOURCES: dict[NotificationEvent, frozenset[NotificationState]] = {
             S.EXPIRED,
         }
     ),
+    # Once, on a channel with read receipts (app/delivery/unread.py).
+    E.UNREAD_FALLBACK: frozenset({S.SENT, S.DELIVERED}),
 }
 
 # Progress towards the patient. No event lowers it but the internal steps back to try
 # the next channel or wait out a transient error: RETRY (to `scheduled`) and, after the
-# sweeper settled a claim too early, FALL_BACK (to `sending`). The ends that need no
+# sweeper settled a claim too early, FALL_BACK (to `sending`); and, once, an unread
+# reminder's UNREAD_FALLBACK (to `scheduled`). The ends that need no
 # patient (failed, denied, cleared, expired) rank with `delivered`: only a read receipt
 # goes past them.
 NOTIFICATION_RANK: dict[NotificationState, int] = {
@@ -143,7 +151,7 @@ NOTIFICATION_RANK: dict[NotificationState, int] = {
     S.EXPIRED: 3,
     S.READ: 4,
 }
-BACKWARD_EVENTS = frozenset({E.RETRY, E.FALL_BACK})
+BACKWARD_EVENTS = frozenset({E.RETRY, E.FALL_BACK, E.UNREAD_FALLBACK})
 
 # Where the worker's outcome of a send (an `Outcome.state`) comes from: the events
 # `settle` writes, one per state it may write.
@@ -285,3 +293,15 @@ def sql_case(column: str, mapping: dict[str, str] | dict[str, int] | dict[int, s
         f"WHEN {constant(key)} THEN {constant(value)}" for key, value in mapping.items()
     )
     return f"(CASE {column} {arms} END)"
+
+
+class ChannelName(enum.StrEnum):
+    """The channels a reminder can go on (CHANNEL_CHAINS, switches, attempts)."""
+
+    IMO = "imo"
+    WHATSAPP = "whatsapp"
+    SMS = "sms"
+
+
+# Channels that report reads: a reminder taken there and not read may fall back once.
+READ_RECEIPT_CHANNELS = frozenset({ChannelName.IMO, ChannelName.WHATSAPP})

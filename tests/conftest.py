@@ -61,6 +61,9 @@ Settings.model_config["env_file"] = None
 os.environ.update(
     APP_ENV="test",
     SECRET_KEY=TEST_SECRET_KEY,
+    # The unit tests' providers are the fakes (tests that check ALLOWED_RECIPIENTS turn
+    # it off).
+    FAKE_PROVIDERS="true",
     # Port 9 (discard): callback URLs built in unit tests lead nowhere.
     PUBLIC_BASE_URL="http://127.0.0.1:9",
 )

@@ -148,10 +148,10 @@ class Database:
     url: str
 
     async def empty(self) -> None:
-        """No patient (nor anything of theirs), invitation round or API key."""
+        """No patient (nor anything of theirs), invitation round, API key or switch."""
         async with self.engine.begin() as connection:
             await connection.execute(
-                text("TRUNCATE patients, imo_invitation_rounds, api_keys CASCADE")
+                text("TRUNCATE patients, imo_invitation_rounds, api_keys, switches CASCADE")
             )
 
 
@@ -375,6 +375,7 @@ class Stack:
             TWILIO_ACCOUNT_SID=FAKE_TWILIO_ACCOUNT_SID,
             TWILIO_AUTH_TOKEN=FAKE_TWILIO_AUTH_TOKEN,
             TWILIO_SMS_FROM=FAKE_TWILIO_SMS_FROM,
+            FAKE_PROVIDERS="true",
             WHATSAPP_BASE_URL=self.whatsapp_url,
             WHATSAPP_PHONE_NUMBER_ID=FAKE_WHATSAPP_PHONE_NUMBER_ID,
             WHATSAPP_ACCESS_TOKEN=FAKE_WHATSAPP_ACCESS_TOKEN,

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import service as auth_service
+from app.errors import Conflict, NotFound
+from app.models import ApiKey
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -76,3 +81,51 @@ async def test_keys_are_stored_hashed(db_sessionmaker: async_sessionmaker[AsyncS
         assert key not in (row.key_hash, row.prefix) and len(row.key_hash) == 64
         assert (await auth_service.authenticate(session, key)) is not None
         assert (await auth_service.authenticate(session, key + "x")) is None
+
+
+class TestLastUsed:
+    async def test_is_set_on_use_and_written_at_most_once_a_minute(
+        self, db_sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        async with db_sessionmaker() as session:
+            row, key = await auth_service.create_api_key(session, "clinic")
+            assert row.last_used_at is None
+            await auth_service.authenticate(session, key)
+            await session.refresh(row)
+            first = row.last_used_at
+            assert first is not None
+            await session.execute(
+                update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=first)
+            )
+            await auth_service.authenticate(session, key)
+            await session.refresh(row)
+            assert row.last_used_at == first  # within the minute: not written again
+            stale = first - timedelta(minutes=2)
+            await session.execute(
+                update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=stale)
+            )
+            await session.refresh(row)
+            await auth_service.authenticate(session, key)
+            await session.refresh(row)
+            assert row.last_used_at is not None and row.last_used_at > stale
+
+
+class TestRevokeByNameOrPrefix:
+    async def test_by_prefix_or_unique_name(
+        self, db_sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        async with db_sessionmaker() as session:
+            name = f"clinic-{uuid.uuid4().hex[:8]}"
+            first, first_key = await auth_service.create_api_key(session, name)
+            revoked = await auth_service.revoke_by_name_or_prefix(session, name)
+            assert revoked.id == first.id
+            assert await auth_service.authenticate(session, first_key) is None
+            second, _ = await auth_service.create_api_key(session, name)
+            _, third_key = await auth_service.create_api_key(session, name)
+            with pytest.raises(Conflict, match="revoke one by its prefix"):
+                await auth_service.revoke_by_name_or_prefix(session, name)
+            revoked = await auth_service.revoke_by_name_or_prefix(session, second.prefix)
+            assert revoked.id == second.id
+            assert await auth_service.authenticate(session, third_key) is not None
+            with pytest.raises(NotFound):
+                await auth_service.revoke_by_name_or_prefix(session, "nobody-at-all")

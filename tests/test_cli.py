@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 
 import pytest
@@ -71,6 +72,39 @@ class TestApiKeysCreate:
                 await engine.dispose()
 
         assert asyncio.run(check_and_remove())
+
+
+class TestApiKeysListAndRevoke:
+    def test_list_shows_last_use_and_revoke_takes_a_name_or_prefix(
+        self, services: Services
+    ) -> None:
+        name = f"cli-{os.getpid()}"
+        created = runner.invoke(cli, ["api-keys", "create", name])
+        assert created.exit_code == 0, created.output
+        plaintext = created.output.strip().splitlines()[-1]
+
+        async def use_key() -> None:
+            engine, sessionmaker = create_engine_and_sessionmaker(services.database_url)
+            try:
+                async with sessionmaker() as session:
+                    assert await auth_service.authenticate(session, plaintext) is not None
+                    await session.commit()
+            finally:
+                await engine.dispose()
+
+        asyncio.run(use_key())
+        listed = runner.invoke(cli, ["api-keys", "list"])
+        assert listed.exit_code == 0, listed.output
+        line = next(line for line in listed.output.splitlines() if name in line)
+        # created and last used; not revoked
+        assert plaintext[:10] in line
+        assert len(re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d", line)) == 2, listed.output
+
+        revoked = runner.invoke(cli, ["api-keys", "revoke", name])
+        assert revoked.exit_code == 0, revoked.output
+        assert "Revoked" in revoked.output
+        again = runner.invoke(cli, ["api-keys", "revoke", name])
+        assert again.exit_code == 1 and "no live API key" in again.output
 
 
 class TestMigrate:

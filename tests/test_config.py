@@ -9,13 +9,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.config import PLACEHOLDER_SECRETS, Settings
+from app.config import FAKE_IDENTIFIERS, PLACEHOLDER_SECRETS, Settings
 from app.devtools.environment import notify_command
 from app.fakes.credentials import (
     FAKE_IMO_PASSWORD,
+    FAKE_IMO_USERNAME,
+    FAKE_TWILIO_ACCOUNT_SID,
     FAKE_TWILIO_AUTH_TOKEN,
     FAKE_WHATSAPP_ACCESS_TOKEN,
     FAKE_WHATSAPP_APP_SECRET,
+    FAKE_WHATSAPP_PHONE_NUMBER_ID,
     FAKE_WHATSAPP_VERIFY_TOKEN,
 )
 
@@ -24,7 +27,7 @@ PRODUCTION: dict[str, Any] = {
     "database_url": "postgresql+asyncpg://notify:pw@db:5432/notify",
     "redis_url": "redis://redis:6379/0",
     "public_base_url": "https://notify.example.org",
-    "secret_key": "k" * 40,
+    "secret_key": "q7Vh2mX9pL4sK8dN3rT6wY1zB5cF0gJe-production",
     "imo_base_url": "https://sgp.imo.im/api/simple",
     "imo_username": "clinic",
     "imo_password": "a-real-imo-password",
@@ -35,6 +38,7 @@ PRODUCTION: dict[str, Any] = {
     "whatsapp_access_token": "a-real-whatsapp-token",
     "whatsapp_app_secret": "a-real-app-secret",
     "whatsapp_verify_token": "a-real-verify-token",
+    "fake_providers": False,  # the test session sets FAKE_PROVIDERS=true
 }
 WHATSAPP_CLOUD = (
     "whatsapp_phone_number_id",
@@ -68,6 +72,17 @@ class TestProductionStartUp:
             ),
             ("imo_username", "", "IMO_USERNAME must be set"),
             ("database_url", "", "DATABASE_URL must be set"),
+            ("public_base_url", "http://notify.example.org", "must be an https:// URL"),
+            ("public_base_url", "notify.example.org", "must be an https:// URL"),
+            ("public_base_url", "https://", "must be an https:// URL"),
+            ("secret_key", "a" * 32, "SECRET_KEY is not random"),
+            ("secret_key", "abab" * 10, "SECRET_KEY is not random"),
+            ("imo_username", FAKE_IMO_USERNAME, "IMO_USERNAME is the fake provider's"),
+            (
+                "twilio_account_sid",
+                FAKE_TWILIO_ACCOUNT_SID,
+                "TWILIO_ACCOUNT_SID is the fake provider's",
+            ),
         ],
     )
     def test_missing_or_placeholder_values_are_refused(
@@ -117,6 +132,11 @@ class TestProductionStartUp:
             FAKE_WHATSAPP_APP_SECRET,
             FAKE_WHATSAPP_VERIFY_TOKEN,
         } <= PLACEHOLDER_SECRETS
+        assert {
+            FAKE_IMO_USERNAME,
+            FAKE_TWILIO_ACCOUNT_SID,
+            FAKE_WHATSAPP_PHONE_NUMBER_ID,
+        } <= FAKE_IDENTIFIERS
 
     @pytest.mark.parametrize("command", ["api", "worker"])
     def test_the_processes_refuse_to_start(self, tmp_path: Path, command: str) -> None:
@@ -145,17 +165,24 @@ class TestProductionStartUp:
 
 
 class TestAllowedRecipients:
-    REAL = "https://api.twilio.com"
-
     def test_outside_production_only_listed_numbers_reach_a_real_provider(self) -> None:
-        staging = Settings(app_env="staging", allowed_recipients="+8801711000004")
-        assert staging.recipient_allowed("+8801711000004", self.REAL)
-        assert not staging.recipient_allowed("+8801711000005", self.REAL)
+        staging = Settings(
+            app_env="staging", allowed_recipients="+8801711000004", fake_providers=False
+        )
+        assert staging.recipient_allowed("+8801711000004")
+        assert not staging.recipient_allowed("+8801711000005")
 
-    def test_the_fakes_on_loopback_reach_nobody_so_anyone_goes(self) -> None:
-        development = Settings(app_env="development")
-        assert development.recipient_allowed("+8801711000005", "http://127.0.0.1:8001")
-        assert not development.recipient_allowed("+8801711000005", self.REAL)
+    def test_a_provider_on_loopback_is_no_exception(self) -> None:
+        # A staging box may reach real Twilio through a local proxy or tunnel.
+        development = Settings(app_env="development", fake_providers=False)
+        assert not development.recipient_allowed("+8801711000005")
+
+    def test_only_the_explicit_fake_providers_lets_anyone_through(self) -> None:
+        assert Settings(app_env="development", fake_providers=True).recipient_allowed(
+            "+8801711000005"
+        )
+        with pytest.raises(ValidationError, match="FAKE_PROVIDERS must not be set"):
+            production(fake_providers=True)
 
     def test_production_messages_everyone(self) -> None:
-        assert production().recipient_allowed("+8801711000005", self.REAL)
+        assert production().recipient_allowed("+8801711000005")

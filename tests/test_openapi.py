@@ -67,6 +67,8 @@ OPERATION_IDS = {
     "POST /v1/conversations/{conversation_id}/close": "close_conversation",
     "POST /v1/conversations/{conversation_id}/messages": "write_message",
     "GET /v1/patients/{patient_id}/messages": "list_patient_messages",
+    "PUT /v1/switches/{scope}": "put_switch",
+    "GET /v1/switches": "list_switches",
 }
 
 

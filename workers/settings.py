@@ -24,7 +24,8 @@ from app.config import get_settings
 from app.conversations import service as conversation_service
 from app.dashboard import repository as dashboard_repository
 from app.db.session import create_engine_and_sessionmaker
-from app.delivery.dispatcher import Dispatcher, sweep
+from app.delivery import reconcile, unread
+from app.delivery.dispatcher import Dispatcher, check_chains, sweep
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
@@ -40,6 +41,7 @@ async def startup(ctx: Context) -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     observability.init_sentry(settings, component="worker")
     engine, sessionmaker = create_engine_and_sessionmaker(settings.database_url)
+    check_chains(settings)
     http = channel_registry.http_session(settings.dispatch_concurrency)
     limiter_redis = Redis.from_url(settings.redis_url, retry_on_timeout=True)
     dispatcher = Dispatcher(
@@ -97,6 +99,25 @@ async def close_idle_conversations(ctx: Context) -> int:
     return len(closed)
 
 
+async def hand_on_unread(ctx: Context) -> int:
+    """Cron: unread Imo/WhatsApp reminders to their next channel. Safe on every worker."""
+    return await unread.hand_on_unread(ctx["sessionmaker"], ctx["settings"])
+
+
+async def reconcile_sent(ctx: Context) -> dict[str, int]:
+    """Cron: look up attempts whose final status never came. Safe on every worker."""
+    dispatcher: Dispatcher = ctx["dispatcher"]
+    return dict(
+        await reconcile.reconcile(
+            ctx["sessionmaker"],
+            ctx["settings"],
+            dispatcher.channels,
+            dispatcher.limiters,
+            datetime.now(UTC),
+        )
+    )
+
+
 async def fold_notification_counts(ctx: Context) -> int:
     """Cron: fold the dashboard's count deltas into the hourly counts. Safe on every
     worker at once (app/dashboard/repository.py)."""
@@ -115,6 +136,8 @@ class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         sweep_stale_sending,
         close_idle_conversations,
+        hand_on_unread,
+        reconcile_sent,
         fold_notification_counts,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
@@ -126,6 +149,8 @@ class WorkerSettings:
             unique=True,
             run_at_startup=True,
         ),
+        cron(hand_on_unread, second={41}, unique=True),
+        cron(reconcile_sent, second={29}, unique=True),
         invitations.scheduled_round_cron(get_settings()),
         cron(close_idle_conversations, minute={7, 37}, unique=True),
         cron(fold_notification_counts, second={41}, unique=True),

@@ -7,21 +7,20 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Literal, Self, cast
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.models import Appointment, Experiment, ExperimentGroup, ExperimentMembership, Notification
 from app.patients.schemas import PATIENT_ID_PATTERN, Facility, FacilityOut, PatientId
 from app.states import NotificationState
+from app.validation import BoundedDate, BoundedDatetime, InputModel
 
 AppointmentStatus = Literal["scheduled", "visited", "cancelled"]
 APPOINTMENT_ID_PATTERN = PATIENT_ID_PATTERN
 
 
-class AppointmentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AppointmentIn(InputModel):
     patient_id: PatientId
-    scheduled_date: date = Field(description="The day of the visit", examples=["2027-01-15"])
+    scheduled_date: BoundedDate = Field(description="The day of the visit", examples=["2027-01-15"])
     facility: Facility | None = Field(
         default=None,
         description="Where the visit is; defaults to the patient's facility. Its name "
@@ -29,10 +28,8 @@ class AppointmentIn(BaseModel):
     )
 
 
-class VisitIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    visited_at: AwareDatetime = Field(
+class VisitIn(InputModel):
+    visited_at: BoundedDatetime = Field(
         description="When the patient came (not in the future)",
         examples=["2027-01-15T10:30:00+06:00"],
     )

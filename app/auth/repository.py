@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import ApiKey
@@ -10,3 +10,40 @@ from app.models import ApiKey
 
 async def by_hash(session: AsyncSession, key_hash: str) -> ApiKey | None:
     return await session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+
+
+async def every_key(session: AsyncSession) -> list[ApiKey]:
+    return list(await session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+async def live_by_prefix_or_name(session: AsyncSession, prefix_or_name: str) -> list[ApiKey]:
+    """The live keys with this prefix; if none, the live keys with this name."""
+    live = select(ApiKey).where(ApiKey.revoked_at.is_(None))
+    matches = list(await session.scalars(live.where(ApiKey.prefix == prefix_or_name)))
+    if matches:
+        return matches
+    return list(await session.scalars(live.where(ApiKey.name == prefix_or_name)))
+
+
+async def touch(session: AsyncSession, api_key_id: int, resolution_seconds: int) -> None:
+    """`last_used_at = now()` unless written less than `resolution_seconds` ago. SKIP
+    LOCKED: a request never waits for another one writing the same key's time."""
+    stale = (
+        select(ApiKey.id)
+        .where(
+            ApiKey.id == api_key_id,
+            or_(
+                ApiKey.last_used_at.is_(None),
+                ApiKey.last_used_at
+                < func.now() - text(f"interval '{int(resolution_seconds)} seconds'"),
+            ),
+        )
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == stale)
+        .values(last_used_at=func.now())
+        .execution_options(synchronize_session=False)
+    )

@@ -14,9 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import repository as api_key_repository
 from app.db.session import create_engine_and_sessionmaker
+from app.errors import Conflict, NotFound
 from app.models import ApiKey
 
 KEY_PREFIX = "cn_"
+# `last_used_at` is written at most this often per key: one cheap write a minute, not
+# one per request.
+LAST_USED_RESOLUTION_SECONDS = 60
 
 
 def hash_key(key: str) -> str:
@@ -66,7 +70,38 @@ async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:
         return None
     if api_key.revoked_at is not None:
         return None
+    await _touch(session, api_key)
     return api_key
+
+
+async def _touch(session: AsyncSession, api_key: ApiKey) -> None:
+    """Write `last_used_at` when it is a minute old or more: one cheap write a minute."""
+    used = api_key.last_used_at
+    if used is None or (datetime.now(UTC) - used).total_seconds() >= LAST_USED_RESOLUTION_SECONDS:
+        await api_key_repository.touch(session, api_key.id, LAST_USED_RESOLUTION_SECONDS)
+
+
+async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
+    """Every key, live and revoked, oldest first."""
+    return await api_key_repository.every_key(session)
+
+
+async def revoke_by_name_or_prefix(session: AsyncSession, name_or_prefix: str) -> ApiKey:
+    """Revoke the one live key with this prefix, or else with this name. Raises NotFound
+    when none matches and Conflict when several live keys share the name (revoke those
+    by prefix). Revoking takes effect on the key's next request. Flushes."""
+    matches = await api_key_repository.live_by_prefix_or_name(session, name_or_prefix)
+    if not matches:
+        raise NotFound(f"no live API key named or prefixed '{name_or_prefix}'")
+    if len(matches) > 1:
+        prefixes = ", ".join(key.prefix for key in matches)
+        raise Conflict(
+            f"{len(matches)} live keys are named '{name_or_prefix}' ({prefixes}): "
+            "revoke one by its prefix"
+        )
+    matches[0].revoked_at = datetime.now(UTC)
+    await session.flush()
+    return matches[0]
 
 
 async def revoke_api_key(session: AsyncSession, api_key_id: int) -> bool:

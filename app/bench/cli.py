@@ -37,6 +37,24 @@ def dispatch(
     bench_dispatch.run(reminders, workers, concurrency, batch, json_path, measured, mix)
 
 
+@bench_cli.command("switch")
+def switch(
+    reminders: Annotated[list[int], typer.Option("--reminders", "-n")] = [10_000],  # noqa: B006
+    workers: Annotated[list[int], typer.Option("--workers", "-w")] = [2],  # noqa: B006
+    batch: Annotated[int, typer.Option(help="Notifications claimed per batch.")] = 500,
+    pause_at: Annotated[
+        float, typer.Option(help="Pause once this share of the reminders went out.")
+    ] = 0.3,
+    json_path: JsonOption = None,
+) -> None:
+    """Pause country=IN mid-send: sends after the pause, then resume: none lost or twice."""
+    from app.bench import switch as bench_switch
+    from app.devtools.environment import prepare_environment
+
+    prepare_environment()
+    bench_switch.run(reminders, workers, batch, pause_at, json_path)
+
+
 @bench_cli.command("invitations")
 def invitations(
     patients: Annotated[list[int], typer.Option("--patients", "-n")] = [100_000],  # noqa: B006

@@ -217,6 +217,23 @@ class Processes:
                 self.children.remove(child)
 
 
+async def start_workers(
+    processes: Processes, count: int, within: float = 60
+) -> list[subprocess.Popen[bytes]]:
+    """`count` workers (`worker-{i}`), returned once each has said it is ready."""
+    ready = [processes.workdir / f"worker-{i}.ready" for i in range(count)]
+    children = [
+        processes.start(f"worker-{i}", "worker", "--ready-file", str(path))
+        for i, path in enumerate(ready)
+    ]
+    deadline = time.monotonic() + within
+    while not all(path.exists() for path in ready):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers did not start; logs in {processes.workdir}")
+        await asyncio.sleep(0.05)
+    return children
+
+
 @contextmanager
 def fakes_and_env(database_url: str, redis_url: str, **settings: str) -> Iterator[Processes]:
     """Fake Imo, Twilio and WhatsApp (callbacks off) on free ports, and the environment
@@ -227,6 +244,7 @@ def fakes_and_env(database_url: str, redis_url: str, **settings: str) -> Iterato
     env = {
         **os.environ,
         "APP_ENV": "test",
+        "FAKE_PROVIDERS": "true",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789",

@@ -20,6 +20,7 @@ from app.bench.common import (
     fresh_database,
     run_module,
     server_pid,
+    start_workers,
 )
 from app.config import get_settings
 
@@ -137,16 +138,7 @@ async def measure(
         "DISPATCH_IDLE_SECONDS": "0.05",
     }
     with fakes_and_env(database_url, redis_url, **env) as processes:
-        ready = [processes.workdir / f"worker-{i}.ready" for i in range(workers)]
-        children = [
-            processes.start(f"worker-{i}", "worker", "--ready-file", str(path))
-            for i, path in enumerate(ready)
-        ]
-        deadline = time.monotonic() + 60
-        while not all(path.exists() for path in ready):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers did not start; logs in {processes.workdir}")
-            await asyncio.sleep(0.05)
+        children = await start_workers(processes, workers)
         memories = [PeakMemory(child.pid) for child in children]
         for memory in memories:
             memory.__enter__()

@@ -41,7 +41,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.bench.common import PeakMemory, Result, console, fakes_and_env, fresh_database
+from app.bench.common import (
+    PeakMemory,
+    Result,
+    console,
+    fakes_and_env,
+    fresh_database,
+    start_workers,
+)
 from app.channels.base import basic_auth
 from app.config import get_settings
 from app.event_loop import new_event_loop
@@ -303,14 +310,7 @@ async def _shared_limit_in(
         "IMO_INVITATION_POLL_SECONDS": "0.2",
     }
     with fakes_and_env(database_url, get_settings().redis_url, **env) as processes:
-        ready = [processes.workdir / f"worker-{i}.ready" for i in range(workers)]
-        for i, path in enumerate(ready):
-            processes.start(f"worker-{i}", "worker", "--ready-file", str(path))
-        deadline = time.monotonic() + 120
-        while not all(path.exists() for path in ready):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers did not start; logs in {processes.workdir}")
-            await asyncio.sleep(0.05)
+        await start_workers(processes, workers, within=120)
         imo_root = processes.env["IMO_BASE_URL"].removesuffix("/api/simple")
         round_id = await start_round(processes.env)
         await wait_for_round(processes.env, round_id, within=seconds * 3 + 60)

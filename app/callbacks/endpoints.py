@@ -13,11 +13,12 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from app import callback_urls
@@ -32,12 +33,13 @@ from app.db.session import DbSession
 from app.delivery import provider_reports
 from app.delivery.report_batcher import ReportBatcher, report_batcher
 from app.delivery.types import Report
-from app.errors import AppError, Forbidden, NotFound, PayloadTooLarge
+from app.errors import AppError, Forbidden, Gone, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
 from app.messages import service as message_service
 from app.observability import CALLBACKS
 from app.security import TokenSigner
 from app.states import AttemptStatus
+from app.validation import INT64_MAX
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/callbacks", tags=["provider callbacks"], include_in_schema=True)
@@ -110,16 +112,28 @@ def _signer(request: Request) -> TokenSigner:
     responses={**_BAD_BODY, **_UNKNOWN},
 )
 async def imo_invitation(token: str, request: Request, session: DbSession) -> Accepted:
-    patient_id = _signer(request).verify(callback_urls.IMO_INVITATION, token)
-    if patient_id is None:
+    signed = callback_urls.read_invitation_token(_signer(request), token)
+    if signed is None:
         CALLBACKS.labels("imo", "bad_token").inc()
         raise NotFound("unknown callback")
+    patient_id, issued_at = signed
+    days = request.app.state.settings.imo_callback_token_days
+    if issued_at is not None and datetime.now(UTC) - issued_at > timedelta(days=days):
+        CALLBACKS.labels("imo", "expired_token").inc()
+        raise Gone(f"this invitation's callback expired after {days} days")
     fields = await _fields(request)
     if fields.get("event") != "accept_invite":
         CALLBACKS.labels("imo", "unknown_event").inc()
         raise BadCallback(f"unexpected event for an invitation: {fields.get('event')!r}")
-    if not await imo_service.mark_subscribed(session, patient_id):
+    accepted = await imo_service.mark_subscribed(session, patient_id, invited_at=issued_at)
+    if accepted is imo_service.Accept.UNKNOWN_PATIENT:
         raise NotFound("unknown patient")
+    if accepted is imo_service.Accept.STALE:
+        # Recorded (counted and logged), not applied: the patient's status changed
+        # after this invitation, e.g. to `no_imo_account`; a replay must not undo it.
+        CALLBACKS.labels("imo", "stale_accept").inc()
+        log.info("stale Imo accept", extra={"patient_id": patient_id})
+        return Accepted(changed=False)
     CALLBACKS.labels("imo", "accept_invite").inc()
     return Accepted(changed=True)
 
@@ -173,7 +187,7 @@ def _check_twilio_signature(
     responses={**_BAD_BODY, **_UNSIGNED, **_UNKNOWN},
 )
 async def twilio_status(
-    attempt_id: int,
+    attempt_id: Annotated[int, Path(ge=1, le=INT64_MAX)],
     request: Request,
     batcher: Batcher,
     x_twilio_signature: Annotated[str | None, Header()] = None,

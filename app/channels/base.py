@@ -9,20 +9,16 @@ exceptions never leak past an adapter.
 from __future__ import annotations
 
 import base64
-import enum
 import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import orjson
 
 from app.logs import mask_phone
 
-
-class ChannelName(enum.StrEnum):
-    IMO = "imo"
-    WHATSAPP = "whatsapp"
-    SMS = "sms"
+# Re-exported: the channels' names are shared vocabulary, one floor down (settings use them).
+from app.states import ChannelName as ChannelName
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +180,37 @@ class Channel(Protocol):
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Send one message. Raises TransientChannelError or PermanentChannelError."""
+        ...
+
+
+class MessageNotFound(PermanentChannelError):
+    """A status look-up named a message the provider does not know."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    """A message's status as the provider reports it when asked.
+
+    `status` is normalised like a callback's: sending, sent, delivered, read, failed, or
+    `unknown` for a word outside the provider's known vocabulary.
+    """
+
+    provider_message_id: str
+    status: str
+    provider_status: str
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@runtime_checkable
+class StatusLookup(Protocol):
+    """What a channel can do besides sending when its provider answers status look-ups
+    (Twilio's Messages API, for SMS and for WhatsApp through Twilio): the reconciler
+    asks it about messages whose final callback never came. Imo and the WhatsApp Cloud
+    API have no such look-up, and their channels do not implement it."""
+
+    async def fetch_status(self, provider_message_id: str) -> ProviderStatus:
+        """Raises MessageNotFound, TransientChannelError or PermanentChannelError."""
         ...
 
 

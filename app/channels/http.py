@@ -1,5 +1,6 @@
-"""One POST to a provider, as the aiohttp adapters make it: a time-out or a connection
-error becomes a TransientChannelError carrying the exchange, nothing else escapes."""
+"""One request to a provider (a POST, or a GET), as the aiohttp adapters make it: a
+time-out or a connection error becomes a TransientChannelError carrying the exchange,
+nothing else escapes."""
 
 from __future__ import annotations
 
@@ -44,9 +45,35 @@ async def post(
     """The provider's answer (within `limit`), whatever its status. Raises
     TransientChannelError (codes `timeout`, `connection_error`) with `request` in its
     detail when there is none."""
+    return await _ask(session, "POST", url, data, headers, limit, provider, request)
+
+
+async def get(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    headers: dict[str, str],
+    limit: aiohttp.ClientTimeout,
+    provider: str,
+    request: dict[str, object],
+) -> Answer:
+    """As `post`, for a GET."""
+    return await _ask(session, "GET", url, None, headers, limit, provider, request)
+
+
+async def _ask(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    data: bytes | None,
+    headers: dict[str, str],
+    limit: aiohttp.ClientTimeout,
+    provider: str,
+    request: dict[str, object],
+) -> Answer:
     try:
-        async with session.post(
-            url, data=data, headers=headers, timeout=limit, allow_redirects=False
+        async with session.request(
+            method, url, data=data, headers=headers, timeout=limit, allow_redirects=False
         ) as response:
             return Answer(
                 response.status, await response.read(), response.headers.get("Retry-After")

@@ -31,9 +31,17 @@ log = logging.getLogger(__name__)
 LIMIT_HEADROOM = 0.01
 
 
+def imo_configured(settings: Settings) -> bool:
+    return bool(settings.imo_base_url and settings.imo_username)
+
+
+def twilio_sms_configured(settings: Settings) -> bool:
+    return bool(settings.twilio_account_sid and settings.twilio_sms_from)
+
+
 def imo_channel(settings: Settings, http: aiohttp.ClientSession) -> ImoChannel | None:
     """The Imo adapter (reminders and invitations); None when Imo is not configured."""
-    if not (settings.imo_base_url and settings.imo_username):
+    if not imo_configured(settings):
         return None
     return ImoChannel(
         base_url=settings.imo_base_url,
@@ -46,7 +54,7 @@ def imo_channel(settings: Settings, http: aiohttp.ClientSession) -> ImoChannel |
 
 def twilio_sms_channel(settings: Settings, http: aiohttp.ClientSession) -> TwilioSmsChannel | None:
     """The SMS adapter; None when Twilio is not configured."""
-    if not (settings.twilio_account_sid and settings.twilio_sms_from):
+    if not twilio_sms_configured(settings):
         return None
     return TwilioSmsChannel(
         base_url=settings.twilio_base_url,
@@ -88,15 +96,23 @@ class Provider:
     """A channel: its adapter (None when not configured) and its account's shared limit."""
 
     channel: ChannelName
+    configured: Callable[[Settings], bool]
     build: Callable[[Settings, aiohttp.ClientSession], Channel | None]
     limiter_key: str
     rate_per_second: Callable[[Settings], float]
 
 
 PROVIDERS: tuple[Provider, ...] = (
-    Provider(ChannelName.IMO, imo_channel, "ratelimit:imo", lambda s: s.imo_rate_limit_per_second),
+    Provider(
+        ChannelName.IMO,
+        imo_configured,
+        imo_channel,
+        "ratelimit:imo",
+        lambda s: s.imo_rate_limit_per_second,
+    ),
     Provider(
         ChannelName.SMS,
+        twilio_sms_configured,
         twilio_sms_channel,
         "ratelimit:twilio",
         lambda s: s.twilio_rate_limit_per_second,
@@ -104,6 +120,7 @@ PROVIDERS: tuple[Provider, ...] = (
     # The WhatsApp number's own throughput, whichever provider carries it.
     Provider(
         ChannelName.WHATSAPP,
+        lambda s: s.whatsapp_configured,
         whatsapp_channel,
         "ratelimit:whatsapp",
         lambda s: s.whatsapp_rate_limit_per_second,
@@ -112,16 +129,19 @@ PROVIDERS: tuple[Provider, ...] = (
 _BY_CHANNEL = {provider.channel: provider for provider in PROVIDERS}
 
 
+def configured_channels(settings: Settings) -> set[str]:
+    """The channels whose credentials are set: the ones `build_channels` builds."""
+    return {provider.channel.value for provider in PROVIDERS if provider.configured(settings)}
+
+
 def build_channels(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Channel]:
-    """Every channel whose credentials are set; missing ones are skipped with a warning."""
+    """Every channel whose credentials are set. (What the channel chains name and is not
+    configured is logged once at start-up: `app.delivery.dispatcher.check_chains`.)"""
     channels: dict[str, Channel] = {}
     for provider in PROVIDERS:
         channel = provider.build(settings, http)
         if channel is not None:
             channels[provider.channel] = channel
-    missing = {provider.channel for provider in PROVIDERS} - channels.keys()
-    if missing:
-        log.warning("channels not configured", extra={"channels": sorted(missing)})
     return channels
 
 

@@ -8,6 +8,7 @@ far faster than httpx on this hot path.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -19,8 +20,10 @@ import aiohttp
 from app.channels import http
 from app.channels.base import (
     ChannelError,
+    MessageNotFound,
     OutgoingMessage,
     PermanentChannelError,
+    ProviderStatus,
     SendResult,
     TransientChannelError,
     basic_auth,
@@ -59,6 +62,29 @@ _OUTCOME_BY_CODE: dict[int, _Outcome] = {
     63027: _Outcome.TEMPLATE_REJECTED,  # template does not exist for this language
     63028: _Outcome.TEMPLATE_REJECTED,  # parameters do not match the template's
 }
+
+
+# Twilio's message statuses -> the service's delivery statuses (callbacks and look-ups).
+_NORMALISED_STATUS = {
+    "accepted": "sending",
+    "scheduled": "sending",
+    "queued": "sending",
+    "sending": "sending",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "read",
+    "failed": "failed",
+    "undelivered": "failed",
+}
+
+# Twilio's message sids: SM (SMS) or MM (media, WhatsApp) and 32 hex digits. Anything else
+# is not looked up: it would be a path of our own making.
+_MESSAGE_SID = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
+
+
+def normalised_status(message_status: str) -> str:
+    """`sending`, `sent`, `delivered`, `read`, `failed`, or `unknown` for anything else."""
+    return _NORMALISED_STATUS.get(message_status.strip().lower(), "unknown")
 
 
 def _codes(outcome: _Outcome) -> frozenset[str]:
@@ -115,6 +141,57 @@ class TwilioMessages:
                     provider_status=provider_status if isinstance(provider_status, str) else "",
                 )
         raise self._error(message, form, status, raw, answer, answered.retry_after)
+
+    async def fetch_status(self, sid: str) -> ProviderStatus:
+        """`GET Messages/{sid}.json`: the message's status now, for the reconciler when a
+        status callback never came. Raises MessageNotFound (Twilio does not know it: 404,
+        or not a sid at all), TransientChannelError (time-out, 429, 5xx) or
+        PermanentChannelError (anything else, `unexpected`)."""
+        if not _MESSAGE_SID.fullmatch(sid):
+            raise MessageNotFound(f"{sid[:40]!r} is not a Twilio message sid", code="not_a_sid")
+        url = f"{self._url.removesuffix('.json')}/{sid}.json"
+        request: dict[str, object] = {"method": "GET", "url": url}
+        answered = await http.get(
+            self._session,
+            url,
+            headers=self._headers,
+            limit=self._timeout,
+            provider="Twilio",
+            request=request,
+        )
+        status, answer = answered.status, json_object(answered.body)
+        if status == 200 and answer is not None:
+            message_status = answer.get("status")
+            if answer.get("sid") == sid and isinstance(message_status, str) and message_status:
+                error_code = answer.get("error_code")
+                error_message = answer.get("error_message")
+                return ProviderStatus(
+                    provider_message_id=sid,
+                    status=normalised_status(message_status),
+                    provider_status=message_status,
+                    error_code=None if error_code is None else str(error_code),
+                    error_message=error_message if isinstance(error_message, str) else None,
+                )
+        code = answer.get("code") if answer is not None else None
+        reason = f"Twilio answered {status}" + (f", code {code}" if code else "")
+        # Status and code only: a message resource holds the patient's number and text.
+        common: dict[str, Any] = {
+            "provider_status": str(status),
+            "detail": {
+                "request": request,
+                "response": {"status": status, "code": code, "json": answer is not None},
+            },
+        }
+        if status == 404:
+            raise MessageNotFound(reason, code=str(code or 404), **common)
+        if status == 429 or status >= 500:
+            raise TransientChannelError(reason, code=str(code or status), **common)
+        raise PermanentChannelError(
+            reason + ", outside Twilio's known answers",
+            code="unexpected",
+            unexpected=True,
+            **common,
+        )
 
     def _error(
         self,

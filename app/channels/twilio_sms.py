@@ -11,27 +11,13 @@ from xml.sax.saxutils import escape as xml_escape
 
 import aiohttp
 
-from app.channels.base import ChannelName, OutgoingMessage, SendResult
+from app.channels.base import ChannelName, OutgoingMessage, ProviderStatus, SendResult
 from app.channels.inbound import IncomingMessage, Media, sender_e164
-from app.channels.twilio_messages import TwilioMessages
+from app.channels.twilio_messages import TwilioMessages, normalised_status
 
-# Twilio's message statuses -> the service's delivery statuses.
-_NORMALISED_STATUS = {
-    "accepted": "sending",
-    "scheduled": "sending",
-    "queued": "sending",
-    "sending": "sending",
-    "sent": "sent",
-    "delivered": "delivered",
-    "read": "read",
-    "failed": "failed",
-    "undelivered": "failed",
-}
-
-
-def normalised_status(message_status: str) -> str:
-    """`sending`, `sent`, `delivered`, `read`, `failed`, or `unknown` for anything else."""
-    return _NORMALISED_STATUS.get(message_status.strip().lower(), "unknown")
+# Status callbacks are parsed here; `normalised_status` is the Twilio vocabulary's, shared
+# with WhatsApp through Twilio and with look-ups.
+__all__ = ["TwilioSmsChannel", "TwilioStatus", "normalised_status", "parse_status_callback"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +94,10 @@ class TwilioSmsChannel:
         if message.callback_url:
             form["StatusCallback"] = message.callback_url
         return await self._messages.create(form, message)
+
+    async def fetch_status(self, provider_message_id: str) -> ProviderStatus:
+        """`StatusLookup`: the message's status at Twilio (see `TwilioMessages`)."""
+        return await self._messages.fetch_status(provider_message_id)
 
 
 def parse_inbound(params: Mapping[str, str]) -> IncomingMessage:

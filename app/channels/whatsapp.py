@@ -31,6 +31,7 @@ from app.channels.base import (
     ChannelName,
     OutgoingMessage,
     PermanentChannelError,
+    ProviderStatus,
     SendResult,
     TransientChannelError,
     json_object,
@@ -295,6 +296,11 @@ class WhatsAppTwilioChannel:
         if message.callback_url:
             form["StatusCallback"] = message.callback_url
         return await self._messages.create(form, message)
+
+    async def fetch_status(self, provider_message_id: str) -> ProviderStatus:
+        """`StatusLookup`: the message's status at Twilio, as for SMS. (The Cloud API has
+        no look-up: its channel is not reconciled.)"""
+        return await self._messages.fetch_status(provider_message_id)
 
 
 # --- the Cloud API's webhooks ----------------------------------------------------------

@@ -6,14 +6,13 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.models import Conversation, Message
+from app.validation import InputModel
 
 
-class ConversationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ConversationIn(InputModel):
     patient_id: str = Field(min_length=1, max_length=64)
     subject: str = Field(
         min_length=1,
@@ -85,9 +84,7 @@ class MessageOut(BaseModel):
         )
 
 
-class StaffMessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class StaffMessageIn(InputModel):
     text: str = Field(min_length=1, max_length=500)
     broadcast_to: list[Literal["patient"]] = Field(
         default_factory=list,

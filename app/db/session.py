@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -41,10 +42,24 @@ def create_engine_and_sessionmaker(
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        # Errors never quote parameters: they hold names and rendered reminders (S5).
+        hide_parameters=True,
         # asyncpg prepares statements itself; keep its cache for the hot queries.
         connect_args={"server_settings": {"application_name": "clinic-notify"}},
     )
     return engine, async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def standalone_session(database_url: str) -> AsyncIterator[AsyncSession]:
+    """A session on an engine of its own, disposed after: one unit of work in a command
+    (`notify api-keys ...`, `notify dev`) that has no engine of the process's."""
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            yield session
+    finally:
+        await engine.dispose()
 
 
 async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import callback_urls
+from app.channels import registry as channel_registry
 from app.channels.base import (
     Channel,
     ChannelName,
@@ -45,6 +46,8 @@ from app.states import (
     AttemptStatus,
     NotificationState,
 )
+from app.switches import repository as switch_repository
+from app.switches.scope import Switchboard
 
 log = logging.getLogger(__name__)
 S = NotificationState
@@ -118,6 +121,9 @@ class Dispatcher:
     async def dispatch_once(self) -> int:
         """Claim and handle one batch; returns how many notifications were claimed."""
         async with self.sessionmaker() as session:
+            # Read with every claim, never cached longer: a pause stops sending at each
+            # worker's next batch.
+            board = Switchboard(await switch_repository.paused_scopes(session))
             claimed = await delivery_repository.claim_due(
                 session,
                 self.settings.dispatch_batch_size,
@@ -140,7 +146,7 @@ class Dispatcher:
                 available=available,
             )
             if isinstance(step, SendOn):
-                step = self._allowed(notification, step)
+                step = self._allowed(notification, step, board)
             if isinstance(step, SendOn):
                 sends.append(_Send(notification, step))
             else:
@@ -148,7 +154,7 @@ class Dispatcher:
         outcomes: Counter[str] = Counter()
         # Each round tries one channel per notification; failures fall back at once.
         while sends:
-            sends = await self._round(sends, settled)
+            sends = await self._round(sends, settled, board)
             outcomes.update(_outcome_name(o) for o in settled.values() if o.state is not S.SENDING)
             settled = {}
         if settled:
@@ -159,11 +165,16 @@ class Dispatcher:
         _log_batch(len(claimed), outcomes, time.monotonic() - began)
         return len(claimed)
 
-    def _allowed(self, notification: ClaimedNotification, step: SendOn) -> Outcome | SendOn:
-        """Outside production, only allow-listed numbers reach a real provider."""
-        channel = self.channels[step.chain[step.index]]
+    def _allowed(
+        self, notification: ClaimedNotification, step: SendOn, board: Switchboard
+    ) -> Outcome | SendOn:
+        """Not held by a paused switch; outside production, only allow-listed numbers
+        reach a real provider."""
+        name = step.chain[step.index]
+        if board and (scope := board.holding(notification.country, notification.purpose, name)):
+            return policy.held(notification, step, str(scope))
         assert notification.mobile_e164 is not None
-        if self.settings.recipient_allowed(notification.mobile_e164, channel.base_url):
+        if self.settings.recipient_allowed(notification.mobile_e164):
             return step
         return Outcome(
             S.DENIED,
@@ -173,7 +184,7 @@ class Dispatcher:
         )
 
     async def _round(
-        self, sends: Sequence[_Send], settled: dict[uuid.UUID, Outcome]
+        self, sends: Sequence[_Send], settled: dict[uuid.UUID, Outcome], board: Switchboard
     ) -> list[_Send]:
         attempt_ids: dict[uuid.UUID, int] = {}
         answers = await self._send_all(sends, attempt_ids)
@@ -247,7 +258,7 @@ class Dispatcher:
                 n, send.step, answer, now=now, window=self.window, settings=self.settings
             )
             if isinstance(following, SendOn):
-                following = self._allowed(n, following)
+                following = self._allowed(n, following, board)
             if isinstance(following, SendOn):
                 fallbacks.append(_Send(n, following))
                 # Persist the step now: a crash before the next round must not resend
@@ -442,6 +453,19 @@ class Dispatcher:
         )
 
 
+def check_chains(settings: Settings) -> policy.ChainReport:
+    """The start-up check of CHANNEL_CHAINS against the configured channels (run by the
+    API and every worker): a step whose channel has no credentials is logged here, once,
+    and skipped when sending. /readyz shows the same report."""
+    report = policy.chain_report(settings, channel_registry.configured_channels(settings))
+    if report.unconfigured_steps:
+        log.warning(
+            "channel chains name channels that are not configured; those steps are skipped",
+            extra={"unconfigured": report.unconfigured, "steps": report.unconfigured_steps},
+        )
+    return report
+
+
 def _outcome_name(outcome: Outcome) -> str:
     """`sent via imo`, `failed`, `scheduled` (put off): how a batch's summary counts."""
     if outcome.state is S.SENT and outcome.channel_chain:
@@ -469,9 +493,14 @@ async def sweep(
     stale_before = now - timedelta(seconds=settings.sending_stale_after_seconds)
     async with sessionmaker() as session:
         counts = await delivery_repository.sweep_stale_sending(session, stale_before)
+        # A batch that read a switch just before it was resumed may have held notifications
+        # after the resume released the rest: they are released here.
+        released = await switch_repository.release_held(session)
         await session.commit()
     if any(counts):
         log.warning("swept stale sending", extra={"requeued": counts[0], "unconfirmed": counts[1]})
+    if released:
+        log.warning("released notifications held by resumed switches", extra={"released": released})
     return counts
 
 

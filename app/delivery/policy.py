@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.channels.base import ChannelName, PermanentChannelError, TransientChannelError
@@ -24,16 +25,16 @@ IMO_DOWNGRADES = {"not_subscribed": "not_subscribed", "nonexistent_user": "no_im
 def channel_chain(
     settings: Settings,
     country: str,
+    purpose: str,
     imo_status: str | None,
     available: set[str],
     whatsapp_unavailable: bool = False,
 ) -> list[str]:
-    """The channels to try for a patient, in order: configured, available, eligible."""
-    chains = settings.channel_chains
-    wanted = chains.get(country.upper(), chains.get("*", [ChannelName.SMS.value]))
+    """The channels to try for a patient and purpose, in order: configured for the
+    country and purpose (`Settings.chain_for`), available, eligible."""
     return [
         name
-        for name in wanted
+        for name in settings.chain_for(country, purpose)
         if name in available and eligible(name, imo_status, whatsapp_unavailable)
     ]
 
@@ -46,6 +47,36 @@ def eligible(channel: str, imo_status: str | None, whatsapp_unavailable: bool) -
     if channel == ChannelName.WHATSAPP:
         return not whatsapp_unavailable
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """Which channels are configured, and the CHANNEL_CHAINS steps that are not (by
+    chain key): logged at start-up and shown by /readyz, never skipped unseen."""
+
+    configured: list[str]
+    unconfigured: list[str]
+    unconfigured_steps: dict[str, list[str]]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "configured": self.configured,
+            "unconfigured": self.unconfigured,
+            "unconfigured_steps": self.unconfigured_steps,
+        }
+
+
+def chain_report(settings: Settings, configured: set[str]) -> ChainReport:
+    steps = {
+        key: [name for name in chain if name not in configured]
+        for key, chain in sorted(settings.channel_chains.items())
+    }
+    steps = {key: names for key, names in steps.items() if names}
+    return ChainReport(
+        configured=sorted(configured),
+        unconfigured=sorted({name for names in steps.values() for name in names}),
+        unconfigured_steps=steps,
+    )
 
 
 def first_step(
@@ -75,8 +106,25 @@ def first_step(
         )
     chain = n.channel_chain
     if chain is None:
-        chain = channel_chain(settings, n.country, n.imo_status, available, n.whatsapp_unavailable)
+        chain = channel_chain(
+            settings, n.country, n.purpose, n.imo_status, available, n.whatsapp_unavailable
+        )
     return next_channel(n, chain, n.channel_index)
+
+
+def held(n: ClaimedNotification, step: SendOn, scope: str) -> Outcome:
+    """A paused switch covers this send: the notification waits `scheduled` on the same
+    channel (no fallback: that would change what an experiment compares) until the
+    switch is resumed, or until it expires."""
+    return Outcome(
+        S.SCHEDULED,
+        channel_chain=step.chain,
+        channel_index=step.index,
+        due_at=n.expires_at,
+        retry_count=n.retry_count,
+        failure_reason=f"paused: {scope}",
+        paused_by=scope,
+    )
 
 
 def usable_index(

@@ -22,6 +22,7 @@ from app.states import (
     HELD_STATE,
     NOTIFICATION_RANK,
     REACHED_STATUSES,
+    READ_RECEIPT_CHANNELS,
     REPORT_EVENTS,
     SETTLE_EVENTS,
     AttemptStatus,
@@ -53,12 +54,12 @@ _CLAIM = text(
         UPDATE notifications AS n
         SET state = '{EVENT_TARGET[E.CLAIM]}', claimed_at = now(), updated_at = now()
         FROM due WHERE n.id = due.id
-        RETURNING n.id, n.patient_id, n.title, n.body, n.locale, n.expires_at,
+        RETURNING n.id, n.patient_id, n.purpose, n.title, n.body, n.locale, n.expires_at,
                   n.channel_chain, n.channel_index, n.retry_count, n.claimed_at,
                   n.template_key, n.variables
     )
-    SELECT c.id, c.patient_id, c.title, c.body, c.locale, c.expires_at, c.channel_chain,
-           c.channel_index, c.retry_count, c.claimed_at,
+    SELECT c.id, c.patient_id, c.purpose, c.title, c.body, c.locale, c.expires_at,
+           c.channel_chain, c.channel_index, c.retry_count, c.claimed_at,
            p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
            p.opted_out_channels,
            -- WhatsApp's customer-service window: the patient wrote on WhatsApp in the
@@ -252,12 +253,14 @@ _SETTLE = text(
             -- meanwhile, it has none: a fresh one lets the sweeper find it again.)
             claimed_at = CASE WHEN v.state = '{HELD_STATE}' THEN COALESCE(n.claimed_at, now())
                               ELSE NULL END,
+            paused_by = v.paused_by,
             updated_at = now()
         FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]), CAST(:chains AS text[]),
                     CAST(:channel_indexes AS int[]), CAST(:due_ats AS timestamptz[]),
                     CAST(:retry_counts AS int[]), CAST(:failure_reasons AS text[]),
-                    CAST(:sent_ats AS timestamptz[]))
-             AS v(id, state, chain, channel_index, due_at, retry_count, failure_reason, sent_at)
+                    CAST(:sent_ats AS timestamptz[]), CAST(:paused_bys AS text[]))
+             AS v(id, state, chain, channel_index, due_at, retry_count, failure_reason, sent_at,
+                  paused_by)
         WHERE n.id = v.id AND {sql_in("n.state", _SETTLE_SOURCES)}
         RETURNING n.appointment_id, n.state
     )
@@ -295,6 +298,7 @@ async def settle(session: AsyncSession, outcomes: dict[uuid.UUID, Outcome]) -> N
             "retry_counts": [o.retry_count for _, o in items],
             "failure_reasons": [o.failure_reason for _, o in items],
             "sent_ats": [o.sent_at for _, o in items],
+            "paused_bys": [o.paused_by for _, o in items],
             "undeliverable": EvictionReason.UNDELIVERABLE,
         },
     )
@@ -617,3 +621,145 @@ async def latest_attempt_id(session: AsyncSession, notification_id: uuid.UUID) -
         {"id": notification_id},
     )
     return latest
+
+
+# Index-backed (ix_notifications_unread: the same conditions, then `expires_at`). A
+# purpose without its own rule takes the "*" rule, if any. Rows a callback or another
+# worker holds are skipped; a read receipt committed meanwhile takes a row out.
+_HAND_ON_UNREAD = text(
+    f"""
+    WITH rules AS (
+        SELECT * FROM unnest(CAST(:purposes AS text[]), CAST(:hours AS float8[]))
+            AS r(purpose, hours)
+    ), due AS (
+        SELECT n.id, n.channel_chain[n.channel_index + 1] AS channel, r.hours
+        FROM notifications AS n
+        JOIN rules AS r ON r.purpose = CASE WHEN n.purpose IN (SELECT purpose FROM rules)
+                                            THEN n.purpose ELSE '*' END
+        WHERE {sql_in("n.state", EVENT_SOURCES[E.UNREAD_FALLBACK])}
+          AND n.unread_fallback_at IS NULL
+          AND {sql_in("n.channel_chain[n.channel_index + 1]", READ_RECEIPT_CHANNELS)}
+          AND n.expires_at > now()
+          AND cardinality(n.channel_chain) > n.channel_index + 1
+          AND n.sent_at <= now() - make_interval(secs => r.hours * 3600)
+        ORDER BY n.id
+        LIMIT :limit
+        FOR UPDATE OF n SKIP LOCKED
+    )
+    UPDATE notifications AS n SET
+        state = '{EVENT_TARGET[E.UNREAD_FALLBACK]}',
+        channel_index = n.channel_index + 1,
+        due_at = now(),
+        retry_count = 0,
+        unread_fallback_at = now(),
+        failure_reason = due.channel || ': not read within ' || due.hours || ' h',
+        updated_at = now()
+    FROM due WHERE n.id = due.id
+    RETURNING n.id
+    """  # noqa: S608 - constants only
+)
+
+
+async def hand_on_unread(
+    session: AsyncSession, hours_by_purpose: dict[str, float], limit: int
+) -> list[uuid.UUID]:
+    """Reminders taken by Imo or WhatsApp and not read within their purpose's hours: due
+    now on the next channel of their chain, marked so that it happens once -> their ids.
+    The dispatcher sends them in the patient's messaging window, before their expiry."""
+    rows = await session.execute(
+        _HAND_ON_UNREAD,
+        {
+            "purposes": list(hours_by_purpose),
+            "hours": list(hours_by_purpose.values()),
+            "limit": limit,
+        },
+    )
+    return [row.id for row in rows]
+
+
+# Index-backed (ix_delivery_attempts_sent). The look-up is counted and stamped before it
+# is made, and committed: another worker skips these rows now (SKIP LOCKED) and after
+# (`reconciled_at`), so each attempt is looked up once per interval, whoever runs.
+_CLAIM_SENT = text(
+    f"""
+    WITH stale AS (
+        SELECT a.id FROM delivery_attempts AS a
+        WHERE a.status = '{A.SENT}' AND a.channel = ANY(CAST(:channels AS text[]))
+          AND a.sent_at < :sent_before
+          AND a.provider_message_id IS NOT NULL
+          AND a.reconcile_checks < :max_checks
+          AND (a.reconciled_at IS NULL OR a.reconciled_at < :checked_before)
+        ORDER BY a.sent_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE delivery_attempts AS a
+    SET reconcile_checks = a.reconcile_checks + 1, reconciled_at = now()
+    FROM stale WHERE a.id = stale.id
+    RETURNING a.id, a.channel, a.provider_message_id, a.reconcile_checks
+    """  # noqa: S608 - constants only
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SentAttempt:
+    id: int
+    channel: str
+    provider_message_id: str
+    # Look-ups so far, this one included.
+    checks: int
+
+
+async def claim_sent_attempts(
+    session: AsyncSession,
+    channels: Sequence[str],
+    *,
+    sent_before: datetime,
+    checked_before: datetime,
+    max_checks: int,
+    limit: int,
+) -> list[SentAttempt]:
+    """Attempts on `channels` still `sent` since before `sent_before`, not looked up
+    since `checked_before` nor `max_checks` times: counted as looked up now."""
+    rows = await session.execute(
+        _CLAIM_SENT,
+        {
+            "channels": list(channels),
+            "sent_before": sent_before,
+            "checked_before": checked_before,
+            "max_checks": max_checks,
+            "limit": limit,
+        },
+    )
+    return [SentAttempt(*row) for row in rows]
+
+
+_GIVE_UP = text(
+    f"""
+    UPDATE delivery_attempts AS a
+    SET reconcile_checks = GREATEST(a.reconcile_checks, :max_checks),
+        error_code = COALESCE(a.error_code, v.error_code),
+        error_message = COALESCE(a.error_message, v.error_message),
+        updated_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:error_codes AS text[]),
+                CAST(:error_messages AS text[])) AS v(id, error_code, error_message)
+    WHERE a.id = v.id AND a.status = '{A.SENT}'
+    """  # noqa: S608 - constants only
+)
+
+
+async def give_up_reconciling(
+    session: AsyncSession, reasons: dict[int, tuple[str, str]], max_checks: int
+) -> None:
+    """Look these attempts up no more, and say why on them: {attempt id: (code, message)}.
+    They stay `sent`: what became of the message is not known."""
+    if reasons:
+        await session.execute(
+            _GIVE_UP,
+            {
+                "ids": list(reasons),
+                "error_codes": [code for code, _ in reasons.values()],
+                "error_messages": [message for _, message in reasons.values()],
+                "max_checks": max_checks,
+            },
+        )

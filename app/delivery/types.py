@@ -19,6 +19,7 @@ class ClaimedNotification:
 
     id: uuid.UUID
     patient_id: str
+    purpose: str
     title: str
     body: str
     locale: str
@@ -56,6 +57,8 @@ class Outcome:
     failure_reason: str | None = None
     # Set when a channel accepted the message.
     sent_at: datetime | None = None
+    # The paused switch (its scope) that holds the notification, when one does.
+    paused_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from app.fakes.credentials import (
 # The settings `notify dev` gives its children that other `notify` commands need too.
 _SHARED = (
     "PUBLIC_BASE_URL",
+    "FAKE_PROVIDERS",
     "IMO_BASE_URL",
     "IMO_USERNAME",
     "IMO_PASSWORD",
@@ -263,6 +264,17 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
     elif not settings.whatsapp_configured and not settings.twilio_account_sid:
         # WhatsApp through the fake Twilio: it speaks both.
         env.update(WHATSAPP_TWILIO_FROM=FAKE_TWILIO_SMS_FROM)
+    # Anyone may be messaged only when every provider is a fake; with one real provider
+    # configured, ALLOWED_RECIPIENTS holds for all of them.
+    every_fake = not (
+        settings.imo_username or settings.twilio_account_sid or settings.whatsapp_configured
+    )
+    env["FAKE_PROVIDERS"] = "true" if every_fake else "false"
+    if not every_fake and not settings.allowed_recipients:
+        console.print(
+            "[yellow]A real provider is configured and ALLOWED_RECIPIENTS is empty: "
+            "nobody will be messaged.[/yellow]"
+        )
     # What another terminal's `notify invite` needs to reach this stack's fakes and API.
     shared = {key: env[key] for key in _SHARED if key in env and key not in os.environ}
     stack = DevStack(env)

@@ -11,7 +11,6 @@ from typing import Annotated, Self
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationInfo,
@@ -22,6 +21,7 @@ from pydantic import (
 from app import phone
 from app.models import Experiment, ExperimentGroup
 from app.reminder_plans.schemas import PLAN_NAME_PATTERN
+from app.validation import BoundedDate, InputModel
 
 EXPERIMENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
 GROUP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,49}$"
@@ -56,9 +56,7 @@ Country = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$"), AfterValid
 FacilityId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
-class EligibilityIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EligibilityIn(InputModel):
     countries: list[Country] | None = Field(
         default=None,
         min_length=1,
@@ -74,9 +72,7 @@ class EligibilityIn(BaseModel):
     )
 
 
-class GroupIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GroupIn(InputModel):
     name: str = Field(pattern=GROUP_NAME_PATTERN, examples=["control"])
     weight: float = Field(
         gt=0, le=1_000_000, description="Share of enrolments: weight / sum of weights"
@@ -94,12 +90,10 @@ class GroupIn(BaseModel):
         return self
 
 
-class ExperimentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ExperimentIn(InputModel):
     name: str = Field(pattern=EXPERIMENT_NAME_PATTERN, examples=["bd-2027-q1-cascade"])
-    start_date: date = Field(description="First day of enrolment (UTC)")
-    end_date: date = Field(
+    start_date: BoundedDate = Field(description="First day of enrolment (UTC)")
+    end_date: BoundedDate = Field(
         description="Last day of enrolment (UTC). Only appointments scheduled from "
         "start_date to end_date enrol; one moved out of that range is evicted."
     )

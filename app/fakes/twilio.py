@@ -33,6 +33,13 @@ the fake). The last digit steers as in the fake WhatsApp (app/fakes/whatsapp.py)
 Twilio's codes: `0` fails with 63003 (not on WhatsApp), `1` is delivered and never read,
 `2` is a 500, `3` fails with 63049, `4`-`9` are `sent`, `delivered`, then `read`.
 
+`GET /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json` answers an accepted
+message's resource with its status as its callbacks walk it (`queued`, then each status
+`callback_delay` seconds after the one before, with `error_code` on a failure), whether
+or not the callbacks are sent: with `callbacks_enabled` false it is how a lost callback
+is found out (reconciliation). An unknown sid is a 404 with code 20404. The same faults
+are drawn.
+
 Fault injection, drawn once per request from a seeded `random.Random` (all 0 by
 default, disjoint, summing to at most 1):
 
@@ -44,7 +51,8 @@ default, disjoint, summing to at most 1):
 
 Test hooks:
 
-- `GET /_fake/stats`: `requests`, `accepted`, `responses` by status code, `faults`,
+- `GET /_fake/stats`: `requests`, `accepted`, `lookups` (message look-ups answered,
+  and `lookups_not_found`), `responses` by status code, `faults`,
   `to` and `from` (accepted messages per number), and `callbacks`: `sent` (2xx),
   `rejected` (by the final non-2xx status), `failed` (no answer after retries) and
   `pending` (messages whose callbacks are still to come).
@@ -69,7 +77,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -125,6 +133,18 @@ _WHATSAPP_SERVER_ERROR_DIGIT = "2"
 _OUTSIDE_WINDOW = "63016"
 
 _GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>\x00\xff"
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """An accepted message, to answer look-ups of it."""
+
+    to: str
+    sender: str
+    body: str
+    accepted_at: float  # time.monotonic()
+    # Its statuses in order, and the error code of the last (as its callbacks walk it).
+    walk: tuple[tuple[str, ...], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,23 +268,42 @@ class FakeTwilio:
         self.callbacks_sent = 0
         self.callbacks_failed = 0
         self.callbacks_rejected: Counter[int] = Counter()
+        self.lookups = 0
+        self.lookups_not_found = 0
+        self.messages: dict[str, _Message] = {}
         self.opted_out: set[str] = set()
 
     # --- the Messages API -------------------------------------------------------------
 
     async def create_message(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(self._create_message, request)
+
+    async def fetch_message(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(self._fetch_message, request)
+
+    async def _counted(
+        self,
+        handler: Callable[[web.Request, str | None], Awaitable[web.StreamResponse]],
+        request: web.Request,
+    ) -> web.StreamResponse:
+        """Count the request and its answer; answer bad credentials and the drawn
+        `error`, `timeout` and `rate_limited` faults here; else hand the request and the
+        fault drawn (`garbage` or None) on."""
         self.requests += 1
-        response = await self._create_message(request)
+        refusal = await self._refusal(request)
+        if isinstance(refusal, web.StreamResponse):
+            response = refusal
+        else:
+            response = await handler(request, refusal)
         self.responses[response.status] += 1
         return response
 
-    async def _create_message(self, request: web.Request) -> web.StreamResponse:
+    async def _refusal(self, request: web.Request) -> web.StreamResponse | str | None:
         config = self.config
         if request.match_info["account_sid"] != config.account_sid or not self._authorized(
             request.headers.get("Authorization", "")
         ):
             return _twilio_error(401, 20003, "Authenticate")
-
         fault = self._draw_fault(config)
         if fault == "error":
             return web.Response(
@@ -278,7 +317,10 @@ class FakeTwilio:
             response = _twilio_error(429, 20429, "Too Many Requests")
             response.headers["Retry-After"] = "1"
             return response
+        return fault
 
+    async def _create_message(self, request: web.Request, fault: str | None) -> web.StreamResponse:
+        config = self.config
         form = await request.post()
         to, sender, body = form.get("To"), form.get("From"), form.get("Body")
         if not isinstance(to, str) or not to:
@@ -304,44 +346,72 @@ class FakeTwilio:
         self.accepted += 1
         self.to_counts[to] += 1
         self.from_counts[sender] += 1
+        if on_whatsapp:
+            walk = _whatsapp_walk(to, free_text=not content_sid)
+        else:
+            final, error_code = _FINAL_STATUS_BY_DIGIT.get(to[-1], _DELIVERED)
+            walk = (("sent", final), error_code)
+        message = _Message(to, sender, body, time.monotonic(), walk)
+        self.messages[sid] = message
         callback_url = form.get("StatusCallback")
         if config.callbacks_enabled and isinstance(callback_url, str) and callback_url:
-            if on_whatsapp:
-                walk = _whatsapp_walk(to, free_text=not content_sid)
-            else:
-                final, error_code = _FINAL_STATUS_BY_DIGIT.get(to[-1], _DELIVERED)
-                walk = (("sent", final), error_code)
             self._start_walk(callback_url, sid, to, sender, walk)
 
         if fault == "garbage":
             return web.Response(status=201, body=_GARBAGE_BODY, content_type="application/json")
+        return json_response(self._resource(sid, message, "queued", None), status=201)
+
+    def _resource(
+        self, sid: str, message: _Message, status: str, error_code: str | None
+    ) -> dict[str, object]:
+        """A message resource, as Twilio renders it."""
         now = _rfc2822_now()
-        uri = f"/{API_VERSION}/Accounts/{config.account_sid}/Messages/{sid}.json"
-        return json_response(
-            {
-                "account_sid": config.account_sid,
-                "api_version": API_VERSION,
-                "body": body,
-                "date_created": now,
-                "date_sent": None,
-                "date_updated": now,
-                "direction": "outbound-api",
-                "error_code": None,
-                "error_message": None,
-                "from": sender,
-                "messaging_service_sid": None,
-                "num_media": "0",
-                "num_segments": str(_num_segments(body)),
-                "price": None,
-                "price_unit": "USD",
-                "sid": sid,
-                "status": "queued",
-                "subresource_uris": {"media": uri.removesuffix(".json") + "/Media.json"},
-                "to": to,
-                "uri": uri,
-            },
-            status=201,
-        )
+        account_sid = self.config.account_sid
+        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}.json"
+        return {
+            "account_sid": account_sid,
+            "api_version": API_VERSION,
+            "body": message.body,
+            "date_created": now,
+            "date_sent": None if status == "queued" else now,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": int(error_code) if error_code else None,
+            "error_message": None,
+            "from": message.sender,
+            "messaging_service_sid": None,
+            "num_media": "0",
+            "num_segments": str(_num_segments(message.body)),
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": status,
+            "subresource_uris": {"media": uri.removesuffix(".json") + "/Media.json"},
+            "to": message.to,
+            "uri": uri,
+        }
+
+    async def _fetch_message(self, request: web.Request, fault: str | None) -> web.StreamResponse:
+        sid = request.match_info["message_sid"]
+        message = self.messages.get(sid)
+        if message is None:
+            self.lookups_not_found += 1
+            return _twilio_error(
+                404, 20404, f"The requested resource /Messages/{sid[:40]}.json was not found"
+            )
+        self.lookups += 1
+        if fault == "garbage":
+            return web.Response(status=200, body=_GARBAGE_BODY, content_type="application/json")
+        # Where the callbacks' walk (`_walk`) is now, whether they are sent or not.
+        statuses, error_code = message.walk
+        delay = self.config.callback_delay
+        elapsed = time.monotonic() - message.accepted_at
+        reached = len(statuses) if delay <= 0 else min(int(elapsed // delay), len(statuses))
+        if reached == 0:
+            return json_response(self._resource(sid, message, "queued", None))
+        final = reached == len(statuses)
+        status = statuses[reached - 1]
+        return json_response(self._resource(sid, message, status, error_code if final else None))
 
     def _authorized(self, header: str) -> bool:
         if header == self._expected_auth:
@@ -427,6 +497,8 @@ class FakeTwilio:
             {
                 "requests": self.requests,
                 "accepted": self.accepted,
+                "lookups": self.lookups,
+                "lookups_not_found": self.lookups_not_found,
                 "responses": {str(code): n for code, n in self.responses.items()},
                 "faults": dict(self.faults),
                 "to": dict(self.to_counts),
@@ -525,6 +597,10 @@ def create_app(config: FakeTwilioConfig | None = None) -> web.Application:
     app[FAKE_TWILIO] = fake
     app.router.add_post(
         f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json", fake.create_message
+    )
+    app.router.add_get(
+        f"/{API_VERSION}/Accounts/{{account_sid}}/Messages/{{message_sid}}.json",
+        fake.fetch_message,
     )
     app.router.add_post("/_fake/opt-outs", fake.opt_out)
     app.router.add_post("/_fake/inbound", fake.inbound)

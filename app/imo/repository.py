@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, text
+from sqlalchemy import false, func, or_, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -474,9 +474,18 @@ async def authorization_counts(session: AsyncSession) -> tuple[int, dict[str, in
     return int(total or 0), {status: int(count) for status, count in rows}
 
 
-async def mark_subscribed(session: AsyncSession, patient_id: str, now: datetime) -> None:
-    """Upsert the patient's authorisation as subscribed (keeping the first moment)."""
-    await session.execute(
+async def mark_subscribed(
+    session: AsyncSession, patient_id: str, now: datetime, *, invited_at: datetime | None
+) -> bool:
+    """Upsert the patient's authorisation as subscribed (keeping the first moment),
+    unless its status moved away from `invited` or `subscribed` after `invited_at` (None:
+    unknown, so only those two statuses yield). False when it did not apply."""
+    # In ON CONFLICT, the columns name the stored row.
+    still_true = or_(
+        ImoAuthorization.status.in_(("invited", "subscribed")),
+        ImoAuthorization.updated_at <= invited_at if invited_at is not None else false(),
+    )
+    applied = await session.scalar(
         insert(ImoAuthorization)
         .values(patient_id=patient_id, status="subscribed", subscribed_at=now)
         .on_conflict_do_update(
@@ -486,5 +495,8 @@ async def mark_subscribed(session: AsyncSession, patient_id: str, now: datetime)
                 "subscribed_at": func.coalesce(ImoAuthorization.subscribed_at, now),
                 "updated_at": func.now(),
             },
+            where=still_true,
         )
+        .returning(ImoAuthorization.id)
     )
+    return applied is not None

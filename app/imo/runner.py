@@ -57,6 +57,8 @@ from app.imo.service import ClaimedBatch, Idle
 from app.notifications.window import MessagingWindow
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
+from app.switches import repository as switch_repository
+from app.switches.scope import Scope, Switchboard
 from app.templates import repository as template_repository
 from app.templates.service import PreparedTemplate, locale_candidates
 
@@ -81,6 +83,9 @@ MAX_LATENESS_SECONDS = 0.010
 # each would cost a turn of the loop). The limiter's 1% headroom covers what leaves early.
 EARLINESS_SECONDS = 0.001
 _MAX_BACKOFF_SECONDS = 300.0
+# How long a paused switch (`all`, `channel=imo`) is trusted before it is read again, and
+# how long a batch it stopped waits before it is looked at again.
+SWITCH_RECHECK_SECONDS = 1.0
 
 
 class LeaseLost(Exception):
@@ -195,7 +200,8 @@ class _Pass:
     """One pass over patients: those who failed transiently, and why it stopped early."""
 
     transient: list[tuple[Candidate, float | None]]
-    halted: str | None = None  # "window", "stopped", "failed" (a write), "error" (pacing)
+    # "window", "paused" (a switch), "stopped", "failed" (a write), "error" (pacing)
+    halted: str | None = None
 
 
 class _Pacer:
@@ -207,7 +213,7 @@ class _Pacer:
     committed, and the window checked. Both reservations of the next group are made while
     this one is sent (of the first, while the lanes wait for permits), keeping Redis's and
     the database's latency off the sending path. `halted` says why it stopped early:
-    "stopped", "failed" (a write), "window" or "error" (the limiter).
+    "stopped", "failed" (a write), "window", "paused" (a switch) or "error" (the limiter).
     """
 
     def __init__(
@@ -329,6 +335,9 @@ class _Pacer:
         if not self.runner.window.contains(self._sent_at, self.claim.time_zone):
             self.halted = "window"
             return
+        if await self.runner.paused() is not None:
+            self.halted = "paused"
+            return
         if end < len(self.patients):
             # The next group is reserved (slots, write-ahead) while this one is sent.
             self._ahead = asyncio.create_task(self._prepare(end))
@@ -386,7 +395,20 @@ class InvitationRunner:
         self._templates: dict[str, PreparedTemplate] = {}
         self._by_locale: dict[str, tuple[PreparedTemplate, str]] = {}
         self._backoff = 0.0
-        self._allowed_all = settings.recipient_allowed("", imo.base_url)
+        self._allowed_all = settings.messages_everyone
+        self._switches: tuple[float, Scope | None] = (-SWITCH_RECHECK_SECONDS, None)
+
+    async def paused(self) -> Scope | None:
+        """The paused switch that stops invitations (`all` or `channel=imo`), read at most
+        every SWITCH_RECHECK_SECONDS."""
+        read_at, scope = self._switches
+        if time.monotonic() - read_at >= SWITCH_RECHECK_SECONDS:
+            async with self.sessionmaker() as session:
+                scope = Switchboard(
+                    await switch_repository.paused_scopes(session)
+                ).holds_invitations()
+            self._switches = (time.monotonic(), scope)
+        return scope
 
     # ------------------------------------------------------------------ loops
 
@@ -419,7 +441,7 @@ class InvitationRunner:
         returns why (completed, paused until a window opens, the rest held by others)."""
         await self._load_templates()
         idles = await asyncio.gather(*(self._slot(round_id, stop) for _ in range(self.slots)))
-        for reason in ("completed", "gone", "paused"):
+        for reason in ("completed", "gone", "paused", "switch"):
             for idle in idles:
                 if idle.reason == reason:
                     return idle
@@ -429,6 +451,9 @@ class InvitationRunner:
         while not stop.is_set():
             if self._backoff:
                 await self._sleep(stop, self._backoff)
+            if (scope := await self.paused()) is not None:
+                log.info("invitation round paused by a switch", extra={"scope": str(scope)})
+                return Idle("switch", self.clock() + timedelta(seconds=SWITCH_RECHECK_SECONDS))
             claim = await self._claim(round_id)
             if isinstance(claim, Idle):
                 if claim.reason == "again":
@@ -489,7 +514,7 @@ class InvitationRunner:
         if not self._allowed_all:
             allowed = []
             for patient in patients:
-                if self.settings.recipient_allowed(patient.mobile_e164, self.imo.base_url):
+                if self.settings.recipient_allowed(patient.mobile_e164):
                     allowed.append(patient)
                 else:
                     writer.add(rules.Answer(patient.id, "denied"), self.clock())
@@ -512,6 +537,8 @@ class InvitationRunner:
         if current.halted == "window":
             now = self.clock()
             return "waiting", self.window.next_moment(now, claim.time_zone)
+        if current.halted == "paused":
+            return "waiting", self.clock() + timedelta(seconds=SWITCH_RECHECK_SECONDS)
         if current.halted == "error":
             # Pacing failed (Redis, the shared limit, unreachable): the answers so far are
             # written; the batch waits, and this worker backs off, as for an Imo outage.

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.validation import InputModel
 
-class InvitationRunIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+class InvitationRunIn(InputModel):
     limit: int | None = Field(
         default=None,
         ge=1,

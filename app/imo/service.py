@@ -9,6 +9,7 @@ per-zone cursors, the batches and their leases are rows, so a round survives any
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,12 +31,28 @@ from app.notifications.window import MessagingWindow
 CLAIM_SCAN_SECONDS = 1.0
 
 
-async def mark_subscribed(session: AsyncSession, patient_id: str) -> bool:
-    """The patient accepted the invitation. Idempotent; False for an unknown patient."""
+class Accept(enum.Enum):
+    APPLIED = "applied"
+    STALE = "stale"
+    UNKNOWN_PATIENT = "unknown_patient"
+
+
+async def mark_subscribed(
+    session: AsyncSession, patient_id: str, *, invited_at: datetime | None = None
+) -> Accept:
+    """The patient accepted the invitation sent at `invited_at` (None: a token from
+    before invitations carried their time). Idempotent.
+
+    STALE, and nothing changes, when the patient's status moved away from `invited` or
+    `subscribed` after that invitation (Imo said `no_imo_account` or `not_subscribed`
+    since): an old accept, replayed or late, must not undo what is known now.
+    """
     if await session.get(Patient, patient_id) is None:
-        return False
-    await imo_repository.mark_subscribed(session, patient_id, datetime.now(UTC))
-    return True
+        return Accept.UNKNOWN_PATIENT
+    applied = await imo_repository.mark_subscribed(
+        session, patient_id, datetime.now(UTC), invited_at=invited_at
+    )
+    return Accept.APPLIED if applied else Accept.STALE
 
 
 # ---------------------------------------------------------------------------- rounds
@@ -123,10 +140,11 @@ class ClaimedBatch:
 @dataclass(frozen=True, slots=True)
 class Idle:
     """Why nothing was claimed: `completed` (now or before), `paused` until the next
-    opening of a window, `busy` (the rest is held by live workers), `gone` (no such
-    round), `again` (a long run of non-candidates was skipped: claim again)."""
+    opening of a window, `switch` (a paused switch stops invitations: look again at
+    `paused_until`), `busy` (the rest is held by live workers), `gone` (no such round),
+    `again` (a long run of non-candidates was skipped: claim again)."""
 
-    reason: Literal["completed", "paused", "busy", "gone", "again"]
+    reason: Literal["completed", "paused", "switch", "busy", "gone", "again"]
     paused_until: datetime | None = None
 
 

@@ -101,6 +101,11 @@ async def _work_with_progress(runner: InvitationRunner, round_id: int, console: 
     if stop.is_set():
         console.print("Interrupted: what was answered is recorded; the workers go on with it.")
         return 130
+    if idle.reason == "switch":
+        console.print(
+            "A paused switch (all, or channel=imo) stops invitations: the workers go on "
+            "once it is resumed (GET /v1/switches lists them)."
+        )
     if idle.reason == "paused" and idle.paused_until is not None:
         console.print(
             "The messaging window is closed for the patients left: the round is paused "

@@ -17,6 +17,7 @@ from app.models.notification_count import NotificationCount, NotificationCountDe
 from app.models.operator import Operator, OperatorSession
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
+from app.models.switch import Switch
 from app.models.template import Template
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "OperatorSession",
     "Patient",
     "ReminderPlan",
+    "Switch",
     "Template",
 ]

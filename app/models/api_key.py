@@ -20,3 +20,5 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     revoked_at: Mapped[datetime | None]
+    # When the key last authenticated a request, to the minute (`auth_service.authenticate`).
+    last_used_at: Mapped[datetime | None]

@@ -19,7 +19,22 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, TimestampMixin
-from app.states import STORED_STATES, AttemptStatus
+from app.states import (
+    EVENT_SOURCES,
+    READ_RECEIPT_CHANNELS,
+    STORED_STATES,
+    AttemptStatus,
+    NotificationEvent,
+    sql_in,
+)
+
+# Reminders the unread fallback may hand on: accepted on a channel with read receipts,
+# not read, not handed on before. (PostgreSQL arrays count from 1.)
+UNREAD_CANDIDATES = (
+    f"{sql_in('state', EVENT_SOURCES[NotificationEvent.UNREAD_FALLBACK])}"
+    " AND unread_fallback_at IS NULL"
+    f" AND {sql_in('channel_chain[channel_index + 1]', READ_RECEIPT_CHANNELS)}"
+)
 
 
 class Notification(TimestampMixin, Base):
@@ -28,7 +43,8 @@ class Notification(TimestampMixin, Base):
     __tablename__ = "notifications"
     __table_args__ = (
         CheckConstraint(f"state IN {STORED_STATES}", name="state"),
-        UniqueConstraint("idempotency_key"),
+        # Idempotency keys are the client's own: scoped by the API key that sent them.
+        UniqueConstraint("api_key_id", "idempotency_key"),
         # The dispatcher's claim: due scheduled rows in due order.
         Index("ix_notifications_due", "due_at", postgresql_where=text("state = 'scheduled'")),
         # The sweeper: rows a dead worker left in `sending`.
@@ -38,6 +54,19 @@ class Notification(TimestampMixin, Base):
         Index("ix_notifications_created", "created_at", "id"),
         Index("ix_notifications_state_created", "state", "created_at", "id"),
         Index("ix_notifications_appointment", "appointment_id"),
+        # The unread fallback: reminders taken by Imo or WhatsApp, not read, not fallen
+        # back, not expired (the set stays as small as what is still worth sending).
+        Index(
+            "ix_notifications_unread",
+            "expires_at",
+            postgresql_where=text(UNREAD_CANDIDATES),
+        ),
+        # Resuming a switch: the notifications its pause holds.
+        Index(
+            "ix_notifications_paused_by",
+            "paused_by",
+            postgresql_where=text("paused_by IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
@@ -65,11 +94,20 @@ class Notification(TimestampMixin, Base):
     # Transient failures on the current channel, for backoff.
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     claimed_at: Mapped[datetime | None]
+    # The paused switch (its scope) holding this `scheduled` notification: due again
+    # when it is resumed, or at `expires_at`.
+    paused_by: Mapped[str | None] = mapped_column(String(120))
     failure_reason: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]
+    # When the unread fallback handed it on to the next channel (once at most).
+    unread_fallback_at: Mapped[datetime | None]
 
+    # The API key that scheduled it (null: scheduled by the service, e.g. from a plan).
+    api_key_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # SHA-256 of the scheduling request, to refuse a reused key with another body.
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -92,6 +130,13 @@ class DeliveryAttempt(TimestampMixin, Base):
             "created_at",
             postgresql_where=text("status = 'sending'"),
         ),
+        # The reconciler: attempts still `sent`, by channel, oldest first.
+        Index(
+            "ix_delivery_attempts_sent",
+            "channel",
+            "sent_at",
+            postgresql_where=text("status = 'sent'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -108,3 +153,6 @@ class DeliveryAttempt(TimestampMixin, Base):
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
+    # Look-ups of a `sent` attempt at its provider, and the last one (app/delivery/reconcile.py).
+    reconcile_checks: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    reconciled_at: Mapped[datetime | None]

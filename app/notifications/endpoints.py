@@ -49,14 +49,20 @@ async def schedule_notification(
         str | None,
         Header(
             description="Retrying with the same key returns the first answer instead of "
-            "scheduling twice; the same key with another body is a 422.",
+            "scheduling twice; the same key with another body is a 422. Keys are scoped "
+            "to the API key that sent them: another API key's `Idempotency-Key` never "
+            "matches yours.",
         ),
     ] = None,
 ) -> NotificationOut:
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise field_error("Idempotency-Key", "must be 1 to 255 characters")
     notification, created = await notification_service.schedule(
-        session, body, request.app.state.settings, idempotency_key=idempotency_key
+        session,
+        body,
+        request.app.state.settings,
+        api_key_id=request.state.api_key_id,
+        idempotency_key=idempotency_key,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

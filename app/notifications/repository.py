@@ -19,8 +19,14 @@ async def get(session: AsyncSession, notification_id: uuid.UUID) -> Notification
     return await session.get(Notification, notification_id)
 
 
-async def find_by_idempotency_key(session: AsyncSession, key: str) -> Notification | None:
-    return await session.scalar(select(Notification).where(Notification.idempotency_key == key))
+async def find_by_idempotency_key(
+    session: AsyncSession, api_key_id: int | None, key: str
+) -> Notification | None:
+    return await session.scalar(
+        select(Notification).where(
+            Notification.api_key_id == api_key_id, Notification.idempotency_key == key
+        )
+    )
 
 
 async def attempts_of(

@@ -7,26 +7,25 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from app.models import DeliveryAttempt, Notification
 from app.states import NotificationState
+from app.validation import BoundedDate, BoundedDatetime, InputModel, SingleLine
 
 _SLUG = r"^[a-z][a-z0-9_.\-]{0,99}$"
 PURPOSE_PATTERN = r"^[a-z][a-z0-9_]{0,49}$"
 
 
-class NotificationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NotificationIn(InputModel):
     patient_id: str = Field(min_length=1, max_length=64)
     purpose: str = Field(pattern=PURPOSE_PATTERN, examples=["appointment_reminder"])
     template: str = Field(pattern=_SLUG, examples=["appointment_reminder.basic"])
-    variables: dict[str, str | int | float] = Field(default_factory=dict, max_length=50)
-    remind_on: date | None = Field(
+    variables: dict[str, SingleLine | int | float] = Field(default_factory=dict, max_length=50)
+    remind_on: BoundedDate | None = Field(
         default=None, description="Send inside the messaging window of this local day."
     )
-    send_at: AwareDatetime | None = Field(
+    send_at: BoundedDatetime | None = Field(
         default=None, description="Send then, or at the next opening of the window."
     )
     appointment_id: str | None = Field(default=None, min_length=1, max_length=64)

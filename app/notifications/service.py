@@ -91,18 +91,20 @@ async def schedule(
     request: NotificationIn,
     settings: Settings,
     *,
+    api_key_id: int | None = None,
     idempotency_key: str | None = None,
     now: datetime | None = None,
 ) -> tuple[Notification, bool]:
     """Schedule one message; returns it and whether it was created now.
 
-    A repeated `idempotency_key` with the same body returns the first notification;
-    with another body it is an InvalidInput. Raises InvalidInput for an unknown
-    patient, template or missing variable. Flushes.
+    A repeated `idempotency_key` of the same API key (`api_key_id`) with the same body
+    returns the first notification; with another body it is an InvalidInput. Another
+    key's `idempotency_key` never matches: clients cannot see each other's. Raises
+    InvalidInput for an unknown patient, template or missing variable. Flushes.
     """
     digest = request_hash(request)
     if idempotency_key is not None:
-        existing = await _replay(session, idempotency_key, digest)
+        existing = await _replay(session, api_key_id, idempotency_key, digest)
         if existing is not None:
             return existing, False
 
@@ -141,6 +143,7 @@ async def schedule(
         expires_at=expiry_moment(settings, request.purpose, due_at, patient, appointment),
         channel_index=0,
         retry_count=0,
+        api_key_id=api_key_id,
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
@@ -153,7 +156,7 @@ async def schedule(
             async with session.begin_nested():
                 session.add(notification)
         except IntegrityError:
-            existing = await _replay(session, idempotency_key, digest)
+            existing = await _replay(session, api_key_id, idempotency_key, digest)
             if existing is None:
                 raise
             return existing, False
@@ -161,8 +164,10 @@ async def schedule(
     return notification, True
 
 
-async def _replay(session: AsyncSession, key: str, digest: str) -> Notification | None:
-    existing = await notification_repository.find_by_idempotency_key(session, key)
+async def _replay(
+    session: AsyncSession, api_key_id: int | None, key: str, digest: str
+) -> Notification | None:
+    existing = await notification_repository.find_by_idempotency_key(session, api_key_id, key)
     if existing is not None and existing.request_hash != digest:
         raise InvalidInput(
             "this Idempotency-Key was used with a different request body",

@@ -19,7 +19,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="PostgreSQL and Redis are reachable")
+@router.get(
+    "/readyz",
+    summary="PostgreSQL and Redis are reachable",
+    description="503 when PostgreSQL or Redis is unreachable. `channels` lists the "
+    "configured channels and the CHANNEL_CHAINS steps whose channel is not configured "
+    "(skipped when sending; informational, readiness does not depend on it).",
+)
 async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
 
@@ -39,7 +45,12 @@ async def readyz(request: Request) -> JSONResponse:
             checks[name] = "unreachable"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
-        {"status": "ok" if ready else "unavailable", **checks}, 200 if ready else 503
+        {
+            "status": "ok" if ready else "unavailable",
+            **checks,
+            "channels": request.app.state.chains.as_json(),
+        },
+        200 if ready else 503,
     )
 
 

@@ -13,12 +13,14 @@ from pydantic import (
     SkipValidation,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
 from app import phone
 from app.errors import ErrorInfo
 from app.models import ImoAuthorization, Patient
 from app.templates.schemas import Locale
+from app.validation import InputModel, SingleLine, check_keys
 
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@~+=-]*$"
 MAX_PHONE_NUMBERS = 10
@@ -50,9 +52,7 @@ def _time_zone(value: str) -> str:
     return value
 
 
-class PhoneNumberIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PhoneNumberIn(InputModel):
     number: str = Field(
         min_length=1,
         max_length=40,
@@ -62,19 +62,17 @@ class PhoneNumberIn(BaseModel):
     type: PhoneType = Field(description="Only mobiles are messaged")
 
 
-class Facility(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1, max_length=64, examples=["f-12"])
-    name: str = Field(min_length=1, max_length=200, examples=["Dhaka Medical"])
+class Facility(InputModel):
+    id: SingleLine = Field(min_length=1, max_length=64, examples=["f-12"])
+    name: SingleLine = Field(min_length=1, max_length=200, examples=["Dhaka Medical"])
 
 
-class PatientIn(BaseModel):
+class PatientIn(InputModel):
     """A patient's contact record, as the clinic system holds it."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(str_strip_whitespace=True)
 
-    full_name: str = Field(min_length=1, max_length=200, examples=["Rahim Uddin"])
+    full_name: SingleLine = Field(min_length=1, max_length=200, examples=["Rahim Uddin"])
     phone_numbers: list[PhoneNumberIn] = Field(
         max_length=MAX_PHONE_NUMBERS,
         description="The first mobile is the one messages go to",
@@ -110,6 +108,12 @@ class PatientBatchIn(BaseModel):
         "An id given twice: the last valid item is stored, earlier ones answer "
         "`duplicate_id`.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_keys(cls, data: Any) -> Any:
+        check_keys(data, depth=1)  # the items' own keys: item by item, in the service
+        return data
 
     @field_validator("patients", mode="before")
     @classmethod

@@ -5,19 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from app.models import ReminderPlan
 from app.templates.schemas import TEMPLATE_KEY_PATTERN
+from app.validation import InputModel
 
 PLAN_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,99}$"
 MAX_REMINDERS = 20
 MAX_OFFSET_DAYS = 365
 
 
-class PlanReminder(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PlanReminder(InputModel):
     offset_days: int = Field(
         ge=-MAX_OFFSET_DAYS,
         le=MAX_OFFSET_DAYS,
@@ -36,9 +35,7 @@ class PlanReminder(BaseModel):
     )
 
 
-class ReminderPlanIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ReminderPlanIn(InputModel):
     reminders: list[PlanReminder] = Field(
         max_length=MAX_REMINDERS,
         description=f"Up to {MAX_REMINDERS} reminders; an empty plan sends none",

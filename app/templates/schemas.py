@@ -9,7 +9,6 @@ from typing import Annotated, Self
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     model_validator,
@@ -17,6 +16,7 @@ from pydantic import (
 
 from app.models import Template
 from app.templates.placeholders import variables_of
+from app.validation import InputModel
 
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
 TEMPLATE_KEY_PATTERN = r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*$"
@@ -55,11 +55,9 @@ def _plain_variables(text: str) -> str:
     return text
 
 
-class WhatsAppTemplate(BaseModel):
+class WhatsAppTemplate(InputModel):
     """The pre-approved WhatsApp template a text is sent as: WhatsApp allows nothing else
     outside the 24-hour customer-service window."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
         min_length=1,
@@ -92,9 +90,7 @@ class WhatsAppTemplate(BaseModel):
     )
 
 
-class TemplateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TemplateIn(InputModel):
     title: Annotated[str, AfterValidator(_plain_variables)] = Field(
         min_length=1,
         max_length=200,

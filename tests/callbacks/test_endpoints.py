@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -174,8 +175,52 @@ class TestImoInvitation:
         )
         assert answer.status_code == 404
 
+    async def test_an_expired_token_changes_nothing(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        long_ago = datetime.now(UTC) - timedelta(days=SETTINGS.imo_callback_token_days + 1)
+        url = callback_urls.imo_invitation_url(SETTINGS, SIGNER, patient.id, issued_at=long_ago)
+        answer = await api.post(url.removeprefix(BASE), json={"event": "accept_invite"})
+        assert answer.status_code == 410, answer.text
+        authorization = await db_session.scalar(
+            select(ImoAuthorization).where(ImoAuthorization.patient_id == patient.id)
+        )
+        assert authorization is None
+
+    async def test_a_replayed_accept_older_than_the_status_is_recorded_not_applied(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        """The issue's replay: the patient accepted once, later had no Imo account;
+        the old accept sent again must not subscribe them again."""
+        patient = await make_patient(db_session)
+        invited_at = datetime.now(UTC) - timedelta(days=3)
+        url = callback_urls.imo_invitation_url(SETTINGS, SIGNER, patient.id, issued_at=invited_at)
+        db_session.add(
+            ImoAuthorization(
+                patient_id=patient.id, status="no_imo_account", last_invited_at=invited_at
+            )
+        )
+        await db_session.flush()
+        answer = await api.post(url.removeprefix(BASE), json={"event": "accept_invite"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["changed"] is False
+        authorization = await db_session.scalar(
+            select(ImoAuthorization).where(ImoAuthorization.patient_id == patient.id)
+        )
+        assert authorization is not None
+        await db_session.refresh(authorization)
+        assert authorization.status == "no_imo_account"
+
 
 class TestTwilioStatus:
+    @pytest.mark.parametrize("attempt_id", [2**63, 2**64, 10**30])
+    async def test_an_attempt_id_beyond_64_bits_is_a_404_not_a_500(
+        self, api: httpx.AsyncClient, attempt_id: int
+    ) -> None:
+        answer = await twilio_post(api, attempt_id, status_params("SM1", "delivered"))
+        assert answer.status_code in (404, 422), answer.text
+
     async def test_delivered_with_a_valid_signature(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:

@@ -369,13 +369,16 @@ async def reported(
 
 
 class TestSafety:
+    # The second: a real provider reached through a local proxy or tunnel (issue 11).
+    @pytest.mark.parametrize("provider_url", ["https://api.twilio.com", "http://127.0.0.1:8443"])
     async def test_outside_production_only_allowed_recipients_reach_a_real_provider(
-        self, db_session: AsyncSession, scripted: Scripted
+        self, db_session: AsyncSession, scripted: Scripted, provider_url: str
     ) -> None:
         real, dispatcher = scripted(
-            base_url="https://api.twilio.com",
+            base_url=provider_url,
             app_env="staging",
             allowed_recipients="+8801711000004",
+            fake_providers=False,
         )
         allowed = await due(db_session, await patient_with(db_session, 4))
         refused = await due(db_session, await patient_with(db_session, 5))

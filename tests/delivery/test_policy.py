@@ -23,6 +23,7 @@ def claimed(**overrides: Any) -> ClaimedNotification:
     values: dict[str, Any] = {
         "id": uuid.uuid4(),
         "patient_id": "p-1",
+        "purpose": "appointment_reminder",
         "title": "t",
         "body": "b",
         "locale": "bn-BD",
@@ -45,18 +46,95 @@ def first(n: ClaimedNotification, available: set[str] = ALL) -> Outcome | SendOn
     return policy.first_step(n, now=NOW, window=WINDOW, settings=SETTINGS, available=available)
 
 
+REMINDER = "appointment_reminder"
+
+
 class TestChannelChain:
     def test_bangladesh_subscribed_goes_imo_then_sms(self) -> None:
-        assert policy.channel_chain(SETTINGS, "BD", "subscribed", ALL) == ["imo", "sms"]
+        assert policy.channel_chain(SETTINGS, "BD", REMINDER, "subscribed", ALL) == ["imo", "sms"]
 
     @pytest.mark.parametrize("status", [None, "invited", "not_subscribed", "no_imo_account"])
     def test_bangladesh_unsubscribed_goes_sms(self, status: str | None) -> None:
-        assert policy.channel_chain(SETTINGS, "BD", status, ALL) == ["sms"]
+        assert policy.channel_chain(SETTINGS, "BD", REMINDER, status, ALL) == ["sms"]
 
     def test_elsewhere_sms_and_unconfigured_channels_are_skipped(self) -> None:
-        assert policy.channel_chain(SETTINGS, "KE", None, ALL) == ["sms"]
-        assert policy.channel_chain(SETTINGS, "IN", None, ALL) == ["sms"]  # no WhatsApp yet
-        assert policy.channel_chain(SETTINGS, "BD", "subscribed", {"sms"}) == ["sms"]
+        assert policy.channel_chain(SETTINGS, "KE", REMINDER, None, ALL) == ["sms"]
+        assert policy.channel_chain(SETTINGS, "IN", REMINDER, None, ALL) == ["sms"]
+        assert policy.channel_chain(SETTINGS, "BD", REMINDER, "subscribed", {"sms"}) == ["sms"]
+        whatsapp = ALL | {"whatsapp"}
+        assert policy.channel_chain(SETTINGS, "IN", REMINDER, None, whatsapp) == [
+            "whatsapp",
+            "sms",
+        ]
+
+
+class TestChainsByPurpose:
+    SETTINGS = Settings(
+        app_env="test",
+        channel_chains={
+            "BD": ["imo", "sms"],
+            "BD/missed_visit": ["sms"],
+            "*/missed_visit": ["whatsapp"],
+            "*": ["sms", "whatsapp"],
+        },
+    )
+
+    @pytest.mark.parametrize(
+        ("country", "purpose", "chain"),
+        [
+            ("BD", "missed_visit", ["sms"]),  # country and purpose
+            ("bd", "missed_visit", ["sms"]),
+            ("BD", REMINDER, ["imo", "sms"]),  # the country's
+            ("KE", "missed_visit", ["whatsapp"]),  # any country, this purpose
+            ("KE", REMINDER, ["sms", "whatsapp"]),  # everything else
+        ],
+    )
+    def test_the_most_specific_key_wins(self, country: str, purpose: str, chain: list[str]) -> None:
+        assert self.SETTINGS.chain_for(country, purpose) == chain
+
+    def test_without_a_star_key_sms_alone(self) -> None:
+        assert Settings(app_env="test", channel_chains={"BD": ["imo"]}).chain_for("IN", "x") == [
+            "sms"
+        ]
+
+    def test_first_step_uses_the_purpose(self) -> None:
+        step = policy.first_step(
+            claimed(purpose="missed_visit"),
+            now=NOW,
+            window=WINDOW,
+            settings=self.SETTINGS,
+            available=ALL,
+        )
+        assert step == SendOn(["sms"], 0)
+
+
+class TestChainValidation:
+    @pytest.mark.parametrize(
+        ("chains", "complaint"),
+        [
+            ({"BD": ["imo", "telegram"]}, r"'BD' names unknown channels \['telegram'\]"),
+            ({"BD/missed_visit": ["sms", "sms"]}, "names a channel twice"),
+            ({"Bangladesh": ["sms"]}, "key 'Bangladesh' is not COUNTRY"),
+            ({"BD/Missed": ["sms"]}, "key 'BD/Missed' is not COUNTRY"),
+        ],
+    )
+    def test_a_bad_chain_stops_start_up(self, chains: dict[str, list[str]], complaint: str) -> None:
+        with pytest.raises(ValueError, match=complaint):
+            Settings(app_env="test", channel_chains=chains)
+
+    def test_unconfigured_steps_are_reported_by_key(self) -> None:
+        report = policy.chain_report(
+            Settings(
+                app_env="test",
+                channel_chains={"BD": ["imo", "sms"], "IN": ["whatsapp", "sms"], "*": ["sms"]},
+            ),
+            configured={"sms"},
+        )
+        assert report.as_json() == {
+            "configured": ["sms"],
+            "unconfigured": ["imo", "whatsapp"],
+            "unconfigured_steps": {"BD": ["imo"], "IN": ["whatsapp"]},
+        }
 
 
 class TestFirstStep:

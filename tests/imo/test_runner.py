@@ -16,12 +16,15 @@ from sqlalchemy import select, text
 
 from app.channels.base import Invitation
 from app.imo import repository as imo_repository
+from app.imo import runner as runner_module
 from app.imo import service as imo_service
 from app.imo.repository import Candidate
 from app.imo.runner import _Pacer
 from app.imo.service import ClaimedBatch, Idle
 from app.models import ImoInvitationBatch
 from app.notifications.window import MessagingWindow
+from app.switches import service as switch_service
+from app.switches.scope import parse_scope
 from tests.clock import daytime_zone, night_zone
 from tests.fake_servers import FakeImo
 from tests.imo.conftest import RunnerFactory, round_settings
@@ -264,6 +267,57 @@ class Clock:
         return self.now
 
 
+async def put_switch(db: Database, scope: str, *, paused: bool) -> None:
+    async with db.sessionmaker() as session:
+        await switch_service.put_switch(
+            session, parse_scope(scope), paused=paused, reason="t", by="t", now=datetime.now(UTC)
+        )
+        await session.commit()
+
+
+class TestSwitch:
+    async def test_a_paused_imo_channel_stops_the_round_mid_batch_and_resuming_ends_it(
+        self,
+        db: Database,
+        fake_imo: FakeImo,
+        make_runner: RunnerFactory,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(runner_module, "SWITCH_RECHECK_SECONDS", 0.0)
+        phones = [invite_phone(n, 3) for n in range(40)]
+        async with db.engine.begin() as connection:
+            await seed_patients(connection, phones, time_zone=daytime_zone())
+        # 250/s: groups of 5 requests, each group checks the switches.
+        settings = round_settings(
+            db, fake_imo, imo_rate_limit_per_second=250, imo_invitation_batch_size=40
+        )
+        runner = make_runner(settings)
+        round_id = await start_round(db, settings)
+
+        async def pause() -> None:
+            while sum(fake_imo.requests_per_phone().values()) < 10:
+                await asyncio.sleep(0.001)
+            await put_switch(db, "channel=imo", paused=True)
+
+        pauser = asyncio.create_task(pause())
+        idle = await runner.work(round_id, asyncio.Event())
+        await pauser
+        assert idle.reason == "switch"
+        sent = sum(fake_imo.requests_per_phone().values())
+        assert 10 <= sent < 40
+        assert await counts(db, round_id) == {"invited": sent}
+        # Paused: nothing more goes out...
+        assert (await runner.work(round_id, asyncio.Event())).reason == "switch"
+        assert sum(fake_imo.requests_per_phone().values()) == sent
+        # ...a pause of another channel does not stop it, and resumed, it ends, each
+        # patient invited once.
+        await put_switch(db, "channel=imo", paused=False)
+        await put_switch(db, "channel=sms", paused=True)
+        assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
+        assert fake_imo.requests_per_phone() == dict.fromkeys(phones, 1)
+        assert await counts(db, round_id) == {"invited": 40}
+
+
 class TestWindow:
     async def test_the_closing_window_pauses_the_round_until_the_next_opening(
         self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
@@ -454,12 +508,17 @@ class _Writer:
     failed = False
 
 
+async def _not_paused() -> None:
+    return None
+
+
 def pacer(rate: float, patients: int) -> tuple[_Pacer, _Limiter]:
     limiter = _Limiter(rate, max_chunk=10)
     runner: Any = SimpleNamespace(
         limiter=limiter,
         clock=lambda: datetime.now(UTC),
         window=SimpleNamespace(contains=lambda moment, time_zone: True),
+        paused=_not_paused,
     )
     claim: Any = SimpleNamespace(batch_id=1, time_zone="UTC")
     candidates = [Candidate(f"p-{i}", "Name", "+8801900000003", "en") for i in range(patients)]

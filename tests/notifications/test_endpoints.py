@@ -8,11 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import DeliveryAttempt
 from tests.clock import daytime_zone, night_zone
-from tests.factories import make_notification, make_patient
+from tests.factories import api_client, make_notification, make_patient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -140,6 +141,30 @@ class TestIdempotency:
         answer = await api.post("/v1/notifications", json=other, headers=headers)
         assert answer.status_code == 422
         assert answer.json()["error"]["details"][0]["field"] == "Idempotency-Key"
+
+    async def test_keys_are_scoped_per_api_key(
+        self,
+        api: httpx.AsyncClient,
+        api_app: FastAPI,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        db_session: AsyncSession,
+    ) -> None:
+        """Client B reusing client A's key, with A's very body, schedules its own
+        notification and never sees A's."""
+        patient = await make_patient(db_session)
+        headers = {"Idempotency-Key": "order-1001"}
+        first = await api.post("/v1/notifications", json=body(patient.id), headers=headers)
+        async with api_client(api_app, db_sessionmaker) as other_client:
+            other = await other_client.post(
+                "/v1/notifications", json=body(patient.id), headers=headers
+            )
+            again = await other_client.post(
+                "/v1/notifications", json=body(patient.id), headers=headers
+            )
+        assert first.status_code == other.status_code == again.status_code == 201
+        assert other.json()["id"] != first.json()["id"]
+        assert "Idempotent-Replayed" not in other.headers
+        assert again.json()["id"] == other.json()["id"]
 
 
 class TestActions:

@@ -1,8 +1,10 @@
 """Operators of the dashboard and their sessions
 
+Also the merge point of main's two heads at the time (api_key_scoping, reconcile).
+
 Revision ID: 20261204_operators
-Revises: 20261204_staff_message_template
-Create Date: 2026-12-04 20:40:00+00:00
+Revises: 20261204_api_key_scoping, 20261204_reconcile
+Create Date: 2026-12-04 21:10:00+00:00
 """
 
 from collections.abc import Sequence
@@ -11,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261204_operators"
-down_revision: str | None = "20261204_staff_message_template"
+down_revision: str | tuple[str, ...] | None = ("20261204_api_key_scoping", "20261204_reconcile")
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

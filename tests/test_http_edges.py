@@ -1,0 +1,113 @@
+"""HTTP edges (issue 11, item 10), against the real `notify api` of the shared stack:
+a huge header and a slow client cost the server nothing; every answer carries a request
+id and the security headers. Production's HSTS and `API_DOCS=false`, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.main import create_app
+from tests.stack import Stack
+from tests.test_config import PRODUCTION
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def api_address(stack: Stack) -> tuple[str, int]:
+    parts = urlsplit(stack.api_url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+def exchange(address: tuple[str, int], head: bytes, read_for: float) -> tuple[bytes, float]:
+    """Send `head` (as much as the server takes), then read until it closes or
+    `read_for` seconds pass; returns what came back and how long that took."""
+    began = time.monotonic()
+    with socket.create_connection(address, timeout=read_for) as sock:
+        # The server may close on us mid-send: what it answered is still readable.
+        with contextlib.suppress(OSError):
+            sock.sendall(head)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, OSError):
+            pass
+    return received, time.monotonic() - began
+
+
+@pytest.mark.e2e
+class TestAgainstTheRealServer:
+    async def test_a_huge_header_is_refused_at_once_and_the_server_carries_on(
+        self, stack: Stack
+    ) -> None:
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * 1024 * 1024)
+        answer, took = await asyncio.to_thread(
+            exchange, api_address(stack), head + b"\r\n\r\n", 10.0
+        )
+        assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:200]
+        assert took < 5
+        async with stack.client() as client:
+            assert (await client.get("/healthz")).status_code == 200
+
+    async def test_a_client_trickling_its_headers_is_disconnected(self, stack: Stack) -> None:
+        def slow_loris() -> float:
+            began = time.monotonic()
+            with socket.create_connection(api_address(stack), timeout=30) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                while time.monotonic() - began < 25:
+                    try:
+                        sock.sendall(b"X")
+                        sock.settimeout(1)
+                        if sock.recv(1024) == b"":
+                            break
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+            return time.monotonic() - began
+
+        held = await asyncio.to_thread(slow_loris)
+        # REQUEST_HEAD_TIMEOUT_SECONDS is 10 by default; before, the client held on.
+        assert held < 15, held
+
+    async def test_every_answer_carries_a_request_id_and_security_headers(
+        self, stack: Stack
+    ) -> None:
+        api_key = await stack.create_api_key("headers")
+        async with stack.client(api_key) as client:
+            data = await client.get("/v1/templates")
+            health = await client.get("/healthz", headers={"X-Request-ID": "lb-1234"})
+            refused = await client.get("/v1/patients/nobody")
+        for answer in (data, health, refused):
+            assert answer.headers["X-Content-Type-Options"] == "nosniff"
+            assert answer.headers["X-Request-ID"]
+        assert health.headers["X-Request-ID"] == "lb-1234"
+        assert data.headers["Cache-Control"] == "no-store"
+        assert refused.headers["Cache-Control"] == "no-store"
+        assert "Strict-Transport-Security" not in data.headers  # not production
+
+
+class TestProduction:
+    async def test_hsts_and_docs_behind_a_setting(self) -> None:
+        on = create_app(Settings(_env_file=None, **PRODUCTION))  # type: ignore[call-arg]
+        off = create_app(
+            Settings(_env_file=None, **{**PRODUCTION, "api_docs": False})  # type: ignore[call-arg]
+        )
+        for app, docs in ((on, 200), (off, 404)):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://test"
+            ) as client:
+                answer = await client.get("/docs")
+                assert answer.status_code == docs
+                assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
+                assert (await client.get("/openapi.json")).status_code == docs
