@@ -28,7 +28,11 @@ from app.experiments import service as experiment_service
 from app.imo import service as imo_service
 from app.models import Patient
 from app.operators import service as operator_service
+from app.operators.service import SignedIn
 from app.patients import service as patient_service
+from app.states import ChannelName
+from app.switches import service as switch_service
+from app.switches.scope import ScopeError, parse_scope
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 HOME = "/dashboard/"
@@ -256,6 +260,69 @@ async def experiment(
         results=results,
         rate_rows=rate_rows,
     )
+
+
+CHANNEL_NAMES = [channel.value for channel in ChannelName]
+Admin = Annotated[SignedIn, Depends(security.require_role("admin"))]
+
+
+@router.get("/switches")
+async def switches(
+    request: Request, session: DbSession, signed: Admin, done: str | None = None
+) -> Response:
+    return render(
+        request,
+        "switches.html",
+        signed,
+        active="switches",
+        switches=await switch_service.list_switches(session),
+        done=done,
+        channels=CHANNEL_NAMES,
+    )
+
+
+@router.post("/switches")
+async def put_switch(
+    request: Request,
+    session: DbSession,
+    signed: Admin,
+    action: Annotated[Literal["pause", "resume"], Form()],
+    reason: Annotated[str, Form(min_length=1, max_length=1000)],
+    country: Annotated[str, Form(max_length=2)] = "",
+    channel: Annotated[str, Form(max_length=20)] = "",
+    purpose: Annotated[str, Form(max_length=50)] = "",
+) -> Response:
+    """Pause or resume a scope, as PUT /v1/switches/{scope}, by this operator (logged by
+    the switches service with their email)."""
+    parts = {"country": country.strip(), "channel": channel.strip(), "purpose": purpose.strip()}
+    text = ",".join(f"{key}={value}" for key, value in parts.items() if value) or "all"
+    try:
+        scope = parse_scope(text)
+        if not reason.strip():
+            raise ScopeError("a reason is required")
+    except ScopeError as refused:
+        return render(
+            request,
+            "switches.html",
+            signed,
+            status_code=422,
+            active="switches",
+            switches=await switch_service.list_switches(session),
+            error=str(refused),
+            channels=CHANNEL_NAMES,
+        )
+    _, released = await switch_service.put_switch(
+        session,
+        scope,
+        paused=action == "pause",
+        reason=reason.strip(),
+        by=signed.operator.email,
+        now=datetime.now(UTC),
+    )
+    done = f"{'paused' if action == 'pause' else 'resumed'} {scope}"
+    if action == "resume":
+        done += f"; {released} held notifications released"
+    return RedirectResponse(f"/dashboard/switches?{urlencode({'done': done})}", 303)
 
 
 def install_dashboard(app: FastAPI) -> None:

@@ -170,6 +170,21 @@ async def issue_operator(database_url: str, email: str, role: str) -> str:
         await engine.dispose()
 
 
+async def login_works(database_url: str, email: str, password: str) -> bool:
+    """Whether this enabled operator has this password (`notify dev`'s kept login)."""
+    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
+    try:
+        async with sessionmaker() as session:
+            operator = await operator_repository.by_email(session, email)
+            return (
+                operator is not None
+                and operator.disabled_at is None
+                and await password_matches(operator.password_hash, password)
+            )
+    finally:
+        await engine.dispose()
+
+
 async def revoke_operator(database_url: str, email: str) -> int:
     """`notify operators revoke`: disable the operator and end their sessions."""
     engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)

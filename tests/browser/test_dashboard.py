@@ -1,9 +1,9 @@
 """The dashboard in a real browser: headless Chromium from Debian's packages driven by
 Selenium through Debian's chromium-driver, against the real stack (API, worker, fakes).
 
-Log in, see the overview with messages sent through the fakes, open a patient, read an
-experiment; no console errors on any page; a screenshot of each page is kept in
-test-artifacts/browser/. Skipped, saying why, when Chromium or its driver is missing
+Log in, see the overview with messages sent through the fakes, open a patient, pause and
+resume a country, read an experiment; no console errors on any page; a screenshot of each
+page is kept in test-artifacts/browser/. Skipped, saying why, when Chromium or its driver is missing
 (`.ci/run` installs them when it runs as root).
 """
 
@@ -66,7 +66,7 @@ async def test_an_operator_reads_the_dashboard(
     stack: Stack, stack_api: httpx.AsyncClient, browser: webdriver.Chrome
 ) -> None:
     password = await operator_service.issue_operator(
-        stack.database_url, f"browser-{id(browser)}@clinic.test", "support"
+        stack.database_url, f"browser-{id(browser)}@clinic.test", "admin"
     )
     email = f"browser-{id(browser)}@clinic.test"
     patient = await put_patient(stack_api, phone(4))
@@ -91,7 +91,15 @@ async def test_an_operator_reads_the_dashboard(
     browser.find_element(By.CSS_SELECTOR, "form[role=search] button").click()
     patient_page = visit(browser, browser.current_url, "patient")
     assert patient["id"] in patient_page and "delivered" in patient_page
-    assert patient["phone_numbers"][0]["number"] in patient_page  # support sees it whole
+    assert patient["phone_numbers"][0]["number"] in patient_page  # support and up see it whole
+
+    visit(browser, f"{base}/switches", "switches")
+    for action, reason in (("pause", "browser test: pause"), ("resume", "browser test: over")):
+        browser.find_element(By.ID, "country").send_keys("IN")
+        browser.find_element(By.ID, "reason").send_keys(reason)
+        browser.find_element(By.CSS_SELECTOR, f"button[value={action}]").click()
+        done = visit(browser, browser.current_url, f"switches-{action}")
+        assert f"{action}d country=IN" in done, done
 
     visit(browser, f"{base}/imo", "imo")
     experiment_page = visit(browser, f"{base}/experiments/{experiment['id']}", "experiment")

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.dashboard.endpoints import masked
 from app.models import DeliveryAttempt, Notification
 from tests.appointments.helpers import create_experiment, put_plan
-from tests.dashboard.conftest import MakeOperator, log_in
+from tests.dashboard.conftest import MakeOperator, form_token, log_in
 from tests.experiments.test_results import WINDOW
 from tests.experiments.test_results import seed as seed_members
 from tests.factories import make_notification, make_patient
@@ -171,3 +171,55 @@ async def test_the_imo_page_shows_the_apis_authorisation_counts(
     assert page.status_code == 200
     assert f"({summary['patients']:,} patients)" in page.text
     assert "No rounds yet." in page.text or "<progress" in page.text
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestSwitches:
+    async def test_only_an_admin_may_see_or_set_switches(
+        self, dashboard: httpx.AsyncClient, make_operator: MakeOperator
+    ) -> None:
+        for role in ("viewer", "support"):
+            dashboard.cookies.clear()
+            await log_in(dashboard, *await make_operator(role))
+            assert (await dashboard.get("/dashboard/switches")).status_code == 403
+            token = form_token((await dashboard.get("/dashboard/")).text)
+            answer = await dashboard.post(
+                "/dashboard/switches",
+                data={"csrf_token": token, "action": "pause", "country": "IN", "reason": "x"},
+            )
+            assert answer.status_code == 403, role
+
+    async def test_an_admin_pauses_and_resumes_a_country_with_a_reason(
+        self,
+        api: httpx.AsyncClient,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        email, password = await make_operator("admin")
+        await log_in(dashboard, email, password)
+        token = form_token((await dashboard.get("/dashboard/switches")).text)
+        form = {"csrf_token": token, "country": "IN", "reason": "  "}
+        refused = await dashboard.post("/dashboard/switches", data={**form, "action": "pause"})
+        assert refused.status_code == 422 and "a reason is required" in refused.text
+        bad = await dashboard.post(
+            "/dashboard/switches", data={**form, "country": "I1", "reason": "r", "action": "pause"}
+        )
+        assert bad.status_code == 422
+        with caplog.at_level("WARNING", logger="app.switches.service"):
+            paused = await dashboard.post(
+                "/dashboard/switches", data={**form, "reason": "Twilio incident", "action": "pause"}
+            )
+        assert paused.status_code == 303
+        assert any(getattr(r, "by", None) == email for r in caplog.records)
+        listed = (await api.get("/v1/switches")).json()["data"]
+        [india] = [s for s in listed if s["scope"] == "country=IN"]
+        assert india["paused"] and india["by"] == email and india["reason"] == "Twilio incident"
+        page = await dashboard.get(paused.headers["location"])
+        assert "paused country=IN" in page.text and "PAUSED" in page.text
+        resumed = await dashboard.post(
+            "/dashboard/switches", data={**form, "reason": "over", "action": "resume"}
+        )
+        assert resumed.status_code == 303
+        listed = (await api.get("/v1/switches")).json()["data"]
+        assert not next(s for s in listed if s["scope"] == "country=IN")["paused"]
