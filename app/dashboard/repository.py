@@ -55,30 +55,50 @@ async def counts(
     until: datetime,
     country: str | None = None,
     purpose: str | None = None,
+    *,
+    per_day: bool = False,
 ) -> list[CountRow]:
     """Every non-zero group of notifications created in [since, until): the folded counts
-    plus the deltas not yet folded, so the figures are exact as of this transaction."""
+    plus the deltas not yet folded, so the figures are exact as of this transaction.
+    `per_day`: the hours summed into UTC days in the database (long ranges)."""
     filters = "hour >= :since AND hour < :until"
     if country is not None:
         filters += " AND country = :country"
     if purpose is not None:
         filters += " AND purpose = :purpose"
+    bucket = "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'" if per_day else "hour"
     rows = await session.execute(
         text(
             f"""
-            SELECT {KEY_COLUMNS}, sum(count) AS count FROM (
+            SELECT {bucket}, {KEY_COLUMNS.removeprefix("hour, ")}, sum(count) AS count FROM (
                 SELECT {KEY_COLUMNS}, count FROM notification_counts WHERE {filters}
                 UNION ALL
                 SELECT {KEY_COLUMNS}, count FROM notification_count_deltas WHERE {filters}
             ) AS both_parts
-            GROUP BY {KEY_COLUMNS}
+            GROUP BY 1, 2, 3, 4, 5, 6, 7
             HAVING sum(count) <> 0
-            ORDER BY hour
+            ORDER BY 1
             """  # noqa: S608 - constants and bound parameters only
         ),
         {"since": since, "until": until, "country": country, "purpose": purpose},
     )
     return [CountRow(*row) for row in rows]
+
+
+async def filter_values(session: AsyncSession) -> tuple[list[str], list[str]]:
+    """The countries and purposes that have counts: the overview's filter choices."""
+    values = {}
+    for column in ("country", "purpose"):
+        values[column] = list(
+            await session.scalars(
+                text(
+                    f"SELECT {column} FROM notification_counts WHERE {column} <> ''"  # noqa: S608
+                    f" UNION SELECT {column} FROM notification_count_deltas"
+                    f" WHERE {column} <> '' ORDER BY 1"
+                )
+            )
+        )
+    return values["country"], values["purpose"]
 
 
 async def recent_round_ids(session: AsyncSession, limit: int) -> list[int]:

@@ -87,18 +87,16 @@ async def overview(
 ) -> Overview:
     """The funnel, problems, channels, fallback rate and time series of the notifications
     created in [since, until), optionally of one country and purpose."""
-    rows = await dashboard_repository.counts(session, since, until)
     result = Overview(since=since, until=until, hourly=until - since <= HOURLY_UP_TO)
-    result.countries = sorted({row.country for row in rows if row.country})
-    result.purposes = sorted({row.purpose for row in rows})
+    rows = await dashboard_repository.counts(
+        session, since, until, country, purpose, per_day=not result.hourly
+    )
+    result.countries, result.purposes = await dashboard_repository.filter_values(session)
     reasons: Counter[tuple[str, str]] = Counter()
     for row in rows:
-        if (country and row.country != country) or (purpose and row.purpose != purpose):
-            continue
         result.totals.add(row.state, row.count)
         result.by_channel[row.channel or "not yet sent"].add(row.state, row.count)
-        period = row.hour if result.hourly else row.hour.replace(hour=0)
-        result.by_period[period].add(row.state, row.count)
+        result.by_period[row.hour].add(row.state, row.count)
         if row.reason:
             reasons[(row.state, row.reason)] += row.count
         if row.channel:
