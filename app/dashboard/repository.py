@@ -85,22 +85,6 @@ async def counts(
     return [CountRow(*row) for row in rows]
 
 
-async def filter_values(session: AsyncSession) -> tuple[list[str], list[str]]:
-    """The countries and purposes that have counts: the overview's filter choices."""
-    values = {}
-    for column in ("country", "purpose"):
-        values[column] = list(
-            await session.scalars(
-                text(
-                    f"SELECT {column} FROM notification_counts WHERE {column} <> ''"  # noqa: S608
-                    f" UNION SELECT {column} FROM notification_count_deltas"
-                    f" WHERE {column} <> '' ORDER BY 1"
-                )
-            )
-        )
-    return values["country"], values["purpose"]
-
-
 async def recent_round_ids(session: AsyncSession, limit: int) -> list[int]:
     rows = await session.scalars(
         text("SELECT id FROM imo_invitation_rounds ORDER BY id DESC LIMIT :limit"),
