@@ -33,6 +33,7 @@ from app.patients import endpoints as patient_endpoints
 from app.redis import RedisUnreachable, redis_location, redis_settings
 from app.reminder_plans import endpoints as reminder_plan_endpoints
 from app.request_size import RequestSizeLimit
+from app.request_text import RefuseUnstorableText
 from app.response_headers import ResponseHeaders
 from app.switches import endpoints as switch_endpoints
 from app.templates import endpoints as template_endpoints
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     observability.install_http_metrics(app)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RefuseUnstorableText)
     app.add_middleware(ResponseHeaders, hsts=settings.is_production)
     # Provider callbacks are the busiest routes: matched first, they skip trying every
     # /v1 route's pattern (an eighth of a callback's CPU). Paths do not overlap.

@@ -213,3 +213,20 @@ class TestUnknownKeys:
             headers={"Content-Type": "application/json"},
         )
         assert_clear_4xx(answer, "phone_numbers")
+
+
+class TestQueriesAndPaths:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "/v1/patients?facility_id=f%00x",
+            "/v1/patients?cursor=%00",
+            "/v1/notifications?patient_id=%E2%80%AEx",
+            "/v1/templates/appointment_reminder.basic/en%00",
+        ],
+    )
+    async def test_unstorable_text_in_a_query_or_path_is_a_clear_422(
+        self, api: httpx.AsyncClient, url: str
+    ) -> None:
+        # Found by tests/test_fuzz.py: a null byte in a list filter reached PostgreSQL.
+        assert_clear_4xx(await api.get(url))

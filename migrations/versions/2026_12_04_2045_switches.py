@@ -1,7 +1,7 @@
 """Switches: paused scopes of sending, and the notifications a pause holds
 
 Revision ID: 20261204_switches
-Revises: 20261204_staff_message_template
+Revises: 20261204_api_key_scoping
 Create Date: 2026-12-04 20:40:00+00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261204_switches"
-down_revision: str | None = "20261204_staff_message_template"
+down_revision: str | None = "20261204_api_key_scoping"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
