@@ -1,9 +1,7 @@
 """Operators of the dashboard and their sessions
 
-Also the merge point of main's two heads at the time (api_key_scoping, reconcile).
-
 Revision ID: 20261204_operators
-Revises: 20261204_api_key_scoping, 20261204_reconcile
+Revises: 20261204_reconcile
 Create Date: 2026-12-04 21:10:00+00:00
 """
 
@@ -13,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261204_operators"
-down_revision: str | tuple[str, ...] | None = ("20261204_api_key_scoping", "20261204_reconcile")
+down_revision: str | None = "20261204_reconcile"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
