@@ -305,6 +305,22 @@ def fake_whatsapp(
     whatsapp.run(host, port, whatsapp.FakeWhatsAppConfig(**options))
 
 
+@cli.command("webhook-sink")
+def webhook_sink(
+    secret: Annotated[str, typer.Option(help="The endpoint's secret (whsec_...).")],
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="0: any free port.")] = 8090,
+    fail_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of deliveries to answer 500.")
+    ] = 0.0,
+) -> None:
+    """Receive webhooks: verify each signature, print one line per event (GET
+    /_sink/events lists them)."""
+    from app.fakes import webhook_sink
+
+    webhook_sink.run(webhook_sink.WebhookSink(secret, fail_rate=fail_rate), host, port)
+
+
 @cli.command()
 def dev(
     host: Annotated[str, typer.Option(help="Interface for the API.")] = "127.0.0.1",

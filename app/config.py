@@ -139,6 +139,18 @@ class Settings(BaseSettings):
     # A conversation with no message either way for this many days is closed.
     conversation_idle_days: int = Field(default=14, ge=1)
 
+    # Webhooks to the clinic system: whether their URLs may point at private, loopback
+    # or link-local addresses (development only); the retry schedule (exponential from
+    # the base, with jitter, capped); when an event is given up and an endpoint failing
+    # without a break disabled; and the sender's batch and time-out.
+    webhook_allow_private: bool = False
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_give_up_hours: float = Field(default=72.0, gt=0)
+    webhook_disable_after_hours: float = Field(default=24.0, gt=0)
+    webhook_batch_size: int = Field(default=500, ge=1, le=10_000)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+
     sentry_dsn: str = ""
     # Outside production, only these numbers are messaged, whatever the provider's URL
     # (a local proxy or tunnel may lead to a real one)...

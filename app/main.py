@@ -37,6 +37,7 @@ from app.request_text import RefuseUnstorableText
 from app.response_headers import ResponseHeaders
 from app.switches import endpoints as switch_endpoints
 from app.templates import endpoints as template_endpoints
+from app.webhooks import endpoints as webhook_endpoints
 
 API_DESCRIPTION = """
 Reminds patients of their clinic visits over Imo, WhatsApp and SMS.
@@ -63,6 +64,7 @@ def v1_router() -> APIRouter:
     router.include_router(conversation_endpoints.router)
     router.include_router(conversation_endpoints.patient_router)
     router.include_router(switch_endpoints.router)
+    router.include_router(webhook_endpoints.router)
     return router
 
 

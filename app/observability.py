@@ -47,6 +47,13 @@ INBOUND_MESSAGES = Counter(
     "Messages from patients by channel and match (matched, unmatched, duplicate)",
     ["channel", "match"],
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "notify_webhook_attempts_total", "Webhook delivery attempts by outcome", ["outcome"]
+)
+WEBHOOKS_DISABLED = Counter(
+    "notify_webhook_disabled_total",
+    "Webhook endpoints disabled after WEBHOOK_DISABLE_AFTER_HOURS of unbroken failures",
+)
 UNEXPECTED_PROVIDER_ANSWERS = Counter(
     "notify_unexpected_provider_answers_total",
     "Answers outside a provider's known vocabulary",

@@ -115,6 +115,22 @@ def _with_database(url: str, database: str) -> str:
     return make_url(url).set(database=database).render_as_string(hide_password=False)
 
 
+# Redis has 16 databases; 0 is the test session's own.
+STACK_REDIS_DBS = range(1, 16)
+
+
+def free_redis_db() -> int:
+    """A Redis database no running stack uses. Numbering stacks modulo 15 once gave the
+    16th stack of a session the database of the session-wide stack, still running: its
+    workers took the other stack's arq jobs (the sweeper among them) and ran them against
+    their own PostgreSQL database."""
+    used = {stack.redis_db for stack in ACTIVE_STACKS}
+    for db in STACK_REDIS_DBS:
+        if db not in used:
+            return db
+    raise RuntimeError(f"more than {len(STACK_REDIS_DBS)} stacks running at once")
+
+
 def with_redis_db(url: str, db: int) -> str:
     """`url` with its database number replaced by `db`."""
     parts = url.split("?", 1)
@@ -197,7 +213,8 @@ class Stack:
         self.whatsapp_port = free_port()
         self.whatsapp_url = f"http://127.0.0.1:{self.whatsapp_port}"
         self.database_url = ""
-        self.redis_url = with_redis_db(services.redis_url, 1 + self.number % 15)
+        self.redis_db = free_redis_db()
+        self.redis_url = with_redis_db(services.redis_url, self.redis_db)
         self.env: dict[str, str] = {}
 
         self.fakes: list[Child] = []

@@ -69,6 +69,8 @@ OPERATION_IDS = {
     "GET /v1/patients/{patient_id}/messages": "list_patient_messages",
     "PUT /v1/switches/{scope}": "put_switch",
     "GET /v1/switches": "list_switches",
+    "PUT /v1/webhooks/{name}": "put_webhook",
+    "POST /v1/webhooks/{name}/replay": "replay_webhook",
 }
 
 

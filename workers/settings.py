@@ -12,6 +12,7 @@ import signal
 from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 
+import aiohttp
 import arq.worker
 from arq import cron
 from arq.connections import RedisSettings
@@ -30,6 +31,7 @@ from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
 from app.security import TokenSigner
+from app.webhooks.sender import WebhookSender
 from workers import invitations
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ async def startup(ctx: Context) -> None:
         limiters=channel_registry.build_limiters(settings, limiter_redis),
         signer=TokenSigner(settings.secret_key.get_secret_value()),
     )
+    webhook_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    sender = WebhookSender(settings=settings, sessionmaker=sessionmaker, http=webhook_http)
     stop = asyncio.Event()
     ctx.update(
         settings=settings,
@@ -64,6 +68,8 @@ async def startup(ctx: Context) -> None:
             asyncio.create_task(dispatcher.run(stop), name=f"dispatch-{number}")
             for number in range(settings.dispatch_loops)
         ],
+        webhook_http=webhook_http,
+        webhook_task=asyncio.create_task(sender.run(stop), name="webhooks"),
     )
     await invitations.start(ctx)
     tune_gc()
@@ -78,7 +84,12 @@ async def shutdown(ctx: Context) -> None:
         await asyncio.wait_for(asyncio.gather(*ctx["dispatch_tasks"]), timeout=30)
     except TimeoutError:
         log.error("dispatch loop did not stop in time; the sweeper will settle its batch")
+    try:
+        await asyncio.wait_for(ctx["webhook_task"], timeout=30)
+    except TimeoutError:
+        log.error("webhook sender did not stop in time; its claims come due again")
     await invitations.stop(ctx)
+    await ctx["webhook_http"].close()
     await ctx["http"].close()
     await ctx["limiter_redis"].aclose()
     await ctx["engine"].dispose()

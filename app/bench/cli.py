@@ -55,6 +55,22 @@ def switch(
     bench_switch.run(reminders, workers, batch, pause_at, json_path)
 
 
+@bench_cli.command("webhooks")
+def webhooks(
+    events: Annotated[int, typer.Option("--events", "-n")] = 10_000,
+    fail_rate: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.2,
+    batch: Annotated[int, typer.Option(help="Deliveries claimed per batch.")] = 500,
+    json_path: JsonOption = None,
+) -> None:
+    """N events delivered by one sender to the webhook sink (another process) failing a
+    share of them: the rate, the sender's memory, each id once at the sink."""
+    from app.bench import webhooks as bench_webhooks
+    from app.devtools.environment import prepare_environment
+
+    prepare_environment()
+    bench_webhooks.run(events, fail_rate, batch, json_path)
+
+
 @bench_cli.command("invitations")
 def invitations(
     patients: Annotated[list[int], typer.Option("--patients", "-n")] = [100_000],  # noqa: B006

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -13,8 +14,11 @@ from app.consent import repository as consent_repository
 from app.consent.keywords import Keyword
 from app.consent.rules import OPTED_OUT
 from app.errors import InvalidInput
+from app.models import Patient
 from app.models.patient import EVERY_CHANNEL
 from app.templates import service as template_service
+from app.webhooks import service as webhook_service
+from app.webhooks.events import EventType
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +63,36 @@ async def apply_keyword(
     elif keyword is Keyword.START:
         changed = await consent_repository.opt_in_sender(session, patient_id, phone, channel)
         log.info("patient opted in", extra={"patients": len(changed)})
+    for changed_id in changed:
+        await _changed(session, changed_id, f"keyword:{keyword.value}", channel)
     return KeywordOutcome(changed, await _reply(session, _REPLY_TEMPLATES[keyword], locale))
 
 
 async def record_provider_opt_outs(session: AsyncSession, opt_outs: Mapping[str, str]) -> None:
     """patient id -> channel whose provider refused a send as opted out (Twilio 21610)."""
     await consent_repository.opt_out_many(session, opt_outs)
+    for patient_id, channel in opt_outs.items():
+        await _changed(session, patient_id, "provider_opt_out", channel)
+
+
+async def _changed(session: AsyncSession, patient_id: str, source: str, channel: str) -> None:
+    """`consent.changed`, with the patient's opt-outs as they now stand."""
+    opted_out = await session.scalar(
+        select(Patient.opted_out_channels)
+        .where(Patient.id == patient_id)
+        .execution_options(populate_existing=True)
+    )
+    await webhook_service.emit(
+        session,
+        EventType.CONSENT_CHANGED,
+        patient_id,
+        {
+            "patient_id": patient_id,
+            "source": source,
+            "channel": channel,
+            "opted_out_channels": list(opted_out or ()),
+        },
+    )
 
 
 async def _reply(session: AsyncSession, key: str, locale: str) -> str | None:

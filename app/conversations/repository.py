@@ -114,13 +114,14 @@ _CLOSE_IDLE = text(
                  WHERE state = 'open' AND last_activity_at < :before
                  ORDER BY last_activity_at LIMIT :limit
                  FOR UPDATE SKIP LOCKED)
-    RETURNING id
+    RETURNING id, patient_id
     """
 )
 
 
 async def close_idle(
     session: AsyncSession, before: datetime, now: datetime, limit: int
-) -> list[uuid.UUID]:
+) -> list[tuple[uuid.UUID, str]]:
+    """Close a batch of idle conversations -> their (id, patient id)."""
     rows = await session.execute(_CLOSE_IDLE, {"before": before, "now": now, "limit": limit})
-    return [row.id for row in rows]
+    return [(row.id, row.patient_id) for row in rows]

@@ -34,6 +34,8 @@ from app.models.message import Direction
 from app.notifications import service as notification_service
 from app.notifications.schemas import NotificationIn
 from app.templates import service as template_service
+from app.webhooks import service as webhook_service
+from app.webhooks.events import EventType
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,13 @@ async def open_conversation(
 
 
 async def _new(
-    session: AsyncSession, patient_id: str, subject: str, reference: str | None, now: datetime
+    session: AsyncSession,
+    patient_id: str,
+    subject: str,
+    reference: str | None,
+    now: datetime,
+    *,
+    opened_by: str = "clinic",
 ) -> Conversation:
     conversation = Conversation(
         id=uuid.uuid4(),
@@ -77,6 +85,18 @@ async def _new(
     )
     session.add(conversation)
     await session.flush()
+    await webhook_service.emit(
+        session,
+        EventType.CONVERSATION_OPENED,
+        patient_id,
+        {
+            "conversation_id": str(conversation.id),
+            "patient_id": patient_id,
+            "subject": subject,
+            "reference": reference,
+            "opened_by": opened_by,
+        },
+    )
     return conversation
 
 
@@ -111,7 +131,19 @@ async def close(
         conversation.closed_at = now or datetime.now(UTC)
         conversation.close_reason = "api"
         await session.flush()
+        await _closed(session, conversation.id, conversation.patient_id, "api")
     return conversation
+
+
+async def _closed(
+    session: AsyncSession, conversation_id: uuid.UUID, patient_id: str, reason: str
+) -> None:
+    await webhook_service.emit(
+        session,
+        EventType.CONVERSATION_CLOSED,
+        patient_id,
+        {"conversation_id": str(conversation_id), "patient_id": patient_id, "reason": reason},
+    )
 
 
 async def write(
@@ -180,7 +212,10 @@ async def close_idle(session: AsyncSession, settings: Settings, now: datetime) -
     """Close a batch of conversations idle for CONVERSATION_IDLE_DAYS -> their ids.
     Safe on every worker at once (SKIP LOCKED)."""
     before = now - timedelta(days=settings.conversation_idle_days)
-    return await conversation_repository.close_idle(session, before, now, IDLE_CLOSE_BATCH)
+    closed = await conversation_repository.close_idle(session, before, now, IDLE_CLOSE_BATCH)
+    for conversation_id, patient_id in closed:
+        await _closed(session, conversation_id, patient_id, "idle")
+    return [conversation_id for conversation_id, _ in closed]
 
 
 async def route_reply(
@@ -259,7 +294,7 @@ async def _topic_of(
 ) -> Conversation:
     """A new conversation the patient opened by writing: its subject is their words."""
     subject = snippet(message.text or "") or "(media)"
-    return await _new(session, patient.id, subject, None, now)
+    return await _new(session, patient.id, subject, None, now, opened_by="patient")
 
 
 async def _list(session: AsyncSession, patient: Patient, subjects: list[str]) -> str | None:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.channels.inbound import IncomingMessage
@@ -18,6 +19,8 @@ from app.messages import repository as message_repository
 from app.models import Message
 from app.observability import INBOUND_MESSAGES
 from app.patients import service as patient_service
+from app.webhooks import service as webhook_service
+from app.webhooks.events import EventType
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ async def receive(
                 "sender": mask_phone(message.sender_e164),
             },
         )
+        await _announce(session, stored.id, message, received_at)
         return Received(message_id=stored.id, patient_id=None)
     patient = await patient_service.get_patient(session, stored.patient_id)
     keyword = keyword_of(message.text, settings)
@@ -73,14 +77,48 @@ async def receive(
         row = await session.get(Message, stored.id)
         assert row is not None
         reply = await conversation_service.route_reply(session, patient, row, now=received_at)
-        return Received(message_id=stored.id, patient_id=patient.id, reply=reply)
-    outcome = await consent_service.apply_keyword(
-        session,
-        settings,
-        keyword,
-        patient_id=patient.id,
-        locale=patient.locale,
-        phone=message.sender_e164,
-        channel=message.channel,
+    else:
+        outcome = await consent_service.apply_keyword(
+            session,
+            settings,
+            keyword,
+            patient_id=patient.id,
+            locale=patient.locale,
+            phone=message.sender_e164,
+            channel=message.channel,
+        )
+        reply = outcome.reply
+    await _announce(session, stored.id, message, received_at, patient.id)
+    return Received(message_id=stored.id, patient_id=patient.id, reply=reply)
+
+
+async def _announce(
+    session: AsyncSession,
+    message_id: int,
+    message: IncomingMessage,
+    received_at: datetime,
+    patient_id: str | None = None,
+) -> None:
+    """`message.received`, with where it was filed (None while a numbered list holds it,
+    or for a keyword)."""
+    conversation_id = await session.scalar(
+        select(Message.conversation_id).where(Message.id == message_id)
     )
-    return Received(message_id=stored.id, patient_id=patient.id, reply=outcome.reply)
+    await webhook_service.emit(
+        session,
+        EventType.MESSAGE_RECEIVED,
+        patient_id,
+        {
+            "message_id": message_id,
+            "patient_id": patient_id,
+            "channel": message.channel.value,
+            "from": message.sender_e164,
+            "text": message.text,
+            "media": [
+                {"type": m.content_type, "provider_media_id": m.provider_media_id}
+                for m in message.media
+            ],
+            "received_at": received_at.isoformat(),
+            "conversation_id": str(conversation_id) if conversation_id else None,
+        },
+    )

@@ -19,6 +19,7 @@ from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
 from app.models.switch import Switch
 from app.models.template import Template
+from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "ApiKey",
@@ -44,4 +45,7 @@ __all__ = [
     "ReminderPlan",
     "Switch",
     "Template",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

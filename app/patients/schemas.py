@@ -151,6 +151,10 @@ class PatientOut(BaseModel):
     time_zone: str
     facility: FacilityOut | None
     reminder_consent: Consent
+    opted_out_channels: list[str] = Field(
+        description="Channels the patient opted out of themselves (STOP, or a provider's "
+        "opt-out); `*`: every channel. Only the patient's START lifts them."
+    )
     imo_authorization: ImoAuthorizationOut | None
     created_at: datetime
     updated_at: datetime
@@ -170,6 +174,7 @@ class PatientOut(BaseModel):
             time_zone=patient.time_zone,
             facility=facility,
             reminder_consent=cast(Consent, patient.reminder_consent),
+            opted_out_channels=list(patient.opted_out_channels or ()),
             imo_authorization=None
             if authorization is None
             else ImoAuthorizationOut(

@@ -426,7 +426,7 @@ class TestCloudAnswersTheFakeDoesNotGive:
     @pytest.mark.asyncio
     async def test_a_time_out_is_transient(self, http: aiohttp.ClientSession, stub: Stub) -> None:
         async def hang(request: web.Request) -> web.Response:
-            await asyncio.sleep(3)
+            await asyncio.Event().wait()  # until the server stops
             return web.Response()
 
         stub.handler = hang

@@ -141,10 +141,14 @@ class TestConsent:
             await stack_api.get(f"/v1/notifications/{waiting['id']}")
         ).json()
         assert (withdrawn["state"], withdrawn["failure_reason"]) == ("denied", "opted out")
+        shown = (await stack_api.get(f"/v1/patients/{patient['id']}")).json()
+        assert shown["opted_out_channels"] == ["*"]
         refused = await schedule(stack_api, patient["id"])
         assert (refused["state"], refused["failure_reason"]) == ("denied", "opted out")
 
         restored = await patient_writes(stack, number, "START")
         assert restored is not None and restored.startswith("আপনি আবার")
+        shown = (await stack_api.get(f"/v1/patients/{patient['id']}")).json()
+        assert shown["opted_out_channels"] == []
         again = await schedule(stack_api, patient["id"])
         await notification_in(stack_api, again["id"], "delivered")

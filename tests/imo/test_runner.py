@@ -295,8 +295,9 @@ class TestSwitch:
         round_id = await start_round(db, settings)
 
         async def pause() -> None:
-            while sum(fake_imo.requests_per_phone().values()) < 10:
-                await asyncio.sleep(0.001)
+            await wait_until(
+                lambda: sum(fake_imo.requests_per_phone().values()) >= 10, interval=0.001
+            )
             await put_switch(db, "channel=imo", paused=True)
 
         pauser = asyncio.create_task(pause())

@@ -1,0 +1,1 @@
+"""Webhooks to the clinic system: subscriptions, the event outbox, signed delivery."""

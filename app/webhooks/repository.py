@@ -1,0 +1,194 @@
+"""The webhooks' SQL: set-based, one statement per batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+# The event, and one delivery for every active endpoint that wants its type.
+_EMIT = text(
+    """
+    WITH event AS (
+        INSERT INTO webhook_events (id, type, patient_id, data, occurred_at)
+        VALUES (:id, :type, :patient_id, CAST(:data AS jsonb), now())
+        RETURNING id, occurred_at
+    )
+    INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,
+                                    next_attempt_at)
+    SELECT event.id, e.name, :patient_id, event.occurred_at, 'pending', event.occurred_at
+    FROM event JOIN webhook_endpoints AS e ON e.active AND :type = ANY(e.events)
+    """
+)
+
+
+async def emit(
+    session: AsyncSession, type_: str, patient_id: str | None, data: dict[str, Any]
+) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    await session.execute(
+        _EMIT,
+        {
+            "id": event_id,
+            "type": type_,
+            "patient_id": patient_id,
+            "data": orjson.dumps(data).decode(),
+        },
+    )
+    return event_id
+
+
+_REPLAY = text(
+    """
+    INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,
+                                    next_attempt_at)
+    SELECT ev.id, e.name, ev.patient_id, ev.occurred_at, 'pending', now()
+    FROM webhook_events AS ev JOIN webhook_endpoints AS e ON e.name = :name
+    WHERE ev.occurred_at >= :since AND ev.occurred_at < :until
+      AND ev.type = ANY(CAST(:types AS text[]))
+    ON CONFLICT (event_id, endpoint_name) DO UPDATE
+        SET state = 'pending', next_attempt_at = now(), updated_at = now()
+    RETURNING id
+    """
+)
+
+
+async def replay(
+    session: AsyncSession, name: str, since: datetime, until: datetime, types: Sequence[str]
+) -> int:
+    rows = await session.execute(
+        _REPLAY, {"name": name, "since": since, "until": until, "types": list(types)}
+    )
+    return len(rows.all())
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    id: int
+    attempts: int
+    endpoint_name: str
+    url: str
+    secret: str
+    event_id: uuid.UUID
+    type: str
+    patient_id: str | None
+    data: dict[str, Any]
+    occurred_at: datetime
+
+
+# Claimed for `lease` seconds: a worker that dies mid-send leaves them due again then.
+# A delivery waits while an earlier one of the same patient is owed to the same endpoint
+# (ix_webhook_deliveries_lane): a patient's events arrive in order.
+_CLAIM = text(
+    """
+    WITH due AS (
+        SELECT d.id FROM webhook_deliveries AS d
+        JOIN webhook_endpoints AS e ON e.name = d.endpoint_name
+        WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND e.active
+          AND NOT EXISTS (
+              SELECT FROM webhook_deliveries AS earlier
+              WHERE earlier.state = 'pending' AND earlier.endpoint_name = d.endpoint_name
+                AND earlier.patient_id = d.patient_id
+                AND (earlier.occurred_at, earlier.id) < (d.occurred_at, d.id))
+        ORDER BY d.next_attempt_at, d.id
+        LIMIT :limit
+        FOR UPDATE OF d SKIP LOCKED
+    ), claimed AS (
+        UPDATE webhook_deliveries AS d
+        SET next_attempt_at = now() + make_interval(secs => :lease), updated_at = now()
+        FROM due WHERE d.id = due.id
+        RETURNING d.id, d.attempts, d.endpoint_name, d.event_id
+    )
+    SELECT c.id, c.attempts, c.endpoint_name, e.url, e.secret, c.event_id, ev.type,
+           ev.patient_id, ev.data, ev.occurred_at
+    FROM claimed AS c
+    JOIN webhook_endpoints AS e ON e.name = c.endpoint_name
+    JOIN webhook_events AS ev ON ev.id = c.event_id
+    ORDER BY ev.occurred_at, c.id
+    """
+)
+
+
+async def claim_due(session: AsyncSession, limit: int, lease: float) -> list[DueDelivery]:
+    rows = await session.execute(_CLAIM, {"limit": limit, "lease": lease})
+    return [DueDelivery(**row) for row in rows.mappings()]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    id: int
+    endpoint_name: str
+    delivered: bool
+    status: int | None
+    error: str | None
+    # For a failure: when to try again, or None to give up (`failed`).
+    next_attempt_at: datetime | None
+
+
+_RECORD = text(
+    """
+    UPDATE webhook_deliveries AS d SET
+        attempts = d.attempts + 1,
+        state = CASE WHEN v.delivered THEN 'delivered'
+                     WHEN v.next_attempt_at IS NULL THEN 'failed' ELSE 'pending' END,
+        delivered_at = CASE WHEN v.delivered THEN now() ELSE d.delivered_at END,
+        next_attempt_at = COALESCE(v.next_attempt_at, d.next_attempt_at),
+        last_status = v.status,
+        last_error = v.error,
+        updated_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:delivered AS boolean[]),
+                CAST(:statuses AS integer[]), CAST(:errors AS text[]),
+                CAST(:next_attempts AS timestamptz[]))
+         AS v(id, delivered, status, error, next_attempt_at)
+    WHERE d.id = v.id AND d.state = 'pending'
+    """
+)
+
+# An endpoint's run of failures: started by its first failure, ended by any success.
+_HEALTH = text(
+    """
+    UPDATE webhook_endpoints SET
+        failing_since = CASE WHEN name = ANY(CAST(:succeeded AS text[])) THEN NULL
+                             ELSE COALESCE(failing_since, now()) END,
+        updated_at = now()
+    WHERE name = ANY(CAST(:succeeded AS text[])) OR name = ANY(CAST(:failed AS text[]))
+    """
+)
+
+_DISABLE = text(
+    """
+    UPDATE webhook_endpoints SET active = false, disabled_at = now(), updated_at = now()
+    WHERE active AND failing_since < :cutoff
+    RETURNING name
+    """
+)
+
+
+async def record(
+    session: AsyncSession, attempted: Sequence[Attempted], disable_before: datetime
+) -> list[str]:
+    """Write a batch's outcomes -> the endpoints disabled for failing since before
+    `disable_before`."""
+    if not attempted:
+        return []
+    await session.execute(
+        _RECORD,
+        {
+            "ids": [a.id for a in attempted],
+            "delivered": [a.delivered for a in attempted],
+            "statuses": [a.status for a in attempted],
+            "errors": [a.error for a in attempted],
+            "next_attempts": [a.next_attempt_at for a in attempted],
+        },
+    )
+    succeeded = sorted({a.endpoint_name for a in attempted if a.delivered})
+    failed = sorted({a.endpoint_name for a in attempted if not a.delivered} - set(succeeded))
+    await session.execute(_HEALTH, {"succeeded": succeeded, "failed": failed})
+    rows = await session.execute(_DISABLE, {"cutoff": disable_before})
+    return [row.name for row in rows]
