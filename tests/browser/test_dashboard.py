@@ -18,6 +18,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from app.operators import service as operator_service
 from tests.appointments.helpers import create_experiment, put_plan
@@ -79,6 +80,7 @@ async def test_an_operator_reads_the_dashboard(
     browser.find_element(By.ID, "email").send_keys(email)
     browser.find_element(By.ID, "password").send_keys(password)
     browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(browser, 10).until(lambda d: "/login" not in d.current_url)
 
     overview = visit(browser, f"{base}/?days=1", "overview")
     assert "Funnel" in overview and "delivered" in overview
@@ -89,6 +91,7 @@ async def test_an_operator_reads_the_dashboard(
     visit(browser, f"{base}/patients", "patient-lookup")
     browser.find_element(By.ID, "q").send_keys(patient["id"])
     browser.find_element(By.CSS_SELECTOR, "form[role=search] button").click()
+    WebDriverWait(browser, 10).until(lambda d: f"/patients/{patient['id']}" in d.current_url)
     patient_page = visit(browser, browser.current_url, "patient")
     assert patient["id"] in patient_page and "delivered" in patient_page
     assert patient["phone_numbers"][0]["number"] in patient_page  # support and up see it whole
@@ -98,6 +101,7 @@ async def test_an_operator_reads_the_dashboard(
         browser.find_element(By.ID, "country").send_keys("IN")
         browser.find_element(By.ID, "reason").send_keys(reason)
         browser.find_element(By.CSS_SELECTOR, f"button[value={action}]").click()
+        WebDriverWait(browser, 10).until(lambda d, a=action: f"{a}d+country" in d.current_url)
         done = visit(browser, browser.current_url, f"switches-{action}")
         assert f"{action}d country=IN" in done, done
 
