@@ -195,6 +195,49 @@ def invite(
     raise typer.Exit(asyncio.run(terminal.run_round(settings, limit, console)))
 
 
+@cli.command()
+def broadcast(
+    group: Annotated[str, typer.Argument(help="The group's name.")],
+    template: Annotated[str, typer.Argument(help="The template's key.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", help="name=value (repeat); @name, @<attribute> filled per recipient."
+        ),
+    ] = None,
+    purpose: Annotated[str, typer.Option(help="The messages' purpose.")] = "broadcast",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count the members and show three texts.")
+    ] = False,
+) -> None:
+    """Send a template to every member of a group, with a progress bar while it is
+    scheduled (the workers send it); --dry-run shows the count and three samples."""
+    from pydantic import ValidationError
+
+    from app.broadcasts import terminal
+    from app.broadcasts.schemas import BroadcastIn
+    from app.logs import configure_logging
+
+    parameters = {}
+    for pair in param or []:
+        name, equals, value = pair.partition("=")
+        if not equals:
+            err_console.print(f"[red]error:[/red] --param {pair!r} is not name=value")
+            raise typer.Exit(2)
+        parameters[name] = value
+    try:
+        request = BroadcastIn(
+            group=group, template=template, parameters=parameters, purpose=purpose
+        )
+    except ValidationError as invalid:
+        err_console.print(f"[red]error:[/red] {invalid}")
+        raise typer.Exit(2) from None
+    database_url, _ = prepare_environment(redis=False, one_off=True)
+    require_migrated(database_url)
+    configure_logging("WARNING", json=False)
+    raise typer.Exit(asyncio.run(terminal.run(get_settings(), request, console, dry_run=dry_run)))
+
+
 @experiments_cli.command("report")
 def experiments_report(
     experiment: Annotated[str, typer.Argument(help="The experiment's id or name.")],

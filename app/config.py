@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     # a divisor of 60, as the sweeper is a cron job on the seconds of each minute).
     sweep_interval_seconds: int = Field(default=60, ge=1, le=60)
 
+    # A broadcast's fan-out: members per INSERT ... SELECT (one transaction each), and how
+    # long a fan-out may stand still before a worker's cron resumes it from its cursor.
+    broadcast_chunk_size: int = Field(default=5_000, ge=1, le=100_000)
+    broadcast_resume_after_seconds: int = Field(default=30, ge=1)
+
     # Request bodies larger than this are refused with a 413 (a full batch of 1,000
     # patients is well under 2 MiB).
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)

@@ -14,6 +14,7 @@ from app import observability
 from app.api_docs import install_api_docs
 from app.appointments import endpoints as appointment_endpoints
 from app.auth.dependencies import require_api_key
+from app.broadcasts import endpoints as broadcast_endpoints
 from app.callbacks import endpoints as callback_endpoints
 from app.config import Settings, get_settings
 from app.conversations import endpoints as conversation_endpoints
@@ -22,8 +23,10 @@ from app.db.session import create_engine_and_sessionmaker
 from app.delivery.dispatcher import check_chains
 from app.delivery.report_batcher import ReportBatcher
 from app.errors import install_error_handlers
+from app.events import endpoints as event_endpoints
 from app.experiments import endpoints as experiment_endpoints
 from app.gc_tuning import tune_gc
+from app.groups import endpoints as group_endpoints
 from app.imo import endpoints as imo_endpoints
 from app.logs import configure_logging
 from app.notifications import endpoints as notification_endpoints
@@ -61,6 +64,9 @@ def v1_router() -> APIRouter:
     router.include_router(reminder_plan_endpoints.router)
     router.include_router(experiment_endpoints.router)
     router.include_router(imo_endpoints.router)
+    router.include_router(event_endpoints.router)
+    router.include_router(group_endpoints.router)
+    router.include_router(broadcast_endpoints.router)
     router.include_router(conversation_endpoints.router)
     router.include_router(conversation_endpoints.patient_router)
     router.include_router(switch_endpoints.router)

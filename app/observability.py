@@ -32,6 +32,14 @@ HTTP_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 NOTIFICATIONS_SCHEDULED = Counter("notify_notifications_scheduled_total", "Notifications created")
+TRIGGER_RULE_ERRORS = Counter(
+    "notify_trigger_rule_errors_total",
+    "Trigger rules that failed to evaluate on an event (recorded on the event)",
+    ["rule"],
+)
+BROADCAST_NOTIFICATIONS = Counter(
+    "notify_broadcast_notifications_total", "Notifications a broadcast fan-out created"
+)
 ATTEMPTS = Counter(
     "notify_delivery_attempts_total",
     "Delivery attempts by channel and outcome",

@@ -164,10 +164,14 @@ class Database:
     url: str
 
     async def empty(self) -> None:
-        """No patient (nor anything of theirs), invitation round, API key or switch."""
+        """No patient (nor anything of theirs), invitation round, API key, switch, group,
+        broadcast or trigger rule."""
         async with self.engine.begin() as connection:
             await connection.execute(
-                text("TRUNCATE patients, imo_invitation_rounds, api_keys, switches CASCADE")
+                text(
+                    "TRUNCATE patients, imo_invitation_rounds, api_keys, switches, groups, "
+                    "broadcasts, trigger_rules CASCADE"
+                )
             )
 
 

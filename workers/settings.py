@@ -32,7 +32,7 @@ from app.logs import configure_logging
 from app.redis import redis_settings
 from app.security import TokenSigner
 from app.webhooks.sender import WebhookSender
-from workers import invitations
+from workers import broadcasts, invitations
 
 log = logging.getLogger(__name__)
 Context = dict[str, Any]
@@ -152,6 +152,7 @@ class WorkerSettings:
         fold_notification_counts,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
+        broadcasts.fan_out_broadcast,
     ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(
@@ -163,6 +164,7 @@ class WorkerSettings:
         cron(hand_on_unread, second={41}, unique=True),
         cron(reconcile_sent, second={29}, unique=True),
         invitations.scheduled_round_cron(get_settings()),
+        cron(broadcasts.resume_stalled_broadcasts, second=set(range(5, 60, 10)), unique=True),
         cron(close_idle_conversations, minute={7, 37}, unique=True),
         cron(fold_notification_counts, second={41}, unique=True),
     ]

@@ -37,6 +37,22 @@ def dispatch(
     bench_dispatch.run(reminders, workers, concurrency, batch, json_path, measured, mix)
 
 
+@bench_cli.command("broadcast")
+def broadcast(
+    patients: Annotated[int, typer.Option("--patients", "-n")] = 1_000_000,
+    chunk: Annotated[int, typer.Option(help="BROADCAST_CHUNK_SIZE of the worker.")] = 5_000,
+    pages: Annotated[int, typer.Option(help="History pages to follow by cursor.")] = 500,
+    json_path: JsonOption = None,
+) -> None:
+    """A broadcast to an N-patient filter group fanned out by a worker, its progress and
+    the API's memory meanwhile, then the group's history pages on that table."""
+    from app.bench import broadcast as bench_broadcast
+    from app.devtools.environment import prepare_environment
+
+    prepare_environment()
+    bench_broadcast.run(patients, chunk, pages, json_path)
+
+
 @bench_cli.command("switch")
 def switch(
     reminders: Annotated[list[int], typer.Option("--reminders", "-n")] = [10_000],  # noqa: B006

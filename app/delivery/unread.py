@@ -5,8 +5,9 @@ A cron job on every worker finds them in sets and hands them to the dispatcher (
 `scheduled`); the dispatcher sends them in the patient's messaging window like any other,
 so switches, expiry and the allow-list apply. Each reminder is handed on at most once
 (`unread_fallback_at`), whichever worker finds it, and however often the job runs. Both
-attempts stay on the notification. A read receipt that arrives after the hand-on is
-recorded on its attempt; the second message goes all the same.
+attempts stay on the notification. A read receipt that arrives after the hand-on moves
+the notification to `read` (the state machine's REPORT_READ beats a waiting fallback),
+so a second message not sent yet is not sent; one sent already has gone.
 """
 
 from __future__ import annotations

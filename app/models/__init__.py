@@ -2,12 +2,15 @@
 
 from app.models.api_key import ApiKey
 from app.models.appointment import Appointment
+from app.models.broadcast import Broadcast
 from app.models.conversation import Conversation, ConversationRouting
 from app.models.delivery_report import DeliveryReport
+from app.models.event import Event
 from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
 from app.models.experiment_group import ExperimentGroup
 from app.models.experiment_membership import ExperimentMembership
+from app.models.group import Group, GroupMember
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
@@ -19,19 +22,24 @@ from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
 from app.models.switch import Switch
 from app.models.template import Template
+from app.models.trigger_rule import TriggerRule
 from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "ApiKey",
     "Appointment",
+    "Broadcast",
     "Conversation",
     "ConversationRouting",
     "DeliveryAttempt",
     "DeliveryReport",
+    "Event",
     "Experiment",
     "ExperimentEnrolmentDay",
     "ExperimentGroup",
     "ExperimentMembership",
+    "Group",
+    "GroupMember",
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",
@@ -45,6 +53,7 @@ __all__ = [
     "ReminderPlan",
     "Switch",
     "Template",
+    "TriggerRule",
     "WebhookDelivery",
     "WebhookEndpoint",
     "WebhookEvent",

@@ -54,6 +54,30 @@ class Notification(TimestampMixin, Base):
         Index("ix_notifications_created", "created_at", "id"),
         Index("ix_notifications_state_created", "state", "created_at", "id"),
         Index("ix_notifications_appointment", "appointment_id"),
+        # One message per (event, rule), upserted; also the event's history (a few rows).
+        Index(
+            "uq_notifications_event_rule",
+            "event_id",
+            "rule_name",
+            unique=True,
+            postgresql_where=text("event_id IS NOT NULL"),
+        ),
+        # A broadcast reaches each member once, however often its fan-out resumes.
+        Index(
+            "uq_notifications_broadcast_patient",
+            "broadcast_id",
+            "patient_id",
+            unique=True,
+            postgresql_where=text("broadcast_id IS NOT NULL"),
+        ),
+        # GET /v1/groups/{name}/messages: newest first.
+        Index(
+            "ix_notifications_group_created",
+            "group_name",
+            "created_at",
+            "id",
+            postgresql_where=text("group_name IS NOT NULL"),
+        ),
         # The unread fallback: reminders taken by Imo or WhatsApp, not read, not fallen
         # back, not expired (the set stays as small as what is still worth sending).
         Index(
@@ -111,6 +135,12 @@ class Notification(TimestampMixin, Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # SHA-256 of the scheduling request, to refuse a reused key with another body.
     request_hash: Mapped[str | None] = mapped_column(String(64))
+
+    # Where the message came from: a trigger rule on an event, or a broadcast to a group.
+    event_id: Mapped[str | None] = mapped_column(String(64))
+    rule_name: Mapped[str | None] = mapped_column(String(100))
+    broadcast_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    group_name: Mapped[str | None] = mapped_column(String(100))
 
 
 class DeliveryAttempt(TimestampMixin, Base):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Index, String, func, literal_column, text
+from sqlalchemy import CheckConstraint, Index, String, Text, func, literal_column, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -59,6 +59,14 @@ class Patient(TimestampMixin, Base):
     facility_id: Mapped[str | None] = mapped_column(String(64))
     facility_name: Mapped[str | None] = mapped_column(String(200))
     reminder_consent: Mapped[str] = mapped_column(String(10))
+    # The clinic system's own fields (e.g. {"area": "Mirpur", "birth_date": "1990-04-01"})
+    # and labels, for group filters and broadcast parameters (`@area`).
+    attributes: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    tags: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), default=list, server_default=text("'{}'::text[]")
+    )
     # Channels on which the patient withdrew consent themselves (STOP, or a provider's
     # opt-out error), EVERY_CHANNEL for all. The clinic's `reminder_consent` cannot
     # override it; only the patient's START can.

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 
 import orjson
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,7 +40,8 @@ def window_of(settings: Settings) -> MessagingWindow:
     return MessagingWindow(settings.messaging_window_start, settings.messaging_window_end)
 
 
-def request_hash(request: NotificationIn) -> str:
+def request_hash(request: BaseModel) -> str:
+    """SHA-256 of a request body, to refuse an Idempotency-Key reused with another."""
     canonical = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    ColumnElement,
     String,
     Text,
     bindparam,
@@ -41,31 +42,40 @@ class PatientRecord:
     facility_id: str | None
     facility_name: str | None
     reminder_consent: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
 
 
 _COLUMNS = tuple(f.name for f in fields(PatientRecord))
 # Each column travels as one array parameter: one statement, compiled once, for any
-# number of rows. Phone numbers go as JSON text, cast back to jsonb in the SELECT.
+# number of rows. Phone numbers, attributes and tags go as JSON text, cast back in the
+# SELECT (tags to text[]).
+_JSON_COLUMNS = ("phone_numbers", "attributes", "tags")
 _ROWS = (
     func.unnest(
         *(
-            bindparam(name, type_=ARRAY(Text if name == "phone_numbers" else String))
+            bindparam(name, type_=ARRAY(Text if name in _JSON_COLUMNS else String))
             for name in _COLUMNS
         )
     )
-    .table_valued(*(column(name, Text if name == "phone_numbers" else String) for name in _COLUMNS))
+    .table_valued(*(column(name, Text if name in _JSON_COLUMNS else String) for name in _COLUMNS))
     .render_derived(name="given")
 )
+
+
+def _stored(name: str) -> ColumnElement[Any]:
+    given = _ROWS.c[name]
+    if name == "tags":
+        elements = select(func.jsonb_array_elements_text(cast(given, JSONB))).scalar_subquery()
+        return func.array(elements, type_=ARRAY(Text))
+    return cast(given, JSONB) if name in _JSON_COLUMNS else given
+
+
 # The Core table, not the entity: with a parameter dict the ORM would run a bulk insert.
 _PATIENTS = Patient.metadata.tables[Patient.__tablename__]
 _INSERT = insert(_PATIENTS).from_select(
     list(_COLUMNS),
-    select(
-        *(
-            cast(_ROWS.c[name], JSONB) if name == "phone_numbers" else _ROWS.c[name]
-            for name in _COLUMNS
-        )
-    ),
+    select(*(_stored(name) for name in _COLUMNS)),
 )
 _UPSERT = _INSERT.on_conflict_do_update(
     index_elements=["id"],
@@ -100,7 +110,7 @@ async def upsert_many(session: AsyncSession, records: Sequence[PatientRecord]) -
     # instead of deadlocking.
     for record in sorted(records, key=lambda record: record.id):
         for name, value in asdict(record).items():
-            parameters[name].append(json.dumps(value) if name == "phone_numbers" else value)
+            parameters[name].append(json.dumps(value) if name in _JSON_COLUMNS else value)
     rows = await session.execute(_UPSERT, parameters)
     return {patient_id: created for patient_id, created in rows}
 

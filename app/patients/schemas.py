@@ -90,6 +90,16 @@ class PatientIn(InputModel):
     )
     facility: Facility | None = None
     reminder_consent: Consent = Field(description="`denied`: never messaged")
+    attributes: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="The clinic system's own fields, for group filters and broadcast "
+        "parameters (`@area`); a `birth_date` (YYYY-MM-DD) gives group filters the age",
+        examples=[{"area": "Mirpur", "birth_date": "1990-04-01"}],
+    )
+    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=50)]] = Field(
+        default_factory=list, max_length=50, examples=[["anc", "diabetes"]]
+    )
 
 
 class PatientBatchItemIn(PatientIn):
@@ -155,6 +165,8 @@ class PatientOut(BaseModel):
         description="Channels the patient opted out of themselves (STOP, or a provider's "
         "opt-out); `*`: every channel. Only the patient's START lifts them."
     )
+    attributes: dict[str, Any]
+    tags: list[str]
     imo_authorization: ImoAuthorizationOut | None
     created_at: datetime
     updated_at: datetime
@@ -175,6 +187,8 @@ class PatientOut(BaseModel):
             facility=facility,
             reminder_consent=cast(Consent, patient.reminder_consent),
             opted_out_channels=list(patient.opted_out_channels or ()),
+            attributes=patient.attributes,
+            tags=list(patient.tags),
             imo_authorization=None
             if authorization is None
             else ImoAuthorizationOut(

@@ -19,12 +19,14 @@ from app.delivery import repository as delivery_repository
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.unread import hand_on_unread
 from app.models import Notification
+from app.states import AttemptStatus
 from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import (
     due,
     make_dispatcher,
     patient_with,
     reload,
+    report,
     settings_for,
 )
 from tests.factories import make_notification, make_patient
@@ -98,6 +100,27 @@ class TestHandOn:
             ("imo", "sent"),
             ("sms", "sent"),
         ]
+
+    async def test_read_after_the_hand_on_but_before_the_second_send_sends_nothing_more(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        build: Any,
+    ) -> None:
+        dispatcher = build(unread_fallback_hours=RULES)
+        notification = await due(db_session, await patient_with(db_session, 7, imo="subscribed"))
+        await dispatcher.dispatch_once()
+        await sent_hours_ago(db_session, notification, 7)
+        assert await hand_on_unread(db_sessionmaker, dispatcher.settings) == 1
+        _, [imo] = await reload(db_session, notification)
+        await report(db_session, imo.id, AttemptStatus.READ)
+        await db_session.commit()
+        assert (await reload(db_session, notification))[0].state == "read"
+        # The fallback waiting `scheduled` was overtaken by the read: nothing is sent.
+        await dispatcher.dispatch_once()
+        read, attempts = await reload(db_session, notification)
+        assert read.state == "read"
+        assert [a.channel for a in attempts] == ["imo"]
 
     async def test_the_star_rule_covers_other_purposes(
         self,

@@ -7,7 +7,7 @@ notification_counts every minute (app/dashboard/counts.py).
 
 Revision ID: 20261204_notification_counts
 Revises: 20261204_operators
-Create Date: 2026-12-04 21:21:00+00:00
+Create Date: 2026-12-04 21:31:00+00:00
 """
 
 from collections.abc import Sequence

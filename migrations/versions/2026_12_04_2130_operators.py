@@ -1,8 +1,8 @@
 """Operators of the dashboard and their sessions
 
 Revision ID: 20261204_operators
-Revises: 20261204_webhooks
-Create Date: 2026-12-04 21:20:00+00:00
+Revises: 20261204_events_broadcasts
+Create Date: 2026-12-04 21:30:00+00:00
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261204_operators"
-down_revision: str | None = "20261204_webhooks"
+down_revision: str | None = "20261204_events_broadcasts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,185 @@
+"""`notify bench broadcast`: a broadcast to an N-patient filter group, fanned out by a
+real worker, watched through the real API; then the history of that group's messages.
+
+Measured: the fan-out rate (notifications scheduled per second, from the POST to
+`fanned_out`), the API's memory while it answers progress (peak vs at start), that
+progress never goes back and always equals what is scheduled, and the latency of the
+group's history pages (first page, and every page following the cursor) on that table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from app import embedded
+from app.auth import service as auth_service
+from app.bench.common import PeakMemory, Result, fakes_and_env, fresh_database
+from app.config import get_settings
+from app.notifications import service as notification_service
+from app.notifications.repository import NotificationFilter
+
+DATABASE = "clinic_notify_bench_broadcast"
+SEED = """
+INSERT INTO patients (id, full_name, phone_numbers, mobile_e164, country, locale,
+                      time_zone, reminder_consent, tags, attributes)
+SELECT 'b' || lpad(n::text, 8, '0'), 'Patient ' || n, '[]'::jsonb,
+       '+88017' || lpad(n::text, 8, '0'), 'BD',
+       CASE WHEN n % 3 = 0 THEN 'en' ELSE 'bn-BD' END,
+       CASE WHEN n % 2 = 0 THEN 'Asia/Dhaka' ELSE 'Asia/Kolkata' END,
+       'granted', ARRAY['camp'], jsonb_build_object('area', 'area-' || (n % 50))
+FROM generate_series(1, :n) AS n
+"""
+
+
+async def _seed(database_url: str, n: int) -> float:
+    engine = create_async_engine(database_url)
+    started = time.perf_counter()
+    async with engine.begin() as connection:
+        await connection.execute(text(SEED), {"n": n})
+        await connection.execute(
+            text("INSERT INTO groups (name, filter) VALUES ('camp', '{\"tags\": [\"camp\"]}')")
+        )
+        for locale, body in (("en", "{patient_name}: camp in {area} on {day}"),
+                             ("bn", "{patient_name}: {area} শিবির {day}")):  # fmt: skip
+            await connection.execute(
+                text(
+                    "INSERT INTO templates (key, locale, title, body) "
+                    "VALUES ('camp.invite', :locale, 'Camp', :body)"
+                ),
+                {"locale": locale, "body": body},
+            )
+    async with engine.connect() as connection:
+        await connection.execute(text("COMMIT"))
+        await connection.execute(text("VACUUM ANALYZE patients"))
+    await engine.dispose()
+    return time.perf_counter() - started
+
+
+async def measure(n: int, chunk: int, pages: int) -> dict[str, Any]:
+    database_url = await fresh_database(DATABASE)
+    seeded_in = await _seed(database_url, n)
+    _, key = await auth_service.issue_api_key(database_url, "bench")
+    settings = {"BROADCAST_CHUNK_SIZE": str(chunk), "DISPATCH_LOOPS": "1"}
+    with fakes_and_env(database_url, get_settings().redis_url, **settings) as processes:
+        port = embedded.free_port()
+        api = processes.start("api", "api", "--port", str(port))
+        base = f"http://127.0.0.1:{port}"
+        processes.wait_http(f"{base}/healthz")
+        processes.start("worker", "worker")
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+            await client.get("/v1/groups/camp")  # warm the API up before its baseline
+            api_start_mb = psutil.Process(api.pid).memory_info().rss / 1e6
+            polls: list[dict[str, Any]] = []
+            with PeakMemory(api.pid) as memory:
+                started = time.perf_counter()
+                answer = await client.post(
+                    "/v1/broadcasts",
+                    json={
+                        "group": "camp",
+                        "template": "camp.invite",
+                        "parameters": {"day": "Friday", "area": "@area"},
+                        "purpose": "health_camp",
+                        "send_at": "2099-01-01T06:00:00+00:00",
+                    },
+                )
+                answer.raise_for_status()
+                broadcast_id = answer.json()["id"]
+                while True:
+                    state = (await client.get(f"/v1/broadcasts/{broadcast_id}")).json()
+                    polls.append(state["progress"] | {"state": state["state"]})
+                    if state["state"] != "fanning_out":
+                        break
+                    await asyncio.sleep(1.0)
+                seconds = time.perf_counter() - started
+            members = [p["members"] for p in polls]
+            progress_ok = members == sorted(members) and all(
+                p["members"] == p["scheduled"] for p in polls
+            )
+            first, deep = await _history(client, pages)
+    engine = create_async_engine(database_url)
+    async with engine.connect() as connection:
+        stored = await connection.scalar(text("SELECT count(*) FROM notifications"))
+    in_db = await _history_in_process(async_sessionmaker(engine), pages)
+    await engine.dispose()
+    return {
+        "patients": n,
+        "seed s": seeded_in,
+        "chunk": chunk,
+        "fan-out s": seconds,
+        "notifications/s": (polls[-1]["members"] / seconds) if seconds else 0.0,
+        "members": polls[-1]["members"],
+        "progress polls": len(polls),
+        "progress ok": progress_ok,
+        "api MB start": api_start_mb,
+        "api MB peak": memory.peak_mb,
+        "notifications table": stored,
+        "history first p50 ms": statistics.median(first),
+        "history first p99 ms": _p99(first),
+        "history pages": len(deep),
+        "history page p50 ms": statistics.median(deep),
+        "history page p99 ms": _p99(deep),
+        # The same pages read by the service itself: the query and its attempts, no HTTP.
+        "history query p50 ms": statistics.median(in_db),
+        "history query p99 ms": _p99(in_db),
+    }
+
+
+async def _history_in_process(
+    sessionmaker: async_sessionmaker[AsyncSession], pages: int
+) -> list[float]:
+    where = NotificationFilter(group_name="camp")
+    took: list[float] = []
+    cursor: str | None = None
+    async with sessionmaker() as session:
+        for _ in range(pages):
+            began = time.perf_counter()
+            page = await notification_service.search(session, where, limit=50, cursor=cursor)
+            took.append((time.perf_counter() - began) * 1000)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    return took
+
+
+async def _history(client: httpx.AsyncClient, pages: int) -> tuple[list[float], list[float]]:
+    """Milliseconds of the first page (again and again) and of `pages` pages on."""
+    url = "/v1/groups/camp/messages"
+    first: list[float] = []
+    for _ in range(100):
+        began = time.perf_counter()
+        (await client.get(url, params={"limit": 50})).raise_for_status()
+        first.append((time.perf_counter() - began) * 1000)
+    deep: list[float] = []
+    cursor: str | None = None
+    for _ in range(pages):
+        params: dict[str, Any] = {"limit": 50, **({"cursor": cursor} if cursor else {})}
+        began = time.perf_counter()
+        answer = await client.get(url, params=params)
+        deep.append((time.perf_counter() - began) * 1000)
+        answer.raise_for_status()
+        cursor = answer.json()["next_cursor"]
+        if cursor is None:
+            break
+    return first, deep
+
+
+def _p99(values: list[float]) -> float:
+    return sorted(values)[max(0, int(len(values) * 0.99) - 1)]
+
+
+def run(patients: int, chunk: int, pages: int, json_path: Path | None) -> Result:
+    result = Result("broadcast: fan-out by a worker, progress and history through the API")
+    result.add(**asyncio.run(measure(patients, chunk, pages)))
+    result.show()
+    result.write_json(json_path)
+    return result

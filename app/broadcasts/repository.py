@@ -1,0 +1,210 @@
+"""SQL of broadcasts: the fan-out of one chunk as one statement, progress, cancel.
+
+A chunk is the next `size` members after the broadcast's cursor, in patient id order
+(the group_members primary key for a static list, the patients primary key under a
+filter); one INSERT ... SELECT renders the text for all of them in SQL (the template of
+each patient's locale, its `{variables}` replaced by constants or by the patient's own
+fields) and puts each due inside the messaging window of the patient's time zone.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.groups import repository as group_repository
+from app.models import Broadcast, Notification
+
+
+async def lock(session: AsyncSession, broadcast_id: uuid.UUID) -> Broadcast | None:
+    return await session.scalar(
+        select(Broadcast).where(Broadcast.id == broadcast_id).with_for_update(),
+        execution_options={"populate_existing": True},
+    )
+
+
+async def find_by_idempotency_key(session: AsyncSession, key: str) -> Broadcast | None:
+    return await session.scalar(select(Broadcast).where(Broadcast.idempotency_key == key))
+
+
+async def stale(session: AsyncSession, before: datetime) -> Sequence[uuid.UUID]:
+    """Broadcasts still fanning out that no worker has moved since `before`."""
+    return (
+        await session.scalars(
+            select(Broadcast.id).where(
+                Broadcast.state == "fanning_out", Broadcast.updated_at < before
+            )
+        )
+    ).all()
+
+
+@dataclass(frozen=True, slots=True)
+class LocaleText:
+    locale: str
+    title: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class FanOutPlan:
+    """What every chunk of one broadcast's fan-out binds: fixed for the broadcast."""
+
+    broadcast: Broadcast
+    texts: Sequence[LocaleText]  # one per locale of the template; `en` among them
+    # {variable: ("constant", value) | ("field", column) | ("attribute", name)}
+    variables: dict[str, tuple[str, str]]
+    window_start: time
+    window_end: time
+    expiry_days: int
+    today: date
+
+
+def _value_sql(kind: str, value: str, name: str, params: dict[str, Any]) -> str:
+    params[name] = value
+    if kind == "constant":
+        return f":{name}"
+    if kind == "field":
+        return {"full_name": "c.full_name", "facility_name": "coalesce(c.facility_name, '')"}[value]
+    return f"coalesce(c.attributes ->> :{name}, '')"
+
+
+def _chunk_sql(plan: FanOutPlan, params: dict[str, Any]) -> str:
+    """The statement of one chunk, with its parameters put in `params`."""
+    broadcast = plan.broadcast
+
+    if broadcast.filter is None:
+        source = (
+            "FROM group_members m JOIN patients p ON p.id = m.patient_id "
+            "WHERE m.group_name = :group_name AND m.patient_id > :cursor "
+            "ORDER BY m.patient_id"
+        )
+    else:
+        where_sql, filter_params = group_repository.matches(broadcast.filter, plan.today)
+        params.update(filter_params)
+        source = f"FROM patients p WHERE ({where_sql}) AND p.id > :cursor ORDER BY p.id"
+    # The patient's locale, else its language, else English (templates.locale_candidates).
+    exact = " ".join(f"WHEN c.locale = :loc{n} THEN {n}" for n, t in enumerate(plan.texts))
+    language = " ".join(
+        f"WHEN split_part(c.locale, '-', 1) = :loc{n} THEN {n}"
+        for n, t in enumerate(plan.texts)
+        if "-" not in t.locale
+    )
+    english = next(n for n, t in enumerate(plan.texts) if t.locale == "en")
+    values = ", ".join(f"({n}, :loc{n}, :title{n}, :body{n})" for n in range(len(plan.texts)))
+    for n, locale_text in enumerate(plan.texts):
+        params[f"loc{n}"] = locale_text.locale
+        params[f"title{n}"] = locale_text.title
+        params[f"body{n}"] = locale_text.body
+    title, body = "t.title", "t.body"
+    for n, (variable, (kind, value)) in enumerate(sorted(plan.variables.items())):
+        value_sql = _value_sql(kind, value, f"v{n}", params)
+        params[f"k{n}"] = "{" + variable + "}"
+        title = f"replace({title}, :k{n}, {value_sql})"
+        body = f"replace({body}, :k{n}, {value_sql})"
+    # Per time zone of the chunk (a handful), not per patient: AT TIME ZONE is dear.
+    local = "(:send_at AT TIME ZONE z.time_zone)"
+    due = (
+        f"CASE WHEN {local}::time >= :window_start AND {local}::time < :window_end "
+        f"THEN :send_at "
+        f"WHEN {local}::time < :window_start "
+        f"THEN ({local}::date + :window_start) AT TIME ZONE z.time_zone "
+        f"ELSE ({local}::date + 1 + :window_start) AT TIME ZONE z.time_zone END"
+    )
+    params.update(
+        group_name=broadcast.group_name,
+        broadcast_id=broadcast.id,
+        purpose=broadcast.purpose,
+        template=broadcast.template,
+        variables=broadcast.parameters,
+        send_at=broadcast.send_at,
+        chain=broadcast.channel_chain,
+        window_start=plan.window_start,
+        window_end=plan.window_end,
+        expiry=timedelta(days=plan.expiry_days),
+    )
+    # Every value is a bind parameter; only names and SQL fragments of this module are
+    # spliced in.
+    return f"""
+WITH chunk AS (
+  SELECT p.id, p.full_name, p.facility_name, p.attributes, p.locale, p.time_zone
+  {source}
+  LIMIT :size
+), zones AS (
+  SELECT z.time_zone, {due} AS due FROM (SELECT DISTINCT time_zone FROM chunk) AS z
+), made AS (
+  INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables,
+    title, body, send_at, state, due_at, expires_at, channel_chain, channel_index,
+    retry_count, broadcast_id, group_name)
+  SELECT gen_random_uuid(), c.id, :purpose, :template, t.locale,
+    CAST(:variables AS jsonb), left({title}, 200), {body}, :send_at, 'scheduled',
+    d.due, d.due + :expiry, CAST(:chain AS varchar(20)[]), 0, 0,
+    :broadcast_id, :group_name
+  FROM chunk c
+  JOIN (VALUES {values}) AS t(n, locale, title, body)
+    ON t.n = CASE {exact} {language} ELSE {english} END
+  JOIN zones d ON d.time_zone = c.time_zone
+  ON CONFLICT (broadcast_id, patient_id) WHERE broadcast_id IS NOT NULL DO NOTHING
+  RETURNING 1
+)
+SELECT (SELECT max(id) FROM chunk), (SELECT count(*) FROM chunk), (SELECT count(*) FROM made)
+"""  # noqa: S608
+
+
+class ChunkStatement:
+    """One broadcast's chunk statement, built once and run per chunk."""
+
+    def __init__(self, plan: FanOutPlan) -> None:
+        self.params: dict[str, Any] = {}
+        sql = _chunk_sql(plan, self.params)
+        self.params["variables"] = json.dumps(self.params["variables"])
+        self.statement = text(sql)
+
+    async def run(
+        self, session: AsyncSession, cursor: str, size: int
+    ) -> tuple[str | None, int, int]:
+        """(last patient id of the chunk, members in it, notifications made)."""
+        row = (
+            await session.execute(self.statement, {**self.params, "cursor": cursor, "size": size})
+        ).one()
+        return row[0], int(row[1]), int(row[2])
+
+
+async def progress(session: AsyncSession, broadcast_id: uuid.UUID) -> tuple[int, dict[str, int]]:
+    """(members reached, {state: notifications of the broadcast in it}), read in one
+    statement: one snapshot, so a chunk committed meanwhile is in both or in neither."""
+    rows = await session.execute(
+        select(Broadcast.members, Notification.state, func.count(Notification.id))
+        .select_from(Broadcast)
+        .outerjoin(Notification, Notification.broadcast_id == Broadcast.id)
+        .where(Broadcast.id == broadcast_id)
+        .group_by(Broadcast.members, Notification.state)
+    )
+    members = 0
+    counts: dict[str, int] = {}
+    for reached, state, count in rows:
+        members = int(reached)
+        if state is not None:
+            counts[state] = int(count)
+    return members, counts
+
+
+async def clear_unsent(
+    session: AsyncSession,
+    broadcast_id: uuid.UUID,
+    unsent: Collection[str],
+    cleared: str,
+) -> int:
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.broadcast_id == broadcast_id, Notification.state.in_(unsent))
+        .values(state=cleared, failure_reason="broadcast cancelled", updated_at=func.now()),
+        execution_options={"synchronize_session": False},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

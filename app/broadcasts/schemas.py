@@ -1,0 +1,105 @@
+"""Wire shapes of broadcasts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Self
+
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
+
+from app.channels.base import ChannelName
+from app.events.schemas import TEMPLATE_PATTERN
+from app.groups.schemas import GROUP_NAME_PATTERN
+from app.models import Broadcast
+from app.notifications.schemas import PURPOSE_PATTERN
+from app.validation import InputModel
+
+ParameterValue = Annotated[str, StringConstraints(max_length=500)]
+
+
+class BroadcastIn(InputModel):
+    group: str = Field(pattern=GROUP_NAME_PATTERN)
+    template: str = Field(pattern=TEMPLATE_PATTERN)
+    parameters: dict[str, ParameterValue] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="Template variable -> text; `@name` is the recipient's name, "
+        "`@facility_name` their facility's, `@<attribute>` their attribute of that name "
+        "(empty when they have none)",
+        examples=[{"camp_day": "Friday", "area": "@area"}],
+    )
+    purpose: str = Field(pattern=PURPOSE_PATTERN)
+    send_at: AwareDatetime | None = Field(
+        default=None,
+        description="Not before then (default now); each recipient's message is moved into "
+        "the messaging window of their time zone",
+    )
+    channel_chain: list[ChannelName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=5,
+        description="The channels to try in order; default the country's configured chain",
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> Self:
+        for name in self.parameters:
+            if not name.isidentifier() or len(name) > 64:
+                raise ValueError(f"parameter name '{name[:64]}' is not an identifier")
+        return self
+
+
+class BroadcastProgress(BaseModel):
+    members: int = Field(description="Members the fan-out has reached so far")
+    scheduled: int = Field(description="Not sent yet (scheduled, muted or being sent)")
+    sent: int
+    delivered: int
+    read: int
+    failed: int
+    denied: int
+    cleared: int
+    expired: int
+
+
+class BroadcastOut(BaseModel):
+    id: uuid.UUID
+    group: str
+    template: str
+    parameters: dict[str, str]
+    purpose: str
+    send_at: datetime
+    channel_chain: list[str] | None
+    state: str = Field(description="`fanning_out`, `fanned_out` or `cancelled`")
+    progress: BroadcastProgress
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_model(cls, broadcast: Broadcast, members: int, counts: dict[str, int]) -> Self:
+        def count(*states: str) -> int:
+            return sum(counts.get(state, 0) for state in states)
+
+        return cls(
+            id=broadcast.id,
+            group=broadcast.group_name,
+            template=broadcast.template,
+            parameters=broadcast.parameters,
+            purpose=broadcast.purpose,
+            send_at=broadcast.send_at,
+            channel_chain=broadcast.channel_chain,
+            state=broadcast.state,
+            progress=BroadcastProgress(
+                members=members,
+                scheduled=count("scheduled", "muted", "sending"),
+                sent=count("sent"),
+                delivered=count("delivered"),
+                read=count("read"),
+                failed=count("failed"),
+                denied=count("denied"),
+                cleared=count("cleared"),
+                expired=count("expired"),
+            ),
+            created_at=broadcast.created_at,
+            updated_at=broadcast.updated_at,
+        )

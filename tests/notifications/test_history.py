@@ -1,0 +1,88 @@
+"""Message history of a group and of an event: newest first, filters, pages to the first."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.factories import make_notification, make_patient, unique_id
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def all_pages(api: httpx.AsyncClient, url: str, **params: str) -> list[dict[str, object]]:
+    items: list[dict[str, object]] = []
+    cursor = None
+    while True:
+        query = {**params, "limit": "2", **({"cursor": cursor} if cursor else {})}
+        answer = await api.get(url, params=query)
+        assert answer.status_code == 200, answer.text
+        items += answer.json()["items"]
+        cursor = answer.json()["next_cursor"]
+        if cursor is None:
+            return items
+
+
+class TestGroupHistory:
+    async def test_newest_first_to_the_very_first_with_filters(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        group = unique_id("g")
+        await api.put(f"/v1/groups/{group}", json={"members": [patient.id]})
+        start = datetime.now(UTC) - timedelta(hours=1)
+        made = []
+        for n in range(5):
+            notification = await make_notification(
+                db_session,
+                patient,
+                group_name=group,
+                purpose="camp" if n % 2 else "other",
+                state="sent" if n < 2 else "scheduled",
+                created_at=start + timedelta(minutes=n),
+            )
+            made.append(str(notification.id))
+        await make_notification(db_session, patient)  # not the group's
+        items = await all_pages(api, f"/v1/groups/{group}/messages")
+        assert [item["id"] for item in items] == made[::-1]
+        sent = await all_pages(api, f"/v1/groups/{group}/messages", state="sent")
+        assert [item["id"] for item in sent] == made[:2][::-1]
+        camp = await all_pages(api, f"/v1/groups/{group}/messages", purpose="camp")
+        assert [item["id"] for item in camp] == [made[3], made[1]]
+        late = await all_pages(
+            api,
+            f"/v1/groups/{group}/messages",
+            created_from=(start + timedelta(minutes=3)).isoformat(),
+        )
+        assert [item["id"] for item in late] == [made[4], made[3]]
+
+    async def test_an_unknown_group_is_a_404(self, api: httpx.AsyncClient) -> None:
+        assert (await api.get("/v1/groups/no-such/messages")).status_code == 404
+
+
+class TestEventHistory:
+    async def test_the_events_messages(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        posted = await api.post(
+            "/v1/events",
+            json={
+                "id": unique_id("e"),
+                "type": unique_id("t").replace("-", "_"),
+                "patient_id": patient.id,
+                "occurred_at": datetime.now(UTC).isoformat(),
+            },
+        )
+        event_id = posted.json()["id"]
+        mine = [
+            await make_notification(db_session, patient, event_id=event_id, rule_name=f"r{n}")
+            for n in range(3)
+        ]
+        await make_notification(db_session, patient)
+        items = await all_pages(api, f"/v1/events/{event_id}/messages")
+        assert sorted(item["id"] for item in items) == sorted(str(n.id) for n in mine)
+        assert (await api.get("/v1/events/no-such/messages")).status_code == 404
