@@ -38,11 +38,13 @@ cli = typer.Typer(
 )
 api_keys_cli = typer.Typer(help="Manage the clinic system's API keys.", no_args_is_help=True)
 experiments_cli = typer.Typer(help="A/B experiments of reminder plans.", no_args_is_help=True)
+operators_cli = typer.Typer(help="Manage the dashboard's operators.", no_args_is_help=True)
 cli.add_typer(api_keys_cli, name="api-keys")
 gateways_cli = typer.Typer(help="Gateway phones (cht-gateway) that send SMS from their SIM.")
 cli.add_typer(gateways_cli, name="gateways")
 cli.add_typer(bench_cli, name="bench")
 cli.add_typer(experiments_cli, name="experiments")
+cli.add_typer(operators_cli, name="operators")
 
 
 def main() -> None:
@@ -174,6 +176,46 @@ def gateways_create(
         "password to this secret. Keep it now:"
     )
     print(secret, flush=True)
+
+
+@operators_cli.command("create")
+def operators_create(
+    email: Annotated[str, typer.Argument(help="The operator's email: their login.")],
+    role: Annotated[
+        str, typer.Option(help="viewer: read; support: also see phone numbers; admin: switches.")
+    ] = "viewer",
+) -> None:
+    """Create a dashboard operator. The password is the last line printed, shown only once."""
+    from app.errors import AppError
+    from app.operators import service as operator_service
+
+    database_url, _ = prepare_environment(redis=False, one_off=True)
+    require_migrated(database_url)
+    try:
+        password = asyncio.run(operator_service.issue_operator(database_url, email, role))
+    except AppError as refused:
+        err_console.print(f"[red]error:[/red] {refused.message}")
+        raise typer.Exit(1) from None
+    console.print(f"Created operator [bold]{email}[/bold] ({role}). Their password, shown once:")
+    print(password, flush=True)
+
+
+@operators_cli.command("revoke")
+def operators_revoke(
+    email: Annotated[str, typer.Argument(help="The operator's email.")],
+) -> None:
+    """Disable an operator and end every dashboard session of theirs at once."""
+    from app.errors import AppError
+    from app.operators import service as operator_service
+
+    database_url, _ = prepare_environment(redis=False, one_off=True)
+    require_migrated(database_url)
+    try:
+        ended = asyncio.run(operator_service.revoke_operator(database_url, email))
+    except AppError as refused:
+        err_console.print(f"[red]error:[/red] {refused.message}")
+        raise typer.Exit(1) from None
+    console.print(f"Operator [bold]{email}[/bold] disabled; {ended} live session(s) ended.")
 
 
 @cli.command()

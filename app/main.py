@@ -18,6 +18,7 @@ from app.broadcasts import endpoints as broadcast_endpoints
 from app.callbacks import endpoints as callback_endpoints
 from app.config import Settings, get_settings
 from app.conversations import endpoints as conversation_endpoints
+from app.dashboard.endpoints import install_dashboard
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.dispatcher import check_chains
 from app.delivery.report_batcher import ReportBatcher
@@ -136,4 +137,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # cht-gateway phones poll here with HTTP Basic auth (their own, not an API key).
     app.include_router(gateway_endpoints.phone_router)
     app.include_router(v1_router())
+    install_dashboard(app)
     return app

@@ -23,6 +23,7 @@ from app import observability
 from app.channels import registry as channel_registry
 from app.config import get_settings
 from app.conversations import service as conversation_service
+from app.dashboard import repository as dashboard_repository
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery import reconcile, unread
 from app.delivery.dispatcher import Dispatcher, check_chains, sweep
@@ -139,6 +140,15 @@ async def reconcile_sent(ctx: Context) -> dict[str, int]:
     )
 
 
+async def fold_notification_counts(ctx: Context) -> int:
+    """Cron: fold the dashboard's count deltas into the hourly counts. Safe on every
+    worker at once (app/dashboard/repository.py)."""
+    async with ctx["sessionmaker"]() as session:
+        moved = await dashboard_repository.fold_counts(session)
+        await session.commit()
+        return moved
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -151,6 +161,7 @@ class WorkerSettings:
         close_idle_conversations,
         hand_on_unread,
         reconcile_sent,
+        fold_notification_counts,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
         broadcasts.fan_out_broadcast,
@@ -173,6 +184,7 @@ class WorkerSettings:
         invitations.scheduled_round_cron(get_settings()),
         cron(broadcasts.resume_stalled_broadcasts, second=set(range(5, 60, 10)), unique=True),
         cron(close_idle_conversations, minute={7, 37}, unique=True),
+        cron(fold_notification_counts, second={41}, unique=True),
     ]
     on_startup = startup
     on_shutdown = shutdown

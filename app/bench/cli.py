@@ -172,3 +172,17 @@ def experiments(
 
     prepare_environment()
     bench_experiments.run(memberships, repeats, json_path, explain=explain)
+
+
+@bench_cli.command("dashboard")
+def dashboard(
+    notifications: Annotated[list[int], typer.Option("--notifications", "-n")] = [10_000_000],  # noqa: B006
+    repeats: Annotated[int, typer.Option(help="Requests per page.")] = 40,
+    json_path: JsonOption = None,
+) -> None:
+    """The dashboard's pages (p50/p95) on the hourly counts of N notifications over 90 days."""
+    from app.bench import dashboard as bench_dashboard
+    from app.devtools.environment import prepare_environment
+
+    prepare_environment()
+    bench_dashboard.run(notifications, repeats, json_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -28,6 +29,7 @@ from app.devtools.environment import (
     write_dev_env,
 )
 from app.devtools.supervisor import http_ok, port_is_free, spawn, stop_processes
+from app.errors import Conflict
 from app.fakes.credentials import (
     FAKE_IMO_PASSWORD,
     FAKE_IMO_USERNAME,
@@ -39,6 +41,7 @@ from app.fakes.credentials import (
     FAKE_WHATSAPP_PHONE_NUMBER_ID,
     FAKE_WHATSAPP_VERIFY_TOKEN,
 )
+from app.operators import service as operator_service
 
 # The settings `notify dev` gives its children that other `notify` commands need too.
 _SHARED = (
@@ -143,6 +146,33 @@ def _dev_api_key(data_dir: Path, database_url: str) -> tuple[str, bool]:
     return key, True
 
 
+DEV_OPERATOR = "dev@localhost.localdomain"
+
+
+def _dev_operator(data_dir: Path, database_url: str) -> tuple[str, str]:
+    """The development dashboard admin kept in `.data/dev-operator`; (email, password).
+    Made again, under a fresh email, when the file or the operator is gone."""
+    path = data_dir / "dev-operator"
+    if path.exists():
+        email, _, password = path.read_text().strip().partition(" ")
+        if (
+            email
+            and password
+            and asyncio.run(operator_service.login_works(database_url, email, password))
+        ):
+            return email, password
+    email = DEV_OPERATOR
+    try:
+        password = asyncio.run(operator_service.issue_operator(database_url, email, "admin"))
+    except Conflict:
+        email = f"dev-{secrets.token_hex(3)}@localhost.localdomain"
+        password = asyncio.run(operator_service.issue_operator(database_url, email, "admin"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{email} {password}\n")
+    return email, password
+
+
 def run(host: str, port: int) -> int:
     """Run the stack until Ctrl-C, SIGTERM or a child's exit; returns the exit code."""
     settings = checked_settings()
@@ -185,6 +215,7 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
     with console.status("Applying migrations..."):
         upgrade_head(database_url, configure_logging=False)
     api_key, key_created = _dev_api_key(data_dir, database_url)
+    operator = _dev_operator(data_dir, database_url)
 
     display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     api_url = f"http://{display_host}:{port}"
@@ -297,7 +328,7 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
     try:
         stack.start()
         if stack.wait_ready():
-            _print_banner(api_url, api_key, key_created, urls, data_dir)
+            _print_banner(api_url, api_key, key_created, operator, urls, data_dir)
         while not stack.stopping.is_set():
             dead = stack.dead_child()
             if dead is not None:
@@ -323,10 +354,17 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
 
 
 def _print_banner(
-    api_url: str, api_key: str, key_created: bool, urls: list[tuple[str, str]], data_dir: Path
+    api_url: str,
+    api_key: str,
+    key_created: bool,
+    operator: tuple[str, str],
+    urls: list[tuple[str, str]],
+    data_dir: Path,
 ) -> None:
     rows = [
         ("API docs", f"{api_url}/docs"),
+        ("Dashboard", f"{api_url}/dashboard/"),
+        ("Log in as", f"{operator[0]}  password {operator[1]}  (admin; {data_dir}/dev-operator)"),
         ("API key", f"{api_key}  ({'new, ' if key_created else ''}kept in {data_dir}/dev-api-key)"),
         ("Try it", f'curl -H "Authorization: Bearer {api_key}" {api_url}/v1/templates'),
         *urls,

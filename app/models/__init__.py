@@ -17,6 +17,8 @@ from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
 from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
+from app.models.notification_count import NotificationCount, NotificationCountDelta
+from app.models.operator import Operator, OperatorSession
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
 from app.models.switch import Switch
@@ -45,6 +47,10 @@ __all__ = [
     "ImoInvitationRound",
     "Message",
     "Notification",
+    "NotificationCount",
+    "NotificationCountDelta",
+    "Operator",
+    "OperatorSession",
     "Patient",
     "ReminderPlan",
     "Switch",

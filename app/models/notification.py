@@ -106,6 +106,9 @@ class Notification(TimestampMixin, Base):
     send_at: Mapped[datetime | None]
 
     state: Mapped[str] = mapped_column(String(20))
+    # The patient's country when it was scheduled: filled in by a trigger on insert, for
+    # the dashboard's counts (app/models/notification_count.py).
+    country: Mapped[str | None] = mapped_column(String(2))
     due_at: Mapped[datetime]
     # Past this moment the message is no longer useful: it ends `expired`.
     expires_at: Mapped[datetime]

@@ -181,6 +181,10 @@ class TestAnotherTerminal:
                 assert dev.poll() is None, log_path.read_text(errors="replace")
                 assert time.monotonic() < deadline, log_path.read_text(errors="replace")
                 time.sleep(0.2)
+            banner = log_path.read_text(errors="replace")
+            # The dashboard's URL and its development admin, kept for the next start.
+            email, _, password = (data_dir / "dev-operator").read_text().strip().partition(" ")
+            assert "/dashboard/" in banner and email in banner and password in banner
             written = read_dev_env(data_dir)
             imo_root = written["IMO_BASE_URL"].removesuffix("/api/simple")
             assert http_ok(f"{imo_root}/_fake/stats")

@@ -1,0 +1,343 @@
+"""Dashboard pages: login and logout, then the pages an operator reads."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
+from fastapi.responses import RedirectResponse, Response
+
+from app.conversations import service as conversation_service
+from app.dashboard import repository as dashboard_repository
+from app.dashboard import security
+from app.dashboard import service as dashboard_service
+from app.dashboard.rendering import render, static_files
+from app.dashboard.security import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    DashboardForbidden,
+    LoginRequired,
+    Operator,
+)
+from app.db.session import DbSession
+from app.errors import AppError
+from app.experiments import service as experiment_service
+from app.imo import service as imo_service
+from app.models import Patient
+from app.operators import service as operator_service
+from app.operators.service import SignedIn
+from app.patients import service as patient_service
+from app.states import ChannelName
+from app.switches import service as switch_service
+from app.switches.scope import ScopeError, parse_scope
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+HOME = "/dashboard/"
+
+
+def _safe_next(next_path: str) -> str:
+    # Only a dashboard path: never an open redirect to another site.
+    if next_path.startswith("/dashboard/") and not next_path.startswith("//"):
+        return next_path
+    return HOME
+
+
+def _login_page(
+    request: Request, next_path: str, error: str | None = None, status_code: int = 200
+) -> Response:
+    token, nonce = security.login_csrf(request)
+    response = render(
+        request,
+        "login.html",
+        None,
+        status_code=status_code,
+        csrf_token=token,
+        next=_safe_next(next_path),
+        error=error,
+    )
+    security.set_cookie(request, response, LOGIN_COOKIE, nonce)
+    return response
+
+
+@router.get("/login")
+async def login_form(request: Request, next: str = HOME) -> Response:
+    return _login_page(request, next)
+
+
+@router.post("/login", dependencies=[Depends(security.check_login_csrf)])
+async def login(
+    request: Request,
+    session: DbSession,
+    email: Annotated[str, Form(max_length=254)],
+    password: Annotated[str, Form(max_length=1000)],
+    next: Annotated[str, Form()] = HOME,
+) -> Response:
+    address = request.client.host if request.client else "unknown"
+    try:
+        _, token = await operator_service.log_in(
+            session, request.app.state.redis, email, password, address
+        )
+    except (operator_service.LoginRefused, operator_service.TooManyLogins) as refused:
+        return _login_page(request, next, refused.message, refused.status_code)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    security.set_session_cookie(request, response, token)
+    response.delete_cookie(LOGIN_COOKIE, path=security.COOKIE_PATH)
+    return response
+
+
+@router.post("/logout")
+async def logout(session: DbSession, signed: Operator) -> Response:
+    await operator_service.log_out(session, signed.session.id)
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path=security.COOKIE_PATH)
+    return response
+
+
+RANGES = {"1": "last 24 hours", "7": "last 7 days", "30": "last 30 days", "90": "last 90 days"}
+
+
+@router.get("/")
+async def overview(
+    request: Request,
+    session: DbSession,
+    signed: Operator,
+    days: Annotated[Literal["1", "7", "30", "90"], Query()] = "7",
+    country: Annotated[str | None, Query(max_length=2)] = None,
+    purpose: Annotated[str | None, Query(max_length=50)] = None,
+) -> Response:
+    now = datetime.now(UTC)
+    until = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    since = until - timedelta(days=int(days))
+    figures = await dashboard_service.overview(
+        session, since, until, country=country or None, purpose=purpose or None
+    )
+    return render(
+        request,
+        "overview.html",
+        signed,
+        active="overview",
+        figures=figures,
+        ranges=RANGES,
+        days=days,
+        country=country or "",
+        purpose=purpose or "",
+        steps=(*dashboard_service.STEPS, *dashboard_service.PROBLEMS),
+    )
+
+
+def masked(phone_e164: str | None) -> str:
+    """A number as a viewer sees it: the country code and the last two digits."""
+    if not phone_e164:
+        return ""
+    return phone_e164[:4] + "•" * max(len(phone_e164) - 6, 0) + phone_e164[-2:]
+
+
+@router.get("/patients")
+async def patient_lookup(
+    request: Request,
+    session: DbSession,
+    signed: Operator,
+    q: Annotated[str, Query(max_length=64)] = "",
+) -> Response:
+    """By id (straight to the patient) or by phone number in international form."""
+    q = q.strip()
+    error = None
+    if q and (q.startswith("+") or q.isdigit()):
+        try:
+            page = await patient_service.search(
+                session,
+                number=q,
+                country=None,
+                facility_id=None,
+                name_prefix=None,
+                limit=20,
+                cursor=None,
+            )
+        except AppError as refused:
+            error = refused.message
+        else:
+            if len(page.patients) == 1:
+                return RedirectResponse(f"/dashboard/patients/{page.patients[0][0].id}", 303)
+            error = (
+                f"{len(page.patients)} patients share this number: search by id"
+                if page.patients
+                else "no patient has this number"
+            )
+    elif q:
+        if await session.get(Patient, q) is not None:
+            return RedirectResponse(f"/dashboard/patients/{quote(q, safe='')}", 303)
+        error = "no patient has this id"
+    return render(request, "patients.html", signed, active="patients", q=q, error=error)
+
+
+@router.get("/patients/{patient_id}")
+async def patient_page(
+    request: Request, session: DbSession, signed: Operator, patient_id: str
+) -> Response:
+    try:
+        patient, authorization = await patient_service.get_patient_with_authorization(
+            session, patient_id
+        )
+    except AppError:
+        return render(
+            request,
+            "patients.html",
+            signed,
+            status_code=404,
+            active="patients",
+            q=patient_id,
+            error="no patient has this id",
+        )
+    history = await patient_service.notifications_of(session, patient_id, limit=50, cursor=None)
+    messages, _ = await conversation_service.patient_messages(session, patient_id, None, 50)
+    shows_phone = operator_service.role_allows(signed.operator.role, "support")
+    return render(
+        request,
+        "patient.html",
+        signed,
+        active="patients",
+        patient=patient,
+        authorization=authorization,
+        phone=patient.mobile_e164 if shows_phone else masked(patient.mobile_e164),
+        shows_phone=shows_phone,
+        history=history,
+        messages=[message for message, _ in messages],
+    )
+
+
+@router.get("/imo")
+async def imo_invitations(request: Request, session: DbSession, signed: Operator) -> Response:
+    """The latest rounds with their progress (as GET /v1/imo/invitation-rounds/{id}) and
+    the authorisation counts (as GET /v1/imo/authorizations/summary)."""
+    now = datetime.now(UTC)
+    rounds = [
+        progress
+        for round_id in await dashboard_repository.recent_round_ids(session, 20)
+        if (progress := await imo_service.round_progress(session, round_id, now)) is not None
+    ]
+    total, by_status = await imo_service.authorization_summary(session)
+    return render(
+        request,
+        "imo.html",
+        signed,
+        active="imo",
+        rounds=rounds,
+        patients=total,
+        by_status=list(by_status.items()),
+    )
+
+
+@router.get("/experiments")
+async def experiments(request: Request, session: DbSession, signed: Operator) -> Response:
+    page = await experiment_service.list_experiments(session, limit=100, cursor=None)
+    return render(
+        request,
+        "experiments.html",
+        signed,
+        active="experiments",
+        experiments=[experiment for experiment, _ in page.experiments],
+    )
+
+
+@router.get("/experiments/{experiment_id}")
+async def experiment(
+    request: Request, session: DbSession, signed: Operator, experiment_id: uuid.UUID
+) -> Response:
+    """The same numbers as GET /v1/experiments/{id}/results: the same service call."""
+    try:
+        results = await experiment_service.results(session, experiment_id)
+    except AppError as refused:
+        return render(request, "forbidden.html", signed, status_code=404, message=refused.message)
+    rate_rows = [(g.name, g.return_rate, g.return_rate_ci95) for g in results.groups]
+    return render(
+        request,
+        "experiment.html",
+        signed,
+        active="experiments",
+        results=results,
+        rate_rows=rate_rows,
+    )
+
+
+CHANNEL_NAMES = [channel.value for channel in ChannelName]
+Admin = Annotated[SignedIn, Depends(security.require_role("admin"))]
+
+
+@router.get("/switches")
+async def switches(
+    request: Request, session: DbSession, signed: Admin, done: str | None = None
+) -> Response:
+    return render(
+        request,
+        "switches.html",
+        signed,
+        active="switches",
+        switches=await switch_service.list_switches(session),
+        done=done,
+        channels=CHANNEL_NAMES,
+    )
+
+
+@router.post("/switches")
+async def put_switch(
+    request: Request,
+    session: DbSession,
+    signed: Admin,
+    action: Annotated[Literal["pause", "resume"], Form()],
+    reason: Annotated[str, Form(min_length=1, max_length=1000)],
+    country: Annotated[str, Form(max_length=2)] = "",
+    channel: Annotated[str, Form(max_length=20)] = "",
+    purpose: Annotated[str, Form(max_length=50)] = "",
+) -> Response:
+    """Pause or resume a scope, as PUT /v1/switches/{scope}, by this operator (logged by
+    the switches service with their email)."""
+    parts = {"country": country.strip(), "channel": channel.strip(), "purpose": purpose.strip()}
+    text = ",".join(f"{key}={value}" for key, value in parts.items() if value) or "all"
+    try:
+        scope = parse_scope(text)
+        if not reason.strip():
+            raise ScopeError("a reason is required")
+    except ScopeError as refused:
+        return render(
+            request,
+            "switches.html",
+            signed,
+            status_code=422,
+            active="switches",
+            switches=await switch_service.list_switches(session),
+            error=str(refused),
+            channels=CHANNEL_NAMES,
+        )
+    _, released = await switch_service.put_switch(
+        session,
+        scope,
+        paused=action == "pause",
+        reason=reason.strip(),
+        by=signed.operator.email,
+        now=datetime.now(UTC),
+    )
+    done = f"{'paused' if action == 'pause' else 'resumed'} {scope}"
+    if action == "resume":
+        done += f"; {released} held notifications released"
+    return RedirectResponse(f"/dashboard/switches?{urlencode({'done': done})}", 303)
+
+
+def install_dashboard(app: FastAPI) -> None:
+    """The dashboard's routes, static files and the answers to its refusals (HTML, not
+    the API's JSON)."""
+    app.include_router(router)
+    app.mount("/dashboard/static", static_files, name="dashboard-static")
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, _: LoginRequired) -> Response:
+        target = HOME
+        if request.method == "GET":
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/dashboard/login?{urlencode({'next': target})}", 303)
+
+    @app.exception_handler(DashboardForbidden)
+    async def _forbidden(request: Request, refused: DashboardForbidden) -> Response:
+        return render(request, "forbidden.html", None, status_code=403, message=refused.message)

@@ -1,0 +1,1 @@
+"""Dashboard operators: accounts, passwords, sessions and the login rate limit."""

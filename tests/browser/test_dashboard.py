@@ -1,0 +1,110 @@
+"""The dashboard in a real browser: headless Chromium from Debian's packages driven by
+Selenium through Debian's chromium-driver, against the real stack (API, worker, fakes).
+
+Log in, see the overview with messages sent through the fakes, open a patient, pause and
+resume a country, read an experiment; no console errors on any page; a screenshot of each
+page is kept in test-artifacts/browser/. Skipped, saying why, when Chromium or its driver is missing
+(`.ci/run` installs them when it runs as root).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from app.operators import service as operator_service
+from tests.appointments.helpers import create_experiment, put_plan
+from tests.e2e.helpers import notification_in, phone, put_patient, schedule
+from tests.stack import Stack
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    if not (CHROMIUM and DRIVER):
+        pytest.skip(
+            "Chromium or chromium-driver is not installed "
+            "(apt-get install -y chromium chromium-driver; .ci/run does it as root)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1000"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.implicitly_wait(5)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def visit(driver: webdriver.Chrome, url: str, name: str) -> str:
+    """Open `url`, keep a screenshot, refuse any console error; -> the page's text."""
+    driver.get(url)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
+    return str(driver.find_element(By.TAG_NAME, "main").text)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_operator_reads_the_dashboard(
+    stack: Stack, stack_api: httpx.AsyncClient, browser: webdriver.Chrome
+) -> None:
+    password = await operator_service.issue_operator(
+        stack.database_url, f"browser-{id(browser)}@clinic.test", "admin"
+    )
+    email = f"browser-{id(browser)}@clinic.test"
+    patient = await put_patient(stack_api, phone(4))
+    sent = await schedule(stack_api, patient["id"])
+    await notification_in(stack_api, sent["id"], "delivered")
+    experiment = await create_experiment(stack_api, await put_plan(stack_api))
+
+    base = f"{stack.api_url}/dashboard"
+    visit(browser, f"{base}/", "login")
+    browser.find_element(By.ID, "email").send_keys(email)
+    browser.find_element(By.ID, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(browser, 10).until(lambda d: "/login" not in d.current_url)
+
+    overview = visit(browser, f"{base}/?days=1", "overview")
+    assert "Funnel" in overview and "delivered" in overview
+    browser.find_element(
+        By.CSS_SELECTOR, "#periods ~ details summary, section[aria-labelledby=periods] summary"
+    ).click()
+
+    visit(browser, f"{base}/patients", "patient-lookup")
+    browser.find_element(By.ID, "q").send_keys(patient["id"])
+    browser.find_element(By.CSS_SELECTOR, "form[role=search] button").click()
+    WebDriverWait(browser, 10).until(lambda d: f"/patients/{patient['id']}" in d.current_url)
+    patient_page = visit(browser, browser.current_url, "patient")
+    assert patient["id"] in patient_page and "delivered" in patient_page
+    assert patient["phone_numbers"][0]["number"] in patient_page  # support and up see it whole
+
+    visit(browser, f"{base}/switches", "switches")
+    for action, reason in (("pause", "browser test: pause"), ("resume", "browser test: over")):
+        browser.find_element(By.ID, "country").send_keys("IN")
+        browser.find_element(By.ID, "reason").send_keys(reason)
+        browser.find_element(By.CSS_SELECTOR, f"button[value={action}]").click()
+        WebDriverWait(browser, 10).until(lambda d, a=action: f"{a}d+country" in d.current_url)
+        done = visit(browser, browser.current_url, f"switches-{action}")
+        assert f"{action}d country=IN" in done, done
+
+    visit(browser, f"{base}/imo", "imo")
+    experiment_page = visit(browser, f"{base}/experiments/{experiment['id']}", "experiment")
+    assert experiment["name"] in experiment_page and "Return-to-care rate" in experiment_page

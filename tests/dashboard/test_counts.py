@@ -1,0 +1,154 @@
+"""The dashboard's hourly counts agree exactly with a recount of `notifications`: after
+inserts, state moves, fallbacks, failures and deletes, folded or not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from sqlalchemy import delete, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.dashboard import repository as dashboard_repository
+from app.db.session import create_engine_and_sessionmaker
+from app.models import Notification
+from tests.e2e.helpers import accept_imo_invitation, phone, put_patient, schedule
+from tests.factories import make_notification, make_patient
+from tests.stack import Stack
+from tests.waiting import wait_until
+
+Key = tuple[datetime, str, str, str, str, str, bool]
+EVER = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+FINAL = ("delivered", "read", "failed", "denied", "cleared", "expired")
+
+
+async def recount(session: AsyncSession) -> Counter[Key]:
+    """Computed here, in Python, from the rows: not the triggers' SQL."""
+    rows = await session.execute(
+        text(
+            "SELECT created_at, country, channel_chain, channel_index, purpose, state,"
+            " failure_reason FROM notifications"
+        )
+    )
+    counted: Counter[Key] = Counter()
+    for created, country, chain, index, purpose, state, reason in rows:
+        hour = created.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        channel = chain[index] if chain and index < len(chain) else ""
+        failure = (reason or "")[:200] if state in ("failed", "denied") else ""
+        counted[(hour, country or "", channel, purpose, state, failure, index > 0)] += 1
+    return counted
+
+
+async def rolled_up(session: AsyncSession) -> Counter[Key]:
+    counted: Counter[Key] = Counter()
+    for row in await dashboard_repository.counts(session, *EVER):
+        key = (row.hour, row.country, row.channel, row.purpose, row.state, row.reason)
+        counted[(*key, row.fell_back)] += row.count
+    return counted
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_counts_follow_every_kind_of_write(db_session: AsyncSession) -> None:
+    before = await rolled_up(db_session)
+    bangladesh = await make_patient(db_session)
+    india = await make_patient(db_session, country="IN", time_zone="Asia/Kolkata")
+    rows = [await make_notification(db_session, bangladesh) for _ in range(6)]
+    rows += [await make_notification(db_session, india, purpose="missed_visit") for _ in range(3)]
+    ids = [row.id for row in rows]
+    await db_session.execute(
+        update(Notification)
+        .where(Notification.id.in_(ids))
+        .values(state="sending", channel_chain=["imo", "sms"], channel_index=0)
+    )
+    assert await rolled_up(db_session) - before == await recount(db_session) - before
+    await dashboard_repository.fold_counts(db_session)
+    # A fallback, a failure with its reason, a denial, deliveries and reads.
+    await db_session.execute(
+        update(Notification).where(Notification.id == ids[0]).values(channel_index=1, state="sent")
+    )
+    await db_session.execute(
+        update(Notification)
+        .where(Notification.id.in_(ids[1:3]))
+        .values(state="failed", failure_reason="sms: 30006 landline or unreachable carrier")
+    )
+    await db_session.execute(
+        update(Notification)
+        .where(Notification.id == ids[3])
+        .values(state="denied", failure_reason="no consent")
+    )
+    await db_session.execute(
+        update(Notification).where(Notification.id.in_(ids[4:7])).values(state="delivered")
+    )
+    await db_session.execute(
+        update(Notification).where(Notification.id == ids[7]).values(state="read")
+    )
+    # A write that moves nothing between groups adds no delta.
+    pending = (
+        await db_session.execute(text("SELECT count(*) FROM notification_count_deltas"))
+    ).scalar()
+    await db_session.execute(
+        update(Notification).where(Notification.id.in_(ids)).values(retry_count=2)
+    )
+    assert (
+        await db_session.execute(text("SELECT count(*) FROM notification_count_deltas"))
+    ).scalar() == pending
+    assert await rolled_up(db_session) - before == await recount(db_session) - before
+    await dashboard_repository.fold_counts(db_session)
+    await db_session.execute(delete(Notification).where(Notification.id == ids[8]))
+    after = await rolled_up(db_session)
+    assert after - before == await recount(db_session) - before
+    assert (
+        await db_session.execute(text("SELECT count(*) FROM notification_count_deltas"))
+    ).scalar() == 1
+    assert {key[1] for key in after - before} == {"BD", "IN"}
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio(loop_scope="session")
+async def test_counts_agree_with_a_recount_after_sends_callbacks_and_fallbacks(
+    stack: Stack, stack_api: httpx.AsyncClient
+) -> None:
+    engine, sessionmaker = create_engine_and_sessionmaker(stack.database_url, pool_size=2)
+    try:
+        await _send_a_mix(stack, stack_api, sessionmaker)
+    finally:
+        await engine.dispose()
+
+
+async def _send_a_mix(
+    stack: Stack, api: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    ids = []
+    # 3: Imo, read; 0: no Imo account, falls back to SMS; 4: SMS delivered; 7: SMS failed
+    # (30006); 6: SMS undelivered; 8: SMS refused (21211).
+    for digit in (3, 3, 0, 0, 4, 4, 7, 6, 8):
+        patient = await put_patient(api, phone(digit))
+        if digit in (0, 3):
+            await accept_imo_invitation(stack, patient["id"])
+        ids.append((await schedule(api, patient["id"]))["id"])
+    # Folding while messages move, as a worker's cron does at any moment.
+    async with sessionmaker() as session:
+        await dashboard_repository.fold_counts(session)
+        await session.commit()
+
+    async def all_final() -> bool:
+        states = [(await api.get(f"/v1/notifications/{i}")).json()["state"] for i in ids]
+        return all(state in FINAL for state in states)
+
+    await wait_until(all_final, timeout=30, interval=0.2)
+    await asyncio.sleep(0.5)  # late read receipts
+    async with sessionmaker() as session:
+        assert await rolled_up(session) == await recount(session)
+        await dashboard_repository.fold_counts(session)
+        await session.commit()
+    async with sessionmaker() as session:
+        counted = await recount(session)
+        assert await rolled_up(session) == counted
+        left = await session.execute(text("SELECT count(*) FROM notification_count_deltas"))
+        assert left.scalar() == 0
+    fell_back = sum(n for key, n in counted.items() if key[6])
+    assert fell_back >= 2
+    assert any(key[4] == "failed" and key[5] for key in counted), counted

@@ -1,0 +1,225 @@
+"""The pages: the overview's figures from the counts, the patient lookup and its masking."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import httpx
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.dashboard.endpoints import masked
+from app.models import DeliveryAttempt, Notification
+from tests.appointments.helpers import create_experiment, put_plan
+from tests.dashboard.conftest import MakeOperator, form_token, log_in
+from tests.experiments.test_results import WINDOW
+from tests.experiments.test_results import seed as seed_members
+from tests.factories import make_notification, make_patient
+
+
+async def seed(sessionmaker: async_sessionmaker[AsyncSession]) -> str:
+    """A Bangladeshi patient with two notifications: one read on SMS after falling back
+    from Imo, one failed on SMS with a reason."""
+    async with sessionmaker() as session:
+        patient = await make_patient(
+            session,
+            mobile_e164="+8801711234567",
+            phone_numbers=[{"number": "+8801711234567", "type": "mobile"}],
+        )
+        read = await make_notification(session, patient, purpose="dashboard_test")
+        failed = await make_notification(session, patient, purpose="dashboard_test")
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == read.id)
+            .values(state="read", channel_chain=["imo", "sms"], channel_index=1)
+        )
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == failed.id)
+            .values(
+                state="failed",
+                channel_chain=["sms"],
+                channel_index=0,
+                failure_reason="sms: 30006 unreachable carrier",
+            )
+        )
+        session.add(
+            DeliveryAttempt(
+                notification_id=failed.id,
+                channel="sms",
+                status="failed",
+                provider_message_id="SMfake1",
+                provider_status="failed",
+                error_code="30006",
+                error_message="landline or unreachable carrier",
+            )
+        )
+        await session.commit()
+        return patient.id
+
+
+def cell(page: str, row: str, column: int) -> str:
+    found = re.search(rf"<th scope=\"row\">{row}</th>((?:<td[^>]*>[^<]*</td>)+)", page)
+    assert found, page
+    return re.findall(r">([^<]*)</td>", found.group(1))[column]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestOverview:
+    async def test_shows_the_funnel_reasons_and_fallbacks_of_the_filtered_purpose(
+        self,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        await seed(db_sessionmaker)
+        await log_in(dashboard, *await make_operator("viewer"))
+        page = await dashboard.get("/dashboard/", params={"days": "1", "purpose": "dashboard_test"})
+        assert page.status_code == 200
+        text = page.text
+        assert "<svg" in text and "sms: 30006 unreachable carrier" in text
+        # Per channel: the read one is on sms (index 1), and so is the failed one.
+        assert cell(text, "sms", 0) == "2" and cell(text, "sms", 3) == "1"
+        assert cell(text, "sms", 4) == "1"  # failed
+        assert "50.0%</strong> (1 of 2 dispatched" in text
+        assert "<option selected>dashboard_test</option>" in text
+
+    async def test_a_bad_filter_is_a_clear_4xx(
+        self, dashboard: httpx.AsyncClient, make_operator: MakeOperator
+    ) -> None:
+        await log_in(dashboard, *await make_operator("viewer"))
+        assert (await dashboard.get("/dashboard/", params={"days": "9999"})).status_code == 422
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestPatients:
+    async def test_a_viewer_sees_the_phone_masked_and_support_sees_it_whole(
+        self,
+        api_app: object,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        patient_id = await seed(db_sessionmaker)
+        await log_in(dashboard, *await make_operator("viewer"))
+        page = await dashboard.get(f"/dashboard/patients/{patient_id}")
+        assert page.status_code == 200
+        assert "+8801711234567" not in page.text and masked("+8801711234567") in page.text
+        assert "30006" in page.text and "SMfake1" in page.text
+        dashboard.cookies.clear()
+        await log_in(dashboard, *await make_operator("support"))
+        assert "+8801711234567" in (await dashboard.get(f"/dashboard/patients/{patient_id}")).text
+
+    async def test_lookup_by_id_or_phone_leads_to_the_patient(
+        self,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        patient_id = await seed(db_sessionmaker)
+        await log_in(dashboard, *await make_operator("viewer"))
+        for query in (patient_id, "+8801711234567"):
+            found = await dashboard.get("/dashboard/patients", params={"q": query})
+            assert found.status_code == 303 and found.headers["location"].endswith(patient_id)
+        missing = await dashboard.get("/dashboard/patients", params={"q": "nobody"})
+        assert missing.status_code == 200 and "no patient has this id" in missing.text
+        unknown = await dashboard.get("/dashboard/patients/nobody")
+        assert unknown.status_code == 404
+
+
+def test_masking_keeps_the_country_code_and_two_digits() -> None:
+    assert masked("+8801711234567") == "+880••••••••67"
+    assert masked(None) == ""
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestExperiments:
+    async def test_shows_the_apis_numbers_with_interval_bars(
+        self,
+        api: httpx.AsyncClient,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        experiment = await create_experiment(
+            api, await put_plan(api), return_window_days=WINDOW, start_date="2026-01-01"
+        )
+        async with db_sessionmaker() as session:
+            await seed_members(session, experiment, [0.3, 0.45], 200, random.Random(7))
+            await session.commit()
+        results = (await api.get(f"/v1/experiments/{experiment['id']}/results")).json()
+        await log_in(dashboard, *await make_operator("viewer"))
+        listed = await dashboard.get("/dashboard/experiments")
+        assert f"/dashboard/experiments/{experiment['id']}" in listed.text
+        page = (await dashboard.get(f"/dashboard/experiments/{experiment['id']}")).text
+        control, treatment = results["groups"]
+        assert f"{100 * control['return_rate']:.1f}%" in page
+        assert f"{treatment['versus_control']['p_value']:.3g}" in page
+        assert f"{100 * treatment['versus_control']['difference']:+.1f} pts" in page
+        assert page.count('class="mark"') == 2
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_imo_page_shows_the_apis_authorisation_counts(
+    api: httpx.AsyncClient, dashboard: httpx.AsyncClient, make_operator: MakeOperator
+) -> None:
+    summary = (await api.get("/v1/imo/authorizations/summary")).json()
+    await log_in(dashboard, *await make_operator("viewer"))
+    page = await dashboard.get("/dashboard/imo")
+    assert page.status_code == 200
+    assert f"({summary['patients']:,} patients)" in page.text
+    assert "No rounds yet." in page.text or "<progress" in page.text
+
+
+@pytest.mark.asyncio(loop_scope="session")
+class TestSwitches:
+    async def test_only_an_admin_may_see_or_set_switches(
+        self, dashboard: httpx.AsyncClient, make_operator: MakeOperator
+    ) -> None:
+        for role in ("viewer", "support"):
+            dashboard.cookies.clear()
+            await log_in(dashboard, *await make_operator(role))
+            assert (await dashboard.get("/dashboard/switches")).status_code == 403
+            token = form_token((await dashboard.get("/dashboard/")).text)
+            answer = await dashboard.post(
+                "/dashboard/switches",
+                data={"csrf_token": token, "action": "pause", "country": "IN", "reason": "x"},
+            )
+            assert answer.status_code == 403, role
+
+    async def test_an_admin_pauses_and_resumes_a_country_with_a_reason(
+        self,
+        api: httpx.AsyncClient,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        email, password = await make_operator("admin")
+        await log_in(dashboard, email, password)
+        token = form_token((await dashboard.get("/dashboard/switches")).text)
+        form = {"csrf_token": token, "country": "IN", "reason": "  "}
+        refused = await dashboard.post("/dashboard/switches", data={**form, "action": "pause"})
+        assert refused.status_code == 422 and "a reason is required" in refused.text
+        bad = await dashboard.post(
+            "/dashboard/switches", data={**form, "country": "I1", "reason": "r", "action": "pause"}
+        )
+        assert bad.status_code == 422
+        with caplog.at_level("WARNING", logger="app.switches.service"):
+            paused = await dashboard.post(
+                "/dashboard/switches", data={**form, "reason": "Twilio incident", "action": "pause"}
+            )
+        assert paused.status_code == 303
+        assert any(getattr(r, "by", None) == email for r in caplog.records)
+        listed = (await api.get("/v1/switches")).json()["data"]
+        [india] = [s for s in listed if s["scope"] == "country=IN"]
+        assert india["paused"] and india["by"] == email and india["reason"] == "Twilio incident"
+        page = await dashboard.get(paused.headers["location"])
+        assert "paused country=IN" in page.text and "PAUSED" in page.text
+        resumed = await dashboard.post(
+            "/dashboard/switches", data={**form, "reason": "over", "action": "resume"}
+        )
+        assert resumed.status_code == 303
+        listed = (await api.get("/v1/switches")).json()["data"]
+        assert not next(s for s in listed if s["scope"] == "country=IN")["paused"]
