@@ -34,6 +34,9 @@ def project(folder: Path) -> Path:
 
 @pytest.fixture
 def settings_cleared() -> Iterator[None]:
+    """Settings read afresh from this test's environment, and forgotten after it: a
+    benchmark run in-process earlier leaves its own cached (with another DATA_DIR)."""
+    get_settings.cache_clear()
     yield
     get_settings.cache_clear()
 
