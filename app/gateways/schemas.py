@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from app.validation import InputModel
 
 
-class GatewayIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GatewayIn(InputModel):
     name: str = Field(
         min_length=1,
         max_length=100,

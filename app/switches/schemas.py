@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.models import Switch
+from app.validation import InputModel
 
 
-class SwitchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SwitchIn(InputModel):
     paused: bool = Field(description="true pauses sending in the scope; false resumes it")
     reason: str = Field(min_length=1, max_length=1000, examples=["Twilio incident in India"])
     by: str = Field(min_length=1, max_length=200, examples=["ops@clinic.example"])

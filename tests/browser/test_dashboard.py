@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -74,7 +75,23 @@ async def test_an_operator_reads_the_dashboard(
     sent = await schedule(stack_api, patient["id"])
     await notification_in(stack_api, sent["id"], "delivered")
     experiment = await create_experiment(stack_api, await put_plan(stack_api))
+    try:
+        await _read_every_page(stack, browser, email, password, patient, experiment)
+    finally:
+        # The stack is the session's: a running experiment would enrol the BD patients
+        # of every later test (tests/e2e/test_experiments.py found them in its group).
+        stopped = await stack_api.post(f"/v1/experiments/{experiment['id']}/stop")
+        assert stopped.status_code == 200, stopped.text
 
+
+async def _read_every_page(
+    stack: Stack,
+    browser: webdriver.Chrome,
+    email: str,
+    password: str,
+    patient: dict[str, Any],
+    experiment: dict[str, Any],
+) -> None:
     base = f"{stack.api_url}/dashboard"
     visit(browser, f"{base}/", "login")
     browser.find_element(By.ID, "email").send_keys(email)
