@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import repository as api_key_repository
-from app.db.session import create_engine_and_sessionmaker
+from app.db.session import standalone_session
 from app.errors import Conflict, NotFound
 from app.models import ApiKey
 
@@ -39,24 +39,16 @@ async def create_api_key(session: AsyncSession, name: str) -> tuple[ApiKey, str]
 async def issue_api_key(database_url: str, name: str) -> tuple[str, str]:
     """Create and commit a key in a unit of work of its own (`notify api-keys create`,
     `notify dev`); returns (its id, the plaintext)."""
-    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
-    try:
-        async with sessionmaker() as session:
-            api_key, plaintext = await create_api_key(session, name)
-            await session.commit()
-            return str(api_key.id), plaintext
-    finally:
-        await engine.dispose()
+    async with standalone_session(database_url) as session:
+        api_key, plaintext = await create_api_key(session, name)
+        await session.commit()
+        return str(api_key.id), plaintext
 
 
 async def api_key_is_live(database_url: str, plaintext: str) -> bool:
     """Whether `plaintext` authenticates, checked in a unit of work of its own."""
-    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
-    try:
-        async with sessionmaker() as session:
-            return await authenticate(session, plaintext) is not None
-    finally:
-        await engine.dispose()
+    async with standalone_session(database_url) as session:
+        return await authenticate(session, plaintext) is not None
 
 
 async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:

@@ -20,7 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.session import create_engine_and_sessionmaker
+from app.db.session import standalone_session
 from app.errors import AppError, Conflict, NotFound, field_error
 from app.models import Operator, OperatorSession
 from app.models.operator import OPERATOR_ROLES
@@ -160,38 +160,26 @@ async def log_out(session: AsyncSession, session_id: int) -> None:
 
 async def issue_operator(database_url: str, email: str, role: str) -> str:
     """`notify operators create`: commit a new operator; returns the password."""
-    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
-    try:
-        async with sessionmaker() as session:
-            _, password = await create_operator(session, email, role)
-            await session.commit()
-            return password
-    finally:
-        await engine.dispose()
+    async with standalone_session(database_url) as session:
+        _, password = await create_operator(session, email, role)
+        await session.commit()
+        return password
 
 
 async def login_works(database_url: str, email: str, password: str) -> bool:
     """Whether this enabled operator has this password (`notify dev`'s kept login)."""
-    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
-    try:
-        async with sessionmaker() as session:
-            operator = await operator_repository.by_email(session, email)
-            return (
-                operator is not None
-                and operator.disabled_at is None
-                and await password_matches(operator.password_hash, password)
-            )
-    finally:
-        await engine.dispose()
+    async with standalone_session(database_url) as session:
+        operator = await operator_repository.by_email(session, email)
+        return (
+            operator is not None
+            and operator.disabled_at is None
+            and await password_matches(operator.password_hash, password)
+        )
 
 
 async def revoke_operator(database_url: str, email: str) -> int:
     """`notify operators revoke`: disable the operator and end their sessions."""
-    engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=1)
-    try:
-        async with sessionmaker() as session:
-            revoked = await disable_operator(session, email)
-            await session.commit()
-            return revoked
-    finally:
-        await engine.dispose()
+    async with standalone_session(database_url) as session:
+        revoked = await disable_operator(session, email)
+        await session.commit()
+        return revoked
