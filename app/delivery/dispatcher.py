@@ -65,11 +65,13 @@ class _NotSent:
     """A send that never reached the provider, and has no attempt.
 
     `ours` False: the sweeper released the claim meanwhile (another worker may hold it
-    now), so this worker must neither send nor settle it.
+    now), so this worker must neither send nor settle it. `expired`: it outlived its
+    `expires_at` between the claim and its attempt, and ends `expired`.
     """
 
     reason: str
     ours: bool = True
+    expired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +235,9 @@ class Dispatcher:
         for send, answer in zip(sends, answers, strict=True):
             n = send.notification
             if isinstance(answer, _NotSent):
-                if answer.ours:
+                if answer.expired:
+                    settled[n.id] = Outcome(S.EXPIRED, failure_reason=policy.EXPIRED_REASON)
+                elif answer.ours:
                     # Never handed to the provider: due again soon, on the same channel.
                     due = now + policy.backoff(0, self.settings, None)
                     settled[n.id] = Outcome(
@@ -381,6 +385,7 @@ class Dispatcher:
         provider; the rest of its claim has no attempt and is requeued by the sweeper.
         """
         answers: list[SendResult | Exception | _NotSent] = [_NotSent("not sent")] * len(sends)
+        expired: set[uuid.UUID] = set()
         by_channel: dict[str, list[int]] = defaultdict(list)
         for position, send in enumerate(sends):
             by_channel[send.channel].append(position)
@@ -411,7 +416,11 @@ class Dispatcher:
                     ],
                 )
                 await session.commit()
-            attempt_ids.update(written)
+            for notification_id, attempt_id in written.items():
+                if attempt_id is None:
+                    expired.add(notification_id)
+                else:
+                    attempt_ids[notification_id] = attempt_id
 
         async def send_channel(channel: str, positions: list[int]) -> None:
             limiter = self.limiters[channel]
@@ -436,17 +445,22 @@ class Dispatcher:
                                 self._semaphore.release()
                             raise
                     for position in chunk:
-                        if sends[position].notification.id in attempt_ids:
+                        notification_id = sends[position].notification.id
+                        if notification_id in attempt_ids:
                             tasks.append(asyncio.create_task(send_one(position)))
+                            continue
+                        self._semaphore.release()
+                        if notification_id in expired:
+                            answers[position] = _NotSent("expired", expired=True)
                         else:
-                            self._semaphore.release()
                             answers[position] = _NotSent("claim lost to the sweeper", ours=False)
             except Exception as exc:
                 # Redis (the rate limit) or PostgreSQL away: what has no attempt was not
                 # sent and is due again; what went out is recorded after the gather.
                 log.warning("round cut short: %s", type(exc).__name__)
                 for position in positions:
-                    if sends[position].notification.id not in attempt_ids:
+                    notification_id = sends[position].notification.id
+                    if notification_id not in attempt_ids and notification_id not in expired:
                         answers[position] = _NotSent(f"not sent: {type(exc).__name__}")
             await asyncio.gather(*tasks)
 

@@ -19,6 +19,8 @@ from app.states import NotificationState
 S = NotificationState
 
 # What an Imo refusal says about the patient's authorisation.
+# Why a notification that outlived its `expires_at` unsent ends `expired`.
+EXPIRED_REASON = "not sent while still useful"
 IMO_DOWNGRADES = {"not_subscribed": "not_subscribed", "nonexistent_user": "no_imo_account"}
 
 
@@ -109,7 +111,7 @@ def first_step(
 ) -> Outcome | SendOn:
     """What to do with a freshly claimed notification: refuse it, put it off, or send."""
     if now >= n.expires_at:
-        return Outcome(S.EXPIRED, failure_reason="not sent while still useful")
+        return Outcome(S.EXPIRED, failure_reason=EXPIRED_REASON)
     if n.reminder_consent != "granted":
         return Outcome(S.DENIED, failure_reason="no reminder consent")
     if opted_out_everywhere(n.opted_out_channels):

@@ -117,7 +117,7 @@ async def claim_due(
 _INSERT_ATTEMPTS = text(
     f"""
     WITH ours AS (
-        SELECT n.id, v.channel
+        SELECT n.id, v.channel, n.expires_at > now() AS useful
         FROM unnest(CAST(:notification_ids AS uuid[]), CAST(:channels AS text[]),
                     CAST(:claimed_ats AS timestamptz[])) AS v(notification_id, channel, claimed_at)
         JOIN notifications AS n ON n.id = v.notification_id
@@ -125,25 +125,32 @@ _INSERT_ATTEMPTS = text(
         -- In id order, as every other writer of several notifications: no deadlocks.
         ORDER BY n.id
         FOR UPDATE OF n
+    ), written AS (
+        INSERT INTO delivery_attempts (notification_id, channel, status, created_at, updated_at)
+        SELECT id, channel, '{A.SENDING}', now(), now() FROM ours WHERE useful
+        RETURNING id, notification_id
     )
-    INSERT INTO delivery_attempts (notification_id, channel, status, created_at, updated_at)
-    SELECT id, channel, '{A.SENDING}', now(), now() FROM ours
-    RETURNING id, notification_id
+    SELECT id, notification_id FROM written
+    UNION ALL
+    SELECT NULL, id FROM ours WHERE NOT useful
     """  # noqa: S608 - constants only
 )
 
 
 async def insert_attempts(
     session: AsyncSession, attempts: Sequence[tuple[uuid.UUID, str, datetime | None]]
-) -> dict[uuid.UUID, int]:
+) -> dict[uuid.UUID, int | None]:
     """Record that these (notification, channel, claimed_at) sends are about to happen
-    -> attempt ids, for the notifications this worker still holds.
+    -> attempt ids, for the notifications this worker still holds; None for those
+    that expired since they were claimed (no attempt: they must not go out).
 
     Written and committed BEFORE the provider is called: a crash after the call leaves
     a `sending` attempt behind, which the sweeper marks `unconfirmed` instead of resending.
     `claimed_at` is the claim's fencing token: a notification the sweeper released (and
     another worker may have claimed) since gets no attempt, and must not be sent. The
     row lock keeps the sweeper from releasing it between this check and the commit.
+    Expiry is checked here, on the clock that stamps the attempt, so no attempt is ever
+    created after its notification's `expires_at`.
     """
     rows = await session.execute(
         _INSERT_ATTEMPTS,

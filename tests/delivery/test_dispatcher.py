@@ -393,6 +393,23 @@ class TestSafety:
         assert fresh.state == "denied" and attempts == []
         assert fresh.failure_reason is not None and "ALLOWED_RECIPIENTS" in fresh.failure_reason
 
+    async def test_what_expires_between_claim_and_attempt_never_goes_out(
+        self, db_session: AsyncSession, scripted: Scripted
+    ) -> None:
+        # The worker's clock says "still useful" (it judged at claim time); by the time
+        # the attempt would be written, the database's clock says it has expired.
+        real, dispatcher = scripted()
+        dispatcher.clock = lambda: datetime.now(UTC) - timedelta(minutes=1)
+        notification = await due(
+            db_session,
+            await patient_with(db_session, 6),
+            expires_at=datetime.now(UTC) - timedelta(seconds=1),
+        )
+        await dispatcher.dispatch_once()
+        fresh, attempts = await reload(db_session, notification)
+        assert (fresh.state, fresh.failure_reason) == ("expired", "not sent while still useful")
+        assert attempts == [] and real.sent == []
+
     async def test_transient_error_retries_later_and_keeps_the_reason(
         self, db_session: AsyncSession, scripted: Scripted
     ) -> None:
