@@ -26,15 +26,33 @@ def dispatch(
         list[str],
         typer.Option(help="imo-sms (half each), sms or whatsapp (all of them); one row each."),
     ] = ["imo-sms"],  # noqa: B006
+    count_triggers: Annotated[
+        list[str],
+        typer.Option(
+            help="on/off: the dashboard's counting triggers; `--count-triggers on"
+            " --count-triggers off` measures what they cost, one row each, in one run."
+        ),
+    ] = ["on"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """N due reminders (half Imo, half SMS by default) sent by real workers vs a bare
     aiohttp loop. `--mix sms --mix whatsapp` compares the two channels in one run."""
+    if bad := [value for value in count_triggers if value not in ("on", "off")]:
+        raise typer.BadParameter(f"--count-triggers takes on or off, not {bad[0]!r}")
     from app.bench import dispatch as bench_dispatch
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_dispatch.run(reminders, workers, concurrency, batch, json_path, measured, mix)
+    bench_dispatch.run(
+        reminders,
+        workers,
+        concurrency,
+        batch,
+        json_path,
+        measured,
+        mix,
+        [value == "on" for value in count_triggers],
+    )
 
 
 @bench_cli.command("broadcast")

@@ -111,6 +111,22 @@ async def unsettled(engine: AsyncEngine) -> int:
 DATABASE = "clinic_notify_bench_dispatch"
 
 
+COUNT_TRIGGERS = (
+    "notification_counts_insert",
+    "notification_counts_update",
+    "notification_counts_delete",
+)
+
+
+async def set_count_triggers(engine: AsyncEngine, *, enabled: bool) -> None:
+    """The dashboard's counting triggers on or off (a benchmark's comparison only: off,
+    the counts no longer follow the table)."""
+    action = "ENABLE" if enabled else "DISABLE"
+    async with engine.begin() as connection:
+        for trigger in COUNT_TRIGGERS:
+            await connection.execute(text(f"ALTER TABLE notifications {action} TRIGGER {trigger}"))
+
+
 def per_message_us(cpu_seconds: float, n: int) -> float:
     return cpu_seconds / n * 1e6
 
@@ -122,9 +138,11 @@ async def measure(
     batch: int,
     measured: int | None = None,
     mix: str = "imo-sms",
+    count_triggers: bool = True,
 ) -> dict[str, object]:
     """`measured` < n: time only the first `measured` sends of n due reminders (memory
-    and rate on a large table without waiting for all of it)."""
+    and rate on a large table without waiting for all of it). `count_triggers=False`:
+    the dashboard's counting triggers disabled after the seed (what they cost)."""
     measured = min(n, measured or n)
     database_url = await fresh_database(DATABASE)
     redis_url = get_settings().redis_url
@@ -132,6 +150,8 @@ async def measure(
     started = time.perf_counter()
     await seed(engine, n, mix)
     console.print(f"seeded {n:,} reminders in {time.perf_counter() - started:.1f}s")
+    if not count_triggers:
+        await set_count_triggers(engine, enabled=False)
     env = {
         "DISPATCH_CONCURRENCY": str(concurrency),
         "DISPATCH_BATCH_SIZE": str(batch),
@@ -200,6 +220,7 @@ async def measure(
     rate = measured / seconds
     return {
         "mix": mix,
+        "count triggers": "on" if count_triggers else "off",
         "reminders": n,
         "measured": measured,
         "workers": workers,
@@ -228,6 +249,7 @@ def run(
     json_path: Path | None,
     measured: int | None = None,
     mixes: list[str] | None = None,
+    count_triggers: list[bool] | None = None,
 ) -> Result:
     result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
     for mix in mixes or ["imo-sms"]:
@@ -235,7 +257,12 @@ def run(
             raise ValueError(f"unknown mix {mix!r}: one of {', '.join(MIXES)}")
         for n in sizes:
             for count in workers:
-                result.add(**asyncio.run(measure(n, count, concurrency, batch, measured, mix)))
+                for triggers in count_triggers or [True]:
+                    result.add(
+                        **asyncio.run(
+                            measure(n, count, concurrency, batch, measured, mix, triggers)
+                        )
+                    )
     result.show()
     result.write_json(json_path)
     return result

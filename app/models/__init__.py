@@ -17,7 +17,11 @@ from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
 from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
-from app.models.notification_count import NotificationCount, NotificationCountDelta
+from app.models.notification_count import (
+    NotificationCount,
+    NotificationCountDaily,
+    NotificationCountDelta,
+)
 from app.models.operator import Operator, OperatorSession
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
@@ -48,6 +52,7 @@ __all__ = [
     "Message",
     "Notification",
     "NotificationCount",
+    "NotificationCountDaily",
     "NotificationCountDelta",
     "Operator",
     "OperatorSession",
