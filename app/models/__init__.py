@@ -15,6 +15,7 @@ from app.models.group import Group, GroupMember
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
+from app.models.imo_round_pause import ImoRoundPause
 from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
 from app.models.notification_count import (
@@ -49,6 +50,7 @@ __all__ = [
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",
+    "ImoRoundPause",
     "Message",
     "Notification",
     "NotificationCount",
