@@ -143,3 +143,66 @@ async def recent_round_ids(session: AsyncSession, limit: int) -> list[int]:
         {"limit": limit},
     )
     return list(rows)
+
+
+@dataclass(frozen=True)
+class WebhookRow:
+    name: str
+    url: str
+    events: list[str]
+    active: bool
+    failing_since: datetime | None
+    disabled_at: datetime | None
+    pending: int
+    failed: int
+    delivered: int
+
+
+_WEBHOOKS = text(
+    """
+    SELECT e.name, e.url, e.events, e.active, e.failing_since, e.disabled_at,
+           count(d.id) FILTER (WHERE d.state = 'pending') AS pending,
+           count(d.id) FILTER (WHERE d.state = 'failed') AS failed,
+           count(d.id) FILTER (WHERE d.state = 'delivered') AS delivered
+    FROM webhook_endpoints AS e
+    LEFT JOIN webhook_deliveries AS d ON d.endpoint_name = e.name
+    GROUP BY e.name ORDER BY e.name
+    """
+)
+
+
+async def webhooks(session: AsyncSession) -> list[WebhookRow]:
+    """Every webhook endpoint with its deliveries counted by state."""
+    return [WebhookRow(*row) for row in await session.execute(_WEBHOOKS)]
+
+
+@dataclass(frozen=True)
+class FailingDelivery:
+    id: int
+    endpoint_name: str
+    type: str
+    occurred_at: datetime
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+
+
+# Given up, or owed after at least one failed try: the ones an operator looks into.
+_FAILING = text(
+    """
+    SELECT d.id, d.endpoint_name, ev.type, d.occurred_at, d.state, d.attempts,
+           d.next_attempt_at, d.last_status, d.last_error
+    FROM webhook_deliveries AS d JOIN webhook_events AS ev ON ev.id = d.event_id
+    WHERE d.state = 'failed' OR (d.state = 'pending' AND d.attempts > 0)
+    ORDER BY d.updated_at DESC, d.id DESC
+    LIMIT :limit
+    """
+)
+
+
+async def failing_deliveries(session: AsyncSession, limit: int) -> list[FailingDelivery]:
+    """The latest `limit` deliveries that failed or are being retried."""
+    rows = await session.execute(_FAILING, {"limit": limit})
+    return [FailingDelivery(*row) for row in rows]
