@@ -10,6 +10,19 @@ import typer
 bench_cli = typer.Typer(help="Benchmarks (see docs/benchmarks.md).", no_args_is_help=True)
 
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the rows here.")]
+CountTriggers = Annotated[
+    list[str],
+    typer.Option(
+        help="on/off: the dashboard's counting triggers; `--count-triggers on"
+        " --count-triggers off` measures what they cost, one row each, in one run."
+    ),
+]
+
+
+def _on_off(values: list[str]) -> list[bool]:
+    if bad := [value for value in values if value not in ("on", "off")]:
+        raise typer.BadParameter(f"--count-triggers takes on or off, not {bad[0]!r}")
+    return [value == "on" for value in values]
 
 
 @bench_cli.command("dispatch")
@@ -26,19 +39,11 @@ def dispatch(
         list[str],
         typer.Option(help="imo-sms (half each), sms or whatsapp (all of them); one row each."),
     ] = ["imo-sms"],  # noqa: B006
-    count_triggers: Annotated[
-        list[str],
-        typer.Option(
-            help="on/off: the dashboard's counting triggers; `--count-triggers on"
-            " --count-triggers off` measures what they cost, one row each, in one run."
-        ),
-    ] = ["on"],  # noqa: B006
+    count_triggers: CountTriggers = ["on"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """N due reminders (half Imo, half SMS by default) sent by real workers vs a bare
     aiohttp loop. `--mix sms --mix whatsapp` compares the two channels in one run."""
-    if bad := [value for value in count_triggers if value not in ("on", "off")]:
-        raise typer.BadParameter(f"--count-triggers takes on or off, not {bad[0]!r}")
     from app.bench import dispatch as bench_dispatch
     from app.devtools.environment import prepare_environment
 
@@ -51,7 +56,7 @@ def dispatch(
         json_path,
         measured,
         mix,
-        [value == "on" for value in count_triggers],
+        _on_off(count_triggers),
     )
 
 
@@ -60,6 +65,7 @@ def broadcast(
     patients: Annotated[int, typer.Option("--patients", "-n")] = 1_000_000,
     chunk: Annotated[int, typer.Option(help="BROADCAST_CHUNK_SIZE of the worker.")] = 5_000,
     pages: Annotated[int, typer.Option(help="History pages to follow by cursor.")] = 500,
+    count_triggers: CountTriggers = ["on"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """A broadcast to an N-patient filter group fanned out by a worker, its progress and
@@ -68,7 +74,7 @@ def broadcast(
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_broadcast.run(patients, chunk, pages, json_path)
+    bench_broadcast.run(patients, chunk, pages, json_path, _on_off(count_triggers))
 
 
 @bench_cli.command("switch")
