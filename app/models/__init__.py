@@ -26,6 +26,7 @@ from app.models.notification_count import (
 from app.models.operator import Operator, OperatorSession
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
+from app.models.staff import StaffMember
 from app.models.switch import Switch
 from app.models.template import Template
 from app.models.trigger_rule import TriggerRule
@@ -60,6 +61,7 @@ __all__ = [
     "OperatorSession",
     "Patient",
     "ReminderPlan",
+    "StaffMember",
     "Switch",
     "Template",
     "TriggerRule",

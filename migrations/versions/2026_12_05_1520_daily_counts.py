@@ -7,8 +7,8 @@ too (app/dashboard/repository.py), so a day's row is always the sum of its 24 ho
 Backfilled here from the hourly counts.
 
 Revision ID: 20261205_daily_counts
-Revises: 20261204_notification_counts
-Create Date: 2026-12-05 00:10:00+00:00
+Revises: 20261205_email_channel
+Create Date: 2026-12-05 15:20:00+00:00
 """
 
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261205_daily_counts"
-down_revision: str | None = "20261204_notification_counts"
+down_revision: str | None = "20261205_email_channel"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -8,7 +8,7 @@ scan of `imo_authorizations`.
 
 Revision ID: 20261205_imo_round_pauses
 Revises: 20261205_daily_counts
-Create Date: 2026-12-05 00:20:00+00:00
+Create Date: 2026-12-05 15:30:00+00:00
 """
 
 from collections.abc import Sequence
