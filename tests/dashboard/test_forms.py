@@ -217,9 +217,7 @@ class TestEveryFormAndAddress:
             ({"email": email, "password": "p" * 1001}, 422, "password"),
             ({"email": email}, 422, "password"),
         ]:
-            answer = await dashboard.post(
-                "/dashboard/login", data={"csrf_token": token, **fields}
-            )
+            answer = await dashboard.post("/dashboard/login", data={"csrf_token": token, **fields})
             refused_page(answer, status, words)
         no_token = await dashboard.post(
             "/dashboard/login", data={"email": email, "password": password}

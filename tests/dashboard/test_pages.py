@@ -88,6 +88,27 @@ class TestOverview:
         assert "50.0%</strong> (1 of 2 dispatched" in text
         assert "<option selected>dashboard_test</option>" in text
 
+    async def test_email_is_a_channel_like_the_others(
+        self,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        async with db_sessionmaker() as session:
+            patient = await make_patient(session)
+            emailed = await make_notification(session, patient, purpose="dashboard_email")
+            await session.execute(
+                update(Notification)
+                .where(Notification.id == emailed.id)
+                .values(state="delivered", channel_chain=["email"], channel_index=0)
+            )
+            await session.commit()
+        await log_in(dashboard, *await make_operator("viewer"))
+        page = await dashboard.get(
+            "/dashboard/", params={"days": "1", "purpose": "dashboard_email"}
+        )
+        assert cell(page.text, "email", 0) == "1" and cell(page.text, "email", 2) == "1"
+
     async def test_a_bad_filter_is_a_clear_4xx(
         self, dashboard: httpx.AsyncClient, make_operator: MakeOperator
     ) -> None:
