@@ -60,6 +60,23 @@ def dispatch(
     )
 
 
+@bench_cli.command("email")
+def email(
+    emails: Annotated[int, typer.Option("--emails", "-n")] = 20_000,
+    pool: Annotated[list[int], typer.Option("--pool", help="SMTP_POOL_SIZE; one row each.")] = [  # noqa: B006
+        4,
+        8,
+    ],
+    repeats: Annotated[int, typer.Option(min=1, help="Runs per row; the median is shown.")] = 3,
+    json_path: JsonOption = None,
+) -> None:
+    """N emails from the email channel of one process to the embedded SMTP server (another
+    process) per pool size, vs a bare aiosmtplib loop; the sender's memory."""
+    from app.bench import email as bench_email
+
+    bench_email.run(emails, pool, repeats, json_path)
+
+
 @bench_cli.command("broadcast")
 def broadcast(
     patients: Annotated[int, typer.Option("--patients", "-n")] = 1_000_000,
