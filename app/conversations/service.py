@@ -100,6 +100,14 @@ async def _new(
     return conversation
 
 
+async def follow_up(session: AsyncSession, closed: Conversation, now: datetime) -> Conversation:
+    """A patient wrote on a closed conversation by a way that names it (a reply to its
+    email): a new conversation about the same thing, opened by the patient. Flushes."""
+    return await _new(
+        session, closed.patient_id, closed.subject, closed.reference, now, opened_by="patient"
+    )
+
+
 async def get(session: AsyncSession, conversation_id: uuid.UUID) -> Conversation:
     """Raises NotFound."""
     conversation = await session.get(Conversation, conversation_id)

@@ -1,0 +1,136 @@
+"""Email addresses: their one normal form, and the signed addresses mail comes back to.
+
+A conversation's reply address is `reply+<token>@EMAIL_INBOUND_DOMAIN`. The token packs
+the conversation id and an HMAC of it (the project's `TokenSigner`, purpose
+`email-reply`), in lower-case base32: a local part must fit 64 characters and some
+mail systems fold its case. It cannot be guessed (80 bits of MAC) nor moved to another
+conversation. Mail to it is filed only when its sender is also the conversation's
+patient or a staff member (app/email/replies.py).
+
+Bounces come back to `bounce+<mac>@EMAIL_INBOUND_DOMAIN`, where the MAC is of the
+recipient the message was sent to (VERP): a delivery status notification (RFC 3464)
+blocks an address only when it arrives at that address's own bounce address, so nobody
+can block a patient's address by mailing us a made-up report.
+
+No I/O here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import re
+import uuid
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+
+from app.security import TokenSigner
+
+REPLY_PURPOSE = "email-reply"
+BOUNCE_PURPOSE = "email-bounce"
+REPLY_PREFIX = "reply+"
+BOUNCE_PREFIX = "bounce+"
+# 80 bits: enough against guessing, short enough for a 64-character local part.
+_MAC_BYTES = 10
+_UUID_BYTES = 16
+# RFC 5321: 64 for the local part, 255 for the domain; 254 for a path in practice.
+MAX_ADDRESS_CHARS = 254
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
+_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
+
+
+class InvalidAddress(ValueError):
+    """Not one email address we can store, match or mail."""
+
+
+def normalise(text: str) -> str:
+    """`text` as the address we store and compare: one `local@domain`, lower case.
+
+    Local parts are case-sensitive in theory and never in practice; blocking and
+    matching must not miss `Rahim@Example.com` for `rahim@example.com`. Quoted local
+    parts, comments, display names and internationalised domains are refused: they
+    have no place in a patient's or staff member's record. Raises InvalidAddress.
+    """
+    candidate = text.strip()
+    if not candidate or len(candidate) > MAX_ADDRESS_CHARS:
+        raise InvalidAddress(f"an email address has 3 to {MAX_ADDRESS_CHARS} characters")
+    local, at, domain = candidate.rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidAddress("an email address is local-part@domain")
+    if not _LOCAL.fullmatch(local) or local.startswith(".") or local.endswith("."):
+        raise InvalidAddress("the part before @ has characters an address cannot have")
+    if ".." in local:
+        raise InvalidAddress("the part before @ has two dots in a row")
+    if not _DOMAIN.fullmatch(domain.lower()):
+        raise InvalidAddress("the part after @ is not a domain name (example.org)")
+    try:
+        # The standard library's own reading of it must agree (one address, no more).
+        Address(addr_spec=candidate)
+    except (HeaderParseError, ValueError, IndexError) as exc:
+        raise InvalidAddress("not an email address") from exc
+    return candidate.lower()
+
+
+def mask(address: str) -> str:
+    """`rahim.uddin@example.com` -> `r***@e***.com`: enough to tell two log lines about
+    the same address apart in context, not to write to it. Never log an address whole."""
+    local, _, domain = address.rpartition("@")
+    head, dot, tld = domain.rpartition(".")
+    masked_domain = f"{head[:1]}***{dot}{tld}" if head else f"{domain[:1]}***"
+    return f"{local[:1]}***@{masked_domain}"
+
+
+def _b32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=").lower()
+
+
+def _unb32(text: str) -> bytes | None:
+    try:
+        return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def reply_token(signer: TokenSigner, conversation_id: uuid.UUID) -> str:
+    mac = signer.digest(REPLY_PURPOSE, str(conversation_id))[:_MAC_BYTES]
+    return _b32(conversation_id.bytes + mac)
+
+
+def read_reply_token(signer: TokenSigner, token: str) -> uuid.UUID | None:
+    """The conversation a reply token names, or None for one we did not sign."""
+    if len(token) > 64:
+        return None
+    packed = _unb32(token)
+    if packed is None or len(packed) != _UUID_BYTES + _MAC_BYTES:
+        return None
+    conversation_id = uuid.UUID(bytes=packed[:_UUID_BYTES])
+    expected = signer.digest(REPLY_PURPOSE, str(conversation_id))[:_MAC_BYTES]
+    return conversation_id if hmac.compare_digest(packed[_UUID_BYTES:], expected) else None
+
+
+def reply_address(signer: TokenSigner, domain: str, conversation_id: uuid.UUID) -> str:
+    """The Reply-To of every email sent on `conversation_id`."""
+    return f"{REPLY_PREFIX}{reply_token(signer, conversation_id)}@{domain}"
+
+
+def bounce_address(signer: TokenSigner, domain: str, recipient: str) -> str:
+    """The envelope sender (MAIL FROM) of an email to `recipient` (normalised): where
+    its delivery status notifications come back, signed for that recipient alone."""
+    mac = signer.digest(BOUNCE_PURPOSE, recipient.lower())[:_MAC_BYTES]
+    return f"{BOUNCE_PREFIX}{_b32(mac)}@{domain}"
+
+
+def bounce_token_matches(signer: TokenSigner, token: str, recipient: str) -> bool:
+    """Whether `token` (what follows `bounce+`) was signed for `recipient`."""
+    mac = signer.digest(BOUNCE_PURPOSE, recipient.lower())[:_MAC_BYTES]
+    return hmac.compare_digest(token.lower().encode(), _b32(mac).encode())
+
+
+def tagged(address: str, prefix: str, domain: str) -> str | None:
+    """What follows `prefix` in `address` when it is `prefix<tag>@domain` (any case),
+    else None."""
+    local, _, at_domain = address.strip().rpartition("@")
+    if at_domain.lower() != domain.lower() or not local.lower().startswith(prefix):
+        return None
+    return local[len(prefix) :] or None
