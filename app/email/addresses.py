@@ -20,11 +20,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import re
 import uuid
-from email.errors import HeaderParseError
-from email.headerregistry import Address
 
+from app import email_address
 from app.security import TokenSigner
 
 REPLY_PURPOSE = "email-reply"
@@ -34,10 +32,6 @@ BOUNCE_PREFIX = "bounce+"
 # 80 bits: enough against guessing, short enough for a 64-character local part.
 _MAC_BYTES = 10
 _UUID_BYTES = 16
-# RFC 5321: 64 for the local part, 255 for the domain; 254 for a path in practice.
-MAX_ADDRESS_CHARS = 254
-_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
-_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
 
 
 class InvalidAddress(ValueError):
@@ -45,31 +39,18 @@ class InvalidAddress(ValueError):
 
 
 def normalise(text: str) -> str:
-    """`text` as the address we store and compare: one `local@domain`, lower case.
+    """`text` as the address we store and compare: the project's normal form
+    (app/email_address.py: syntax checked by email-validator, no DNS) in lower case.
 
-    Local parts are case-sensitive in theory and never in practice; blocking and
-    matching must not miss `Rahim@Example.com` for `rahim@example.com`. Quoted local
-    parts, comments, display names and internationalised domains are refused: they
-    have no place in a patient's or staff member's record. Raises InvalidAddress.
+    That module keeps the local part's case, as RFC 5321 allows a server to; blocking
+    and matching a reply's sender must not miss `Rahim@example.com` for
+    `rahim@example.com`, and no mail system gives those to two people. Raises
+    InvalidAddress.
     """
-    candidate = text.strip()
-    if not candidate or len(candidate) > MAX_ADDRESS_CHARS:
-        raise InvalidAddress(f"an email address has 3 to {MAX_ADDRESS_CHARS} characters")
-    local, at, domain = candidate.rpartition("@")
-    if not at or not local or not domain:
-        raise InvalidAddress("an email address is local-part@domain")
-    if not _LOCAL.fullmatch(local) or local.startswith(".") or local.endswith("."):
-        raise InvalidAddress("the part before @ has characters an address cannot have")
-    if ".." in local:
-        raise InvalidAddress("the part before @ has two dots in a row")
-    if not _DOMAIN.fullmatch(domain.lower()):
-        raise InvalidAddress("the part after @ is not a domain name (example.org)")
     try:
-        # The standard library's own reading of it must agree (one address, no more).
-        Address(addr_spec=candidate)
-    except (HeaderParseError, ValueError, IndexError) as exc:
-        raise InvalidAddress("not an email address") from exc
-    return candidate.lower()
+        return email_address.normalize(text).lower()
+    except email_address.InvalidEmailAddress as exc:
+        raise InvalidAddress(str(exc)) from exc
 
 
 def mask(address: str) -> str:

@@ -95,7 +95,10 @@ def parse(source: IO[bytes], reply_languages: list[str]) -> ParsedEmail:
         message_id=_message_id(message),
         senders=senders,
         recipients=_addresses(
-            message, ("to", "cc", "delivered-to", "x-original-to", "envelope-to"), defects
+            message,
+            ("to", "cc", "delivered-to", "x-original-to", "envelope-to"),
+            defects,
+            strict=False,
         ),
         subject=single_line(_header(message, "subject", defects), MAX_SUBJECT_CHARS),
         text=clean(latest_reply(body, reply_languages), MAX_TEXT_CHARS),
@@ -136,7 +139,13 @@ def _message_id(message: Message) -> str | None:
     return text or None
 
 
-def _addresses(message: EmailMessage, names: tuple[str, ...], defects: list[str]) -> list[str]:
+def _addresses(
+    message: EmailMessage, names: tuple[str, ...], defects: list[str], *, strict: bool = True
+) -> list[str]:
+    """The addresses of headers `names`: normalised (strict: senders, whose address is
+    compared with patients' and staff's), or only lower-cased (where the email went:
+    compared with our own reply and bounce addresses, whose domain may be a
+    development one such as `reply.localhost`)."""
     found: list[str] = []
     for name in names:
         try:
@@ -146,12 +155,15 @@ def _addresses(message: EmailMessage, names: tuple[str, ...], defects: list[str]
             defects.append(f"unreadable_{name}")
             continue
         for spec in specs:
-            try:
-                address = addresses.normalise(spec)
-            except addresses.InvalidAddress:
-                defects.append(f"invalid_address_in_{name}")
-                continue
-            if address not in found:
+            if strict:
+                try:
+                    address = addresses.normalise(spec)
+                except addresses.InvalidAddress:
+                    defects.append(f"invalid_address_in_{name}")
+                    continue
+            else:
+                address = single_line(spec, 254).lower()
+            if address and address not in found:
                 found.append(address)
     return found
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
@@ -38,7 +39,7 @@ from app.email import status as email_status
 from app.email.parsing import ParsedEmail
 from app.email.rules import AddressEvent, AddressEventKind
 from app.errors import AppError
-from app.models import Conversation, InboundEmail, Message, Patient
+from app.models import Conversation, InboundEmail, Message, Patient, StaffMember
 from app.models.conversation import ConversationState
 from app.models.inbound_email import InboundOutcome
 from app.models.message import Direction
@@ -256,7 +257,7 @@ async def _reply(
         return _with_reason(unmatched, "several_senders")
     sender = email.senders[0]
     patient = await session.get(Patient, conversation.patient_id)
-    if patient is not None and _email_of(patient) == sender:
+    if patient is not None and (patient.email or "").lower() == sender:
         return _Decision(
             InboundOutcome.ATTACHED, recipient=recipient, conversation=conversation, patient=patient
         )
@@ -277,13 +278,14 @@ def _with_reason(decision: _Decision, reason: str) -> _Decision:
     )
 
 
-def _email_of(patient: Patient) -> str | None:
-    email = getattr(patient, "email", None)
-    return email.lower() if isinstance(email, str) else None
-
-
 async def _staff_with(session: AsyncSession, sender: str) -> str | None:
-    return None
+    """The staff member whose address `sender` (lower case) is, if one is."""
+    return await session.scalar(
+        select(StaffMember.id)
+        .where(func.lower(StaffMember.email) == sender)
+        .order_by(StaffMember.updated_at.desc(), StaffMember.id)
+        .limit(1)
+    )
 
 
 async def _attach(
