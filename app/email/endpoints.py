@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.config import load_ec_public_key
 from app.db.session import DbSession
@@ -167,6 +168,21 @@ def _public_key(request: Request, text: str) -> Any:
     return cached[1]
 
 
+class _Address(Convertor[str]):
+    """Everything after the prefix, line breaks too: an address with a CR or LF in it
+    (header injection) is then a 422 naming it, not a 404 of no route."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("address", _Address())
+
 _ADDRESS_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, wrong or revoked API key"},
     422: {"description": "Not an email address, or a cursor this list did not hand out"},
@@ -174,7 +190,7 @@ _ADDRESS_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get(
-    "/email-status/{address:path}",
+    "/email-status/{address:address}",
     summary="An email address's deliverability and its history",
     description="The address URL-encoded (`rahim%40example.com`). `unknown` when "
     "nothing was heard of it.",
@@ -187,7 +203,7 @@ async def get_email_status(
 
 
 @router.delete(
-    "/email-status/{address:path}",
+    "/email-status/{address:address}",
     summary="Unblock an email address",
     description="The only way a `blocked` address is mailed again. Logged (the address "
     "masked) and written to its history. Unblocking one that is not blocked changes "

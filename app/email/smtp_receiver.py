@@ -131,10 +131,11 @@ async def serve(
     host: str,
     port: int,
     *,
-    started: asyncio.Event | None = None,
+    listening: asyncio.Future[int] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run the receiver until `stop` is set; without one given, until SIGTERM or SIGINT."""
+    """Run the receiver until `stop` is set; without one given, until SIGTERM or SIGINT.
+    `listening` is given the port once it listens (port 0: any free one)."""
     loop = asyncio.get_running_loop()
     handler = InboundHandler(settings, sessionmaker)
     server = await loop.create_server(
@@ -152,9 +153,10 @@ async def serve(
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-    log.info("SMTP receiver listening", extra={"host": host, "port": port})
-    if started is not None:
-        started.set()
+    bound = int(server.sockets[0].getsockname()[1])
+    log.info("SMTP receiver listening", extra={"host": host, "port": bound})
+    if listening is not None:
+        listening.set_result(bound)
     try:
         await stop.wait()
     finally:
