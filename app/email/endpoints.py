@@ -64,7 +64,7 @@ class BadEmailWebhook(AppError):
         413: {"description": "Larger than EMAIL_INBOUND_MAX_BYTES"},
     },
 )
-async def inbound_parse(request: Request, session: DbSession) -> InboundAccepted:
+async def sendgrid_inbound_parse(request: Request, session: DbSession) -> InboundAccepted:
     settings = request.app.state.settings
     _check_basic_auth(request)
     try:
@@ -121,7 +121,7 @@ def _check_basic_auth(request: Request) -> None:
         413: {"description": "Body too large"},
     },
 )
-async def events(
+async def sendgrid_events(
     request: Request,
     session: DbSession,
     signature: Annotated[str | None, Header(alias=sendgrid.SIGNATURE_HEADER)] = None,
