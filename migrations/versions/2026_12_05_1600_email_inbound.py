@@ -6,7 +6,7 @@ webhook, once, with what became of it (attached to a conversation, unmatched, a 
 blocked, unknown) and its history.
 
 Revision ID: 20261205_email_inbound
-Revises: 20261205_staff_email
+Revises: 20261205_email_channel
 Create Date: 2026-12-05 16:00:00+00:00
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "20261205_email_inbound"
-down_revision: str | None = "20261205_staff_email"
+down_revision: str | None = "20261205_email_channel"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
