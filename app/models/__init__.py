@@ -5,6 +5,7 @@ from app.models.appointment import Appointment
 from app.models.broadcast import Broadcast
 from app.models.conversation import Conversation, ConversationRouting
 from app.models.delivery_report import DeliveryReport
+from app.models.email_address import EmailAddress, EmailAddressEvent
 from app.models.event import Event
 from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
@@ -16,6 +17,7 @@ from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
 from app.models.imo_round_pause import ImoRoundPause
+from app.models.inbound_email import InboundEmail
 from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
 from app.models.notification_count import (
@@ -40,6 +42,8 @@ __all__ = [
     "ConversationRouting",
     "DeliveryAttempt",
     "DeliveryReport",
+    "EmailAddress",
+    "EmailAddressEvent",
     "Event",
     "Experiment",
     "ExperimentEnrolmentDay",
@@ -52,6 +56,7 @@ __all__ = [
     "ImoInvitationBatch",
     "ImoInvitationRound",
     "ImoRoundPause",
+    "InboundEmail",
     "Message",
     "Notification",
     "NotificationCount",
