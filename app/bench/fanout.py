@@ -198,11 +198,11 @@ async def measure(patients: int, chunk: int, rounds: int, reuse: bool) -> list[d
                 for sql in variant.setup:
                     await session.execute(text(sql))
                 statement = statements[variant.ids, variant.country]
-                cpu = _cpu_ns(backend)
+                cpu_before = _cpu_ns(backend)
                 began = time.perf_counter()
                 _, members, made = await statement.run(session, cursor, chunk)
                 took[variant.name].append((time.perf_counter() - began) * 1000)
-                used[variant.name].append((_cpu_ns(backend) - cpu) / 1e6)
+                used[variant.name].append((_cpu_ns(backend) - cpu_before) / 1e6)
                 await session.rollback()
             if members != chunk or made != chunk:
                 raise RuntimeError(f"{variant.name}: {members} members, {made} made")
