@@ -14,7 +14,7 @@ inserted paid for index entries and a trigger that most rows do not need.
   takes the rest as scheduled, instead of counting every row of the broadcast per poll.
 
 Revision ID: 20261205_fan_out_costs
-Revises: 20261205_staff_email
+Revises: 20261205_email_channel
 Create Date: 2026-12-05 22:00:00+00:00
 """
 
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261205_fan_out_costs"
-down_revision: str | None = "20261205_staff_email"
+down_revision: str | None = "20261205_email_channel"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
