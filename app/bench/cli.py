@@ -82,6 +82,9 @@ def broadcast(
     patients: Annotated[int, typer.Option("--patients", "-n")] = 1_000_000,
     chunk: Annotated[int, typer.Option(help="BROADCAST_CHUNK_SIZE of the worker.")] = 5_000,
     pages: Annotated[int, typer.Option(help="History pages to follow by cursor.")] = 500,
+    repeat: Annotated[
+        int, typer.Option(help="Broadcasts, each on an emptied table; medians of them.")
+    ] = 1,
     count_triggers: CountTriggers = ["on"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
@@ -91,7 +94,41 @@ def broadcast(
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_broadcast.run(patients, chunk, pages, json_path, _on_off(count_triggers))
+    bench_broadcast.run(patients, chunk, pages, repeat, json_path, _on_off(count_triggers))
+
+
+@bench_cli.command("fanout")
+def fanout(
+    patients: Annotated[int, typer.Option("--patients", "-n")] = 1_000_000,
+    chunk: Annotated[int, typer.Option(help="Members per chunk.")] = 5_000,
+    rounds: Annotated[int, typer.Option(help="Chunks timed per variant.")] = 9,
+    reuse: Annotated[
+        bool, typer.Option(help="Keep the database of the last run if it has N patients.")
+    ] = False,
+    json_path: JsonOption = None,
+) -> None:
+    """Where a broadcast chunk's time goes: the chunk statement timed as it is and with
+    each cost (a trigger, the foreign key, each index) taken away, in one run."""
+    from app.bench import fanout as bench_fanout
+    from app.devtools.environment import prepare_environment
+
+    prepare_environment()
+    bench_fanout.run(patients, chunk, rounds, reuse, json_path)
+
+
+@bench_cli.command("history")
+def history(
+    notifications: Annotated[int, typer.Option("--notifications", "-n")] = 10_000_000,
+    requests: Annotated[int, typer.Option(help="Pages read of each kind.")] = 300,
+    json_path: JsonOption = None,
+) -> None:
+    """Message history pages (patient, group, event, staff; first, deep, filtered) on a
+    table of N notifications, through the API in process: p50 and p99 of each."""
+    from app.bench import history as bench_history
+    from app.devtools.environment import prepare_environment
+
+    prepare_environment()
+    bench_history.run(notifications, requests, json_path)
 
 
 @bench_cli.command("switch")
