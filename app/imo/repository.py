@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import false, func, or_, text
+from sqlalchemy import false, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -472,6 +472,21 @@ async def authorization_counts(session: AsyncSession) -> tuple[int, dict[str, in
         text("SELECT status, count(*) FROM imo_authorizations GROUP BY status")
     )
     return int(total or 0), {status: int(count) for status, count in rows}
+
+
+async def lock_authorization(session: AsyncSession, patient_id: str) -> tuple[str, str]:
+    """The patient's authorisation, locked: (status, when it last changed), or
+    ("none", "") when they have none yet."""
+    row = (
+        await session.execute(
+            select(ImoAuthorization.status, ImoAuthorization.updated_at)
+            .where(ImoAuthorization.patient_id == patient_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        return ("none", "")
+    return (row.status, row.updated_at.isoformat())
 
 
 async def mark_subscribed(
