@@ -33,6 +33,7 @@ from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
 from app.security import TokenSigner
+from app.webhooks import urls as webhook_urls
 from app.webhooks.sender import WebhookSender
 from workers import broadcasts, invitations
 
@@ -56,7 +57,7 @@ async def startup(ctx: Context) -> None:
         signer=TokenSigner(settings.secret_key.get_secret_value()),
         loop_guard=LoopGuard(limiter_redis, settings.duplicate_limit),
     )
-    webhook_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    webhook_http = aiohttp.ClientSession(connector=webhook_urls.connector(settings, limit=100))
     sender = WebhookSender(settings=settings, sessionmaker=sessionmaker, http=webhook_http)
     stop = asyncio.Event()
     ctx.update(

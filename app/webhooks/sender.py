@@ -23,6 +23,7 @@ from app.config import Settings
 from app.logs import redact
 from app.observability import WEBHOOK_ATTEMPTS, WEBHOOKS_DISABLED
 from app.webhooks import repository as webhook_repository
+from app.webhooks import urls as webhook_urls
 from app.webhooks.repository import Attempted, DueDelivery
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,13 @@ class WebhookSender:
         began = time.perf_counter()
         status: int | None = None
         error: str | None = None
+        excerpt = ""
+        # Checked again at every delivery: the settings or the host's addresses may have
+        # changed since the URL was saved (names are checked by the connector's resolver).
+        refusal = webhook_urls.delivery_refusal(delivery.url, self.settings)
         try:
+            if refusal is not None:
+                raise webhook_urls.TargetRefused(refusal)
             async with self.http.post(
                 delivery.url,
                 data=body,
@@ -134,7 +141,14 @@ class WebhookSender:
                 status = response.status
                 excerpt = (await response.content.read(EXCERPT_CHARS)).decode("utf-8", "replace")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error, excerpt = type(exc).__name__, ""
+            error = type(exc).__name__
+            refused = exc if isinstance(exc, webhook_urls.TargetRefused) else exc.__cause__
+            if isinstance(refused, webhook_urls.TargetRefused):
+                error = f"refused: {refused}"
+                log.warning(
+                    "webhook URL refused at delivery",
+                    extra={"endpoint": delivery.endpoint_name, "reason": str(refused)},
+                )
         delivered = status is not None and 200 <= status < 300
         if not delivered and error is None:
             error = f"HTTP {status}"
