@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     webhook_disable_after_hours: float = Field(default=24.0, gt=0)
     webhook_batch_size: int = Field(default=500, ge=1, le=10_000)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A worker's claim on the deliveries it is sending: one that dies mid-send leaves
+    # them due again after this long (longer than WEBHOOK_TIMEOUT_SECONDS).
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
 
     sentry_dsn: str = ""
     # Outside production, only these numbers are messaged, whatever the provider's URL

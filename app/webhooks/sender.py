@@ -29,7 +29,6 @@ from app.webhooks.repository import Attempted, DueDelivery
 log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 200
-LEASE_SECONDS = 60.0
 
 
 def payload(delivery: DueDelivery) -> bytes:
@@ -87,7 +86,7 @@ class WebhookSender:
         """Claim, send and record one batch -> how many were claimed."""
         async with self.sessionmaker() as session:
             due = await webhook_repository.claim_due(
-                session, self.settings.webhook_batch_size, LEASE_SECONDS
+                session, self.settings.webhook_batch_size, self.settings.webhook_lease_seconds
             )
             await session.commit()
         if not due:
