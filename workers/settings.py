@@ -35,7 +35,7 @@ from app.redis import redis_settings
 from app.security import TokenSigner
 from app.webhooks import urls as webhook_urls
 from app.webhooks.sender import WebhookSender
-from workers import broadcasts, invitations
+from workers import answers, broadcasts, invitations
 
 log = logging.getLogger(__name__)
 Context = dict[str, Any]
@@ -166,6 +166,7 @@ class WorkerSettings:
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
         broadcasts.fan_out_broadcast,
+        answers.send_patient_answer,
     ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(
@@ -185,6 +186,7 @@ class WorkerSettings:
         invitations.scheduled_round_cron(get_settings()),
         cron(broadcasts.resume_stalled_broadcasts, second=set(range(5, 60, 10)), unique=True),
         cron(close_idle_conversations, minute={7, 37}, unique=True),
+        cron(answers.hand_on_stuck_answers, second={53}, unique=True),
         cron(fold_notification_counts, second={41}, unique=True),
     ]
     on_startup = startup
