@@ -5,12 +5,14 @@ baseline on the same fakes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.bench import webhooks as bench_webhooks
 from app.bench.common import (
     CpuSeconds,
     PeakMemory,
@@ -122,9 +124,12 @@ async def measure(
     batch: int,
     measured: int | None = None,
     mix: str = "imo-sms",
+    webhooks: bool = False,
 ) -> dict[str, object]:
     """`measured` < n: time only the first `measured` sends of n due reminders (memory
-    and rate on a large table without waiting for all of it)."""
+    and rate on a large table without waiting for all of it). `webhooks`: an endpoint
+    (the webhook sink, in another process) wants every `notification.*` event, so the
+    workers record and deliver one per reminder besides sending it."""
     measured = min(n, measured or n)
     database_url = await fresh_database(DATABASE)
     redis_url = get_settings().redis_url
@@ -136,8 +141,12 @@ async def measure(
         "DISPATCH_CONCURRENCY": str(concurrency),
         "DISPATCH_BATCH_SIZE": str(batch),
         "DISPATCH_IDLE_SECONDS": "0.05",
+        "WEBHOOK_ALLOW_PRIVATE": "true",
     }
-    with fakes_and_env(database_url, redis_url, **env) as processes:
+    sink = bench_webhooks.sink_process() if webhooks else contextlib.nullcontext(None)
+    with sink as endpoint, fakes_and_env(database_url, redis_url, **env) as processes:
+        if endpoint is not None:
+            await bench_webhooks.subscribe_notification_events(engine, *endpoint)
         children = await start_workers(processes, workers)
         memories = [PeakMemory(child.pid) for child in children]
         for memory in memories:
@@ -168,6 +177,7 @@ async def measure(
                     )
                 ).all()
             )
+            events = await connection.scalar(text("SELECT count(*) FROM webhook_events"))
             attempts: dict[str, int] = {
                 f"{channel} {status}": count
                 for channel, status, count in await connection.execute(
@@ -200,6 +210,7 @@ async def measure(
     rate = measured / seconds
     return {
         "mix": mix,
+        "webhooks": "notification.*" if webhooks else "none",
         "reminders": n,
         "measured": measured,
         "workers": workers,
@@ -217,6 +228,7 @@ async def measure(
         "sent": states.get("sent", 0),
         "other states": {k: v for k, v in states.items() if k != "sent"},
         "attempts": attempts,
+        "webhook events": events,
     }
 
 
@@ -228,6 +240,7 @@ def run(
     json_path: Path | None,
     measured: int | None = None,
     mixes: list[str] | None = None,
+    webhooks: list[bool] | None = None,
 ) -> Result:
     result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
     for mix in mixes or ["imo-sms"]:
@@ -235,7 +248,12 @@ def run(
             raise ValueError(f"unknown mix {mix!r}: one of {', '.join(MIXES)}")
         for n in sizes:
             for count in workers:
-                result.add(**asyncio.run(measure(n, count, concurrency, batch, measured, mix)))
+                for subscribed in webhooks or [False]:
+                    result.add(
+                        **asyncio.run(
+                            measure(n, count, concurrency, batch, measured, mix, subscribed)
+                        )
+                    )
     result.show()
     result.write_json(json_path)
     return result
