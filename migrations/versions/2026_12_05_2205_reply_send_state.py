@@ -3,7 +3,7 @@ sent through a provider outside the webhook's response (the WhatsApp Cloud API):
 each send stands, and why it failed
 
 Revision ID: 20261205_reply_send_state
-Revises: 20261204_notification_counts
+Revises: 20261205_staff_email
 Create Date: 2026-12-05 22:05:00+00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261205_reply_send_state"
-down_revision: str | None = "20261204_notification_counts"
+down_revision: str | None = "20261205_staff_email"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
