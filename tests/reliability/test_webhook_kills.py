@@ -3,7 +3,8 @@
 A delivery is done only once its 2xx is written down; a worker that dies between the
 POST and that write leaves its claim to expire (WEBHOOK_LEASE_SECONDS), and the next
 worker sends it again. So every event reaches the receiver at least once, none is lost,
-and the receiver, de-duplicating by `webhook-id`, ends with each event exactly once.
+and the receiver, de-duplicating by `webhook-id`, ends with each event exactly once,
+though it also fails a fifth of the deliveries on purpose.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class SlowSink(WebhookSink):
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def sink() -> AsyncIterator[tuple[SlowSink, str]]:
-    receiver = SlowSink(webhook_service.new_secret(), echo=False)
+    # Failing a fifth of the deliveries too, as the issue's target has it.
+    receiver = SlowSink(webhook_service.new_secret(), fail_rate=0.2, echo=False)
     runner, port = await start_webhook_sink(receiver)
     yield receiver, f"http://127.0.0.1:{port}/hooks"
     await runner.cleanup()
@@ -121,8 +123,8 @@ async def test_sigkilled_senders_lose_no_event(
         for _ in range(KILLS):
             # Wait for the sender to be in the middle of a batch, then kill it there.
             await wait_until(lambda: bool(stack.ready_workers()), timeout=60, interval=0.05)
-            await wait_until(lambda: receiver.in_flight > 0, timeout=60, interval=0.005)
-            await asyncio.sleep(rng.uniform(0.0, 0.1))
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
+            await wait_until(lambda: receiver.in_flight > 0, timeout=60, interval=0.002)
             in_flight_at_kills.append(receiver.in_flight)
             await stack.kill_worker(rng.choice(stack.ready_workers()))
             await stack.start_worker(wait=False)
@@ -135,7 +137,7 @@ async def test_sigkilled_senders_lose_no_event(
     got = [event["id"] for event in receiver.received]
     print(
         f"\nin flight at each kill {in_flight_at_kills}; received {len(got)} events, "
-        f"{receiver.duplicates} duplicates dropped by id"
+        f"{receiver.duplicates} duplicates dropped by id, {receiver.failed} failed on purpose"
     )
     assert all(in_flight_at_kills), in_flight_at_kills
     # Every event once after de-duplication by id, none missing, none foreign.
