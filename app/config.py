@@ -192,6 +192,9 @@ class Settings(BaseSettings):
     webhook_disable_after_hours: float = Field(default=24.0, gt=0)
     webhook_batch_size: int = Field(default=500, ge=1, le=10_000)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A worker's claim on the deliveries it is sending: one that dies mid-send leaves
+    # them due again after this long (longer than WEBHOOK_TIMEOUT_SECONDS).
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
 
     # Email replies and deliverability (app/email). Replies come back to
     # reply+<token>@EMAIL_INBOUND_DOMAIN and bounces to bounce+<mac>@ it: its MX leads to

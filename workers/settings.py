@@ -33,8 +33,9 @@ from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
 from app.security import TokenSigner
+from app.webhooks import urls as webhook_urls
 from app.webhooks.sender import WebhookSender
-from workers import broadcasts, invitations
+from workers import answers, broadcasts, invitations
 
 log = logging.getLogger(__name__)
 Context = dict[str, Any]
@@ -56,7 +57,7 @@ async def startup(ctx: Context) -> None:
         signer=TokenSigner(settings.secret_key.get_secret_value()),
         loop_guard=LoopGuard(limiter_redis, settings.duplicate_limit),
     )
-    webhook_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    webhook_http = aiohttp.ClientSession(connector=webhook_urls.connector(settings, limit=100))
     sender = WebhookSender(settings=settings, sessionmaker=sessionmaker, http=webhook_http)
     stop = asyncio.Event()
     ctx.update(
@@ -166,6 +167,7 @@ class WorkerSettings:
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
         broadcasts.fan_out_broadcast,
+        answers.send_patient_answer,
     ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(
@@ -185,6 +187,7 @@ class WorkerSettings:
         invitations.scheduled_round_cron(get_settings()),
         cron(broadcasts.resume_stalled_broadcasts, second=set(range(5, 60, 10)), unique=True),
         cron(close_idle_conversations, minute={7, 37}, unique=True),
+        cron(answers.hand_on_stuck_answers, second={53}, unique=True),
         cron(fold_notification_counts, second={41}, unique=True),
     ]
     on_startup = startup

@@ -40,6 +40,13 @@ def dispatch(
         typer.Option(help="imo-sms (half each), sms or whatsapp (all of them); one row each."),
     ] = ["imo-sms"],  # noqa: B006
     count_triggers: CountTriggers = ["on"],  # noqa: B006
+    webhooks: Annotated[
+        list[str],
+        typer.Option(
+            help="none, or sink: an endpoint (the webhook sink) wants every notification.* "
+            "event; `--webhooks none --webhooks sink` compares them in one run."
+        ),
+    ] = ["none"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """N due reminders (half Imo, half SMS by default) sent by real workers vs a bare
@@ -57,6 +64,7 @@ def dispatch(
         measured,
         mix,
         _on_off(count_triggers),
+        [_webhooks_variant(variant) for variant in webhooks],
     )
 
 
@@ -75,6 +83,12 @@ def email(
     from app.bench import email as bench_email
 
     bench_email.run(emails, pool, repeats, json_path)
+
+
+def _webhooks_variant(variant: str) -> bool:
+    if variant not in ("none", "sink"):
+        raise typer.BadParameter(f"--webhooks: none or sink, not {variant!r}")
+    return variant == "sink"
 
 
 @bench_cli.command("broadcast")
@@ -196,6 +210,13 @@ def callbacks(
     api_workers: Annotated[
         list[int], typer.Option("--api-workers", help="API processes (`notify api --workers`).")
     ] = [1],  # noqa: B006
+    webhooks: Annotated[
+        list[str],
+        typer.Option(
+            help="none, or sink: an endpoint wants every notification.* event (recorded "
+            "with each report; no worker runs to deliver them)."
+        ),
+    ] = ["none"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """Imo read receipts and Twilio statuses at the API: rate, latency, none lost."""
@@ -203,7 +224,8 @@ def callbacks(
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_callbacks.run(callbacks, concurrency, json_path, api_workers)
+    subscribed = [_webhooks_variant(variant) for variant in webhooks]
+    bench_callbacks.run(callbacks, concurrency, json_path, api_workers, subscribed)
 
 
 @bench_cli.command("gateway")

@@ -5,6 +5,7 @@ baseline on the same fakes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.bench import webhooks as bench_webhooks
 from app.bench.common import (
     CpuSeconds,
     PeakMemory,
@@ -154,10 +156,14 @@ async def measure(
     measured: int | None = None,
     mix: str = "imo-sms",
     count_triggers: bool = True,
+    webhooks: bool = False,
 ) -> dict[str, object]:
     """`measured` < n: time only the first `measured` sends of n due reminders (memory
     and rate on a large table without waiting for all of it). `count_triggers=False`:
-    the dashboard's counting triggers disabled after the seed (what they cost)."""
+    the dashboard's counting triggers disabled after the seed (what they cost).
+    `webhooks`: an endpoint (the webhook sink, in another process) wants every
+    `notification.*` event, so the workers record and deliver one per reminder besides
+    sending it."""
     measured = min(n, measured or n)
     database_url = await fresh_database(DATABASE)
     redis_url = get_settings().redis_url
@@ -172,8 +178,12 @@ async def measure(
         "DISPATCH_CONCURRENCY": str(concurrency),
         "DISPATCH_BATCH_SIZE": str(batch),
         "DISPATCH_IDLE_SECONDS": "0.05",
+        "WEBHOOK_ALLOW_PRIVATE": "true",
     }
-    with fakes_and_env(database_url, redis_url, **env) as processes:
+    sink = bench_webhooks.sink_process() if webhooks else contextlib.nullcontext(None)
+    with sink as endpoint, fakes_and_env(database_url, redis_url, **env) as processes:
+        if endpoint is not None:
+            await bench_webhooks.subscribe_notification_events(engine, *endpoint)
         children = await start_workers(processes, workers)
         memories = [PeakMemory(child.pid) for child in children]
         for memory in memories:
@@ -204,6 +214,7 @@ async def measure(
                     )
                 ).all()
             )
+            events = await connection.scalar(text("SELECT count(*) FROM webhook_events"))
             attempts: dict[str, int] = {
                 f"{channel} {status}": count
                 for channel, status, count in await connection.execute(
@@ -237,6 +248,7 @@ async def measure(
     return {
         "mix": mix,
         "count triggers": "on" if count_triggers else "off",
+        "webhooks": "notification.*" if webhooks else "none",
         "reminders": n,
         "measured": measured,
         "workers": workers,
@@ -254,6 +266,7 @@ async def measure(
         "sent": states.get("sent", 0),
         "other states": {k: v for k, v in states.items() if k != "sent"},
         "attempts": attempts,
+        "webhook events": events,
     }
 
 
@@ -266,6 +279,7 @@ def run(
     measured: int | None = None,
     mixes: list[str] | None = None,
     count_triggers: list[bool] | None = None,
+    webhooks: list[bool] | None = None,
 ) -> Result:
     result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
     for mix in mixes or ["imo-sms"]:
@@ -274,12 +288,16 @@ def run(
         for n in sizes:
             for count in workers:
                 for triggers in count_triggers or [True]:
-                    row = asyncio.run(
-                        measure(n, count, concurrency, batch, measured, mix, triggers)
-                    )
-                    result.add(**row)
-                    # Each row as it comes: a long comparison cut short keeps what it measured.
-                    console.print(row)
+                    for subscribed in webhooks or [False]:
+                        row = asyncio.run(
+                            measure(
+                                n, count, concurrency, batch, measured, mix, triggers, subscribed
+                            )
+                        )
+                        result.add(**row)
+                        # Each row as it comes: a long comparison cut short keeps what it
+                        # measured.
+                        console.print(row)
     result.show()
     result.write_json(json_path)
     return result

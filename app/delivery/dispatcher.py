@@ -50,6 +50,7 @@ from app.states import (
 )
 from app.switches import repository as switch_repository
 from app.switches.scope import Switchboard
+from app.webhooks import service as webhook_service
 
 log = logging.getLogger(__name__)
 S = NotificationState
@@ -171,6 +172,7 @@ class Dispatcher:
         if settled:
             async with self.sessionmaker() as session:
                 await delivery_repository.settle(session, settled)
+                await webhook_service.notifications_changed(session, settled)
                 await session.commit()
             outcomes.update(_outcome_name(o) for o in settled.values())
         _log_batch(len(claimed), outcomes, time.monotonic() - began)
@@ -325,9 +327,9 @@ class Dispatcher:
 
         async def write_back(session: AsyncSession) -> None:
             stored = await delivery_repository.record_attempts(session, results)
-            await delivery_repository.settle(
-                session, self._reconcile(sends, attempt_ids, stored, settled)
-            )
+            outcomes = self._reconcile(sends, attempt_ids, stored, settled)
+            await delivery_repository.settle(session, outcomes)
+            await webhook_service.notifications_changed(session, outcomes)
             await delivery_repository.downgrade_imo(session, downgrades)
             await consent_service.record_provider_opt_outs(session, opt_outs)
             await delivery_repository.mark_no_whatsapp(session, no_whatsapp)

@@ -29,6 +29,7 @@ from app.states import (
     AttemptStatus,
     NotificationState,
 )
+from app.webhooks import service as webhook_service
 
 S = NotificationState
 log = logging.getLogger(__name__)
@@ -137,6 +138,9 @@ async def apply_reports(
                 fall_back=not template_rejected,
             )
     await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
+    await webhook_service.notifications_changed(
+        session, {row.notification_id for row in changed.values()}
+    )
 
     answers: list[bool | UnknownAttempt] = []
     for position, report in enumerate(reports):

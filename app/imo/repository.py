@@ -475,6 +475,21 @@ async def authorization_counts(session: AsyncSession) -> tuple[int, dict[str, in
     return int(total or 0), {status: int(count) for status, count in rows}
 
 
+async def lock_authorization(session: AsyncSession, patient_id: str) -> tuple[str, str]:
+    """The patient's authorisation, locked: (status, when it last changed), or
+    ("none", "") when they have none yet."""
+    row = (
+        await session.execute(
+            select(ImoAuthorization.status, ImoAuthorization.updated_at)
+            .where(ImoAuthorization.patient_id == patient_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        return ("none", "")
+    return (row.status, row.updated_at.isoformat())
+
+
 async def mark_subscribed(
     session: AsyncSession, patient_id: str, now: datetime, *, invited_at: datetime | None
 ) -> bool:
