@@ -55,6 +55,9 @@ class Settings(BaseSettings):
 
     app_env: AppEnv = "development"
     database_url: str = ""
+    # False behind PgBouncer in transaction mode older than 1.21 (Debian 12 ships 1.18):
+    # statements are then prepared unnamed, inside their transaction, never cached.
+    database_statement_cache: bool = True
     redis_url: str = ""
     public_base_url: str = ""
     # Signs callback tokens (Imo callback URLs). Derived per data folder in development.
