@@ -218,6 +218,36 @@ def operators_revoke(
     console.print(f"Operator [bold]{email}[/bold] disabled; {ended} live session(s) ended.")
 
 
+@cli.command("smtp-inbound")
+def smtp_inbound(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (25 behind the MX).")] = 2525,
+) -> None:
+    """Receive email replies and bounces by SMTP (for EMAIL_INBOUND_DOMAIN only)."""
+    from app.db.session import create_engine_and_sessionmaker
+    from app.email.smtp_receiver import serve
+    from app.logs import configure_logging
+
+    database_url, _ = prepare_environment(redis=False)
+    require_migrated(database_url)
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+
+    async def run() -> None:
+        engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=5)
+        try:
+            await serve(settings, sessionmaker, host, port)
+        finally:
+            await engine.dispose()
+
+    console.print(f"SMTP receiver for @{settings.email_inbound_domain} on {host}:{port}")
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
 @cli.command()
 def invite(
     limit: Annotated[
@@ -408,6 +438,25 @@ def fake_whatsapp(
     if callback_delay is not None:
         options["callback_delay"] = callback_delay
     whatsapp.run(host, port, whatsapp.FakeWhatsAppConfig(**options))
+
+
+@cli.command("fake-mail")
+def fake_mail(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    smtp_port: Annotated[int, typer.Option(help="SMTP; 0: any free port.")] = 8025,
+    port: Annotated[int, typer.Option(help="HTTP (/_fake/mail); 0: any free port.")] = 8004,
+    folder: Annotated[
+        Path | None, typer.Option(help="Where mail is kept; default DATA_DIR/mail.")
+    ] = None,
+    keep: Annotated[int, typer.Option(min=1, help="The newest messages kept.")] = 1000,
+) -> None:
+    """Serve the embedded SMTP server: accepts every message, relays none, keeps the
+    newest in a folder and shows them at http://HOST:PORT/_fake/mail."""
+    from app.fakes import mail
+
+    if folder is None:
+        folder = Path(get_settings().data_dir) / "mail"
+    mail.serve(folder, host, smtp_port, port, keep)
 
 
 @cli.command("webhook-sink")

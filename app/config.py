@@ -5,16 +5,38 @@ Every variable is listed with its default in `.env.example`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from datetime import time
 from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.states import ChannelName
+
+
+def load_ec_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """An ECDSA public key from PEM or base64 DER (SendGrid's verification key).
+    Raises ValueError."""
+    text = text.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(text.encode())
+        else:
+            key = serialization.load_der_public_key(base64.b64decode(text, validate=True))
+    except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm) as exc:
+        raise ValueError("not a PEM or base64 DER public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("not an elliptic-curve (ECDSA) public key")
+    return key
+
 
 AppEnv = Literal["development", "test", "staging", "production"]
 
@@ -114,6 +136,26 @@ class Settings(BaseSettings):
     # A number WhatsApp says has no account is not tried there again for this long.
     whatsapp_retry_no_account_days: int = Field(default=30, ge=1)
 
+    # Email over SMTP: EMAIL_FROM is the From (a bare address or `Name <address>`);
+    # SMTP_SECURITY `starttls` (port 587), `tls` (implicit, port 465) or `none` (only to
+    # a local relay or the embedded server `notify dev` runs). A pool of SMTP_POOL_SIZE
+    # connections per worker is kept open and reused. Unset SMTP_HOST: no email channel.
+    email_from: str = ""
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    smtp_pool_size: int = Field(default=4, ge=1, le=100)
+    # Messages sent over one connection before it is closed and opened afresh (servers
+    # limit them; 0: no limit).
+    smtp_messages_per_connection: int = Field(default=100, ge=0)
+    email_rate_limit_per_second: float = Field(default=50.0, gt=0)
+    # Purposes whose messages go by email first when the patient has an address (then
+    # the rest of their chain): staff messages on a conversation, by default.
+    email_preferred_purposes: Annotated[list[str], NoDecode] = ["conversation"]
+
     # Channels to try in order, by patient country ("*": everywhere else) and, where a
     # key `COUNTRY/purpose` (or `*/purpose`) is set, by purpose: see `chain_for`. Imo is
     # used only for patients whose Imo authorisation is `subscribed`; channels without
@@ -156,6 +198,26 @@ class Settings(BaseSettings):
     webhook_disable_after_hours: float = Field(default=24.0, gt=0)
     webhook_batch_size: int = Field(default=500, ge=1, le=10_000)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Email replies and deliverability (app/email). Replies come back to
+    # reply+<token>@EMAIL_INBOUND_DOMAIN and bounces to bounce+<mac>@ it: its MX leads to
+    # `notify smtp-inbound`, or to SendGrid's Inbound Parse, which posts each message to
+    # /callbacks/email/inbound-parse. Larger inbound messages are refused (SMTP 552,
+    # HTTP 413); attachments are kept by reference only, whatever their size.
+    email_inbound_domain: str = "reply.localhost"
+    email_inbound_max_bytes: int = Field(default=30 * 1024 * 1024, ge=64 * 1024)
+    # Languages whose reply headers ("On ... wrote:") and signatures are recognised
+    # (mail-parser-reply's: en, de, fr, es, ...).
+    email_reply_languages: Annotated[list[str], NoDecode] = ["en"]
+    # HTTP Basic credentials that SendGrid's Inbound Parse URL carries
+    # (https://USER:PASSWORD@host/callbacks/email/inbound-parse). No password: refused.
+    sendgrid_inbound_parse_username: str = "sendgrid"
+    sendgrid_inbound_parse_password: SecretStr = SecretStr("")
+    # SendGrid's Event Webhook verification key (Signed Event Webhook; base64 DER, as
+    # SendGrid shows it, or PEM). None set: every event post is refused.
+    sendgrid_event_public_key: str = ""
+    # A signed event post whose timestamp is further than this from now is a replay.
+    sendgrid_event_max_age_seconds: int = Field(default=600, ge=10)
 
     sentry_dsn: str = ""
     # Outside production, only these numbers are messaged, whatever the provider's URL
@@ -242,6 +304,8 @@ class Settings(BaseSettings):
         "consent_start_keywords",
         "consent_help_keywords",
         "outgoing_deny_list",
+        "email_reply_languages",
+        "email_preferred_purposes",
         mode="before",
     )(_split_csv)
 
@@ -267,6 +331,32 @@ class Settings(BaseSettings):
             raise ValueError("CHANNEL_CHAINS: " + "; ".join(problems))
         return chains
 
+    @field_validator("allowed_recipients")
+    @classmethod
+    def _address_domains_lower(cls, recipients: list[str]) -> list[str]:
+        # Addresses in their stored form (app/email_address.py): the domain in lower case.
+        return [
+            f"{r.rpartition('@')[0]}@{r.rpartition('@')[2].lower()}" if "@" in r else r
+            for r in recipients
+        ]
+
+    @field_validator("email_from")
+    @classmethod
+    def _one_line_from(cls, value: str) -> str:
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError("EMAIL_FROM must be one line")
+        if value and "@" not in value:
+            raise ValueError("EMAIL_FROM must be an address, or `Name <address>`")
+        return value.strip()
+
+    @field_validator("email_preferred_purposes")
+    @classmethod
+    def _preferred_purposes(cls, purposes: list[str]) -> list[str]:
+        wrong = [p for p in purposes if not PURPOSE_PATTERN.fullmatch(p)]
+        if wrong:
+            raise ValueError(f"must be purposes (lower case): {wrong}")
+        return purposes
+
     @field_validator("unread_fallback_hours")
     @classmethod
     def _purposes(cls, hours: dict[str, float]) -> dict[str, float]:
@@ -274,6 +364,21 @@ class Settings(BaseSettings):
         if wrong:
             raise ValueError(f"keys must be purposes (lower case) or *: {wrong}")
         return hours
+
+    @field_validator("email_inbound_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}", value):
+            raise ValueError("must be a domain name (reply.clinic.example)")
+        return value
+
+    @field_validator("sendgrid_event_public_key")
+    @classmethod
+    def _public_key(cls, value: str) -> str:
+        if value.strip():
+            load_ec_public_key(value)
+        return value.strip()
 
     @field_validator("sweep_interval_seconds")
     @classmethod
@@ -333,6 +438,8 @@ class Settings(BaseSettings):
             problems.append("TWILIO_SMS_FROM must name at least one sender")
         if self.chains_use("whatsapp"):
             problems += self._whatsapp_problems()
+        if self.chains_use("email"):
+            problems += self._email_problems()
         if problems:
             raise ValueError("production settings are incomplete: " + "; ".join(problems))
         return self
@@ -352,6 +459,22 @@ class Settings(BaseSettings):
             if secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
                 problems.append(f"{name} is missing or a placeholder" + why)
         return problems
+
+    def _email_problems(self) -> list[str]:
+        problems = []
+        if not self.smtp_host:
+            problems.append("SMTP_HOST must be set (a channel chain uses email)")
+        if not self.email_from:
+            problems.append("EMAIL_FROM must be set")
+        if self.smtp_security == "none" and self.smtp_host not in ("127.0.0.1", "::1", "localhost"):
+            problems.append("SMTP_SECURITY=none is only for a relay on this machine")
+        if self.email_inbound_domain.endswith(".localhost"):
+            problems.append("EMAIL_INBOUND_DOMAIN must be a domain whose MX leads back to us")
+        return problems
+
+    @property
+    def email_configured(self) -> bool:
+        return bool(self.smtp_host and self.email_from)
 
     def chains_use(self, channel: str) -> bool:
         return any(channel in chain for chain in self.channel_chains.values())
@@ -396,10 +519,12 @@ class Settings(BaseSettings):
         """Production, or only the fakes: no allow-list applies."""
         return self.is_production or self.fake_providers
 
-    def recipient_allowed(self, phone_e164: str) -> bool:
-        """Outside production only ALLOWED_RECIPIENTS are messaged, by every provider
-        whatever its host, unless FAKE_PROVIDERS says every provider is a fake."""
-        return self.messages_everyone or phone_e164 in self.allowed_recipients
+    def recipient_allowed(self, recipient: str) -> bool:
+        """Outside production only ALLOWED_RECIPIENTS (numbers in E.164, email addresses)
+        are messaged, by every provider whatever its host, unless FAKE_PROVIDERS says
+        every provider is a fake. Addresses compare in their normal form (the domain in
+        lower case), as both sides are stored so."""
+        return self.messages_everyone or recipient in self.allowed_recipients
 
 
 @lru_cache
