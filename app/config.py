@@ -77,6 +77,12 @@ class Settings(BaseSettings):
 
     app_env: AppEnv = "development"
     database_url: str = ""
+    # False behind PgBouncer in transaction mode older than 1.21 (Debian 12 ships 1.18):
+    # statements are then prepared unnamed, inside their transaction, never cached.
+    database_statement_cache: bool = True
+    # Months the partitioned logs keep (docs/retention.md): older months are dropped
+    # whole by the daily job. 0: kept for ever.
+    retention_months: int = Field(default=0, ge=0, le=1200)
     redis_url: str = ""
     public_base_url: str = ""
     # Signs callback tokens (Imo callback URLs). Derived per data folder in development.

@@ -32,6 +32,7 @@ from app.gateways import service as gateway_service
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
+from app.retention import partitions
 from app.security import TokenSigner
 from app.webhooks import urls as webhook_urls
 from app.webhooks.sender import WebhookSender
@@ -151,6 +152,18 @@ async def fold_notification_counts(ctx: Context) -> int:
         return moved
 
 
+async def maintain_partitions(ctx: Context) -> dict[str, list[str]]:
+    """Cron (daily, and at start-up): the partitioned logs' months ahead are created and
+    those older than RETENTION_MONTHS detached and dropped. Safe on every worker at once
+    (an advisory lock per table; the second finds the work done)."""
+    async with ctx["sessionmaker"]() as session:
+        done = await partitions.maintain(session, ctx["settings"].retention_months)
+        await session.commit()
+    if done["created"] or done["dropped"]:
+        log.info("partitions maintained", extra=done)
+    return done
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -164,6 +177,7 @@ class WorkerSettings:
         hand_on_unread,
         reconcile_sent,
         fold_notification_counts,
+        maintain_partitions,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
         broadcasts.fan_out_broadcast,
@@ -189,6 +203,7 @@ class WorkerSettings:
         cron(close_idle_conversations, minute={7, 37}, unique=True),
         cron(answers.hand_on_stuck_answers, second={53}, unique=True),
         cron(fold_notification_counts, second={41}, unique=True),
+        cron(maintain_partitions, hour={2}, minute={13}, unique=True, run_at_startup=True),
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -208,7 +208,8 @@ class Processes:
         self.children.append(child)
         return child
 
-    def wait_http(self, url: str, timeout: float = 30) -> None:
+    # Generous: on a shared, loaded machine an API process can take a minute to import.
+    def wait_http(self, url: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not http_ok(url):
             if time.monotonic() > deadline:
