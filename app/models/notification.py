@@ -118,6 +118,10 @@ class Notification(TimestampMixin, Base):
     # Transient failures on the current channel, for backoff.
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     claimed_at: Mapped[datetime | None]
+    # The claiming worker's lease (dispatch_leases.id): while it is renewed the claim
+    # stands; once it runs out any live worker takes the claim over. Null: claimed
+    # without one (older workers), stale after SENDING_STALE_AFTER_SECONDS.
+    lease_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     # The paused switch (its scope) holding this `scheduled` notification: due again
     # when it is resumed, or at `expires_at`.
     paused_by: Mapped[str | None] = mapped_column(String(120))
