@@ -91,6 +91,9 @@ class Notification(TimestampMixin, Base):
             "paused_by",
             postgresql_where=text("paused_by IS NOT NULL"),
         ),
+        # Room on each page for the claim's and settle's new row versions (migration
+        # 20261205_dispatch_fillfactor).
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
@@ -188,6 +191,8 @@ class DeliveryAttempt(TimestampMixin, Base):
             "sent_at",
             postgresql_where=text("status = 'sent'"),
         ),
+        # Room for the answer's row version on the attempt's page.
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
