@@ -46,6 +46,7 @@ ENV = {
 # after 300 s): only the leases can settle a dead worker's batch within the minute.
 SLOW_PROVIDER = {"callback_delay": 0.5, "answer_delay": 0.5}
 LEASE_NOTIFICATIONS = 6000
+PACED_LEFT_AT_LAST_KILL = 2000
 WITHIN_SECONDS_OF_LAST_KILL = 60
 
 
@@ -93,29 +94,31 @@ async def kill_ten_times(
     notification must be final within `settle_within` seconds of the last kill, each
     confirmed one received once, and none received twice.
 
-    `paced`: the i-th kill waits until about i/(KILLS + 2) of the notifications are
-    final and some are being sent, so that the last kill leaves work behind (its batch
-    included) on a fast machine and on a slow one alike."""
+    `paced`: the kills are spread over the progress (the i-th waits until i/(KILLS - 1)
+    of all but PACED_LEFT_AT_LAST_KILL notifications are final, and some are being
+    sent), so that the last one leaves work behind, its own batch included, on a fast
+    machine and on a slow one alike."""
     rng = random.Random()
     seeded = await seed(stack, notifications, series=series)
     started = time.monotonic()
     killed_while_sending = []
     for number in range(KILLS):
-        if paced:
-            await wait_until(
-                lambda number=number: paced_kill_due(
-                    stack, seeded, (number + 1) * len(seeded) // (KILLS + 2)
-                ),
-                timeout=180,
-                interval=0.05,
-            )
-        # Kills at random moments: the pause is the chaos schedule, not a wait for
-        # something. (Pacing them by progress instead bunches them: the workers claim
-        # hundreds at a time, and a dead worker's batch stalls until the sweeper.)
-        await asyncio.sleep(rng.uniform(0.3, 1.0))
         # Kill only workers that are dispatching, and keep at least one running.
         # (Generous: a worker takes seconds to start, tens on a loaded machine.)
         await wait_until(lambda: len(stack.ready_workers()) >= 2, timeout=120, interval=0.05)
+        if paced:
+            target = number * (len(seeded) - PACED_LEFT_AT_LAST_KILL) // (KILLS - 1)
+            await wait_until(
+                lambda target=target: paced_kill_due(stack, seeded, target),
+                timeout=120,
+                interval=0.05,
+            )
+        else:
+            # Kills at random moments: the pause is the chaos schedule, not a wait for
+            # something. (Pacing them by progress instead bunches them: the workers
+            # claim hundreds at a time, and a dead worker's batch stalls until the
+            # sweeper.)
+            await asyncio.sleep(rng.uniform(0.3, 1.0))
         counts = await state_counts(stack, seeded)
         killed_while_sending.append(counts["sending"])
         victim = rng.choice(stack.ready_workers())
