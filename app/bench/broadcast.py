@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from app import embedded
 from app.auth import service as auth_service
-from app.bench.common import PeakMemory, Result, fakes_and_env, fresh_database
+from app.bench.common import PeakMemory, Result, console, fakes_and_env, fresh_database
+from app.bench.dispatch import set_count_triggers
 from app.config import get_settings
 from app.notifications import service as notification_service
 from app.notifications.repository import NotificationFilter
@@ -64,9 +65,15 @@ async def _seed(database_url: str, n: int) -> float:
     return time.perf_counter() - started
 
 
-async def measure(n: int, chunk: int, pages: int) -> dict[str, Any]:
+async def measure(n: int, chunk: int, pages: int, count_triggers: bool = True) -> dict[str, Any]:
+    """`count_triggers=False`: the dashboard's counting triggers disabled after the seed
+    (what they cost the fan-out's inserts)."""
     database_url = await fresh_database(DATABASE)
     seeded_in = await _seed(database_url, n)
+    if not count_triggers:
+        engine = create_async_engine(database_url)
+        await set_count_triggers(engine, enabled=False)
+        await engine.dispose()
     _, key = await auth_service.issue_api_key(database_url, "bench")
     settings = {"BROADCAST_CHUNK_SIZE": str(chunk), "DISPATCH_LOOPS": "1"}
     with fakes_and_env(database_url, get_settings().redis_url, **settings) as processes:
@@ -112,6 +119,7 @@ async def measure(n: int, chunk: int, pages: int) -> dict[str, Any]:
     in_db = await _history_in_process(async_sessionmaker(engine), pages)
     await engine.dispose()
     return {
+        "count triggers": "on" if count_triggers else "off",
         "patients": n,
         "seed s": seeded_in,
         "chunk": chunk,
@@ -177,9 +185,18 @@ def _p99(values: list[float]) -> float:
     return sorted(values)[max(0, int(len(values) * 0.99) - 1)]
 
 
-def run(patients: int, chunk: int, pages: int, json_path: Path | None) -> Result:
+def run(
+    patients: int,
+    chunk: int,
+    pages: int,
+    json_path: Path | None,
+    count_triggers: list[bool] | None = None,
+) -> Result:
     result = Result("broadcast: fan-out by a worker, progress and history through the API")
-    result.add(**asyncio.run(measure(patients, chunk, pages)))
+    for triggers in count_triggers or [True]:
+        row = asyncio.run(measure(patients, chunk, pages, triggers))
+        result.add(**row)
+        console.print(row)  # each row as it comes
     result.show()
     result.write_json(json_path)
     return result

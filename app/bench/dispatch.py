@@ -113,14 +113,31 @@ async def unsettled(engine: AsyncEngine) -> int:
 DATABASE = "clinic_notify_bench_dispatch"
 
 
-async def forget_sent_texts(redis_url: str) -> None:
-    """Every run sends the same texts to the same numbers: the loop guard's counts of the
-    runs before would stop the sixth run within 30 minutes as `duplicate`."""
+COUNT_TRIGGERS = (
+    "notification_counts_insert",
+    "notification_counts_update",
+    "notification_counts_delete",
+)
+
+
+async def set_count_triggers(engine: AsyncEngine, *, enabled: bool) -> None:
+    """The dashboard's counting triggers on or off (a benchmark's comparison only: off,
+    the counts no longer follow the table)."""
+    action = "ENABLE" if enabled else "DISABLE"
+    async with engine.begin() as connection:
+        for trigger in COUNT_TRIGGERS:
+            await connection.execute(text(f"ALTER TABLE notifications {action} TRIGGER {trigger}"))
+
+
+async def forget_loop_guard(redis_url: str) -> None:
+    """Each run starts with the loop guard's counts empty: the seed sends the same text to
+    the same numbers every run, so an earlier run within 30 minutes would make this one's
+    reminders `duplicate` and nothing would be sent."""
     redis = Redis.from_url(redis_url)
     try:
-        keys = [k async for k in redis.scan_iter(match=f"{loop_guard.KEY_PREFIX}*", count=10_000)]
-        for start in range(0, len(keys), 1000):
-            await redis.delete(*keys[start : start + 1000])
+        batch = [key async for key in redis.scan_iter(match=f"{loop_guard.KEY_PREFIX}*")]
+        for start in range(0, len(batch), 1000):
+            await redis.delete(*batch[start : start + 1000])
     finally:
         await redis.aclose()
 
@@ -150,17 +167,21 @@ async def measure(
     batch: int,
     measured: int | None = None,
     mix: str = "imo-sms",
+    count_triggers: bool = True,
 ) -> dict[str, object]:
     """`measured` < n: time only the first `measured` sends of n due reminders (memory
-    and rate on a large table without waiting for all of it)."""
+    and rate on a large table without waiting for all of it). `count_triggers=False`:
+    the dashboard's counting triggers disabled after the seed (what they cost)."""
     measured = min(n, measured or n)
     database_url = await fresh_database(DATABASE)
     redis_url = get_settings().redis_url
+    await forget_loop_guard(redis_url)
     engine = create_async_engine(database_url)
-    await forget_sent_texts(redis_url)
     started = time.perf_counter()
     await seed(engine, n, mix)
     console.print(f"seeded {n:,} reminders in {time.perf_counter() - started:.1f}s")
+    if not count_triggers:
+        await set_count_triggers(engine, enabled=False)
     env = {
         "DISPATCH_CONCURRENCY": str(concurrency),
         "DISPATCH_BATCH_SIZE": str(batch),
@@ -231,6 +252,7 @@ async def measure(
     rate = measured / seconds
     return {
         "mix": mix,
+        "count triggers": "on" if count_triggers else "off",
         "reminders": n,
         "measured": measured,
         "workers": workers,
@@ -261,6 +283,7 @@ def run(
     json_path: Path | None,
     measured: int | None = None,
     mixes: list[str] | None = None,
+    count_triggers: list[bool] | None = None,
 ) -> Result:
     result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
     for mix in mixes or ["imo-sms"]:
@@ -268,7 +291,13 @@ def run(
             raise ValueError(f"unknown mix {mix!r}: one of {', '.join(MIXES)}")
         for n in sizes:
             for count in workers:
-                result.add(**asyncio.run(measure(n, count, concurrency, batch, measured, mix)))
+                for triggers in count_triggers or [True]:
+                    row = asyncio.run(
+                        measure(n, count, concurrency, batch, measured, mix, triggers)
+                    )
+                    result.add(**row)
+                    # Each row as it comes: a long comparison cut short keeps what it measured.
+                    console.print(row)
     result.show()
     result.write_json(json_path)
     return result

@@ -5,7 +5,7 @@ Each worker process holds its claimed notifications under a lease it renews
 nullable column without a default is a catalogue change only, whatever the table's size.
 
 Revision ID: 20261205_dispatch_leases
-Revises: 20261205_email_channel
+Revises: 20261205_email_inbound
 Create Date: 2026-12-05 21:45:00+00:00
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "20261205_dispatch_leases"
-down_revision: str | None = "20261205_email_channel"
+down_revision: str | None = "20261205_email_inbound"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
