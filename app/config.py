@@ -269,7 +269,12 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=30.0, gt=0)
     retry_max_seconds: float = Field(default=900.0, gt=0)
     retry_max_attempts: int = Field(default=8, ge=0)
-    # A notification `sending` for longer than this was left by a dead worker.
+    # Each worker holds what it claimed under a lease it renews every third of this;
+    # a claim whose worker stopped renewing for this long is taken over at once by any
+    # live worker (sent if it had no attempt, else `unconfirmed`).
+    dispatch_lease_seconds: float = Field(default=15.0, ge=1)
+    # A notification `sending` for longer than this, claimed without a lease, was left
+    # by a dead worker.
     sending_stale_after_seconds: int = Field(default=300, ge=10)
     # How often every worker looks for what dead workers left in `sending` (seconds;
     # a divisor of 60, as the sweeper is a cron job on the seconds of each minute).

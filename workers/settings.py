@@ -7,6 +7,7 @@ claim with SKIP LOCKED is how workers share the sending without a queue per mess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from datetime import UTC, datetime
@@ -69,6 +70,7 @@ async def startup(ctx: Context) -> None:
         limiter_redis=limiter_redis,
         dispatcher=dispatcher,
         stop=stop,
+        lease_task=asyncio.create_task(dispatcher.keep_lease(), name="dispatch-lease"),
         dispatch_tasks=[
             asyncio.create_task(dispatcher.run(stop), name=f"dispatch-{number}")
             for number in range(settings.dispatch_loops)
@@ -88,7 +90,12 @@ async def shutdown(ctx: Context) -> None:
     try:
         await asyncio.wait_for(asyncio.gather(*ctx["dispatch_tasks"]), timeout=30)
     except TimeoutError:
-        log.error("dispatch loop did not stop in time; the sweeper will settle its batch")
+        log.error("dispatch loop did not stop in time; its batch is taken over")
+    # Renewed until the loops are done; then dropped: what is left is taken over at once.
+    ctx["lease_task"].cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ctx["lease_task"]
+    await ctx["dispatcher"].drop_lease()
     try:
         await asyncio.wait_for(ctx["webhook_task"], timeout=30)
     except TimeoutError:

@@ -144,6 +144,20 @@ async def forget_loop_guard(redis_url: str) -> None:
         await redis.aclose()
 
 
+async def wal_position(engine: AsyncEngine) -> float:
+    """The server's WAL position in bytes (`pg_current_wal_lsn()` from 0/0)."""
+    async with engine.connect() as connection:
+        position = await connection.scalar(
+            text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+        )
+    return float(position or 0)
+
+
+async def wal_since(engine: AsyncEngine, before: float) -> float:
+    """WAL bytes the server wrote since `before` (a `wal_position`)."""
+    return await wal_position(engine) - before
+
+
 def per_message_us(cpu_seconds: float, n: int) -> float:
     return cpu_seconds / n * 1e6
 
@@ -195,6 +209,7 @@ async def measure(
         )
         async with engine.begin() as connection:
             await connection.execute(text("UPDATE notifications SET due_at = now()"))
+        wal_before = await wal_position(engine)
         cpu.start()
         t0 = time.perf_counter()
         while (left := await unsettled(engine)) > n - measured:
@@ -204,6 +219,7 @@ async def measure(
                 raise RuntimeError(f"{left:,} of {n:,} still unsettled after an hour")
         seconds = time.perf_counter() - t0
         used = cpu.stop()
+        wal_bytes = await wal_since(engine, wal_before)
         for memory in memories:
             memory.__exit__()
         async with engine.connect() as connection:
@@ -263,6 +279,8 @@ async def measure(
         "us/msg fakes": per_message_us(used.get("fakes", 0.0), measured),
         "us/msg bare loop": per_message_us(baseline["cpu_seconds"], measured),
         "us/msg fakes (bare)": per_message_us(baseline_used.get("fakes", 0.0), measured),
+        # The whole server's WAL (the bench's own PostgreSQL: nothing else writes to it).
+        "WAL B/msg": wal_bytes / measured,
         "sent": states.get("sent", 0),
         "other states": {k: v for k, v in states.items() if k != "sent"},
         "attempts": attempts,

@@ -5,6 +5,7 @@ from app.models.appointment import Appointment
 from app.models.broadcast import Broadcast
 from app.models.conversation import Conversation, ConversationRouting
 from app.models.delivery_report import DeliveryReport
+from app.models.dispatch_lease import DispatchLease
 from app.models.email_address import EmailAddress, EmailAddressEvent
 from app.models.event import Event
 from app.models.experiment import Experiment
@@ -42,6 +43,7 @@ __all__ = [
     "ConversationRouting",
     "DeliveryAttempt",
     "DeliveryReport",
+    "DispatchLease",
     "EmailAddress",
     "EmailAddressEvent",
     "Event",

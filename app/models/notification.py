@@ -111,6 +111,9 @@ class Notification(TimestampMixin, Base):
             "paused_by",
             postgresql_where=text("paused_by IS NOT NULL"),
         ),
+        # Room on each page for the claim's and settle's new row versions (migration
+        # 20261205_dispatch_fillfactor).
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
@@ -138,6 +141,10 @@ class Notification(TimestampMixin, Base):
     # Transient failures on the current channel, for backoff.
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     claimed_at: Mapped[datetime | None]
+    # The claiming worker's lease (dispatch_leases.id): while it is renewed the claim
+    # stands; once it runs out any live worker takes the claim over. Null: claimed
+    # without one (older workers), stale after SENDING_STALE_AFTER_SECONDS.
+    lease_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     # The paused switch (its scope) holding this `scheduled` notification: due again
     # when it is resumed, or at `expires_at`.
     paused_by: Mapped[str | None] = mapped_column(String(120))
@@ -204,6 +211,8 @@ class DeliveryAttempt(TimestampMixin, Base):
             "sent_at",
             postgresql_where=text("status = 'sent'"),
         ),
+        # Room for the answer's row version on the attempt's page.
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -24,8 +24,12 @@ depends_on: str | Sequence[str] | None = None
 
 def _timestamps() -> list[sa.Column]:  # type: ignore[type-arg]
     return [
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
     ]
 
 
@@ -42,16 +46,38 @@ def upgrade() -> None:
         sa.Column("recipient", sa.String(length=254), nullable=True),
         sa.Column("subject", sa.String(length=300), nullable=False),
         sa.Column("text", sa.Text(), nullable=False),
-        sa.Column("attachments", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'[]'::jsonb"), nullable=False),
+        sa.Column(
+            "attachments",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'[]'::jsonb"),
+            nullable=False,
+        ),
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
-        sa.Column("defects", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'[]'::jsonb"), nullable=False),
+        sa.Column(
+            "defects",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'[]'::jsonb"),
+            nullable=False,
+        ),
         sa.Column("conversation_id", sa.UUID(), nullable=True),
         sa.Column("message_id", sa.BigInteger(), nullable=True),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         *_timestamps(),
-        sa.CheckConstraint("outcome IN ('attached', 'unmatched', 'bounce')", name=op.f("ck_inbound_emails_outcome")),
-        sa.ForeignKeyConstraint(["conversation_id"], ["conversations.id"], name=op.f("fk_inbound_emails_conversation_id_conversations"), ondelete="SET NULL"),
-        sa.ForeignKeyConstraint(["message_id"], ["messages.id"], name=op.f("fk_inbound_emails_message_id_messages"), ondelete="SET NULL"),
+        sa.CheckConstraint(
+            "outcome IN ('attached', 'unmatched', 'bounce')", name=op.f("ck_inbound_emails_outcome")
+        ),
+        sa.ForeignKeyConstraint(
+            ["conversation_id"],
+            ["conversations.id"],
+            name=op.f("fk_inbound_emails_conversation_id_conversations"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["message_id"],
+            ["messages.id"],
+            name=op.f("fk_inbound_emails_message_id_messages"),
+            ondelete="SET NULL",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_inbound_emails")),
         sa.UniqueConstraint("dedup_key", name=op.f("uq_inbound_emails_dedup_key")),
     )
@@ -70,7 +96,10 @@ def upgrade() -> None:
         sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("unblocked_at", sa.DateTime(timezone=True), nullable=True),
         *_timestamps(),
-        sa.CheckConstraint("status IN ('deliverable', 'blocked', 'unknown')", name=op.f("ck_email_addresses_status")),
+        sa.CheckConstraint(
+            "status IN ('deliverable', 'blocked', 'unknown')",
+            name=op.f("ck_email_addresses_status"),
+        ),
         sa.PrimaryKeyConstraint("address", name=op.f("pk_email_addresses")),
     )
     op.create_table(
@@ -83,10 +112,19 @@ def upgrade() -> None:
         sa.Column("detail", sa.String(length=300), nullable=True),
         sa.Column("provider_event_id", sa.String(length=100), nullable=True),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("recorded_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.ForeignKeyConstraint(["address"], ["email_addresses.address"], name=op.f("fk_email_address_events_address_email_addresses"), ondelete="CASCADE"),
+        sa.Column(
+            "recorded_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.ForeignKeyConstraint(
+            ["address"],
+            ["email_addresses.address"],
+            name=op.f("fk_email_address_events_address_email_addresses"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_email_address_events")),
-        sa.UniqueConstraint("provider_event_id", name=op.f("uq_email_address_events_provider_event_id")),
+        sa.UniqueConstraint(
+            "provider_event_id", name=op.f("uq_email_address_events_provider_event_id")
+        ),
     )
     op.create_index(
         "ix_email_address_events_address",

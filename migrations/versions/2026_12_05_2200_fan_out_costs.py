@@ -64,7 +64,9 @@ def upgrade() -> None:
         )
     op.drop_index("ix_notifications_appointment", table_name="notifications")
     op.drop_constraint("uq_notifications_api_key_id", "notifications", type_="unique")
-    op.execute("ALTER INDEX ix_notifications_appointment_set RENAME TO ix_notifications_appointment")
+    op.execute(
+        "ALTER INDEX ix_notifications_appointment_set RENAME TO ix_notifications_appointment"
+    )
 
 
 def downgrade() -> None:

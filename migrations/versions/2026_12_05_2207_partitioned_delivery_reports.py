@@ -7,7 +7,7 @@ Partitioned by month, an expired month is dropped whole by the daily job
 stays unique on its own, drawn from the same sequence.
 
 Revision ID: 20261205_partitioned_reports
-Revises: 20261205_email_inbound
+Revises: 20261205_reply_send_state
 Create Date: 2026-12-05 22:00:00+00:00
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261205_partitioned_reports"
-down_revision: str | None = "20261205_email_inbound"
+down_revision: str | None = "20261205_reply_send_state"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
