@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from app import phone
+from app.channels import inbound
 from app.channels.base import ChannelName
 from app.states import AttemptStatus
 
@@ -65,12 +67,13 @@ class Incoming:
 @dataclass(frozen=True, slots=True)
 class Update:
     id: str
-    status: str
+    # None: the phone sent no status word (recorded `unrecognised`, as cht-core does).
+    status: str | None
     reason: str | None
 
     @property
     def state(self) -> str:
-        return STATUS_STATES.get(self.status, UNRECOGNISED)
+        return STATUS_STATES.get(self.status or "", UNRECOGNISED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +174,31 @@ def _update(entry: object) -> Update | None:
     if not isinstance(entry, dict):
         return None
     message_id = _text(entry, "id", MAX_ID_CHARS)
-    status = entry.get("status")
-    if message_id is None or not isinstance(status, str):
+    if message_id is None:
         return None
+    status = entry.get("status")
     reason = entry.get("reason")
-    return Update(message_id, status[:50], reason[:500] if isinstance(reason, str) else None)
+    return Update(
+        message_id,
+        status[:50] if isinstance(status, str) and status else None,
+        reason[:500] if isinstance(reason, str) else None,
+    )
+
+
+def sender_e164(raw: str, country: str | None) -> str:
+    """The `from` of an SMS the phone received, in E.164. The app forwards what the
+    network gave it: international (+880..., 880...), or national (01711...), which is
+    read as a number of the gateway's country, as cht-core reads it with its own.
+    Raises ValueError for anything that is not a phone number (an operator's "MPESA")."""
+    number = raw.strip()
+    if number.startswith("00"):
+        number = "+" + number[2:]
+    if country and not number.startswith("+"):
+        try:
+            return phone.to_e164(number, country)
+        except phone.InvalidPhoneNumber:
+            pass
+    return inbound.sender_e164(number.replace(" ", "").replace("-", ""))
 
 
 def history_entry(state: str, at: datetime, reason: str | None = None) -> dict[str, str]:

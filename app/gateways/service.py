@@ -14,14 +14,13 @@ import logging
 import secrets
 import uuid
 from collections import Counter
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.service import hash_key
 from app.channels.base import ChannelName
-from app.channels.inbound import IncomingMessage, sender_e164
+from app.channels.inbound import IncomingMessage
 from app.config import Settings
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery import provider_reports
@@ -113,86 +112,64 @@ def pace(rate_per_minute: int, last_polled_at: datetime | None, now: datetime) -
 async def store_incoming(
     session: AsyncSession, settings: Settings, gateway: Gateway, received: Poll
 ) -> list[gateway_repository.Offered]:
-    """Hand the SMS the phone received to the two-way path (stored once per id, matched
-    to a patient, STOP/START/HELP, routed to a conversation) -> the answers to send back
-    to their senders, in this poll's answer, as Twilio's come back in its TwiML. A sender
-    that is not a phone number is dropped; the rest of the batch stands."""
-    replies = []
+    """Hand the SMS the phone received to the two-way path, all in one go (stored once
+    per id, matched to a patient, STOP/START/HELP, routed to a conversation) -> the
+    answers to send back to their senders, in this poll's answer, as Twilio's come back
+    in its TwiML. A sender that is not a phone number is dropped; the rest stand."""
+    incoming = []
     dropped = received.dropped
     for message in received.messages:
         try:
-            sender = sender_e164(message.sender)
+            sender = protocol.sender_e164(message.sender, gateway.country)
         except ValueError:
             dropped += 1
             continue
-        outcome = await message_service.receive(
-            session,
-            settings,
+        incoming.append(
             IncomingMessage(
                 channel=ChannelName.GATEWAY,
                 provider_message_id=message.id,
                 sender_e164=sender,
                 text=message.content,
                 received_at=message.sms_received,
-            ),
+            )
         )
-        if outcome.reply:
-            replies.append(gateway_repository.Offered(str(uuid.uuid4()), sender, outcome.reply))
     if dropped:
         log.warning("gateway poll: entries dropped", extra={"gateway": gateway.name, "n": dropped})
-    return replies
+    outcomes = await message_service.receive_many(session, settings, incoming)
+    return [
+        gateway_repository.Offered(str(uuid.uuid4()), message.sender_e164, outcome.reply)
+        for message, outcome in zip(incoming, outcomes, strict=True)
+        if outcome.reply
+    ]
 
 
 async def record_updates(
     session: AsyncSession, gateway: Gateway, updates: list[protocol.Update], now: datetime
 ) -> None:
     """Append each status to its attempt's history (an identical repeat is not recorded
-    again); SENT, DELIVERED and FAILED are also reports on the attempt, as a provider's
-    callback is. Updates for ids this gateway was never given are ignored."""
-    attempts = await gateway_repository.lock_attempts(session, gateway.id, [u.id for u in updates])
-    changed: dict[str, gateway_repository.GatewayAttempt] = {}
-    reports: list[Report] = []
-    unknown = 0
-    for update in updates:
-        attempt = changed.get(update.id) or attempts.get(update.id)
-        if attempt is None:
-            unknown += 1
-            continue
-        entry = protocol.history_entry(update.state, now, update.reason)
-        if update.state == protocol.UNRECOGNISED:
-            entry["status"] = update.status
-        last = attempt.history[-1] if attempt.history else None
-        if last is not None and _same(last, entry):
-            continue
-        gateway_state = (
-            attempt.gateway_state if update.state == protocol.UNRECOGNISED else update.state
-        )
-        changed[update.id] = replace(
-            attempt, gateway_state=gateway_state, history=[*attempt.history, entry]
-        )
-        status = protocol.STATUS_REPORTS.get(update.status)
-        if status is not None:
-            reports.append(
-                Report(
-                    attempt_id=attempt.id,
-                    status=status,
-                    provider_message_id=update.id,
-                    provider_status=update.status,
-                    error_message=update.reason,
-                )
-            )
+    again), in one statement; SENT, DELIVERED and FAILED are also reports on the attempt,
+    as a provider's callback is. Updates for ids this gateway was never given are
+    ignored."""
+    if not updates:
+        return
+    recorded, known = await gateway_repository.record_updates(session, gateway.id, updates, now)
+    unknown = len({u.id for u in updates}) - known
     if unknown:
         log.warning("gateway reported unknown ids", extra={"gateway": gateway.name, "n": unknown})
-    await gateway_repository.write_states(session, list(changed.values()))
+    reports = [
+        Report(
+            attempt_id=attempt.attempt_id,
+            status=protocol.STATUS_REPORTS[status],
+            provider_message_id=attempt.message_id,
+            provider_status=status,
+            error_message=reason,
+        )
+        for attempt in recorded
+        for status, reason in zip(attempt.statuses, attempt.reasons, strict=True)
+        if status in protocol.STATUS_REPORTS
+    ]
     if reports:
         await provider_reports.apply_reports(session, reports)
-
-
-def _same(last: dict[str, object], entry: dict[str, str]) -> bool:
-    """The same status again (its time aside)."""
-    return {k: v for k, v in last.items() if k != "at"} == {
-        k: v for k, v in entry.items() if k != "at"
-    }
 
 
 async def take_back_from_offline(

@@ -70,3 +70,12 @@ async def emit(
     """Record an event in the caller's transaction: it is delivered if, and only if,
     the change that caused it commits. Flushes."""
     await webhook_repository.emit(session, event.value, patient_id, data)
+
+
+async def emit_many(
+    session: AsyncSession, events: Sequence[tuple[EventType, str | None, dict[str, Any]]]
+) -> None:
+    """`emit` for several events at once, in one statement. Flushes."""
+    await webhook_repository.emit_many(
+        session, [(event.value, patient_id, data) for event, patient_id, data in events]
+    )

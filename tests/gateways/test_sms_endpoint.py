@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import gzip
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.channels.base import basic_auth
-from app.models import DeliveryAttempt, Message
-from tests.factories import make_patient_at
+from app.conversations import service as conversation_service
+from app.models import Conversation, DeliveryAttempt, Gateway, Message, WebhookEvent
+from tests.factories import make_patient_at, unique_mobile
 from tests.gateways.conftest import APP_HEADERS, Phone, queue_message
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -179,17 +181,22 @@ class TestUpdates:
                     {"id": attempt.provider_message_id, "status": "UNSENT"},
                     {"status": "SENT"},
                     "garbage",
+                    {"id": attempt.provider_message_id},
                 ]
             }
         )
         assert response.status_code == 200
         history = (await attempt_of(db_session, attempt.id)).state_history or []
+        # A missing status is unrecognised too (cht-core records it so).
         assert [h["state"] for h in history] == [
             "forwarded-to-gateway",
             "unrecognised",
             "received-by-gateway",
+            "unrecognised",
         ]
-        assert history[1]["status"] == "WAITING"
+        assert history[1]["status"] == "WAITING" and "status" not in history[3]
+        attempt = await attempt_of(db_session, attempt.id)
+        assert attempt.gateway_state == "received-by-gateway"
 
     async def test_another_phones_message_cannot_be_reported(
         self,
@@ -244,6 +251,66 @@ class TestIncoming:
         [reply] = answers[0]
         assert reply["to"] == patient.mobile_e164 and reply["content"]
         assert answers[1] == []
+
+    async def test_a_polls_messages_are_filed_announced_and_answered_in_their_order(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        """The batch is stored in one go, but each patient's message is acted on as
+        alone: filed on the open conversation, a new topic, a keyword answered; a
+        national number is read with the gateway's country; each is announced."""
+        with_topic = await make_patient_at(db_session)
+        newcomer = await make_patient_at(db_session)
+        stopper = await make_patient_at(db_session)
+        conversation = await conversation_service.open_conversation(
+            db_session, with_topic.id, "Visit on Monday", None
+        )
+        await db_session.commit()
+        unknown_national = "0" + unique_mobile()[4:]  # 017..., a Bangladeshi number
+
+        def sms(sender: str, content: str) -> dict[str, object]:
+            return {"id": str(uuid.uuid4()), "from": sender, "content": content}
+
+        batch = [
+            sms(with_topic.mobile_e164, "I will come"),
+            sms(newcomer.mobile_e164, "Is the clinic open on Friday?"),
+            sms(unknown_national, "who is this"),
+            sms(with_topic.mobile_e164, "with my son"),
+            sms(stopper.mobile_e164, "stop"),
+        ]
+        response = await phone.poll({"messages": batch})
+        assert response.status_code == 200
+        [answer] = response.json()["messages"]
+        assert answer["to"] == stopper.mobile_e164 and answer["content"]
+        ids = [m["id"] for m in batch]
+        rows = {
+            r.provider_message_id: r
+            for r in await db_session.scalars(
+                select(Message)
+                .where(Message.channel == "gateway", Message.provider_message_id.in_(ids))
+                .execution_options(populate_existing=True)
+            )
+        }
+        assert [rows[i].id for i in ids] == sorted(rows[i].id for i in ids)
+        assert rows[ids[0]].conversation_id == conversation.id
+        assert rows[ids[3]].conversation_id == conversation.id
+        topic = await db_session.get(Conversation, rows[ids[1]].conversation_id)
+        assert topic is not None and topic.patient_id == newcomer.id
+        assert rows[ids[2]].patient_id is None
+        assert rows[ids[2]].phone_e164 == "+880" + unknown_national[1:]
+        assert rows[ids[4]].conversation_id is None  # a keyword is filed nowhere
+        await db_session.refresh(stopper)
+        assert stopper.opted_out_channels
+        events = {
+            e.data["message_id"]: e.data
+            for e in await db_session.scalars(
+                select(WebhookEvent).where(WebhookEvent.type == "message.received")
+            )
+            if e.data["message_id"] in {r.id for r in rows.values()}
+        }
+        assert len(events) == 5
+        assert events[rows[ids[0]].id]["conversation_id"] == str(conversation.id)
+        assert events[rows[ids[2]].id]["patient_id"] is None
+        assert events[rows[ids[3]].id]["text"] == "with my son"
 
 
 class TestErrors:
@@ -303,6 +370,12 @@ class TestPace:
         assert len((await phone.poll()).json()["messages"]) == 1
         for _ in range(3):
             await queue_message(db_session)
+        # As if at once again, however slow this machine is: no time since the last poll.
+        await db_session.execute(
+            update(Gateway)
+            .where(Gateway.id == phone.gateway.id)
+            .values(last_polled_at=datetime.now(UTC) + timedelta(minutes=5))
+        )
         await db_session.commit()
-        # At once again: the one already offered, and one new.
+        # The one already offered, and one new.
         assert len((await phone.poll()).json()["messages"]) == 2
