@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import error_body_for
 
 
 class RequestSizeLimit:
@@ -24,7 +24,7 @@ class RequestSizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large()(scope, receive, send)
+            await self._too_large(scope.get("path", ""))(scope, receive, send)
             return
         received = 0
 
@@ -45,5 +45,5 @@ class RequestSizeLimit:
     def _message(self) -> str:
         return f"request body larger than {self.max_bytes} bytes"
 
-    def _too_large(self) -> JSONResponse:
-        return JSONResponse(error_body("payload_too_large", self._message, []), 413)
+    def _too_large(self, path: str) -> JSONResponse:
+        return JSONResponse(error_body_for(path, "payload_too_large", self._message, []), 413)

@@ -21,11 +21,13 @@ from pathlib import Path
 import httpx
 import orjson
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.bench.common import Result, console, fresh_database
 from app.channels.base import basic_auth
 from app.config import Settings
+from app.devtools.environment import prepare_environment
 from app.fakes.gateway import APP_HEADERS
 from app.gateways import service as gateway_service
 from app.main import create_app
@@ -66,7 +68,24 @@ SEED = [
 ]
 
 
-async def measure(n: int, polls: int, rounds: int) -> list[dict[str, object]]:
+async def _seeded(n: int, reuse: bool) -> str:
+    """The bench database with `n` notifications: seeded afresh, or (`reuse`) the one a
+    previous run left, so that two builds can be measured in turns on one table."""
+    if reuse:
+        database_url, _ = prepare_environment()
+        url = make_url(database_url).set(database=DATABASE).render_as_string(hide_password=False)
+        engine = create_async_engine(url)
+        async with engine.connect() as connection:
+            stored = await connection.scalar(text("SELECT count(*) FROM notifications"))
+            pool = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM delivery_attempts"
+                    " WHERE channel = 'gateway' AND gateway_state IS NULL"
+                )
+            )
+        await engine.dispose()
+        console.print(f"reusing {stored:,} notifications, {pool:,} in the phones' pool")
+        return url
     database_url = await fresh_database(DATABASE)
     engine = create_async_engine(database_url)
     began = time.monotonic()
@@ -78,6 +97,11 @@ async def measure(n: int, polls: int, rounds: int) -> list[dict[str, object]]:
         await connection.execute(text("ANALYZE"))
     console.print(f"seeded {n:,} notifications in {time.monotonic() - began:.0f} s")
     await engine.dispose()
+    return database_url
+
+
+async def measure(n: int, polls: int, rounds: int, reuse: bool = False) -> list[dict[str, object]]:
+    database_url = await _seeded(n, reuse)
     # The phone's pace is not what is measured: a full answer on every poll.
     settings = Settings(database_url=database_url, gateway_rate_per_minute=6000)
     name = f"bench-{uuid.uuid4().hex[:6]}"
@@ -151,10 +175,12 @@ async def measure(n: int, polls: int, rounds: int) -> list[dict[str, object]]:
     return rows
 
 
-def run(sizes: list[int], polls: int, rounds: int, json_path: Path | None) -> Result:
+def run(
+    sizes: list[int], polls: int, rounds: int, json_path: Path | None, reuse: bool = False
+) -> Result:
     result = Result("gateway: a cht-gateway poll (10 in, 20 updates) against a full table")
     for n in sizes:
-        for row in asyncio.run(measure(n, polls, rounds)):
+        for row in asyncio.run(measure(n, polls, rounds, reuse)):
             result.add(**row)
     result.show()
     result.write_json(json_path)

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -313,6 +314,42 @@ class TestIncoming:
         assert events[rows[ids[3]].id]["text"] == "with my son"
 
 
+class TestCompression:
+    """cht-gateway's HTTP client (Android's) sends `Accept-Encoding: gzip` and inflates
+    what comes back gzip-encoded."""
+
+    async def test_an_answer_is_gzip_encoded_when_the_phone_accepts_gzip(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        for _ in range(3):
+            await queue_message(db_session)
+        await db_session.commit()
+        raw = orjson.dumps({})
+        response = await phone.client.post(
+            "/gateway/api/sms", content=raw, headers=phone.headers()
+        )
+        assert response.headers["content-encoding"] == "gzip"
+        assert "accept-encoding" in response.headers["vary"].lower()
+        assert len(response.content) > 0  # httpx inflated it
+        compressed = int(response.headers["content-length"])
+        assert compressed < len(response.content)
+        assert len(response.json()["messages"]) == 3
+        # The same answer, not compressed, to a client that does not accept gzip.
+        for accept in ("identity", "gzip;q=0, identity", "br"):
+            plain = await phone.client.post(
+                "/gateway/api/sms",
+                content=raw,
+                headers=phone.headers(**{"Accept-Encoding": accept}),
+            )
+            assert "content-encoding" not in plain.headers, accept
+            assert plain.json() == response.json()
+
+    async def test_a_short_answer_is_left_uncompressed(self, phone: Phone) -> None:
+        response = await phone.poll({})
+        assert "content-encoding" not in response.headers
+        assert response.json() == {"messages": []}
+
+
 class TestErrors:
     @pytest.mark.parametrize(
         "raw",
@@ -343,7 +380,28 @@ class TestErrors:
             headers=phone.headers(**{"Content-Encoding": "gzip"}),
         )
         assert response.status_code == 413
-        assert response.json()["error"] is True
+        body = response.json()
+        assert body["error"] is True and "once decompressed" in body["message"]
+
+    async def test_a_body_over_the_limit_is_413_in_chts_shape_before_it_is_read(
+        self, phone: Phone
+    ) -> None:
+        # Declared too large: refused by the size limit, before the endpoint runs.
+        response = await phone.client.post(
+            "/gateway/api/sms",
+            content=b" " * (4 * 1024 * 1024 + 1),
+            headers=phone.headers(),
+        )
+        assert response.status_code == 413
+        body = response.json()
+        assert body["error"] is True and "larger than" in body["message"]
+
+    async def test_a_method_the_protocol_has_not_is_405_in_chts_shape(self, phone: Phone) -> None:
+        response = await phone.client.put(
+            "/gateway/api/sms", content=b"{}", headers=phone.headers()
+        )
+        assert response.status_code == 405
+        assert response.json() == {"error": True, "message": "Method Not Allowed"}
 
     async def test_an_unknown_content_encoding_is_415(self, phone: Phone) -> None:
         response = await phone.client.post(
