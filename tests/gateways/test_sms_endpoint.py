@@ -325,9 +325,7 @@ class TestCompression:
             await queue_message(db_session)
         await db_session.commit()
         raw = orjson.dumps({})
-        response = await phone.client.post(
-            "/gateway/api/sms", content=raw, headers=phone.headers()
-        )
+        response = await phone.client.post("/gateway/api/sms", content=raw, headers=phone.headers())
         assert response.headers["content-encoding"] == "gzip"
         assert "accept-encoding" in response.headers["vary"].lower()
         assert len(response.content) > 0  # httpx inflated it
