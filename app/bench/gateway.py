@@ -75,7 +75,14 @@ async def _seeded(n: int, reuse: bool) -> str:
         database_url, _ = prepare_environment()
         url = make_url(database_url).set(database=DATABASE).render_as_string(hide_password=False)
         engine = create_async_engine(url)
-        async with engine.connect() as connection:
+        async with engine.begin() as connection:
+            # The previous run's phones emptied the pool: every gateway message back in it.
+            await connection.execute(
+                text(
+                    "UPDATE delivery_attempts SET gateway_id = NULL, gateway_state = NULL,"
+                    " state_history = NULL, status = 'sent' WHERE channel = 'gateway'"
+                )
+            )
             stored = await connection.scalar(text("SELECT count(*) FROM notifications"))
             pool = await connection.scalar(
                 text(

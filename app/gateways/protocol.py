@@ -25,6 +25,8 @@ FORWARDED_TO_GATEWAY = "forwarded-to-gateway"
 UNRECOGNISED = "unrecognised"
 # Taken back from a phone that stopped polling, and failed over to the next channel.
 TAKEN_BACK = "taken-back"
+# Left in its country's pool while no phone serving the country polled: failed over.
+UNPOLLED = "unpolled"
 
 # The phone's status words, and the state each records.
 STATUS_STATES = {

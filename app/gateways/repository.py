@@ -13,6 +13,7 @@ from app.gateways.protocol import (
     CHANNEL,
     FORWARDED_TO_GATEWAY,
     TAKEN_BACK,
+    UNPOLLED,
     UNRECOGNISED,
     Update,
 )
@@ -260,3 +261,47 @@ async def take_back(
     """Take back what offline phones were offered: (attempt id, message id, gateway)."""
     rows = await session.execute(_TAKE_BACK, {"cutoff": cutoff, "now": now, "limit": limit})
     return [(row.id, row.provider_message_id, row.gateway) for row in rows]
+
+
+# Queued before `queued_before` and still in the pool, for a country no live phone serves
+# (one of that country, or of none, that polled since `live_since`): out of the pool.
+_ABANDON_UNPOLLED = text(
+    f"""
+    UPDATE delivery_attempts AS a SET
+        gateway_state = '{UNPOLLED}',
+        state_history = COALESCE(a.state_history, '[]'::jsonb)
+            || jsonb_build_array(jsonb_build_object(
+                'state', '{UNPOLLED}', 'at', to_jsonb(CAST(:now AS timestamptz)),
+                'reason', 'no gateway phone polling for ' || waiting.country)),
+        updated_at = now()
+    FROM (
+        SELECT q.id, p.country FROM delivery_attempts AS q
+        JOIN notifications AS n ON n.id = q.notification_id
+        JOIN patients AS p ON p.id = n.patient_id
+        WHERE q.channel = '{CHANNEL}' AND q.gateway_state IS NULL
+              AND q.status = '{AttemptStatus.SENT}' AND q.created_at < :queued_before
+              AND NOT EXISTS (
+                  SELECT 1 FROM gateways AS g
+                  WHERE (g.country IS NULL OR g.country = p.country)
+                        AND g.last_polled_at >= :live_since
+              )
+        ORDER BY q.created_at, q.id
+        LIMIT :limit
+        FOR UPDATE OF q SKIP LOCKED
+    ) AS waiting
+    WHERE a.id = waiting.id
+    RETURNING a.id, a.provider_message_id, waiting.country
+    """  # noqa: S608 - constants only
+)
+
+
+async def abandon_unpolled(
+    session: AsyncSession, queued_before: datetime, live_since: datetime, now: datetime, limit: int
+) -> list[tuple[int, str, str]]:
+    """Take out of the pool what waited since before `queued_before` for a country no
+    phone has polled for since `live_since`: (attempt id, message id, country)."""
+    rows = await session.execute(
+        _ABANDON_UNPOLLED,
+        {"queued_before": queued_before, "live_since": live_since, "now": now, "limit": limit},
+    )
+    return [(row.id, row.provider_message_id, row.country) for row in rows]

@@ -31,7 +31,7 @@ from app.gateways import repository as gateway_repository
 from app.gateways.protocol import Poll
 from app.messages import service as message_service
 from app.models import Gateway
-from app.observability import GATEWAY_TAKEN_BACK
+from app.observability import GATEWAY_TAKEN_BACK, GATEWAY_UNPOLLED
 from app.states import AttemptStatus
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,7 @@ async def take_back_from_offline(
                 provider_message_id=message_id,
                 provider_status=protocol.TAKEN_BACK,
                 error_message=f"gateway {gateway} offline",
+                failure_reason=f"gateway phone {gateway} offline: taken back",
             )
             for attempt_id, message_id, gateway in taken
         ],
@@ -204,11 +205,59 @@ async def take_back_from_offline(
     return len(taken)
 
 
+async def fall_back_unpolled(
+    session: AsyncSession, settings: Settings, now: datetime, limit: int = 1000
+) -> int:
+    """Messages that waited GATEWAY_UNPOLLED_AFTER_MINUTES in their country's pool while
+    no phone serving that country polled (none did within GATEWAY_OFFLINE_AFTER_MINUTES):
+    out of the pool (`unpolled`), and failed as a provider's failure report would, with
+    that reason, so each goes to the next channel of its chain, or fails when none is
+    left, rather than waiting there until it expires. Flushes."""
+    abandoned = await gateway_repository.abandon_unpolled(
+        session,
+        queued_before=now - timedelta(minutes=settings.gateway_unpolled_after_minutes),
+        live_since=now - timedelta(minutes=settings.gateway_offline_after_minutes),
+        now=now,
+        limit=limit,
+    )
+    if not abandoned:
+        return 0
+    minutes = f"{settings.gateway_unpolled_after_minutes:g}"
+    await provider_reports.apply_reports(
+        session,
+        [
+            Report(
+                attempt_id=attempt_id,
+                status=AttemptStatus.FAILED,
+                provider_message_id=message_id,
+                provider_status=protocol.UNPOLLED,
+                error_message=f"no gateway phone polling for {country}",
+                failure_reason=(
+                    f"no gateway phone polling for {country}: waited {minutes} min "
+                    "(GATEWAY_UNPOLLED_AFTER_MINUTES)"
+                ),
+            )
+            for attempt_id, message_id, country in abandoned
+        ],
+    )
+    for country, count in Counter(country for _, _, country in abandoned).items():
+        GATEWAY_UNPOLLED.labels(country).inc(count)
+        log.warning(
+            "no gateway phone polling: queued messages go to the next channel",
+            extra={"country": country, "messages": count},
+        )
+    return len(abandoned)
+
+
 async def take_back_in_own_unit(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
 ) -> int:
-    """`take_back_from_offline` in a unit of work of its own (the worker's cron job)."""
+    """`take_back_from_offline` and `fall_back_unpolled`, each in a unit of work of its
+    own (the worker's cron job) -> how many messages left the phones."""
     async with sessionmaker() as session:
         taken = await take_back_from_offline(session, settings, now)
+        await session.commit()
+    async with sessionmaker() as session:
+        taken += await fall_back_unpolled(session, settings, now)
         await session.commit()
     return taken
