@@ -121,9 +121,14 @@ def _credentials(request: Request) -> tuple[str, str] | None:
     if scheme.lower() != "basic":
         return None
     try:
-        decoded = b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+        raw = b64decode(encoded.strip(), validate=True)
+    except binascii.Error:
         return None
+    try:
+        decoded = raw.decode()
+    except UnicodeDecodeError:
+        # cht-gateway encodes its user and password as ISO-8859-1 (SimpleJsonClient2).
+        decoded = raw.decode("latin-1")
     name, colon, secret = decoded.partition(":")
     return (name, secret) if colon else None
 

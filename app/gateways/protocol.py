@@ -161,7 +161,8 @@ def _incoming(entry: object) -> Incoming | None:
     message_id = _text(entry, "id", MAX_ID_CHARS)
     sender = _text(entry, "from", MAX_SENDER_CHARS)
     content = entry.get("content")
-    if message_id is None or sender is None or not isinstance(content, str):
+    # cht-core drops a message without content, as without id or sender.
+    if message_id is None or sender is None or not isinstance(content, str) or not content:
         return None
     return Incoming(
         message_id,

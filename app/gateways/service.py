@@ -22,7 +22,7 @@ from app.auth.service import hash_key
 from app.channels.base import ChannelName
 from app.channels.inbound import IncomingMessage
 from app.config import Settings
-from app.db.session import create_engine_and_sessionmaker
+from app.db.session import create_engine_and_sessionmaker, standalone_session
 from app.delivery import provider_reports
 from app.delivery.types import Report
 from app.errors import Conflict
@@ -70,6 +70,13 @@ async def issue_gateway(
             return gateway.id, secret
     finally:
         await engine.dispose()
+
+
+async def credentials_work(database_url: str, name: str, secret: str) -> bool:
+    """Whether a gateway's name and secret authenticate, in a unit of work of its own
+    (`notify dev` checks the phone it keeps)."""
+    async with standalone_session(database_url) as session:
+        return await authenticate(session, name, secret) is not None
 
 
 async def authenticate(session: AsyncSession, name: str, secret: str) -> Gateway | None:

@@ -15,7 +15,7 @@ from app.channels import registry as channel_registry
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
 from app.gateways import service as gateway_service
-from app.models import DeliveryAttempt, Gateway, Notification
+from app.models import DeliveryAttempt, Gateway, Notification, Patient
 from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import due, make_dispatcher, patient_with, reload, settings_for
 from tests.fake_servers import FakeImo, FakeTwilio
@@ -43,6 +43,13 @@ async def fresh_reload(
         .execution_options(populate_existing=True)
     )
     return fresh, list(attempts)
+
+
+async def overdue(session: AsyncSession, patient: Patient) -> Notification:
+    """A reminder due an hour ago: the dispatcher claims against PostgreSQL's now(),
+    which inside a test's transaction is when the test began, however long its set-up
+    took on a loaded machine."""
+    return await due(session, patient, due_at=datetime.now(UTC) - timedelta(hours=1))
 
 
 def gateway_settings(fakes: Fakes, phone_number: str = "+8801711000001") -> Settings:
@@ -79,7 +86,7 @@ async def test_a_reminder_goes_through_the_phone_and_is_delivered(
     phone: Phone,
 ) -> None:
     dispatcher = dispatcher_for(gateway_settings(fakes), http, redis, db_sessionmaker)
-    notification = await due(db_session, await patient_with(db_session, 1))
+    notification = await overdue(db_session, await patient_with(db_session, 1))
     await dispatcher.dispatch_once()
     fresh, attempts = await fresh_reload(db_session, notification)
     assert len(attempts) == 1, (fresh.state, fresh.failure_reason, fresh.due_at)
@@ -119,7 +126,7 @@ async def test_outside_production_only_allowed_recipients_are_queued(
 ) -> None:
     settings = gateway_settings(fakes, phone_number="+8801711000099")
     dispatcher = dispatcher_for(settings, http, redis, db_sessionmaker)
-    notification = await due(db_session, await patient_with(db_session, 1))
+    notification = await overdue(db_session, await patient_with(db_session, 1))
     await dispatcher.dispatch_once()
     fresh, attempts = await fresh_reload(db_session, notification)
     assert fresh.state == "denied" and attempts == []
@@ -136,7 +143,7 @@ async def test_an_offline_phones_messages_fall_back_to_twilio(
 ) -> None:
     settings = gateway_settings(fakes)
     dispatcher = dispatcher_for(settings, http, redis, db_sessionmaker)
-    notification = await due(db_session, await patient_with(db_session, 1))
+    notification = await overdue(db_session, await patient_with(db_session, 1))
     await dispatcher.dispatch_once()
     assert len((await phone.poll()).json()["messages"]) == 1
     # Silent for longer than GATEWAY_OFFLINE_AFTER_MINUTES.
@@ -180,7 +187,7 @@ class TestNoPhonePolling:
     ) -> tuple[Dispatcher, Notification, datetime]:
         """A reminder queued for the phones; the moment after which it may move on."""
         dispatcher = dispatcher_for(settings, http, redis, sessionmaker)
-        notification = await due(session, await patient_with(session, 1))
+        notification = await overdue(session, await patient_with(session, 1))
         await dispatcher.dispatch_once()
         fresh, [attempt] = await fresh_reload(session, notification)
         assert attempt.channel == "gateway" and attempt.gateway_state is None

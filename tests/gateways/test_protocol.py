@@ -35,7 +35,8 @@ def test_statuses_map_as_cht_core_maps_them() -> None:
 def test_a_body_parses_dropping_bad_entries_only() -> None:
     poll = protocol.parse_poll(
         b'{"messages": [{"id": "a", "from": "+1", "content": "hi", "sms_sent": 1000},'
-        b' {"id": "", "from": "+1", "content": "x"}, {"id": "b", "from": "+1", "content": 5}],'
+        b' {"id": "", "from": "+1", "content": "x"}, {"id": "b", "from": "+1", "content": 5},'
+        b' {"id": "c", "from": "+1", "content": ""}],'
         b' "updates": [{"id": "c", "status": "SENT"}, {"id": "d"}, {"id": "e", "status": "FAILED",'
         b' "reason": "no credit"}], "extra": {}}'
     )
@@ -47,7 +48,7 @@ def test_a_body_parses_dropping_bad_entries_only() -> None:
         ("d", None, None, "unrecognised"),
         ("e", "FAILED", "no credit", "failed"),
     ]
-    assert poll.dropped == 2
+    assert poll.dropped == 3
     assert protocol.parse_poll(b"") == protocol.Poll([], [], 0)
 
 

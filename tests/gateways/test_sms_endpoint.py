@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import gzip
 import uuid
+from base64 import b64encode
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.channels.base import basic_auth
 from app.conversations import service as conversation_service
 from app.models import Conversation, DeliveryAttempt, Gateway, Message, WebhookEvent
 from tests.factories import make_patient_at, unique_mobile
-from tests.gateways.conftest import APP_HEADERS, Phone, queue_message
+from tests.gateways.conftest import APP_HEADERS, Phone, queue_message, register
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -55,6 +56,17 @@ class TestAuthentication:
             assert response.status_code == 401, authorization
             assert response.json()["error"] is True
             assert response.headers["www-authenticate"].startswith("Basic")
+
+    async def test_credentials_in_iso_8859_1_as_the_app_encodes_them(
+        self, phone: Phone, db_sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        gateway, secret = await register(db_sessionmaker, f"café-{uuid.uuid4().hex[:6]}")
+        for encoding in ("latin-1", "utf-8"):
+            credentials = b64encode(f"{gateway.name}:{secret}".encode(encoding)).decode()
+            response = await phone.client.get(
+                "/gateway/api/sms", headers={**APP_HEADERS, "Authorization": f"Basic {credentials}"}
+            )
+            assert response.status_code == 200, encoding
 
 
 class TestOutgoing:
