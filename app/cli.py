@@ -412,6 +412,25 @@ def fake_whatsapp(
     whatsapp.run(host, port, whatsapp.FakeWhatsAppConfig(**options))
 
 
+@cli.command("fake-mail")
+def fake_mail(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    smtp_port: Annotated[int, typer.Option(help="SMTP; 0: any free port.")] = 8025,
+    port: Annotated[int, typer.Option(help="HTTP (/_fake/mail); 0: any free port.")] = 8004,
+    folder: Annotated[
+        Path | None, typer.Option(help="Where mail is kept; default DATA_DIR/mail.")
+    ] = None,
+    keep: Annotated[int, typer.Option(min=1, help="The newest messages kept.")] = 1000,
+) -> None:
+    """Serve the embedded SMTP server: accepts every message, relays none, keeps the
+    newest in a folder and shows them at http://HOST:PORT/_fake/mail."""
+    from app.fakes import mail
+
+    if folder is None:
+        folder = Path(get_settings().data_dir) / "mail"
+    mail.serve(folder, host, smtp_port, port, keep)
+
+
 @cli.command("webhook-sink")
 def webhook_sink(
     secret: Annotated[str, typer.Option(help="The endpoint's secret (whsec_...).")],

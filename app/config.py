@@ -108,6 +108,26 @@ class Settings(BaseSettings):
     # A number WhatsApp says has no account is not tried there again for this long.
     whatsapp_retry_no_account_days: int = Field(default=30, ge=1)
 
+    # Email over SMTP: EMAIL_FROM is the From (a bare address or `Name <address>`);
+    # SMTP_SECURITY `starttls` (port 587), `tls` (implicit, port 465) or `none` (only to
+    # a local relay or the embedded server `notify dev` runs). A pool of SMTP_POOL_SIZE
+    # connections per worker is kept open and reused. Unset SMTP_HOST: no email channel.
+    email_from: str = ""
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    smtp_pool_size: int = Field(default=4, ge=1, le=100)
+    # Messages sent over one connection before it is closed and opened afresh (servers
+    # limit them; 0: no limit).
+    smtp_messages_per_connection: int = Field(default=100, ge=0)
+    email_rate_limit_per_second: float = Field(default=50.0, gt=0)
+    # Purposes whose messages go by email first when the patient has an address (then
+    # the rest of their chain): staff messages on a conversation, by default.
+    email_preferred_purposes: Annotated[list[str], NoDecode] = ["conversation"]
+
     # Channels to try in order, by patient country ("*": everywhere else) and, where a
     # key `COUNTRY/purpose` (or `*/purpose`) is set, by purpose: see `chain_for`. Imo is
     # used only for patients whose Imo authorisation is `subscribed`; channels without
@@ -239,6 +259,7 @@ class Settings(BaseSettings):
         "consent_start_keywords",
         "consent_help_keywords",
         "outgoing_deny_list",
+        "email_preferred_purposes",
         mode="before",
     )(_split_csv)
 
@@ -263,6 +284,32 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("CHANNEL_CHAINS: " + "; ".join(problems))
         return chains
+
+    @field_validator("allowed_recipients")
+    @classmethod
+    def _address_domains_lower(cls, recipients: list[str]) -> list[str]:
+        # Addresses in their stored form (app/email_address.py): the domain in lower case.
+        return [
+            f"{r.rpartition('@')[0]}@{r.rpartition('@')[2].lower()}" if "@" in r else r
+            for r in recipients
+        ]
+
+    @field_validator("email_from")
+    @classmethod
+    def _one_line_from(cls, value: str) -> str:
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError("EMAIL_FROM must be one line")
+        if value and "@" not in value:
+            raise ValueError("EMAIL_FROM must be an address, or `Name <address>`")
+        return value.strip()
+
+    @field_validator("email_preferred_purposes")
+    @classmethod
+    def _preferred_purposes(cls, purposes: list[str]) -> list[str]:
+        wrong = [p for p in purposes if not PURPOSE_PATTERN.fullmatch(p)]
+        if wrong:
+            raise ValueError(f"must be purposes (lower case): {wrong}")
+        return purposes
 
     @field_validator("unread_fallback_hours")
     @classmethod
@@ -330,6 +377,8 @@ class Settings(BaseSettings):
             problems.append("TWILIO_SMS_FROM must name at least one sender")
         if self.chains_use("whatsapp"):
             problems += self._whatsapp_problems()
+        if self.chains_use("email"):
+            problems += self._email_problems()
         if problems:
             raise ValueError("production settings are incomplete: " + "; ".join(problems))
         return self
@@ -349,6 +398,20 @@ class Settings(BaseSettings):
             if secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
                 problems.append(f"{name} is missing or a placeholder" + why)
         return problems
+
+    def _email_problems(self) -> list[str]:
+        problems = []
+        if not self.smtp_host:
+            problems.append("SMTP_HOST must be set (a channel chain uses email)")
+        if not self.email_from:
+            problems.append("EMAIL_FROM must be set")
+        if self.smtp_security == "none" and self.smtp_host not in ("127.0.0.1", "::1", "localhost"):
+            problems.append("SMTP_SECURITY=none is only for a relay on this machine")
+        return problems
+
+    @property
+    def email_configured(self) -> bool:
+        return bool(self.smtp_host and self.email_from)
 
     def chains_use(self, channel: str) -> bool:
         return any(channel in chain for chain in self.channel_chains.values())
@@ -393,10 +456,12 @@ class Settings(BaseSettings):
         """Production, or only the fakes: no allow-list applies."""
         return self.is_production or self.fake_providers
 
-    def recipient_allowed(self, phone_e164: str) -> bool:
-        """Outside production only ALLOWED_RECIPIENTS are messaged, by every provider
-        whatever its host, unless FAKE_PROVIDERS says every provider is a fake."""
-        return self.messages_everyone or phone_e164 in self.allowed_recipients
+    def recipient_allowed(self, recipient: str) -> bool:
+        """Outside production only ALLOWED_RECIPIENTS (numbers in E.164, email addresses)
+        are messaged, by every provider whatever its host, unless FAKE_PROVIDERS says
+        every provider is a fake. Addresses compare in their normal form (the domain in
+        lower case), as both sides are stored so."""
+        return self.messages_everyone or recipient in self.allowed_recipients
 
 
 @lru_cache

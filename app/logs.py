@@ -32,6 +32,17 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+def mask_email(address: str) -> str:
+    """`rahim.uddin@mail.example.org` -> `r*********n@mail.example.org`: the domain (to
+    tell providers apart) and the local part's first and last characters."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "*" * max(len(address) - 2, 0) + address[-2:]
+    if len(local) <= 2:
+        return f"{'*' * len(local)}@{domain}"
+    return f"{local[0]}{'*' * (len(local) - 2)}{local[-1]}@{domain}"
+
+
 def mask_phone(e164: str) -> str:
     """`+8801711000001` -> `+88017******01`: country code, two more digits, last two;
     enough to tell numbers apart in a log, not to dial one.

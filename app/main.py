@@ -39,6 +39,7 @@ from app.reminder_plans import endpoints as reminder_plan_endpoints
 from app.request_size import RequestSizeLimit
 from app.request_text import RefuseUnstorableText
 from app.response_headers import ResponseHeaders
+from app.staff import endpoints as staff_endpoints
 from app.switches import endpoints as switch_endpoints
 from app.templates import endpoints as template_endpoints
 from app.webhooks import endpoints as webhook_endpoints
@@ -72,6 +73,7 @@ def v1_router() -> APIRouter:
     router.include_router(conversation_endpoints.router)
     router.include_router(conversation_endpoints.patient_router)
     router.include_router(switch_endpoints.router)
+    router.include_router(staff_endpoints.router)
     router.include_router(webhook_endpoints.router)
     return router
 

@@ -311,7 +311,11 @@ class ChannelName(enum.StrEnum):
     SMS = "sms"
     # SMS from a gateway phone's own SIM (cht-gateway), queued for its polls.
     GATEWAY = "gateway"
+    # An email to the patient's (or staff user's) address, over SMTP.
+    EMAIL = "email"
 
 
 # Channels that report reads: a reminder taken there and not read may fall back once.
 READ_RECEIPT_CHANNELS = frozenset({ChannelName.IMO, ChannelName.WHATSAPP})
+# Channels that reach an email address; every other one reaches the mobile number.
+ADDRESS_CHANNELS = frozenset({ChannelName.EMAIL})

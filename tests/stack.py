@@ -1,9 +1,10 @@
 """The real process stack for end-to-end tests.
 
 `run_stack(services)` starts, as child processes on free loopback ports, the fake Imo,
-the fake Twilio, the fake WhatsApp, the API (`notify api`) and N workers (`notify
-worker`), all pointed at each other and at a database and Redis DB of their own (a fresh
-`clinic_notify_e2e_N` on the test server, migrated; the next Redis DB number), so that
+the fake Twilio, the fake WhatsApp, the embedded SMTP server (`notify fake-mail`), the
+API (`notify api`) and N workers (`notify worker`), all pointed at each other and at a
+database and Redis DB of their own (a fresh `clinic_notify_e2e_N` on the test server,
+migrated; the next Redis DB number), so that
 the committed data of end-to-end tests never meets the rolled-back world of the unit
 tests.
 
@@ -216,6 +217,9 @@ class Stack:
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.whatsapp_port = free_port()
         self.whatsapp_url = f"http://127.0.0.1:{self.whatsapp_port}"
+        # The embedded SMTP server (`notify fake-mail`): SMTP, and HTTP for /_fake/mail.
+        self.smtp_port, self.mail_port = free_port(), free_port()
+        self.mail_url = f"http://127.0.0.1:{self.mail_port}"
         self.database_url = ""
         self.redis_db = free_redis_db()
         self.redis_url = with_redis_db(services.redis_url, self.redis_db)
@@ -250,12 +254,25 @@ class Stack:
                 "fake-whatsapp",
                 ["fake-whatsapp", "--port", str(self.whatsapp_port), *whatsapp_options],
             ),
+            self._spawn(
+                "fake-mail",
+                [
+                    "fake-mail",
+                    "--smtp-port",
+                    str(self.smtp_port),
+                    "--port",
+                    str(self.mail_port),
+                    "--folder",
+                    str(self.workdir / "mail"),
+                ],
+            ),
         ]
         self.api = self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.api_port)])
         waits = [
             self._wait_http(self.fakes[0], f"{self.imo_root}/_fake/stats"),
             self._wait_http(self.fakes[1], f"{self.twilio_url}/_fake/stats"),
             self._wait_http(self.fakes[2], f"{self.whatsapp_url}/_fake/stats"),
+            self._wait_http(self.fakes[3], f"{self.mail_url}/_fake/stats"),
             self._wait_http(self.api, f"{self.api_url}/healthz"),
         ]
         pending_workers = [self._launch_worker() for _ in range(self.initial_workers)]
@@ -340,11 +357,24 @@ class Stack:
     async def whatsapp_stats(self) -> dict[str, Any]:
         return await self._get_json(f"{self.whatsapp_url}/_fake/stats")
 
+    async def mail(self, to: str | None = None) -> list[dict[str, Any]]:
+        """The fake mail server's messages, newest first (to `to` only, if given)."""
+        query = f"?to={httpx.QueryParams({'to': to})['to']}" if to else ""
+        items: list[dict[str, Any]] = (await self._get_json(f"{self.mail_url}/_fake/mail{query}"))[
+            "items"
+        ]
+        return items
+
+    async def mail_message(self, message_id: str) -> dict[str, Any]:
+        """One message as the fake mail server parses it: headers, text, html."""
+        return await self._get_json(f"{self.mail_url}/_fake/mail/{message_id}?format=json")
+
     async def configure_fakes(
         self,
         imo: Mapping[str, Any] | None = None,
         twilio: Mapping[str, Any] | None = None,
         whatsapp: Mapping[str, Any] | None = None,
+        mail: Mapping[str, Any] | None = None,
     ) -> None:
         """Change the fakes' behaviour now (`POST /_fake/config`)."""
         async with httpx.AsyncClient(timeout=10) as client:
@@ -352,6 +382,7 @@ class Stack:
                 (self.imo_root, imo),
                 (self.twilio_url, twilio),
                 (self.whatsapp_url, whatsapp),
+                (self.mail_url, mail),
             ):
                 if changes:
                     response = await client.post(f"{root}/_fake/config", json=dict(changes))
@@ -360,7 +391,7 @@ class Stack:
     async def reset_fakes(self) -> None:
         """Forget every message and pending callback (`POST /_fake/reset`)."""
         async with httpx.AsyncClient(timeout=10) as client:
-            for root in (self.imo_root, self.twilio_url, self.whatsapp_url):
+            for root in (self.imo_root, self.twilio_url, self.whatsapp_url, self.mail_url):
                 (await client.post(f"{root}/_fake/reset")).raise_for_status()
 
     def children(self) -> list[Child]:
@@ -404,6 +435,10 @@ class Stack:
             WHATSAPP_VERIFY_TOKEN=FAKE_WHATSAPP_VERIFY_TOKEN,
             # WHATSAPP_PROVIDER=twilio (in `env`) sends from here, through the fake Twilio.
             WHATSAPP_TWILIO_FROM=FAKE_TWILIO_SMS_FROM,
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=str(self.smtp_port),
+            SMTP_SECURITY="none",
+            EMAIL_FROM="Clinic <clinic@notify.test>",
             DATA_DIR=str(self.workdir / "data"),
             PYTHONUNBUFFERED="1",
         )

@@ -85,6 +85,8 @@ OPERATION_IDS = {
     "GET /v1/patients/{patient_id}/messages": "list_patient_messages",
     "PUT /v1/switches/{scope}": "put_switch",
     "GET /v1/switches": "list_switches",
+    "PUT /v1/staff/{staff_id}": "upsert_staff",
+    "GET /v1/staff/{staff_id}": "get_staff",
     "PUT /v1/webhooks/{name}": "put_webhook",
     "POST /v1/webhooks/{name}/replay": "replay_webhook",
 }

@@ -92,6 +92,7 @@ async def shutdown(ctx: Context) -> None:
     except TimeoutError:
         log.error("webhook sender did not stop in time; its claims come due again")
     await invitations.stop(ctx)
+    await channel_registry.close_channels(ctx["dispatcher"].channels)
     await ctx["webhook_http"].close()
     await ctx["http"].close()
     await ctx["limiter_redis"].aclose()

@@ -34,7 +34,11 @@ class WhatsAppTemplateMessage:
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
-    """One message to one phone, already rendered and allowed by policy."""
+    """One message to one phone or email address, already rendered and allowed by policy.
+
+    The email channel sends to `email` (`phone_e164` is then empty when the recipient
+    has no mobile), with `title` as the subject.
+    """
 
     phone_e164: str
     text: str
@@ -55,6 +59,10 @@ class OutgoingMessage:
     # WhatsApp: inside the 24-hour customer-service window (the patient wrote to us on
     # WhatsApp in the last 24 h) `text` may go out as it is.
     free_text_allowed: bool = False
+    # Email: the recipient's address (normalised), and the conversation a staff message
+    # belongs to, if any (for its Reply-To).
+    email: str = ""
+    conversation_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,15 @@ built, the Redis key and the rate of its account's shared limit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from redis.asyncio import Redis
 
-from app.channels.base import Channel, ChannelName
+from app.channels import email_headers
+from app.channels.base import Channel, ChannelName, OutgoingMessage
+from app.channels.email import EmailChannel, SmtpConfig
 from app.channels.gateway import GatewayQueueChannel
 from app.channels.imo import ImoChannel
 from app.channels.twilio_sms import TwilioSmsChannel
@@ -97,6 +99,35 @@ def gateway_channel(settings: Settings, http: aiohttp.ClientSession) -> GatewayQ
     return GatewayQueueChannel()
 
 
+def email_configured(settings: Settings) -> bool:
+    return settings.email_configured
+
+
+def email_channel(settings: Settings, http: aiohttp.ClientSession) -> EmailChannel | None:
+    """Email over SMTP (its own connection pool, not the HTTP session); None when
+    SMTP_HOST or EMAIL_FROM is unset."""
+    if not settings.email_configured:
+        return None
+
+    def headers(message: OutgoingMessage) -> Mapping[str, str]:
+        return email_headers.conversation_headers(message, settings)
+
+    return EmailChannel(
+        SmtpConfig(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value(),
+            sender=settings.email_from,
+            timeout=settings.smtp_timeout_seconds,
+            pool_size=settings.smtp_pool_size,
+            messages_per_connection=settings.smtp_messages_per_connection,
+        ),
+        extra_headers=headers,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     """A channel: its adapter (None when not configured) and its account's shared limit."""
@@ -140,6 +171,13 @@ PROVIDERS: tuple[Provider, ...] = (
         "ratelimit:gateway",
         lambda s: 10_000.0,
     ),
+    Provider(
+        ChannelName.EMAIL,
+        email_configured,
+        email_channel,
+        "ratelimit:email",
+        lambda s: s.email_rate_limit_per_second,
+    ),
 )
 _BY_CHANNEL = {provider.channel: provider for provider in PROVIDERS}
 
@@ -173,6 +211,14 @@ def build_limiters(settings: Settings, redis: Redis) -> dict[str, RateLimiter]:
     return {
         provider.channel: build_limiter(provider.channel, settings, redis) for provider in PROVIDERS
     }
+
+
+async def close_channels(channels: Mapping[str, Channel]) -> None:
+    """Close what channels hold beyond the HTTP session (the email channel's SMTP pool)."""
+    for channel in channels.values():
+        close = getattr(channel, "close", None)
+        if close is not None:
+            await close()
 
 
 def http_session(concurrency: int) -> aiohttp.ClientSession:

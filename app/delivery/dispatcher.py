@@ -42,6 +42,7 @@ from app.observability import ATTEMPTS
 from app.ratelimit import RateLimiter
 from app.security import TokenSigner
 from app.states import (
+    ADDRESS_CHANNELS,
     ATTEMPT_PROVES,
     REACHED_STATUSES,
     AttemptStatus,
@@ -183,8 +184,16 @@ class Dispatcher:
         name = step.chain[step.index]
         if board and (scope := board.holding(notification.country, notification.purpose, name)):
             return policy.held(notification, step, str(scope))
-        assert notification.mobile_e164 is not None
-        if self.settings.recipient_allowed(notification.mobile_e164):
+        recipient = _recipient(notification, name)
+        if recipient is None:  # the chain was fixed before the contact changed
+            return Outcome(
+                S.DENIED,
+                channel_chain=step.chain,
+                channel_index=step.index,
+                failure_reason=f"no {'email address' if name in ADDRESS_CHANNELS else 'mobile'}"
+                " for this channel",
+            )
+        if self.settings.recipient_allowed(recipient):
             return step
         return Outcome(
             S.DENIED,
@@ -199,7 +208,11 @@ class Dispatcher:
         """The sends the loop guard lets through; the others end `duplicate`."""
         repeated = await self.loop_guard.duplicates(
             [
-                (s.notification.id, s.notification.mobile_e164 or "", s.notification.body)
+                (
+                    s.notification.id,
+                    _recipient(s.notification, s.channel) or "",
+                    s.notification.body,
+                )
                 for s in sends
             ]
         )
@@ -477,6 +490,20 @@ class Dispatcher:
 
     def _message(self, send: _Send, attempt_id: int) -> OutgoingMessage:
         n = send.notification
+        if send.channel == ChannelName.EMAIL:
+            # No callback: bounces come back by email or the provider's event webhook.
+            return OutgoingMessage(
+                phone_e164=n.mobile_e164 or "",
+                email=n.email or "",
+                text=n.body,
+                locale=n.locale,
+                title=n.conversation_subject or n.title,
+                callback_url="",
+                recipient_name=n.full_name,
+                reference=str(n.id),
+                status_reference=str(attempt_id),
+                conversation_id=n.conversation_id or "",
+            )
         assert n.mobile_e164 is not None
         if send.channel == ChannelName.IMO:
             callback_url = callback_urls.imo_read_receipt_url(
@@ -500,6 +527,11 @@ class Dispatcher:
             whatsapp_template=n.whatsapp_template,
             free_text_allowed=n.whatsapp_window_open and send.channel == ChannelName.WHATSAPP,
         )
+
+
+def _recipient(n: ClaimedNotification, channel: str) -> str | None:
+    """Who `channel` reaches: the email address, or the mobile number."""
+    return n.email if channel in ADDRESS_CHANNELS else n.mobile_e164
 
 
 def check_chains(settings: Settings) -> policy.ChainReport:

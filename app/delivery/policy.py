@@ -14,7 +14,7 @@ from app.config import Settings
 from app.consent.rules import OPTED_OUT, opted_out_everywhere, opted_out_of
 from app.delivery.types import ClaimedNotification, Outcome, SendOn
 from app.notifications.window import MessagingWindow
-from app.states import NotificationState
+from app.states import ADDRESS_CHANNELS, NotificationState
 
 S = NotificationState
 
@@ -116,11 +116,12 @@ def first_step(
         return Outcome(S.DENIED, failure_reason="no reminder consent")
     if opted_out_everywhere(n.opted_out_channels):
         return Outcome(S.DENIED, failure_reason=OPTED_OUT)
-    if n.mobile_e164 is None:
+    if n.mobile_e164 is None and n.email is None:
         return Outcome(S.DENIED, failure_reason="no mobile number")
-    rule = deny_rule(n.mobile_e164, settings, gateway_numbers)
-    if rule is not None:
-        return Outcome(S.DENIED, failure_reason=f"recipient denied by {rule}")
+    if n.mobile_e164 is not None:
+        rule = deny_rule(n.mobile_e164, settings, gateway_numbers)
+        if rule is not None:
+            return Outcome(S.DENIED, failure_reason=f"recipient denied by {rule}")
     if not window.contains(now, n.time_zone):
         return Outcome(
             S.SCHEDULED,
@@ -131,10 +132,39 @@ def first_step(
         )
     chain = n.channel_chain
     if chain is None:
-        chain = channel_chain(
+        configured = channel_chain(
             settings, n.country, n.purpose, n.imo_status, available, n.whatsapp_unavailable
         )
+        chain = reachable_chain(n, configured, settings, available)
+        denial = email_denial(n)
+        if not chain and denial is not None and ChannelName.EMAIL in configured:
+            return Outcome(S.DENIED, failure_reason=denial)
     return next_channel(n, chain, n.channel_index)
+
+
+def email_denial(n: ClaimedNotification) -> str | None:
+    """Why the patient's email address may not be mailed, or None: the one per-address
+    check of the send path. The claim fills `email_blocked` (a hard bounce, a complaint,
+    an unsubscribe); a blocked address is never attempted."""
+    if n.email is not None and n.email_blocked:
+        return f"email address blocked: {n.email_blocked}"
+    return None
+
+
+def reachable_chain(
+    n: ClaimedNotification, chain: list[str], settings: Settings, available: set[str]
+) -> list[str]:
+    """`chain` without the channels the patient cannot be reached on (email without a
+    usable address, the phone channels without a mobile), and with email first for the
+    purposes that prefer it (EMAIL_PREFERRED_PURPOSES) when the patient has an address."""
+    has_email = n.email is not None and email_denial(n) is None
+    if (
+        has_email
+        and n.purpose in settings.email_preferred_purposes
+        and ChannelName.EMAIL in available
+    ):
+        chain = [ChannelName.EMAIL.value, *(c for c in chain if c != ChannelName.EMAIL)]
+    return [c for c in chain if (has_email if c in ADDRESS_CHANNELS else n.mobile_e164 is not None)]
 
 
 def held(n: ClaimedNotification, step: SendOn, scope: str) -> Outcome:

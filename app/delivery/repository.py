@@ -60,8 +60,11 @@ _CLAIM = text(
     )
     SELECT c.id, c.patient_id, c.purpose, c.title, c.body, c.locale, c.expires_at,
            c.channel_chain, c.channel_index, c.retry_count, c.claimed_at,
-           p.full_name, p.mobile_e164, p.country, p.time_zone, p.reminder_consent,
+           p.full_name, p.mobile_e164, p.email, p.country, p.time_zone, p.reminder_consent,
            p.opted_out_channels,
+           -- A staff message on a conversation: the conversation (its Reply-To, its
+           -- subject as the email's), by ix_messages_notification.
+           conv.id::text AS conversation_id, conv.subject AS conversation_subject,
            -- WhatsApp's customer-service window: the patient wrote on WhatsApp in the
            -- last 24 hours (ix_messages_patient_received), so free text may go.
            EXISTS (SELECT FROM messages AS m
@@ -84,6 +87,12 @@ _CLAIM = text(
     JOIN patients AS p ON p.id = c.patient_id
     LEFT JOIN imo_authorizations AS a ON a.patient_id = c.patient_id
     LEFT JOIN templates AS t ON t.key = c.template_key AND t.locale = c.locale
+    LEFT JOIN LATERAL (
+        SELECT co.id, co.subject FROM messages AS m
+        JOIN conversations AS co ON co.id = m.conversation_id
+        WHERE m.notification_id = c.id
+        LIMIT 1
+    ) AS conv ON true
     """  # noqa: S608 - constants only
 )
 

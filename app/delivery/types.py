@@ -43,6 +43,14 @@ class ClaimedNotification:
     whatsapp_unavailable: bool = False
     # The reminder's template as a WhatsApp template, its parameters filled in, if mapped.
     whatsapp_template: WhatsAppTemplateMessage | None = None
+    # The patient's email address (normalised), if any.
+    email: str | None = None
+    # A staff message on a conversation: its id and subject.
+    conversation_id: str | None = None
+    conversation_subject: str | None = None
+    # Why the patient's address may not be mailed (a hard bounce, a complaint), if it
+    # may not: the per-address check (`policy.email_denial`) reads it.
+    email_blocked: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -328,10 +328,41 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
     elif not settings.whatsapp_configured and not settings.twilio_account_sid:
         # WhatsApp through the fake Twilio: it speaks both.
         env.update(WHATSAPP_TWILIO_FROM=FAKE_TWILIO_SMS_FROM)
+    if not settings.smtp_host:
+        # The embedded SMTP server: no mail leaves the laptop; it is kept in .data/mail.
+        smtp_port, mail_port = embedded.free_port(), embedded.free_port()
+        mail_root = f"http://127.0.0.1:{mail_port}"
+        env.update(
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=str(smtp_port),
+            SMTP_SECURITY="none",
+            SMTP_USERNAME="",
+            EMAIL_FROM=settings.email_from or "Clinic <clinic@notify.localhost>",
+        )
+        children.append(
+            (
+                "fake-mail",
+                notify_command(
+                    "fake-mail",
+                    "--smtp-port",
+                    str(smtp_port),
+                    "--port",
+                    str(mail_port),
+                    "--folder",
+                    str(data_dir / "mail"),
+                ),
+                f"{mail_root}/_fake/stats",
+                "cyan",
+            )
+        )
+        urls.append(("Fake mail", f"{mail_root}/_fake/mail  (SMTP on 127.0.0.1:{smtp_port})"))
     # Anyone may be messaged only when every provider is a fake; with one real provider
     # configured, ALLOWED_RECIPIENTS holds for all of them.
     every_fake = not (
-        settings.imo_username or settings.twilio_account_sid or settings.whatsapp_configured
+        settings.imo_username
+        or settings.twilio_account_sid
+        or settings.whatsapp_configured
+        or settings.smtp_host
     )
     env["FAKE_PROVIDERS"] = "true" if every_fake else "false"
     if not every_fake and not settings.allowed_recipients:

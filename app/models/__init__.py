@@ -21,6 +21,7 @@ from app.models.notification_count import NotificationCount, NotificationCountDe
 from app.models.operator import Operator, OperatorSession
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
+from app.models.staff import StaffMember
 from app.models.switch import Switch
 from app.models.template import Template
 from app.models.trigger_rule import TriggerRule
@@ -53,6 +54,7 @@ __all__ = [
     "OperatorSession",
     "Patient",
     "ReminderPlan",
+    "StaffMember",
     "Switch",
     "Template",
     "TriggerRule",

@@ -41,6 +41,12 @@ class Message(TimestampMixin, Base):
         UniqueConstraint("channel", "provider_message_id"),
         Index("ix_messages_patient_received", "patient_id", "received_at", "id"),
         Index("ix_messages_conversation", "conversation_id", "received_at", "id"),
+        # The dispatcher's claim: the conversation a staff message's notification carries.
+        Index(
+            "ix_messages_notification",
+            "notification_id",
+            postgresql_where=sql("notification_id IS NOT NULL"),
+        ),
         Index(
             "ix_messages_unmatched",
             "received_at",

@@ -53,6 +53,8 @@ class Patient(TimestampMixin, Base):
     phone_numbers: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
     # The first mobile number: the one messages go to.
     mobile_e164: Mapped[str | None] = mapped_column(String(20))
+    # Normalised (app/email_address.py): the domain in lower case. Optional.
+    email: Mapped[str | None] = mapped_column(String(254))
     country: Mapped[str] = mapped_column(String(2))
     locale: Mapped[str] = mapped_column(String(20))
     time_zone: Mapped[str] = mapped_column(String(64))

@@ -42,6 +42,7 @@ class PatientRecord:
     facility_id: str | None
     facility_name: str | None
     reminder_consent: str
+    email: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
 

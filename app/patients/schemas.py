@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from app import phone
+from app.email_address import EmailAddress
 from app.errors import ErrorInfo
 from app.models import ImoAuthorization, Patient
 from app.templates.schemas import Locale
@@ -76,6 +77,13 @@ class PatientIn(InputModel):
     phone_numbers: list[PhoneNumberIn] = Field(
         max_length=MAX_PHONE_NUMBERS,
         description="The first mobile is the one messages go to",
+    )
+    email: EmailAddress | None = Field(
+        default=None,
+        description="Optional. Conversation messages prefer it when set "
+        "(`EMAIL_PREFERRED_PURPOSES`); reminders use it where their channel chain has "
+        "`email`. Stored with its domain in lower case.",
+        examples=["rahim.uddin@example.org"],
     )
     country: Annotated[
         str, StringConstraints(pattern=r"^[A-Za-z]{2}$"), AfterValidator(_country)
@@ -156,6 +164,7 @@ class PatientOut(BaseModel):
     full_name: str
     phone_numbers: list[PhoneNumberOut]
     mobile_e164: str | None = Field(description="The number messages go to")
+    email: str | None = Field(description="Normalised: the domain in lower case")
     country: str
     locale: str
     time_zone: str
@@ -181,6 +190,7 @@ class PatientOut(BaseModel):
             full_name=patient.full_name,
             phone_numbers=[PhoneNumberOut.model_validate(n) for n in patient.phone_numbers],
             mobile_e164=patient.mobile_e164,
+            email=patient.email,
             country=patient.country,
             locale=patient.locale,
             time_zone=patient.time_zone,

@@ -119,6 +119,7 @@ def to_record(patient_id: str, data: PatientIn) -> PatientRecord:
         facility_id=data.facility.id if data.facility else None,
         facility_name=data.facility.name if data.facility else None,
         reminder_consent=data.reminder_consent,
+        email=data.email,
         attributes=data.attributes,
         tags=sorted(set(data.tags)),
     )

@@ -489,3 +489,54 @@ class TestSearch:
         answer = await api.get("/v1/patients", params=params)
         assert answer.status_code == 422, answer.text
         assert [d["field"] for d in answer.json()["error"]["details"]] == [field]
+
+
+class TestPatientEmail:
+    async def test_optional_address_is_stored_with_its_domain_lower_case(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        patient_id = unique_id()
+        without = await api.put(f"/v1/patients/{patient_id}", json=patient_body())
+        assert without.status_code == 201, without.text
+        assert without.json()["email"] is None
+
+        given = await api.put(
+            f"/v1/patients/{patient_id}", json=patient_body(email=" Rahim.U@Mail.EXAMPLE.com ")
+        )
+        assert given.status_code == 200, given.text
+        assert given.json()["email"] == "Rahim.U@mail.example.com"
+        assert (await api.get(f"/v1/patients/{patient_id}")).json()["email"] == (
+            "Rahim.U@mail.example.com"
+        )
+
+        cleared = await api.put(f"/v1/patients/{patient_id}", json=patient_body(email=None))
+        assert cleared.json()["email"] is None
+
+    @pytest.mark.parametrize(
+        "email", ["rahim", "rahim@", "r@mail.example.com\nBcc: x@y.org", "<r@mail.example.com>"]
+    )
+    async def test_bad_address_is_a_422_naming_email(
+        self, api: httpx.AsyncClient, email: str
+    ) -> None:
+        patient_id = unique_id()
+        answer = await api.put(f"/v1/patients/{patient_id}", json=patient_body(email=email))
+        assert answer.status_code == 422, answer.text
+        assert fields_of(answer) == ["email"]
+        assert (await api.get(f"/v1/patients/{patient_id}")).status_code == 404
+
+    async def test_batch_items_carry_their_address(self, api: httpx.AsyncClient) -> None:
+        good, bad = unique_id(), unique_id()
+        answer = await api.post(
+            "/v1/patients/batch",
+            json={
+                "patients": [
+                    patient_body(id=good, email="a@B.example.org"),
+                    patient_body(id=bad, email="not an address"),
+                ]
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        first, second = answer.json()["results"]
+        assert first["patient"]["email"] == "a@b.example.org"
+        assert second["status"] == "error"
+        assert [d["field"] for d in second["error"]["details"]] == ["email"]

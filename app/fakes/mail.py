@@ -1,0 +1,355 @@
+"""The embedded SMTP server of `notify dev` (aiosmtpd): accepts every message, keeps it
+in a folder (`.data/mail/`, one `.eml` file each, the newest KEEP), and shows it.
+
+HTTP, on its own port like the other fakes:
+
+- `GET /_fake/mail` lists the kept messages, newest first (`?to=ADDRESS` narrows);
+- `GET /_fake/mail/{id}` renders one: its headers, its text and its HTML part, the HTML in
+  a sandboxed frame (no script runs, nothing is fetched); `?format=json` answers the
+  same as JSON, `?format=raw` the message as received (`message/rfc822`);
+- `GET /_fake/stats`, `POST /_fake/reset` (forgets and deletes every message), and
+  `POST /_fake/config` `{"refuse": {"ADDRESS": CODE}}` to answer RCPT TO for ADDRESS with
+  CODE (a 5xx or 4xx, as a real server refusing or deferring it would).
+
+No mail leaves the machine: nothing is relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import itertools
+import os
+import re
+import signal
+import ssl
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiosmtpd.smtp import SMTP as SMTPProtocol
+from aiosmtpd.smtp import Envelope, Session
+
+from app.event_loop import new_event_loop
+from app.fakes.common import json_response
+from app.fakes.server import start as start_http
+
+KEEP = 1000
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+_ID = re.compile(r"[0-9]{19}-[0-9]{1,9}")
+_REPLY_CODE = re.compile(r"[45][0-9][0-9]")
+
+
+@dataclass(slots=True)
+class Summary:
+    id: str
+    mail_from: str
+    to: list[str]
+    subject: str
+    message_id: str
+    size: int
+    received_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "from": self.mail_from,
+            "to": self.to,
+            "subject": self.subject,
+            "message_id": self.message_id,
+            "size": self.size,
+            "received_at": self.received_at,
+        }
+
+
+@dataclass
+class MailStore:
+    """The kept messages: files in `folder`, their summaries in memory, newest last."""
+
+    folder: Path
+    keep: int = KEEP
+    messages: deque[Summary] = field(default_factory=deque)
+    counts: Counter[str] = field(default_factory=Counter)
+    refuse: dict[str, int] = field(default_factory=dict)
+    _sequence: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.folder.glob("*.eml"))[-self.keep :]:
+            with contextlib.suppress(OSError):
+                data = path.read_bytes()
+                self.messages.append(self._summary(path.stem, data, [], path.stat().st_mtime))
+
+    @staticmethod
+    def _summary(message_id: str, data: bytes, rcpt_tos: list[str], at: float) -> Summary:
+        headers = BytesHeaderParser(policy=default_policy).parsebytes(data)
+        return Summary(
+            id=message_id,
+            mail_from=str(headers.get("From", "")),
+            to=rcpt_tos or [str(headers.get("To", ""))],
+            subject=str(headers.get("Subject", "")),
+            message_id=str(headers.get("Message-ID", "")).strip("<> "),
+            size=len(data),
+            received_at=at,
+        )
+
+    def add(self, data: bytes, rcpt_tos: list[str]) -> Summary:
+        message_id = f"{time.time_ns():019d}-{next(self._sequence)}"
+        (self.folder / f"{message_id}.eml").write_bytes(data)
+        summary = self._summary(message_id, data, rcpt_tos, time.time())
+        self.messages.append(summary)
+        self.counts["accepted"] += 1
+        while len(self.messages) > self.keep:
+            old = self.messages.popleft()
+            with contextlib.suppress(OSError):
+                (self.folder / f"{old.id}.eml").unlink()
+        return summary
+
+    def raw(self, message_id: str) -> bytes | None:
+        if not _ID.fullmatch(message_id):
+            return None
+        try:
+            return (self.folder / f"{message_id}.eml").read_bytes()
+        except OSError:
+            return None
+
+    def clear(self) -> None:
+        for summary in self.messages:
+            with contextlib.suppress(OSError):
+                (self.folder / f"{summary.id}.eml").unlink()
+        self.messages.clear()
+        self.counts.clear()
+        self.refuse.clear()
+
+
+class AcceptEverything:
+    """aiosmtpd's handler: every recipient but those configured to be refused, every
+    message kept."""
+
+    def __init__(self, store: MailStore) -> None:
+        self.store = store
+
+    async def handle_RCPT(
+        self,
+        server: SMTPProtocol,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        code = self.store.refuse.get(address.lower())
+        if code is not None:
+            self.store.counts[f"refused_{code}"] += 1
+            kind = "mailbox unavailable" if code >= 500 else "try again later"
+            return f"{code} {'5' if code >= 500 else '4'}.1.1 {kind} (fake refusal)"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTPProtocol, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        if isinstance(envelope.content, bytes) and not data:
+            data = envelope.content
+        summary = self.store.add(data, list(envelope.rcpt_tos))
+        return f"250 OK queued as {summary.id}"
+
+
+def _part(message: Message, subtype: str) -> str | None:
+    if not isinstance(message, EmailMessage):
+        return None
+    part = message.get_body(preferencelist=(subtype,))
+    if part is None or part.get_content_type() != f"text/{subtype}":
+        return None
+    try:
+        content = part.get_content()
+    except (LookupError, ValueError):  # an unknown charset, a broken encoding
+        payload = part.get_payload(decode=True)
+        content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    return content if isinstance(content, str) else None
+
+
+def parsed(summary_id: str, raw: bytes) -> dict[str, Any]:
+    message = message_from_bytes(raw, policy=default_policy)
+    return {
+        "id": summary_id,
+        "headers": [[name, str(value)] for name, value in message.items()],
+        "text": _part(message, "plain"),
+        "html": _part(message, "html"),
+    }
+
+
+def render_page(view: dict[str, Any]) -> str:
+    """One message as a page: every header and the text escaped, the HTML part in a
+    sandboxed frame (`sandbox` without permissions: no script, no form, no navigation)."""
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
+        for name, value in view["headers"]
+    )
+    parts = []
+    if view["html"] is not None:
+        parts.append(
+            '<h2>HTML</h2><iframe sandbox="" referrerpolicy="no-referrer" '
+            'style="width:100%;height:24em;border:1px solid #ccc" '
+            f'srcdoc="{html.escape(view["html"], quote=True)}"></iframe>'
+        )
+    if view["text"] is not None:
+        parts.append(f"<h2>Text</h2><pre>{html.escape(view['text'])}</pre>")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>Fake mail {html.escape(view['id'])}</title></head><body>"
+        "<p><a href='/_fake/mail'>All messages</a> · "
+        f"<a href='?format=raw'>raw</a></p><table>{rows}</table>{''.join(parts)}</body></html>"
+    )
+
+
+class FakeMail:
+    def __init__(self, store: MailStore) -> None:
+        self.store = store
+
+    async def list_mail(self, request: web.Request) -> web.Response:
+        to = request.query.get("to", "").lower()
+        items = [
+            s.as_json()
+            for s in reversed(self.store.messages)
+            if not to or any(to == address.lower() for address in s.to)
+        ]
+        return json_response({"items": items})
+
+    async def show_mail(self, request: web.Request) -> web.Response:
+        message_id = request.match_info["id"]
+        raw = self.store.raw(message_id)
+        if raw is None:
+            return json_response({"error": f"no message {message_id!r}"}, status=404)
+        form = request.query.get("format", "html")
+        if form == "raw":
+            return web.Response(body=raw, content_type="message/rfc822")
+        view = parsed(message_id, raw)
+        if form == "json":
+            return json_response(view)
+        page = render_page(view)
+        return web.Response(
+            text=page,
+            content_type="text/html",
+            headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"},
+        )
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return json_response({"kept": len(self.store.messages), **self.store.counts})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.store.clear()
+        return json_response({"reset": True})
+
+    async def change_config(self, request: web.Request) -> web.Response:
+        try:
+            changes = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return json_response({"error": "the body must be a JSON object"}, status=400)
+        if not isinstance(changes, dict) or set(changes) - {"refuse"}:
+            return json_response({"error": 'only {"refuse": {ADDRESS: CODE}}'}, status=400)
+        refuse = changes.get("refuse", {})
+        if not isinstance(refuse, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and _REPLY_CODE.fullmatch(str(v))
+            for k, v in refuse.items()
+        ):
+            return json_response(
+                {"error": "refuse maps addresses to SMTP codes 400-599"}, status=400
+            )
+        self.store.refuse = {k.lower(): v for k, v in refuse.items()}
+        return json_response({"refuse": self.store.refuse})
+
+
+def http_app(store: MailStore) -> web.Application:
+    fake = FakeMail(store)
+    app = web.Application()
+    app.router.add_get("/_fake/mail", fake.list_mail)
+    app.router.add_get("/_fake/mail/{id}", fake.show_mail)
+    app.router.add_get("/_fake/stats", fake.stats)
+    app.router.add_post("/_fake/reset", fake.reset)
+    app.router.add_post("/_fake/config", fake.change_config)
+    return app
+
+
+@dataclass
+class RunningMail:
+    store: MailStore
+    smtp_port: int
+    http_port: int
+    _smtp: asyncio.AbstractServer
+    _http: web.AppRunner
+
+    async def stop(self) -> None:
+        self._smtp.close()
+        # Clients that keep a connection open must not hold the stop up.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._smtp.wait_closed(), 2.0)
+        await self._http.cleanup()
+
+
+async def start(
+    folder: Path,
+    *,
+    host: str = "127.0.0.1",
+    smtp_port: int = 0,
+    http_port: int = 0,
+    keep: int = KEEP,
+    starttls: ssl.SSLContext | None = None,
+    implicit_tls: ssl.SSLContext | None = None,
+) -> RunningMail:
+    """Listen for SMTP and HTTP on `host` (0: free ports) in this event loop. With
+    `starttls`, SMTP requires STARTTLS before MAIL; with `implicit_tls`, SMTP is TLS from
+    the first byte (the tests of the channel's security modes)."""
+    store = MailStore(folder, keep=keep)
+    handler = AcceptEverything(store)
+    loop = asyncio.get_running_loop()
+
+    def connection() -> SMTPProtocol:
+        store.counts["connections"] += 1
+        return SMTPProtocol(
+            handler,
+            hostname="fake-mail.localhost",
+            data_size_limit=MAX_MESSAGE_BYTES,
+            enable_SMTPUTF8=True,
+            ident="clinic-notify fake mail",
+            tls_context=starttls,
+            require_starttls=starttls is not None,
+        )
+
+    smtp = await loop.create_server(connection, host, smtp_port, backlog=1024, ssl=implicit_tls)
+    bound_smtp: int = smtp.sockets[0].getsockname()[1]
+    runner, bound_http = await start_http(http_app(store), host, http_port)
+    return RunningMail(store, bound_smtp, bound_http, smtp, runner)
+
+
+def serve(folder: Path, host: str, smtp_port: int, http_port: int, keep: int) -> None:
+    """`notify fake-mail`: serve until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        running = await start(
+            folder, host=host, smtp_port=smtp_port, http_port=http_port, keep=keep
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, stop.set)
+        print(
+            f"Fake mail listening on smtp://{host}:{running.smtp_port} and "
+            f"http://{host}:{running.http_port}/_fake/mail (kept in {os.fspath(folder)})",
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await running.stop()
+
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=new_event_loop) as r:
+        r.run(main())

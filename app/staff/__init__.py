@@ -1,0 +1,1 @@
+"""Clinic staff users: who they are and the one address they are reached at (email)."""
