@@ -5,16 +5,38 @@ Every variable is listed with its default in `.env.example`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from datetime import time
 from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.states import ChannelName
+
+
+def load_ec_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """An ECDSA public key from PEM or base64 DER (SendGrid's verification key).
+    Raises ValueError."""
+    text = text.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(text.encode())
+        else:
+            key = serialization.load_der_public_key(base64.b64decode(text, validate=True))
+    except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm) as exc:
+        raise ValueError("not a PEM or base64 DER public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("not an elliptic-curve (ECDSA) public key")
+    return key
+
 
 AppEnv = Literal["development", "test", "staging", "production"]
 
@@ -171,6 +193,26 @@ class Settings(BaseSettings):
     webhook_batch_size: int = Field(default=500, ge=1, le=10_000)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Email replies and deliverability (app/email). Replies come back to
+    # reply+<token>@EMAIL_INBOUND_DOMAIN and bounces to bounce+<mac>@ it: its MX leads to
+    # `notify smtp-inbound`, or to SendGrid's Inbound Parse, which posts each message to
+    # /callbacks/email/inbound-parse. Larger inbound messages are refused (SMTP 552,
+    # HTTP 413); attachments are kept by reference only, whatever their size.
+    email_inbound_domain: str = "reply.localhost"
+    email_inbound_max_bytes: int = Field(default=30 * 1024 * 1024, ge=64 * 1024)
+    # Languages whose reply headers ("On ... wrote:") and signatures are recognised
+    # (mail-parser-reply's: en, de, fr, es, ...).
+    email_reply_languages: Annotated[list[str], NoDecode] = ["en"]
+    # HTTP Basic credentials that SendGrid's Inbound Parse URL carries
+    # (https://USER:PASSWORD@host/callbacks/email/inbound-parse). No password: refused.
+    sendgrid_inbound_parse_username: str = "sendgrid"
+    sendgrid_inbound_parse_password: SecretStr = SecretStr("")
+    # SendGrid's Event Webhook verification key (Signed Event Webhook; base64 DER, as
+    # SendGrid shows it, or PEM). None set: every event post is refused.
+    sendgrid_event_public_key: str = ""
+    # A signed event post whose timestamp is further than this from now is a replay.
+    sendgrid_event_max_age_seconds: int = Field(default=600, ge=10)
+
     sentry_dsn: str = ""
     # Outside production, only these numbers are messaged, whatever the provider's URL
     # (a local proxy or tunnel may lead to a real one)...
@@ -259,6 +301,7 @@ class Settings(BaseSettings):
         "consent_start_keywords",
         "consent_help_keywords",
         "outgoing_deny_list",
+        "email_reply_languages",
         "email_preferred_purposes",
         mode="before",
     )(_split_csv)
@@ -318,6 +361,21 @@ class Settings(BaseSettings):
         if wrong:
             raise ValueError(f"keys must be purposes (lower case) or *: {wrong}")
         return hours
+
+    @field_validator("email_inbound_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}", value):
+            raise ValueError("must be a domain name (reply.clinic.example)")
+        return value
+
+    @field_validator("sendgrid_event_public_key")
+    @classmethod
+    def _public_key(cls, value: str) -> str:
+        if value.strip():
+            load_ec_public_key(value)
+        return value.strip()
 
     @field_validator("sweep_interval_seconds")
     @classmethod
@@ -407,6 +465,8 @@ class Settings(BaseSettings):
             problems.append("EMAIL_FROM must be set")
         if self.smtp_security == "none" and self.smtp_host not in ("127.0.0.1", "::1", "localhost"):
             problems.append("SMTP_SECURITY=none is only for a relay on this machine")
+        if self.email_inbound_domain.endswith(".localhost"):
+            problems.append("EMAIL_INBOUND_DOMAIN must be a domain whose MX leads back to us")
         return problems
 
     @property

@@ -8,6 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -23,6 +24,7 @@ from app.bench.common import (
     start_workers,
 )
 from app.config import get_settings
+from app.delivery import loop_guard
 
 # The mixes: who the N reminders go to.
 # - `imo-sms`: even i an Imo-subscribed patient (fake Imo digit 3: accepted), odd i SMS
@@ -111,6 +113,35 @@ async def unsettled(engine: AsyncEngine) -> int:
 DATABASE = "clinic_notify_bench_dispatch"
 
 
+COUNT_TRIGGERS = (
+    "notification_counts_insert",
+    "notification_counts_update",
+    "notification_counts_delete",
+)
+
+
+async def set_count_triggers(engine: AsyncEngine, *, enabled: bool) -> None:
+    """The dashboard's counting triggers on or off (a benchmark's comparison only: off,
+    the counts no longer follow the table)."""
+    action = "ENABLE" if enabled else "DISABLE"
+    async with engine.begin() as connection:
+        for trigger in COUNT_TRIGGERS:
+            await connection.execute(text(f"ALTER TABLE notifications {action} TRIGGER {trigger}"))
+
+
+async def forget_loop_guard(redis_url: str) -> None:
+    """Each run starts with the loop guard's counts empty: the seed sends the same text to
+    the same numbers every run, so an earlier run within 30 minutes would make this one's
+    reminders `duplicate` and nothing would be sent."""
+    redis = Redis.from_url(redis_url)
+    try:
+        batch = [key async for key in redis.scan_iter(match=f"{loop_guard.KEY_PREFIX}*")]
+        for start in range(0, len(batch), 1000):
+            await redis.delete(*batch[start : start + 1000])
+    finally:
+        await redis.aclose()
+
+
 def per_message_us(cpu_seconds: float, n: int) -> float:
     return cpu_seconds / n * 1e6
 
@@ -122,16 +153,21 @@ async def measure(
     batch: int,
     measured: int | None = None,
     mix: str = "imo-sms",
+    count_triggers: bool = True,
 ) -> dict[str, object]:
     """`measured` < n: time only the first `measured` sends of n due reminders (memory
-    and rate on a large table without waiting for all of it)."""
+    and rate on a large table without waiting for all of it). `count_triggers=False`:
+    the dashboard's counting triggers disabled after the seed (what they cost)."""
     measured = min(n, measured or n)
     database_url = await fresh_database(DATABASE)
     redis_url = get_settings().redis_url
+    await forget_loop_guard(redis_url)
     engine = create_async_engine(database_url)
     started = time.perf_counter()
     await seed(engine, n, mix)
     console.print(f"seeded {n:,} reminders in {time.perf_counter() - started:.1f}s")
+    if not count_triggers:
+        await set_count_triggers(engine, enabled=False)
     env = {
         "DISPATCH_CONCURRENCY": str(concurrency),
         "DISPATCH_BATCH_SIZE": str(batch),
@@ -200,6 +236,7 @@ async def measure(
     rate = measured / seconds
     return {
         "mix": mix,
+        "count triggers": "on" if count_triggers else "off",
         "reminders": n,
         "measured": measured,
         "workers": workers,
@@ -228,6 +265,7 @@ def run(
     json_path: Path | None,
     measured: int | None = None,
     mixes: list[str] | None = None,
+    count_triggers: list[bool] | None = None,
 ) -> Result:
     result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
     for mix in mixes or ["imo-sms"]:
@@ -235,7 +273,13 @@ def run(
             raise ValueError(f"unknown mix {mix!r}: one of {', '.join(MIXES)}")
         for n in sizes:
             for count in workers:
-                result.add(**asyncio.run(measure(n, count, concurrency, batch, measured, mix)))
+                for triggers in count_triggers or [True]:
+                    row = asyncio.run(
+                        measure(n, count, concurrency, batch, measured, mix, triggers)
+                    )
+                    result.add(**row)
+                    # Each row as it comes: a long comparison cut short keeps what it measured.
+                    console.print(row)
     result.show()
     result.write_json(json_path)
     return result

@@ -65,6 +65,10 @@ _CLAIM = text(
            -- A staff message on a conversation: the conversation (its Reply-To, its
            -- subject as the email's), by ix_messages_notification.
            conv.id::text AS conversation_id, conv.subject AS conversation_subject,
+           -- Why the patient's address may not be mailed (app/email: a hard bounce, a
+           -- complaint, an unsubscribe), by its primary key; addresses are kept lower-case.
+           (SELECT ea.reason FROM email_addresses AS ea
+            WHERE ea.address = lower(p.email) AND ea.status = 'blocked') AS email_blocked,
            -- WhatsApp's customer-service window: the patient wrote on WhatsApp in the
            -- last 24 hours (ix_messages_patient_received), so free text may go.
            EXISTS (SELECT FROM messages AS m

@@ -51,21 +51,36 @@ _REPLY_CODE = re.compile(r"[45][0-9][0-9]")
 
 @dataclass(slots=True)
 class Summary:
+    """A kept message; its headers are read when it is first listed, not on receipt (the
+    header parser would cost more than the rest of the SMTP exchange)."""
+
     id: str
-    mail_from: str
-    to: list[str]
-    subject: str
-    message_id: str
+    rcpt_tos: list[str]
     size: int
     received_at: float
+    _headers: dict[str, str] | None = None
 
-    def as_json(self) -> dict[str, Any]:
+    def headers(self, folder: Path) -> dict[str, str]:
+        if self._headers is None:
+            try:
+                with (folder / f"{self.id}.eml").open("rb") as handle:
+                    parsed = BytesHeaderParser(policy=default_policy).parse(handle)
+                self._headers = {
+                    name: str(parsed.get(name, ""))
+                    for name in ("From", "To", "Subject", "Message-ID")
+                }
+            except (OSError, ValueError):
+                self._headers = {}
+        return self._headers
+
+    def as_json(self, folder: Path) -> dict[str, Any]:
+        headers = self.headers(folder)
         return {
             "id": self.id,
-            "from": self.mail_from,
-            "to": self.to,
-            "subject": self.subject,
-            "message_id": self.message_id,
+            "from": headers.get("From", ""),
+            "to": self.rcpt_tos or [headers.get("To", "")],
+            "subject": headers.get("Subject", ""),
+            "message_id": headers.get("Message-ID", "").strip("<> "),
             "size": self.size,
             "received_at": self.received_at,
         }
@@ -86,26 +101,13 @@ class MailStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.folder.glob("*.eml"))[-self.keep :]:
             with contextlib.suppress(OSError):
-                data = path.read_bytes()
-                self.messages.append(self._summary(path.stem, data, [], path.stat().st_mtime))
-
-    @staticmethod
-    def _summary(message_id: str, data: bytes, rcpt_tos: list[str], at: float) -> Summary:
-        headers = BytesHeaderParser(policy=default_policy).parsebytes(data)
-        return Summary(
-            id=message_id,
-            mail_from=str(headers.get("From", "")),
-            to=rcpt_tos or [str(headers.get("To", ""))],
-            subject=str(headers.get("Subject", "")),
-            message_id=str(headers.get("Message-ID", "")).strip("<> "),
-            size=len(data),
-            received_at=at,
-        )
+                stat = path.stat()
+                self.messages.append(Summary(path.stem, [], stat.st_size, stat.st_mtime))
 
     def add(self, data: bytes, rcpt_tos: list[str]) -> Summary:
         message_id = f"{time.time_ns():019d}-{next(self._sequence)}"
         (self.folder / f"{message_id}.eml").write_bytes(data)
-        summary = self._summary(message_id, data, rcpt_tos, time.time())
+        summary = Summary(message_id, rcpt_tos, len(data), time.time())
         self.messages.append(summary)
         self.counts["accepted"] += 1
         while len(self.messages) > self.keep:
@@ -113,6 +115,10 @@ class MailStore:
             with contextlib.suppress(OSError):
                 (self.folder / f"{old.id}.eml").unlink()
         return summary
+
+    def listed(self) -> list[dict[str, Any]]:
+        """Every kept message, newest first."""
+        return [summary.as_json(self.folder) for summary in reversed(self.messages)]
 
     def raw(self, message_id: str) -> bytes | None:
         if not _ID.fullmatch(message_id):
@@ -217,9 +223,9 @@ class FakeMail:
     async def list_mail(self, request: web.Request) -> web.Response:
         to = request.query.get("to", "").lower()
         items = [
-            s.as_json()
-            for s in reversed(self.store.messages)
-            if not to or any(to == address.lower() for address in s.to)
+            item
+            for item in self.store.listed()
+            if not to or any(to == address.lower() for address in item["to"])
         ]
         return json_response({"items": items})
 

@@ -213,6 +213,17 @@ async def claim_batch(
             None if known is None or waiting.not_before is None else min(known, waiting.not_before)
         )
     round_.paused_until = rules.resume_at(window, now, waits)
+    closed = sorted(zone for zone in waits if zone not in usable)
+    if closed:
+        # (Batches waiting in open zones wait for a switch or errors: the runner says so.)
+        await imo_repository.record_pause(
+            session,
+            round_id,
+            "window",
+            "messaging window closed in " + ", ".join(closed[:5]) + (" …" if closed[5:] else ""),
+            now,
+            round_.paused_until,
+        )
     return Idle("paused", round_.paused_until)
 
 

@@ -48,9 +48,9 @@ def outgoing(**overrides: object) -> OutgoingMessage:
     return OutgoingMessage(**values)  # type: ignore[arg-type]
 
 
-def parse(mail: EmailMessage) -> EmailMessage:
+def parse(raw: bytes) -> EmailMessage:
     """The message as a receiver reads it from the wire."""
-    parsed = email.message_from_bytes(mail.as_bytes(), policy=default_policy)
+    parsed = email.message_from_bytes(raw, policy=default_policy)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
@@ -112,7 +112,7 @@ class TestCompose:
             sender=SENDER,
             message_id="a@b.c",
         )
-        raw = mail.as_bytes()
+        raw = mail
         received = parse(mail)
         assert received["Bcc"] is None
         assert b"\r\nBcc:" not in raw and b"\nBcc:" not in raw
@@ -134,7 +134,7 @@ class TestCompose:
         assert mail["Reply-To"].addresses[0].addr_spec == "reply+t@in.test"
         assert mail["X-Thread"] == "a b"
         assert mail["Bcc"] is None
-        assert b"\nBcc:" not in composed.as_bytes()
+        assert b"\nBcc:" not in composed
         for reserved in ("To", "Subject", "Message-ID", "From"):
             with pytest.raises(ValueError, match="may not set"):
                 compose(
@@ -142,6 +142,29 @@ class TestCompose:
                 )
         with pytest.raises(ValueError, match="may not set"):
             compose(outgoing(), sender=SENDER, message_id="a@b.c", extra_headers={"X\nY": "x"})
+
+    def test_non_ascii_subject_and_names_are_encoded_and_read_back(self) -> None:
+        subject = "আপনার পরবর্তী ভিজিট: ১২ ডিসেম্বর " * 4
+        raw = compose(
+            outgoing(title=subject, recipient_name="রহিম উদ্দিন", text="নমস্কার\nভালো থাকবেন"),
+            sender="ঢাকা ক্লিনিক <clinic@notify.test>",
+            message_id="a@b.c",
+        )
+        assert raw.isascii()
+        assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+        mail = parse(raw)
+        assert mail["Subject"] == subject.strip()
+        assert mail["To"].addresses[0].display_name == "রহিম উদ্দিন"
+        assert mail["From"].addresses[0].display_name == "ঢাকা ক্লিনিক"
+        assert body(mail, "plain") == "নমস্কার\r\nভালো থাকবেন"
+        assert "নমস্কার<br>" in body(mail, "html")
+        assert not mail.defects and all(not part.defects for part in mail.walk())
+
+    def test_a_header_too_long_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="longer than"):
+            compose(
+                outgoing(), sender=SENDER, message_id="a@b.c", extra_headers={"X-Long": "a" * 950}
+            )
 
     def test_a_message_without_an_address_is_refused(self) -> None:
         with pytest.raises(PermanentChannelError) as caught:
@@ -232,10 +255,10 @@ class TestSending:
         finally:
             await channel.close()
         assert result.provider_message_id.endswith("@notify.test")
-        [kept] = server.store.messages
-        assert kept.message_id == result.provider_message_id
-        assert kept.to == [ADDRESS]
-        raw = server.store.raw(kept.id)
+        [kept] = server.store.listed()
+        assert kept["message_id"] == result.provider_message_id
+        assert kept["to"] == [ADDRESS]
+        raw = server.store.raw(kept["id"])
         assert raw is not None and b"multipart/alternative" in raw
 
     async def test_connections_are_reused_up_to_the_pool_size(
@@ -279,7 +302,7 @@ class TestSending:
         assert "nobody@" not in refused.value.message
         assert deferred.value.code == "smtp_452"
         assert server.store.counts["connections"] == 1
-        assert [m.to for m in server.store.messages] == [[ADDRESS]]
+        assert [m["to"] for m in server.store.listed()] == [[ADDRESS]]
 
     async def test_nobody_listening_is_transient(self) -> None:
         with socket.socket() as probe:

@@ -80,11 +80,11 @@ class TestReminderChainWithEmail:
         fresh, attempts = await reload(db_session, notification)
         assert fresh.state == "sent"
         assert [(a.channel, a.status) for a in attempts] == [("email", "sent")]
-        [kept] = smtp.store.messages
+        [kept] = smtp.store.listed()
         # The Message-ID we generated is the attempt's provider id.
-        assert kept.message_id == attempts[0].provider_message_id
-        assert kept.to == [ADDRESS]
-        assert kept.subject == "Your visit"
+        assert kept["message_id"] == attempts[0].provider_message_id
+        assert kept["to"] == [ADDRESS]
+        assert kept["subject"] == "Your visit"
 
     async def test_a_refused_address_falls_back_to_sms(
         self, db_session: AsyncSession, dispatcher: Dispatcher, smtp: fake_mail.RunningMail
@@ -161,7 +161,7 @@ class TestReminderChainWithEmail:
         assert denied.state == "denied" and not attempts
         assert denied.failure_reason is not None
         assert "ALLOWED_RECIPIENTS" in denied.failure_reason
-        assert [m.to for m in smtp.store.messages] == [["Allowed@mail.example.org"]]
+        assert [m["to"] for m in smtp.store.listed()] == [["Allowed@mail.example.org"]]
 
 
 class TestConversationMessageByEmail:
@@ -200,5 +200,5 @@ class TestConversationMessageByEmail:
         fresh, attempts = await reload(db_session, notification)
         assert fresh.channel_chain == ["email", "imo", "sms"]
         assert [(a.channel, a.status) for a in attempts] == [("email", "sent")]
-        [kept] = smtp.store.messages
-        assert kept.subject == "Your test results"
+        [kept] = smtp.store.listed()
+        assert kept["subject"] == "Your test results"
