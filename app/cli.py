@@ -403,7 +403,9 @@ def fake_twilio(
 def fake_gateway(
     url: Annotated[str, typer.Option(help="The service's /gateway/api/sms URL.")],
     user: Annotated[str, typer.Option(help="The gateway's name.")],
-    password: Annotated[str, typer.Option(help="The gateway's secret.")],
+    password: Annotated[
+        str, typer.Option(help="The gateway's secret.", envvar="FAKE_GATEWAY_PASSWORD")
+    ],
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 5.0,
     fail_rate: Annotated[float, typer.Option(help="Share of messages reported FAILED.")] = 0.0,
 ) -> None:

@@ -234,9 +234,12 @@ class Settings(BaseSettings):
     outgoing_deny_with_alphas: bool = False
     # Gateway phones (cht-gateway): how many SMS a phone sends a minute (about one a
     # second), which paces what each poll offers; a phone silent this long is offline,
-    # and what it was offered goes to the next channel.
+    # and what it was offered goes to the next channel. A message left this long in its
+    # country's pool while no phone that serves the country polls goes to the next
+    # channel too (or fails, when none is left), instead of waiting until it expires.
     gateway_rate_per_minute: int = Field(default=60, ge=1, le=6000)
     gateway_offline_after_minutes: float = Field(default=10.0, gt=0)
+    gateway_unpolled_after_minutes: float = Field(default=15.0, gt=0)
     # Loop guard: more than this many messages with the same recipient and text, each
     # within 30 minutes of the previous, end `duplicate` and are not sent.
     duplicate_limit: int = Field(default=5, ge=1, le=20)

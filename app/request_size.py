@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body
+from app.errors import error_body_for
 
 
 class RequestSizeLimit:
@@ -27,7 +27,7 @@ class RequestSizeLimit:
         max_bytes = self.larger.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > max_bytes:
-            await self._too_large(max_bytes)(scope, receive, send)
+            await self._too_large(max_bytes, scope.get("path", ""))(scope, receive, send)
             return
         received = 0
 
@@ -45,8 +45,8 @@ class RequestSizeLimit:
         await self.app(scope, limited, send)
 
     @staticmethod
-    def _too_large(max_bytes: int) -> JSONResponse:
-        return JSONResponse(error_body("payload_too_large", _message(max_bytes), []), 413)
+    def _too_large(max_bytes: int, path: str) -> JSONResponse:
+        return JSONResponse(error_body_for(path, "payload_too_large", _message(max_bytes), []), 413)
 
 
 def _message(max_bytes: int) -> str:

@@ -114,8 +114,8 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
 
 
 async def take_back_from_offline_gateways(ctx: Context) -> int:
-    """Cron: what offline gateway phones were offered goes to the next channel. Safe on
-    every worker (SKIP LOCKED)."""
+    """Cron: what offline gateway phones were offered, and what waits in a pool no phone
+    polls, goes to the next channel. Safe on every worker (SKIP LOCKED)."""
     return await gateway_service.take_back_in_own_unit(
         ctx["sessionmaker"], ctx["settings"], datetime.now(UTC)
     )

@@ -231,7 +231,11 @@ def callbacks(
 @bench_cli.command("gateway")
 def gateway(
     notifications: Annotated[list[int], typer.Option("--notifications", "-n")] = [1_000_000],  # noqa: B006
-    polls: Annotated[int, typer.Option(help="Polls measured.")] = 300,
+    polls: Annotated[int, typer.Option(help="Polls measured per round.")] = 300,
+    rounds: Annotated[int, typer.Option(help="Rounds after one seeding; their median.")] = 3,
+    reuse: Annotated[
+        bool, typer.Option(help="Measure on the table a previous run seeded (no seeding).")
+    ] = False,
     json_path: JsonOption = None,
 ) -> None:
     """A cht-gateway poll (10 incoming, 20 updates) with a full table: latency."""
@@ -239,7 +243,7 @@ def gateway(
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_gateway.run(notifications, polls, json_path)
+    bench_gateway.run(notifications, polls, rounds, json_path, reuse)
 
 
 @bench_cli.command("schedule")

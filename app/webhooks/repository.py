@@ -44,6 +44,44 @@ async def emit(
     return event_id
 
 
+# Several events at once (a gateway poll's incoming SMS): one statement for the events
+# and their deliveries.
+_EMIT_MANY = text(
+    """
+    WITH event AS (
+        INSERT INTO webhook_events (id, type, patient_id, data, occurred_at)
+        SELECT v.id, v.type, v.patient_id, CAST(v.data AS jsonb), now()
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:patient_ids AS text[]),
+                    CAST(:data AS text[])) AS v(id, type, patient_id, data)
+        RETURNING id, type, patient_id, occurred_at
+    )
+    INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,
+                                    next_attempt_at)
+    SELECT event.id, e.name, event.patient_id, event.occurred_at, 'pending', event.occurred_at
+    FROM event JOIN webhook_endpoints AS e ON e.active AND event.type = ANY(e.events)
+    """
+)
+
+
+async def emit_many(
+    session: AsyncSession, events: Sequence[tuple[str, str | None, dict[str, Any]]]
+) -> list[uuid.UUID]:
+    """`emit` for each (type, patient id, data), in one statement."""
+    if not events:
+        return []
+    event_ids = [uuid.uuid4() for _ in events]
+    await session.execute(
+        _EMIT_MANY,
+        {
+            "ids": event_ids,
+            "types": [type_ for type_, _, _ in events],
+            "patient_ids": [patient_id for _, patient_id, _ in events],
+            "data": [orjson.dumps(data).decode() for _, _, data in events],
+        },
+    )
+    return event_ids
+
+
 _REPLAY = text(
     """
     INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,

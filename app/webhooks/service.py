@@ -127,3 +127,12 @@ async def imo_subscribed(session: AsyncSession, patient_id: str, before: str) ->
     as it stood `before` (its status and when it changed: a replayed accept is not a
     second event, a subscription after Imo dropped the patient is)."""
     await webhook_repository.emit_imo_subscribed(session, patient_id, before)
+
+
+async def emit_many(
+    session: AsyncSession, events: Sequence[tuple[EventType, str | None, dict[str, Any]]]
+) -> None:
+    """`emit` for several events at once, in one statement. Flushes."""
+    await webhook_repository.emit_many(
+        session, [(event.value, patient_id, data) for event, patient_id, data in events]
+    )
