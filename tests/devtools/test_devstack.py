@@ -41,7 +41,9 @@ def dev_env(data_dir: Path) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_", "REDIS_", "IMO_", "TWILIO_", "PUBLIC_BASE_URL"))
+        if not key.startswith(
+            ("DATABASE_", "REDIS_", "IMO_", "TWILIO_", "PUBLIC_BASE_URL", "SMTP_", "EMAIL_")
+        )
     }
     env.update(APP_ENV="development", DATA_DIR=str(data_dir), SECRET_KEY="")
     return env
