@@ -195,9 +195,7 @@ class Dispatcher:
         self._next_takeover = time.monotonic() + TAKEOVER_INTERVAL_SECONDS
         stale_before = self.clock() - timedelta(seconds=self.settings.sending_stale_after_seconds)
         async with self.sessionmaker() as session:
-            requeued, unconfirmed = await delivery_repository.sweep_stale_sending(
-                session, stale_before
-            )
+            requeued, unconfirmed = await _settle_stale(session, stale_before)
             await session.commit()
         if requeued or unconfirmed:
             log.warning(
@@ -654,6 +652,14 @@ def _log_batch(claimed: int, outcomes: Counter[str], seconds: float) -> None:
     )
 
 
+async def _settle_stale(session: AsyncSession, stale_before: datetime) -> tuple[int, int]:
+    """The stale claims settled in the caller's transaction -> (requeued, unconfirmed),
+    with the `notification.*` events of those that end `sent` or beyond."""
+    requeued, settled = await delivery_repository.sweep_stale_sending(session, stale_before)
+    await webhook_service.notifications_changed(session, settled)
+    return requeued, len(settled)
+
+
 async def sweep(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
 ) -> tuple[int, int]:
@@ -661,7 +667,7 @@ async def sweep(
     net behind the live workers' own takeover of claims whose lease ran out."""
     stale_before = now - timedelta(seconds=settings.sending_stale_after_seconds)
     async with sessionmaker() as session:
-        counts = await delivery_repository.sweep_stale_sending(session, stale_before)
+        counts = await _settle_stale(session, stale_before)
         await delivery_repository.forget_old_leases(session, FORGET_LEASES_AFTER_SECONDS)
         # A batch that read a switch just before it was resumed may have held notifications
         # after the resume released the rest: they are released here.

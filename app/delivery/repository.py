@@ -484,8 +484,9 @@ _MARK_UNCONFIRMED = text(
 
 async def sweep_stale_sending(
     session: AsyncSession, stale_before: datetime, limit: int = 1000
-) -> tuple[int, int]:
-    """Settle notifications a dead worker left in `sending` -> (requeued, settled):
+) -> tuple[int, list[uuid.UUID]]:
+    """Settle notifications a dead worker left in `sending` -> (how many requeued, the
+    ids of those settled `sent` or beyond):
     those whose lease ran out (or was dropped), and those claimed without a lease
     before `stale_before`.
 
@@ -494,9 +495,9 @@ async def sweep_stale_sending(
     sure (a callback already raised an attempt): `sent`, `delivered` or `read`, as the
     attempt. Either way never resent, so never sent twice.
     """
-    unconfirmed = len(
+    settled = list(
         (
-            await session.execute(_MARK_UNCONFIRMED, {"stale_before": stale_before, "limit": limit})
+            await session.scalars(_MARK_UNCONFIRMED, {"stale_before": stale_before, "limit": limit})
         ).all()
     )
     requeued = len(
@@ -506,7 +507,7 @@ async def sweep_stale_sending(
             )
         ).all()
     )
-    return requeued, unconfirmed
+    return requeued, settled
 
 
 # Rows are locked in id order so concurrent batches cannot deadlock. A report that does

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.consent import service as consent_service
 from app.consent.keywords import Keyword
-from app.delivery.dispatcher import Dispatcher
+from app.delivery.dispatcher import Dispatcher, sweep
 from app.imo import service as imo_service
 from app.models import (
     DeliveryAttempt,
@@ -24,7 +24,7 @@ from app.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
-from app.states import AttemptStatus
+from app.states import HELD_STATE, AttemptStatus
 from app.webhooks import service as webhook_service
 from tests.delivery.test_dispatcher import dispatcher, due, patient_with, report
 
@@ -135,6 +135,29 @@ class TestNotificationEvents:
                 "notification.denied",
                 "opted out",
             )
+
+    async def test_a_dead_workers_claim_settled_by_the_sweeper_has_its_event(
+        self, db_session: AsyncSession, db_sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        await subscribe(db_session, "notification.sent")
+        # A worker claimed it an hour ago and began the send, then died.
+        notification = await due(
+            db_session,
+            await patient_with(db_session, 3),
+            state=HELD_STATE,
+            claimed_at=datetime.now(UTC) - timedelta(hours=1),
+        )
+        db_session.add(
+            DeliveryAttempt(
+                notification_id=notification.id, channel="sms", status=AttemptStatus.SENDING
+            )
+        )
+        await db_session.commit()
+
+        assert await sweep(db_sessionmaker, SETTINGS, datetime.now(UTC)) == (0, 1)
+
+        [event] = await events_about(db_session, "notification_id", str(notification.id))
+        assert (event.type, event.data["state"]) == ("notification.sent", "sent")
 
 
 class TestImoSubscribed:
