@@ -218,6 +218,36 @@ def operators_revoke(
     console.print(f"Operator [bold]{email}[/bold] disabled; {ended} live session(s) ended.")
 
 
+@cli.command("smtp-inbound")
+def smtp_inbound(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (25 behind the MX).")] = 2525,
+) -> None:
+    """Receive email replies and bounces by SMTP (for EMAIL_INBOUND_DOMAIN only)."""
+    from app.db.session import create_engine_and_sessionmaker
+    from app.email.smtp_receiver import serve
+    from app.logs import configure_logging
+
+    database_url, _ = prepare_environment(redis=False)
+    require_migrated(database_url)
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+
+    async def run() -> None:
+        engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=5)
+        try:
+            await serve(settings, sessionmaker, host, port)
+        finally:
+            await engine.dispose()
+
+    console.print(f"SMTP receiver for @{settings.email_inbound_domain} on {host}:{port}")
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
 @cli.command()
 def invite(
     limit: Annotated[
@@ -373,7 +403,9 @@ def fake_twilio(
 def fake_gateway(
     url: Annotated[str, typer.Option(help="The service's /gateway/api/sms URL.")],
     user: Annotated[str, typer.Option(help="The gateway's name.")],
-    password: Annotated[str, typer.Option(help="The gateway's secret.")],
+    password: Annotated[
+        str, typer.Option(help="The gateway's secret.", envvar="FAKE_GATEWAY_PASSWORD")
+    ],
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 5.0,
     fail_rate: Annotated[float, typer.Option(help="Share of messages reported FAILED.")] = 0.0,
 ) -> None:

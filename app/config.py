@@ -5,16 +5,38 @@ Every variable is listed with its default in `.env.example`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from datetime import time
 from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.states import ChannelName
+
+
+def load_ec_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """An ECDSA public key from PEM or base64 DER (SendGrid's verification key).
+    Raises ValueError."""
+    text = text.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(text.encode())
+        else:
+            key = serialization.load_der_public_key(base64.b64decode(text, validate=True))
+    except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm) as exc:
+        raise ValueError("not a PEM or base64 DER public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("not an elliptic-curve (ECDSA) public key")
+    return key
+
 
 AppEnv = Literal["development", "test", "staging", "production"]
 
@@ -55,6 +77,12 @@ class Settings(BaseSettings):
 
     app_env: AppEnv = "development"
     database_url: str = ""
+    # False behind PgBouncer in transaction mode older than 1.21 (Debian 12 ships 1.18):
+    # statements are then prepared unnamed, inside their transaction, never cached.
+    database_statement_cache: bool = True
+    # Months the partitioned logs keep (docs/retention.md): older months are dropped
+    # whole by the daily job. 0: kept for ever.
+    retention_months: int = Field(default=0, ge=0, le=1200)
     redis_url: str = ""
     public_base_url: str = ""
     # Signs callback tokens (Imo callback URLs). Derived per data folder in development.
@@ -170,6 +198,29 @@ class Settings(BaseSettings):
     webhook_disable_after_hours: float = Field(default=24.0, gt=0)
     webhook_batch_size: int = Field(default=500, ge=1, le=10_000)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A worker's claim on the deliveries it is sending: one that dies mid-send leaves
+    # them due again after this long (longer than WEBHOOK_TIMEOUT_SECONDS).
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
+
+    # Email replies and deliverability (app/email). Replies come back to
+    # reply+<token>@EMAIL_INBOUND_DOMAIN and bounces to bounce+<mac>@ it: its MX leads to
+    # `notify smtp-inbound`, or to SendGrid's Inbound Parse, which posts each message to
+    # /callbacks/email/inbound-parse. Larger inbound messages are refused (SMTP 552,
+    # HTTP 413); attachments are kept by reference only, whatever their size.
+    email_inbound_domain: str = "reply.localhost"
+    email_inbound_max_bytes: int = Field(default=30 * 1024 * 1024, ge=64 * 1024)
+    # Languages whose reply headers ("On ... wrote:") and signatures are recognised
+    # (mail-parser-reply's: en, de, fr, es, ...).
+    email_reply_languages: Annotated[list[str], NoDecode] = ["en"]
+    # HTTP Basic credentials that SendGrid's Inbound Parse URL carries
+    # (https://USER:PASSWORD@host/callbacks/email/inbound-parse). No password: refused.
+    sendgrid_inbound_parse_username: str = "sendgrid"
+    sendgrid_inbound_parse_password: SecretStr = SecretStr("")
+    # SendGrid's Event Webhook verification key (Signed Event Webhook; base64 DER, as
+    # SendGrid shows it, or PEM). None set: every event post is refused.
+    sendgrid_event_public_key: str = ""
+    # A signed event post whose timestamp is further than this from now is a replay.
+    sendgrid_event_max_age_seconds: int = Field(default=600, ge=10)
 
     sentry_dsn: str = ""
     # Outside production, only these numbers are messaged, whatever the provider's URL
@@ -183,9 +234,12 @@ class Settings(BaseSettings):
     outgoing_deny_with_alphas: bool = False
     # Gateway phones (cht-gateway): how many SMS a phone sends a minute (about one a
     # second), which paces what each poll offers; a phone silent this long is offline,
-    # and what it was offered goes to the next channel.
+    # and what it was offered goes to the next channel. A message left this long in its
+    # country's pool while no phone that serves the country polls goes to the next
+    # channel too (or fails, when none is left), instead of waiting until it expires.
     gateway_rate_per_minute: int = Field(default=60, ge=1, le=6000)
     gateway_offline_after_minutes: float = Field(default=10.0, gt=0)
+    gateway_unpolled_after_minutes: float = Field(default=15.0, gt=0)
     # Loop guard: more than this many messages with the same recipient and text, each
     # within 30 minutes of the previous, end `duplicate` and are not sent.
     duplicate_limit: int = Field(default=5, ge=1, le=20)
@@ -218,7 +272,12 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=30.0, gt=0)
     retry_max_seconds: float = Field(default=900.0, gt=0)
     retry_max_attempts: int = Field(default=8, ge=0)
-    # A notification `sending` for longer than this was left by a dead worker.
+    # Each worker holds what it claimed under a lease it renews every third of this;
+    # a claim whose worker stopped renewing for this long is taken over at once by any
+    # live worker (sent if it had no attempt, else `unconfirmed`).
+    dispatch_lease_seconds: float = Field(default=15.0, ge=1)
+    # A notification `sending` for longer than this, claimed without a lease, was left
+    # by a dead worker.
     sending_stale_after_seconds: int = Field(default=300, ge=10)
     # How often every worker looks for what dead workers left in `sending` (seconds;
     # a divisor of 60, as the sweeper is a cron job on the seconds of each minute).
@@ -256,6 +315,7 @@ class Settings(BaseSettings):
         "consent_start_keywords",
         "consent_help_keywords",
         "outgoing_deny_list",
+        "email_reply_languages",
         "email_preferred_purposes",
         mode="before",
     )(_split_csv)
@@ -315,6 +375,21 @@ class Settings(BaseSettings):
         if wrong:
             raise ValueError(f"keys must be purposes (lower case) or *: {wrong}")
         return hours
+
+    @field_validator("email_inbound_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}", value):
+            raise ValueError("must be a domain name (reply.clinic.example)")
+        return value
+
+    @field_validator("sendgrid_event_public_key")
+    @classmethod
+    def _public_key(cls, value: str) -> str:
+        if value.strip():
+            load_ec_public_key(value)
+        return value.strip()
 
     @field_validator("sweep_interval_seconds")
     @classmethod
@@ -404,6 +479,8 @@ class Settings(BaseSettings):
             problems.append("EMAIL_FROM must be set")
         if self.smtp_security == "none" and self.smtp_host not in ("127.0.0.1", "::1", "localhost"):
             problems.append("SMTP_SECURITY=none is only for a relay on this machine")
+        if self.email_inbound_domain.endswith(".localhost"):
+            problems.append("EMAIL_INBOUND_DOMAIN must be a domain whose MX leads back to us")
         return problems
 
     @property

@@ -97,6 +97,20 @@ def error_body(code: str, message: str, details: list[dict[str, Any]]) -> dict[s
     return {"error": {"code": code, "message": message, "details": details}}
 
 
+# Paths whose clients read errors as cht-core writes them, `{"error": true, "message"}`
+# (the cht-gateway phones' endpoint), whoever answers: the endpoint, a 405, a 413, a 500.
+CHT_ERROR_PREFIXES = ("/gateway/api/",)
+
+
+def error_body_for(
+    path: str, code: str, message: str, details: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """`error_body`, or cht-core's shape on the paths of CHT_ERROR_PREFIXES."""
+    if path.startswith(CHT_ERROR_PREFIXES):
+        return {"error": True, "message": message}
+    return error_body(code, message, details)
+
+
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     # ("body", "phone_numbers", 0, "number") -> "phone_numbers[0].number"
     parts: list[str] = []
@@ -140,12 +154,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("invalid_request", message, details), 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
         return JSONResponse(
-            error_body(code, str(exc.detail), []), exc.status_code, headers=exc.headers
+            error_body_for(request.url.path, code, str(exc.detail), []),
+            exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(Exception)
@@ -166,7 +182,9 @@ def install_error_handlers(app: FastAPI) -> None:
         private = request.url.path.startswith(PRIVATE_PREFIXES)
         headers = {**common_headers(request_id, private=private), "Connection": "close"}
         return JSONResponse(
-            error_body("internal_error", f"internal error (request {request_id})", []),
+            error_body_for(
+                request.url.path, "internal_error", f"internal error (request {request_id})", []
+            ),
             500,
             headers=headers,
         )

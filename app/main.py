@@ -22,6 +22,7 @@ from app.dashboard.endpoints import install_dashboard
 from app.db.session import create_engine_and_sessionmaker
 from app.delivery.dispatcher import check_chains
 from app.delivery.report_batcher import ReportBatcher
+from app.email import endpoints as email_endpoints
 from app.errors import install_error_handlers
 from app.events import endpoints as event_endpoints
 from app.experiments import endpoints as experiment_endpoints
@@ -75,6 +76,7 @@ def v1_router() -> APIRouter:
     router.include_router(switch_endpoints.router)
     router.include_router(staff_endpoints.router)
     router.include_router(webhook_endpoints.router)
+    router.include_router(email_endpoints.router)
     return router
 
 
@@ -129,12 +131,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_api_docs(app)
     install_error_handlers(app)
     observability.install_http_metrics(app)
-    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestSizeLimit,
+        max_bytes=settings.max_request_bytes,
+        # An inbound email is streamed to a file, never held whole (app/email/sendgrid.py).
+        larger={email_endpoints.INBOUND_PARSE_PATH: settings.email_inbound_max_bytes},
+    )
     app.add_middleware(RefuseUnstorableText)
     app.add_middleware(ResponseHeaders, hsts=settings.is_production)
     # Provider callbacks are the busiest routes: matched first, they skip trying every
     # /v1 route's pattern (an eighth of a callback's CPU). Paths do not overlap.
     app.include_router(callback_endpoints.router)
+    app.include_router(email_endpoints.callback_router)
     app.include_router(ops_endpoints.router)
     # cht-gateway phones poll here with HTTP Basic auth (their own, not an API key).
     app.include_router(gateway_endpoints.phone_router)

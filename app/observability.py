@@ -55,6 +55,11 @@ GATEWAY_TAKEN_BACK = Counter(
     "Messages taken back from gateway phones that stopped polling, by gateway",
     ["gateway"],
 )
+GATEWAY_UNPOLLED = Counter(
+    "notify_gateway_messages_unpolled_total",
+    "Messages that waited in a country's gateway pool with no phone polling, by country",
+    ["country"],
+)
 INBOUND_MESSAGES = Counter(
     "notify_inbound_messages_total",
     "Messages from patients by channel and match (matched, unmatched, duplicate)",

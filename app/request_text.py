@@ -5,13 +5,23 @@ given `%00` was a 500 (found by tests/test_fuzz.py)."""
 
 from __future__ import annotations
 
+from html import escape
 from urllib.parse import unquote
 
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import error_body
 from app.validation import check_storable
+
+
+def _page(detail: dict[str, str]) -> str:
+    return (
+        '<!doctype html><html lang="en"><meta charset="utf-8"><title>Refused</title>'
+        '<h1>Refused</h1><p role="alert">The address has a character the service cannot'
+        f" take ({escape(detail['field'])}: {escape(detail['message'])}).</p>"
+        '<p><a href="/dashboard/">Back to the dashboard</a></p></html>'
+    )
 
 
 class RefuseUnstorableText:
@@ -26,6 +36,10 @@ class RefuseUnstorableText:
                     check_storable(text, where)
                 except ValueError as exc:
                     detail = {"field": where, "message": str(exc)}
+                    if scope["path"].startswith("/dashboard/"):
+                        # A person reads this one: a page, not the API's JSON.
+                        await HTMLResponse(_page(detail), 422)(scope, receive, send)
+                        return
                     body = error_body("invalid_request", f"invalid request: {where}", [detail])
                     await JSONResponse(body, 422)(scope, receive, send)
                     return

@@ -39,12 +39,17 @@ class TokenSigner:
         self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
         self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
 
-    def _mac(self, purpose: str, value: str) -> str:
+    def digest(self, purpose: str, value: str) -> bytes:
+        """The whole HMAC-SHA256 of `value` for `purpose`: for tokens that pack their own
+        bytes (an email reply address must fit 64 case-insensitive characters)."""
         inner = self._inner.copy()
         inner.update(f"{purpose}\x00{value}".encode())
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return _b64(outer.digest()[:18])
+        return outer.digest()
+
+    def _mac(self, purpose: str, value: str) -> str:
+        return _b64(self.digest(purpose, value)[:18])
 
     def sign(self, purpose: str, value: str) -> str:
         return f"{_b64(value.encode())}.{self._mac(purpose, value)}"

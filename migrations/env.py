@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import app.models  # noqa: F401  (registers every table)
 from app.config import get_settings
 from app.db.base import Base
+from app.retention.partitions import is_partition
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -33,8 +34,19 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _include_name(name: str | None, type_: str, _parents: object) -> bool:
+    """The models name a partitioned table, not its monthly partitions (created by the
+    migrations and the daily job): autogenerate must not offer to drop them."""
+    return not (type_ == "table" and name is not None and is_partition(name))
+
+
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        include_name=_include_name,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

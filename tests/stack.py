@@ -28,7 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -200,8 +200,12 @@ class Stack:
         fake_twilio_options: Mapping[str, Any],
         fake_whatsapp_options: Mapping[str, Any],
         env: Mapping[str, str],
+        database_via: Callable[[str], str] | None = None,
     ) -> None:
         self.number = next(_stack_numbers)
+        # The API's and workers' DATABASE_URL from the stack's own (e.g. through a pooler);
+        # migrations and the tests' own queries use the database directly.
+        self.database_via = database_via or (lambda url: url)
         self.services = services
         self.workdir = Path(tempfile.mkdtemp(prefix=f"stack{self.number}-", dir=services.data_dir))
         self.initial_workers = workers
@@ -416,7 +420,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "PYTEST_"))}
         env.update(
             APP_ENV="test",
-            DATABASE_URL=self.database_url,
+            DATABASE_URL=self.database_via(self.database_url),
             REDIS_URL=self.redis_url,
             SECRET_KEY=TEST_SECRET_KEY,
             PUBLIC_BASE_URL=self.api_url,
@@ -512,6 +516,7 @@ async def run_stack(
     fake_twilio_options: Mapping[str, Any] | None = None,
     fake_whatsapp_options: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    database_via: Callable[[str], str] | None = None,
 ) -> AsyncIterator[Stack]:
     """Start a stack, yield it, stop it. `*_options` are the fakes' config fields
     (`FakeImoConfig`, `FakeTwilioConfig`, `FakeWhatsAppConfig`); `env` adds or overrides
@@ -523,6 +528,7 @@ async def run_stack(
         fake_twilio_options=fake_twilio_options or {},
         fake_whatsapp_options=fake_whatsapp_options or {},
         env=env or {},
+        database_via=database_via,
     )
     ACTIVE_STACKS.append(stack)
     try:

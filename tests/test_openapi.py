@@ -30,6 +30,8 @@ OPERATION_IDS = {
     "POST /callbacks/twilio/inbound": "twilio_inbound",
     "GET /callbacks/whatsapp": "whatsapp_verify",
     "POST /callbacks/whatsapp": "whatsapp_statuses",
+    "POST /callbacks/email/inbound-parse": "sendgrid_inbound_parse",
+    "POST /callbacks/email/events": "sendgrid_events",
     "GET /healthz": "healthz",
     "GET /readyz": "readyz",
     "GET /metrics": "metrics",
@@ -88,6 +90,9 @@ OPERATION_IDS = {
     "PUT /v1/staff/{staff_id}": "upsert_staff",
     "GET /v1/staff/{staff_id}": "get_staff",
     "PUT /v1/webhooks/{name}": "put_webhook",
+    "GET /v1/email-status/{address}": "get_email_status",
+    "DELETE /v1/email-status/{address}": "unblock_email_address",
+    "GET /v1/inbound-emails": "list_unmatched_emails",
     "POST /v1/webhooks/{name}/replay": "replay_webhook",
 }
 

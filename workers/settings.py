@@ -7,6 +7,7 @@ claim with SKIP LOCKED is how workers share the sending without a queue per mess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from datetime import UTC, datetime
@@ -32,9 +33,11 @@ from app.gateways import service as gateway_service
 from app.gc_tuning import tune_gc
 from app.logs import configure_logging
 from app.redis import redis_settings
+from app.retention import partitions
 from app.security import TokenSigner
+from app.webhooks import urls as webhook_urls
 from app.webhooks.sender import WebhookSender
-from workers import broadcasts, invitations
+from workers import answers, broadcasts, invitations
 
 log = logging.getLogger(__name__)
 Context = dict[str, Any]
@@ -56,7 +59,7 @@ async def startup(ctx: Context) -> None:
         signer=TokenSigner(settings.secret_key.get_secret_value()),
         loop_guard=LoopGuard(limiter_redis, settings.duplicate_limit),
     )
-    webhook_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    webhook_http = aiohttp.ClientSession(connector=webhook_urls.connector(settings, limit=100))
     sender = WebhookSender(settings=settings, sessionmaker=sessionmaker, http=webhook_http)
     stop = asyncio.Event()
     ctx.update(
@@ -67,6 +70,7 @@ async def startup(ctx: Context) -> None:
         limiter_redis=limiter_redis,
         dispatcher=dispatcher,
         stop=stop,
+        lease_task=asyncio.create_task(dispatcher.keep_lease(), name="dispatch-lease"),
         dispatch_tasks=[
             asyncio.create_task(dispatcher.run(stop), name=f"dispatch-{number}")
             for number in range(settings.dispatch_loops)
@@ -86,7 +90,12 @@ async def shutdown(ctx: Context) -> None:
     try:
         await asyncio.wait_for(asyncio.gather(*ctx["dispatch_tasks"]), timeout=30)
     except TimeoutError:
-        log.error("dispatch loop did not stop in time; the sweeper will settle its batch")
+        log.error("dispatch loop did not stop in time; its batch is taken over")
+    # Renewed until the loops are done; then dropped: what is left is taken over at once.
+    ctx["lease_task"].cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ctx["lease_task"]
+    await ctx["dispatcher"].drop_lease()
     try:
         await asyncio.wait_for(ctx["webhook_task"], timeout=30)
     except TimeoutError:
@@ -105,8 +114,8 @@ async def sweep_stale_sending(ctx: Context) -> tuple[int, int]:
 
 
 async def take_back_from_offline_gateways(ctx: Context) -> int:
-    """Cron: what offline gateway phones were offered goes to the next channel. Safe on
-    every worker (SKIP LOCKED)."""
+    """Cron: what offline gateway phones were offered, and what waits in a pool no phone
+    polls, goes to the next channel. Safe on every worker (SKIP LOCKED)."""
     return await gateway_service.take_back_in_own_unit(
         ctx["sessionmaker"], ctx["settings"], datetime.now(UTC)
     )
@@ -150,6 +159,18 @@ async def fold_notification_counts(ctx: Context) -> int:
         return moved
 
 
+async def maintain_partitions(ctx: Context) -> dict[str, list[str]]:
+    """Cron (daily, and at start-up): the partitioned logs' months ahead are created and
+    those older than RETENTION_MONTHS detached and dropped. Safe on every worker at once
+    (an advisory lock per table; the second finds the work done)."""
+    async with ctx["sessionmaker"]() as session:
+        done = await partitions.maintain(session, ctx["settings"].retention_months)
+        await session.commit()
+    if done["created"] or done["dropped"]:
+        log.info("partitions maintained", extra=done)
+    return done
+
+
 def _sweep_seconds(interval: int) -> set[int]:
     """The seconds of each minute at which the sweeper runs: every `interval`, from 17."""
     return {(17 + offset) % 60 for offset in range(0, 60, interval)}
@@ -163,9 +184,11 @@ class WorkerSettings:
         hand_on_unread,
         reconcile_sent,
         fold_notification_counts,
+        maintain_partitions,
         invitations.run_invitation_round,
         invitations.start_scheduled_invitation_round,
         broadcasts.fan_out_broadcast,
+        answers.send_patient_answer,
     ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(
@@ -185,7 +208,9 @@ class WorkerSettings:
         invitations.scheduled_round_cron(get_settings()),
         cron(broadcasts.resume_stalled_broadcasts, second=set(range(5, 60, 10)), unique=True),
         cron(close_idle_conversations, minute={7, 37}, unique=True),
+        cron(answers.hand_on_stuck_answers, second={53}, unique=True),
         cron(fold_notification_counts, second={41}, unique=True),
+        cron(maintain_partitions, hour={2}, minute={13}, unique=True, run_at_startup=True),
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -22,7 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from app import embedded
 from app.auth import service as auth_service
-from app.bench.common import PeakMemory, Result, fakes_and_env, fresh_database
+from app.bench.common import (
+    CpuSeconds,
+    PeakMemory,
+    Result,
+    fakes_and_env,
+    fresh_database,
+    server_pid,
+)
+from app.bench.dispatch import set_count_triggers
 from app.config import get_settings
 from app.notifications import service as notification_service
 from app.notifications.repository import NotificationFilter
@@ -40,7 +48,7 @@ FROM generate_series(1, :n) AS n
 """
 
 
-async def _seed(database_url: str, n: int) -> float:
+async def seed(database_url: str, n: int) -> float:
     engine = create_async_engine(database_url)
     started = time.perf_counter()
     async with engine.begin() as connection:
@@ -48,8 +56,10 @@ async def _seed(database_url: str, n: int) -> float:
         await connection.execute(
             text("INSERT INTO groups (name, filter) VALUES ('camp', '{\"tags\": [\"camp\"]}')")
         )
-        for locale, body in (("en", "{patient_name}: camp in {area} on {day}"),
-                             ("bn", "{patient_name}: {area} শিবির {day}")):  # fmt: skip
+        for locale, body in (
+            ("en", "{patient_name}: camp in {area} on {day}"),
+            ("bn", "{patient_name}: {area} শিবির {day}"),
+        ):
             await connection.execute(
                 text(
                     "INSERT INTO templates (key, locale, title, body) "
@@ -64,65 +74,112 @@ async def _seed(database_url: str, n: int) -> float:
     return time.perf_counter() - started
 
 
-async def measure(n: int, chunk: int, pages: int) -> dict[str, Any]:
+async def _fan_out_once(client: httpx.AsyncClient, api_pid: int, cpu: CpuSeconds) -> dict[str, Any]:
+    """POST one broadcast to the group and poll its progress every second until it is
+    fanned out: its rate, CPU, the API's memory and whether progress was right."""
+    api_start_mb = psutil.Process(api_pid).memory_info().rss / 1e6
+    polls: list[dict[str, Any]] = []
+    with PeakMemory(api_pid) as memory:
+        cpu.start()
+        started = time.perf_counter()
+        answer = await client.post(
+            "/v1/broadcasts",
+            json={
+                "group": "camp",
+                "template": "camp.invite",
+                "parameters": {"day": "Friday", "area": "@area"},
+                "purpose": "health_camp",
+                "send_at": "2099-01-01T06:00:00+00:00",
+            },
+        )
+        answer.raise_for_status()
+        broadcast_id = answer.json()["id"]
+        while True:
+            state = (await client.get(f"/v1/broadcasts/{broadcast_id}")).json()
+            polls.append(state["progress"] | {"state": state["state"]})
+            if state["state"] != "fanning_out":
+                break
+            await asyncio.sleep(1.0)
+        seconds = time.perf_counter() - started
+        used = cpu.stop()
+    members = [p["members"] for p in polls]
+    made = polls[-1]["members"]
+    return {
+        "broadcast": broadcast_id,
+        "fan-out s": seconds,
+        "notifications/s": made / seconds if seconds else 0.0,
+        "members": made,
+        "progress polls": len(polls),
+        "progress ok": members == sorted(members)
+        and all(p["members"] == p["scheduled"] for p in polls),
+        **{
+            f"{name} us/notification": used.get(name, 0.0) * 1e6 / max(1, made)
+            for name in ("postgresql", "worker", "api")
+        },
+        "api MB start": api_start_mb,
+        "api MB peak": memory.peak_mb,
+    }
+
+
+async def measure(
+    n: int, chunk: int, pages: int, repeat: int, count_triggers: bool = True
+) -> list[dict[str, Any]]:
+    """`repeat` broadcasts to the same N patients, each on an emptied notifications
+    table (the same start for each), then the history pages of the last one's.
+    `count_triggers=False`: the dashboard's counting triggers disabled after the seed
+    (what they cost the fan-out's inserts)."""
     database_url = await fresh_database(DATABASE)
-    seeded_in = await _seed(database_url, n)
+    seeded_in = await seed(database_url, n)
     _, key = await auth_service.issue_api_key(database_url, "bench")
     settings = {"BROADCAST_CHUNK_SIZE": str(chunk), "DISPATCH_LOOPS": "1"}
+    engine = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
+    if not count_triggers:
+        await set_count_triggers(engine, enabled=False)
+    rows: list[dict[str, Any]] = []
     with fakes_and_env(database_url, get_settings().redis_url, **settings) as processes:
         port = embedded.free_port()
         api = processes.start("api", "api", "--port", str(port))
         base = f"http://127.0.0.1:{port}"
-        processes.wait_http(f"{base}/healthz")
-        processes.start("worker", "worker")
+        processes.wait_http(f"{base}/healthz", timeout=120)
+        worker = processes.start("worker", "worker")
+        cpu = CpuSeconds(
+            [("api", api.pid), ("worker", worker.pid)],
+            database=DATABASE,
+            server=await server_pid(database_url),
+        )
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
             await client.get("/v1/groups/camp")  # warm the API up before its baseline
-            api_start_mb = psutil.Process(api.pid).memory_info().rss / 1e6
-            polls: list[dict[str, Any]] = []
-            with PeakMemory(api.pid) as memory:
-                started = time.perf_counter()
-                answer = await client.post(
-                    "/v1/broadcasts",
-                    json={
-                        "group": "camp",
-                        "template": "camp.invite",
-                        "parameters": {"day": "Friday", "area": "@area"},
-                        "purpose": "health_camp",
-                        "send_at": "2099-01-01T06:00:00+00:00",
-                    },
+            for run in range(repeat):
+                if run:
+                    async with engine.connect() as connection:
+                        await connection.execute(text("TRUNCATE notifications CASCADE"))
+                        await connection.execute(text("VACUUM ANALYZE notifications"))
+                row = await _fan_out_once(client, api.pid, cpu)
+                async with engine.connect() as connection:
+                    stored, once = (
+                        await connection.execute(
+                            text(
+                                "SELECT count(*), count(DISTINCT patient_id) FROM notifications "
+                                "WHERE broadcast_id = :id"
+                            ),
+                            {"id": row.pop("broadcast")},
+                        )
+                    ).one()
+                rows.append(
+                    {
+                        "count triggers": "on" if count_triggers else "off",
+                        "patients": n,
+                        "seed s": seeded_in,
+                        "chunk": chunk,
+                        **row,
+                        "each member once": stored == once == n,
+                    }
                 )
-                answer.raise_for_status()
-                broadcast_id = answer.json()["id"]
-                while True:
-                    state = (await client.get(f"/v1/broadcasts/{broadcast_id}")).json()
-                    polls.append(state["progress"] | {"state": state["state"]})
-                    if state["state"] != "fanning_out":
-                        break
-                    await asyncio.sleep(1.0)
-                seconds = time.perf_counter() - started
-            members = [p["members"] for p in polls]
-            progress_ok = members == sorted(members) and all(
-                p["members"] == p["scheduled"] for p in polls
-            )
             first, deep = await _history(client, pages)
-    engine = create_async_engine(database_url)
-    async with engine.connect() as connection:
-        stored = await connection.scalar(text("SELECT count(*) FROM notifications"))
     in_db = await _history_in_process(async_sessionmaker(engine), pages)
     await engine.dispose()
-    return {
-        "patients": n,
-        "seed s": seeded_in,
-        "chunk": chunk,
-        "fan-out s": seconds,
-        "notifications/s": (polls[-1]["members"] / seconds) if seconds else 0.0,
-        "members": polls[-1]["members"],
-        "progress polls": len(polls),
-        "progress ok": progress_ok,
-        "api MB start": api_start_mb,
-        "api MB peak": memory.peak_mb,
-        "notifications table": stored,
+    rows[-1] |= {
         "history first p50 ms": statistics.median(first),
         "history first p99 ms": _p99(first),
         "history pages": len(deep),
@@ -132,6 +189,7 @@ async def measure(n: int, chunk: int, pages: int) -> dict[str, Any]:
         "history query p50 ms": statistics.median(in_db),
         "history query p99 ms": _p99(in_db),
     }
+    return rows
 
 
 async def _history_in_process(
@@ -177,9 +235,36 @@ def _p99(values: list[float]) -> float:
     return sorted(values)[max(0, int(len(values) * 0.99) - 1)]
 
 
-def run(patients: int, chunk: int, pages: int, json_path: Path | None) -> Result:
+def run(
+    patients: int,
+    chunk: int,
+    pages: int,
+    repeat: int,
+    json_path: Path | None,
+    count_triggers: list[bool] | None = None,
+) -> Result:
     result = Result("broadcast: fan-out by a worker, progress and history through the API")
-    result.add(**asyncio.run(measure(patients, chunk, pages)))
+    rows = [
+        row
+        for triggers in count_triggers or [True]
+        for row in asyncio.run(measure(patients, chunk, pages, repeat, triggers))
+    ]
+    for row in rows:
+        result.add(**row)
+    if len(rows) > 1:
+        result.add(
+            patients=patients,
+            **{
+                f"median {name}": statistics.median(row[name] for row in rows)
+                for name in (
+                    "fan-out s",
+                    "notifications/s",
+                    "postgresql us/notification",
+                    "worker us/notification",
+                    "api us/notification",
+                )
+            },
+        )
     result.show()
     result.write_json(json_path)
     return result

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app import embedded
+from app.bench import webhooks as bench_webhooks
 from app.bench.common import (
     CpuSeconds,
     PeakMemory,
@@ -21,6 +22,7 @@ from app.bench.common import (
     server_pid,
 )
 from app.config import get_settings
+from app.webhooks import service as webhook_service
 
 # N sent notifications, each with one sent attempt: even attempt ids on Imo, odd on SMS.
 SEED = [
@@ -71,10 +73,18 @@ async def reflected(engine: AsyncEngine) -> dict[str, int]:
 DATABASE = "clinic_notify_bench_callbacks"
 
 
-async def measure(n: int, concurrency: int, api_workers: int) -> dict[str, object]:
+async def measure(
+    n: int, concurrency: int, api_workers: int, webhooks: bool = False
+) -> dict[str, object]:
+    """`webhooks`: an endpoint wants every `notification.*` event, so each report that
+    moves a notification records one (delivered by no one here: no worker runs)."""
     database_url = await fresh_database(DATABASE)
     engine = create_async_engine(database_url)
     await seed(engine, n)
+    if webhooks:
+        await bench_webhooks.subscribe_notification_events(
+            engine, "http://127.0.0.1:9/", webhook_service.new_secret()
+        )
     with fakes_and_env(database_url, get_settings().redis_url) as processes:
         port = embedded.free_port()
         api = processes.start("api", "api", "--port", str(port), "--workers", str(api_workers))
@@ -103,6 +113,8 @@ async def measure(n: int, concurrency: int, api_workers: int) -> dict[str, objec
             )
         used = cpu.stop()
     counts = await reflected(engine)
+    async with engine.connect() as connection:
+        events = await connection.scalar(text("SELECT count(*) FROM webhook_events"))
     await engine.dispose()
     expected_read, expected_delivered = n // 2, n - n // 2
     lost = (expected_read - counts.get("attempts read", 0)) + (
@@ -111,6 +123,7 @@ async def measure(n: int, concurrency: int, api_workers: int) -> dict[str, objec
     console.print(counts)
     return {
         "callbacks": n,
+        "webhooks": "notification.*" if webhooks else "none",
         "concurrency": concurrency,
         "api processes": api_workers,
         "accepted/s": load["items_rate"],
@@ -123,16 +136,22 @@ async def measure(n: int, concurrency: int, api_workers: int) -> dict[str, objec
         "us/cb api": used.get("api", 0.0) / n * 1e6,
         "us/cb pg": used.get("postgresql", 0.0) / n * 1e6,
         "us/cb loadgen": load["cpu_seconds"] / n * 1e6,
+        "webhook events": events,
     }
 
 
 def run(
-    sizes: list[int], concurrency: int, json_path: Path | None, api_workers: list[int] | None = None
+    sizes: list[int],
+    concurrency: int,
+    json_path: Path | None,
+    api_workers: list[int] | None = None,
+    webhooks: list[bool] | None = None,
 ) -> Result:
     result = Result("callbacks: provider webhooks at the API, then checked in PostgreSQL")
     for n in sizes:
         for count in api_workers or [1]:
-            result.add(**asyncio.run(measure(n, concurrency, count)))
+            for subscribed in webhooks or [False]:
+                result.add(**asyncio.run(measure(n, concurrency, count, subscribed)))
     result.show()
     result.write_json(json_path)
     return result

@@ -10,6 +10,19 @@ import typer
 bench_cli = typer.Typer(help="Benchmarks (see docs/benchmarks.md).", no_args_is_help=True)
 
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Also write the rows here.")]
+CountTriggers = Annotated[
+    list[str],
+    typer.Option(
+        help="on/off: the dashboard's counting triggers; `--count-triggers on"
+        " --count-triggers off` measures what they cost, one row each, in one run."
+    ),
+]
+
+
+def _on_off(values: list[str]) -> list[bool]:
+    if bad := [value for value in values if value not in ("on", "off")]:
+        raise typer.BadParameter(f"--count-triggers takes on or off, not {bad[0]!r}")
+    return [value == "on" for value in values]
 
 
 @bench_cli.command("dispatch")
@@ -26,6 +39,14 @@ def dispatch(
         list[str],
         typer.Option(help="imo-sms (half each), sms or whatsapp (all of them); one row each."),
     ] = ["imo-sms"],  # noqa: B006
+    count_triggers: CountTriggers = ["on"],  # noqa: B006
+    webhooks: Annotated[
+        list[str],
+        typer.Option(
+            help="none, or sink: an endpoint (the webhook sink) wants every notification.* "
+            "event; `--webhooks none --webhooks sink` compares them in one run."
+        ),
+    ] = ["none"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """N due reminders (half Imo, half SMS by default) sent by real workers vs a bare
@@ -34,7 +55,17 @@ def dispatch(
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_dispatch.run(reminders, workers, concurrency, batch, json_path, measured, mix)
+    bench_dispatch.run(
+        reminders,
+        workers,
+        concurrency,
+        batch,
+        json_path,
+        measured,
+        mix,
+        _on_off(count_triggers),
+        [_webhooks_variant(variant) for variant in webhooks],
+    )
 
 
 @bench_cli.command("email")
@@ -54,11 +85,21 @@ def email(
     bench_email.run(emails, pool, repeats, json_path)
 
 
+def _webhooks_variant(variant: str) -> bool:
+    if variant not in ("none", "sink"):
+        raise typer.BadParameter(f"--webhooks: none or sink, not {variant!r}")
+    return variant == "sink"
+
+
 @bench_cli.command("broadcast")
 def broadcast(
     patients: Annotated[int, typer.Option("--patients", "-n")] = 1_000_000,
     chunk: Annotated[int, typer.Option(help="BROADCAST_CHUNK_SIZE of the worker.")] = 5_000,
     pages: Annotated[int, typer.Option(help="History pages to follow by cursor.")] = 500,
+    repeat: Annotated[
+        int, typer.Option(help="Broadcasts, each on an emptied table; medians of them.")
+    ] = 1,
+    count_triggers: CountTriggers = ["on"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """A broadcast to an N-patient filter group fanned out by a worker, its progress and
@@ -67,7 +108,41 @@ def broadcast(
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_broadcast.run(patients, chunk, pages, json_path)
+    bench_broadcast.run(patients, chunk, pages, repeat, json_path, _on_off(count_triggers))
+
+
+@bench_cli.command("fanout")
+def fanout(
+    patients: Annotated[int, typer.Option("--patients", "-n")] = 1_000_000,
+    chunk: Annotated[int, typer.Option(help="Members per chunk.")] = 5_000,
+    rounds: Annotated[int, typer.Option(help="Chunks timed per variant.")] = 9,
+    reuse: Annotated[
+        bool, typer.Option(help="Keep the database of the last run if it has N patients.")
+    ] = False,
+    json_path: JsonOption = None,
+) -> None:
+    """Where a broadcast chunk's time goes: the chunk statement timed as it is and with
+    each cost (a trigger, the foreign key, each index) taken away, in one run."""
+    from app.bench import fanout as bench_fanout
+    from app.devtools.environment import prepare_environment
+
+    prepare_environment()
+    bench_fanout.run(patients, chunk, rounds, reuse, json_path)
+
+
+@bench_cli.command("history")
+def history(
+    notifications: Annotated[int, typer.Option("--notifications", "-n")] = 10_000_000,
+    requests: Annotated[int, typer.Option(help="Pages read of each kind.")] = 300,
+    json_path: JsonOption = None,
+) -> None:
+    """Message history pages (patient, group, event, staff; first, deep, filtered) on a
+    table of N notifications, through the API in process: p50 and p99 of each."""
+    from app.bench import history as bench_history
+    from app.devtools.environment import prepare_environment
+
+    prepare_environment()
+    bench_history.run(notifications, requests, json_path)
 
 
 @bench_cli.command("switch")
@@ -135,6 +210,13 @@ def callbacks(
     api_workers: Annotated[
         list[int], typer.Option("--api-workers", help="API processes (`notify api --workers`).")
     ] = [1],  # noqa: B006
+    webhooks: Annotated[
+        list[str],
+        typer.Option(
+            help="none, or sink: an endpoint wants every notification.* event (recorded "
+            "with each report; no worker runs to deliver them)."
+        ),
+    ] = ["none"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """Imo read receipts and Twilio statuses at the API: rate, latency, none lost."""
@@ -142,13 +224,18 @@ def callbacks(
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_callbacks.run(callbacks, concurrency, json_path, api_workers)
+    subscribed = [_webhooks_variant(variant) for variant in webhooks]
+    bench_callbacks.run(callbacks, concurrency, json_path, api_workers, subscribed)
 
 
 @bench_cli.command("gateway")
 def gateway(
     notifications: Annotated[list[int], typer.Option("--notifications", "-n")] = [1_000_000],  # noqa: B006
-    polls: Annotated[int, typer.Option(help="Polls measured.")] = 300,
+    polls: Annotated[int, typer.Option(help="Polls measured per round.")] = 300,
+    rounds: Annotated[int, typer.Option(help="Rounds after one seeding; their median.")] = 3,
+    reuse: Annotated[
+        bool, typer.Option(help="Measure on the table a previous run seeded (no seeding).")
+    ] = False,
     json_path: JsonOption = None,
 ) -> None:
     """A cht-gateway poll (10 incoming, 20 updates) with a full table: latency."""
@@ -156,7 +243,7 @@ def gateway(
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_gateway.run(notifications, polls, json_path)
+    bench_gateway.run(notifications, polls, rounds, json_path, reuse)
 
 
 @bench_cli.command("schedule")

@@ -75,6 +75,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def database_url_of(name: str) -> str:
+    """The URL of database `name` next to the configured (or embedded) one."""
+    database_url, _ = prepare_environment()
+    return make_url(database_url).set(database=name).render_as_string(hide_password=False)
+
+
 async def fresh_database(name: str) -> str:
     """Drop and create database `name` next to the configured (or embedded) one; migrate."""
     database_url, _ = prepare_environment()
@@ -202,7 +208,8 @@ class Processes:
         self.children.append(child)
         return child
 
-    def wait_http(self, url: str, timeout: float = 30) -> None:
+    # Generous: on a shared, loaded machine an API process can take a minute to import.
+    def wait_http(self, url: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not http_ok(url):
             if time.monotonic() > deadline:

@@ -5,12 +5,15 @@ baseline on the same fakes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.bench import webhooks as bench_webhooks
 from app.bench.common import (
     CpuSeconds,
     PeakMemory,
@@ -23,6 +26,7 @@ from app.bench.common import (
     start_workers,
 )
 from app.config import get_settings
+from app.delivery import loop_guard
 
 # The mixes: who the N reminders go to.
 # - `imo-sms`: even i an Imo-subscribed patient (fake Imo digit 3: accepted), odd i SMS
@@ -111,6 +115,49 @@ async def unsettled(engine: AsyncEngine) -> int:
 DATABASE = "clinic_notify_bench_dispatch"
 
 
+COUNT_TRIGGERS = (
+    "notification_counts_insert",
+    "notification_counts_update",
+    "notification_counts_delete",
+)
+
+
+async def set_count_triggers(engine: AsyncEngine, *, enabled: bool) -> None:
+    """The dashboard's counting triggers on or off (a benchmark's comparison only: off,
+    the counts no longer follow the table)."""
+    action = "ENABLE" if enabled else "DISABLE"
+    async with engine.begin() as connection:
+        for trigger in COUNT_TRIGGERS:
+            await connection.execute(text(f"ALTER TABLE notifications {action} TRIGGER {trigger}"))
+
+
+async def forget_loop_guard(redis_url: str) -> None:
+    """Each run starts with the loop guard's counts empty: the seed sends the same text to
+    the same numbers every run, so an earlier run within 30 minutes would make this one's
+    reminders `duplicate` and nothing would be sent."""
+    redis = Redis.from_url(redis_url)
+    try:
+        batch = [key async for key in redis.scan_iter(match=f"{loop_guard.KEY_PREFIX}*")]
+        for start in range(0, len(batch), 1000):
+            await redis.delete(*batch[start : start + 1000])
+    finally:
+        await redis.aclose()
+
+
+async def wal_position(engine: AsyncEngine) -> float:
+    """The server's WAL position in bytes (`pg_current_wal_lsn()` from 0/0)."""
+    async with engine.connect() as connection:
+        position = await connection.scalar(
+            text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+        )
+    return float(position or 0)
+
+
+async def wal_since(engine: AsyncEngine, before: float) -> float:
+    """WAL bytes the server wrote since `before` (a `wal_position`)."""
+    return await wal_position(engine) - before
+
+
 def per_message_us(cpu_seconds: float, n: int) -> float:
     return cpu_seconds / n * 1e6
 
@@ -122,22 +169,35 @@ async def measure(
     batch: int,
     measured: int | None = None,
     mix: str = "imo-sms",
+    count_triggers: bool = True,
+    webhooks: bool = False,
 ) -> dict[str, object]:
     """`measured` < n: time only the first `measured` sends of n due reminders (memory
-    and rate on a large table without waiting for all of it)."""
+    and rate on a large table without waiting for all of it). `count_triggers=False`:
+    the dashboard's counting triggers disabled after the seed (what they cost).
+    `webhooks`: an endpoint (the webhook sink, in another process) wants every
+    `notification.*` event, so the workers record and deliver one per reminder besides
+    sending it."""
     measured = min(n, measured or n)
     database_url = await fresh_database(DATABASE)
     redis_url = get_settings().redis_url
+    await forget_loop_guard(redis_url)
     engine = create_async_engine(database_url)
     started = time.perf_counter()
     await seed(engine, n, mix)
     console.print(f"seeded {n:,} reminders in {time.perf_counter() - started:.1f}s")
+    if not count_triggers:
+        await set_count_triggers(engine, enabled=False)
     env = {
         "DISPATCH_CONCURRENCY": str(concurrency),
         "DISPATCH_BATCH_SIZE": str(batch),
         "DISPATCH_IDLE_SECONDS": "0.05",
+        "WEBHOOK_ALLOW_PRIVATE": "true",
     }
-    with fakes_and_env(database_url, redis_url, **env) as processes:
+    sink = bench_webhooks.sink_process() if webhooks else contextlib.nullcontext(None)
+    with sink as endpoint, fakes_and_env(database_url, redis_url, **env) as processes:
+        if endpoint is not None:
+            await bench_webhooks.subscribe_notification_events(engine, *endpoint)
         children = await start_workers(processes, workers)
         memories = [PeakMemory(child.pid) for child in children]
         for memory in memories:
@@ -149,6 +209,7 @@ async def measure(
         )
         async with engine.begin() as connection:
             await connection.execute(text("UPDATE notifications SET due_at = now()"))
+        wal_before = await wal_position(engine)
         cpu.start()
         t0 = time.perf_counter()
         while (left := await unsettled(engine)) > n - measured:
@@ -158,6 +219,7 @@ async def measure(
                 raise RuntimeError(f"{left:,} of {n:,} still unsettled after an hour")
         seconds = time.perf_counter() - t0
         used = cpu.stop()
+        wal_bytes = await wal_since(engine, wal_before)
         for memory in memories:
             memory.__exit__()
         async with engine.connect() as connection:
@@ -168,6 +230,7 @@ async def measure(
                     )
                 ).all()
             )
+            events = await connection.scalar(text("SELECT count(*) FROM webhook_events"))
             attempts: dict[str, int] = {
                 f"{channel} {status}": count
                 for channel, status, count in await connection.execute(
@@ -200,6 +263,8 @@ async def measure(
     rate = measured / seconds
     return {
         "mix": mix,
+        "count triggers": "on" if count_triggers else "off",
+        "webhooks": "notification.*" if webhooks else "none",
         "reminders": n,
         "measured": measured,
         "workers": workers,
@@ -214,9 +279,12 @@ async def measure(
         "us/msg fakes": per_message_us(used.get("fakes", 0.0), measured),
         "us/msg bare loop": per_message_us(baseline["cpu_seconds"], measured),
         "us/msg fakes (bare)": per_message_us(baseline_used.get("fakes", 0.0), measured),
+        # The whole server's WAL (the bench's own PostgreSQL: nothing else writes to it).
+        "WAL B/msg": wal_bytes / measured,
         "sent": states.get("sent", 0),
         "other states": {k: v for k, v in states.items() if k != "sent"},
         "attempts": attempts,
+        "webhook events": events,
     }
 
 
@@ -228,6 +296,8 @@ def run(
     json_path: Path | None,
     measured: int | None = None,
     mixes: list[str] | None = None,
+    count_triggers: list[bool] | None = None,
+    webhooks: list[bool] | None = None,
 ) -> Result:
     result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
     for mix in mixes or ["imo-sms"]:
@@ -235,7 +305,17 @@ def run(
             raise ValueError(f"unknown mix {mix!r}: one of {', '.join(MIXES)}")
         for n in sizes:
             for count in workers:
-                result.add(**asyncio.run(measure(n, count, concurrency, batch, measured, mix)))
+                for triggers in count_triggers or [True]:
+                    for subscribed in webhooks or [False]:
+                        row = asyncio.run(
+                            measure(
+                                n, count, concurrency, batch, measured, mix, triggers, subscribed
+                            )
+                        )
+                        result.add(**row)
+                        # Each row as it comes: a long comparison cut short keeps what it
+                        # measured.
+                        console.print(row)
     result.show()
     result.write_json(json_path)
     return result

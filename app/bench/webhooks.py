@@ -12,11 +12,14 @@ import asyncio
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
 import psutil
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bench.common import Result, fresh_database
 from app.config import Settings
@@ -25,6 +28,7 @@ from app.devtools.environment import notify_command
 from app.devtools.supervisor import http_ok, spawn, stop_processes
 from app.embedded import free_port
 from app.webhooks import service as webhook_service
+from app.webhooks.events import EventType
 from app.webhooks.sender import WebhookSender
 
 _SEED = text(
@@ -44,6 +48,49 @@ _SEED = text(
     SELECT id, 'bench', patient_id, occurred_at, 'pending', occurred_at FROM events
     """
 )
+
+
+# Every notification event: what a clinic system following its reminders subscribes to.
+NOTIFICATION_EVENTS = [e.value for e in EventType if e.value.startswith("notification.")]
+
+_ENDPOINT = text(
+    """
+    INSERT INTO webhook_endpoints (name, url, events, secret, active)
+    VALUES ('bench', :url, CAST(:events AS text[]), :secret, true)
+    """
+)
+
+
+async def subscribe_notification_events(engine: AsyncEngine, url: str, secret: str) -> None:
+    """An endpoint wanting every `notification.*` event (the benches' 'with webhooks')."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            _ENDPOINT, {"url": url, "events": NOTIFICATION_EVENTS, "secret": secret}
+        )
+
+
+@contextmanager
+def sink_process(fail_rate: float = 0.0) -> Iterator[tuple[str, str]]:
+    """`notify webhook-sink` in another process -> (its URL, its secret)."""
+    secret = webhook_service.new_secret()
+    port = free_port()
+    sink = spawn(
+        notify_command(
+            "webhook-sink", "--secret", secret, "--port", str(port), "--fail-rate", str(fail_rate)
+        ),
+        dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not http_ok(f"http://127.0.0.1:{port}/_sink/events"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the webhook sink did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/", secret
+    finally:
+        stop_processes([sink])
 
 
 def run(events: int, fail_rate: float, batch: int, json_path: Path | None) -> None:

@@ -75,7 +75,23 @@ def _value_sql(kind: str, value: str, name: str, params: dict[str, Any]) -> str:
     return f"coalesce(c.attributes ->> :{name}, '')"
 
 
-def _chunk_sql(plan: FanOutPlan, params: dict[str, Any]) -> str:
+# Ids of the notifications a chunk makes. Random (version 4) ones land all over the
+# primary key's pages; time-ordered ones (version 7: the milliseconds since 1970 in the
+# first 48 bits, then random bits; PostgreSQL 18's uuidv7(), written out for older ones)
+# land at its right edge.
+NEW_IDS = {
+    "random": "gen_random_uuid()",
+    "time-ordered": (
+        "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING "
+        "substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) "
+        "FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"
+    ),
+}
+
+
+def _chunk_sql(
+    plan: FanOutPlan, params: dict[str, Any], ids: str = "random", country: bool = True
+) -> str:
     """The statement of one chunk, with its parameters put in `params`."""
     broadcast = plan.broadcast
 
@@ -133,7 +149,8 @@ def _chunk_sql(plan: FanOutPlan, params: dict[str, Any]) -> str:
     # spliced in.
     return f"""
 WITH chunk AS (
-  SELECT p.id, p.full_name, p.facility_name, p.attributes, p.locale, p.time_zone
+  SELECT p.id, p.full_name, p.facility_name, p.attributes, p.locale, p.time_zone,
+    p.country
   {source}
   LIMIT :size
 ), zones AS (
@@ -141,11 +158,11 @@ WITH chunk AS (
 ), made AS (
   INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables,
     title, body, send_at, state, due_at, expires_at, channel_chain, channel_index,
-    retry_count, broadcast_id, group_name)
-  SELECT gen_random_uuid(), c.id, :purpose, :template, t.locale,
+    retry_count, broadcast_id, group_name, country)
+  SELECT {NEW_IDS[ids]}, c.id, :purpose, :template, t.locale,
     CAST(:variables AS jsonb), left({title}, 200), {body}, :send_at, 'scheduled',
     d.due, d.due + :expiry, CAST(:chain AS varchar(20)[]), 0, 0,
-    :broadcast_id, :group_name
+    :broadcast_id, :group_name, {"c.country" if country else "NULL"}
   FROM chunk c
   JOIN (VALUES {values}) AS t(n, locale, title, body)
     ON t.n = CASE {exact} {language} ELSE {english} END
@@ -160,9 +177,11 @@ SELECT (SELECT max(id) FROM chunk), (SELECT count(*) FROM chunk), (SELECT count(
 class ChunkStatement:
     """One broadcast's chunk statement, built once and run per chunk."""
 
-    def __init__(self, plan: FanOutPlan) -> None:
+    def __init__(self, plan: FanOutPlan, ids: str = "random", country: bool = True) -> None:
+        """`ids`: a kind of NEW_IDS; `country`: written from the member (else left for
+        the trigger to look up per row, as `notify bench fanout` compares)."""
         self.params: dict[str, Any] = {}
-        sql = _chunk_sql(plan, self.params)
+        sql = _chunk_sql(plan, self.params, ids, country)
         self.params["variables"] = json.dumps(self.params["variables"])
         self.statement = text(sql)
 
@@ -176,22 +195,35 @@ class ChunkStatement:
         return row[0], int(row[1]), int(row[2])
 
 
+PROGRESS = text(
+    """
+SELECT b.members, m.state, m.count
+FROM broadcasts b
+LEFT JOIN (
+  SELECT state, count(*) AS count FROM notifications
+  WHERE broadcast_id = :id AND state <> 'scheduled' GROUP BY state
+) AS m ON true
+WHERE b.id = :id
+"""
+)
+
+
 async def progress(session: AsyncSession, broadcast_id: uuid.UUID) -> tuple[int, dict[str, int]]:
     """(members reached, {state: notifications of the broadcast in it}), read in one
-    statement: one snapshot, so a chunk committed meanwhile is in both or in neither."""
-    rows = await session.execute(
-        select(Broadcast.members, Notification.state, func.count(Notification.id))
-        .select_from(Broadcast)
-        .outerjoin(Notification, Notification.broadcast_id == Broadcast.id)
-        .where(Broadcast.id == broadcast_id)
-        .group_by(Broadcast.members, Notification.state)
-    )
+    statement: one snapshot, so a chunk committed meanwhile is in both or in neither.
+
+    Only the notifications that left `scheduled` are counted (along
+    ix_notifications_broadcast_moved: none while the fan-out runs ahead of the
+    dispatcher); every member has exactly one notification, so the rest are scheduled.
+    """
     members = 0
     counts: dict[str, int] = {}
-    for reached, state, count in rows:
+    for reached, state, count in await session.execute(PROGRESS, {"id": broadcast_id}):
         members = int(reached)
         if state is not None:
             counts[state] = int(count)
+    # A member deleted since (the notification goes with the patient) is not subtracted.
+    counts["scheduled"] = max(0, members - sum(counts.values()))
     return members, counts
 
 

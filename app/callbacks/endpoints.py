@@ -35,6 +35,7 @@ from app.delivery.report_batcher import ReportBatcher, report_batcher
 from app.delivery.types import Report
 from app.errors import AppError, Forbidden, Gone, NotFound, PayloadTooLarge
 from app.imo import service as imo_service
+from app.messages import replies
 from app.messages import service as message_service
 from app.observability import CALLBACKS
 from app.security import TokenSigner
@@ -281,8 +282,9 @@ async def whatsapp_statuses(
 ) -> Accepted:
     """Statuses go to the report batcher; patients' messages are stored (once per
     message id) and acted on like any inbound message. An answer the service has for the
-    patient (a consent confirmation, the numbered list) is logged, not sent: the Cloud
-    API takes no answer in the webhook's response."""
+    patient (a consent confirmation, the help text, the numbered list) is stored as an
+    outgoing message and sent by a worker: the Cloud API takes no answer in the
+    webhook's response."""
     raw = await _body(request)
     secret = request.app.state.settings.whatsapp_app_secret.get_secret_value()
     if not whatsapp.signature_is_valid(secret, raw, x_hub_signature_256 or ""):
@@ -316,18 +318,20 @@ async def whatsapp_statuses(
     if not await _first_time(request, replay_key):
         CALLBACKS.labels("whatsapp", "replayed").inc()
         raise Forbidden("this webhook was accepted before")
+    answers = []
     try:
         for message in incoming:
             received = await message_service.receive(session, request.app.state.settings, message)
             CALLBACKS.labels("whatsapp", "inbound").inc()
-            if received.reply:
-                log.warning(
-                    "an answer to a WhatsApp Cloud message was not sent",
-                    extra={"message_id": received.message_id},
-                )
+            if received.reply and received.message_id is not None:
+                answers.append(await replies.record(session, received.message_id, received.reply))
+        if answers:
+            # Committed before a worker is told: it must find them.
+            await session.commit()
     except BaseException:
         await _forget(request, replay_key)
         raise
+    await replies.hand_on(request.app.state.redis, answers)
     results = await asyncio.gather(
         *(batcher.submit(report) for report in reports), return_exceptions=True
     )

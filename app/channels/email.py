@@ -296,7 +296,13 @@ class EmailChannel:
 
     name = ChannelName.EMAIL
 
-    def __init__(self, config: SmtpConfig, *, extra_headers: HeadersHook | None = None) -> None:
+    def __init__(
+        self,
+        config: SmtpConfig,
+        *,
+        extra_headers: HeadersHook | None = None,
+        envelope_sender: Callable[[str], str] | None = None,
+    ) -> None:
         sender_address(config.sender)  # raises ValueError for a bad EMAIL_FROM
         self.config = config
         self.base_url = f"smtp://{config.host}:{config.port}"
@@ -304,6 +310,9 @@ class EmailChannel:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(config.pool_size)
         self._envelope_from = sender_address(config.sender)[1]
+        # Each recipient's own bounce address (VERP, app/channels/email_headers.py), or
+        # EMAIL_FROM's address for all.
+        self._envelope_sender = envelope_sender
 
     async def _connect(self) -> _Connection:
         c = self.config
@@ -361,7 +370,9 @@ class EmailChannel:
             raise map_error(exc, address) from exc
         data_sent = False
         try:
-            await connection.smtp.mail(self._envelope_from)
+            await connection.smtp.mail(
+                self._envelope_sender(address) if self._envelope_sender else self._envelope_from
+            )
             await connection.smtp.rcpt(address)
             data_sent = True
             await connection.smtp.data(data)

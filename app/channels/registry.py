@@ -125,6 +125,7 @@ def email_channel(settings: Settings, http: aiohttp.ClientSession) -> EmailChann
             messages_per_connection=settings.smtp_messages_per_connection,
         ),
         extra_headers=headers,
+        envelope_sender=lambda recipient: email_headers.envelope_sender(recipient, settings),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Mapping
 
 from sqlalchemy import text
@@ -88,14 +89,16 @@ async def opt_in_sender(
     return [row.id for row in rows]
 
 
-async def deny_unsent(session: AsyncSession, patient_ids: Collection[str], reason: str) -> int:
-    """End every not yet sent notification of these patients `denied` -> how many."""
+async def deny_unsent(
+    session: AsyncSession, patient_ids: Collection[str], reason: str
+) -> list[uuid.UUID]:
+    """End every not yet sent notification of these patients `denied` -> their ids."""
     if not patient_ids:
-        return 0
+        return []
     rows = await session.execute(
         _DENY_UNSENT, {"patient_ids": sorted(patient_ids), "reason": reason}
     )
-    return len(rows.all())
+    return [row.id for row in rows]
 
 
 async def opt_out_many(session: AsyncSession, opt_outs: Mapping[str, str]) -> None:

@@ -59,7 +59,8 @@ async def apply_keyword(
         changed = await consent_repository.opt_out_sender(session, patient_id, phone, channels)
         if everywhere:
             denied = await consent_repository.deny_unsent(session, changed, OPTED_OUT)
-            log.info("patient opted out", extra={"patients": len(changed), "denied": denied})
+            await webhook_service.notifications_changed(session, denied)
+            log.info("patient opted out", extra={"patients": len(changed), "denied": len(denied)})
     elif keyword is Keyword.START:
         changed = await consent_repository.opt_in_sender(session, patient_id, phone, channel)
         log.info("patient opted in", extra={"patients": len(changed)})

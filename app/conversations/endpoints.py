@@ -68,7 +68,7 @@ async def get_conversation(
     responses={
         **_UNKNOWN,
         409: {"description": "The conversation is closed"},
-        422: {"description": "Bad body"},
+        422: {"description": "Bad body, or the patient's email address is blocked"},
     },
 )
 async def write_message(

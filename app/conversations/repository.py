@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Conversation, ConversationRouting, Message, Notification
+from app.models import Conversation, ConversationRouting, EmailAddress, Message, Notification
 from app.models.conversation import ConversationState
+from app.models.email_address import EmailStatus
 
 
 async def lock_routing(session: AsyncSession, patient_id: str) -> ConversationRouting:
@@ -125,3 +126,13 @@ async def close_idle(
     """Close a batch of idle conversations -> their (id, patient id)."""
     rows = await session.execute(_CLOSE_IDLE, {"before": before, "now": now, "limit": limit})
     return [(row.id, row.patient_id) for row in rows]
+
+
+async def email_blocked(session: AsyncSession, address: str) -> str | None:
+    """Why `address` may not be mailed (app/email keeps each address's status, lower
+    case), or None."""
+    return await session.scalar(
+        select(func.coalesce(EmailAddress.reason, "blocked")).where(
+            EmailAddress.address == address.lower(), EmailAddress.status == EmailStatus.BLOCKED
+        )
+    )

@@ -62,10 +62,18 @@ class MessageOut(BaseModel):
     text: str | None
     media: list[dict[str, Any]] = Field(description="Type and provider media id, by reference")
     at: datetime = Field(description="When the service got it: from the patient, or staff")
-    audience: str | None = Field(description="Outgoing: `note` (staff only) or `patient`")
+    audience: str | None = Field(
+        description="Outgoing: `note` (staff only), `patient` (staff to the patient), or "
+        "`reply` (the service's own answer: a consent confirmation, the help text, the "
+        "numbered list, sent on WhatsApp Cloud API by a worker)"
+    )
     notification_id: uuid.UUID | None
     delivery_state: str | None = Field(
-        description="Outgoing to the patient: the state of the notification carrying it"
+        description="Outgoing to the patient: the state of the notification carrying it; "
+        "for a `reply`, its send: `pending`, `sending`, `sent` or `failed`"
+    )
+    failure_reason: str | None = Field(
+        default=None, description="A `reply` that failed: why (the provider's code and words)"
     )
 
     @classmethod
@@ -80,7 +88,8 @@ class MessageOut(BaseModel):
             at=m.received_at,
             audience=m.audience,
             notification_id=m.notification_id,
-            delivery_state=delivery_state,
+            delivery_state=delivery_state or m.send_state,
+            failure_reason=m.failure_reason,
         )
 
 

@@ -100,6 +100,14 @@ async def _new(
     return conversation
 
 
+async def follow_up(session: AsyncSession, closed: Conversation, now: datetime) -> Conversation:
+    """A patient wrote on a closed conversation by a way that names it (a reply to its
+    email): a new conversation about the same thing, opened by the patient. Flushes."""
+    return await _new(
+        session, closed.patient_id, closed.subject, closed.reference, now, opened_by="patient"
+    )
+
+
 async def get(session: AsyncSession, conversation_id: uuid.UUID) -> Conversation:
     """Raises NotFound."""
     conversation = await session.get(Conversation, conversation_id)
@@ -168,6 +176,7 @@ async def write(
         raise Conflict("the conversation is closed: open a new one")
     notification = None
     if "patient" in broadcast_to:
+        await _refuse_blocked_email(session, settings, conversation.patient_id)
         notification, _ = await notification_service.schedule(
             session,
             NotificationIn(
@@ -193,6 +202,27 @@ async def write(
     conversation.last_activity_at = now
     await session.flush()
     return message, notification.state if notification is not None else None
+
+
+async def _refuse_blocked_email(session: AsyncSession, settings: Settings, patient_id: str) -> None:
+    """A staff message that would go to a blocked email address is refused here, where
+    staff see it (GovFlow accepted it and failed later, out of sight). Raises
+    InvalidInput (422) naming `broadcast_to`."""
+    patient = await session.get(Patient, patient_id)
+    if patient is None or not patient.email:
+        return
+    by_email = STAFF_MESSAGE_PURPOSE in settings.email_preferred_purposes or "email" in (
+        settings.chain_for(patient.country, STAFF_MESSAGE_PURPOSE)
+    )
+    if not by_email:
+        return
+    reason = await conversation_repository.email_blocked(session, patient.email)
+    if reason is not None:
+        raise field_error(
+            "broadcast_to",
+            f"the patient's email address is blocked ({reason}): nothing is sent to it "
+            "until it is unblocked with DELETE /v1/email-status/{address}",
+        )
 
 
 async def patient_messages(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.conversations import service as conversation_service
 from app.dashboard import repository as dashboard_repository
@@ -18,13 +23,16 @@ from app.dashboard.rendering import render, static_files
 from app.dashboard.security import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
+    DashboardBadInput,
     DashboardForbidden,
     LoginRequired,
     Operator,
 )
 from app.db.session import DbSession
-from app.errors import AppError
+from app.errors import AppError, validation_details
 from app.experiments import service as experiment_service
+from app.gateways import repository as gateway_repository
+from app.imo import repository as imo_repository
 from app.imo import service as imo_service
 from app.models import Patient
 from app.operators import service as operator_service
@@ -33,9 +41,18 @@ from app.patients import service as patient_service
 from app.states import ChannelName
 from app.switches import service as switch_service
 from app.switches.scope import ScopeError, parse_scope
+from app.webhooks import service as webhook_service
+from app.webhooks.events import EVENT_TYPES
+from app.webhooks.schemas import NAME_PATTERN, ReplayIn
 
-router = APIRouter(prefix="/dashboard", include_in_schema=False)
+# Every form is held to the API's rules for text before any of its fields is used.
+router = APIRouter(
+    prefix="/dashboard",
+    include_in_schema=False,
+    dependencies=[Depends(security.check_form_text)],
+)
 HOME = "/dashboard/"
+log = logging.getLogger(__name__)
 
 
 def _safe_next(next_path: str) -> str:
@@ -208,23 +225,54 @@ async def patient_page(
     )
 
 
+PAUSE_NAMES = {
+    "window": "messaging window",
+    "switch": "switch",
+    "errors": "errors",
+    "rate_limit": "rate limit",
+}
+ACCEPTANCE_SPANS = {"day": timedelta(days=30), "week": timedelta(weeks=26)}
+REFRESH_SECONDS = 5
+
+
 @router.get("/imo")
-async def imo_invitations(request: Request, session: DbSession, signed: Operator) -> Response:
+async def imo_invitations(
+    request: Request,
+    session: DbSession,
+    signed: Operator,
+    by: Annotated[Literal["day", "week"], Query()] = "day",
+) -> Response:
     """The latest rounds with their progress (as GET /v1/imo/invitation-rounds/{id}) and
-    the authorisation counts (as GET /v1/imo/authorizations/summary)."""
+    why they paused, acceptance over time, and the authorisation counts (as GET
+    /v1/imo/authorizations/summary). Reloads itself while a round runs."""
     now = datetime.now(UTC)
     rounds = [
         progress
         for round_id in await dashboard_repository.recent_round_ids(session, 20)
         if (progress := await imo_service.round_progress(session, round_id, now)) is not None
     ]
+    pauses = await imo_repository.round_pauses(session, [r.id for r in rounds], per_round=5)
     total, by_status = await imo_service.authorization_summary(session)
+    until = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    pattern = "%Y-%m-%d" if by == "day" else "week of %Y-%m-%d"
+    acceptance = [
+        (period.strftime(pattern), invited, subscribed)
+        for period, invited, subscribed in await imo_repository.acceptance(
+            session, until - ACCEPTANCE_SPANS[by], until, by
+        )
+    ]
     return render(
         request,
         "imo.html",
         signed,
         active="imo",
         rounds=rounds,
+        pauses=pauses,
+        pause_names=PAUSE_NAMES,
+        running=any(r.state != "completed" for r in rounds),
+        refresh_seconds=REFRESH_SECONDS,
+        acceptance=acceptance,
+        by=by,
         patients=total,
         by_status=list(by_status.items()),
     )
@@ -325,6 +373,123 @@ async def put_switch(
     return RedirectResponse(f"/dashboard/switches?{urlencode({'done': done})}", 303)
 
 
+@router.get("/gateways")
+async def gateways(request: Request, session: DbSession, signed: Operator) -> Response:
+    """The gateway phones as GET /v1/gateways: the same repository call."""
+    stats = await gateway_repository.list_with_stats(session)
+    return render(
+        request,
+        "gateways.html",
+        signed,
+        active="gateways",
+        gateways=stats,
+        queue_rows=[(s.gateway.name, s.queue_depth) for s in stats],
+        now=datetime.now(UTC),
+    )
+
+
+FAILING_SHOWN = 50
+
+
+async def _webhooks_page(
+    request: Request,
+    session: DbSession,
+    signed: SignedIn,
+    *,
+    done: str | None = None,
+    error: str | None = None,
+    details: list[dict[str, Any]] | None = None,
+    status_code: int = 200,
+) -> Response:
+    return render(
+        request,
+        "webhooks.html",
+        signed,
+        status_code=status_code,
+        active="webhooks",
+        endpoints=await dashboard_repository.webhooks(session),
+        failing=await dashboard_repository.failing_deliveries(session, FAILING_SHOWN),
+        failing_shown=FAILING_SHOWN,
+        event_types=EVENT_TYPES,
+        may_replay=operator_service.role_allows(signed.operator.role, "admin"),
+        done=done,
+        error=error,
+        details=details or [],
+    )
+
+
+@router.get("/webhooks")
+async def webhooks(
+    request: Request,
+    session: DbSession,
+    signed: Operator,
+    done: Annotated[str | None, Query(max_length=300)] = None,
+) -> Response:
+    return await _webhooks_page(request, session, signed, done=done)
+
+
+def _utc(value: str) -> str:
+    # A datetime-local input has no offset: the form says its times are UTC.
+    value = value.strip()
+    if value and not value.endswith("Z") and "+" not in value[10:] and "-" not in value[10:]:
+        return value + "Z"
+    return value
+
+
+@router.post("/webhooks/{name}/replay")
+async def replay_webhook(
+    request: Request,
+    session: DbSession,
+    signed: Admin,
+    name: Annotated[str, Path(pattern=NAME_PATTERN)],
+    since: Annotated[str, Form(max_length=40)],
+    until: Annotated[str, Form(max_length=40)],
+    reason: Annotated[str, Form(max_length=1000)],
+    events: Annotated[list[str] | None, Form(max_length=20)] = None,
+) -> Response:
+    """Deliver an endpoint's events of a period again, as POST /v1/webhooks/{name}/replay
+    (the same body rules, the same service call), by an admin giving a reason; logged."""
+    try:
+        body = ReplayIn.model_validate(
+            {"since": _utc(since), "until": _utc(until), "events": events or None}
+        )
+    except ValidationError as refused:
+        details = validation_details(refused.errors())
+        return await _webhooks_page(
+            request,
+            session,
+            signed,
+            status_code=422,
+            error="the replay was not queued: check its period and events",
+            details=details,
+        )
+    if not reason.strip():
+        return await _webhooks_page(
+            request, session, signed, status_code=422, error="a reason is required"
+        )
+    try:
+        queued = await webhook_service.replay(session, name, body.since, body.until, body.events)
+    except AppError as refused:
+        return await _webhooks_page(
+            request, session, signed, status_code=refused.status_code, error=refused.message
+        )
+    await session.commit()
+    log.warning(
+        "webhook replay queued from the dashboard",
+        extra={
+            "by": signed.operator.email,
+            "endpoint": name,
+            "since": body.since.isoformat(),
+            "until": body.until.isoformat(),
+            "events": body.events or "all",
+            "queued": queued,
+            "reason": reason.strip(),
+        },
+    )
+    done = f"{queued:,} deliveries to {name} queued again"
+    return RedirectResponse(f"/dashboard/webhooks?{urlencode({'done': done})}", 303)
+
+
 def install_dashboard(app: FastAPI) -> None:
     """The dashboard's routes, static files and the answers to its refusals (HTML, not
     the API's JSON)."""
@@ -341,3 +506,48 @@ def install_dashboard(app: FastAPI) -> None:
     @app.exception_handler(DashboardForbidden)
     async def _forbidden(request: Request, refused: DashboardForbidden) -> Response:
         return render(request, "forbidden.html", None, status_code=403, message=refused.message)
+
+    @app.exception_handler(DashboardBadInput)
+    async def _bad_input(request: Request, refused: DashboardBadInput) -> Response:
+        return _refused_page(request, refused.status_code, refused.message, [])
+
+    # The API's answers to a bad request stay JSON; the dashboard's are pages.
+    api_invalid = app.exception_handlers[RequestValidationError]
+    api_http = app.exception_handlers[StarletteHTTPException]
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if not _is_dashboard(request):
+            return await _delegate(api_invalid, request, exc)
+        details = validation_details(exc.errors())
+        return _refused_page(request, 422, "the form or address has values it cannot take", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if not _is_dashboard(request) or exc.status_code < 400 or exc.status_code >= 500:
+            return await _delegate(api_http, request, exc)
+        return _refused_page(request, exc.status_code, str(exc.detail), [])
+
+
+async def _delegate(handler: Any, request: Request, exc: Exception) -> Response:
+    answer = handler(request, exc)
+    return await answer if inspect.isawaitable(answer) else answer  # type: ignore[no-any-return]
+
+
+def _is_dashboard(request: Request) -> bool:
+    return request.url.path == "/dashboard" or request.url.path.startswith("/dashboard/")
+
+
+def _refused_page(
+    request: Request, status_code: int, message: str, details: list[dict[str, Any]]
+) -> Response:
+    # No operator looked up: the page must not fail where the request did.
+    return render(
+        request,
+        "forbidden.html",
+        None,
+        status_code=status_code,
+        message=message,
+        details=details,
+        heading="Not found" if status_code == 404 else "Refused",
+    )

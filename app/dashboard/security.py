@@ -22,6 +22,7 @@ from app.db.session import DbSession
 from app.operators import service as operator_service
 from app.operators.service import SignedIn
 from app.security import TokenSigner
+from app.validation import check_storable
 
 SESSION_COOKIE = "dashboard_session"
 LOGIN_COOKIE = "dashboard_login"
@@ -83,6 +84,36 @@ def refuse_cross_site(request: Request) -> None:
     origin = request.headers.get("origin")
     if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
         raise DashboardForbidden("cross-site request refused")
+
+
+class DashboardBadInput(Exception):
+    """A form or query the dashboard cannot take: answered with a page saying why (4xx)."""
+
+    def __init__(self, message: str, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+async def check_form_text(request: Request) -> None:
+    """A form's values held to the API's rules for text (app/validation.py: no null,
+    control or bidi character, no lone surrogate) before any field reaches a query;
+    files are not taken. Raises DashboardBadInput. (The query string and path are held
+    to them by app/request_text.py for every route.)"""
+    if request.method in ("GET", "HEAD"):
+        return
+    try:
+        form = await request.form()
+    except Exception as refused:  # a malformed body: multipart boundaries, too many parts
+        raise DashboardBadInput(f"the form could not be read: {refused}", 400) from refused
+    for name, value in form.multi_items():
+        if not isinstance(value, str):
+            raise DashboardBadInput(f"{name}: files are not taken here")
+        try:
+            check_storable(value, name)
+            check_storable(name, "a field name")
+        except ValueError as refused:
+            raise DashboardBadInput(str(refused)) from refused
 
 
 async def _form_token(request: Request) -> str:

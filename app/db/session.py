@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from app.config import get_settings
 
 # SQLSTATE classes worth a retry of the same unit of work: 08 connection exception;
 # 57 operator intervention (admin or crash shutdown, "the database system is starting
@@ -35,19 +39,54 @@ def transient_database_error(error: BaseException) -> bool:
 
 
 def create_engine_and_sessionmaker(
-    database_url: str, *, pool_size: int = 10
+    database_url: str, *, pool_size: int = 10, statement_cache: bool | None = None
 ) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
+    """The process's engine. `statement_cache` (default: DATABASE_STATEMENT_CACHE) off
+    makes every statement an unnamed one, prepared and run inside its transaction: what
+    PgBouncer in transaction mode before 1.21 needs (a named statement prepared on one
+    server connection is unknown to the next transaction's)."""
+    if statement_cache is None:
+        statement_cache = get_settings().database_statement_cache
+    connect_args: dict[str, Any] = {
+        "server_settings": {"application_name": "clinic-notify"},
+    }
+    if not statement_cache:
+        connect_args |= {
+            # asyncpg's own cache (its introspection queries) and SQLAlchemy's.
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            # "" is PostgreSQL's unnamed statement: replaced by the next one, never
+            # left behind on a server connection another client gets next.
+            "prepared_statement_name_func": str,
+        }
     engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it cost three round trips (BEGIN, `;`, ROLLBACK) per checkout, a
+        # third of scheduling one notification. A connection the server closed (restart,
+        # admin shutdown, idle timeout) is known closed to asyncpg without asking:
+        # _refuse_closed_connections swaps it for a fresh one at checkout. A connection
+        # that dies in use raises a disconnect, SQLAlchemy invalidates the pool, and the
+        # unit of work is retried where it is idempotent (transient_database_error).
+        pool_pre_ping=False,
         # Errors never quote parameters: they hold names and rendered reminders (S5).
         hide_parameters=True,
-        # asyncpg prepares statements itself; keep its cache for the hot queries.
-        connect_args={"server_settings": {"application_name": "clinic-notify"}},
+        connect_args=connect_args,
     )
+    event.listen(engine.sync_engine, "checkout", _refuse_closed_connections)
     return engine, async_sessionmaker(engine, expire_on_commit=False)
+
+
+def _refuse_closed_connections(
+    _dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    """A pooled connection whose socket the server closed is refused at checkout: the
+    pool discards it and checks out (or opens) another, up to three times. It costs no
+    round trip: asyncpg marks a connection closed when its socket reports end-of-file."""
+    is_closed = getattr(record.driver_connection, "is_closed", None)
+    if is_closed is not None and is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 @asynccontextmanager

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -50,6 +52,7 @@ from app.states import (
 )
 from app.switches import repository as switch_repository
 from app.switches.scope import Switchboard
+from app.webhooks import service as webhook_service
 
 log = logging.getLogger(__name__)
 S = NotificationState
@@ -59,6 +62,13 @@ S = NotificationState
 WRITE_BACK_RETRY_SECONDS = 30.0
 # A provider's 429 without a Retry-After pauses its account for this long.
 THROTTLE_PAUSE_SECONDS = 1.0
+# How often each worker looks for claims whose lease ran out (a dead worker's batch): a
+# query of the small `sending` index, so a claim is taken over within about a second of
+# its lease running out.
+TAKEOVER_INTERVAL_SECONDS = 1.0
+# Leases that ran out this long ago are deleted by the sweeper (a claim naming a
+# deleted lease is stale all the same).
+FORGET_LEASES_AFTER_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +119,23 @@ class Dispatcher:
         )
         self._semaphore = asyncio.Semaphore(settings.dispatch_concurrency)
         self._taking = asyncio.Lock()
+        # This process's lease on what it claims (`keep_lease`); without one (a
+        # dispatcher driven directly, as in tests) claims are stale after
+        # SENDING_STALE_AFTER_SECONDS instead.
+        self.lease_id = uuid.uuid4()
+        self._leasing = False
+        self._lease_renewed = -float("inf")
+        self._next_takeover = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch until `stop` is set; idle polls are `dispatch_idle_seconds` apart."""
+        """Dispatch until `stop` is set; idle polls are `dispatch_idle_seconds` apart.
+
+        Each loop also takes over, at most every TAKEOVER_INTERVAL_SECONDS per process,
+        the claims of workers whose lease ran out.
+        """
         while not stop.is_set():
             try:
+                await self._take_over_if_due()
                 claimed = await self.dispatch_once()
             except Exception:
                 # PostgreSQL or Redis away: what was claimed is settled by the sweeper.
@@ -121,11 +143,74 @@ class Dispatcher:
                 sentry_sdk.capture_exception()
                 claimed = 0
                 await _sleep_or_stop(stop, 2.0)
-            if claimed < self.settings.dispatch_batch_size:
+            if not claimed:
+                # Only an empty claim means nothing is due: a short one (the last of the
+                # due rows, or rows another loop's claim held locked) is followed by
+                # another claim at once, not by an idle pause per batch.
                 await _sleep_or_stop(stop, self.settings.dispatch_idle_seconds)
+
+    async def keep_lease(self) -> None:
+        """Hold this process's dispatch lease, renewed every third of
+        DISPATCH_LEASE_SECONDS, until cancelled (after the dispatch loops have stopped:
+        then `drop_lease`). While the lease is not fresh, no new batch is claimed."""
+        self._leasing = True
+        seconds = self.settings.dispatch_lease_seconds
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+        while True:
+            began = time.monotonic()
+            try:
+                async with self.sessionmaker() as session:
+                    await delivery_repository.renew_lease(session, self.lease_id, holder, seconds)
+                    await session.commit()
+                self._lease_renewed = began
+                pause = seconds / 3
+            except Exception as exc:  # PostgreSQL away: claims stop until it is back
+                log.warning("could not renew the dispatch lease: %s", type(exc).__name__)
+                pause = 1.0
+            await asyncio.sleep(pause)
+
+    async def drop_lease(self) -> None:
+        """Give up the lease (a clean stop): anything still claimed under it is taken
+        over by the other workers at once."""
+        try:
+            async with self.sessionmaker() as session:
+                await delivery_repository.drop_lease(session, self.lease_id)
+                await session.commit()
+        except Exception as exc:
+            log.warning("could not drop the dispatch lease: %s", type(exc).__name__)
+
+    def _claim_lease(self) -> uuid.UUID | bool | None:
+        """The lease to claim under: None without leasing; False while the lease is not
+        known to be held for at least half of DISPATCH_LEASE_SECONDS more."""
+        if not self._leasing:
+            return None
+        fresh = time.monotonic() - self._lease_renewed < self.settings.dispatch_lease_seconds / 2
+        return self.lease_id if fresh else False
+
+    async def _take_over_if_due(self) -> None:
+        """Settle the claims of workers whose lease ran out (as the sweeper does): what
+        had no attempt is due again at once, what had one ends `unconfirmed`."""
+        if not self._leasing or time.monotonic() < self._next_takeover:
+            return
+        self._next_takeover = time.monotonic() + TAKEOVER_INTERVAL_SECONDS
+        stale_before = self.clock() - timedelta(seconds=self.settings.sending_stale_after_seconds)
+        async with self.sessionmaker() as session:
+            requeued, unconfirmed = await delivery_repository.sweep_stale_sending(
+                session, stale_before
+            )
+            await session.commit()
+        if requeued or unconfirmed:
+            log.warning(
+                "took over the claims of a worker whose lease ran out",
+                extra={"requeued": requeued, "unconfirmed": unconfirmed},
+            )
 
     async def dispatch_once(self) -> int:
         """Claim and handle one batch; returns how many notifications were claimed."""
+        lease = self._claim_lease()
+        if lease is False:
+            return 0
+        assert not isinstance(lease, bool)
         async with self.sessionmaker() as session:
             # Read with every claim, never cached longer: a pause stops sending at each
             # worker's next batch.
@@ -134,6 +219,7 @@ class Dispatcher:
                 session,
                 self.settings.dispatch_batch_size,
                 no_whatsapp_days=self.settings.whatsapp_retry_no_account_days,
+                lease_id=lease,
             )
             gateway_numbers = (
                 await delivery_repository.gateway_numbers(session) if claimed else frozenset()
@@ -171,6 +257,7 @@ class Dispatcher:
         if settled:
             async with self.sessionmaker() as session:
                 await delivery_repository.settle(session, settled)
+                await webhook_service.notifications_changed(session, settled)
                 await session.commit()
             outcomes.update(_outcome_name(o) for o in settled.values())
         _log_batch(len(claimed), outcomes, time.monotonic() - began)
@@ -325,9 +412,9 @@ class Dispatcher:
 
         async def write_back(session: AsyncSession) -> None:
             stored = await delivery_repository.record_attempts(session, results)
-            await delivery_repository.settle(
-                session, self._reconcile(sends, attempt_ids, stored, settled)
-            )
+            outcomes = self._reconcile(sends, attempt_ids, stored, settled)
+            await delivery_repository.settle(session, outcomes)
+            await webhook_service.notifications_changed(session, outcomes)
             await delivery_repository.downgrade_imo(session, downgrades)
             await consent_service.record_provider_opt_outs(session, opt_outs)
             await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
@@ -570,10 +657,12 @@ def _log_batch(claimed: int, outcomes: Counter[str], seconds: float) -> None:
 async def sweep(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
 ) -> tuple[int, int]:
-    """Settle what dead workers left in `sending` -> (requeued, unconfirmed)."""
+    """Settle what dead workers left in `sending` -> (requeued, unconfirmed): a safety
+    net behind the live workers' own takeover of claims whose lease ran out."""
     stale_before = now - timedelta(seconds=settings.sending_stale_after_seconds)
     async with sessionmaker() as session:
         counts = await delivery_repository.sweep_stale_sending(session, stale_before)
+        await delivery_repository.forget_old_leases(session, FORGET_LEASES_AFTER_SECONDS)
         # A batch that read a switch just before it was resumed may have held notifications
         # after the resume released the rest: they are released here.
         released = await switch_repository.release_held(session)

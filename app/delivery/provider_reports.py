@@ -29,6 +29,7 @@ from app.states import (
     AttemptStatus,
     NotificationState,
 )
+from app.webhooks import service as webhook_service
 
 S = NotificationState
 log = logging.getLogger(__name__)
@@ -135,8 +136,12 @@ async def apply_reports(
                 row.notification_id,
                 reports[position].attempt_id,
                 fall_back=not template_rejected,
+                reason=reports[position].failure_reason,
             )
     await delivery_repository.mark_no_whatsapp(session, no_whatsapp)
+    await webhook_service.notifications_changed(
+        session, {row.notification_id for row in changed.values()}
+    )
 
     answers: list[bool | UnknownAttempt] = []
     for position, report in enumerate(reports):
@@ -157,11 +162,17 @@ async def apply_reports(
 
 
 async def follow_failure(
-    session: AsyncSession, notification_id: uuid.UUID, attempt_id: int, *, fall_back: bool = True
+    session: AsyncSession,
+    notification_id: uuid.UUID,
+    attempt_id: int,
+    *,
+    fall_back: bool = True,
+    reason: str | None = None,
 ) -> None:
     """The attempt that made a notification `sent` failed after all: fall back to the
     next channel, or fail the notification when none is left (or `fall_back` is False:
-    a template the provider refused, which an operator must fix)."""
+    a template the provider refused, which an operator must fix). `reason`: why, when
+    not the provider's report."""
     locked = await delivery_repository.lock_notification_for_callback(session, notification_id)
     if locked is None:
         return
@@ -177,7 +188,10 @@ async def follow_failure(
         imo_status,
         SendOn(chain[: channel_index + 1] if not fall_back else chain, channel_index),
         datetime.now(UTC),
-        "the provider reported the message failed"
-        + ("" if fall_back else ": its template was refused"),
+        reason
+        or (
+            "the provider reported the message failed"
+            + ("" if fall_back else ": its template was refused")
+        ),
     )
     await delivery_repository.settle(session, {notification_id: outcome})

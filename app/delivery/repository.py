@@ -52,7 +52,8 @@ _CLAIM = text(
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE notifications AS n
-        SET state = '{EVENT_TARGET[E.CLAIM]}', claimed_at = now(), updated_at = now()
+        SET state = '{EVENT_TARGET[E.CLAIM]}', claimed_at = now(), updated_at = now(),
+            lease_id = CAST(:lease_id AS uuid)
         FROM due WHERE n.id = due.id
         RETURNING n.id, n.patient_id, n.purpose, n.title, n.body, n.locale, n.expires_at,
                   n.channel_chain, n.channel_index, n.retry_count, n.claimed_at,
@@ -65,6 +66,10 @@ _CLAIM = text(
            -- A staff message on a conversation: the conversation (its Reply-To, its
            -- subject as the email's), by ix_messages_notification.
            conv.id::text AS conversation_id, conv.subject AS conversation_subject,
+           -- Why the patient's address may not be mailed (app/email: a hard bounce, a
+           -- complaint, an unsubscribe), by its primary key; addresses are kept lower-case.
+           (SELECT ea.reason FROM email_addresses AS ea
+            WHERE ea.address = lower(p.email) AND ea.status = 'blocked') AS email_blocked,
            -- WhatsApp's customer-service window: the patient wrote on WhatsApp in the
            -- last 24 hours (ix_messages_patient_received), so free text may go.
            EXISTS (SELECT FROM messages AS m
@@ -98,15 +103,22 @@ _CLAIM = text(
 
 
 async def claim_due(
-    session: AsyncSession, limit: int, *, no_whatsapp_days: int = 30
+    session: AsyncSession,
+    limit: int,
+    *,
+    no_whatsapp_days: int = 30,
+    lease_id: uuid.UUID | None = None,
 ) -> list[ClaimedNotification]:
-    """Move up to `limit` due notifications to `sending` for this worker alone.
+    """Move up to `limit` due notifications to `sending` for this worker alone, under
+    its lease `lease_id` (None: no lease, stale after SENDING_STALE_AFTER_SECONDS).
 
     SKIP LOCKED lets any number of workers claim at once without waiting on or
     double-claiming each other's rows. A patient WhatsApp said has no account within
     `no_whatsapp_days` comes `whatsapp_unavailable`.
     """
-    rows = await session.execute(_CLAIM, {"limit": limit, "no_account_days": no_whatsapp_days})
+    rows = await session.execute(
+        _CLAIM, {"limit": limit, "no_account_days": no_whatsapp_days, "lease_id": lease_id}
+    )
     claimed = []
     for row in rows.mappings():
         fields = dict(row)
@@ -269,6 +281,7 @@ _SETTLE = text(
             -- meanwhile, it has none: a fresh one lets the sweeper find it again.)
             claimed_at = CASE WHEN v.state = '{HELD_STATE}' THEN COALESCE(n.claimed_at, now())
                               ELSE NULL END,
+            lease_id = CASE WHEN v.state = '{HELD_STATE}' THEN n.lease_id ELSE NULL END,
             paused_by = v.paused_by,
             updated_at = now()
         FROM unnest(CAST(:ids AS uuid[]), CAST(:states AS text[]), CAST(:chains AS text[]),
@@ -355,15 +368,64 @@ async def downgrade_imo(session: AsyncSession, downgrades: dict[str, str]) -> No
         )
 
 
+def _stale_claim(n: str) -> str:
+    """SQL: notification `n` is held by a worker that is gone. Its lease ran out or was
+    dropped; or, claimed without a lease, it has been held since before :stale_before."""
+    return f"""{n}.state = '{HELD_STATE}' AND CASE
+        WHEN {n}.lease_id IS NULL THEN {n}.claimed_at < :stale_before
+        ELSE NOT EXISTS (SELECT FROM dispatch_leases AS l
+                         WHERE l.id = {n}.lease_id AND l.expires_at > now()) END"""
+
+
+_RENEW_LEASE = text(
+    """
+    INSERT INTO dispatch_leases (id, holder, expires_at)
+    VALUES (:id, :holder, now() + make_interval(secs => :seconds))
+    ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    """
+)
+
+
+async def renew_lease(
+    session: AsyncSession, lease_id: uuid.UUID, holder: str, seconds: float
+) -> None:
+    """Take or renew lease `lease_id` for `seconds` from now, on the database's clock.
+
+    Renewing a lease that ran out (and whose claims were taken over) is harmless: the
+    claims taken over were released (`lease_id` cleared), and each claim is fenced by
+    its `claimed_at` anyway.
+    """
+    await session.execute(_RENEW_LEASE, {"id": lease_id, "holder": holder, "seconds": seconds})
+
+
+async def drop_lease(session: AsyncSession, lease_id: uuid.UUID) -> None:
+    """A worker stopping: what it still holds is taken over at once."""
+    await session.execute(text("DELETE FROM dispatch_leases WHERE id = :id"), {"id": lease_id})
+
+
+async def forget_old_leases(session: AsyncSession, older_than_seconds: float) -> int:
+    """Delete leases that ran out more than `older_than_seconds` ago (their workers are
+    gone; a claim still naming one counts as stale all the same) -> how many."""
+    result = await session.execute(
+        text(
+            "DELETE FROM dispatch_leases"
+            " WHERE expires_at < now() - make_interval(secs => :seconds) RETURNING id"
+        ),
+        {"seconds": older_than_seconds},
+    )
+    return len(result.all())
+
+
 _RELEASE_UNSTARTED = text(
     f"""
     UPDATE notifications AS n
-    SET state = '{EVENT_TARGET[E.RETRY]}', claimed_at = NULL, updated_at = now()
-    WHERE n.state = '{HELD_STATE}' AND n.claimed_at < :stale_before
+    SET state = '{EVENT_TARGET[E.RETRY]}', claimed_at = NULL, lease_id = NULL,
+        updated_at = now()
+    WHERE {_stale_claim("n")}
       AND NOT EXISTS (SELECT 1 FROM delivery_attempts AS a
                       WHERE a.notification_id = n.id AND a.status <> '{A.FAILED}')
-      AND n.id IN (SELECT id FROM notifications WHERE state = '{HELD_STATE}'
-                   AND claimed_at < :stale_before ORDER BY claimed_at LIMIT :limit
+      AND n.id IN (SELECT s.id FROM notifications AS s WHERE {_stale_claim("s")}
+                   ORDER BY s.claimed_at LIMIT :limit
                    FOR UPDATE SKIP LOCKED)
     RETURNING n.id
     """  # noqa: S608 - constants only
@@ -377,9 +439,9 @@ assert len(_PROVEN_BY_RANK) == len(set(ATTEMPT_PROVES.values()))
 _MARK_UNCONFIRMED = text(
     f"""
     WITH stale AS (
-        SELECT id FROM notifications
-        WHERE state = '{HELD_STATE}' AND claimed_at < :stale_before
-        ORDER BY claimed_at LIMIT :limit
+        SELECT s.id FROM notifications AS s
+        WHERE {_stale_claim("s")}
+        ORDER BY s.claimed_at LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ), unconfirmed AS (
         UPDATE delivery_attempts AS a
@@ -402,7 +464,8 @@ _MARK_UNCONFIRMED = text(
     )
     UPDATE notifications AS n
     SET state = {sql_case("taken.rank", _PROVEN_BY_RANK)},
-        claimed_at = NULL, updated_at = now(), sent_at = COALESCE(n.sent_at, now()),
+        claimed_at = NULL, lease_id = NULL, updated_at = now(),
+        sent_at = COALESCE(n.sent_at, now()),
         delivered_at = CASE WHEN taken.rank >= {NOTIFICATION_RANK[S.DELIVERED]}
                             THEN COALESCE(n.delivered_at, now()) ELSE n.delivered_at END,
         read_at = CASE WHEN taken.rank = {NOTIFICATION_RANK[S.READ]}
@@ -422,7 +485,9 @@ _MARK_UNCONFIRMED = text(
 async def sweep_stale_sending(
     session: AsyncSession, stale_before: datetime, limit: int = 1000
 ) -> tuple[int, int]:
-    """Settle notifications a dead worker left in `sending` -> (requeued, settled).
+    """Settle notifications a dead worker left in `sending` -> (requeued, settled):
+    those whose lease ran out (or was dropped), and those claimed without a lease
+    before `stale_before`.
 
     Never sent to a provider (no attempt, or only failed ones): due again. Possibly
     sent (an attempt was under way): `sent` with the attempt `unconfirmed`. Sent for

@@ -85,3 +85,6 @@ class Report:
     provider_status: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    # A FAILED report: why the notification moves on (or fails), when the service, not
+    # the provider, decided it (a gateway phone gone silent); None: the provider said so.
+    failure_reason: str | None = None

@@ -4,6 +4,7 @@ process tree, started together and stopped together."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -41,6 +42,7 @@ from app.fakes.credentials import (
     FAKE_WHATSAPP_PHONE_NUMBER_ID,
     FAKE_WHATSAPP_VERIFY_TOKEN,
 )
+from app.gateways import service as gateway_service
 from app.operators import service as operator_service
 
 # The settings `notify dev` gives its children that other `notify` commands need too.
@@ -147,6 +149,36 @@ def _dev_api_key(data_dir: Path, database_url: str) -> tuple[str, bool]:
 
 
 DEV_OPERATOR = "dev@localhost.localdomain"
+DEV_GATEWAY = "dev-phone"
+# In `notify dev`, unless CHANNEL_CHAINS is set: Kenya's patients go through the fake
+# gateway phone first (CHT's own home ground), Twilio after it.
+DEV_GATEWAY_COUNTRY = "KE"
+FAKE_GATEWAY_INTERVAL = 2.0
+
+
+def _dev_gateway(data_dir: Path, database_url: str) -> tuple[str, str]:
+    """The development gateway phone kept in `.data/dev-gateway`; (name, secret). It
+    serves every country (no country of its own). Registered again, under a fresh name,
+    when the file or the gateway is gone."""
+    path = data_dir / "dev-gateway"
+    if path.exists():
+        name, _, secret = path.read_text().strip().partition(" ")
+        if (
+            name
+            and secret
+            and asyncio.run(gateway_service.credentials_work(database_url, name, secret))
+        ):
+            return name, secret
+    name = DEV_GATEWAY
+    try:
+        _, secret = asyncio.run(gateway_service.issue_gateway(database_url, name, None, None))
+    except Conflict:
+        name = f"{DEV_GATEWAY}-{secrets.token_hex(3)}"
+        _, secret = asyncio.run(gateway_service.issue_gateway(database_url, name, None, None))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{name} {secret}\n")
+    return name, secret
 
 
 def _dev_operator(data_dir: Path, database_url: str) -> tuple[str, str]:
@@ -216,6 +248,7 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
         upgrade_head(database_url, configure_logging=False)
     api_key, key_created = _dev_api_key(data_dir, database_url)
     operator = _dev_operator(data_dir, database_url)
+    gateway_name, gateway_secret = _dev_gateway(data_dir, database_url)
 
     display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     api_url = f"http://{display_host}:{port}"
@@ -337,6 +370,40 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
             "[yellow]A real provider is configured and ALLOWED_RECIPIENTS is empty: "
             "nobody will be messaged.[/yellow]"
         )
+    # A fake cht-gateway phone polls the API as the Android app does; its secret goes by
+    # the environment, not the command line.
+    env["FAKE_GATEWAY_PASSWORD"] = gateway_secret
+    gateway_chains = ""
+    if "channel_chains" not in settings.model_fields_set:
+        chains = {**settings.channel_chains, DEV_GATEWAY_COUNTRY: ["gateway", "sms"]}
+        env["CHANNEL_CHAINS"] = json.dumps(chains)
+        gateway_chains = f"patients in {DEV_GATEWAY_COUNTRY} go through it first"
+    elif settings.chains_use("gateway"):
+        gateway_chains = "CHANNEL_CHAINS sends through it"
+    else:
+        gateway_chains = "put `gateway` in CHANNEL_CHAINS to send through it"
+    # Added last: stopped first, before the API it polls.
+    fake_gateway = (
+        "fake-gateway",
+        notify_command(
+            "fake-gateway",
+            "--url",
+            f"{api_url}/gateway/api/sms",
+            "--user",
+            gateway_name,
+            "--interval",
+            f"{FAKE_GATEWAY_INTERVAL:g}",
+        ),
+        None,
+        "bright_magenta",
+    )
+    urls.append(
+        (
+            "Fake gateway",
+            f"{gateway_name} polls every {FAKE_GATEWAY_INTERVAL:g} s ({gateway_chains}; "
+            f"{data_dir}/dev-gateway)",
+        )
+    )
     # What another terminal's `notify invite` needs to reach this stack's fakes and API.
     shared = {key: env[key] for key in _SHARED if key in env and key not in os.environ}
     stack = DevStack(env)
@@ -349,6 +416,7 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
         "cyan",
     )
     stack.add("worker", notify_command("worker"), None, "green")
+    stack.add(*fake_gateway)
 
     def on_signal(signum: int, _frame: object) -> None:
         stack.stopping.set()

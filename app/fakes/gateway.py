@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -70,7 +71,7 @@ class FakeGateway:
     def receive(self, sender: str, content: str) -> None:
         """An SMS reaches the phone: it goes to the server with the next poll."""
         self._received += 1
-        now_ms = int(asyncio.get_running_loop().time() * 1000)
+        now_ms = int(time.time() * 1000)  # cht-gateway's times: ms since the epoch
         self._inbox.append(
             {
                 "id": f"fake-in-{id(self)}-{self._received}",
@@ -137,9 +138,29 @@ class FakeGateway:
         }
 
 
-async def run_until_stopped(config: FakeGatewayConfig) -> None:
+async def wait_for_server(gateway: FakeGateway, within_seconds: float) -> None:
+    """The app's settings check, retried while the server is not up yet (`notify dev`
+    starts the phone with the API); a server that answers otherwise ends it."""
+    deadline = asyncio.get_running_loop().time() + within_seconds
+    while True:
+        try:
+            if await gateway.check():
+                return
+            raise SystemExit(
+                f"{gateway.config.url} did not answer as a cht-gateway server "
+                "(wrong URL, name or secret?)"
+            )
+        except (aiohttp.ClientConnectionError, TimeoutError, aiohttp.ContentTypeError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise SystemExit(
+                    f"{gateway.config.url} unreachable for {within_seconds:g} s"
+                ) from None
+            await asyncio.sleep(0.5)
+
+
+async def run_until_stopped(config: FakeGatewayConfig, startup_seconds: float = 120.0) -> None:
     async with aiohttp.ClientSession() as session:
         gateway = FakeGateway(config, session)
-        if not await gateway.check():
-            raise SystemExit(f"{config.url} did not answer as a cht-gateway server")
+        await wait_for_server(gateway, startup_seconds)
+        log.info("fake gateway %s polling %s", config.user, config.url)
         await gateway.run(asyncio.Event())

@@ -108,6 +108,9 @@ class FakeImoConfig:
     callback_attempts: int = 3
     callback_retry_delay: float = 0.2
     callback_timeout: float = 5.0
+    # A slow provider: every answer to a send waits this long, after the message was
+    # taken (and counted): a worker killed meanwhile sent it without knowing.
+    answer_delay: float = 0.0
 
     def __post_init__(self) -> None:
         rates = (self.error_rate, self.timeout_rate, self.garbage_rate, self.rate_limited_rate)
@@ -115,7 +118,9 @@ class FakeImoConfig:
             raise ValueError("fault rates must be between 0 and 1")
         if sum(rates) > 1.0 + 1e-9:
             raise ValueError("fault rates must add up to at most 1")
-        if self.callback_delay < 0 or self.hang_seconds < 0 or self.callback_retry_delay < 0:
+        if min(self.callback_delay, self.hang_seconds, self.callback_retry_delay) < 0 or not (
+            self.answer_delay >= 0
+        ):
             raise ValueError("delays must not be negative")
         if self.callback_concurrency < 1 or self.callback_attempts < 1:
             raise ValueError("callback_concurrency and callback_attempts must be at least 1")
@@ -133,6 +138,7 @@ _RUNTIME_FIELDS: Final[dict[str, tuple[type, ...]]] = {
     "rate_limited_rate": (int, float),
     "callback_delay": (int, float),
     "hang_seconds": (int, float),
+    "answer_delay": (int, float),
     "callbacks_enabled": (bool,),
     "seed": (int, type(None)),
 }
@@ -198,6 +204,8 @@ class _FakeImo:
         self.requests[endpoint] += 1
         self._count_second(endpoint)
         response = await self._respond(request, endpoint)
+        if self.config.answer_delay:
+            await asyncio.sleep(self.config.answer_delay)
         self.answers[endpoint][str(response.status)] += 1
         return response
 

@@ -114,6 +114,7 @@ RUNTIME_FIELDS = frozenset(
         "garbage_rate",
         "rate_limited_rate",
         "callback_delay",
+        "answer_delay",
         "callbacks_enabled",
         "seed",
     }
@@ -160,9 +161,13 @@ class FakeTwilioConfig:
     seed: int = 0
     # Status callbacks in flight at once, across all messages.
     callback_concurrency: int = 100
+    # A slow provider: every answer waits this long, after the message was taken.
+    answer_delay: float = 0.0
 
     def __post_init__(self) -> None:
         check_config(self)
+        if isinstance(self.answer_delay, bool) or not self.answer_delay >= 0:
+            raise ValueError("answer_delay must be a number of seconds >= 0")
 
     def public(self) -> dict[str, object]:
         """The configuration without the auth token."""
@@ -295,6 +300,8 @@ class FakeTwilio:
             response = refusal
         else:
             response = await handler(request, refusal)
+            if config_delay := self.config.answer_delay:
+                await asyncio.sleep(config_delay)
         self.responses[response.status] += 1
         return response
 

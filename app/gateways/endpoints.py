@@ -5,12 +5,14 @@ endpoint (/gateway/api/sms), which answers as cht-core does: `{"error": true,
 from __future__ import annotations
 
 import binascii
+import gzip
 from base64 import b64decode
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from app.db.session import DbSession
@@ -70,8 +72,48 @@ async def list_gateways(session: DbSession) -> GatewayList:
     return GatewayList(data=[GatewayOut(**_out(s)) for s in stats])
 
 
-def _error(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": True, "message": message}, status_code, headers=headers)
+# Answers shorter than this go uncompressed: gzip's own header and trailer would make
+# them longer.
+GZIP_MIN_BYTES = 256
+
+
+def _accepts_gzip(request: Request) -> bool:
+    """`Accept-Encoding` names gzip (as Android's HTTP client, hence cht-gateway, always
+    does), and not with `q=0`."""
+    for coding in request.headers.get("accept-encoding", "").split(","):
+        name, *params = (part.strip() for part in coding.split(";"))
+        if name.lower() not in ("gzip", "*"):
+            continue
+        q = 1.0
+        for param in params:
+            if param.lower().startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        return q > 0
+    return False
+
+
+def _json(
+    request: Request,
+    content: dict[str, Any],
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A JSON answer, gzip-encoded when the phone accepts it and it is worth it."""
+    body = orjson.dumps(content)
+    headers = {**(headers or {}), "Vary": "Accept-Encoding"}
+    if len(body) >= GZIP_MIN_BYTES and _accepts_gzip(request):
+        body = gzip.compress(body, compresslevel=6)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, status_code, headers=headers, media_type="application/json")
+
+
+def _error(
+    request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    return _json(request, {"error": True, "message": message}, status_code, headers)
 
 
 def _credentials(request: Request) -> tuple[str, str] | None:
@@ -79,9 +121,14 @@ def _credentials(request: Request) -> tuple[str, str] | None:
     if scheme.lower() != "basic":
         return None
     try:
-        decoded = b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+        raw = b64decode(encoded.strip(), validate=True)
+    except binascii.Error:
         return None
+    try:
+        decoded = raw.decode()
+    except UnicodeDecodeError:
+        # cht-gateway encodes its user and password as ISO-8859-1 (SimpleJsonClient2).
+        decoded = raw.decode("latin-1")
     name, colon, secret = decoded.partition(":")
     return (name, secret) if colon else None
 
@@ -97,39 +144,39 @@ _UNAUTHORIZED = {"WWW-Authenticate": 'Basic realm="clinic-notify gateway"'}
 
 
 @phone_router.get("/sms")
-async def gateway_hello(request: Request, session: DbSession) -> JSONResponse:
+async def gateway_hello(request: Request, session: DbSession) -> Response:
     """cht-gateway's settings check."""
     if await _gateway(request, session) is None:
-        return _error(401, "wrong gateway name or secret", _UNAUTHORIZED)
-    return JSONResponse({"medic-gateway": True})
+        return _error(request, 401, "wrong gateway name or secret", _UNAUTHORIZED)
+    return _json(request, {"medic-gateway": True})
 
 
 @phone_router.post("/sms")
-async def gateway_poll(request: Request, session: DbSession) -> JSONResponse:
+async def gateway_poll(request: Request, session: DbSession) -> Response:
     """cht-gateway's poll: the SMS it received and its statuses in, messages to send out."""
     gateway = await _gateway(request, session)
     if gateway is None:
-        return _error(401, "wrong gateway name or secret", _UNAUTHORIZED)
+        return _error(request, 401, "wrong gateway name or secret", _UNAUTHORIZED)
     max_bytes = request.app.state.settings.max_request_bytes
     try:
         raw = await request.body()
     except HTTPException as error:
-        return _error(error.status_code, str(error.detail))
+        return _error(request, error.status_code, str(error.detail))
     try:
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
             raw = protocol.decompress(raw, max_bytes)
         elif encoding not in ("", "identity"):
-            return _error(415, f"unsupported Content-Encoding {encoding!r}")
+            return _error(request, 415, f"unsupported Content-Encoding {encoding!r}")
         received = protocol.parse_poll(raw)
     except protocol.BodyTooLarge as error:
-        return _error(413, str(error))
+        return _error(request, 413, str(error))
     except protocol.ProtocolError as error:
-        return _error(400, str(error))
+        return _error(request, 400, str(error))
     offered = await gateway_service.poll(
         session, request.app.state.settings, gateway, received, datetime.now(UTC)
     )
     await session.commit()
-    return JSONResponse(
-        {"messages": [{"id": m.id, "to": m.to, "content": m.content} for m in offered]}
+    return _json(
+        request, {"messages": [{"id": m.id, "to": m.to, "content": m.content} for m in offered]}
     )

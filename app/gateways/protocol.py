@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from app import phone
+from app.channels import inbound
 from app.channels.base import ChannelName
 from app.states import AttemptStatus
 
@@ -23,6 +25,8 @@ FORWARDED_TO_GATEWAY = "forwarded-to-gateway"
 UNRECOGNISED = "unrecognised"
 # Taken back from a phone that stopped polling, and failed over to the next channel.
 TAKEN_BACK = "taken-back"
+# Left in its country's pool while no phone serving the country polled: failed over.
+UNPOLLED = "unpolled"
 
 # The phone's status words, and the state each records.
 STATUS_STATES = {
@@ -65,12 +69,13 @@ class Incoming:
 @dataclass(frozen=True, slots=True)
 class Update:
     id: str
-    status: str
+    # None: the phone sent no status word (recorded `unrecognised`, as cht-core does).
+    status: str | None
     reason: str | None
 
     @property
     def state(self) -> str:
-        return STATUS_STATES.get(self.status, UNRECOGNISED)
+        return STATUS_STATES.get(self.status or "", UNRECOGNISED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +161,8 @@ def _incoming(entry: object) -> Incoming | None:
     message_id = _text(entry, "id", MAX_ID_CHARS)
     sender = _text(entry, "from", MAX_SENDER_CHARS)
     content = entry.get("content")
-    if message_id is None or sender is None or not isinstance(content, str):
+    # cht-core drops a message without content, as without id or sender.
+    if message_id is None or sender is None or not isinstance(content, str) or not content:
         return None
     return Incoming(
         message_id,
@@ -171,11 +177,31 @@ def _update(entry: object) -> Update | None:
     if not isinstance(entry, dict):
         return None
     message_id = _text(entry, "id", MAX_ID_CHARS)
-    status = entry.get("status")
-    if message_id is None or not isinstance(status, str):
+    if message_id is None:
         return None
+    status = entry.get("status")
     reason = entry.get("reason")
-    return Update(message_id, status[:50], reason[:500] if isinstance(reason, str) else None)
+    return Update(
+        message_id,
+        status[:50] if isinstance(status, str) and status else None,
+        reason[:500] if isinstance(reason, str) else None,
+    )
+
+
+def sender_e164(raw: str, country: str | None) -> str:
+    """The `from` of an SMS the phone received, in E.164. The app forwards what the
+    network gave it: international (+880..., 880...), or national (01711...), which is
+    read as a number of the gateway's country, as cht-core reads it with its own.
+    Raises ValueError for anything that is not a phone number (an operator's "MPESA")."""
+    number = raw.strip()
+    if number.startswith("00"):
+        number = "+" + number[2:]
+    if country and not number.startswith("+"):
+        try:
+            return phone.to_e164(number, country)
+        except phone.InvalidPhoneNumber:
+            pass
+    return inbound.sender_e164(number.replace(" ", "").replace("-", ""))
 
 
 def history_entry(state: str, at: datetime, reason: str | None = None) -> dict[str, str]:

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-import orjson
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.gateways.protocol import CHANNEL, FORWARDED_TO_GATEWAY, TAKEN_BACK
+from app.gateways.protocol import (
+    CHANNEL,
+    FORWARDED_TO_GATEWAY,
+    TAKEN_BACK,
+    UNPOLLED,
+    UNRECOGNISED,
+    Update,
+)
 from app.models import Gateway
 from app.states import AttemptStatus
 
@@ -122,65 +127,108 @@ async def offer(
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayAttempt:
-    id: int
+class Recorded:
+    """The statuses of one attempt that a poll recorded (a repeat of the status before
+    it is not), in the order reported, each with its reason."""
+
+    attempt_id: int
     message_id: str
-    gateway_state: str | None
-    history: list[dict[str, Any]]
+    statuses: list[str | None]
+    reasons: list[str | None]
 
 
-_LOCK_ATTEMPTS = text(
+# A poll's status updates in one statement. The phone's attempts named are locked first
+# (a materialised CTE: a phone that polls twice at once records each status once); each
+# update becomes a history entry (`state`, `at`, a FAILED's `reason`, an unrecognised
+# word as `status`); an entry equal to the one before it (the batch's, else the stored
+# history's last), its time aside, is a repeat and is not recorded; `gateway_state`
+# becomes the last recognised state recorded.
+_RECORD_UPDATES = text(
     f"""
-    SELECT a.id, a.provider_message_id, a.gateway_state, a.state_history
-    FROM delivery_attempts AS a
-    WHERE a.channel = '{CHANNEL}' AND a.provider_message_id = ANY(:message_ids)
-          AND a.gateway_id = :gateway_id
-    ORDER BY a.id
-    FOR UPDATE
+    WITH u AS (
+        SELECT * FROM unnest(CAST(:message_ids AS text[]), CAST(:states AS text[]),
+                             CAST(:statuses AS text[]), CAST(:reasons AS text[]))
+             WITH ORDINALITY AS u(message_id, state, status, reason, position)
+    ),
+    locked AS (
+        SELECT a.id, a.provider_message_id, a.state_history
+        FROM delivery_attempts AS a
+        WHERE a.channel = '{CHANNEL}' AND a.provider_message_id = ANY(:message_ids)
+              AND a.gateway_id = :gateway_id
+        ORDER BY a.id
+        FOR UPDATE
+    ),
+    entries AS (
+        SELECT l.id, l.provider_message_id, l.state_history, u.position, u.state, u.status,
+               u.reason,
+               jsonb_strip_nulls(jsonb_build_object(
+                   'state', u.state, 'at', CAST(:at AS text), 'reason', NULLIF(u.reason, ''),
+                   'status', CASE WHEN u.state = '{UNRECOGNISED}' THEN u.status END
+               )) AS entry
+        FROM u JOIN locked AS l ON l.provider_message_id = u.message_id
+    ),
+    compared AS (
+        SELECT e.*, COALESCE(
+                   lag(e.entry - 'at') OVER (PARTITION BY e.id ORDER BY e.position),
+                   (e.state_history -> -1) - 'at'
+               ) AS previous
+        FROM entries AS e
+    ),
+    recorded AS (
+        SELECT c.id, c.provider_message_id,
+               jsonb_agg(c.entry ORDER BY c.position) AS entries,
+               (array_agg(c.state ORDER BY c.position DESC)
+                   FILTER (WHERE c.state <> '{UNRECOGNISED}'))[1] AS last_state,
+               array_agg(c.status ORDER BY c.position) AS statuses,
+               array_agg(c.reason ORDER BY c.position) AS reasons
+        FROM compared AS c
+        WHERE c.previous IS NULL OR c.previous <> c.entry - 'at'
+        GROUP BY c.id, c.provider_message_id
+    ),
+    updated AS (
+        UPDATE delivery_attempts AS a SET
+            state_history = COALESCE(a.state_history, '[]'::jsonb) || r.entries,
+            gateway_state = COALESCE(r.last_state, a.gateway_state),
+            updated_at = now()
+        FROM recorded AS r
+        WHERE a.id = r.id
+        RETURNING a.id, r.provider_message_id, r.statuses, r.reasons
+    )
+    SELECT id, provider_message_id, statuses, reasons, NULL AS known FROM updated
+    UNION ALL
+    SELECT NULL, NULL, NULL, NULL, (SELECT count(*) FROM locked)
     """  # noqa: S608 - constants only
 )
 
 
-async def lock_attempts(
-    session: AsyncSession, gateway_id: int, message_ids: Sequence[str]
-) -> dict[str, GatewayAttempt]:
-    """This gateway's attempts among `message_ids`, locked, by message id."""
-    if not message_ids:
-        return {}
+async def record_updates(
+    session: AsyncSession, gateway_id: int, updates: Sequence[Update], at: datetime
+) -> tuple[list[Recorded], int]:
+    """Append a poll's statuses to the histories of this gateway's attempts they name
+    (in one statement; ids it was never given are ignored) -> what was recorded, and
+    how many of the ids named were this gateway's."""
+    if not updates:
+        return [], 0
     rows = await session.execute(
-        _LOCK_ATTEMPTS, {"gateway_id": gateway_id, "message_ids": list(set(message_ids))}
-    )
-    return {
-        row.provider_message_id: GatewayAttempt(
-            row.id, row.provider_message_id, row.gateway_state, row.state_history or []
-        )
-        for row in rows
-    }
-
-
-_WRITE_STATES = text(
-    """
-    UPDATE delivery_attempts AS a SET
-        gateway_state = v.gateway_state, state_history = CAST(v.history AS jsonb),
-        updated_at = now()
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]), CAST(:histories AS text[]))
-        AS v(id, gateway_state, history)
-    WHERE a.id = v.id
-    """
-)
-
-
-async def write_states(session: AsyncSession, attempts: Sequence[GatewayAttempt]) -> None:
-    if not attempts:
-        return
-    await session.execute(
-        _WRITE_STATES,
+        _RECORD_UPDATES,
         {
-            "ids": [a.id for a in attempts],
-            "states": [a.gateway_state for a in attempts],
-            "histories": [orjson.dumps(a.history).decode() for a in attempts],
+            "gateway_id": gateway_id,
+            "message_ids": [u.id for u in updates],
+            "states": [u.state for u in updates],
+            "statuses": [u.status for u in updates],
+            "reasons": [u.reason for u in updates],
+            "at": at.isoformat(),
         },
     )
+    recorded, known = [], 0
+    for row in rows:
+        if row.id is None:
+            known = int(row.known)
+        else:
+            recorded.append(
+                Recorded(row.id, row.provider_message_id, list(row.statuses), list(row.reasons))
+            )
+    return recorded, known
 
 
 # Offered to a phone that has not polled since `cutoff`, and not acknowledged: taken back.
@@ -213,3 +261,47 @@ async def take_back(
     """Take back what offline phones were offered: (attempt id, message id, gateway)."""
     rows = await session.execute(_TAKE_BACK, {"cutoff": cutoff, "now": now, "limit": limit})
     return [(row.id, row.provider_message_id, row.gateway) for row in rows]
+
+
+# Queued before `queued_before` and still in the pool, for a country no live phone serves
+# (one of that country, or of none, that polled since `live_since`): out of the pool.
+_ABANDON_UNPOLLED = text(
+    f"""
+    UPDATE delivery_attempts AS a SET
+        gateway_state = '{UNPOLLED}',
+        state_history = COALESCE(a.state_history, '[]'::jsonb)
+            || jsonb_build_array(jsonb_build_object(
+                'state', '{UNPOLLED}', 'at', to_jsonb(CAST(:now AS timestamptz)),
+                'reason', 'no gateway phone polling for ' || waiting.country)),
+        updated_at = now()
+    FROM (
+        SELECT q.id, p.country FROM delivery_attempts AS q
+        JOIN notifications AS n ON n.id = q.notification_id
+        JOIN patients AS p ON p.id = n.patient_id
+        WHERE q.channel = '{CHANNEL}' AND q.gateway_state IS NULL
+              AND q.status = '{AttemptStatus.SENT}' AND q.created_at < :queued_before
+              AND NOT EXISTS (
+                  SELECT 1 FROM gateways AS g
+                  WHERE (g.country IS NULL OR g.country = p.country)
+                        AND g.last_polled_at >= :live_since
+              )
+        ORDER BY q.created_at, q.id
+        LIMIT :limit
+        FOR UPDATE OF q SKIP LOCKED
+    ) AS waiting
+    WHERE a.id = waiting.id
+    RETURNING a.id, a.provider_message_id, waiting.country
+    """  # noqa: S608 - constants only
+)
+
+
+async def abandon_unpolled(
+    session: AsyncSession, queued_before: datetime, live_since: datetime, now: datetime, limit: int
+) -> list[tuple[int, str, str]]:
+    """Take out of the pool what waited since before `queued_before` for a country no
+    phone has polled for since `live_since`: (attempt id, message id, country)."""
+    rows = await session.execute(
+        _ABANDON_UNPOLLED,
+        {"queued_before": queued_before, "live_since": live_since, "now": now, "limit": limit},
+    )
+    return [(row.id, row.provider_message_id, row.country) for row in rows]

@@ -14,16 +14,15 @@ import logging
 import secrets
 import uuid
 from collections import Counter
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.service import hash_key
 from app.channels.base import ChannelName
-from app.channels.inbound import IncomingMessage, sender_e164
+from app.channels.inbound import IncomingMessage
 from app.config import Settings
-from app.db.session import create_engine_and_sessionmaker
+from app.db.session import create_engine_and_sessionmaker, standalone_session
 from app.delivery import provider_reports
 from app.delivery.types import Report
 from app.errors import Conflict
@@ -32,7 +31,7 @@ from app.gateways import repository as gateway_repository
 from app.gateways.protocol import Poll
 from app.messages import service as message_service
 from app.models import Gateway
-from app.observability import GATEWAY_TAKEN_BACK
+from app.observability import GATEWAY_TAKEN_BACK, GATEWAY_UNPOLLED
 from app.states import AttemptStatus
 
 log = logging.getLogger(__name__)
@@ -71,6 +70,13 @@ async def issue_gateway(
             return gateway.id, secret
     finally:
         await engine.dispose()
+
+
+async def credentials_work(database_url: str, name: str, secret: str) -> bool:
+    """Whether a gateway's name and secret authenticate, in a unit of work of its own
+    (`notify dev` checks the phone it keeps)."""
+    async with standalone_session(database_url) as session:
+        return await authenticate(session, name, secret) is not None
 
 
 async def authenticate(session: AsyncSession, name: str, secret: str) -> Gateway | None:
@@ -113,86 +119,64 @@ def pace(rate_per_minute: int, last_polled_at: datetime | None, now: datetime) -
 async def store_incoming(
     session: AsyncSession, settings: Settings, gateway: Gateway, received: Poll
 ) -> list[gateway_repository.Offered]:
-    """Hand the SMS the phone received to the two-way path (stored once per id, matched
-    to a patient, STOP/START/HELP, routed to a conversation) -> the answers to send back
-    to their senders, in this poll's answer, as Twilio's come back in its TwiML. A sender
-    that is not a phone number is dropped; the rest of the batch stands."""
-    replies = []
+    """Hand the SMS the phone received to the two-way path, all in one go (stored once
+    per id, matched to a patient, STOP/START/HELP, routed to a conversation) -> the
+    answers to send back to their senders, in this poll's answer, as Twilio's come back
+    in its TwiML. A sender that is not a phone number is dropped; the rest stand."""
+    incoming = []
     dropped = received.dropped
     for message in received.messages:
         try:
-            sender = sender_e164(message.sender)
+            sender = protocol.sender_e164(message.sender, gateway.country)
         except ValueError:
             dropped += 1
             continue
-        outcome = await message_service.receive(
-            session,
-            settings,
+        incoming.append(
             IncomingMessage(
                 channel=ChannelName.GATEWAY,
                 provider_message_id=message.id,
                 sender_e164=sender,
                 text=message.content,
                 received_at=message.sms_received,
-            ),
+            )
         )
-        if outcome.reply:
-            replies.append(gateway_repository.Offered(str(uuid.uuid4()), sender, outcome.reply))
     if dropped:
         log.warning("gateway poll: entries dropped", extra={"gateway": gateway.name, "n": dropped})
-    return replies
+    outcomes = await message_service.receive_many(session, settings, incoming)
+    return [
+        gateway_repository.Offered(str(uuid.uuid4()), message.sender_e164, outcome.reply)
+        for message, outcome in zip(incoming, outcomes, strict=True)
+        if outcome.reply
+    ]
 
 
 async def record_updates(
     session: AsyncSession, gateway: Gateway, updates: list[protocol.Update], now: datetime
 ) -> None:
     """Append each status to its attempt's history (an identical repeat is not recorded
-    again); SENT, DELIVERED and FAILED are also reports on the attempt, as a provider's
-    callback is. Updates for ids this gateway was never given are ignored."""
-    attempts = await gateway_repository.lock_attempts(session, gateway.id, [u.id for u in updates])
-    changed: dict[str, gateway_repository.GatewayAttempt] = {}
-    reports: list[Report] = []
-    unknown = 0
-    for update in updates:
-        attempt = changed.get(update.id) or attempts.get(update.id)
-        if attempt is None:
-            unknown += 1
-            continue
-        entry = protocol.history_entry(update.state, now, update.reason)
-        if update.state == protocol.UNRECOGNISED:
-            entry["status"] = update.status
-        last = attempt.history[-1] if attempt.history else None
-        if last is not None and _same(last, entry):
-            continue
-        gateway_state = (
-            attempt.gateway_state if update.state == protocol.UNRECOGNISED else update.state
-        )
-        changed[update.id] = replace(
-            attempt, gateway_state=gateway_state, history=[*attempt.history, entry]
-        )
-        status = protocol.STATUS_REPORTS.get(update.status)
-        if status is not None:
-            reports.append(
-                Report(
-                    attempt_id=attempt.id,
-                    status=status,
-                    provider_message_id=update.id,
-                    provider_status=update.status,
-                    error_message=update.reason,
-                )
-            )
+    again), in one statement; SENT, DELIVERED and FAILED are also reports on the attempt,
+    as a provider's callback is. Updates for ids this gateway was never given are
+    ignored."""
+    if not updates:
+        return
+    recorded, known = await gateway_repository.record_updates(session, gateway.id, updates, now)
+    unknown = len({u.id for u in updates}) - known
     if unknown:
         log.warning("gateway reported unknown ids", extra={"gateway": gateway.name, "n": unknown})
-    await gateway_repository.write_states(session, list(changed.values()))
+    reports = [
+        Report(
+            attempt_id=attempt.attempt_id,
+            status=protocol.STATUS_REPORTS[status],
+            provider_message_id=attempt.message_id,
+            provider_status=status,
+            error_message=reason,
+        )
+        for attempt in recorded
+        for status, reason in zip(attempt.statuses, attempt.reasons, strict=True)
+        if status in protocol.STATUS_REPORTS
+    ]
     if reports:
         await provider_reports.apply_reports(session, reports)
-
-
-def _same(last: dict[str, object], entry: dict[str, str]) -> bool:
-    """The same status again (its time aside)."""
-    return {k: v for k, v in last.items() if k != "at"} == {
-        k: v for k, v in entry.items() if k != "at"
-    }
 
 
 async def take_back_from_offline(
@@ -214,6 +198,7 @@ async def take_back_from_offline(
                 provider_message_id=message_id,
                 provider_status=protocol.TAKEN_BACK,
                 error_message=f"gateway {gateway} offline",
+                failure_reason=f"gateway phone {gateway} offline: taken back",
             )
             for attempt_id, message_id, gateway in taken
         ],
@@ -227,11 +212,59 @@ async def take_back_from_offline(
     return len(taken)
 
 
+async def fall_back_unpolled(
+    session: AsyncSession, settings: Settings, now: datetime, limit: int = 1000
+) -> int:
+    """Messages that waited GATEWAY_UNPOLLED_AFTER_MINUTES in their country's pool while
+    no phone serving that country polled (none did within GATEWAY_OFFLINE_AFTER_MINUTES):
+    out of the pool (`unpolled`), and failed as a provider's failure report would, with
+    that reason, so each goes to the next channel of its chain, or fails when none is
+    left, rather than waiting there until it expires. Flushes."""
+    abandoned = await gateway_repository.abandon_unpolled(
+        session,
+        queued_before=now - timedelta(minutes=settings.gateway_unpolled_after_minutes),
+        live_since=now - timedelta(minutes=settings.gateway_offline_after_minutes),
+        now=now,
+        limit=limit,
+    )
+    if not abandoned:
+        return 0
+    minutes = f"{settings.gateway_unpolled_after_minutes:g}"
+    await provider_reports.apply_reports(
+        session,
+        [
+            Report(
+                attempt_id=attempt_id,
+                status=AttemptStatus.FAILED,
+                provider_message_id=message_id,
+                provider_status=protocol.UNPOLLED,
+                error_message=f"no gateway phone polling for {country}",
+                failure_reason=(
+                    f"no gateway phone polling for {country}: waited {minutes} min "
+                    "(GATEWAY_UNPOLLED_AFTER_MINUTES)"
+                ),
+            )
+            for attempt_id, message_id, country in abandoned
+        ],
+    )
+    for country, count in Counter(country for _, _, country in abandoned).items():
+        GATEWAY_UNPOLLED.labels(country).inc(count)
+        log.warning(
+            "no gateway phone polling: queued messages go to the next channel",
+            extra={"country": country, "messages": count},
+        )
+    return len(abandoned)
+
+
 async def take_back_in_own_unit(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
 ) -> int:
-    """`take_back_from_offline` in a unit of work of its own (the worker's cron job)."""
+    """`take_back_from_offline` and `fall_back_unpolled`, each in a unit of work of its
+    own (the worker's cron job) -> how many messages left the phones."""
     async with sessionmaker() as session:
         taken = await take_back_from_offline(session, settings, now)
+        await session.commit()
+    async with sessionmaker() as session:
+        taken += await fall_back_unpolled(session, settings, now)
         await session.commit()
     return taken

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import false, func, or_, text
+from sqlalchemy import false, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
-from app.models import ImoAuthorization, ImoInvitationBatch, ImoInvitationRound
+from app.models import ImoAuthorization, ImoInvitationBatch, ImoInvitationRound, ImoRoundPause
 from app.models.imo_authorization import IMO_AUTHORIZATION_STATUSES
 from app.models.imo_invitation_batch import BATCH_COUNTERS
 
@@ -474,6 +475,21 @@ async def authorization_counts(session: AsyncSession) -> tuple[int, dict[str, in
     return int(total or 0), {status: int(count) for status, count in rows}
 
 
+async def lock_authorization(session: AsyncSession, patient_id: str) -> tuple[str, str]:
+    """The patient's authorisation, locked: (status, when it last changed), or
+    ("none", "") when they have none yet."""
+    row = (
+        await session.execute(
+            select(ImoAuthorization.status, ImoAuthorization.updated_at)
+            .where(ImoAuthorization.patient_id == patient_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        return ("none", "")
+    return (row.status, row.updated_at.isoformat())
+
+
 async def mark_subscribed(
     session: AsyncSession, patient_id: str, now: datetime, *, invited_at: datetime | None
 ) -> bool:
@@ -500,3 +516,97 @@ async def mark_subscribed(
         .returning(ImoAuthorization.id)
     )
     return applied is not None
+
+
+# A spell goes on while the same reason is seen again within this long; after a longer
+# gap (the round ran meanwhile) the same reason opens a new spell.
+PAUSE_GAP_SECONDS = 300
+
+_RECORD_PAUSE = text(
+    """
+    WITH latest AS (
+        SELECT id FROM imo_round_pauses
+        WHERE round_id = :round_id AND reason = :reason AND detail = :detail
+          AND last_seen_at > CAST(:now AS timestamptz) - make_interval(secs => :gap)
+        ORDER BY id DESC LIMIT 1
+    ), extended AS (
+        UPDATE imo_round_pauses AS p
+        SET last_seen_at = greatest(p.last_seen_at, :now), until = :until
+        FROM latest WHERE p.id = latest.id
+        RETURNING p.id
+    )
+    INSERT INTO imo_round_pauses (round_id, reason, detail, started_at, last_seen_at, until)
+    SELECT :round_id, :reason, :detail, :now, :now, :until
+    WHERE NOT EXISTS (SELECT FROM extended)
+    """
+)
+
+
+async def record_pause(
+    session: AsyncSession,
+    round_id: int,
+    reason: str,
+    detail: str,
+    now: datetime,
+    until: datetime | None,
+) -> None:
+    """Note that round `round_id` is paused for `reason` (one of PAUSE_REASONS): a new
+    spell, or the latest of the same reason and detail extended."""
+    await session.execute(
+        _RECORD_PAUSE,
+        {
+            "round_id": round_id,
+            "reason": reason,
+            "detail": detail[:200],
+            "now": now,
+            "until": until,
+            "gap": PAUSE_GAP_SECONDS,
+        },
+    )
+
+
+async def round_pauses(
+    session: AsyncSession, round_ids: Sequence[int], per_round: int
+) -> dict[int, list[ImoRoundPause]]:
+    """The latest `per_round` pause spells of each round, newest first."""
+    ranked = (
+        select(
+            ImoRoundPause,
+            func.row_number()
+            .over(partition_by=ImoRoundPause.round_id, order_by=ImoRoundPause.id.desc())
+            .label("rank"),
+        )
+        .where(ImoRoundPause.round_id.in_(round_ids))
+        .subquery()
+    )
+    pause = aliased(ImoRoundPause, ranked)
+    found: dict[int, list[ImoRoundPause]] = {round_id: [] for round_id in round_ids}
+    rows = await session.scalars(
+        select(pause).where(ranked.c.rank <= per_round).order_by(pause.round_id, pause.id.desc())
+    )
+    for row in rows:
+        found[row.round_id].append(row)
+    return found
+
+
+_ACCEPTANCE = text(
+    """
+    SELECT date_trunc(:unit, last_invited_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS period,
+           count(*) AS invited,
+           count(*) FILTER (WHERE status = 'subscribed') AS subscribed
+    FROM imo_authorizations
+    WHERE last_invited_at >= :since AND last_invited_at < :until
+    GROUP BY 1 ORDER BY 1
+    """
+)
+
+
+async def acceptance(
+    session: AsyncSession, since: datetime, until: datetime, unit: str
+) -> list[tuple[datetime, int, int]]:
+    """Per `unit` ('day' or 'week', UTC) of their latest invitation in [since, until):
+    (period, patients invited, of whom subscribed now)."""
+    if unit not in ("day", "week"):
+        raise ValueError(f"unit {unit!r}")
+    rows = await session.execute(_ACCEPTANCE, {"unit": unit, "since": since, "until": until})
+    return [(period, int(invited), int(subscribed)) for period, invited, subscribed in rows]

@@ -397,6 +397,8 @@ class InvitationRunner:
         self._backoff = 0.0
         self._allowed_all = settings.messages_everyone
         self._switches: tuple[float, Scope | None] = (-SWITCH_RECHECK_SECONDS, None)
+        # The round `work` is on: its pauses are recorded against it.
+        self._round_id: int | None = None
 
     async def paused(self) -> Scope | None:
         """The paused switch that stops invitations (`all` or `channel=imo`), read at most
@@ -440,6 +442,7 @@ class InvitationRunner:
         """Work on round `round_id` until this process can claim nothing more of it;
         returns why (completed, paused until a window opens, the rest held by others)."""
         await self._load_templates()
+        self._round_id = round_id
         idles = await asyncio.gather(*(self._slot(round_id, stop) for _ in range(self.slots)))
         for reason in ("completed", "gone", "paused", "switch"):
             for idle in idles:
@@ -453,7 +456,9 @@ class InvitationRunner:
                 await self._sleep(stop, self._backoff)
             if (scope := await self.paused()) is not None:
                 log.info("invitation round paused by a switch", extra={"scope": str(scope)})
-                return Idle("switch", self.clock() + timedelta(seconds=SWITCH_RECHECK_SECONDS))
+                until = self.clock() + timedelta(seconds=SWITCH_RECHECK_SECONDS)
+                await self._note_pause("switch", f"switch {scope} is paused", until)
+                return Idle("switch", until)
             claim = await self._claim(round_id)
             if isinstance(claim, Idle):
                 if claim.reason == "again":
@@ -469,6 +474,21 @@ class InvitationRunner:
                 sentry_sdk.capture_exception()
                 await self._sleep(stop, 2.0)
         return Idle("busy")
+
+    async def _note_pause(self, reason: str, detail: str, until: datetime | None) -> None:
+        """Record why the round waits, for the dashboard: a failure to record is logged,
+        never stops the round."""
+        if self._round_id is None:
+            return
+        try:
+            async with self.sessionmaker() as session:
+                await imo_repository.record_pause(
+                    session, self._round_id, reason, detail, self.clock(), until
+                )
+                await session.commit()
+        except Exception:
+            log.exception("could not record an invitation round's pause")
+            sentry_sdk.capture_exception()
 
     async def _claim(self, round_id: int) -> ClaimedBatch | Idle:
         async with self.sessionmaker() as session:
@@ -527,6 +547,12 @@ class InvitationRunner:
                 break
             if attempt:
                 hinted = max((after or 0.0 for _, after in current.transient), default=0.0)
+                if hinted > 0:
+                    await self._note_pause(
+                        "rate_limit",
+                        "Imo asked to wait before retrying (Retry-After)",
+                        self.clock() + timedelta(seconds=max(delay, min(hinted, 60.0))),
+                    )
                 await self._sleep(stop, max(delay, min(hinted, 60.0)))
             current = await self._send_pass(
                 [p for p, _ in current.transient], claim, writer, stop, first=attempt == 0
@@ -536,16 +562,24 @@ class InvitationRunner:
 
         if current.halted == "window":
             now = self.clock()
-            return "waiting", self.window.next_moment(now, claim.time_zone)
+            opening = self.window.next_moment(now, claim.time_zone)
+            closed = f"messaging window closed in {claim.time_zone}"
+            await self._note_pause("window", closed, opening)
+            return "waiting", opening
         if current.halted == "paused":
-            return "waiting", self.clock() + timedelta(seconds=SWITCH_RECHECK_SECONDS)
+            until = self.clock() + timedelta(seconds=SWITCH_RECHECK_SECONDS)
+            scope = await self.paused()
+            await self._note_pause("switch", f"switch {scope or 'imo'} is paused", until)
+            return "waiting", until
         if current.halted == "error":
             # Pacing failed (Redis, the shared limit, unreachable): the answers so far are
             # written; the batch waits, and this worker backs off, as for an Imo outage.
             self._backoff = min(
                 max(self._backoff * 2, self.pacing_error_backoff), _MAX_BACKOFF_SECONDS
             )
-            return "waiting", self.clock() + timedelta(seconds=self._backoff)
+            until = self.clock() + timedelta(seconds=self._backoff)
+            await self._note_pause("errors", "the shared rate limiter could not be reached", until)
+            return "waiting", until
         if current.halted is not None:
             # Stopped (shutdown) or a write failed: what is left is taken over at once.
             return "waiting", None
@@ -560,7 +594,9 @@ class InvitationRunner:
                     "Imo failed a whole invitation batch; backing off",
                     extra={"batch_id": claim.batch_id, "backoff_seconds": self._backoff},
                 )
-                return "waiting", self.clock() + timedelta(seconds=self._backoff)
+                until = self.clock() + timedelta(seconds=self._backoff)
+                await self._note_pause("errors", "Imo failed every request of a batch", until)
+                return "waiting", until
             now = self.clock()
             for patient, _ in current.transient:
                 writer.add(rules.Answer(patient.id, "transient"), now)

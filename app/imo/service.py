@@ -26,6 +26,7 @@ from app.models import ImoInvitationRound, Patient
 from app.models.imo_authorization import IMO_AUTHORIZATION_STATUSES
 from app.models.imo_invitation_batch import BATCH_COUNTERS
 from app.notifications.window import MessagingWindow
+from app.webhooks import service as webhook_service
 
 # A claim scans at most this long for eligible patients before it lets others in.
 CLAIM_SCAN_SECONDS = 1.0
@@ -49,10 +50,19 @@ async def mark_subscribed(
     """
     if await session.get(Patient, patient_id) is None:
         return Accept.UNKNOWN_PATIENT
+    # `imo.subscribed` is owed when the status becomes `subscribed`: what it was is read
+    # (locked) first, and only while an endpoint wants the event.
+    before = None
+    if await webhook_service.imo_subscription_wanted(session):
+        before = await imo_repository.lock_authorization(session, patient_id)
     applied = await imo_repository.mark_subscribed(
         session, patient_id, datetime.now(UTC), invited_at=invited_at
     )
-    return Accept.APPLIED if applied else Accept.STALE
+    if not applied:
+        return Accept.STALE
+    if before is not None and before[0] != "subscribed":
+        await webhook_service.imo_subscribed(session, patient_id, ":".join(before))
+    return Accept.APPLIED
 
 
 # ---------------------------------------------------------------------------- rounds
@@ -213,6 +223,17 @@ async def claim_batch(
             None if known is None or waiting.not_before is None else min(known, waiting.not_before)
         )
     round_.paused_until = rules.resume_at(window, now, waits)
+    closed = sorted(zone for zone in waits if zone not in usable)
+    if closed:
+        # (Batches waiting in open zones wait for a switch or errors: the runner says so.)
+        await imo_repository.record_pause(
+            session,
+            round_id,
+            "window",
+            "messaging window closed in " + ", ".join(closed[:5]) + (" …" if closed[5:] else ""),
+            now,
+            round_.paused_until,
+        )
     return Idle("paused", round_.paused_until)
 
 

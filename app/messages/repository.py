@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -61,3 +62,48 @@ async def insert_inbound(
         )
     ).one_or_none()
     return None if row is None else StoredInbound(row.id, row.patient_id)
+
+
+# `_INSERT_INBOUND` for a batch of text messages on one channel (a gateway poll's): one
+# statement, each sender matched as above.
+_INSERT_INBOUND_MANY = text(
+    """
+    INSERT INTO messages (direction, channel, provider_message_id, phone_e164, patient_id,
+                          text, media, received_at)
+    SELECT 'in', CAST(:channel AS text), m.provider_message_id, m.phone, (
+               SELECT p.id FROM patients AS p
+               WHERE p.phone_numbers @> jsonb_build_array(jsonb_build_object('number', m.phone))
+               ORDER BY p.mobile_e164 = m.phone DESC, p.updated_at DESC, p.id
+               LIMIT 1
+           ), m.text, '[]'::jsonb, m.received_at
+    FROM unnest(CAST(:provider_message_ids AS text[]), CAST(:phones AS text[]),
+                CAST(:texts AS text[]), CAST(:received_ats AS timestamptz[]))
+         WITH ORDINALITY AS m(provider_message_id, phone, text, received_at, position)
+    ORDER BY m.position
+    ON CONFLICT (channel, provider_message_id) DO NOTHING
+    RETURNING id, provider_message_id, patient_id
+    """
+)
+
+
+async def insert_inbound_many(
+    session: AsyncSession, messages: Sequence[tuple[IncomingMessage, datetime]]
+) -> dict[str, StoredInbound]:
+    """Store text messages of one channel, each with the moment it was received ->
+    the rows stored, by provider message id; an id stored before is left out. The ids
+    must be distinct; media are not stored (a gateway's SMS have none)."""
+    if not messages:
+        return {}
+    channels = {message.channel for message, _ in messages}
+    assert len(channels) == 1, "one channel per batch"
+    rows = await session.execute(
+        _INSERT_INBOUND_MANY,
+        {
+            "channel": channels.pop().value,
+            "provider_message_ids": [m.provider_message_id for m, _ in messages],
+            "phones": [m.sender_e164 for m, _ in messages],
+            "texts": [m.text for m, _ in messages],
+            "received_ats": [at for _, at in messages],
+        },
+    )
+    return {row.provider_message_id: StoredInbound(row.id, row.patient_id) for row in rows}

@@ -5,6 +5,8 @@ from app.models.appointment import Appointment
 from app.models.broadcast import Broadcast
 from app.models.conversation import Conversation, ConversationRouting
 from app.models.delivery_report import DeliveryReport
+from app.models.dispatch_lease import DispatchLease
+from app.models.email_address import EmailAddress, EmailAddressEvent
 from app.models.event import Event
 from app.models.experiment import Experiment
 from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
@@ -15,9 +17,15 @@ from app.models.group import Group, GroupMember
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
+from app.models.imo_round_pause import ImoRoundPause
+from app.models.inbound_email import InboundEmail
 from app.models.message import Message
 from app.models.notification import DeliveryAttempt, Notification
-from app.models.notification_count import NotificationCount, NotificationCountDelta
+from app.models.notification_count import (
+    NotificationCount,
+    NotificationCountDaily,
+    NotificationCountDelta,
+)
 from app.models.operator import Operator, OperatorSession
 from app.models.patient import Patient
 from app.models.reminder_plan import ReminderPlan
@@ -35,6 +43,9 @@ __all__ = [
     "ConversationRouting",
     "DeliveryAttempt",
     "DeliveryReport",
+    "DispatchLease",
+    "EmailAddress",
+    "EmailAddressEvent",
     "Event",
     "Experiment",
     "ExperimentEnrolmentDay",
@@ -46,9 +57,12 @@ __all__ = [
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",
+    "ImoRoundPause",
+    "InboundEmail",
     "Message",
     "Notification",
     "NotificationCount",
+    "NotificationCountDaily",
     "NotificationCountDelta",
     "Operator",
     "OperatorSession",

@@ -17,9 +17,15 @@ class DeliveryReport(Base):
     """
 
     __tablename__ = "delivery_reports"
-    __table_args__ = (Index("ix_delivery_reports_attempt", "attempt_id", "id"),)
+    # Partitioned by month of received_at (app/retention/partitions.py): the partition
+    # key is in the primary key, as PostgreSQL requires; id alone is still unique (one
+    # sequence). Expired months are dropped whole after RETENTION_MONTHS.
+    __table_args__ = (
+        Index("ix_delivery_reports_attempt", "attempt_id", "id"),
+        {"postgresql_partition_by": "RANGE (received_at)"},
+    )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     attempt_id: Mapped[int] = mapped_column(ForeignKey("delivery_attempts.id", ondelete="CASCADE"))
     # The normalised status the report stands for.
     status: Mapped[str] = mapped_column(String(20))
@@ -28,4 +34,4 @@ class DeliveryReport(Base):
     error_code: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
     applied: Mapped[bool] = mapped_column(Boolean)
-    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    received_at: Mapped[datetime] = mapped_column(primary_key=True, server_default=func.now())

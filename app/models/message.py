@@ -26,6 +26,12 @@ class Direction(enum.StrEnum):
     OUT = "out"
 
 
+# An answer of the service's own (audience `reply`) sent outside the provider's webhook
+# response: `pending` until a worker takes it, `sending` while it does (a worker killed
+# then leaves it there: never sent twice), then `sent` or `failed` (`failure_reason`).
+SEND_STATES = ("pending", "sending", "sent", "failed")
+
+
 class Message(TimestampMixin, Base):
     """One message of a two-way exchange with a patient, as a provider handed it over.
 
@@ -38,6 +44,13 @@ class Message(TimestampMixin, Base):
     __tablename__ = "messages"
     __table_args__ = (
         CheckConstraint(f"direction IN {tuple(d.value for d in Direction)}", name="direction"),
+        CheckConstraint(f"send_state IN {SEND_STATES}", name="send_state"),
+        # The workers' cron looks for answers never queued.
+        Index(
+            "ix_messages_pending_answers",
+            "updated_at",
+            postgresql_where=sql("send_state = 'pending'"),
+        ),
         UniqueConstraint("channel", "provider_message_id"),
         Index("ix_messages_patient_received", "patient_id", "received_at", "id"),
         Index("ix_messages_conversation", "conversation_id", "received_at", "id"),
@@ -79,3 +92,7 @@ class Message(TimestampMixin, Base):
     notification_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("notifications.id", ondelete="SET NULL")
     )
+    # An answer of the service's own (audience `reply`): where its send stands, and why
+    # it failed. None for every other message.
+    send_state: Mapped[str | None] = mapped_column(String(10))
+    failure_reason: Mapped[str | None] = mapped_column(Text)

@@ -44,7 +44,15 @@ class Notification(TimestampMixin, Base):
     __table_args__ = (
         CheckConstraint(f"state IN {STORED_STATES}", name="state"),
         # Idempotency keys are the client's own: scoped by the API key that sent them.
-        UniqueConstraint("api_key_id", "idempotency_key"),
+        # Partial, as is every index most rows would hold only a null in: each index
+        # entry is paid by every insert, a broadcast's million included.
+        Index(
+            "uq_notifications_api_key_idempotency",
+            "api_key_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
         # The dispatcher's claim: due scheduled rows in due order.
         Index("ix_notifications_due", "due_at", postgresql_where=text("state = 'scheduled'")),
         # The sweeper: rows a dead worker left in `sending`.
@@ -53,7 +61,11 @@ class Notification(TimestampMixin, Base):
         # GET /v1/notifications: newest first, of every state or of one.
         Index("ix_notifications_created", "created_at", "id"),
         Index("ix_notifications_state_created", "state", "created_at", "id"),
-        Index("ix_notifications_appointment", "appointment_id"),
+        Index(
+            "ix_notifications_appointment",
+            "appointment_id",
+            postgresql_where=text("appointment_id IS NOT NULL"),
+        ),
         # One message per (event, rule), upserted; also the event's history (a few rows).
         Index(
             "uq_notifications_event_rule",
@@ -69,6 +81,14 @@ class Notification(TimestampMixin, Base):
             "patient_id",
             unique=True,
             postgresql_where=text("broadcast_id IS NOT NULL"),
+        ),
+        # A broadcast's progress: its notifications that left `scheduled` are counted,
+        # the rest are scheduled (a million-member broadcast's poll need not count them).
+        Index(
+            "ix_notifications_broadcast_moved",
+            "broadcast_id",
+            "state",
+            postgresql_where=text("broadcast_id IS NOT NULL AND state <> 'scheduled'"),
         ),
         # GET /v1/groups/{name}/messages: newest first.
         Index(
@@ -91,6 +111,9 @@ class Notification(TimestampMixin, Base):
             "paused_by",
             postgresql_where=text("paused_by IS NOT NULL"),
         ),
+        # Room on each page for the claim's and settle's new row versions (migration
+        # 20261205_dispatch_fillfactor).
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
@@ -118,6 +141,10 @@ class Notification(TimestampMixin, Base):
     # Transient failures on the current channel, for backoff.
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
     claimed_at: Mapped[datetime | None]
+    # The claiming worker's lease (dispatch_leases.id): while it is renewed the claim
+    # stands; once it runs out any live worker takes the claim over. Null: claimed
+    # without one (older workers), stale after SENDING_STALE_AFTER_SECONDS.
+    lease_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     # The paused switch (its scope) holding this `scheduled` notification: due again
     # when it is resumed, or at `expires_at`.
     paused_by: Mapped[str | None] = mapped_column(String(120))
@@ -184,6 +211,8 @@ class DeliveryAttempt(TimestampMixin, Base):
             "sent_at",
             postgresql_where=text("status = 'sent'"),
         ),
+        # Room for the answer's row version on the attempt's page.
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

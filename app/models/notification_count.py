@@ -52,3 +52,20 @@ class NotificationCountDelta(_CountKey, Base):
     __tablename__ = "notification_count_deltas"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class NotificationCountDaily(Base):
+    """The hourly counts summed per UTC day (migration 20261205_daily_counts): folded from
+    the same deltas in the same statement, so a day is always the sum of its hours."""
+
+    __tablename__ = "notification_counts_daily"
+
+    # The UTC day (midnight) the notification was created in.
+    day: Mapped[datetime] = mapped_column(primary_key=True)
+    country: Mapped[str] = mapped_column(String(2), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(20), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(50), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(200), primary_key=True)
+    fell_back: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)

@@ -32,6 +32,7 @@ from app.states import (
     NotificationState,
 )
 from app.templates import service as template_service
+from app.webhooks import service as webhook_service
 
 S = NotificationState
 
@@ -162,6 +163,8 @@ async def schedule(
             if existing is None:
                 raise
             return existing, False
+    if opted_out:
+        await webhook_service.notifications_changed(session, [notification.id])
     NOTIFICATIONS_SCHEDULED.inc()
     return notification, True
 

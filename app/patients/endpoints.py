@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 
 from app.db.session import DbSession
 from app.errors import ErrorDetail, ErrorInfo
+from app.notifications.history import HistoryFilter
 from app.notifications.schemas import NotificationPage
 from app.pagination import Cursor, Limit
 from app.patients import service as patient_service
@@ -150,13 +151,18 @@ async def get_patient(patient_id: PatientIdPath, session: DbSession) -> PatientO
 @router.get(
     "/{patient_id}/notifications",
     summary="The patient's notifications, newest first",
-    responses={**_ERRORS, **_NOT_FOUND, 422: {"description": "A bad limit or cursor"}},
+    description="Sent and scheduled, each with its state, channel and attempts; filter by "
+    "state, purpose and creation time; a page at a time to the very first.",
+    responses={**_ERRORS, **_NOT_FOUND, 422: {"description": "A bad filter, limit or cursor"}},
 )
 async def list_patient_notifications(
     patient_id: PatientIdPath,
+    where: HistoryFilter,
     session: DbSession,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> NotificationPage:
-    page = await patient_service.notifications_of(session, patient_id, limit=limit, cursor=cursor)
+    page = await patient_service.notifications_of(
+        session, patient_id, where, limit=limit, cursor=cursor
+    )
     return NotificationPage.from_models(page.notifications, page.attempts, page.next_cursor)

@@ -7,7 +7,7 @@ A patient without a time zone gets the one that follows from the country (or num
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -217,13 +217,19 @@ async def search(
 
 
 async def notifications_of(
-    session: AsyncSession, patient_id: str, *, limit: int, cursor: str | None
+    session: AsyncSession,
+    patient_id: str,
+    where: NotificationFilter | None = None,
+    *,
+    limit: int,
+    cursor: str | None,
 ) -> notification_service.NotificationPage:
-    """A page of the patient's notifications, newest first, with their attempts.
+    """A page of the patient's notifications (those `where` selects: all by default),
+    newest first, with their attempts.
 
     Raises NotFound for an unknown patient and InvalidInput for a bad cursor.
     """
     if not await patient_repository.exists(session, patient_id):
         raise NotFound(f"no patient '{patient_id}'")
-    where = NotificationFilter(patient_id=patient_id)
+    where = replace(where or NotificationFilter(), patient_id=patient_id)
     return await notification_service.search(session, where, limit=limit, cursor=cursor)

@@ -44,6 +44,44 @@ async def emit(
     return event_id
 
 
+# Several events at once (a gateway poll's incoming SMS): one statement for the events
+# and their deliveries.
+_EMIT_MANY = text(
+    """
+    WITH event AS (
+        INSERT INTO webhook_events (id, type, patient_id, data, occurred_at)
+        SELECT v.id, v.type, v.patient_id, CAST(v.data AS jsonb), now()
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:patient_ids AS text[]),
+                    CAST(:data AS text[])) AS v(id, type, patient_id, data)
+        RETURNING id, type, patient_id, occurred_at
+    )
+    INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,
+                                    next_attempt_at)
+    SELECT event.id, e.name, event.patient_id, event.occurred_at, 'pending', event.occurred_at
+    FROM event JOIN webhook_endpoints AS e ON e.active AND event.type = ANY(e.events)
+    """
+)
+
+
+async def emit_many(
+    session: AsyncSession, events: Sequence[tuple[str, str | None, dict[str, Any]]]
+) -> list[uuid.UUID]:
+    """`emit` for each (type, patient id, data), in one statement."""
+    if not events:
+        return []
+    event_ids = [uuid.uuid4() for _ in events]
+    await session.execute(
+        _EMIT_MANY,
+        {
+            "ids": event_ids,
+            "types": [type_ for type_, _, _ in events],
+            "patient_ids": [patient_id for _, patient_id, _ in events],
+            "data": [orjson.dumps(data).decode() for _, _, data in events],
+        },
+    )
+    return event_ids
+
+
 _REPLAY = text(
     """
     INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,
@@ -192,3 +230,94 @@ async def record(
     await session.execute(_HEALTH, {"succeeded": succeeded, "failed": failed})
     rows = await session.execute(_DISABLE, {"cutoff": disable_before})
     return [row.name for row in rows]
+
+
+_SUBSCRIBED_TYPES = text(
+    "SELECT DISTINCT unnest(events) AS type FROM webhook_endpoints WHERE active"
+)
+
+
+async def subscribed_types(session: AsyncSession) -> frozenset[str]:
+    """The event types some active endpoint wants."""
+    return frozenset((await session.execute(_SUBSCRIBED_TYPES)).scalars())
+
+
+# One event per notification that stands in an event state now, with one delivery for
+# every active endpoint that wants it. The event id is derived from the notification,
+# its state and its channel, so that the same change seen by two writers (the worker's
+# settle and a provider's early report) is one event; a notification that reaches
+# `sent` again on another channel (after an unread hand-on) is another.
+_NOTIFICATION_EVENTS = text(
+    """
+    WITH wanted AS (
+        SELECT DISTINCT unnest(events) AS type FROM webhook_endpoints WHERE active
+    ), event AS (
+        INSERT INTO webhook_events (id, type, patient_id, data, occurred_at)
+        SELECT CAST(md5(concat_ws(':', 'notification', n.state, n.id, n.channel_index))
+                    AS uuid),
+               'notification.' || n.state, n.patient_id,
+               jsonb_build_object(
+                   'notification_id', n.id,
+                   'patient_id', n.patient_id,
+                   'appointment_id', n.appointment_id,
+                   'purpose', n.purpose,
+                   'state', n.state,
+                   'channel', n.channel_chain[n.channel_index + 1],
+                   'failure_reason', n.failure_reason,
+                   'sent_at', n.sent_at,
+                   'delivered_at', n.delivered_at,
+                   'read_at', n.read_at),
+               now()
+        FROM notifications AS n
+        WHERE n.id = ANY(CAST(:ids AS uuid[]))
+          AND n.state = ANY(CAST(:states AS text[]))
+          AND 'notification.' || n.state IN (SELECT type FROM wanted)
+        ORDER BY n.id
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id, type, patient_id, occurred_at
+    )
+    INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,
+                                    next_attempt_at)
+    SELECT event.id, e.name, event.patient_id, event.occurred_at, 'pending', event.occurred_at
+    FROM event JOIN webhook_endpoints AS e ON e.active AND event.type = ANY(e.events)
+    """
+)
+
+
+async def emit_notification_events(
+    session: AsyncSession, notification_ids: Sequence[uuid.UUID], states: Sequence[str]
+) -> None:
+    """`notification.<state>` for each of these notifications that is in one of `states`
+    now and whose event is not recorded yet, in one statement."""
+    await session.execute(
+        _NOTIFICATION_EVENTS, {"ids": list(notification_ids), "states": list(states)}
+    )
+
+
+# Keyed by the authorisation row as it stood before: two accepts of one invitation are
+# one event, and a patient who subscribes again after Imo dropped them is another.
+_IMO_SUBSCRIBED = text(
+    """
+    WITH event AS (
+        INSERT INTO webhook_events (id, type, patient_id, data, occurred_at)
+        VALUES (CAST(md5(concat_ws(':', 'imo.subscribed', CAST(:patient_id AS text),
+                                   CAST(:since AS text))) AS uuid),
+                'imo.subscribed', :patient_id,
+                jsonb_build_object('patient_id', CAST(:patient_id AS text),
+                                   'subscribed_at', now()),
+                now())
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id, type, patient_id, occurred_at
+    )
+    INSERT INTO webhook_deliveries (event_id, endpoint_name, patient_id, occurred_at, state,
+                                    next_attempt_at)
+    SELECT event.id, e.name, event.patient_id, event.occurred_at, 'pending', event.occurred_at
+    FROM event JOIN webhook_endpoints AS e ON e.active AND event.type = ANY(e.events)
+    """
+)
+
+
+async def emit_imo_subscribed(session: AsyncSession, patient_id: str, since: str) -> None:
+    """`imo.subscribed` for the patient, once per `since` (what their authorisation was
+    before: its status and when it last changed)."""
+    await session.execute(_IMO_SUBSCRIBED, {"patient_id": patient_id, "since": since})

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import BaseModel, Field, model_validator
 
 from app.models import WebhookEndpoint
 from app.validation import BoundedDatetime, InputModel, SingleLine
+from app.webhooks.events import EventType
 
-EventName = Literal[
-    "message.received", "conversation.opened", "conversation.closed", "consent.changed"
-]
+# The enum's values, named in the OpenAPI document.
+EventName = EventType
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
 
 

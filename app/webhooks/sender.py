@@ -23,12 +23,12 @@ from app.config import Settings
 from app.logs import redact
 from app.observability import WEBHOOK_ATTEMPTS, WEBHOOKS_DISABLED
 from app.webhooks import repository as webhook_repository
+from app.webhooks import urls as webhook_urls
 from app.webhooks.repository import Attempted, DueDelivery
 
 log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 200
-LEASE_SECONDS = 60.0
 
 
 def payload(delivery: DueDelivery) -> bytes:
@@ -86,7 +86,7 @@ class WebhookSender:
         """Claim, send and record one batch -> how many were claimed."""
         async with self.sessionmaker() as session:
             due = await webhook_repository.claim_due(
-                session, self.settings.webhook_batch_size, LEASE_SECONDS
+                session, self.settings.webhook_batch_size, self.settings.webhook_lease_seconds
             )
             await session.commit()
         if not due:
@@ -123,7 +123,13 @@ class WebhookSender:
         began = time.perf_counter()
         status: int | None = None
         error: str | None = None
+        excerpt = ""
+        # Checked again at every delivery: the settings or the host's addresses may have
+        # changed since the URL was saved (names are checked by the connector's resolver).
+        refusal = webhook_urls.delivery_refusal(delivery.url, self.settings)
         try:
+            if refusal is not None:
+                raise webhook_urls.TargetRefused(refusal)
             async with self.http.post(
                 delivery.url,
                 data=body,
@@ -134,7 +140,14 @@ class WebhookSender:
                 status = response.status
                 excerpt = (await response.content.read(EXCERPT_CHARS)).decode("utf-8", "replace")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error, excerpt = type(exc).__name__, ""
+            error = type(exc).__name__
+            refused = exc if isinstance(exc, webhook_urls.TargetRefused) else exc.__cause__
+            if isinstance(refused, webhook_urls.TargetRefused):
+                error = f"refused: {refused}"
+                log.warning(
+                    "webhook URL refused at delivery",
+                    extra={"endpoint": delivery.endpoint_name, "reason": str(refused)},
+                )
         delivered = status is not None and 200 <= status < 300
         if not delivered and error is None:
             error = f"HTTP {status}"

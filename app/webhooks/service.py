@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +16,7 @@ from app.config import Settings
 from app.errors import NotFound
 from app.models import WebhookEndpoint
 from app.webhooks import repository as webhook_repository
-from app.webhooks.events import EVENT_TYPES, EventType
+from app.webhooks.events import EVENT_TYPES, NOTIFICATION_EVENT_STATES, EventType
 from app.webhooks.urls import check_url
 
 
@@ -44,9 +46,10 @@ async def put_endpoint(
         endpoint.failing_since = None
         endpoint.disabled_at = None
     endpoint.url = url
-    endpoint.events = sorted(set(events))
+    endpoint.events = sorted({str(event) for event in events})
     endpoint.active = active
     await session.flush()
+    SUBSCRIPTIONS.forget()
     return endpoint, created
 
 
@@ -61,7 +64,9 @@ async def replay(
     -> how many. Raises NotFound."""
     if await session.get(WebhookEndpoint, name) is None:
         raise NotFound(f"no webhook endpoint '{name}'")
-    return await webhook_repository.replay(session, name, since, until, events or EVENT_TYPES)
+    return await webhook_repository.replay(
+        session, name, since, until, [str(e) for e in events or EVENT_TYPES]
+    )
 
 
 async def emit(
@@ -70,3 +75,64 @@ async def emit(
     """Record an event in the caller's transaction: it is delivered if, and only if,
     the change that caused it commits. Flushes."""
     await webhook_repository.emit(session, event.value, patient_id, data)
+
+
+class Subscriptions:
+    """Which event types some active endpoint wants, read at most every `ttl` seconds per
+    process: the hot paths (a dispatcher batch, a batch of provider reports) skip the
+    outbox altogether while nobody subscribes, at the cost of one cheap query a few
+    seconds. An endpoint saved in another process is heard of within `ttl`."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._types: frozenset[str] = frozenset()
+        self._read_at = -float("inf")
+
+    def forget(self) -> None:
+        self._read_at = -float("inf")
+
+    async def wanted(self, session: AsyncSession) -> frozenset[str]:
+        now = time.monotonic()
+        if now - self._read_at >= self.ttl:
+            self._types = await webhook_repository.subscribed_types(session)
+            self._read_at = now
+        return self._types
+
+
+SUBSCRIPTIONS = Subscriptions()
+
+
+async def notifications_changed(
+    session: AsyncSession, notification_ids: Iterable[uuid.UUID]
+) -> None:
+    """Record `notification.sent/delivered/read/failed/denied/expired` for the
+    notifications just written in the caller's transaction, as each stands now: one
+    statement for the batch, and none while no endpoint wants any of them. Idempotent:
+    an event already recorded for the same state (and channel) is not recorded again."""
+    wanted = await SUBSCRIPTIONS.wanted(session)
+    states = [s for s in NOTIFICATION_EVENT_STATES if f"notification.{s}" in wanted]
+    if not states:
+        return
+    ids = list(notification_ids)
+    if ids:
+        await webhook_repository.emit_notification_events(session, ids, states)
+
+
+async def imo_subscription_wanted(session: AsyncSession) -> bool:
+    return EventType.IMO_SUBSCRIBED.value in await SUBSCRIPTIONS.wanted(session)
+
+
+async def imo_subscribed(session: AsyncSession, patient_id: str, before: str) -> None:
+    """Record `imo.subscribed` in the caller's transaction, once for the authorisation
+    as it stood `before` (its status and when it changed: a replayed accept is not a
+    second event, a subscription after Imo dropped the patient is)."""
+    await webhook_repository.emit_imo_subscribed(session, patient_id, before)
+
+
+async def emit_many(
+    session: AsyncSession, events: Sequence[tuple[EventType, str | None, dict[str, Any]]]
+) -> None:
+    """`emit` for several events at once, in one statement. Flushes."""
+    await webhook_repository.emit_many(
+        session, [(event.value, patient_id, data) for event, patient_id, data in events]
+    )

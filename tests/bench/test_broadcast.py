@@ -1,17 +1,33 @@
-"""`notify bench broadcast` in a small smoke mode, so that it cannot rot. No figure is
-asserted (a benchmark measures); only that it runs, reaches everyone and its progress
-was consistent."""
+"""`notify bench broadcast`, `fanout` and `history` in a small smoke mode, so that they
+cannot rot. No figure is asserted (a benchmark measures); only that they run, reach
+everyone and that progress was consistent."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.bench import broadcast
+from app.bench import broadcast, fanout, history
 
 pytestmark = pytest.mark.e2e
 
 
-def test_every_member_is_reached() -> None:
-    [row] = broadcast.run(2_000, chunk=500, pages=5, json_path=None).rows
-    assert (row["members"], row["notifications table"], row["progress ok"]) == (2_000, 2_000, True)
-    assert row["history pages"] == 5
+def test_every_member_is_reached_once_per_broadcast() -> None:
+    first, second, medians = broadcast.run(2_000, chunk=500, pages=5, repeat=2, json_path=None).rows
+    for row in (first, second):
+        assert (row["members"], row["each member once"], row["progress ok"]) == (2_000, True, True)
+        assert row["postgresql us/notification"] > 0
+    assert second["history pages"] == 5
+    assert medians["median notifications/s"] > 0
+
+
+def test_every_variant_of_the_chunk_is_timed() -> None:
+    rows = fanout.run(2_000, chunk=500, rounds=2, reuse=False, json_path=None).rows
+    names = [row["variant"] for row in rows]
+    assert names[0] == "as is" and "without the patient foreign key" in names
+    assert all(row["backend CPU ms p50"] > 0 for row in rows[:-1])
+
+
+def test_every_history_page_is_read() -> None:
+    rows = history.run(2_000, requests=5, json_path=None).rows
+    assert len(rows) == 8
+    assert all(row["p99 ms"] > 0 for row in rows)

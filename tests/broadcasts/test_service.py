@@ -194,6 +194,49 @@ class TestCancel:
         assert (progress["sent"], progress["cleared"], progress["scheduled"]) == (1, 1, 0)
 
 
+class TestProgress:
+    async def test_counts_agree_with_a_recount_whatever_the_states(
+        self,
+        api: httpx.AsyncClient,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        """Progress counts only the messages that left `scheduled` and takes the rest
+        as scheduled: it must still say what a count of every row says."""
+        await put_template(api, "camp.invite", "en", "{patient_name}: camp in {area} on {day}")
+        tag = unique_id("t")
+        for n in range(8):
+            await make_patient(db_session, id=f"{tag}-{n}", tags=[tag], country="IN")
+        started = await api.post("/v1/broadcasts", json=broadcast(await group_of(api, tag)))
+        broadcast_id = started.json()["id"]
+        await broadcast_service.fan_out(db_sessionmaker, broadcast_id, small_chunks())
+        messages = await messages_of(db_session, broadcast_id)
+        # The fan-out writes each member's country itself (the trigger then leaves it).
+        assert {m.country for m in messages} == {"IN"}
+        moved = ["sending", "sent", "delivered", "read", "failed", "denied", "muted"]
+        for message, state in zip(messages, moved, strict=False):
+            message.state = state
+        await db_session.flush()
+
+        progress = (await api.get(f"/v1/broadcasts/{broadcast_id}")).json()["progress"]
+        recount: dict[str, int] = {}
+        for message in messages:
+            recount[message.state] = recount.get(message.state, 0) + 1
+        assert progress == {
+            "members": 8,
+            # `scheduled` as the API reports it: not sent yet (muted and sending too).
+            "scheduled": recount["scheduled"] + recount["muted"] + recount["sending"],
+            "sent": 1,
+            "delivered": 1,
+            "read": 1,
+            "failed": 1,
+            "denied": 1,
+            "cleared": 0,
+            "expired": 0,
+        }
+        assert recount["scheduled"] == 1
+
+
 class TestStart:
     async def test_idempotent_on_its_key(
         self, api: httpx.AsyncClient, db_session: AsyncSession

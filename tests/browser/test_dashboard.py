@@ -122,6 +122,8 @@ async def _read_every_page(
         done = visit(browser, browser.current_url, f"switches-{action}")
         assert f"{action}d country=IN" in done, done
 
-    visit(browser, f"{base}/imo", "imo")
+    assert "Acceptance over time" in visit(browser, f"{base}/imo", "imo")
+    assert "Gateway phones" in visit(browser, f"{base}/gateways", "gateways")
+    assert "Subscriptions" in visit(browser, f"{base}/webhooks", "webhooks")
     experiment_page = visit(browser, f"{base}/experiments/{experiment['id']}", "experiment")
     assert experiment["name"] in experiment_page and "Return-to-care rate" in experiment_page

@@ -348,6 +348,19 @@ class TestInboundMessages:
         assert (await post(client, body)).status_code == 200
         await db_session.refresh(patient)
         assert patient.opted_out_channels == ["*"]
+        # The confirmation, stored with it and left to a worker to send on WhatsApp
+        # (tests/messages/test_replies.py sends it).
+        [answer] = (
+            await db_session.scalars(
+                select(Message).where(Message.patient_id == patient.id, Message.direction == "out")
+            )
+        ).all()
+        assert (answer.audience, answer.channel, answer.send_state) == (
+            "reply",
+            "whatsapp",
+            "pending",
+        )
+        assert answer.phone_e164 == patient.mobile_e164 and answer.text
 
     async def test_a_forged_one_stores_nothing(self, client: httpx.AsyncClient) -> None:
         body = messages_webhook(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -104,6 +104,84 @@ async def test_counts_follow_every_kind_of_write(db_session: AsyncSession) -> No
         await db_session.execute(text("SELECT count(*) FROM notification_count_deltas"))
     ).scalar() == 1
     assert {key[1] for key in after - before} == {"BD", "IN"}
+
+
+def per_day(counted: Counter[Key], since: datetime, until: datetime) -> Counter[Key]:
+    days: Counter[Key] = Counter()
+    for key, n in counted.items():
+        if since <= key[0] < until and n:
+            days[(key[0].replace(hour=0), *key[1:])] += n
+    return +days
+
+
+async def rolled_up_daily(session: AsyncSession, since: datetime, until: datetime) -> Counter[Key]:
+    counted: Counter[Key] = Counter()
+    for row in await dashboard_repository.counts(session, since, until, per_day=True):
+        key = (row.hour, row.country, row.channel, row.purpose, row.state, row.reason)
+        counted[(*key, row.fell_back)] += row.count
+    return counted
+
+
+DAILY = """SELECT day, country, channel, purpose, state, reason, fell_back, count
+             FROM notification_counts_daily WHERE count <> 0"""
+HOURS_PER_DAY = """SELECT date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+                          country, channel, purpose, state, reason, fell_back, sum(count)
+                   FROM notification_counts GROUP BY 1, 2, 3, 4, 5, 6, 7
+                   HAVING sum(count) <> 0"""
+
+
+async def daily_table_is_the_sum_of_hours(session: AsyncSession) -> bool:
+    differing = await session.execute(
+        text(
+            f"SELECT count(*) FROM (({DAILY} EXCEPT {HOURS_PER_DAY})"
+            f" UNION ALL ({HOURS_PER_DAY} EXCEPT {DAILY})) AS differing"
+        )
+    )
+    return differing.scalar() == 0
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_daily_counts_agree_with_a_recount_per_day(db_session: AsyncSession) -> None:
+    """Long ranges read whole days from the daily counts and the partial days at either
+    end from the hourly ones; both folded from the same deltas."""
+    now = datetime.now(UTC)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    patient = await make_patient(db_session)
+    created = [today - timedelta(days=d, hours=h) for d in (0, 1, 2, 3) for h in (-1, 3, 20)]
+    created = [moment for moment in created if moment < now]
+    rows = [await make_notification(db_session, patient, created_at=c) for c in created]
+    await db_session.execute(
+        update(Notification)
+        .where(Notification.id.in_([row.id for row in rows[::2]]))
+        .values(state="failed", failure_reason="sms: 30003", channel_chain=["sms"])
+    )
+    # Ranges with partial days at the start, at the end, both, and exact midnights.
+    ranges = [
+        (today - timedelta(days=3, hours=5), now + timedelta(hours=1)),
+        (today - timedelta(days=2), today),
+        (today - timedelta(days=2, hours=2), today - timedelta(hours=6)),
+        (today - timedelta(hours=2), today + timedelta(hours=3)),
+        (today + timedelta(hours=1), today + timedelta(hours=2)),
+    ]
+    for fold in (False, True):
+        if fold:
+            await dashboard_repository.fold_counts(db_session)
+            assert await daily_table_is_the_sum_of_hours(db_session)
+        counted = await recount(db_session)
+        for since, until in ranges:
+            assert await rolled_up_daily(db_session, since, until) == per_day(
+                counted, since, until
+            ), (fold, since, until)
+    # A later move of an old day's notification reaches that day's row at the next fold.
+    await db_session.execute(
+        update(Notification).where(Notification.id == rows[-1].id).values(state="delivered")
+    )
+    await dashboard_repository.fold_counts(db_session)
+    assert await daily_table_is_the_sum_of_hours(db_session)
+    since, until = ranges[0]
+    assert await rolled_up_daily(db_session, since, until) == per_day(
+        await recount(db_session), since, until
+    )
 
 
 @pytest.mark.e2e

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -11,7 +12,8 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.dashboard.endpoints import masked
-from app.models import DeliveryAttempt, Notification
+from app.imo import repository as imo_repository
+from app.models import DeliveryAttempt, ImoAuthorization, ImoInvitationRound, Notification
 from tests.appointments.helpers import create_experiment, put_plan
 from tests.dashboard.conftest import MakeOperator, form_token, log_in
 from tests.experiments.test_results import WINDOW
@@ -85,6 +87,27 @@ class TestOverview:
         assert cell(text, "sms", 4) == "1"  # failed
         assert "50.0%</strong> (1 of 2 dispatched" in text
         assert "<option selected>dashboard_test</option>" in text
+
+    async def test_email_is_a_channel_like_the_others(
+        self,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        async with db_sessionmaker() as session:
+            patient = await make_patient(session)
+            emailed = await make_notification(session, patient, purpose="dashboard_email")
+            await session.execute(
+                update(Notification)
+                .where(Notification.id == emailed.id)
+                .values(state="delivered", channel_chain=["email"], channel_index=0)
+            )
+            await session.commit()
+        await log_in(dashboard, *await make_operator("viewer"))
+        page = await dashboard.get(
+            "/dashboard/", params={"days": "1", "purpose": "dashboard_email"}
+        )
+        assert cell(page.text, "email", 0) == "1" and cell(page.text, "email", 2) == "1"
 
     async def test_a_bad_filter_is_a_clear_4xx(
         self, dashboard: httpx.AsyncClient, make_operator: MakeOperator
@@ -162,15 +185,78 @@ class TestExperiments:
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_the_imo_page_shows_the_apis_authorisation_counts(
-    api: httpx.AsyncClient, dashboard: httpx.AsyncClient, make_operator: MakeOperator
-) -> None:
-    summary = (await api.get("/v1/imo/authorizations/summary")).json()
-    await log_in(dashboard, *await make_operator("viewer"))
-    page = await dashboard.get("/dashboard/imo")
-    assert page.status_code == 200
-    assert f"({summary['patients']:,} patients)" in page.text
-    assert "No rounds yet." in page.text or "<progress" in page.text
+class TestImo:
+    async def test_shows_the_apis_authorisation_counts(
+        self, api: httpx.AsyncClient, dashboard: httpx.AsyncClient, make_operator: MakeOperator
+    ) -> None:
+        summary = (await api.get("/v1/imo/authorizations/summary")).json()
+        await log_in(dashboard, *await make_operator("viewer"))
+        page = await dashboard.get("/dashboard/imo")
+        assert page.status_code == 200
+        assert f"({summary['patients']:,} patients)" in page.text
+
+    async def test_acceptance_per_day_and_week_pauses_and_a_live_running_round(
+        self,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+    ) -> None:
+        now = datetime.now(UTC)
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        async with db_sessionmaker() as session:
+            # Latest invitation: 3 patients today (2 subscribed since), 2 two days ago
+            # (1 subscribed), 1 sixty days ago (outside the 30 days per day).
+            invited = [(0, "subscribed"), (0, "subscribed"), (0, "invited"), (2, "invited")]
+            invited += [(2, "subscribed"), (60, "not_subscribed")]
+            for days_ago, status in invited:
+                patient = await make_patient(session)
+                session.add(
+                    ImoAuthorization(
+                        patient_id=patient.id,
+                        status=status,
+                        last_invited_at=today + timedelta(hours=1) - timedelta(days=days_ago),
+                        subscribed_at=now if status == "subscribed" else None,
+                    )
+                )
+            round_ = ImoInvitationRound(
+                state="running", trigger="api", reinvite_before=now, candidates=100
+            )
+            session.add(round_)
+            await session.flush()
+            for _ in range(2):  # one spell, seen twice
+                await imo_repository.record_pause(
+                    session, round_.id, "switch", "switch channel=imo is paused", now, None
+                )
+            await imo_repository.record_pause(
+                session, round_.id, "rate_limit", "Imo asked to wait", now, now
+            )
+            await session.commit()
+        await log_in(dashboard, *await make_operator("viewer"))
+
+        page = (await dashboard.get("/dashboard/imo")).text
+        assert cell(page, today.strftime("%Y-%m-%d"), 0) == "3"
+        assert cell(page, today.strftime("%Y-%m-%d"), 1) == "2"
+        assert cell(page, today.strftime("%Y-%m-%d"), 2) == "66.7%"
+        assert cell(page, (today - timedelta(days=2)).strftime("%Y-%m-%d"), 2) == "50.0%"
+        assert (today - timedelta(days=60)).strftime("%Y-%m-%d") not in page
+        assert page.count("<strong>switch</strong>") == 1
+        assert "<strong>rate limit</strong>: Imo asked to wait" in page
+        assert '<meta http-equiv="refresh" content="5">' in page
+
+        weekly = (await dashboard.get("/dashboard/imo?by=week")).text
+        week = (today - timedelta(days=60)).date()
+        week -= timedelta(days=week.weekday())
+        assert cell(weekly, f"week of {week:%Y-%m-%d}", 0) == "1"
+        assert (await dashboard.get("/dashboard/imo?by=month")).status_code == 422
+
+        async with db_sessionmaker() as session:
+            await session.execute(
+                update(ImoInvitationRound)
+                .where(ImoInvitationRound.id == round_.id)
+                .values(state="completed", finished_at=now)
+            )
+            await session.commit()
+        assert 'http-equiv="refresh"' not in (await dashboard.get("/dashboard/imo")).text
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -191,6 +192,24 @@ class TestAnotherTerminal:
             imo_root = written["IMO_BASE_URL"].removesuffix("/api/simple")
             assert http_ok(f"{imo_root}/_fake/stats")
             assert written["PUBLIC_BASE_URL"].startswith("http://127.0.0.1:")
+            # The fake gateway phone polls the API out of the box.
+            name = (data_dir / "dev-gateway").read_text().split()[0]
+            assert "Fake gateway" in banner and name in banner
+            api_key = (data_dir / "dev-api-key").read_text().strip()
+
+            def polled() -> bool:
+                listed = httpx.get(
+                    f"{written['PUBLIC_BASE_URL']}/v1/gateways",
+                    headers={"Authorization": f"Bearer {api_key}"},
+                    timeout=5,
+                )
+                mine = [g for g in listed.json()["data"] if g["name"] == name]
+                return bool(mine and mine[0]["last_polled_at"])
+
+            deadline = time.monotonic() + 30
+            while not polled():
+                assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+                time.sleep(0.5)
 
             elsewhere = tmp_path / "another-terminal"
             elsewhere.mkdir()

@@ -12,6 +12,7 @@ import pytest
 
 from tests.e2e.helpers import notification_in, phone, put_patient, schedule
 from tests.stack import Stack
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -124,6 +125,30 @@ class TestReplies:
         # Both directions in the patient's history, newest first.
         history = (await stack_api.get(f"/v1/patients/{patient['id']}/messages")).json()
         assert [m["text"] for m in history["items"]] == ["3 please", "9", "Is it ready?"]
+
+    async def test_on_whatsapp_cloud_the_numbered_list_is_sent_by_a_worker(
+        self, stack: Stack, stack_api: httpx.AsyncClient
+    ) -> None:
+        number = f"+9198{random.randrange(1_000_000, 9_999_999)}5"
+        patient = await put_patient(stack_api, number, country="IN", locale="en")
+        for subject in ("Lab results", "Your visit"):
+            await open_conversation(stack_api, patient["id"], subject)
+        before = (await stack.whatsapp_stats())["to"].get(number, 0)
+        async with httpx.AsyncClient() as client:
+            wrote = await client.post(
+                f"{stack.whatsapp_url}/_fake/inbound", json={"from": number, "body": "Ready?"}
+            )
+        assert wrote.status_code == 200 and wrote.json()["status"] == 200, wrote.text
+
+        async def answer_sent() -> dict[str, Any] | None:
+            history = (await stack_api.get(f"/v1/patients/{patient['id']}/messages")).json()
+            replies = [m for m in history["items"] if m["audience"] == "reply"]
+            return replies[0] if replies and replies[0]["delivery_state"] == "sent" else None
+
+        reply = await wait_until(answer_sent, timeout=30, interval=0.2)
+        assert reply["direction"] == "out" and reply["channel"] == "whatsapp"
+        assert reply["text"].startswith("Which topic is your message about?")
+        assert (await stack.whatsapp_stats())["to"].get(number, 0) == before + 1
 
 
 class TestConsent:

@@ -4,6 +4,7 @@ including those raised while the sink was down."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -13,8 +14,9 @@ import pytest_asyncio
 
 from app.embedded import free_port
 from app.fakes.webhook_sink import WebhookSink, start_webhook_sink
+from app.webhooks import service as webhook_service
 from tests.conftest import SHARED_STACK_FAKE_OPTIONS
-from tests.e2e.helpers import phone, put_patient
+from tests.e2e.helpers import notification_in, phone, put_patient, schedule
 from tests.e2e.test_two_way import patient_writes
 from tests.stack import Services, Stack, run_stack
 from tests.waiting import wait_until
@@ -110,3 +112,34 @@ class TestWebhooks:
             e["data"]["opted_out_channels"] for e in events if e["type"] == "consent.changed"
         ]  # type: ignore[index]
         assert consent == [["*"], []]
+
+    async def test_a_reminders_progress_reaches_the_clinic_system(
+        self, stack: Stack, stack_api: httpx.AsyncClient
+    ) -> None:
+        sink = WebhookSink("whsec_" + "A" * 43 + "=", echo=False)
+        runner, port = await start_webhook_sink(sink)
+        try:
+            answer = await stack_api.put(
+                "/v1/webhooks/progress",
+                json={
+                    "url": f"http://127.0.0.1:{port}/events",
+                    "events": ["notification.sent", "notification.delivered"],
+                },
+            )
+            assert answer.status_code == 201, answer.text
+            sink.use_secret(answer.json()["secret"])
+            # The workers read who subscribes at most every few seconds.
+            await asyncio.sleep(webhook_service.SUBSCRIPTIONS.ttl + 0.5)
+
+            patient = await put_patient(stack_api, phone(4))  # Twilio delivers it
+            notification = await schedule(stack_api, patient["id"])
+            await notification_in(stack_api, notification["id"], "delivered")
+            events = await received(sink, 2)
+        finally:
+            await runner.cleanup()
+        assert sink.refused == 0
+        assert [(e["type"], e["data"]["notification_id"]) for e in events] == [  # type: ignore[index]
+            ("notification.sent", notification["id"]),
+            ("notification.delivered", notification["id"]),
+        ]
+        assert events[1]["data"]["channel"] == "sms"  # type: ignore[index]

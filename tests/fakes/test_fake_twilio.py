@@ -454,6 +454,20 @@ class TestFaults:
         assert (error["code"], error["status"]) == (20429, 429)
 
     @pytest.mark.asyncio
+    async def test_a_slow_provider_takes_the_message_then_answers_after_answer_delay(
+        self, fake: Fake, http: aiohttp.ClientSession
+    ) -> None:
+        await configure(http, fake, answer_delay=0.3)
+
+        began = time.monotonic()
+        status, _, _ = await send(http, fake)
+
+        assert status == 201 and time.monotonic() - began >= 0.3
+        assert (await stats(http, fake))["to"] == {"+8801711000001": 1}
+        with pytest.raises(ValueError, match="answer_delay"):
+            FakeTwilioConfig(answer_delay=-1)
+
+    @pytest.mark.asyncio
     async def test_garbage_is_accepted_but_unreadable(
         self, fake: Fake, http: aiohttp.ClientSession, receiver: Receiver
     ) -> None:

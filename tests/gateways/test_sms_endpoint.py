@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import gzip
 import uuid
+from base64 import b64encode
+from datetime import UTC, datetime, timedelta
 
 import httpx
+import orjson
 import pytest
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.channels.base import basic_auth
-from app.models import DeliveryAttempt, Message
-from tests.factories import make_patient_at
-from tests.gateways.conftest import APP_HEADERS, Phone, queue_message
+from app.conversations import service as conversation_service
+from app.models import Conversation, DeliveryAttempt, Gateway, Message, WebhookEvent
+from tests.factories import make_patient_at, unique_mobile
+from tests.gateways.conftest import APP_HEADERS, Phone, queue_message, register
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -52,6 +56,17 @@ class TestAuthentication:
             assert response.status_code == 401, authorization
             assert response.json()["error"] is True
             assert response.headers["www-authenticate"].startswith("Basic")
+
+    async def test_credentials_in_iso_8859_1_as_the_app_encodes_them(
+        self, phone: Phone, db_sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        gateway, secret = await register(db_sessionmaker, f"café-{uuid.uuid4().hex[:6]}")
+        for encoding in ("latin-1", "utf-8"):
+            credentials = b64encode(f"{gateway.name}:{secret}".encode(encoding)).decode()
+            response = await phone.client.get(
+                "/gateway/api/sms", headers={**APP_HEADERS, "Authorization": f"Basic {credentials}"}
+            )
+            assert response.status_code == 200, encoding
 
 
 class TestOutgoing:
@@ -179,17 +194,22 @@ class TestUpdates:
                     {"id": attempt.provider_message_id, "status": "UNSENT"},
                     {"status": "SENT"},
                     "garbage",
+                    {"id": attempt.provider_message_id},
                 ]
             }
         )
         assert response.status_code == 200
         history = (await attempt_of(db_session, attempt.id)).state_history or []
+        # A missing status is unrecognised too (cht-core records it so).
         assert [h["state"] for h in history] == [
             "forwarded-to-gateway",
             "unrecognised",
             "received-by-gateway",
+            "unrecognised",
         ]
-        assert history[1]["status"] == "WAITING"
+        assert history[1]["status"] == "WAITING" and "status" not in history[3]
+        attempt = await attempt_of(db_session, attempt.id)
+        assert attempt.gateway_state == "received-by-gateway"
 
     async def test_another_phones_message_cannot_be_reported(
         self,
@@ -245,6 +265,100 @@ class TestIncoming:
         assert reply["to"] == patient.mobile_e164 and reply["content"]
         assert answers[1] == []
 
+    async def test_a_polls_messages_are_filed_announced_and_answered_in_their_order(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        """The batch is stored in one go, but each patient's message is acted on as
+        alone: filed on the open conversation, a new topic, a keyword answered; a
+        national number is read with the gateway's country; each is announced."""
+        with_topic = await make_patient_at(db_session)
+        newcomer = await make_patient_at(db_session)
+        stopper = await make_patient_at(db_session)
+        conversation = await conversation_service.open_conversation(
+            db_session, with_topic.id, "Visit on Monday", None
+        )
+        await db_session.commit()
+        unknown_national = "0" + unique_mobile()[4:]  # 017..., a Bangladeshi number
+
+        def sms(sender: str, content: str) -> dict[str, object]:
+            return {"id": str(uuid.uuid4()), "from": sender, "content": content}
+
+        batch = [
+            sms(with_topic.mobile_e164, "I will come"),
+            sms(newcomer.mobile_e164, "Is the clinic open on Friday?"),
+            sms(unknown_national, "who is this"),
+            sms(with_topic.mobile_e164, "with my son"),
+            sms(stopper.mobile_e164, "stop"),
+        ]
+        response = await phone.poll({"messages": batch})
+        assert response.status_code == 200
+        [answer] = response.json()["messages"]
+        assert answer["to"] == stopper.mobile_e164 and answer["content"]
+        ids = [m["id"] for m in batch]
+        rows = {
+            r.provider_message_id: r
+            for r in await db_session.scalars(
+                select(Message)
+                .where(Message.channel == "gateway", Message.provider_message_id.in_(ids))
+                .execution_options(populate_existing=True)
+            )
+        }
+        assert [rows[i].id for i in ids] == sorted(rows[i].id for i in ids)
+        assert rows[ids[0]].conversation_id == conversation.id
+        assert rows[ids[3]].conversation_id == conversation.id
+        topic = await db_session.get(Conversation, rows[ids[1]].conversation_id)
+        assert topic is not None and topic.patient_id == newcomer.id
+        assert rows[ids[2]].patient_id is None
+        assert rows[ids[2]].phone_e164 == "+880" + unknown_national[1:]
+        assert rows[ids[4]].conversation_id is None  # a keyword is filed nowhere
+        await db_session.refresh(stopper)
+        assert stopper.opted_out_channels
+        events = {
+            e.data["message_id"]: e.data
+            for e in await db_session.scalars(
+                select(WebhookEvent).where(WebhookEvent.type == "message.received")
+            )
+            if e.data["message_id"] in {r.id for r in rows.values()}
+        }
+        assert len(events) == 5
+        assert events[rows[ids[0]].id]["conversation_id"] == str(conversation.id)
+        assert events[rows[ids[2]].id]["patient_id"] is None
+        assert events[rows[ids[3]].id]["text"] == "with my son"
+
+
+class TestCompression:
+    """cht-gateway's HTTP client (Android's) sends `Accept-Encoding: gzip` and inflates
+    what comes back gzip-encoded."""
+
+    async def test_an_answer_is_gzip_encoded_when_the_phone_accepts_gzip(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        for _ in range(3):
+            await queue_message(db_session)
+        await db_session.commit()
+        raw = orjson.dumps({})
+        response = await phone.client.post("/gateway/api/sms", content=raw, headers=phone.headers())
+        assert response.headers["content-encoding"] == "gzip"
+        assert "accept-encoding" in response.headers["vary"].lower()
+        assert len(response.content) > 0  # httpx inflated it
+        compressed = int(response.headers["content-length"])
+        assert compressed < len(response.content)
+        assert len(response.json()["messages"]) == 3
+        # The same answer, not compressed, to a client that does not accept gzip.
+        for accept in ("identity", "gzip;q=0, identity", "br"):
+            plain = await phone.client.post(
+                "/gateway/api/sms",
+                content=raw,
+                headers=phone.headers(**{"Accept-Encoding": accept}),
+            )
+            assert "content-encoding" not in plain.headers, accept
+            assert plain.json() == response.json()
+
+    async def test_a_short_answer_is_left_uncompressed(self, phone: Phone) -> None:
+        response = await phone.poll({})
+        assert "content-encoding" not in response.headers
+        assert response.json() == {"messages": []}
+
 
 class TestErrors:
     @pytest.mark.parametrize(
@@ -276,7 +390,28 @@ class TestErrors:
             headers=phone.headers(**{"Content-Encoding": "gzip"}),
         )
         assert response.status_code == 413
-        assert response.json()["error"] is True
+        body = response.json()
+        assert body["error"] is True and "once decompressed" in body["message"]
+
+    async def test_a_body_over_the_limit_is_413_in_chts_shape_before_it_is_read(
+        self, phone: Phone
+    ) -> None:
+        # Declared too large: refused by the size limit, before the endpoint runs.
+        response = await phone.client.post(
+            "/gateway/api/sms",
+            content=b" " * (4 * 1024 * 1024 + 1),
+            headers=phone.headers(),
+        )
+        assert response.status_code == 413
+        body = response.json()
+        assert body["error"] is True and "larger than" in body["message"]
+
+    async def test_a_method_the_protocol_has_not_is_405_in_chts_shape(self, phone: Phone) -> None:
+        response = await phone.client.put(
+            "/gateway/api/sms", content=b"{}", headers=phone.headers()
+        )
+        assert response.status_code == 405
+        assert response.json() == {"error": True, "message": "Method Not Allowed"}
 
     async def test_an_unknown_content_encoding_is_415(self, phone: Phone) -> None:
         response = await phone.client.post(
@@ -303,6 +438,12 @@ class TestPace:
         assert len((await phone.poll()).json()["messages"]) == 1
         for _ in range(3):
             await queue_message(db_session)
+        # As if at once again, however slow this machine is: no time since the last poll.
+        await db_session.execute(
+            update(Gateway)
+            .where(Gateway.id == phone.gateway.id)
+            .values(last_polled_at=datetime.now(UTC) + timedelta(minutes=5))
+        )
         await db_session.commit()
-        # At once again: the one already offered, and one new.
+        # The one already offered, and one new.
         assert len((await phone.poll()).json()["messages"]) == 2

@@ -21,7 +21,7 @@ from app.imo import service as imo_service
 from app.imo.repository import Candidate
 from app.imo.runner import _Pacer
 from app.imo.service import ClaimedBatch, Idle
-from app.models import ImoInvitationBatch
+from app.models import ImoInvitationBatch, ImoRoundPause
 from app.notifications.window import MessagingWindow
 from app.switches import service as switch_service
 from app.switches.scope import parse_scope
@@ -312,6 +312,10 @@ class TestSwitch:
         assert sum(fake_imo.requests_per_phone().values()) == sent
         # ...a pause of another channel does not stop it, and resumed, it ends, each
         # patient invited once.
+        # One spell recorded for the dashboard, however often the slots saw the switch.
+        assert [(p.reason, p.detail) for p in await pauses(db, round_id)] == [
+            ("switch", "switch channel=imo is paused")
+        ]
         await put_switch(db, "channel=imo", paused=False)
         await put_switch(db, "channel=sms", paused=True)
         assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
@@ -362,6 +366,12 @@ class TestWindow:
         clock.now = opening - timedelta(minutes=1)
         assert (await runner.work(round_id, asyncio.Event())).reason == "paused"
         assert sum(fake_imo.requests_per_phone().values()) == sent
+        # ...and why is on record: the window, till its opening; a look 12 hours later
+        # is a new spell of it.
+        [spell, later] = await pauses(db, round_id)
+        assert (spell.reason, spell.until) == ("window", opening)
+        assert spell.detail == "messaging window closed in Asia/Dhaka"
+        assert (later.reason, later.started_at) == ("window", opening - timedelta(minutes=1))
         # ...and at the opening the round goes on where it stopped.
         clock.now = opening
         assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
@@ -383,6 +393,12 @@ class TestWindow:
         assert idle.reason == "paused" and idle.paused_until is not None
         assert runner.window.next_moment(datetime.now(UTC), night_zone()) == idle.paused_until
         assert fake_imo.requests_per_phone() == dict.fromkeys(day, 1)
+
+
+async def pauses(db: Database, round_id: int) -> list[ImoRoundPause]:
+    async with db.sessionmaker() as session:
+        found = await imo_repository.round_pauses(session, [round_id], per_round=10)
+    return found[round_id][::-1]
 
 
 def _batches(round_id: int) -> Any:
@@ -491,6 +507,9 @@ class TestPacing:
         assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
 
         assert calls > 2
+        assert [(p.reason, p.detail) for p in await pauses(db, round_id)] == [
+            ("errors", "the shared rate limiter could not be reached")
+        ]
         assert fake_imo.requests_per_phone() == dict.fromkeys(phones, 1)
         assert await counts(db, round_id) == {"invited": 30}
 

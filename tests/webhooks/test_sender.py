@@ -3,12 +3,15 @@ events written with their change, signed deliveries, retries, disabling, replay.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp.abc import AbstractResolver, ResolveResult
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,6 +21,7 @@ from app.conversations import service as conversation_service
 from app.fakes.webhook_sink import WebhookSink, start_webhook_sink
 from app.models import WebhookDelivery, WebhookEndpoint
 from app.webhooks import service as webhook_service
+from app.webhooks import urls as webhook_urls
 from app.webhooks.sender import WebhookSender
 from tests.factories import make_patient
 
@@ -206,3 +210,123 @@ class TestOrder:
         await sender(db_sessionmaker, http).send_once()
         await sender(db_sessionmaker, http).send_once()
         assert [e["data"]["subject"] for e in receiver.received] == ["first", "second"]
+
+
+class StaticResolver(AbstractResolver):
+    """A DNS server under the test's control: each name answers one address."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            {
+                "hostname": host,
+                "host": self.answers[host],
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+class TestTargetCheckedAtDelivery:
+    """The URL was fine when saved; at delivery its host points inside (DNS rebinding),
+    or the settings no longer allow private addresses: nothing is sent, the attempt
+    records why, and the delivery stays owed (a PUT with a good URL, or a replay,
+    finishes it)."""
+
+    STRICT = Settings(app_env="test", webhook_retry_base_seconds=1)
+
+    async def rebound(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        receiver: WebhookSink,
+        url: str,
+        resolver: AbstractResolver,
+    ) -> WebhookDelivery:
+        port = urlsplit(url).port
+        endpoint = await owed(db_session, receiver, f"http://clinic.example:{port}/hooks")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver)) as http:
+            strict = WebhookSender(settings=self.STRICT, sessionmaker=db_sessionmaker, http=http)
+            assert await strict.send_once() == 1
+        [delivery] = await deliveries(db_session, endpoint)
+        return delivery
+
+    async def test_a_name_that_now_resolves_to_loopback_is_refused(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        sink: tuple[WebhookSink, str],
+    ) -> None:
+        receiver, url = sink
+        dns = StaticResolver({"clinic.example": "127.0.0.1"})
+        delivery = await self.rebound(
+            db_session, db_sessionmaker, receiver, url, webhook_urls.PublicAddressResolver(dns)
+        )
+        assert receiver.received == []
+        assert (delivery.state, delivery.attempts, delivery.last_status) == ("pending", 1, None)
+        assert delivery.last_error is not None and delivery.last_error.startswith("refused:")
+
+    async def test_the_same_name_is_called_when_its_address_is_public_or_allowed(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        sink: tuple[WebhookSink, str],
+    ) -> None:
+        # The control: without the checking resolver the same set-up reaches the sink.
+        receiver, url = sink
+        dns = StaticResolver({"clinic.example": "127.0.0.1"})
+        delivery = await self.rebound(db_session, db_sessionmaker, receiver, url, dns)
+        assert delivery.state == "delivered" and len(receiver.received) == 1
+
+    async def test_a_literal_private_address_is_refused_without_a_request(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        http: aiohttp.ClientSession,
+        sink: tuple[WebhookSink, str],
+    ) -> None:
+        receiver, url = sink  # http://127.0.0.1:port/..., saved while private was allowed
+        endpoint = await owed(db_session, receiver, url)
+        strict = WebhookSender(settings=self.STRICT, sessionmaker=db_sessionmaker, http=http)
+        await strict.send_once()
+        [delivery] = await deliveries(db_session, endpoint)
+        assert receiver.received == [] and delivery.state == "pending"
+        assert delivery.last_error == f"refused: {webhook_urls.NOT_PUBLIC}"
+
+    async def test_the_checking_resolver_refuses_what_the_system_resolves_inside(self) -> None:
+        resolver = webhook_urls.PublicAddressResolver()
+        with pytest.raises(webhook_urls.TargetRefused):
+            await resolver.resolve("localhost", 80)
+        await resolver.close()
+
+    @pytest.mark.parametrize(
+        ("address", "public"),
+        [
+            ("93.184.216.34", True),
+            ("2606:2800:220:1:248:1893:25c8:1946", True),
+            ("10.1.2.3", False),
+            ("169.254.169.254", False),
+            ("::1", False),
+            ("::ffff:127.0.0.1", False),
+            ("fe80::1%eth0", False),
+            ("224.0.0.1", False),
+        ],
+    )
+    async def test_public_addresses(self, address: str, public: bool) -> None:
+        assert webhook_urls.is_public(address) is public
+
+    async def test_the_workers_connector_checks_unless_private_is_allowed(self) -> None:
+        for settings, checks in ((self.STRICT, True), (SETTINGS, False)):
+            connector = webhook_urls.connector(settings)
+            resolver = connector._resolver
+            await connector.close()
+            assert isinstance(resolver, webhook_urls.PublicAddressResolver) is checks

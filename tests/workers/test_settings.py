@@ -5,15 +5,16 @@ and Redis and the fakes over sockets."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
-from app.models import DeliveryAttempt, Notification
+from app.models import DeliveryAttempt, DispatchLease, Notification
 from tests.clock import daytime_zone
 from tests.factories import make_notification, make_patient
 from tests.fake_servers import FakeTwilio
@@ -116,6 +117,99 @@ class TestDispatchLoops:
 
     async def test_shutdown_of_a_worker_that_never_started_does_nothing(self) -> None:
         await shutdown({})
+
+
+class TestLeases:
+    async def test_a_worker_holds_a_lease_while_it_runs_and_drops_it_when_it_stops(
+        self, db: Database, fake_twilio: FakeTwilio, worker: Worker
+    ) -> None:
+        numbers = phones(5, series=3)
+        async with worker() as ctx:
+            lease_id = ctx["dispatcher"].lease_id
+            await wait_until(lambda: lease_of(db, lease_id), timeout=10)
+            [[expires_at]] = await lease_of(db, lease_id)
+            assert expires_at > datetime.now(UTC) + timedelta(seconds=5)
+            made = await patients_with_reminders(db, numbers)
+            await wait_until(lambda: all_sent(db), timeout=10)
+            async with db.sessionmaker() as session:
+                # Settled: no longer under the lease.
+                leases = await session.scalars(
+                    select(Notification.lease_id).where(Notification.id.in_([n.id for n in made]))
+                )
+                assert set(leases) == {None}
+        assert await lease_of(db, lease_id) == []
+
+    async def test_a_dead_workers_claims_are_taken_over_as_soon_as_its_lease_runs_out(
+        self, db: Database, fake_twilio: FakeTwilio, worker: Worker
+    ) -> None:
+        """Claimed a second ago (far from SENDING_STALE_AFTER_SECONDS), by a worker whose
+        lease ran out: sent now if no attempt had begun, else `unconfirmed`. A claim under
+        a lease still renewed stays with its worker."""
+        dead, alive = uuid.uuid4(), uuid.uuid4()
+        async with db.sessionmaker() as session:
+            await session.execute(
+                insert(DispatchLease),
+                [
+                    {"id": dead, "holder": "gone:1", "expires_at": datetime.now(UTC)},
+                    {
+                        "id": alive,
+                        "holder": "busy:2",
+                        "expires_at": datetime.now(UTC) + timedelta(minutes=5),
+                    },
+                ],
+            )
+            await session.commit()
+        just_now = datetime.now(UTC) - timedelta(seconds=1)
+        never_sent = await patients_with_reminders(
+            db, phones(10, series=4), state="sending", claimed_at=just_now, lease_id=dead
+        )
+        in_flight = await patients_with_reminders(
+            db, phones(10, series=5), state="sending", claimed_at=just_now, lease_id=dead
+        )
+        held = await patients_with_reminders(
+            db, phones(10, series=6), state="sending", claimed_at=just_now, lease_id=alive
+        )
+        async with db.sessionmaker() as session:
+            session.add_all(
+                DeliveryAttempt(notification_id=n.id, channel="sms", status="sending")
+                for n in in_flight
+            )
+            await session.commit()
+
+        async with worker():
+
+            async def taken_over() -> bool:
+                return await states_of(db, never_sent + in_flight) == {"sent": 20}
+
+            await wait_until(taken_over, timeout=10)
+        assert await states_of(db, held) == {"sending": 10}
+        # Only those without an attempt went out (once); the others were never resent.
+        assert fake_twilio.messages_per_phone() == dict.fromkeys(phones(10, series=4), 1)
+        async with db.sessionmaker() as session:
+            statuses = await session.scalars(
+                select(DeliveryAttempt.status).where(
+                    DeliveryAttempt.notification_id.in_([n.id for n in in_flight])
+                )
+            )
+            assert list(statuses) == ["unconfirmed"] * 10
+
+
+async def lease_of(db: Database, lease_id: uuid.UUID) -> list[tuple[datetime]]:
+    async with db.sessionmaker() as session:
+        rows = await session.execute(
+            select(DispatchLease.expires_at).where(DispatchLease.id == lease_id)
+        )
+        return [tuple(row) for row in rows]
+
+
+async def states_of(db: Database, made: list[Notification]) -> dict[str, int]:
+    async with db.sessionmaker() as session:
+        rows = await session.execute(
+            select(Notification.state, func.count())
+            .where(Notification.id.in_([n.id for n in made]))
+            .group_by(Notification.state)
+        )
+        return {state: count for state, count in rows}
 
 
 class TestSweeper:

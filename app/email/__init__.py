@@ -1,0 +1,1 @@
+"""Email replies and deliverability: reply addresses, inbound mail, address status."""

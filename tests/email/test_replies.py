@@ -1,0 +1,222 @@
+"""Inbound email filed: on its conversation, as a bounce, or kept unmatched."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.conversations import service as conversation_service
+from app.email import addresses, replies
+from app.email import status as email_status
+from app.email.parsing import parse
+from app.models import Conversation, InboundEmail, Message, StaffMember, WebhookEvent
+from app.security import TokenSigner
+from tests.email import mail
+from tests.factories import make_patient
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SETTINGS = Settings()
+SIGNER = TokenSigner(SETTINGS.secret_key.get_secret_value())
+DOMAIN = SETTINGS.email_inbound_domain
+
+
+def unique_address(name: str = "rahim") -> str:
+    return f"{name}.{uuid.uuid4().hex[:8]}@example.com"
+
+
+async def conversation_with(session: AsyncSession, email: str | None) -> Conversation:
+    patient = await make_patient(session, email=email)
+    return await conversation_service.open_conversation(session, patient.id, "Your visit", "a-1")
+
+
+async def receive(session: AsyncSession, raw: bytes, **kwargs: object) -> replies.Received:
+    email = parse(io.BytesIO(raw), ["en"])
+    return await replies.receive(session, SETTINGS, email, via="smtp", **kwargs)  # type: ignore[arg-type]
+
+
+class TestPatientReply:
+    async def test_filed_on_its_conversation_without_the_quote(
+        self, db_session: AsyncSession
+    ) -> None:
+        sender = unique_address()
+        conversation = await conversation_with(db_session, sender.capitalize())
+        to = addresses.reply_address(SIGNER, DOMAIN, conversation.id)
+        received = await receive(db_session, mail.reply(sender=sender, to=to))
+        assert received.outcome == "attached"
+        assert received.conversation_id == conversation.id
+        message = await db_session.get(Message, received.message_id)
+        assert message is not None
+        assert message.direction == "in" and message.channel == "email"
+        assert message.text == "Yes, I will come on Tuesday."
+        assert message.patient_id == conversation.patient_id
+        event = await db_session.scalar(
+            select(WebhookEvent).where(
+                WebhookEvent.type == "message.received",
+                WebhookEvent.patient_id == conversation.patient_id,
+            )
+        )
+        assert event is not None and event.data["channel"] == "email"
+
+    async def test_the_same_message_again_changes_nothing(self, db_session: AsyncSession) -> None:
+        sender = unique_address()
+        conversation = await conversation_with(db_session, sender)
+        raw = mail.reply(sender=sender, to=addresses.reply_address(SIGNER, DOMAIN, conversation.id))
+        first = await receive(db_session, raw)
+        again = await receive(db_session, raw)
+        assert first.outcome == "attached"
+        assert again.duplicate
+        count = await db_session.scalar(
+            select(Message.id).where(Message.conversation_id == conversation.id).limit(2)
+        )
+        assert count == first.message_id
+
+    async def test_the_envelope_names_the_reply_address_when_the_headers_do_not(
+        self, db_session: AsyncSession
+    ) -> None:
+        sender = unique_address()
+        conversation = await conversation_with(db_session, sender)
+        received = await receive(
+            db_session,
+            mail.reply(sender=sender, to="clinic@clinic.example"),
+            envelope_recipients=[addresses.reply_address(SIGNER, DOMAIN, conversation.id)],
+        )
+        assert received.outcome == "attached"
+
+    async def test_a_reply_to_a_closed_conversation_opens_a_new_one(
+        self, db_session: AsyncSession
+    ) -> None:
+        sender = unique_address()
+        conversation = await conversation_with(db_session, sender)
+        await conversation_service.close(db_session, conversation.id)
+        received = await receive(
+            db_session,
+            mail.reply(sender=sender, to=addresses.reply_address(SIGNER, DOMAIN, conversation.id)),
+        )
+        assert received.outcome == "attached"
+        assert received.conversation_id != conversation.id
+        follow_up = await db_session.get(Conversation, received.conversation_id)
+        assert follow_up is not None
+        assert (follow_up.reference, follow_up.state) == ("a-1", "open")
+
+
+class TestStaffReply:
+    async def test_goes_to_the_patient_as_a_staff_message(self, db_session: AsyncSession) -> None:
+        conversation = await conversation_with(db_session, unique_address())
+        staff_address = unique_address("nurse")
+        db_session.add(
+            StaffMember(
+                id=f"s-{uuid.uuid4().hex[:8]}", name="Nurse", email=staff_address, locale="en"
+            )
+        )
+        await db_session.flush()
+        received = await receive(
+            db_session,
+            mail.reply(
+                sender=staff_address.upper(),
+                to=addresses.reply_address(SIGNER, DOMAIN, conversation.id),
+                text="Please bring your card.",
+            ),
+        )
+        assert received.outcome == "attached"
+        message = await db_session.get(Message, received.message_id)
+        assert message is not None
+        assert (message.direction, message.audience) == ("out", "patient")
+        assert message.text == "Please bring your card."
+        assert message.notification_id is not None
+
+
+class TestUnmatched:
+    @pytest.mark.parametrize(
+        ("change", "reason"),
+        [
+            ("stranger", "unknown_sender"),
+            ("forged_token", "bad_token"),
+            ("no_reply_address", "not_a_reply"),
+            ("auto_reply", "auto_reply"),
+            ("two_senders", "several_senders"),
+            ("no_conversation", "unknown_conversation"),
+        ],
+    )
+    async def test_kept_with_the_reason_never_attached(
+        self, db_session: AsyncSession, change: str, reason: str
+    ) -> None:
+        sender = unique_address()
+        conversation = await conversation_with(db_session, sender)
+        to = addresses.reply_address(SIGNER, DOMAIN, conversation.id)
+        raw = mail.reply(sender=sender, to=to)
+        if change == "stranger":
+            raw = mail.reply(sender=unique_address("stranger"), to=to)
+        elif change == "forged_token":
+            token = addresses.reply_token(SIGNER, conversation.id)
+            raw = mail.reply(sender=sender, to=f"reply+{token[:-2]}aa@{DOMAIN}")
+        elif change == "no_reply_address":
+            raw = mail.reply(sender=sender, to=f"clinic@{DOMAIN}")
+        elif change == "auto_reply":
+            raw = mail.reply(sender=sender, to=to, extra_headers="Auto-Submitted: auto-replied\r\n")
+        elif change == "two_senders":
+            raw = raw.replace(
+                f"From: Rahim Uddin <{sender}>".encode(), f"From: {sender}, x@example.org".encode()
+            )
+        elif change == "no_conversation":
+            raw = mail.reply(
+                sender=sender, to=addresses.reply_address(SIGNER, DOMAIN, uuid.uuid4())
+            )
+        received = await receive(db_session, raw)
+        assert (received.outcome, received.reason) == ("unmatched", reason)
+        assert received.message_id is None
+        stored = await db_session.get(InboundEmail, received.inbound_id)
+        assert stored is not None
+        assert stored.message_id is None
+        assert stored.text  # the text is kept, not lost
+        attached = await db_session.scalar(
+            select(Message.id).where(
+                Message.conversation_id == conversation.id, Message.direction == "in"
+            )
+        )
+        assert attached is None
+
+
+class TestBounce:
+    async def test_a_dsn_at_the_recipients_bounce_address_blocks_it(
+        self, db_session: AsyncSession
+    ) -> None:
+        recipient = unique_address()
+        received = await receive(
+            db_session,
+            mail.dsn(recipient, to=addresses.bounce_address(SIGNER, DOMAIN, recipient)),
+        )
+        assert received.outcome == "bounce"
+        page = await email_status.status(db_session, recipient, None, 10)
+        assert page.status == "blocked"
+        assert page.reason is not None and "5.1.1" in page.reason
+        assert [e.event for e in page.history] == ["hard_bounce"]
+        assert page.history[0].source == "dsn"
+
+    async def test_a_dsn_anywhere_else_blocks_nothing(self, db_session: AsyncSession) -> None:
+        recipient = unique_address()
+        other = addresses.bounce_address(SIGNER, DOMAIN, unique_address())
+        for to in (other, f"postmaster@{DOMAIN}"):
+            received = await receive(db_session, mail.dsn(recipient, to=to))
+            assert (received.outcome, received.reason) == ("unmatched", "unverified_bounce")
+        assert (await email_status.status(db_session, recipient, None, 10)).status == "unknown"
+
+    async def test_a_delay_is_history_only(self, db_session: AsyncSession) -> None:
+        recipient = unique_address()
+        await receive(
+            db_session,
+            mail.dsn(
+                recipient,
+                to=addresses.bounce_address(SIGNER, DOMAIN, recipient),
+                action="delayed",
+                status="4.4.7",
+            ),
+        )
+        page = await email_status.status(db_session, recipient, None, 10)
+        assert page.status == "unknown"
+        assert [e.event for e in page.history] == ["soft_bounce"]
