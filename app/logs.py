@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
+from pydantic import ValidationError
 
 # Any run of 7 or more digits, whatever separates them (spaces, `-`, `.`, `/`,
 # parentheses) and whatever is around them (`+880 1712-345671`, `8801712345671x`, a
@@ -77,6 +78,8 @@ def redact(value: str) -> str:
 # Exceptions of these packages carry SQL parameters, or PostgreSQL's DETAIL with the
 # failing row, in their messages.
 _DATABASE_PACKAGES = ("sqlalchemy", "asyncpg")
+# A validation error's message quotes the input it refused (a message text, a name).
+_VALIDATION_PACKAGES = ("pydantic", "pydantic_core")
 
 
 def is_database_error(module: str) -> bool:
@@ -84,8 +87,20 @@ def is_database_error(module: str) -> bool:
     return module.split(".", 1)[0] in _DATABASE_PACKAGES
 
 
+def hides_message(module: str) -> bool:
+    """True for an exception class of `module` whose message quotes the values it was
+    given (SQL parameters, a failing row, a refused input): never logged as it is."""
+    return is_database_error(module) or module.split(".", 1)[0] in _VALIDATION_PACKAGES
+
+
 def error_message(error: BaseException) -> str:
     """What may be logged of `error`'s own message."""
+    if isinstance(error, ValidationError):
+        where = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc'])}: {e['type']}"
+            for e in error.errors(include_input=False, include_url=False)[:10]
+        )
+        return f"{error.error_count()} validation errors for {error.title} ({where})"
     if not is_database_error(type(error).__module__):
         return redact(str(error))
     orig = getattr(error, "orig", None) or error

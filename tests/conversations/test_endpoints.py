@@ -116,6 +116,21 @@ class TestStaffMessages:
             (sent["id"], "scheduled")
         ]
 
+    async def test_a_message_of_several_lines_keeps_them(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        # Staff write letters, not template variables: an email carries the lines.
+        patient = await make_patient(db_session)
+        conversation = await conversation_of(api, patient.id)
+        text = "Dear Rahim,\n\nPlease come on Thursday instead.\n\tThe clinic"
+        answer = await api.post(
+            f"/v1/conversations/{conversation}/messages",
+            json={"text": text, "broadcast_to": ["patient"]},
+        )
+        assert answer.status_code == 201, answer.text
+        notification = await api.get(f"/v1/notifications/{answer.json()['notification_id']}")
+        assert notification.json()["text"] == text
+
     async def test_to_an_opted_out_patient_it_is_denied(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
