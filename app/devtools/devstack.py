@@ -11,9 +11,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 
@@ -156,53 +157,55 @@ DEV_GATEWAY_COUNTRY = "KE"
 FAKE_GATEWAY_INTERVAL = 2.0
 
 
-def _dev_gateway(data_dir: Path, database_url: str) -> tuple[str, str]:
-    """The development gateway phone kept in `.data/dev-gateway`; (name, secret). It
-    serves every country (no country of its own). Registered again, under a fresh name,
-    when the file or the gateway is gone."""
-    path = data_dir / "dev-gateway"
+def _kept_login(
+    path: Path,
+    works: Callable[[str, str], Coroutine[Any, Any, bool]],
+    issue: Callable[[str], Coroutine[Any, Any, str]],
+    names: tuple[str, Callable[[], str]],
+) -> tuple[str, str]:
+    """A development login kept in `path` as "NAME SECRET"; (name, secret). Issued again
+    when the file is gone or its login no longer works: under `names[0]`, or under a
+    fresh name from `names[1]` when that one is taken."""
     if path.exists():
         name, _, secret = path.read_text().strip().partition(" ")
-        if (
-            name
-            and secret
-            and asyncio.run(gateway_service.credentials_work(database_url, name, secret))
-        ):
+        if name and secret and asyncio.run(works(name, secret)):
             return name, secret
-    name = DEV_GATEWAY
+    name = names[0]
     try:
-        _, secret = asyncio.run(gateway_service.issue_gateway(database_url, name, None, None))
+        secret = asyncio.run(issue(name))
     except Conflict:
-        name = f"{DEV_GATEWAY}-{secrets.token_hex(3)}"
-        _, secret = asyncio.run(gateway_service.issue_gateway(database_url, name, None, None))
+        name = names[1]()
+        secret = asyncio.run(issue(name))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(f"{name} {secret}\n")
     return name, secret
 
 
+def _dev_gateway(data_dir: Path, database_url: str) -> tuple[str, str]:
+    """The development gateway phone kept in `.data/dev-gateway`; (name, secret). It
+    serves every country (no country of its own)."""
+
+    async def issue(name: str) -> str:
+        _, secret = await gateway_service.issue_gateway(database_url, name, None, None)
+        return secret
+
+    return _kept_login(
+        data_dir / "dev-gateway",
+        lambda name, secret: gateway_service.credentials_work(database_url, name, secret),
+        issue,
+        (DEV_GATEWAY, lambda: f"{DEV_GATEWAY}-{secrets.token_hex(3)}"),
+    )
+
+
 def _dev_operator(data_dir: Path, database_url: str) -> tuple[str, str]:
-    """The development dashboard admin kept in `.data/dev-operator`; (email, password).
-    Made again, under a fresh email, when the file or the operator is gone."""
-    path = data_dir / "dev-operator"
-    if path.exists():
-        email, _, password = path.read_text().strip().partition(" ")
-        if (
-            email
-            and password
-            and asyncio.run(operator_service.login_works(database_url, email, password))
-        ):
-            return email, password
-    email = DEV_OPERATOR
-    try:
-        password = asyncio.run(operator_service.issue_operator(database_url, email, "admin"))
-    except Conflict:
-        email = f"dev-{secrets.token_hex(3)}@localhost.localdomain"
-        password = asyncio.run(operator_service.issue_operator(database_url, email, "admin"))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(f"{email} {password}\n")
-    return email, password
+    """The development dashboard admin kept in `.data/dev-operator`; (email, password)."""
+    return _kept_login(
+        data_dir / "dev-operator",
+        lambda email, password: operator_service.login_works(database_url, email, password),
+        lambda email: operator_service.issue_operator(database_url, email, "admin"),
+        (DEV_OPERATOR, lambda: f"dev-{secrets.token_hex(3)}@localhost.localdomain"),
+    )
 
 
 def run(host: str, port: int) -> int:
