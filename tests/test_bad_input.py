@@ -111,6 +111,23 @@ class TestNullBytes:
         assert await db_session.get(Patient, good) is not None
         assert await db_session.get(Patient, bad) is None
 
+    async def test_a_lone_surrogate_id_in_a_batch_fails_alone(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        # Found by the fuzz test: the item's outcome quoted the id back, and no JSON
+        # answer can encode a lone surrogate.
+        good = unique_id()
+        body = {"patients": [{"id": good, **patient_body()}, {"id": "\ud800", **patient_body()}]}
+        answer = await api.post(
+            "/v1/patients/batch",
+            content=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+        )
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert [(r["status"], r["id"]) for r in results] == [("created", good), ("error", None)]
+        assert await db_session.get(Patient, good) is not None
+
 
 class TestNamesThatWouldReachAMessage:
     @pytest.mark.parametrize(

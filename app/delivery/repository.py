@@ -369,12 +369,14 @@ async def downgrade_imo(session: AsyncSession, downgrades: dict[str, str]) -> No
 
 
 def _stale_claim(n: str) -> str:
-    """SQL: notification `n` is held by a worker that is gone. Its lease ran out or was
-    dropped; or, claimed without a lease, it has been held since before :stale_before."""
-    return f"""{n}.state = '{HELD_STATE}' AND CASE
-        WHEN {n}.lease_id IS NULL THEN {n}.claimed_at < :stale_before
-        ELSE NOT EXISTS (SELECT FROM dispatch_leases AS l
-                         WHERE l.id = {n}.lease_id AND l.expires_at > now()) END"""
+    """SQL: notification `n` is held by a worker that is gone, or that lost it. Its
+    lease ran out or was dropped; or it has been held since before :stale_before, lease
+    or not: a live worker whose batch failed (PostgreSQL or Redis away mid-batch) keeps
+    renewing its lease but will never settle that batch."""
+    return f"""{n}.state = '{HELD_STATE}' AND ({n}.claimed_at < :stale_before
+        OR ({n}.lease_id IS NOT NULL
+            AND NOT EXISTS (SELECT FROM dispatch_leases AS l
+                            WHERE l.id = {n}.lease_id AND l.expires_at > now())))"""
 
 
 _RENEW_LEASE = text(
@@ -487,8 +489,7 @@ async def sweep_stale_sending(
 ) -> tuple[int, list[uuid.UUID]]:
     """Settle notifications a dead worker left in `sending` -> (how many requeued, the
     ids of those settled `sent` or beyond):
-    those whose lease ran out (or was dropped), and those claimed without a lease
-    before `stale_before`.
+    those whose lease ran out (or was dropped), and any claimed before `stale_before`.
 
     Never sent to a provider (no attempt, or only failed ones): due again. Possibly
     sent (an attempt was under way): `sent` with the attempt `unconfirmed`. Sent for

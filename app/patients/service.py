@@ -144,6 +144,19 @@ def _malformed(exc: ValidationError) -> MalformedItem:
     )
 
 
+def _readable_id(raw_id: object) -> str | None:
+    """What of an item's id may be quoted back in its outcome: a string (cut to 64
+    characters) that JSON can carry; not a lone surrogate, which no answer can encode."""
+    if not isinstance(raw_id, str):
+        return None
+    item_id = raw_id[:64]
+    try:
+        item_id.encode()
+    except UnicodeEncodeError:
+        return None
+    return item_id
+
+
 async def put_patients(session: AsyncSession, items: Sequence[object]) -> list[BatchItemOutcome]:
     """Create or replace many patients: one outcome per item, in the items' order.
 
@@ -155,8 +168,7 @@ async def put_patients(session: AsyncSession, items: Sequence[object]) -> list[B
     outcomes: dict[int, BatchItemOutcome] = {}
     records: dict[str, tuple[int, PatientRecord]] = {}
     for index, raw in enumerate(items):
-        raw_id = raw.get("id") if isinstance(raw, dict) else None
-        item_id = raw_id[:64] if isinstance(raw_id, str) else None
+        item_id = _readable_id(raw.get("id") if isinstance(raw, dict) else None)
         try:
             item = PatientBatchItemIn.model_validate(raw)
             record = to_record(item.id, item)
