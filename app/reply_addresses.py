@@ -39,10 +39,14 @@ def _b32(data: bytes) -> str:
 
 
 def _unb32(text: str) -> bytes | None:
+    """The bytes of a token as `_b32` writes them, or None. Only that one spelling (any
+    case): 42 characters carry 210 bits for 208, so another last character can decode
+    to the same bytes, and a changed token must not verify."""
     try:
-        return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+        data = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
     except (binascii.Error, ValueError):
         return None
+    return data if _b32(data) == text.lower() else None
 
 
 def reply_token(signer: TokenSigner, conversation_id: uuid.UUID) -> str:
