@@ -31,8 +31,11 @@ KILLS = 10
 NOTIFICATIONS = 3000
 
 ENV = {
-    # The sweeper settles a dead worker's batch within ~12 s, inside the test.
-    "SENDING_STALE_AFTER_SECONDS": "10",
+    # A dead worker's batch is taken over when its lease runs out (DISPATCH_LEASE_SECONDS,
+    # 15 s). The stale rule is the safety net for a live worker's failed batch, and must
+    # outlast a live batch's sending (500 at ~40/s per worker here): at 10 s it swept
+    # batches still being sent, again and again, and nothing settled within 120 s.
+    "SENDING_STALE_AFTER_SECONDS": "60",
     "SWEEP_INTERVAL_SECONDS": "2",
     "DISPATCH_IDLE_SECONDS": "0.2",
     # Slow enough that sending outlasts the ten kills (~40 s with the replacements'
