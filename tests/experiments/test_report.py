@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -33,11 +34,16 @@ class TestReport:
         experiment = await create_experiment(api, await put_plan(api), return_window_days=3)
         patients = [await make_patient(db_session, time_zone=daytime_zone()) for _ in range(6)]
         appointments = [await put_appointment(api, p.id, days(1)) for p in patients]
+        visited_at = datetime.now(UTC)
         visit = await api.post(
             f"/v1/appointments/{appointments[0]['id']}/visit",
-            json={"visited_at": datetime.now(UTC).isoformat()},
+            json={"visited_at": visited_at.isoformat()},
         )
         assert visit.status_code == 200
+        # Days counted on the patient's calendar: "tomorrow" in UTC is -1 or -2 days away
+        # from today where the patient is, by the hour (found just after midnight UTC).
+        local_day = visited_at.astimezone(ZoneInfo(patients[0].time_zone)).date()
+        days_to_return = (local_day - date.fromisoformat(days(1))).days
         path = tmp_path / "patients.csv"
 
         code = await report_from(db_session, uuid.UUID(experiment["id"]), path)
@@ -55,7 +61,7 @@ class TestReport:
         first = by_patient[patients[0].id]
         assert (first["returned"], first["days_to_return"], first["evicted_reason"]) == (
             "true",
-            "-1",
+            str(days_to_return),
             "",
         )
         assert by_patient[patients[1].id]["returned"] == "false"
