@@ -138,7 +138,8 @@ class Dispatcher:
                 await self._take_over_if_due()
                 claimed = await self.dispatch_once()
             except Exception:
-                # PostgreSQL or Redis away: what was claimed is settled by the sweeper.
+                # PostgreSQL or Redis away: the batch released itself (`_handle`), or,
+                # when even that failed, is taken over once this lease runs out.
                 log.exception("dispatch batch failed; retrying")
                 sentry_sdk.capture_exception()
                 claimed = 0
@@ -225,6 +226,20 @@ class Dispatcher:
             await session.commit()
         if not claimed:
             return 0
+        try:
+            await self._handle(claimed, board, gateway_numbers)
+        except Exception:
+            await self._release(claimed)
+            raise
+        return len(claimed)
+
+    async def _handle(
+        self,
+        claimed: Sequence[ClaimedNotification],
+        board: Switchboard,
+        gateway_numbers: frozenset[str],
+    ) -> None:
+        """Send a claimed batch and settle it."""
         began = time.monotonic()
         now = self.clock()
         settled: dict[uuid.UUID, Outcome] = {}
@@ -259,7 +274,25 @@ class Dispatcher:
                 await session.commit()
             outcomes.update(_outcome_name(o) for o in settled.values())
         _log_batch(len(claimed), outcomes, time.monotonic() - began)
-        return len(claimed)
+
+    async def _release(self, claimed: Sequence[ClaimedNotification]) -> None:
+        """A batch that failed mid-way, settled at once by this (live) worker: it renews
+        its lease, so no other worker would take the batch over. When PostgreSQL is what
+        failed this may fail too: the lease then runs out and the batch is taken over."""
+        try:
+            async with self.sessionmaker() as session:
+                requeued, settled = await delivery_repository.release_batch(
+                    session, [(n.id, n.claimed_at) for n in claimed]
+                )
+                await webhook_service.notifications_changed(session, settled)
+                await session.commit()
+        except Exception as exc:
+            log.warning("could not release a failed batch: %s", type(exc).__name__)
+            return
+        log.warning(
+            "released a failed batch",
+            extra={"requeued": requeued, "unconfirmed": len(settled)},
+        )
 
     def _allowed(
         self, notification: ClaimedNotification, step: SendOn, board: Switchboard

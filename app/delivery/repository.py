@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.channels.base import WhatsAppTemplateMessage
@@ -369,14 +370,20 @@ async def downgrade_imo(session: AsyncSession, downgrades: dict[str, str]) -> No
 
 
 def _stale_claim(n: str) -> str:
-    """SQL: notification `n` is held by a worker that is gone, or that lost it. Its
-    lease ran out or was dropped; or it has been held since before :stale_before, lease
-    or not: a live worker whose batch failed (PostgreSQL or Redis away mid-batch) keeps
-    renewing its lease but will never settle that batch."""
-    return f"""{n}.state = '{HELD_STATE}' AND ({n}.claimed_at < :stale_before
-        OR ({n}.lease_id IS NOT NULL
-            AND NOT EXISTS (SELECT FROM dispatch_leases AS l
-                            WHERE l.id = {n}.lease_id AND l.expires_at > now())))"""
+    """SQL: notification `n` is held by a worker that is gone. Its lease ran out or was
+    dropped; or, claimed without a lease, it has been held since before :stale_before.
+    (A live worker whose batch failed releases that batch itself: `release_batch`.)"""
+    return f"""{n}.state = '{HELD_STATE}' AND CASE
+        WHEN {n}.lease_id IS NULL THEN {n}.claimed_at < :stale_before
+        ELSE NOT EXISTS (SELECT FROM dispatch_leases AS l
+                         WHERE l.id = {n}.lease_id AND l.expires_at > now()) END"""
+
+
+def _batch_claim(n: str) -> str:
+    """SQL: notification `n` is still held under one of the claims (:ids, :claimed_ats)."""
+    return f"""{n}.state = '{HELD_STATE}'
+        AND ({n}.id, {n}.claimed_at) IN (
+            SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:claimed_ats AS timestamptz[])))"""  # noqa: S608 - constants only
 
 
 _RENEW_LEASE = text(
@@ -418,31 +425,37 @@ async def forget_old_leases(session: AsyncSession, older_than_seconds: float) ->
     return len(result.all())
 
 
-_RELEASE_UNSTARTED = text(
-    f"""
-    UPDATE notifications AS n
-    SET state = '{EVENT_TARGET[E.RETRY]}', claimed_at = NULL, lease_id = NULL,
-        updated_at = now()
-    WHERE {_stale_claim("n")}
-      AND NOT EXISTS (SELECT 1 FROM delivery_attempts AS a
-                      WHERE a.notification_id = n.id AND a.status <> '{A.FAILED}')
-      AND n.id IN (SELECT s.id FROM notifications AS s WHERE {_stale_claim("s")}
-                   ORDER BY s.claimed_at LIMIT :limit
-                   FOR UPDATE SKIP LOCKED)
-    RETURNING n.id
-    """  # noqa: S608 - constants only
-)
-
 # The notification state an attempt proves, by rank (sent, delivered, read differ).
 _PROVEN_RANK = {status.value: NOTIFICATION_RANK[state] for status, state in ATTEMPT_PROVES.items()}
 _PROVEN_BY_RANK = {NOTIFICATION_RANK[state]: state.value for state in ATTEMPT_PROVES.values()}
 assert len(_PROVEN_BY_RANK) == len(set(ATTEMPT_PROVES.values()))
 
-_MARK_UNCONFIRMED = text(
-    f"""
+
+def _release_unstarted(claim: Callable[[str], str]) -> TextClause:
+    """Due again: held notifications that `claim` names and that no provider took."""
+    return text(
+        f"""
+    UPDATE notifications AS n
+    SET state = '{EVENT_TARGET[E.RETRY]}', claimed_at = NULL, lease_id = NULL,
+        updated_at = now()
+    WHERE {claim("n")}
+      AND NOT EXISTS (SELECT 1 FROM delivery_attempts AS a
+                      WHERE a.notification_id = n.id AND a.status <> '{A.FAILED}')
+      AND n.id IN (SELECT s.id FROM notifications AS s WHERE {claim("s")}
+                   ORDER BY s.claimed_at LIMIT :limit
+                   FOR UPDATE SKIP LOCKED)
+    RETURNING n.id
+    """  # noqa: S608 - constants only
+    )
+
+
+def _mark_unconfirmed(claim: Callable[[str], str]) -> TextClause:
+    """Settled: held notifications that `claim` names whose attempt may have gone out."""
+    return text(
+        f"""
     WITH stale AS (
         SELECT s.id FROM notifications AS s
-        WHERE {_stale_claim("s")}
+        WHERE {claim("s")}
         ORDER BY s.claimed_at LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ), unconfirmed AS (
@@ -481,7 +494,21 @@ _MARK_UNCONFIRMED = text(
     FROM taken WHERE n.id = taken.notification_id
     RETURNING n.id
     """  # noqa: S608 - constants only
-)
+    )
+
+
+_SWEEP = (_mark_unconfirmed(_stale_claim), _release_unstarted(_stale_claim))
+_RELEASE = (_mark_unconfirmed(_batch_claim), _release_unstarted(_batch_claim))
+
+
+async def _settle_held(
+    session: AsyncSession, statements: tuple[TextClause, TextClause], params: dict[str, Any]
+) -> tuple[int, list[uuid.UUID]]:
+    """-> (how many are due again, the ids settled `sent` or beyond)."""
+    mark_unconfirmed, release_unstarted = statements
+    settled = list((await session.scalars(mark_unconfirmed, params)).all())
+    requeued = len((await session.execute(release_unstarted, params)).all())
+    return requeued, settled
 
 
 async def sweep_stale_sending(
@@ -489,26 +516,30 @@ async def sweep_stale_sending(
 ) -> tuple[int, list[uuid.UUID]]:
     """Settle notifications a dead worker left in `sending` -> (how many requeued, the
     ids of those settled `sent` or beyond):
-    those whose lease ran out (or was dropped), and any claimed before `stale_before`.
+    those whose lease ran out (or was dropped), and those claimed without a lease
+    before `stale_before`.
 
     Never sent to a provider (no attempt, or only failed ones): due again. Possibly
     sent (an attempt was under way): `sent` with the attempt `unconfirmed`. Sent for
     sure (a callback already raised an attempt): `sent`, `delivered` or `read`, as the
     attempt. Either way never resent, so never sent twice.
     """
-    settled = list(
-        (
-            await session.scalars(_MARK_UNCONFIRMED, {"stale_before": stale_before, "limit": limit})
-        ).all()
-    )
-    requeued = len(
-        (
-            await session.execute(
-                _RELEASE_UNSTARTED, {"stale_before": stale_before, "limit": limit}
-            )
-        ).all()
-    )
-    return requeued, settled
+    return await _settle_held(session, _SWEEP, {"stale_before": stale_before, "limit": limit})
+
+
+async def release_batch(
+    session: AsyncSession, claims: Sequence[tuple[uuid.UUID, datetime | None]]
+) -> tuple[int, list[uuid.UUID]]:
+    """A live worker's own batch that failed mid-way (PostgreSQL or Redis away), settled
+    at once as the sweeper settles a dead worker's: what no provider took is due again,
+    what had an attempt ends `unconfirmed` (never resent). Only the (id, claimed_at)
+    claims still held: what was settled meanwhile, or taken over, is left alone."""
+    params = {
+        "ids": [notification_id for notification_id, _ in claims],
+        "claimed_ats": [claimed_at for _, claimed_at in claims],
+        "limit": len(claims),
+    }
+    return await _settle_held(session, _RELEASE, params)
 
 
 # Rows are locked in id order so concurrent batches cannot deadlock. A report that does

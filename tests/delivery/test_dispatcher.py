@@ -410,6 +410,26 @@ class TestSafety:
         assert (fresh.state, fresh.failure_reason) == ("expired", "not sent while still useful")
         assert attempts == [] and real.sent == []
 
+    async def test_a_batch_that_fails_mid_way_is_released_at_once(
+        self, db_session: AsyncSession, scripted: Scripted
+    ) -> None:
+        # Redis away at the loop guard: the worker lives on (and would renew its lease),
+        # so nobody else would take its batch over; it releases the batch itself.
+        class RedisAway:
+            limit = 5
+
+            async def duplicates(self, messages: object) -> set[uuid.UUID]:
+                raise ConnectionError("redis away")
+
+        real, dispatcher = scripted()
+        dispatcher.loop_guard = RedisAway()  # type: ignore[assignment]
+        notification = await due(db_session, await patient_with(db_session, 7))
+        with pytest.raises(ConnectionError):
+            await dispatcher.dispatch_once()
+        fresh, attempts = await reload(db_session, notification)
+        assert (fresh.state, fresh.claimed_at, fresh.lease_id) == ("scheduled", None, None)
+        assert attempts == [] and real.sent == []
+
     async def test_transient_error_retries_later_and_keeps_the_reason(
         self, db_session: AsyncSession, scripted: Scripted
     ) -> None:

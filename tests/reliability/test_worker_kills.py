@@ -32,9 +32,7 @@ NOTIFICATIONS = 3000
 
 ENV = {
     # A dead worker's batch is taken over when its lease runs out (DISPATCH_LEASE_SECONDS,
-    # 15 s). The stale rule is the safety net for a live worker's failed batch, and must
-    # outlast a live batch's sending (500 at ~40/s per worker here): at 10 s it swept
-    # batches still being sent, again and again, and nothing settled within 120 s.
+    # 15 s); the stale rule, for claims without a lease, should not fire here.
     "SENDING_STALE_AFTER_SECONDS": "60",
     "SWEEP_INTERVAL_SECONDS": "2",
     "DISPATCH_IDLE_SECONDS": "0.2",
