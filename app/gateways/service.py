@@ -14,6 +14,7 @@ import logging
 import secrets
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -179,6 +180,34 @@ async def record_updates(
         await provider_reports.apply_reports(session, reports)
 
 
+async def _fail_on(
+    session: AsyncSession,
+    attempts: Sequence[tuple[int, str, str]],
+    provider_status: str,
+    why: Callable[[str], tuple[str, str]],
+) -> Counter[str]:
+    """Fail gateway `attempts` (attempt id, message id, gateway or country) as a
+    provider's failure report would, so each goes to the next channel of its chain (or
+    fails when none is left); `why` gives (error message, failure reason) per gateway or
+    country -> how many per gateway or country."""
+    if attempts:
+        await provider_reports.apply_reports(
+            session,
+            [
+                Report(
+                    attempt_id=attempt_id,
+                    status=AttemptStatus.FAILED,
+                    provider_message_id=message_id,
+                    provider_status=provider_status,
+                    error_message=why(key)[0],
+                    failure_reason=why(key)[1],
+                )
+                for attempt_id, message_id, key in attempts
+            ],
+        )
+    return Counter(key for _, _, key in attempts)
+
+
 async def take_back_from_offline(
     session: AsyncSession, settings: Settings, now: datetime, limit: int = 1000
 ) -> int:
@@ -187,23 +216,16 @@ async def take_back_from_offline(
     goes to the next channel of its chain (or fails when none is left). Flushes."""
     cutoff = now - timedelta(minutes=settings.gateway_offline_after_minutes)
     taken = await gateway_repository.take_back(session, cutoff, now, limit)
-    if not taken:
-        return 0
-    await provider_reports.apply_reports(
+    per_gateway = await _fail_on(
         session,
-        [
-            Report(
-                attempt_id=attempt_id,
-                status=AttemptStatus.FAILED,
-                provider_message_id=message_id,
-                provider_status=protocol.TAKEN_BACK,
-                error_message=f"gateway {gateway} offline",
-                failure_reason=f"gateway phone {gateway} offline: taken back",
-            )
-            for attempt_id, message_id, gateway in taken
-        ],
+        taken,
+        protocol.TAKEN_BACK,
+        lambda gateway: (
+            f"gateway {gateway} offline",
+            f"gateway phone {gateway} offline: taken back",
+        ),
     )
-    for gateway, count in Counter(gateway for _, _, gateway in taken).items():
+    for gateway, count in per_gateway.items():
         GATEWAY_TAKEN_BACK.labels(gateway).inc(count)
         log.warning(
             "gateway offline: its messages go to the next channel",
@@ -227,27 +249,18 @@ async def fall_back_unpolled(
         now=now,
         limit=limit,
     )
-    if not abandoned:
-        return 0
     minutes = f"{settings.gateway_unpolled_after_minutes:g}"
-    await provider_reports.apply_reports(
+    per_country = await _fail_on(
         session,
-        [
-            Report(
-                attempt_id=attempt_id,
-                status=AttemptStatus.FAILED,
-                provider_message_id=message_id,
-                provider_status=protocol.UNPOLLED,
-                error_message=f"no gateway phone polling for {country}",
-                failure_reason=(
-                    f"no gateway phone polling for {country}: waited {minutes} min "
-                    "(GATEWAY_UNPOLLED_AFTER_MINUTES)"
-                ),
-            )
-            for attempt_id, message_id, country in abandoned
-        ],
+        abandoned,
+        protocol.UNPOLLED,
+        lambda country: (
+            f"no gateway phone polling for {country}",
+            f"no gateway phone polling for {country}: waited {minutes} min "
+            "(GATEWAY_UNPOLLED_AFTER_MINUTES)",
+        ),
     )
-    for country, count in Counter(country for _, _, country in abandoned).items():
+    for country, count in per_country.items():
         GATEWAY_UNPOLLED.labels(country).inc(count)
         log.warning(
             "no gateway phone polling: queued messages go to the next channel",
