@@ -70,6 +70,37 @@ def _members_sql(broadcast: Broadcast, today: date) -> tuple[str, str, dict[str,
     return f"FROM patients p WHERE ({where_sql})", "p.id", params
 
 
+# Patients a filter group's split reads at most (a sample of the table, BERNOULLI: each
+# row with the same chance): the lanes' bounds are quantiles of the members sampled.
+SAMPLED_PATIENTS = 50_000
+
+
+async def member_quantiles(
+    session: AsyncSession, broadcast: Broadcast, today: date, lanes: int
+) -> tuple[list[str | None], str | None]:
+    """A filter group's member keys at fractions 1/lanes, 2/lanes, ... of its members
+    in key order, and its greatest key: exact on a table of up to SAMPLED_PATIENTS
+    patients (every row read), else of a sample of that many (each patient with the
+    same chance: the bounds are off by a fraction of a percent of the members, and the
+    filter and a sort run over the sample only, not over every patient twice)."""
+    assert broadcast.filter is not None
+    estimated = await session.scalar(
+        text("SELECT reltuples FROM pg_class WHERE oid = 'patients'::regclass")
+    )
+    rows = float(estimated or 0)
+    percent = 100.0 if rows <= SAMPLED_PATIENTS else 100.0 * SAMPLED_PATIENTS / rows
+    where_sql, params = group_repository.matches(broadcast.filter, today)
+    statement = text(
+        "SELECT percentile_disc(CAST(:fractions AS float8[])) WITHIN GROUP (ORDER BY p.id), "  # noqa: S608
+        f"max(p.id) FROM patients p TABLESAMPLE BERNOULLI (:percent) WHERE ({where_sql})"
+    )
+    fractions = [n / lanes for n in range(1, lanes)]
+    quantiles, last = (
+        await session.execute(statement, {**params, "fractions": fractions, "percent": percent})
+    ).one()
+    return list(quantiles or []), last
+
+
 async def count_members(session: AsyncSession, broadcast: Broadcast, today: date) -> int:
     source, _, params = _members_sql(broadcast, today)
     # `source` is this module's SQL (and matches()'); its values are bind parameters.

@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.broadcasts import repository as broadcast_repository
 from app.broadcasts import service as broadcast_service
 from app.broadcasts.schemas import BroadcastIn
-from app.broadcasts.service import lane_bounds, lane_rows
+from app.broadcasts.service import lane_bounds, lane_keys, lane_rows
 from app.config import Settings
 from app.groups import repository as group_repository
 from app.models import Broadcast, BroadcastLane
@@ -53,6 +54,21 @@ class TestSplit:
         sizes = [b - a for a, b in zip([0, *rows], [*rows, members], strict=True)]
         assert max(sizes) - min(sizes) <= 1
         assert members == 0 or min(sizes) >= 1
+
+    @pytest.mark.parametrize(
+        ("quantiles", "last", "keys"),
+        [
+            ([], None, []),  # an empty filter group: percentile_disc of no row
+            ([None, None], None, []),
+            (["p-1", "p-1", "p-2"], "p-2", ["p-1"]),  # 2 members, 4 lanes: 2 lanes of 1
+            (["p-1"], "p-1", []),  # 1 member, 2 lanes: 1 lane
+            (["p-3", "p-6", "p-9"], "p-12", ["p-3", "p-6", "p-9"]),
+        ],
+    )
+    async def test_quantiles_make_lanes_none_empty(
+        self, quantiles: list[str | None], last: str | None, keys: list[str]
+    ) -> None:
+        assert lane_keys(quantiles, last) == keys
 
     async def test_ranges_cover_every_id_once(self) -> None:
         assert lane_bounds([]) == [("", None)]
@@ -137,6 +153,26 @@ async def progress_right(db: Database, broadcast_id: uuid.UUID, *, sent: bool = 
 
 
 class TestFanOutInLanes:
+    async def test_a_big_filter_group_is_split_on_a_sample(
+        self, db: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past SAMPLED_PATIENTS the bounds are quantiles of a sample: lanes of about as
+        many members, and still every member once."""
+        ids = [f"m-{n:04d}" for n in range(400)]
+        async with db.sessionmaker() as session:
+            group = await seed(session, ids, tag=unique_id("t"), others=100)
+            await session.execute(text("ANALYZE patients"))
+            await session.commit()
+        monkeypatch.setattr(broadcast_repository, "SAMPLED_PATIENTS", 250)
+        broadcast_id = await start(db, group)
+        result = await broadcast_service.fan_out(
+            db.sessionmaker, broadcast_id, lanes_of(2, chunk=50)
+        )
+        assert (result.state, result.members) == ("fanned_out", 400)
+        assert await reached(db, broadcast_id) == ids
+        sizes = [lane["members"] for lane in await stored_lanes(db, broadcast_id)]
+        assert len(sizes) == 2 and min(sizes) >= 100, sizes
+
     async def test_skewed_ids_split_by_member_not_by_id(self, db: Database) -> None:
         # Nine ids close together and three far apart: ranges of ids would put nine in
         # one lane; the split puts three members in each of four.

@@ -128,13 +128,15 @@ async def test_a_killed_fan_out_resumes_and_reaches_everyone_once(
 
                 print(f"\n{group}: killed at {killed_at}/{MEMBERS} in {LANES} lanes; resumed "
                       f"and done in {time.monotonic() - started:.1f}s")  # fmt: skip
-                # The same lanes (the ranges split at the start), each done, as many each.
+                # The same lanes (the ranges split at the start), each done, about as
+                # many each (a filter's split is exact or of a sample: see the unit tests).
                 after = await connection.fetch(LANES_SQL, broadcast_id)
                 assert [(r["lower_id"], r["upper_id"]) for r in after] == [
                     (r["lower_id"], r["upper_id"]) for r in split
                 ]
                 assert all(r["done"] for r in after)
-                assert sorted(r["members"] for r in after) == [MEMBERS // LANES] * LANES
+                sizes = [r["members"] for r in after]
+                assert sum(sizes) == MEMBERS and min(sizes) > MEMBERS // (2 * LANES), sizes
                 total, distinct = await connection.fetchrow(
                     "SELECT count(*), count(DISTINCT patient_id) FROM notifications "
                     "WHERE broadcast_id = $1",
