@@ -7,7 +7,8 @@
   post that is not a readable form with the raw message, 413 past
   EMAIL_INBOUND_MAX_BYTES.
 - `POST /callbacks/email/events`: SendGrid's Event Webhook, its ECDSA signature checked
-  (403 when wrong, stale or not configured).
+  (403 when wrong, stale or not configured, and nothing changes): address statuses,
+  and the delivery attempts of the emails the events name (app/email/reports.py).
 - `GET /v1/email-status/{address}`, `DELETE /v1/email-status/{address}`,
   `GET /v1/inbound-emails` (the unmatched ones).
 """
@@ -27,7 +28,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from app.config import load_ec_public_key
 from app.db.session import DbSession
-from app.email import replies, sendgrid
+from app.email import replies, reports, sendgrid
 from app.email import status as email_status
 from app.email.parsing import parse
 from app.email.schemas import (
@@ -148,7 +149,7 @@ async def sendgrid_events(
         CALLBACKS.labels("sendgrid", "stale_signature").inc()
         raise Forbidden("the signed timestamp is too far from now (a replay?)")
     try:
-        batch = sendgrid.address_events(body)
+        batch = sendgrid.address_events(body, opens_are_reads=settings.email_opens_are_reads)
     except sendgrid.BadWebhook as exc:
         raise BadEmailWebhook(str(exc)) from exc
     recorded = await email_status.record(session, batch.events)
@@ -156,7 +157,12 @@ async def sendgrid_events(
         # Reported, not swallowed: SendGrid's format changed, or a post was odd.
         log.warning("unreadable SendGrid events", extra={"count": batch.unreadable})
     CALLBACKS.labels("sendgrid", "events").inc()
-    return EventsAccepted(recorded=recorded, ignored=batch.ignored, unreadable=batch.unreadable)
+    # Addresses first, then attempts (and their notifications): the order every post
+    # takes its locks in.
+    return EventsAccepted(
+        recorded=recorded, reports=applied, ignored=batch.ignored, unreadable=batch.unreadable
+    )
+    applied = await reports.apply(session, batch.reports)
 
 
 def _public_key(request: Request, text: str) -> Any:

@@ -5,8 +5,11 @@ Whichever way it came (the SMTP receiver, SendGrid's Inbound Parse), a parsed em
 
 - a delivery status notification (RFC 3464) that arrived at the bounce address of the
   recipient it reports on (app/email/addresses.py) is applied to that address's
-  status (a permanent failure blocks it); one that did not is kept `unmatched`
-  (`unverified_bounce`): nobody blocks a patient's address by mailing us a report;
+  status (a permanent failure blocks it) and, when it quotes the returned email's
+  Message-ID, to that email's delivery attempt (`failed`, falling back to the next
+  channel; a delay is kept in the raw report log only); one that did not is kept
+  `unmatched` (`unverified_bounce`): nobody blocks a patient's address, or fails a
+  message, by mailing us a report;
 - a reply to `reply+<token>@EMAIL_INBOUND_DOMAIN` whose token verifies and whose one
   From address is the conversation's patient's is filed on that conversation as the
   patient's message (a closed conversation: a new one, opened by the patient, about
@@ -36,10 +39,11 @@ from app.conversations import service as conversation_service
 from app.email import addresses
 from app.email import repository as email_repository
 from app.email import status as email_status
-from app.email.parsing import ParsedEmail
-from app.email.rules import AddressEvent, AddressEventKind
+from app.email.parsing import DsnRecipient, ParsedEmail
+from app.email.rules import AddressEvent, AddressEventKind, MessageReport
 from app.errors import AppError
 from app.models import Conversation, InboundEmail, Message, Patient, StaffMember
+from app.email import reports as email_reports
 from app.models.conversation import ConversationState
 from app.models.inbound_email import InboundOutcome
 from app.models.message import Direction
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 
 EMAIL_CHANNEL = "email"
 
+from app.states import AttemptStatus
 
 @dataclass(frozen=True, slots=True)
 class Received:
@@ -87,6 +92,7 @@ async def receive(
     via: str,
     envelope_recipients: Sequence[str] = (),
     now: datetime | None = None,
+    reports: tuple[MessageReport, ...] = ()
 ) -> Received:
     """Store `email` once and act on it (see the module). Flushes; idempotent: the same
     Message-ID again changes nothing."""
@@ -131,6 +137,7 @@ async def receive(
         log.warning(
             "a staff reply by email could not be sent",
             extra={"inbound_email_id": inbound_id, "error": refused.code},
+    await email_reports.apply(session, decision.reports)
         )
         return await _kept(
             _Decision(InboundOutcome.UNMATCHED, "not_sendable", conversation=decision.conversation),
@@ -219,7 +226,30 @@ def _bounce(
         )
     if not events:
         return _Decision(InboundOutcome.UNMATCHED, "unverified_bounce", recipient=recipient)
-    return _Decision(InboundOutcome.BOUNCE, recipient=recipient, events=tuple(events))
+    return _Decision(
+        InboundOutcome.BOUNCE, recipient=recipient, events=tuple(events), reports=tuple(reports)
+    )
+
+
+def _message_report(message_id: str, report: DsnRecipient) -> MessageReport:
+    """What a verified DSN says of the email it returns. `failed` (whatever its status
+    class: the server gave up on this email) fails it; `delivered` delivers it; a delay,
+    `relayed` or `expanded` prove nothing and are kept in the raw report log only."""
+    if report.action == "failed":
+        status = AttemptStatus.FAILED
+    elif report.action == "delivered":
+        status = AttemptStatus.DELIVERED
+    else:
+        status = AttemptStatus.SENT
+    return MessageReport(
+        message_id,
+        report.address,
+        status,
+        f"dsn:{report.action or 'unknown'}"[:50],
+        error_code=report.status or None,
+        detail=report.diagnostic or None,
+        failure="bounced",
+    )
 
 
 async def _reply(
@@ -255,6 +285,7 @@ async def _reply(
         return _with_reason(unmatched, "no_sender")
     if len(email.senders) > 1:
         return _with_reason(unmatched, "several_senders")
+    reports: list[MessageReport] = []
     sender = email.senders[0]
     patient = await session.get(Patient, conversation.patient_id)
     if patient is not None and (patient.email or "").lower() == sender:
@@ -277,6 +308,8 @@ def _with_reason(decision: _Decision, reason: str) -> _Decision:
         decision.outcome, reason, recipient=decision.recipient, conversation=decision.conversation
     )
 
+        if email.original_message_id is not None:
+            reports.append(_message_report(email.original_message_id, report))
 
 async def _staff_with(session: AsyncSession, sender: str) -> str | None:
     """The staff member whose address `sender` (lower case) is, if one is."""

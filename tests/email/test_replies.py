@@ -22,6 +22,7 @@ from tests.factories import make_patient
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SETTINGS = Settings()
+from tests.email.attempts import raw_log, reloaded, sent_email
 SIGNER = TokenSigner(SETTINGS.secret_key.get_secret_value())
 DOMAIN = SETTINGS.email_inbound_domain
 
@@ -220,3 +221,101 @@ class TestBounce:
         page = await email_status.status(db_session, recipient, None, 10)
         assert page.status == "unknown"
         assert [e.event for e in page.history] == ["soft_bounce"]
+
+
+class TestBounceOnItsAttempt:
+    """A verified DSN that quotes the returned email's Message-ID fails that email's
+    attempt, as a provider's failure report would."""
+
+    @pytest.mark.parametrize("returned", ["text/rfc822-headers", "message/rfc822"])
+    async def test_a_hard_bounce_fails_the_attempt_and_falls_back(
+        self, db_session: AsyncSession, returned: str
+    ) -> None:
+        recipient = unique_address()
+        notification, attempt = await sent_email(db_session, recipient)
+        raw = mail.dsn(
+            recipient,
+            to=addresses.bounce_address(SIGNER, DOMAIN, recipient),
+            original_message_id=attempt.provider_message_id,
+            returned=returned,
+        )
+        received = await receive(db_session, raw)
+        assert received.outcome == "bounce"
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, attempt.error_code) == ("failed", "5.1.1")
+        assert attempt.provider_status == "dsn:failed"
+        assert (notification.state, notification.channel_index) == ("scheduled", 1)
+        assert (notification.failure_reason or "").startswith("email: bounced: ")
+        page = await email_status.status(db_session, recipient, None, 10)
+        assert page.status == "blocked"
+        # Once more (the sending server retries): a repeat, nothing moves again.
+        assert (await receive(db_session, raw)).duplicate
+        assert len(await raw_log(db_session, attempt)) == 1
+
+    async def test_a_delay_is_the_raw_log_only(self, db_session: AsyncSession) -> None:
+        recipient = unique_address()
+        notification, attempt = await sent_email(db_session, recipient)
+        await receive(
+            db_session,
+            mail.dsn(
+                recipient,
+                to=addresses.bounce_address(SIGNER, DOMAIN, recipient),
+                action="delayed",
+                status="4.4.7",
+                original_message_id=attempt.provider_message_id,
+            ),
+        )
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, notification.state) == ("sent", "sent")
+        assert await raw_log(db_session, attempt) == [("sent", "dsn:delayed", False)]
+
+    async def test_a_bounce_after_delivery_changes_nothing(self, db_session: AsyncSession) -> None:
+        recipient = unique_address()
+        notification, attempt = await sent_email(db_session, recipient)
+        attempt.status, notification.state = "delivered", "delivered"
+        await db_session.flush()
+        await receive(
+            db_session,
+            mail.dsn(
+                recipient,
+                to=addresses.bounce_address(SIGNER, DOMAIN, recipient),
+                original_message_id=attempt.provider_message_id,
+            ),
+        )
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, attempt.error_code, notification.state) == (
+            "delivered",
+            None,
+            "delivered",
+        )
+        assert await raw_log(db_session, attempt) == [("failed", "dsn:failed", False)]
+
+    async def test_an_unverified_bounce_fails_nothing(self, db_session: AsyncSession) -> None:
+        """Sent anywhere but the recipient's own bounce address, a report naming the
+        email's Message-ID is kept unmatched: nobody fails a message by mailing us."""
+        recipient = unique_address()
+        notification, attempt = await sent_email(db_session, recipient)
+        for to in (
+            addresses.bounce_address(SIGNER, DOMAIN, unique_address()),
+            f"postmaster@{DOMAIN}",
+        ):
+            received = await receive(
+                db_session,
+                mail.dsn(recipient, to=to, original_message_id=attempt.provider_message_id),
+            )
+            assert received.reason == "unverified_bounce"
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, notification.state) == ("sent", "sent")
+        assert await raw_log(db_session, attempt) == []
+
+    async def test_without_the_message_id_only_the_address_is_blocked(
+        self, db_session: AsyncSession
+    ) -> None:
+        recipient = unique_address()
+        notification, attempt = await sent_email(db_session, recipient)
+        await receive(
+            db_session, mail.dsn(recipient, to=addresses.bounce_address(SIGNER, DOMAIN, recipient))
+        )
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert attempt.status == "sent"
+        assert (await email_status.status(db_session, recipient, None, 10)).status == "blocked"
