@@ -224,20 +224,28 @@ def smtp_inbound(
     port: Annotated[int, typer.Option(help="Port to listen on (25 behind the MX).")] = 2525,
 ) -> None:
     """Receive email replies and bounces by SMTP (for EMAIL_INBOUND_DOMAIN only)."""
+    from arq import create_pool
+
     from app.db.session import create_engine_and_sessionmaker
     from app.email.smtp_receiver import serve
     from app.logs import configure_logging
+    from app.redis import redis_settings
 
-    database_url, _ = prepare_environment(redis=False)
+    database_url, redis_url = prepare_environment(redis=False)
     require_migrated(database_url)
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
 
     async def run() -> None:
         engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=5)
+        # With Redis configured, the answer to a STOP/START/HELP by email goes to a
+        # worker at once; without, the workers' cron finds it.
+        redis = await create_pool(redis_settings(redis_url)) if redis_url else None
         try:
-            await serve(settings, sessionmaker, host, port)
+            await serve(settings, sessionmaker, host, port, redis=redis)
         finally:
+            if redis is not None:
+                await redis.aclose()
             await engine.dispose()
 
     console.print(f"SMTP receiver for @{settings.email_inbound_domain} on {host}:{port}")

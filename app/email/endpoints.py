@@ -39,6 +39,7 @@ from app.email.schemas import (
     InboundEmailPage,
 )
 from app.errors import AppError, Forbidden, PayloadTooLarge, Unauthorized
+from app.messages import replies as patient_answers
 from app.observability import CALLBACKS
 from app.pagination import Cursor, Limit
 
@@ -89,6 +90,10 @@ async def sendgrid_inbound_parse(request: Request, session: DbSession) -> Inboun
         via="inbound_parse",
         envelope_recipients=post.envelope_recipients,
     )
+    if received.answer_id is not None:
+        # Committed before a worker is told: it must find the answer.
+        await session.commit()
+        await patient_answers.hand_on(request.app.state.redis, [received.answer_id])
     CALLBACKS.labels("sendgrid", f"inbound_{received.outcome}").inc()
     return InboundAccepted(outcome=received.outcome, reason=received.reason)
 
@@ -152,17 +157,17 @@ async def sendgrid_events(
         batch = sendgrid.address_events(body, opens_are_reads=settings.email_opens_are_reads)
     except sendgrid.BadWebhook as exc:
         raise BadEmailWebhook(str(exc)) from exc
+    # Addresses first, then attempts (and their notifications): the order every post
+    # takes its locks in.
     recorded = await email_status.record(session, batch.events)
+    applied = await reports.apply(session, batch.reports)
     if batch.unreadable:
         # Reported, not swallowed: SendGrid's format changed, or a post was odd.
         log.warning("unreadable SendGrid events", extra={"count": batch.unreadable})
     CALLBACKS.labels("sendgrid", "events").inc()
-    # Addresses first, then attempts (and their notifications): the order every post
-    # takes its locks in.
     return EventsAccepted(
         recorded=recorded, reports=applied, ignored=batch.ignored, unreadable=batch.unreadable
     )
-    applied = await reports.apply(session, batch.reports)
 
 
 def _public_key(request: Request, text: str) -> Any:

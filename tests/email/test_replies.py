@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import io
 import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.channels.base import ChannelName, OutgoingMessage, SendResult
 from app.config import Settings
 from app.conversations import service as conversation_service
 from app.email import addresses, replies
 from app.email import status as email_status
 from app.email.parsing import parse
-from app.models import Conversation, InboundEmail, Message, StaffMember, WebhookEvent
+from app.email.rules import AddressEvent, AddressEventKind
+from app.messages import replies as patient_answers
+from app.models import Conversation, InboundEmail, Message, Patient, StaffMember, WebhookEvent
 from app.security import TokenSigner
 from tests.email import mail
+from tests.email.attempts import raw_log, reloaded, sent_email
 from tests.factories import make_patient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SETTINGS = Settings()
-from tests.email.attempts import raw_log, reloaded, sent_email
 SIGNER = TokenSigner(SETTINGS.secret_key.get_secret_value())
 DOMAIN = SETTINGS.email_inbound_domain
 
@@ -34,6 +39,19 @@ def unique_address(name: str = "rahim") -> str:
 async def conversation_with(session: AsyncSession, email: str | None) -> Conversation:
     patient = await make_patient(session, email=email)
     return await conversation_service.open_conversation(session, patient.id, "Your visit", "a-1")
+
+
+@dataclass
+class StubEmail:
+    sent: list[OutgoingMessage] = field(default_factory=list)
+    name: ChannelName = ChannelName.EMAIL
+    base_url: str = "smtp://stub"
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        self.sent.append(message)
+        return SendResult(
+            provider_message_id=f"{uuid.uuid4().hex}@clinic.example", provider_status="250"
+        )
 
 
 async def receive(session: AsyncSession, raw: bytes, **kwargs: object) -> replies.Received:
@@ -104,6 +122,116 @@ class TestPatientReply:
         follow_up = await db_session.get(Conversation, received.conversation_id)
         assert follow_up is not None
         assert (follow_up.reference, follow_up.state) == ("a-1", "open")
+
+
+class TestConsentKeywords:
+    """STOP, START and HELP alone on a reply's first line act on consent through the
+    path an SMS keyword takes; the answer goes back by email."""
+
+    async def test_stop_opts_the_patient_out_and_is_answered_by_email(
+        self, db_session: AsyncSession
+    ) -> None:
+        sender = unique_address()
+        conversation = await conversation_with(db_session, sender)
+        to = addresses.reply_address(SIGNER, DOMAIN, conversation.id)
+        received = await receive(db_session, mail.reply(sender=sender, to=to, text="Stop."))
+        assert (received.outcome, received.reason) == ("attached", "keyword:stop")
+        patient = await db_session.get(Patient, conversation.patient_id, populate_existing=True)
+        assert patient is not None and list(patient.opted_out_channels) == ["*"]
+        # Stored as the patient's message, on no conversation (as an SMS keyword is).
+        message = await db_session.get(Message, received.message_id)
+        assert message is not None
+        assert (message.channel, message.conversation_id) == ("email", None)
+        # The answer, to go back by email to the patient.
+        assert received.answer_id is not None
+        answer = await db_session.get(Message, received.answer_id)
+        assert answer is not None
+        assert (answer.direction, answer.channel, answer.audience, answer.send_state) == (
+            "out",
+            "email",
+            "reply",
+            "pending",
+        )
+        changed = await db_session.scalar(
+            select(WebhookEvent).where(
+                WebhookEvent.type == "consent.changed",
+                WebhookEvent.patient_id == conversation.patient_id,
+            )
+        )
+        assert changed is not None
+        assert (changed.data["source"], changed.data["channel"]) == ("keyword:stop", "email")
+
+    @pytest.mark.parametrize("blocked", [False, True])
+    async def test_the_answer_goes_to_the_patients_address(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        blocked: bool,
+    ) -> None:
+        sender = unique_address()
+        conversation = await conversation_with(db_session, sender)
+        to = addresses.reply_address(SIGNER, DOMAIN, conversation.id)
+        received = await receive(db_session, mail.reply(sender=sender, to=to, text="HELP"))
+        assert received.reason == "keyword:help" and received.answer_id is not None
+        if blocked:
+            await email_status.record(
+                db_session,
+                [AddressEvent(sender, AddressEventKind.COMPLAINT, "sendgrid", datetime.now(UTC))],
+            )
+        await db_session.commit()
+        channel = StubEmail()
+        sent = await patient_answers.send(
+            db_sessionmaker,
+            Settings(app_env="test", fake_providers=True),
+            {"email": channel},  # type: ignore[dict-item]
+            received.answer_id,
+            last_try=True,
+        )
+        if blocked:
+            assert (sent.state, channel.sent) == ("failed", [])
+            assert sent.failure_reason == "the patient's email address is blocked"
+            return
+        assert sent.state == "sent"
+        [message] = channel.sent
+        assert (message.email, message.phone_e164) == (sender, "")
+        assert message.title and message.text.startswith(message.title.rstrip("\u2026"))
+
+    async def test_start_lifts_it(self, db_session: AsyncSession) -> None:
+        sender = unique_address()
+        conversation = await conversation_with(db_session, sender)
+        to = addresses.reply_address(SIGNER, DOMAIN, conversation.id)
+        await receive(db_session, mail.reply(sender=sender, to=to, text="STOP"))
+        received = await receive(db_session, mail.reply(sender=sender, to=to, text="START"))
+        assert received.reason == "keyword:start"
+        patient = await db_session.get(Patient, conversation.patient_id, populate_existing=True)
+        assert patient is not None and list(patient.opted_out_channels) == []
+
+    @pytest.mark.parametrize(
+        "text",
+        ["Yes, I will come on Tuesday.", "Cancel my Tuesday visit please", "Stop by at ten?"],
+    )
+    async def test_a_sentence_is_an_answer_for_the_clinic_not_consent(
+        self, db_session: AsyncSession, text: str
+    ) -> None:
+        """YES (START) and CANCEL (STOP) are keywords: only alone on the first line."""
+        sender = unique_address()
+        conversation = await conversation_with(db_session, sender)
+        to = addresses.reply_address(SIGNER, DOMAIN, conversation.id)
+        received = await receive(db_session, mail.reply(sender=sender, to=to, text=text))
+        assert (received.outcome, received.reason) == ("attached", None)
+        assert received.conversation_id == conversation.id
+        patient = await db_session.get(Patient, conversation.patient_id, populate_existing=True)
+        assert patient is not None and list(patient.opted_out_channels) == []
+
+    async def test_from_someone_else_it_changes_no_consent(self, db_session: AsyncSession) -> None:
+        conversation = await conversation_with(db_session, unique_address())
+        to = addresses.reply_address(SIGNER, DOMAIN, conversation.id)
+        received = await receive(
+            db_session, mail.reply(sender=unique_address(), to=to, text="STOP")
+        )
+        assert (received.outcome, received.reason) == ("unmatched", "unknown_sender")
+        patient = await db_session.get(Patient, conversation.patient_id, populate_existing=True)
+        assert patient is not None and list(patient.opted_out_channels) == []
 
 
 class TestStaffReply:
