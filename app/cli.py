@@ -459,6 +459,13 @@ def fake_mail(
         Path | None, typer.Option(help="Where mail is kept; default DATA_DIR/mail.")
     ] = None,
     keep: Annotated[int, typer.Option(min=1, help="The newest messages kept.")] = 1000,
+    inbound_smtp: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of `notify smtp-inbound`: where POST /_fake/mail/ID/reply and "
+            "/bounce send a kept message's reply or bounce."
+        ),
+    ] = None,
 ) -> None:
     """Serve the embedded SMTP server: accepts every message, relays none, keeps the
     newest in a folder and shows them at http://HOST:PORT/_fake/mail."""
@@ -466,7 +473,13 @@ def fake_mail(
 
     if folder is None:
         folder = Path(get_settings().data_dir) / "mail"
-    mail.serve(folder, host, smtp_port, port, keep)
+    inbound = None
+    if inbound_smtp:
+        inbound_host, _, inbound_port = inbound_smtp.rpartition(":")
+        if not inbound_host or not inbound_port.isdigit():
+            raise typer.BadParameter("HOST:PORT", param_hint="--inbound-smtp")
+        inbound = (inbound_host, int(inbound_port))
+    mail.serve(folder, host, smtp_port, port, keep, inbound)
 
 
 @cli.command("webhook-sink")
