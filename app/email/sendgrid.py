@@ -129,7 +129,8 @@ def _message_report(item: dict[str, Any], opens_are_reads: bool) -> MessageRepor
     elif name == "dropped":
         status, failure = AttemptStatus.FAILED, "dropped by SendGrid"
     elif name == "deferred":
-        # Still being tried: moves nothing, kept in the raw report log.
+        # Still being tried: moves a `sent` attempt nowhere, kept in the raw report log
+        # (an `unconfirmed` one learns that SendGrid has it: `sent`).
         status, failure = AttemptStatus.SENT, None
     elif name == "open" and opens_are_reads:
         status, failure = AttemptStatus.READ, None

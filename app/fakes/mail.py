@@ -352,9 +352,10 @@ class FakeMail:
         assert self.store.inbound is not None
         host, port = self.store.inbound
         try:
-            _, answer = await aiosmtplib.send(
-                message, sender=sender, recipients=[to], hostname=host, port=port, timeout=30
-            )
+            # A client of its own: `aiosmtplib.send` refuses the null sender (`<>`) that
+            # a bounce comes from.
+            async with aiosmtplib.SMTP(hostname=host, port=port, timeout=30) as smtp:
+                _, answer = await smtp.sendmail(sender, [to], message)
         except aiosmtplib.SMTPException as exc:
             self.store.counts[f"{kind}_refused"] += 1
             return json_response({"sent": False, "to": to, "answer": str(exc)}, status=502)

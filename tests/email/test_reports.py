@@ -13,7 +13,7 @@ from app.email import reports, sendgrid
 from app.states import AttemptStatus
 from tests.email.attempts import raw_log, reloaded, sent_email
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+on_the_session_loop = pytest.mark.asyncio(loop_scope="session")
 
 
 def event(address: str, name: str, smtp_id: str, **fields: object) -> dict[str, object]:
@@ -63,6 +63,7 @@ class TestReading:
         assert with_opens.ignored == 2
 
 
+@on_the_session_loop
 class TestOpens:
     async def test_an_open_reads_the_email_when_opens_are_reads(
         self, db_session: AsyncSession
@@ -78,6 +79,7 @@ class TestOpens:
         assert await raw_log(db_session, attempt) == [("read", "open", True)]
 
 
+@on_the_session_loop
 class TestDeferred:
     async def test_a_deferral_moves_a_sent_email_nowhere(self, db_session: AsyncSession) -> None:
         address = f"d.{uuid.uuid4().hex[:8]}@example.com"
