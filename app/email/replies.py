@@ -41,6 +41,7 @@ from app import pagination
 from app.config import Settings
 from app.consent import service as consent_service
 from app.consent.keywords import Keyword, keyword_of
+from app.consent.rules import opted_out_of
 from app.conversations import service as conversation_service
 from app.email import addresses
 from app.email import reports as email_reports
@@ -140,7 +141,7 @@ async def receive(
     await email_reports.apply(session, decision.reports)
     if decision.outcome != InboundOutcome.ATTACHED:
         return await _kept(decision, inbound_id)
-    keyword = keyword_of(first_line(email.text), settings) if decision.patient else None
+    keyword = _consent_keyword(email, decision.patient, settings)
     if keyword is not None:
         return await _consent(session, settings, email, decision, keyword, inbound_id, now)
     try:
@@ -173,6 +174,22 @@ def first_line(text: str) -> str:
     (START) and CANCEL (STOP), and "Yes, I will come" or "Cancel my Tuesday visit" are
     answers for the clinic, not consent."""
     return next((line for line in text.splitlines() if line.strip()), "")
+
+
+def _consent_keyword(
+    email: ParsedEmail, patient: Patient | None, settings: Settings
+) -> Keyword | None:
+    """The consent keyword a patient's reply is, if it is one: its first line alone.
+
+    START from a patient who has not opted out of email is no keyword here: the START
+    words include YES, and "Yes." is the usual answer to the question the email asked
+    (it is filed on the conversation). It lifts an opt-out as by SMS."""
+    if patient is None:
+        return None
+    keyword = keyword_of(first_line(email.text), settings)
+    if keyword is Keyword.START and not opted_out_of(patient.opted_out_channels, EMAIL_CHANNEL):
+        return None
+    return keyword
 
 
 async def _consent(

@@ -208,12 +208,20 @@ class TestConsentKeywords:
 
     @pytest.mark.parametrize(
         "text",
-        ["Yes, I will come on Tuesday.", "Cancel my Tuesday visit please", "Stop by at ten?"],
+        [
+            "Yes, I will come on Tuesday.",
+            "Cancel my Tuesday visit please",
+            "Stop by at ten?",
+            # YES is a START word; from a patient who has not opted out, an answer.
+            "Yes.",
+            "START",
+        ],
     )
     async def test_a_sentence_is_an_answer_for_the_clinic_not_consent(
         self, db_session: AsyncSession, text: str
     ) -> None:
-        """YES (START) and CANCEL (STOP) are keywords: only alone on the first line."""
+        """YES (START) and CANCEL (STOP) are keywords: only alone on the first line; and
+        START only lifts an opt-out."""
         sender = unique_address()
         conversation = await conversation_with(db_session, sender)
         to = addresses.reply_address(SIGNER, DOMAIN, conversation.id)
