@@ -14,7 +14,7 @@ import pytest_asyncio
 import sentry_sdk
 from aiohttp import web
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import observability
@@ -28,14 +28,17 @@ from app.channels.whatsapp import NO_TEMPLATE
 from app.config import Settings
 from app.delivery import repository as delivery_repository
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.unread import hand_on_unread
 from app.fakes.whatsapp import FakeWhatsAppConfig, start_fake_whatsapp
-from app.models import Message, Patient, Template
+from app.models import Message, Notification, Patient, Template
+from app.states import AttemptStatus
 from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import (
     ScriptedChannel,
     due,
     make_dispatcher,
     reload,
+    report,
     settings_for,
 )
 from tests.factories import make_patient
@@ -402,6 +405,42 @@ class TestErrors:
         assert (fresh.state, fresh.retry_count) == ("scheduled", 1)
         other_worker = channel_registry.build_limiters(dispatcher.settings, redis)["whatsapp"]
         assert 0.5 < await other_worker.reserve(1) <= 1.0
+
+
+class TestUnreadFallback:
+    async def test_delivered_on_whatsapp_and_not_read_goes_once_more_on_sms(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        dispatcher: Dispatcher,
+    ) -> None:
+        notification = await reminder(
+            db_session, await indian_patient(db_session, 81), await template(db_session)
+        )
+        await dispatcher.dispatch_once()
+        _, [attempt] = await reload(db_session, notification)
+        await report(db_session, attempt.id, AttemptStatus.DELIVERED)
+        await db_session.execute(
+            update(Notification)
+            .where(Notification.id == notification.id)
+            .values(sent_at=datetime.now(UTC) - timedelta(hours=7))
+        )
+        await db_session.commit()
+
+        rules = dispatcher.settings.model_copy(update={"unread_fallback_hours": {"*": 6.0}})
+        assert await hand_on_unread(db_sessionmaker, rules) == 1
+        handed, _ = await reload(db_session, notification)
+        assert (handed.state, handed.channel_index) == ("scheduled", 1)
+        assert handed.failure_reason == "whatsapp: not read within 6 h"
+        await dispatcher.dispatch_once()
+        db_session.expire(attempt)  # loaded before its report
+        sent, attempts = await reload(db_session, notification)
+        assert sent.state == "sent"
+        assert [(a.channel, a.status) for a in attempts] == [
+            ("whatsapp", "delivered"),
+            ("sms", "sent"),
+        ]
+        assert await hand_on_unread(db_sessionmaker, rules) == 0
 
 
 class TestSharedLimit:
