@@ -76,6 +76,22 @@ class TestLayers:
         assert {(d.importer, d.imported) for d in illegal} == {("app.models", "workers")}
 
 
+class TestCommandRoot:
+    def test_nothing_imports_the_command_root(self, graph: grimp.ImportGraph) -> None:
+        """app/cli.py is a root: no cycle can run through it (issue 10: bench, imo and
+        experiments imported it back, a circle of 10 files)."""
+        assert graph.find_modules_that_directly_import("app.cli") == set()
+
+    def test_only_the_command_root_imports_workers(self, graph: grimp.ImportGraph) -> None:
+        importers = {
+            importer
+            for module in graph.find_descendants("workers") | {"workers"}
+            for importer in graph.find_modules_that_directly_import(module)
+            if importer == "app" or importer.startswith("app.")
+        }
+        assert importers == {"app.cli"}
+
+
 class TestCycles:
     def test_no_package_imports_a_sibling_that_imports_it_back(
         self, graph: grimp.ImportGraph
@@ -90,3 +106,4 @@ class TestCycles:
         finally:
             graph.remove_import(importer="app.db.session", imported="app.models.notification")
         assert "app" in found
+
