@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
@@ -39,7 +38,7 @@ from app.email import status as email_status
 from app.email.parsing import ParsedEmail
 from app.email.rules import AddressEvent, AddressEventKind
 from app.errors import AppError
-from app.models import Conversation, InboundEmail, Message, Patient, StaffMember
+from app.models import Conversation, InboundEmail, Message, Patient
 from app.models.conversation import ConversationState
 from app.models.inbound_email import InboundOutcome
 from app.models.message import Direction
@@ -261,7 +260,7 @@ async def _reply(
         return _Decision(
             InboundOutcome.ATTACHED, recipient=recipient, conversation=conversation, patient=patient
         )
-    staff_id = await _staff_with(session, sender)
+    staff_id = await email_repository.staff_with_address(session, sender)
     if staff_id is not None:
         return _Decision(
             InboundOutcome.ATTACHED,
@@ -275,16 +274,6 @@ async def _reply(
 def _with_reason(decision: _Decision, reason: str) -> _Decision:
     return _Decision(
         decision.outcome, reason, recipient=decision.recipient, conversation=decision.conversation
-    )
-
-
-async def _staff_with(session: AsyncSession, sender: str) -> str | None:
-    """The staff member whose address `sender` (lower case) is, if one is."""
-    return await session.scalar(
-        select(StaffMember.id)
-        .where(func.lower(StaffMember.email) == sender)
-        .order_by(StaffMember.updated_at.desc(), StaffMember.id)
-        .limit(1)
     )
 
 
