@@ -16,7 +16,7 @@
   deliveries): the statement triggers do not see a TRUNCATE, so the counts outlived it.
 
 Revision ID: 20261205_dashboard_bounded_reads
-Revises: 20261205_dispatch_fillfactor
+Revises: 20261205_group_moved_history
 Create Date: 2026-12-05 01:30:00+00:00
 """
 
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261205_dashboard_bounded_reads"
-down_revision: str | None = "20261205_dispatch_fillfactor"
+down_revision: str | None = "20261205_group_moved_history"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
