@@ -334,11 +334,32 @@ def experiments(
 def dashboard(
     notifications: Annotated[list[int], typer.Option("--notifications", "-n")] = [10_000_000],  # noqa: B006
     repeats: Annotated[int, typer.Option(help="Requests per page.")] = 40,
+    pages: Annotated[
+        bool,
+        typer.Option(
+            help="Also the pages that read rows (patient lookup and page, gateways, "
+            "webhooks) on N seeded notifications and --deliveries webhook deliveries: "
+            "minutes of seeding at 10,000,000 (see --reuse)."
+        ),
+    ] = False,
+    deliveries: Annotated[
+        int, typer.Option(help="With --pages: webhook deliveries seeded.")
+    ] = 1_000_000,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            help="Measure on the database a previous run seeded with the same N (and "
+            "deliveries), migrated to head; seed it only if there is none."
+        ),
+    ] = False,
     json_path: JsonOption = None,
 ) -> None:
-    """The dashboard's pages (p50/p95) on the hourly counts of N notifications over 90 days."""
+    """The dashboard's pages (p50/p95) on the counts of N notifications over 90 days, and
+    with --pages those that read rows."""
     from app.bench import dashboard as bench_dashboard
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_dashboard.run(notifications, repeats, json_path)
+    bench_dashboard.run(
+        notifications, repeats, json_path, pages=pages, deliveries=deliveries, reuse=reuse
+    )

@@ -136,9 +136,19 @@ async def _execute(connection: AsyncConnection, sql: str, **params: Any) -> floa
     return time.perf_counter() - began
 
 
+# The patient with N / 500 messages (row i with i % 500 = 5), and their mobile number.
+HEAVY_PATIENT = "h00000000"
+HEAVY_PATIENT_MOBILE = "+8801700000000"
+
+
+def patients_of(n: int) -> int:
+    """How many patients the seed of N notifications makes (`h00000000` ...)."""
+    return max(1_000, n // 100)
+
+
 async def seed(database_url: str, n: int) -> dict[str, float]:
     """Seed N notifications; returns the seconds of each step."""
-    patients = max(1_000, n // 100)
+    patients = patients_of(n)
     start = datetime.now(UTC) - timedelta(days=365)
     step = timedelta(days=365) / n
     took: dict[str, float] = {}
@@ -267,7 +277,7 @@ def _p99(values: list[float]) -> float:
 async def measure(n: int, requests: int) -> dict[str, Any]:
     database_url = await fresh_database(DATABASE)
     took = await seed(database_url, n)
-    patients = max(1_000, n // 100)
+    patients = patients_of(n)
     _, key = await auth_service.issue_api_key(database_url, "bench")
     engine = create_async_engine(database_url)
     rng = random.Random(16)  # picks pages, not secrets
