@@ -217,6 +217,44 @@ class TestDatesAtTheEdges:
         assert_clear_4xx(answer, "visited_at")
 
 
+class TestTimesOfEventsAndBroadcasts:
+    """Found auditing issue 11: the bodies added after it took any time with an offset,
+    and `0001-01-01T00:00:00+14:00` (before year 1 in UTC) cannot be sent to PostgreSQL."""
+
+    @pytest.mark.parametrize(
+        "moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "9999-12-31T00:00Z"]
+    )
+    async def test_an_event_at_the_edge_of_the_calendar(
+        self, api: httpx.AsyncClient, db_session: AsyncSession, moment: str
+    ) -> None:
+        patient = await make_patient(db_session)
+        answer = await api.post(
+            "/v1/events",
+            json={
+                "id": unique_id("e"),
+                "type": "enrolment",
+                "patient_id": patient.id,
+                "occurred_at": moment,
+            },
+        )
+        assert_clear_4xx(answer, "occurred_at")
+
+    @pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z"])
+    async def test_a_broadcast_at_the_edge_of_the_calendar(
+        self, api: httpx.AsyncClient, moment: str
+    ) -> None:
+        answer = await api.post(
+            "/v1/broadcasts",
+            json={
+                "group": "anyone",
+                "template": "appointment_reminder.basic",
+                "purpose": "camp",
+                "send_at": moment,
+            },
+        )
+        assert_clear_4xx(answer, "send_at")
+
+
 class TestUnknownKeys:
     async def test_a_lone_surrogate_in_an_unknown_key_is_a_clear_422(
         self, api: httpx.AsyncClient
