@@ -38,6 +38,7 @@ from app.email import repository as email_repository
 from app.email import status as email_status
 from app.email.parsing import ParsedEmail
 from app.email.rules import AddressEvent, AddressEventKind
+from app.email.text import single_line
 from app.errors import AppError
 from app.models import Conversation, InboundEmail, Message, Patient, StaffMember
 from app.models.conversation import ConversationState
@@ -175,7 +176,9 @@ def _candidates(envelope: Sequence[str], headers: Sequence[str]) -> list[str]:
     receiving server was told), then the To, Cc and Delivered-To headers."""
     found: list[str] = []
     for raw in [*envelope, *headers]:
-        address = raw.strip().strip("<>").lower()
+        # Cleaned as the headers' are: the envelope comes as it was given (SendGrid's JSON,
+        # an SMTP client's RCPT TO), and an unmatched one is kept (a null was a 500).
+        address = single_line(raw, 300).strip("<>").lower()
         if address and address not in found:
             found.append(address)
     return found
