@@ -114,6 +114,15 @@ class TestImoReadReceipt:
             assert answer.status_code == 404, token
         assert await states(db_session, notification, attempt) == ("sent", "sent")
 
+    @pytest.mark.parametrize("kind", ["notifications", "invitations"])
+    async def test_a_token_beyond_ascii_is_a_404_not_a_500(
+        self, api: httpx.AsyncClient, kind: str
+    ) -> None:
+        # Found auditing issue 11: hmac.compare_digest raised TypeError for its MAC.
+        for token in ("YQ.\u00e9", "MTIz.%C3%A9%C3%A9"):
+            answer = await api.post(f"/callbacks/imo/{kind}/{token}", json={"event": "x"})
+            assert answer.status_code == 404, (token, answer.text)
+
     async def test_a_post_id_of_another_message_is_refused(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
