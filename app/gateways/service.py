@@ -17,13 +17,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.service import hash_key
 from app.channels.base import ChannelName
 from app.channels.inbound import IncomingMessage
 from app.config import Settings
-from app.db.session import create_engine_and_sessionmaker, standalone_session
+from app.db.session import (
+    create_engine_and_sessionmaker,
+    standalone_session,
+    unique_violation,
+)
 from app.delivery import provider_reports
 from app.delivery.types import Report
 from app.errors import Conflict
@@ -54,8 +59,14 @@ async def create_gateway(
         number=number,
         secret_hash=hash_key(secret),
     )
-    session.add(gateway)
-    await session.flush()
+    try:
+        # Two requests with one name racing: the unique constraint picks the winner.
+        async with session.begin_nested():
+            session.add(gateway)
+    except IntegrityError as exc:
+        if not unique_violation(exc):
+            raise
+        raise Conflict(f"a gateway named {name!r} exists already") from exc
     return gateway, secret
 
 
