@@ -5,11 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Mapping
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.models import Patient
+
 # Every patient messaged at the sender's number, and the one it matched: a STOP from a
-# family phone stops what goes to that phone, whoever the reminder is for.
+# family phone stops what goes to that phone, whoever the reminder is for. No phone (an
+# email, whose reply token names one patient): that patient alone.
 _PATIENTS_OF_SENDER = """
     SELECT id FROM patients
     WHERE id = CAST(:patient_id AS text) OR mobile_e164 = CAST(:phone AS text)
@@ -70,7 +73,7 @@ _OPT_OUT_MANY = text(
 
 
 async def opt_out_sender(
-    session: AsyncSession, patient_id: str, phone: str, channels: Collection[str]
+    session: AsyncSession, patient_id: str, phone: str | None, channels: Collection[str]
 ) -> list[str]:
     """Add `channels` to the opt-outs of the patients of this sender -> their ids."""
     rows = await session.execute(
@@ -80,7 +83,7 @@ async def opt_out_sender(
 
 
 async def opt_in_sender(
-    session: AsyncSession, patient_id: str, phone: str, channel: str
+    session: AsyncSession, patient_id: str, phone: str | None, channel: str
 ) -> list[str]:
     """Lift the every-channel opt-out and `channel`'s -> the patients' ids."""
     rows = await session.execute(
@@ -108,3 +111,13 @@ async def opt_out_many(session: AsyncSession, opt_outs: Mapping[str, str]) -> No
             _OPT_OUT_MANY,
             {"patient_ids": list(opt_outs), "channels": list(opt_outs.values())},
         )
+
+
+async def opted_out_channels(session: AsyncSession, patient_id: str) -> list[str]:
+    """The patient's opt-outs as they now stand (read again, not the session's copy)."""
+    opted_out = await session.scalar(
+        select(Patient.opted_out_channels)
+        .where(Patient.id == patient_id)
+        .execution_options(populate_existing=True)
+    )
+    return list(opted_out or ())

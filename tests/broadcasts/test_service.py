@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.broadcasts import service as broadcast_service
 from app.config import Settings
-from app.models import Broadcast, Notification
+from app.models import Broadcast, BroadcastLane, Notification
 from tests.clock import daytime_zone, night_zone
 from tests.factories import make_patient, unique_id
 
@@ -54,7 +54,9 @@ async def messages_of(session: AsyncSession, broadcast_id: str) -> list[Notifica
 
 
 def small_chunks() -> Settings:
-    return Settings().model_copy(update={"broadcast_chunk_size": 2})
+    # One lane: these tests' sessions share one connection, which can run one statement
+    # at a time (tests/broadcasts/test_lanes.py fans out in lanes on a pool).
+    return Settings().model_copy(update={"broadcast_chunk_size": 2, "broadcast_fan_out_lanes": 1})
 
 
 class TestFanOut:
@@ -137,7 +139,13 @@ class TestFanOut:
         await broadcast_service.fan_out(db_sessionmaker, broadcast_id, small_chunks())
         stored = await db_session.get(Broadcast, broadcast_id, populate_existing=True)
         assert stored is not None
-        stored.state, stored.cursor, stored.members = "fanning_out", f"{tag}-1", 2
+        (lane,) = await db_session.scalars(
+            select(BroadcastLane)
+            .where(BroadcastLane.broadcast_id == broadcast_id)
+            .execution_options(populate_existing=True)
+        )
+        stored.state = "fanning_out"
+        lane.cursor, lane.members, lane.done = f"{tag}-1", 2, False
         await db_session.flush()
         result = await broadcast_service.fan_out(db_sessionmaker, broadcast_id, small_chunks())
         assert result.members == 5
