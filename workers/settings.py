@@ -151,8 +151,9 @@ async def reconcile_sent(ctx: Context) -> dict[str, int]:
 
 
 async def fold_notification_counts(ctx: Context) -> int:
-    """Cron: fold the dashboard's count deltas into the hourly counts. Safe on every
-    worker at once (app/dashboard/repository.py)."""
+    """Cron: fold the dashboard's count deltas into the hourly and daily counts, and the
+    webhook deliveries' into theirs. Safe on every worker at once
+    (app/dashboard/repository.py)."""
     async with ctx["sessionmaker"]() as session:
         moved = await dashboard_repository.fold_counts(session)
         await session.commit()

@@ -1,5 +1,10 @@
 """`notify bench callbacks`: Imo read receipts and signed Twilio statuses posted at the API
-by a load generator in another process; every one must be reflected in the database."""
+by a load generator in another process; every one must be reflected in the database.
+
+`--history H`: each run's database is a copy of a template holding H older
+notifications and attempts (app/bench/history.py), as for `notify bench dispatch`; the
+callbacks' own attempts then take the ids after the history's.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app import embedded
+from app.bench import history as bench_history
 from app.bench import webhooks as bench_webhooks
 from app.bench.common import (
     CpuSeconds,
     PeakMemory,
     Result,
+    compare,
     console,
+    drop_database,
     fakes_and_env,
     fresh_database,
     run_module,
@@ -24,14 +32,15 @@ from app.bench.common import (
 from app.config import get_settings
 from app.webhooks import service as webhook_service
 
-# N sent notifications, each with one sent attempt: even attempt ids on Imo, odd on SMS.
+# N sent notifications, each with one sent attempt, ids first..first + N - 1 (after any
+# history's): even attempt ids on Imo, odd on SMS.
 SEED = [
     """
     INSERT INTO patients (id, full_name, phone_numbers, mobile_e164, country, locale,
                           time_zone, reminder_consent)
     SELECT 'c-' || i, 'Patient', '[]'::jsonb, '+8801711000003', 'BD', 'en', 'Asia/Dhaka',
            'granted'
-    FROM generate_series(1, :n) AS i
+    FROM generate_series(CAST(:first AS bigint), CAST(:first AS bigint) + :n - 1) AS i
     """,
     """
     INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables, title,
@@ -40,32 +49,51 @@ SEED = [
     SELECT md5('n' || i)::uuid, 'c-' || i, 'appointment_reminder', 'appointment_reminder.basic',
            'en', '{}'::jsonb, 'Reminder', 'Text', 'sent', now(), now() + interval '4 days',
            0, 0, now()
-    FROM generate_series(1, :n) AS i
+    FROM generate_series(CAST(:first AS bigint), CAST(:first AS bigint) + :n - 1) AS i
     """,
     """
     INSERT INTO delivery_attempts (id, notification_id, channel, status, provider_message_id,
                                    sent_at)
     SELECT i, md5('n' || i)::uuid, CASE WHEN i % 2 = 0 THEN 'imo' ELSE 'sms' END, 'sent',
            CASE WHEN i % 2 = 0 THEN 'post-' || i ELSE 'SM' || lpad(i::text, 32, '0') END, now()
-    FROM generate_series(1, :n) AS i
+    FROM generate_series(CAST(:first AS bigint), CAST(:first AS bigint) + :n - 1) AS i
     """,
 ]
 
 
-async def seed(engine: AsyncEngine, n: int) -> None:
+async def seed(engine: AsyncEngine, n: int) -> int:
+    """Seed N callbacks' notifications and attempts; returns the first attempt id."""
     async with engine.begin() as connection:
+        first = 1 + int(
+            await connection.scalar(text("SELECT COALESCE(max(id), 0) FROM delivery_attempts")) or 0
+        )
         for statement in SEED:
-            await connection.execute(text(statement), {"n": n})
+            await connection.execute(text(statement), {"n": n, "first": first})
+    # As on an older table, hint bits and statistics are set before the clock starts (on
+    # an empty table or a history alike: the runs compare).
+    async with engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.execute(text("VACUUM ANALYZE patients, notifications, delivery_attempts"))
+    return first
 
 
-async def reflected(engine: AsyncEngine) -> dict[str, int]:
+async def reflected(engine: AsyncEngine, first: int) -> dict[str, int]:
+    """The callbacks' attempts (ids from `first`) by status, their notifications by state."""
     async with engine.connect() as connection:
         rows = await connection.execute(
-            text("SELECT status, count(*) FROM delivery_attempts GROUP BY status")
+            text(
+                "SELECT status, count(*) FROM delivery_attempts WHERE id >= :first GROUP BY status"
+            ),
+            {"first": first},
         )
         attempts = {f"attempts {status}": count for status, count in rows.all()}
         rows = await connection.execute(
-            text("SELECT state, count(*) FROM notifications GROUP BY state")
+            text(
+                "SELECT n.state, count(*) FROM delivery_attempts AS a"
+                " JOIN notifications AS n ON n.id = a.notification_id"
+                " WHERE a.id >= :first GROUP BY n.state"
+            ),
+            {"first": first},
         )
         return {**attempts, **{f"notifications {state}": count for state, count in rows.all()}}
 
@@ -74,13 +102,20 @@ DATABASE = "clinic_notify_bench_callbacks"
 
 
 async def measure(
-    n: int, concurrency: int, api_workers: int, webhooks: bool = False
+    n: int,
+    concurrency: int,
+    api_workers: int,
+    webhooks: bool = False,
+    history: tuple[int, str | None] = (0, None),
 ) -> dict[str, object]:
     """`webhooks`: an endpoint wants every `notification.*` event, so each report that
-    moves a notification records one (delivered by no one here: no worker runs)."""
-    database_url = await fresh_database(DATABASE)
+    moves a notification records one (delivered by no one here: no worker runs).
+    `history`: (rows, template) the database is copied from (`history.older_history`),
+    or (0, None): an empty database."""
+    older, template = history
+    database_url = await fresh_database(DATABASE, template)
     engine = create_async_engine(database_url)
-    await seed(engine, n)
+    first = await seed(engine, n)
     if webhooks:
         await bench_webhooks.subscribe_notification_events(
             engine, "http://127.0.0.1:9/", webhook_service.new_secret()
@@ -99,7 +134,7 @@ async def measure(
                 "--api",
                 f"http://127.0.0.1:{port}",
                 "--first",
-                "1",
+                str(first),
                 "--count",
                 str(n),
                 "--secret",
@@ -112,7 +147,7 @@ async def measure(
                 str(concurrency),
             )
         used = cpu.stop()
-    counts = await reflected(engine)
+    counts = await reflected(engine, first)
     async with engine.connect() as connection:
         events = await connection.scalar(text("SELECT count(*) FROM webhook_events"))
     await engine.dispose()
@@ -126,6 +161,7 @@ async def measure(
         "webhooks": "notification.*" if webhooks else "none",
         "concurrency": concurrency,
         "api processes": api_workers,
+        "history": older,
         "accepted/s": load["items_rate"],
         "p50 ms": load["p50_ms"],
         "p99 ms": load["p99_ms"],
@@ -140,18 +176,46 @@ async def measure(
     }
 
 
+# What a comparison (`compare`) shows of each configuration: its medians.
+FIGURES = ("accepted/s", "p99 ms", "us/cb api", "us/cb pg")
+
+
 def run(
     sizes: list[int],
     concurrency: int,
     json_path: Path | None,
     api_workers: list[int] | None = None,
     webhooks: list[bool] | None = None,
+    histories: list[int] | None = None,
+    reuse_history: bool = False,
+    repeat: int = 1,
 ) -> Result:
+    """One row per combination (history innermost), `repeat` times over; with several
+    histories, each configuration's medians next to the first history's."""
+    histories = histories or [0]
+    # Every history is in place before the first run: no seed between compared runs.
+    templates = {
+        older: asyncio.run(bench_history.older_history(older, reuse=reuse_history))[0]
+        for older in dict.fromkeys(histories)
+        if older
+    }
     result = Result("callbacks: provider webhooks at the API, then checked in PostgreSQL")
-    for n in sizes:
-        for count in api_workers or [1]:
-            for subscribed in webhooks or [False]:
-                result.add(**asyncio.run(measure(n, concurrency, count, subscribed)))
+    for _ in range(repeat):
+        for n in sizes:
+            for count in api_workers or [1]:
+                for subscribed in webhooks or [False]:
+                    for older in histories:
+                        history = (older, templates.get(older))
+                        result.add(
+                            **asyncio.run(measure(n, concurrency, count, subscribed, history))
+                        )
+    if templates:  # the last copy of a history: gigabytes (the template stays)
+        asyncio.run(drop_database(DATABASE))
     result.show()
-    result.write_json(json_path)
+    keys = ("callbacks", "webhooks", "concurrency", "api processes", "history")
+    comparisons = []
+    if len(set(histories)) > 1:
+        comparisons.append(compare(result.rows, keys=keys, vary="history", figures=FIGURES))
+        comparisons[0].show()
+    result.write_json(json_path, comparisons)
     return result

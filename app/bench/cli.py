@@ -19,6 +19,26 @@ CountTriggers = Annotated[
 ]
 
 
+History = Annotated[
+    list[int],
+    typer.Option(
+        help="Older notifications (and their attempts: a year of them, all final) already"
+        " in the tables; `--history 0 --history 10000000` compares an empty table with"
+        " 10 M older rows in one run, side by side."
+    ),
+]
+ReuseHistory = Annotated[
+    bool,
+    typer.Option(
+        help="Keep a history an earlier run seeded (same size) instead of seeding it"
+        " again (10 M rows take a quarter of an hour or more)."
+    ),
+]
+Repeat = Annotated[
+    int, typer.Option(min=1, help="Runs of every row, interleaved; a table of medians.")
+]
+
+
 def _on_off(values: list[str]) -> list[bool]:
     if bad := [value for value in values if value not in ("on", "off")]:
         raise typer.BadParameter(f"--count-triggers takes on or off, not {bad[0]!r}")
@@ -47,10 +67,15 @@ def dispatch(
             "event; `--webhooks none --webhooks sink` compares them in one run."
         ),
     ] = ["none"],  # noqa: B006
+    history: History = [0],  # noqa: B006
+    reuse_history: ReuseHistory = False,
+    repeat: Repeat = 1,
     json_path: JsonOption = None,
 ) -> None:
     """N due reminders (half Imo, half SMS by default) sent by real workers vs a bare
-    aiohttp loop. `--mix sms --mix whatsapp` compares the two channels in one run."""
+    aiohttp loop. `--mix sms --mix whatsapp` compares the two channels in one run,
+    `-w 1 -w 4` one worker with four (PostgreSQL's CPU per message of each, and 4 / 1),
+    `--history 0 --history 10000000` an empty table with a big one."""
     from app.bench import dispatch as bench_dispatch
     from app.devtools.environment import prepare_environment
 
@@ -65,6 +90,9 @@ def dispatch(
         mix,
         _on_off(count_triggers),
         [_webhooks_variant(variant) for variant in webhooks],
+        history,
+        reuse_history,
+        repeat,
     )
 
 
@@ -228,15 +256,28 @@ def callbacks(
             "with each report; no worker runs to deliver them)."
         ),
     ] = ["none"],  # noqa: B006
+    history: History = [0],  # noqa: B006
+    reuse_history: ReuseHistory = False,
+    repeat: Repeat = 1,
     json_path: JsonOption = None,
 ) -> None:
-    """Imo read receipts and Twilio statuses at the API: rate, latency, none lost."""
+    """Imo read receipts and Twilio statuses at the API: rate, latency, none lost.
+    `--history 0 --history 10000000`: on an empty table and on a big one, side by side."""
     from app.bench import callbacks as bench_callbacks
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
     subscribed = [_webhooks_variant(variant) for variant in webhooks]
-    bench_callbacks.run(callbacks, concurrency, json_path, api_workers, subscribed)
+    bench_callbacks.run(
+        callbacks,
+        concurrency,
+        json_path,
+        api_workers,
+        subscribed,
+        history,
+        reuse_history,
+        repeat,
+    )
 
 
 @bench_cli.command("gateway")
@@ -293,11 +334,32 @@ def experiments(
 def dashboard(
     notifications: Annotated[list[int], typer.Option("--notifications", "-n")] = [10_000_000],  # noqa: B006
     repeats: Annotated[int, typer.Option(help="Requests per page.")] = 40,
+    pages: Annotated[
+        bool,
+        typer.Option(
+            help="Also the pages that read rows (patient lookup and page, gateways, "
+            "webhooks) on N seeded notifications and --deliveries webhook deliveries: "
+            "minutes of seeding at 10,000,000 (see --reuse)."
+        ),
+    ] = False,
+    deliveries: Annotated[
+        int, typer.Option(help="With --pages: webhook deliveries seeded.")
+    ] = 1_000_000,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            help="Measure on the database a previous run seeded with the same N (and "
+            "deliveries), migrated to head; seed it only if there is none."
+        ),
+    ] = False,
     json_path: JsonOption = None,
 ) -> None:
-    """The dashboard's pages (p50/p95) on the hourly counts of N notifications over 90 days."""
+    """The dashboard's pages (p50/p95) on the counts of N notifications over 90 days, and
+    with --pages those that read rows."""
     from app.bench import dashboard as bench_dashboard
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_dashboard.run(notifications, repeats, json_path)
+    bench_dashboard.run(
+        notifications, repeats, json_path, pages=pages, deliveries=deliveries, reuse=reuse
+    )

@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,9 +69,45 @@ class Result:
                 table.add_row(*(_fmt(v) for v in row.values()))
             console.print(table)
 
-    def write_json(self, path: Path | None) -> None:
+    def write_json(self, path: Path | None, comparisons: Sequence[Result] = ()) -> None:
+        """The rows (and any `compare` tables of them, by name) as JSON at `path`."""
         if path is not None:
-            path.write_text(json.dumps({"benchmark": self.name, "rows": self.rows}, indent=2))
+            document: dict[str, Any] = {"benchmark": self.name, "rows": self.rows}
+            if comparisons:
+                document["comparisons"] = {c.name: c.rows for c in comparisons}
+            path.write_text(json.dumps(document, indent=2))
+
+
+def compare(
+    rows: Sequence[dict[str, Any]],
+    *,
+    keys: Sequence[str],
+    vary: str,
+    figures: Sequence[str],
+) -> Result:
+    """Each configuration's (`keys`) median of `figures` over its runs, and its ratio to
+    the configuration that differs only in `vary`, set to the first value `vary` took
+    (e.g. PostgreSQL's CPU per message on 10,000,000 older rows / on an empty table).
+    Keys that are the same in every row are left out of the table."""
+    first = rows[0][vary]
+    shown = [k for k in keys if k == vary or len({repr(row[k]) for row in rows}) > 1]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(repr(row[k]) for k in keys), []).append(row)
+    medians = {
+        group: {f: statistics.median(float(r[f]) for r in runs) for f in figures}
+        for group, runs in groups.items()
+    }
+    position = list(keys).index(vary)
+    result = Result(f"medians by {vary}, each next to {vary} = {first}")
+    for group, runs in groups.items():
+        reference = medians.get((*group[:position], repr(first), *group[position + 1 :]))
+        row = {k: runs[0][k] for k in shown} | {"runs": len(runs)} | medians[group]
+        for f in figures:
+            ratio = medians[group][f] / reference[f] if reference and reference[f] else None
+            row[f"{f} vs {first}"] = "-" if ratio is None else round(ratio, 3)
+        result.add(**row)
+    return result
 
 
 def _fmt(value: Any) -> str:
@@ -87,17 +124,36 @@ def database_url_of(name: str) -> str:
     return make_url(database_url).set(database=name).render_as_string(hide_password=False)
 
 
-async def fresh_database(name: str) -> str:
-    """Drop and create database `name` next to the configured (or embedded) one; migrate."""
+async def fresh_database(name: str, template: str | None = None) -> str:
+    """Drop and create database `name` next to the configured (or embedded) one; migrate.
+
+    `template`: a copy of that database (file by file, not through the WAL: a copy of
+    millions of rows takes the disk's time, not an INSERT's), e.g. a bench history
+    (app/bench/history.py: `older_history`)."""
     database_url, _ = prepare_environment()
-    admin = create_async_engine(database_url, isolation_level="AUTOCOMMIT")
+    admin = create_async_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     async with admin.connect() as connection:
         await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        create = f'CREATE DATABASE "{name}"'
+        if template is not None:
+            create += f' TEMPLATE "{template}"'
+            # PostgreSQL 15 copies through the WAL by default: gigabytes of it.
+            if int(await connection.scalar(text("SHOW server_version_num")) or 0) >= 150000:
+                create += " STRATEGY FILE_COPY"
+        await connection.execute(text(create))
     await admin.dispose()
     url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
     await asyncio.to_thread(upgrade_head, url, configure_logging=False)
     return url
+
+
+async def drop_database(name: str) -> None:
+    """Drop database `name` next to the configured one (a copy of a history: gigabytes)."""
+    database_url, _ = prepare_environment()
+    admin = create_async_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.dispose()
 
 
 async def server_pid(database_url: str) -> int | None:

@@ -1,6 +1,12 @@
 """`notify bench dispatch`: N due reminders (half Imo-subscribed, half SMS; or all SMS, or
 all WhatsApp) sent end to end by real worker processes, against the bare-aiohttp
-baseline on the same fakes."""
+baseline on the same fakes.
+
+`--history H`: each run's database is a copy of a template holding H older
+notifications and attempts (a year of them, all final: app/bench/history.py), made once
+and kept (`--reuse-history`: across commands too), so that the cost of sending on a big
+table compares with an empty one (`--history 0 --history 10000000`) in one command.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +17,18 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.bench import history as bench_history
 from app.bench import webhooks as bench_webhooks
 from app.bench.common import (
     CpuSeconds,
     PeakMemory,
     Result,
+    compare,
     console,
+    drop_database,
     fakes_and_env,
     fresh_database,
     run_module,
@@ -153,6 +163,18 @@ async def wal_position(engine: AsyncEngine) -> float:
     return float(position or 0)
 
 
+async def checkpoint(engine: AsyncEngine) -> None:
+    """A CHECKPOINT before the clock, where the role may: the first change of a page after
+    a checkpoint logs the whole page, so without it a run's WAL would depend on when the
+    server last checkpointed (a database copied from a history template just did)."""
+    try:
+        async with engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text("CHECKPOINT"))
+    except DBAPIError as exc:
+        console.print(f"no CHECKPOINT before the clock ({type(exc.orig).__name__})")
+
+
 async def wal_since(engine: AsyncEngine, before: float) -> float:
     """WAL bytes the server wrote since `before` (a `wal_position`)."""
     return await wal_position(engine) - before
@@ -171,18 +193,24 @@ async def measure(
     mix: str = "imo-sms",
     count_triggers: bool = True,
     webhooks: bool = False,
+    history: tuple[int, str | None] = (0, None),
 ) -> dict[str, object]:
     """`measured` < n: time only the first `measured` sends of n due reminders (memory
     and rate on a large table without waiting for all of it). `count_triggers=False`:
     the dashboard's counting triggers disabled after the seed (what they cost).
     `webhooks`: an endpoint (the webhook sink, in another process) wants every
     `notification.*` event, so the workers record and deliver one per reminder besides
-    sending it."""
+    sending it. `history`: (rows, template) the database is copied from
+    (`history.older_history`), or (0, None): an empty database."""
     measured = min(n, measured or n)
-    database_url = await fresh_database(DATABASE)
+    older, template = history
+    database_url = await fresh_database(DATABASE, template)
     redis_url = get_settings().redis_url
     await forget_loop_guard(redis_url)
     engine = create_async_engine(database_url)
+    async with engine.connect() as connection:
+        # What this run writes, apart from the history (older rows, created before).
+        since = await connection.scalar(text("SELECT now()"))
     started = time.perf_counter()
     await seed(engine, n, mix)
     console.print(f"seeded {n:,} reminders in {time.perf_counter() - started:.1f}s")
@@ -202,13 +230,16 @@ async def measure(
         memories = [PeakMemory(child.pid) for child in children]
         for memory in memories:
             memory.__enter__()
+        await checkpoint(engine)
         cpu = CpuSeconds(
             [("workers" if c in children else "fakes", c.pid) for c in processes.children],
             database=DATABASE,
             server=await server_pid(database_url),
         )
         async with engine.begin() as connection:
-            await connection.execute(text("UPDATE notifications SET due_at = now()"))
+            await connection.execute(
+                text("UPDATE notifications SET due_at = now() WHERE state = 'scheduled'")
+            )
         wal_before = await wal_position(engine)
         cpu.start()
         t0 = time.perf_counter()
@@ -226,7 +257,11 @@ async def measure(
             states: dict[str, int] = dict(
                 (
                     await connection.execute(
-                        text("SELECT state, count(*) FROM notifications GROUP BY state")
+                        text(
+                            "SELECT state, count(*) FROM notifications"
+                            " WHERE created_at >= :since GROUP BY state"
+                        ),
+                        {"since": since},
                     )
                 ).all()
             )
@@ -236,8 +271,10 @@ async def measure(
                 for channel, status, count in await connection.execute(
                     text(
                         "SELECT channel, status, count(*) FROM delivery_attempts"
+                        " WHERE created_at >= :since"
                         " GROUP BY channel, status ORDER BY channel, status"
-                    )
+                    ),
+                    {"since": since},
                 )
             }
         processes.stop(children)
@@ -268,6 +305,7 @@ async def measure(
         "reminders": n,
         "measured": measured,
         "workers": workers,
+        "history": older,
         "seconds": seconds,
         "sent/s": rate,
         "baseline/s": baseline["rate"],
@@ -288,6 +326,10 @@ async def measure(
     }
 
 
+# What a comparison (`compare`) shows of each configuration: its medians.
+FIGURES = ("sent/s", "ratio", "us/msg workers", "us/msg pg", "WAL B/msg")
+
+
 def run(
     sizes: list[int],
     workers: list[int],
@@ -298,24 +340,60 @@ def run(
     mixes: list[str] | None = None,
     count_triggers: list[bool] | None = None,
     webhooks: list[bool] | None = None,
+    histories: list[int] | None = None,
+    reuse_history: bool = False,
+    repeat: int = 1,
 ) -> Result:
-    result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
+    """One row per combination of the lists (history innermost: rows that differ only in
+    it run back to back), `repeat` times over. With several workers or histories, a
+    table of each configuration's medians next to the first workers' and the first
+    history's (e.g. `us/msg pg` with 4 workers / with 1; on 10,000,000 older rows / on
+    an empty table)."""
     for mix in mixes or ["imo-sms"]:
         if mix not in MIXES:
             raise ValueError(f"unknown mix {mix!r}: one of {', '.join(MIXES)}")
-        for n in sizes:
-            for count in workers:
-                for triggers in count_triggers or [True]:
-                    for subscribed in webhooks or [False]:
-                        row = asyncio.run(
-                            measure(
-                                n, count, concurrency, batch, measured, mix, triggers, subscribed
-                            )
-                        )
-                        result.add(**row)
-                        # Each row as it comes: a long comparison cut short keeps what it
-                        # measured.
-                        console.print(row)
+    histories = histories or [0]
+    # Every history is in place before the first run: no seed between compared runs.
+    templates = {
+        older: asyncio.run(bench_history.older_history(older, reuse=reuse_history))[0]
+        for older in dict.fromkeys(histories)
+        if older
+    }
+    result = Result("dispatch: reminders sent end to end vs a bare aiohttp loop")
+    for _ in range(repeat):
+        for mix in mixes or ["imo-sms"]:
+            for n in sizes:
+                for count in workers:
+                    for triggers in count_triggers or [True]:
+                        for subscribed in webhooks or [False]:
+                            for older in histories:
+                                row = asyncio.run(
+                                    measure(
+                                        n,
+                                        count,
+                                        concurrency,
+                                        batch,
+                                        measured,
+                                        mix,
+                                        triggers,
+                                        subscribed,
+                                        (older, templates.get(older)),
+                                    )
+                                )
+                                result.add(**row)
+                                # Each row as it comes: a long comparison cut short keeps
+                                # what it measured.
+                                console.print(row)
+    if templates:  # the last copy of a history: gigabytes (the template stays)
+        asyncio.run(drop_database(DATABASE))
     result.show()
-    result.write_json(json_path)
+    keys = ("mix", "reminders", "workers", "count triggers", "webhooks", "history")
+    comparisons = [
+        compare(result.rows, keys=keys, vary=vary, figures=FIGURES)
+        for vary in ("workers", "history")
+        if len({row[vary] for row in result.rows}) > 1
+    ]
+    for comparison in comparisons:
+        comparison.show()
+    result.write_json(json_path, comparisons)
     return result

@@ -1,8 +1,11 @@
-"""`notify bench history`: message history pages on a table of N notifications.
+"""`notify bench history`: message history pages on a table of N notifications; and the
+older history other benchmarks measure on (`older_history`: `notify bench dispatch
+--history N`, `notify bench callbacks --history N`).
 
 A fresh database is seeded in SQL with N notifications over a year (one every
-365 days / N, random ids), each with a delivery attempt once it was sent, and the
-owners of their history:
+365 days / N, random ids), each in a final state (nothing left to send, no attempt left
+for the reconciler: a year's history, not a backlog), each with a delivery attempt once
+it was sent, and the owners of their history:
 
 - patients: N / 100 of them, about 100 messages each, and one heavy patient with
   N / 500 (`h00000000`);
@@ -39,12 +42,16 @@ from typing import Any
 
 import httpx
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from app import pagination
 from app.auth import service as auth_service
-from app.bench.common import Result, fresh_database
+from app.bench.common import Result, console, fresh_database
 from app.config import Settings
+from app.delivery import reconcile
+from app.devtools.environment import prepare_environment, upgrade_head
 from app.main import create_app
 
 DATABASE = "clinic_notify_bench_history"
@@ -94,16 +101,21 @@ FROM (
   SELECT i, CAST(:start AS timestamptz) + i * CAST(:step AS interval) AS t,
          CASE WHEN i % 100 < 78 THEN 'delivered' WHEN i % 100 < 88 THEN 'sent'
               WHEN i % 100 < 95 THEN 'read' WHEN i % 100 < 97 THEN 'failed'
-              WHEN i % 100 < 99 THEN 'scheduled' ELSE 'denied' END AS st
+              WHEN i % 100 < 99 THEN 'expired' ELSE 'denied' END AS st
   FROM generate_series(1, :n) AS i
 ) AS rows
 """
+# An attempt still `sent` after a year is one the reconciler gave up on (as it does after
+# MAX_CHECKS look-ups): the workers' reconcile job leaves it alone.
 ATTEMPTS = """
 INSERT INTO delivery_attempts (notification_id, channel, status, provider_message_id,
                                sent_at, delivered_at, read_at, failed_at, created_at,
-                               updated_at)
+                               updated_at, reconcile_checks, reconciled_at, error_code)
 SELECT id, 'sms', state, 'SM' || replace(id::text, '-', ''), sent_at, delivered_at, read_at,
-       CASE WHEN state = 'failed' THEN sent_at END, sent_at, sent_at
+       CASE WHEN state = 'failed' THEN sent_at END, sent_at, sent_at,
+       CASE WHEN state = 'sent' THEN :checks ELSE 0 END,
+       CASE WHEN state = 'sent' THEN sent_at + interval '3 hours' END,
+       CASE WHEN state = 'sent' THEN 'no_final_status' END
 FROM notifications WHERE state IN ('sent', 'delivered', 'read', 'failed')
 """
 CONSTRAINTS = """
@@ -124,9 +136,19 @@ async def _execute(connection: AsyncConnection, sql: str, **params: Any) -> floa
     return time.perf_counter() - began
 
 
+# The patient with N / 500 messages (row i with i % 500 = 5), and their mobile number.
+HEAVY_PATIENT = "h00000000"
+HEAVY_PATIENT_MOBILE = "+8801700000000"
+
+
+def patients_of(n: int) -> int:
+    """How many patients the seed of N notifications makes (`h00000000` ...)."""
+    return max(1_000, n // 100)
+
+
 async def seed(database_url: str, n: int) -> dict[str, float]:
     """Seed N notifications; returns the seconds of each step."""
-    patients = max(1_000, n // 100)
+    patients = patients_of(n)
     start = datetime.now(UTC) - timedelta(days=365)
     step = timedelta(days=365) / n
     took: dict[str, float] = {}
@@ -149,7 +171,7 @@ async def seed(database_url: str, n: int) -> dict[str, float]:
         took["notifications s"] = await _execute(
             connection, NOTIFICATIONS, patients=patients, n=n, start=start, step=step
         )
-        took["attempts s"] = await _execute(connection, ATTEMPTS)
+        took["attempts s"] = await _execute(connection, ATTEMPTS, checks=reconcile.MAX_CHECKS)
         await connection.execute(
             text("INSERT INTO groups (name, filter) VALUES ('camp', '{\"tags\": [\"camp\"]}')")
         )
@@ -170,6 +192,73 @@ async def seed(database_url: str, n: int) -> dict[str, float]:
     return took
 
 
+# `older_history`: the template databases, one per N, and what marks one complete. Bump
+# SEED_VERSION when the seed's rows change: a template of another version is seeded again.
+OLDER = "clinic_notify_bench_older_{n}"
+SEED_VERSION = 1
+
+
+def _older_marker(n: int) -> str:
+    return f"clinic-notify bench history: {n} notifications, seed {SEED_VERSION}"
+
+
+async def older_history(n: int, *, reuse: bool) -> tuple[str, dict[str, float]]:
+    """A template database holding `seed`'s N older notifications and attempts, for a
+    benchmark that measures on a big history: each of its runs works on a copy
+    (`fresh_database(name, template=...)`), so the history survives whatever a run
+    does, and every run starts from the same tables.
+
+    `reuse`: a template an earlier command completed (same N, same seed) is kept, only
+    migrated to head; otherwise (or without one) it is seeded again, which takes
+    minutes per million. Returns its name and the seconds of the seed's steps (none
+    when reused). The template takes connections only while it is seeded or migrated
+    (a database being copied must have none), and is marked complete last: an
+    interrupted seed is never reused."""
+    if n < 1:
+        raise ValueError(f"a history holds at least one notification, not {n}")
+    name = OLDER.format(n=n)
+    admin_url, _ = prepare_environment()
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    took: dict[str, float] = {}
+    try:
+        async with admin.connect() as connection:
+            found = (
+                await connection.execute(
+                    text(
+                        "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+                        " WHERE datname = :name"
+                    ),
+                    {"name": name},
+                )
+            ).first()
+            if found is not None:
+                # Unmarked until complete again; a template cannot be dropped.
+                await connection.execute(
+                    text(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false ALLOW_CONNECTIONS true')
+                )
+                await connection.execute(text(f'COMMENT ON DATABASE "{name}" IS NULL'))
+        reused = reuse and found is not None and found[0] == _older_marker(n)
+        if reused:
+            console.print(f"history: reusing {name} ({n:,} notifications)")
+            await asyncio.to_thread(upgrade_head, url, configure_logging=False)
+        else:
+            console.print(f"history: seeding {n:,} notifications into {name}")
+            await fresh_database(name)
+            took = await seed(url, n)
+            console.print(f"history: seeded in {sum(took.values()):,.0f}s {took}")
+        async with admin.connect() as connection:
+            await connection.execute(
+                text(f"COMMENT ON DATABASE \"{name}\" IS '{_older_marker(n)}'")
+            )
+            await connection.execute(
+                text(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
+            )
+    finally:
+        await admin.dispose()
+    return name, took
+
+
 async def _time(pages: int, request: Callable[[int], Awaitable[httpx.Response]]) -> list[float]:
     took = []
     for k in range(pages):
@@ -188,7 +277,7 @@ def _p99(values: list[float]) -> float:
 async def measure(n: int, requests: int) -> dict[str, Any]:
     database_url = await fresh_database(DATABASE)
     took = await seed(database_url, n)
-    patients = max(1_000, n // 100)
+    patients = patients_of(n)
     _, key = await auth_service.issue_api_key(database_url, "bench")
     engine = create_async_engine(database_url)
     rng = random.Random(16)  # picks pages, not secrets

@@ -1,4 +1,5 @@
-"""SQL of the dashboard: the notification counts (never a scan of `notifications`)."""
+"""SQL of the dashboard: the notification and webhook delivery counts (never a scan of
+`notifications` or `webhook_deliveries`), and the latest failing deliveries (an index)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,31 @@ _FOLD = text(
 )
 
 
+# The webhook deliveries' counts, the same way (migration 20261205_dashboard_bounded_reads).
+_FOLD_WEBHOOKS = text(
+    """
+    WITH moved AS (
+        DELETE FROM webhook_delivery_count_deltas RETURNING endpoint_name, state, count
+    ),
+    upserted AS (
+        INSERT INTO webhook_delivery_counts (endpoint_name, state, count)
+        SELECT endpoint_name, state, sum(count) FROM moved
+        GROUP BY 1, 2 HAVING sum(count) <> 0
+        ON CONFLICT (endpoint_name, state)
+        DO UPDATE SET count = webhook_delivery_counts.count + excluded.count
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM upserted)
+    """
+)
+
+
 async def fold_counts(session: AsyncSession) -> int:
-    """Move the pending deltas into `notification_counts`; returns how many were moved."""
+    """Move the pending deltas into `notification_counts` (and the daily counts), and the
+    webhook deliveries' into `webhook_delivery_counts`; returns how many notification
+    deltas were moved."""
     moved, _, _ = (await session.execute(_FOLD)).one()
+    await session.execute(_FOLD_WEBHOOKS)
     return int(moved)
 
 
@@ -158,21 +181,30 @@ class WebhookRow:
     delivered: int
 
 
+# The folded counts plus the deltas not yet folded: exact as of this transaction, and a
+# few rows per endpoint whatever the number of deliveries (never `webhook_deliveries`).
 _WEBHOOKS = text(
     """
     SELECT e.name, e.url, e.events, e.active, e.failing_since, e.disabled_at,
-           count(d.id) FILTER (WHERE d.state = 'pending') AS pending,
-           count(d.id) FILTER (WHERE d.state = 'failed') AS failed,
-           count(d.id) FILTER (WHERE d.state = 'delivered') AS delivered
+           CAST(coalesce(sum(c.count) FILTER (WHERE c.state = 'pending'), 0) AS bigint)
+               AS pending,
+           CAST(coalesce(sum(c.count) FILTER (WHERE c.state = 'failed'), 0) AS bigint)
+               AS failed,
+           CAST(coalesce(sum(c.count) FILTER (WHERE c.state = 'delivered'), 0) AS bigint)
+               AS delivered
     FROM webhook_endpoints AS e
-    LEFT JOIN webhook_deliveries AS d ON d.endpoint_name = e.name
+    LEFT JOIN (
+        SELECT endpoint_name, state, count FROM webhook_delivery_counts
+        UNION ALL
+        SELECT endpoint_name, state, count FROM webhook_delivery_count_deltas
+    ) AS c ON c.endpoint_name = e.name
     GROUP BY e.name ORDER BY e.name
     """
 )
 
 
 async def webhooks(session: AsyncSession) -> list[WebhookRow]:
-    """Every webhook endpoint with its deliveries counted by state."""
+    """Every webhook endpoint with its deliveries counted by state (from the counts)."""
     return [WebhookRow(*row) for row in await session.execute(_WEBHOOKS)]
 
 
@@ -190,6 +222,8 @@ class FailingDelivery:
 
 
 # Given up, or owed after at least one failed try: the ones an operator looks into.
+# The WHERE is ix_webhook_deliveries_failing's predicate, word for word, and the order
+# its key's: `limit` entries read backwards from the index.
 _FAILING = text(
     """
     SELECT d.id, d.endpoint_name, ev.type, d.occurred_at, d.state, d.attempts,

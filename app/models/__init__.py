@@ -33,7 +33,13 @@ from app.models.staff import StaffMember
 from app.models.switch import Switch
 from app.models.template import Template
 from app.models.trigger_rule import TriggerRule
-from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from app.models.webhook import (
+    WebhookDelivery,
+    WebhookDeliveryCount,
+    WebhookDeliveryCountDelta,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 
 __all__ = [
     "ApiKey",
@@ -74,6 +80,8 @@ __all__ = [
     "Template",
     "TriggerRule",
     "WebhookDelivery",
+    "WebhookDeliveryCount",
+    "WebhookDeliveryCountDelta",
     "WebhookEndpoint",
     "WebhookEvent",
 ]

@@ -216,6 +216,14 @@ class DeliveryAttempt(TimestampMixin, Base):
             "id",
             postgresql_where=text("gateway_state = 'forwarded-to-gateway'"),
         ),
+        # Each phone's attempts by state on the phone (GET /v1/gateways, the dashboard):
+        # an index-only scan of that phone's attempts, none of the other channels'.
+        Index(
+            "ix_delivery_attempts_gateway_states",
+            "gateway_id",
+            "gateway_state",
+            postgresql_where=text("gateway_id IS NOT NULL"),
+        ),
         # The reconciler: attempts still `sent`, by channel, oldest first.
         Index(
             "ix_delivery_attempts_sent",

@@ -73,6 +73,14 @@ class WebhookDelivery(TimestampMixin, Base):
             "id",
             postgresql_where=sql("state = 'pending'"),
         ),
+        # The dashboard's latest failing deliveries (given up, or owed after a failed
+        # try), newest first: read backwards, as many entries as it shows.
+        Index(
+            "ix_webhook_deliveries_failing",
+            "updated_at",
+            "id",
+            postgresql_where=sql("state = 'failed' OR (state = 'pending' AND attempts > 0)"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -89,3 +97,29 @@ class WebhookDelivery(TimestampMixin, Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]
+
+
+class _DeliveryCountKey:
+    endpoint_name: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(10))
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookDeliveryCount(_DeliveryCountKey, Base):
+    """Deliveries per endpoint and state, for the dashboard (migration
+    20261205_dashboard_bounded_reads): statement triggers on `webhook_deliveries` append
+    deltas in the writing transaction, `fold_notification_counts` folds them in here. An
+    endpoint's count is its row here plus its unfolded deltas: exact at every commit."""
+
+    __tablename__ = "webhook_delivery_counts"
+
+    endpoint_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(10), primary_key=True)
+
+
+class WebhookDeliveryCountDelta(_DeliveryCountKey, Base):
+    """Append-only; `count` may be negative (deliveries left the state)."""
+
+    __tablename__ = "webhook_delivery_count_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

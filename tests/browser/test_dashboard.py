@@ -2,9 +2,11 @@
 Selenium through Debian's chromium-driver, against the real stack (API, worker, fakes).
 
 Log in, see the overview with messages sent through the fakes, open a patient, pause and
-resume a country, read an experiment; no console errors on any page; a screenshot of each
-page is kept in test-artifacts/browser/. Skipped, saying why, when Chromium or its driver is missing
-(`.ci/run` installs them when it runs as root).
+resume a country, read an experiment, the gateways and webhooks pages with a phone and an
+endpoint on them, a replay form reached by keyboard alone with its focus visible; no console
+errors on any page; a screenshot of each page is kept in test-artifacts/browser/. Skipped,
+saying why, when Chromium or its driver is missing (`.ci/run` installs them when it runs as
+root).
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.operators import service as operator_service
 from tests.appointments.helpers import create_experiment, put_plan
@@ -75,13 +81,68 @@ async def test_an_operator_reads_the_dashboard(
     sent = await schedule(stack_api, patient["id"])
     await notification_in(stack_api, sent["id"], "delivered")
     experiment = await create_experiment(stack_api, await put_plan(stack_api))
+    phone_name = f"browser-phone-{id(browser)}"
+    created = await stack_api.post("/v1/gateways", json={"name": phone_name, "country": "BD"})
+    assert created.status_code == 201, created.text
+    engine = create_async_engine(stack.database_url)
     try:
+        async with engine.begin() as connection:
+            await connection.execute(text(ENDPOINT_WITH_A_FAILED_DELIVERY))
         await _read_every_page(stack, browser, email, password, patient, experiment)
     finally:
         # The stack is the session's: a running experiment would enrol the BD patients
         # of every later test (tests/e2e/test_experiments.py found them in its group).
         stopped = await stack_api.post(f"/v1/experiments/{experiment['id']}/stop")
         assert stopped.status_code == 200, stopped.text
+        async with engine.begin() as connection:
+            await connection.execute(text("DELETE FROM webhook_endpoints WHERE name = 'browser'"))
+            await connection.execute(text("DELETE FROM webhook_events WHERE type = 'browser'"))
+            await connection.execute(
+                text("DELETE FROM gateways WHERE name = :name"), {"name": phone_name}
+            )
+        await engine.dispose()
+
+
+# A disabled endpoint (no worker calls it) with one delivery given up: the webhooks page
+# shows both, and an admin a replay form.
+ENDPOINT_WITH_A_FAILED_DELIVERY = """
+WITH endpoint AS (
+    INSERT INTO webhook_endpoints (name, url, events, secret, active, failing_since,
+                                   disabled_at)
+    VALUES ('browser', 'https://crm.clinic.test/hook', ARRAY['message.received'],
+            'whsec_browser', false, now(), now())
+    RETURNING name
+), event AS (
+    INSERT INTO webhook_events (id, type, patient_id, data, occurred_at)
+    VALUES (gen_random_uuid(), 'browser', NULL, '{}'::jsonb, now())
+    RETURNING id, occurred_at
+)
+INSERT INTO webhook_deliveries (event_id, endpoint_name, occurred_at, state, attempts,
+                                next_attempt_at, last_status, last_error)
+SELECT event.id, endpoint.name, event.occurred_at, 'failed', 5, now(), 503, 'HTTP 503'
+FROM endpoint, event
+"""
+
+
+def tab_until(driver: webdriver.Chrome, wanted: list[str], most: int = 150) -> list[str]:
+    """Press Tab from the top of the page until every id of `wanted` had the focus, in
+    that order; each focused control must show it (an outline) -> the ids focused. (A
+    date and time field takes several Tabs: one per part.)"""
+    driver.get(driver.current_url)
+    focused: list[str] = []
+    for _ in range(most):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        element = driver.switch_to.active_element
+        name = element.get_attribute("id") or element.tag_name
+        focused.append(name)
+        outline = driver.execute_script(
+            "const s = getComputedStyle(arguments[0]); return [s.outlineStyle, s.outlineWidth];",
+            element,
+        )
+        assert outline[0] != "none" and outline[1] != "0px", (name, outline)
+        if list(dict.fromkeys(i for i in focused if i in wanted)) == wanted:
+            return focused
+    raise AssertionError(f"not reached by Tab in order: {wanted}; focused {focused}")
 
 
 async def _read_every_page(
@@ -123,7 +184,22 @@ async def _read_every_page(
         assert f"{action}d country=IN" in done, done
 
     assert "Acceptance over time" in visit(browser, f"{base}/imo", "imo")
-    assert "Gateway phones" in visit(browser, f"{base}/gateways", "gateways")
-    assert "Subscriptions" in visit(browser, f"{base}/webhooks", "webhooks")
+    gateways = visit(browser, f"{base}/gateways", "gateways")
+    assert "Gateway phones" in gateways and "never polled" in gateways
+    webhooks = visit(browser, f"{base}/webhooks", "webhooks")
+    assert "Subscriptions" in webhooks and "DISABLED" in webhooks and "GIVEN UP" in webhooks
+    # The replay form by keyboard alone: the period, an event type, the reason, the button.
+    form = browser.find_element(
+        By.CSS_SELECTOR, "form[action='/dashboard/webhooks/browser/replay']"
+    )
+    since = form.find_element(By.CSS_SELECTOR, "input[name=since]").get_attribute("id")
+    until = form.find_element(By.CSS_SELECTOR, "input[name=until]").get_attribute("id")
+    first_event = form.find_element(By.CSS_SELECTOR, "input[name=events]").get_attribute("id")
+    reason = form.find_element(By.CSS_SELECTOR, "input[name=reason]").get_attribute("id")
+    tab_until(browser, [str(since), str(until), str(first_event), str(reason)])
+    browser.switch_to.active_element.send_keys("browser test: keyboard")
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element.text == "Replay to browser"
+    browser.save_screenshot(str(ARTIFACTS / "webhooks-keyboard.png"))
     experiment_page = visit(browser, f"{base}/experiments/{experiment['id']}", "experiment")
     assert experiment["name"] in experiment_page and "Return-to-care rate" in experiment_page

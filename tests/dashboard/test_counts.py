@@ -15,39 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.dashboard import repository as dashboard_repository
 from app.db.session import create_engine_and_sessionmaker
 from app.models import Notification
+from tests.dashboard.recount import Key, recount, rolled_up
 from tests.e2e.helpers import accept_imo_invitation, phone, put_patient, schedule
 from tests.factories import make_notification, make_patient
 from tests.stack import Stack
 from tests.waiting import wait_until
 
-Key = tuple[datetime, str, str, str, str, str, bool]
-EVER = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 FINAL = ("delivered", "read", "failed", "denied", "cleared", "expired")
-
-
-async def recount(session: AsyncSession) -> Counter[Key]:
-    """Computed here, in Python, from the rows: not the triggers' SQL."""
-    rows = await session.execute(
-        text(
-            "SELECT created_at, country, channel_chain, channel_index, purpose, state,"
-            " failure_reason FROM notifications"
-        )
-    )
-    counted: Counter[Key] = Counter()
-    for created, country, chain, index, purpose, state, reason in rows:
-        hour = created.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        channel = chain[index] if chain and index < len(chain) else ""
-        failure = (reason or "")[:200] if state in ("failed", "denied") else ""
-        counted[(hour, country or "", channel, purpose, state, failure, index > 0)] += 1
-    return counted
-
-
-async def rolled_up(session: AsyncSession) -> Counter[Key]:
-    counted: Counter[Key] = Counter()
-    for row in await dashboard_repository.counts(session, *EVER):
-        key = (row.hour, row.country, row.channel, row.purpose, row.state, row.reason)
-        counted[(*key, row.fell_back)] += row.count
-    return counted
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -104,6 +78,51 @@ async def test_counts_follow_every_kind_of_write(db_session: AsyncSession) -> No
         await db_session.execute(text("SELECT count(*) FROM notification_count_deltas"))
     ).scalar() == 1
     assert {key[1] for key in after - before} == {"BD", "IN"}
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_email_and_gateway_channels_count_like_the_others(db_session: AsyncSession) -> None:
+    """Each channel of a chain is a group of its own: a gateway message delivered, one
+    taken back from a silent phone and sent by SMS, an email sent, one refused (550) and
+    sent by SMS; folded in between."""
+    before = await rolled_up(db_session)
+    patient = await make_patient(db_session)
+    gateway = [await make_notification(db_session, patient) for _ in range(3)]
+    email = [await make_notification(db_session, patient, purpose="missed_visit") for _ in "ab"]
+    chains = {row.id: ["gateway", "sms"] for row in gateway}
+    chains |= {row.id: ["email", "sms"] for row in email}
+    for notification_id, chain in chains.items():
+        await db_session.execute(
+            update(Notification)
+            .where(Notification.id == notification_id)
+            .values(state="sending", channel_chain=chain, channel_index=0)
+        )
+    await dashboard_repository.fold_counts(db_session)
+    moves = [
+        (gateway[0].id, {"state": "delivered"}),
+        (gateway[1].id, {"state": "sent"}),
+        (gateway[1].id, {"state": "sent", "channel_index": 1}),  # taken back: SMS now
+        (gateway[2].id, {"state": "failed", "failure_reason": "gateway: FAILED no credit"}),
+        (email[0].id, {"state": "sent"}),
+        (email[1].id, {"state": "sent", "channel_index": 1}),  # 550: SMS now
+        (email[1].id, {"state": "delivered"}),
+    ]
+    for notification_id, values in moves:
+        await db_session.execute(
+            update(Notification).where(Notification.id == notification_id).values(**values)
+        )
+        assert await rolled_up(db_session) - before == await recount(db_session) - before
+    await dashboard_repository.fold_counts(db_session)
+    mine = await recount(db_session) - before
+    assert await rolled_up(db_session) - before == mine
+    channels = {(key[2], key[4], key[6]): n for key, n in mine.items()}
+    assert channels == {
+        ("gateway", "delivered", False): 1,
+        ("gateway", "failed", False): 1,
+        ("sms", "sent", True): 1,
+        ("email", "sent", False): 1,
+        ("sms", "delivered", True): 1,
+    }
 
 
 def per_day(counted: Counter[Key], since: datetime, until: datetime) -> Counter[Key]:

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import SHARED_STACK_FAKE_OPTIONS
+from tests.dashboard.recount import counts_agree_with_a_recount
 from tests.e2e.helpers import notification_in, phone, put_patient, schedule
 from tests.stack import Services, Stack, run_stack
 from tests.waiting import wait_until
@@ -132,6 +133,10 @@ class TestReminderChainWithEmail:
         assert texted["attempts"][1]["channel"] == "sms"
         assert texted["attempts"][0]["error_code"] == "smtp_550"
         assert await stack.mail(to=second["email"]) == []
+        # The dashboard's counts: the email sent, the refused one's SMS fallback.
+        counted = await counts_agree_with_a_recount(stack.database_url)
+        assert any(key[2] == "email" and key[4] == "sent" for key in counted), counted
+        assert any(key[2] == "sms" and key[6] for key in counted), counted
 
     async def test_a_patient_without_email_keeps_the_phone_chain(
         self, stack: Stack, stack_api: httpx.AsyncClient

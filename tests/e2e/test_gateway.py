@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from app.fakes.gateway import FakeGateway, FakeGatewayConfig
 from tests.conftest import SHARED_STACK_FAKE_OPTIONS
+from tests.dashboard.recount import counts_agree_with_a_recount
 from tests.e2e.helpers import notification_in, phone, put_patient, schedule
 from tests.stack import Services, Stack, run_stack
 from tests.waiting import wait_until
@@ -70,7 +71,7 @@ async def fake_gateway(
 
 
 async def test_reminders_go_through_the_phone_and_fall_back_when_it_goes_silent(
-    stack_api: httpx.AsyncClient, fake_gateway: FakeGateway
+    stack: Stack, stack_api: httpx.AsyncClient, fake_gateway: FakeGateway
 ) -> None:
     assert await fake_gateway.check()
     first = await put_patient(stack_api, NUMBERS[0])
@@ -112,6 +113,10 @@ async def test_reminders_go_through_the_phone_and_fall_back_when_it_goes_silent(
     listed = (await stack_api.get("/v1/gateways")).json()["data"]
     mine = next(g for g in listed if g["name"] == fake_gateway.config.user)
     assert mine["counts"] == {"delivered": 1, "taken-back": 1}
+    # The dashboard's counts: the phone's delivery and the SMS it fell back to.
+    counted = await counts_agree_with_a_recount(stack.database_url)
+    assert any(key[2] == "gateway" and key[4] == "delivered" for key in counted), counted
+    assert any(key[2] == "sms" and key[6] for key in counted), counted
 
 
 @pytest.mark.parametrize("fake_gateway", [1.0], indirect=True)
