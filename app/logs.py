@@ -165,6 +165,18 @@ class TextFormatter(SafeExceptions):
         return redact(super().format(record))
 
 
+class AnsweredErrors(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" and its whole traceback: the
+    app's 500 handler (app/errors.py) has logged that error in one line with its request
+    id, and Starlette re-raises it to the server all the same (one 500 was ~12 KB)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        # Only an Exception reaches the handler: a cancellation or exit is still told.
+        answered = isinstance(error, Exception)
+        return not (answered and str(record.msg).startswith("Exception in ASGI application"))
+
+
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -175,5 +187,8 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     root.setLevel(level.upper())
     # Access logs would carry callback tokens and query strings; the API logs its own.
     logging.getLogger("uvicorn.access").disabled = True
+    server_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, AnsweredErrors) for f in server_errors.filters):
+        server_errors.addFilter(AnsweredErrors())
     for noisy in ("httpx", "arq.worker", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

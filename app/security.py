@@ -27,6 +27,15 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def same_text(given: str, expected: str) -> bool:
+    """`hmac.compare_digest` for text from a request: it raises TypeError for a str
+    with a character beyond ASCII, so a token `YQ.é` in a callback URL, a form or a
+    cookie was a 500. Compared as UTF-8 bytes (a lone surrogate as well)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 class TokenSigner:
     def __init__(self, secret_key: str) -> None:
         key = (secret_key or _DEVELOPMENT_KEY).encode()
@@ -63,4 +72,4 @@ class TokenSigner:
             value = _unb64(encoded).decode()
         except (ValueError, UnicodeDecodeError):
             return None
-        return value if hmac.compare_digest(mac, self._mac(purpose, value)) else None
+        return value if same_text(mac, self._mac(purpose, value)) else None

@@ -43,6 +43,8 @@ _UNSTORABLE = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
 _LINE_BREAK = re.compile("[\t\n\r\u2028\u2029]")
+# What PostgreSQL cannot hold in a text column or JSONB at all.
+_NOT_STORABLE_AT_ALL = re.compile("[\x00\ud800-\udfff]")
 
 
 def _describe(character: str) -> str:
@@ -82,6 +84,14 @@ def check_storable(value: Any, where: str = "") -> None:
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             check_storable(item, f"{where}[{index}]")
+
+
+def storable_text(text: str) -> str:
+    """`text` with each null character and lone surrogate replaced by U+FFFD: for what a
+    provider hands over (a patient's message, a status's error text, a message id), which
+    is kept as it came rather than refused, and which PostgreSQL cannot store with those
+    in it (a 500, and the provider's retry would fail the same way)."""
+    return _NOT_STORABLE_AT_ALL.sub("\ufffd", text)
 
 
 def check_keys(value: Any, where: str = "", *, depth: int | None = None) -> None:

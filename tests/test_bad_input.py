@@ -217,6 +217,88 @@ class TestDatesAtTheEdges:
         assert_clear_4xx(answer, "visited_at")
 
 
+class TestTimesOfEventsAndBroadcasts:
+    """Found auditing issue 11: the bodies added after it took any time with an offset,
+    and `0001-01-01T00:00:00+14:00` (before year 1 in UTC) cannot be sent to PostgreSQL."""
+
+    @pytest.mark.parametrize(
+        "moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "9999-12-31T00:00Z"]
+    )
+    async def test_an_event_at_the_edge_of_the_calendar(
+        self, api: httpx.AsyncClient, db_session: AsyncSession, moment: str
+    ) -> None:
+        patient = await make_patient(db_session)
+        answer = await api.post(
+            "/v1/events",
+            json={
+                "id": unique_id("e"),
+                "type": "enrolment",
+                "patient_id": patient.id,
+                "occurred_at": moment,
+            },
+        )
+        assert_clear_4xx(answer, "occurred_at")
+
+    @pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z"])
+    async def test_a_broadcast_at_the_edge_of_the_calendar(
+        self, api: httpx.AsyncClient, moment: str
+    ) -> None:
+        answer = await api.post(
+            "/v1/broadcasts",
+            json={
+                "group": "anyone",
+                "template": "appointment_reminder.basic",
+                "purpose": "camp",
+                "send_at": moment,
+            },
+        )
+        assert_clear_4xx(answer, "send_at")
+
+
+class TestWhatATriggerRuleMakes:
+    """Found auditing issue 11: CEL's escapes make any character of a rule's parameter,
+    and its value went into the message unchecked: a null character was a 500 for the
+    clinic system's event, a bidi override reached the message text."""
+
+    @pytest.mark.parametrize(
+        "expression", ['"a\\x00b"', '"\\u202e" + patient.full_name', 'event.data["\\x00"]']
+    )
+    async def test_is_held_to_the_rule_of_variables_and_fails_the_rule_alone(
+        self, api: httpx.AsyncClient, db_session: AsyncSession, expression: str
+    ) -> None:
+        event_type = unique_id("t").replace("-", "_")
+        template = await api.put(
+            "/v1/templates/hardening.cel/en", json={"title": "T", "body": "Hi {who}"}
+        )
+        assert template.is_success, template.text
+        rule = unique_id("r")
+        saved = await api.put(
+            f"/v1/trigger-rules/{rule}",
+            json={
+                "event_type": event_type,
+                "template": "hardening.cel",
+                "parameters": {"who": expression},
+                "purpose": "camp",
+            },
+        )
+        assert saved.status_code == 200, saved.text
+        patient = await make_patient(db_session)
+        answer = await api.post(
+            "/v1/events",
+            json={
+                "id": unique_id("e"),
+                "type": event_type,
+                "patient_id": patient.id,
+                "occurred_at": "2026-11-23T10:00:00+06:00",
+                "data": {"x": 1},
+            },
+        )
+        assert answer.status_code == 201, answer.text
+        assert list(answer.json()["rule_errors"]) == [rule], answer.text
+        messages = await api.get(f"/v1/events/{answer.json()['id']}/messages")
+        assert messages.json()["items"] == []
+
+
 class TestUnknownKeys:
     async def test_a_lone_surrogate_in_an_unknown_key_is_a_clear_422(
         self, api: httpx.AsyncClient

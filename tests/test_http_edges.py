@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.config import Settings
 from app.main import create_app
@@ -95,6 +97,35 @@ class TestAgainstTheRealServer:
         assert data.headers["Cache-Control"] == "no-store"
         assert refused.headers["Cache-Control"] == "no-store"
         assert "Strict-Transport-Security" not in data.headers  # not production
+
+    async def test_a_500_is_one_line_with_its_request_id_and_no_traceback(
+        self, stack: Stack
+    ) -> None:
+        # Found auditing issue 11: the app's handler logged one line, and uvicorn then
+        # logged "Exception in ASGI application" with the whole traceback (~12 KB) too.
+        api_key = await stack.create_api_key("one-line")
+        engine = create_async_engine(stack.database_url)
+        refuse = "ALTER TABLE staff ADD CONSTRAINT edges_refuse CHECK (false) NOT VALID"
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(refuse))
+            offsets = stack.log_offsets()
+            async with stack.client(api_key) as client:
+                answer = await client.put(
+                    "/v1/staff/edges-500",
+                    json={"name": "Dr X", "email": "x@clinic.example.org", "locale": "en"},
+                    headers={"X-Request-ID": "edges-five-hundred"},
+                )
+        finally:
+            async with engine.begin() as conn:
+                await conn.execute(text("ALTER TABLE staff DROP CONSTRAINT IF EXISTS edges_refuse"))
+            await engine.dispose()
+        assert answer.status_code == 500 and answer.headers["Connection"] == "close"
+        await asyncio.sleep(0.5)  # the log is written by another process
+        logged = stack.logs(offsets).split("----- api")[1].split("\n-----")[0]
+        lines = [line for line in logged.splitlines()[1:] if "edges-five-hundred" in line]
+        assert len(lines) == 1 and "unhandled error" in lines[0], logged[-3000:]
+        assert "Traceback" not in logged and "Exception in ASGI" not in logged, logged[-3000:]
 
 
 class TestProduction:

@@ -30,7 +30,10 @@ def test_a_token_verifies_for_its_purpose_only() -> None:
     assert TokenSigner("other").verify("imo-invitation", token) is None
 
 
-@pytest.mark.parametrize("token", ["", ".", "abc", "abc.", ".abc", "!!!.abc", "x" * 400])
+@pytest.mark.parametrize(
+    "token",
+    ["", ".", "abc", "abc.", ".abc", "!!!.abc", "x" * 400, "YQ.\u00e9", "YQ.\udc80", "\u00e9.YQ"],
+)
 def test_malformed_tokens_are_refused(token: str) -> None:
     assert TokenSigner("secret").verify("imo-invitation", token) is None
 

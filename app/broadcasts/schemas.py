@@ -6,14 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Self
 
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from app.channels.base import ChannelName
 from app.events.schemas import TEMPLATE_PATTERN
 from app.groups.schemas import GROUP_NAME_PATTERN
 from app.models import Broadcast
 from app.notifications.schemas import PURPOSE_PATTERN
-from app.validation import InputModel
+from app.validation import BoundedDatetime, InputModel
 
 ParameterValue = Annotated[str, StringConstraints(max_length=500)]
 
@@ -30,7 +30,7 @@ class BroadcastIn(InputModel):
         examples=[{"camp_day": "Friday", "area": "@area"}],
     )
     purpose: str = Field(pattern=PURPOSE_PATTERN)
-    send_at: AwareDatetime | None = Field(
+    send_at: BoundedDatetime | None = Field(
         default=None,
         description="Not before then (default now); each recipient's message is moved into "
         "the messaging window of their time zone",

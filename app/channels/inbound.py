@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from app.channels.base import ChannelName
+from app.validation import storable_text
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
@@ -31,6 +32,18 @@ class IncomingMessage:
     media: tuple[Media, ...] = ()
     # The provider's own moment, when it gives one; otherwise the moment we heard.
     received_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        # A patient may write anything, a null character too (which PostgreSQL cannot
+        # store: every retry of the provider's webhook was a 500): kept, replaced.
+        object.__setattr__(self, "provider_message_id", storable_text(self.provider_message_id))
+        object.__setattr__(self, "text", storable_text(self.text))
+        if self.media:
+            media = tuple(
+                Media(storable_text(m.content_type), storable_text(m.provider_media_id))
+                for m in self.media
+            )
+            object.__setattr__(self, "media", media)
 
 
 def sender_e164(raw: str) -> str:

@@ -21,6 +21,7 @@ webhook it could not deliver for up to 7 days). Through Twilio, `fetch_status` i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from app.channels.base import (
 from app.channels.inbound import IncomingMessage, Media, sender_e164
 from app.channels.twilio_messages import WHATSAPP_PREFIX, TwilioMessages
 from app.logs import mask_phone
+from app.validation import INT64_MAX
 
 DETAIL_BODY_CHARS = 2_000
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -413,11 +415,11 @@ def _incoming(item: object) -> IncomingMessage:
         text = str(body.get("caption") or "")
         media = (Media(str(body.get("mime_type") or kind)[:100], str(body.get("id") or "")[:200]),)
     stamp = item.get("timestamp")
-    received_at = (
-        datetime.fromtimestamp(int(stamp), UTC)
-        if isinstance(stamp, str) and stamp.isdigit() and len(stamp) <= 12
-        else None
-    )
+    received_at = None
+    if isinstance(stamp, str) and stamp.isascii() and stamp.isdigit() and len(stamp) <= 12:
+        # Past year 9999 (12 digits reach 33658) it is no moment: the one we heard.
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            received_at = datetime.fromtimestamp(int(stamp), UTC)
     return IncomingMessage(
         channel=ChannelName.WHATSAPP,
         provider_message_id=message_id[:100],
@@ -437,7 +439,15 @@ def _status(item: object) -> WhatsAppStatus:
     if not isinstance(status, str) or not status:
         raise ValueError("a status without a status")
     opaque = item.get("biz_opaque_callback_data")
-    attempt_id = int(opaque) if isinstance(opaque, str) and opaque.isdigit() else None
+    # Ours are decimal attempt ids, a bigint: anything else (2**63 and up were a 500, a
+    # superscript digit a 400 for the whole webhook) names no message of ours.
+    attempt_id = (
+        int(opaque)
+        if isinstance(opaque, str) and opaque.isascii() and opaque.isdigit() and len(opaque) <= 19
+        else None
+    )
+    if attempt_id is not None and attempt_id > INT64_MAX:
+        attempt_id = None
     error_code = error_message = None
     errors = item.get("errors")
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated
@@ -21,7 +20,7 @@ from fastapi import Depends, Request, Response
 from app.db.session import DbSession
 from app.operators import service as operator_service
 from app.operators.service import SignedIn
-from app.security import TokenSigner
+from app.security import TokenSigner, same_text
 from app.validation import check_storable
 
 SESSION_COOKIE = "dashboard_session"
@@ -126,7 +125,7 @@ async def check_login_csrf(request: Request) -> None:
     refuse_cross_site(request)
     nonce = signer(request).verify(_LOGIN_CSRF, await _form_token(request))
     cookie = request.cookies.get(LOGIN_COOKIE, "")
-    if nonce is None or not hmac.compare_digest(nonce, cookie):
+    if nonce is None or not same_text(nonce, cookie):
         raise DashboardForbidden("the form has expired or did not come from this site: reload it")
 
 
@@ -140,7 +139,7 @@ async def current_operator(request: Request, session: DbSession) -> SignedIn:
         raise LoginRequired
     if request.method not in ("GET", "HEAD"):
         refuse_cross_site(request)
-        if not hmac.compare_digest(await _form_token(request), csrf_token(request, signed)):
+        if not same_text(await _form_token(request), csrf_token(request, signed)):
             raise DashboardForbidden("the form did not come from this session: reload the page")
     request.state.operator_id = signed.operator.id
     return signed

@@ -38,6 +38,12 @@ def transient_database_error(error: BaseException) -> bool:
     return error.connection_invalidated or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
 
 
+def unique_violation(error: BaseException) -> bool:
+    """A unique constraint refused the row (SQLSTATE 23505): another request made it
+    between our check and our insert."""
+    return isinstance(error, DBAPIError) and getattr(error.orig, "sqlstate", None) == "23505"
+
+
 def create_engine_and_sessionmaker(
     database_url: str, *, pool_size: int = 10, statement_cache: bool | None = None
 ) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:

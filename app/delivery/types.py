@@ -11,6 +11,7 @@ from datetime import datetime
 
 from app.channels.base import WhatsAppTemplateMessage
 from app.states import AttemptStatus, NotificationState
+from app.validation import storable_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +89,11 @@ class Report:
     # A FAILED report: why the notification moves on (or fails), when the service, not
     # the provider, decided it (a gateway phone gone silent); None: the provider said so.
     failure_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        # A provider's fields are kept as they came, but PostgreSQL cannot store a null
+        # character: one in an error text failed the report (and its batch) with a 500.
+        for name in ("provider_message_id", "provider_status", "error_code", "error_message"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, storable_text(value))

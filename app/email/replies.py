@@ -48,6 +48,7 @@ from app.email import repository as email_repository
 from app.email import status as email_status
 from app.email.parsing import DsnRecipient, ParsedEmail
 from app.email.rules import AddressEvent, AddressEventKind, MessageReport
+from app.email.text import single_line
 from app.errors import AppError
 from app.messages import replies as patient_answers
 from app.models import Conversation, InboundEmail, Message, Patient
@@ -258,7 +259,9 @@ def _candidates(envelope: Sequence[str], headers: Sequence[str]) -> list[str]:
     receiving server was told), then the To, Cc and Delivered-To headers."""
     found: list[str] = []
     for raw in [*envelope, *headers]:
-        address = raw.strip().strip("<>").lower()
+        # Cleaned as the headers' are: the envelope comes as it was given (SendGrid's JSON,
+        # an SMTP client's RCPT TO), and an unmatched one is kept (a null was a 500).
+        address = single_line(raw, 300).strip("<>").lower()
         if address and address not in found:
             found.append(address)
     return found

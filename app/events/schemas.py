@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime, time
 from typing import Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from app.models import Event, TriggerRule
 from app.notifications.schemas import PURPOSE_PATTERN
-from app.validation import InputModel
+from app.validation import BoundedDatetime, InputModel
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.\-]{0,99}$"
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_.\-]{0,49}$"
@@ -23,7 +23,7 @@ class EventIn(InputModel):
     )
     patient_id: str = Field(min_length=1, max_length=64)
     staff_id: str | None = Field(default=None, min_length=1, max_length=64)
-    occurred_at: AwareDatetime
+    occurred_at: BoundedDatetime
     data: dict[str, Any] = Field(default_factory=dict)
 
 

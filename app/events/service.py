@@ -29,6 +29,7 @@ from app.states import EVENT_SOURCES, EVENT_TARGET, NotificationEvent, Notificat
 from app.templates import repository as template_repository
 from app.templates import service as template_service
 from app.templates.placeholders import variables_of
+from app.validation import check_storable, storable_text
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ async def _evaluate_rules(
         try:
             values = await _notification_of(session, rule, event, patient, context, window, now)
         except Exception as exc:  # a rule's failure is the rule's: recorded
-            errors[rule.name] = f"{type(exc).__name__}: {exc}"[:500]
+            # Kept in JSONB: CEL's errors may quote what an expression made (a null too).
+            errors[rule.name] = storable_text(f"{type(exc).__name__}: {exc}"[:500])
             TRIGGER_RULE_ERRORS.labels(rule=rule.name).inc()
             log.warning("trigger rule failed", extra={"rule": rule.name, "event_id": event.id})
             continue
@@ -171,6 +173,9 @@ async def _notification_of(
         name: _text(compile_expression(source).evaluate(context))
         for name, source in rule.parameters.items()
     }
+    # CEL's escapes make any character ("\u202e", "\x00"): held to the rule of the
+    # API's own variables, a rule's failure, not a 500 or an override in a message.
+    check_storable(given, "parameters")
     variables = {**notification_service.standard_variables(patient), **given}
     rendered = await template_service.render(session, rule.template, patient.locale, variables)
     send_at = send_moment(SendAt.model_validate(rule.send_at), event.occurred_at, patient)

@@ -21,9 +21,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
+from app.db.session import unique_violation
 from app.errors import Conflict, NotFound, field_error
 from app.experiments import assignment, stats
 from app.experiments import repository as experiment_repository
@@ -85,7 +87,14 @@ async def create(
         )
         for position, g in enumerate(request.groups)
     ]
-    await experiment_repository.create(session, experiment, groups)
+    try:
+        # Two requests with one name racing: the unique constraint picks the winner.
+        async with session.begin_nested():
+            await experiment_repository.create(session, experiment, groups)
+    except IntegrityError as exc:
+        if not unique_violation(exc):
+            raise
+        raise Conflict(f"an experiment named '{request.name}' exists already") from exc
     return experiment, groups
 
 

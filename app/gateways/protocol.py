@@ -17,6 +17,7 @@ from app import phone
 from app.channels import inbound
 from app.channels.base import ChannelName
 from app.states import AttemptStatus
+from app.validation import storable_text
 
 # Where an attempt stands on the phone's side (`gateway_state`). None: in its country's
 # pool, waiting for a phone (app/channels/gateway.py queued it); `forwarded-to-gateway`:
@@ -142,7 +143,7 @@ def _text(entry: dict[str, object], key: str, max_chars: int | None = None) -> s
         return None
     if max_chars is not None and len(value) > max_chars:
         return None
-    return value
+    return storable_text(value)
 
 
 def _moment(value: object) -> datetime | None:
@@ -183,8 +184,8 @@ def _update(entry: object) -> Update | None:
     reason = entry.get("reason")
     return Update(
         message_id,
-        status[:50] if isinstance(status, str) and status else None,
-        reason[:500] if isinstance(reason, str) else None,
+        storable_text(status[:50]) if isinstance(status, str) and status else None,
+        storable_text(reason[:500]) if isinstance(reason, str) else None,
     )
 
 

@@ -17,13 +17,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.service import hash_key
 from app.channels.base import ChannelName
 from app.channels.inbound import IncomingMessage
 from app.config import Settings
-from app.db.session import create_engine_and_sessionmaker, standalone_session
+from app.db.session import (
+    create_engine_and_sessionmaker,
+    standalone_session,
+    unique_violation,
+)
 from app.delivery import provider_reports
 from app.delivery.types import Report
 from app.errors import Conflict
@@ -38,6 +43,7 @@ from app.states import AttemptStatus
 log = logging.getLogger(__name__)
 
 SECRET_PREFIX = "gw_"  # noqa: S105 - a prefix, not a secret
+GATEWAY_NAME_CHARS = 100
 
 
 async def create_gateway(
@@ -53,8 +59,14 @@ async def create_gateway(
         number=number,
         secret_hash=hash_key(secret),
     )
-    session.add(gateway)
-    await session.flush()
+    try:
+        # Two requests with one name racing: the unique constraint picks the winner.
+        async with session.begin_nested():
+            session.add(gateway)
+    except IntegrityError as exc:
+        if not unique_violation(exc):
+            raise
+        raise Conflict(f"a gateway named {name!r} exists already") from exc
     return gateway, secret
 
 
@@ -84,7 +96,10 @@ async def authenticate(session: AsyncSession, name: str, secret: str) -> Gateway
     """The gateway these HTTP Basic credentials name, or None."""
     if len(secret) > 200:
         return None
-    gateway = await gateway_repository.by_name(session, name)
+    # No gateway has such a name, and PostgreSQL cannot compare one with a null
+    # character in it (anyone's Basic credentials were a 500).
+    known = len(name) <= GATEWAY_NAME_CHARS and "\x00" not in name
+    gateway = await gateway_repository.by_name(session, name) if known else None
     # Compared in constant time, and hashed even for an unknown name.
     digest = hash_key(secret)
     if gateway is None or not hmac.compare_digest(gateway.secret_hash, digest):

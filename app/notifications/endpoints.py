@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from pydantic import AwareDatetime
 
 from app.channels.base import ChannelName
 from app.db.session import DbSession
@@ -21,6 +20,7 @@ from app.notifications.schemas import (
 )
 from app.pagination import Cursor, Limit
 from app.states import NotificationState
+from app.validation import BoundedDatetime
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
@@ -86,10 +86,10 @@ async def list_notifications(
         ChannelName | None, Query(description="Notifications with an attempt over it")
     ] = None,
     patient_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-    created_from: AwareDatetime | None = None,
-    created_until: AwareDatetime | None = None,
-    due_from: AwareDatetime | None = None,
-    due_until: AwareDatetime | None = None,
+    created_from: BoundedDatetime | None = None,
+    created_until: BoundedDatetime | None = None,
+    due_from: BoundedDatetime | None = None,
+    due_until: BoundedDatetime | None = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> NotificationPage:

@@ -9,13 +9,13 @@ from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Query
-from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.notifications import service as notification_service
 from app.notifications.repository import NotificationFilter
 from app.notifications.schemas import PURPOSE_PATTERN, NotificationPage
 from app.states import NotificationState
+from app.validation import BoundedDatetime
 
 
 def history_filter(
@@ -24,8 +24,8 @@ def history_filter(
         Query(description="`pending`: due and not sent yet; `scheduled`: not yet due"),
     ] = None,
     purpose: Annotated[str | None, Query(pattern=PURPOSE_PATTERN)] = None,
-    created_from: Annotated[AwareDatetime | None, Query(description="Included")] = None,
-    created_until: Annotated[AwareDatetime | None, Query(description="Excluded")] = None,
+    created_from: Annotated[BoundedDatetime | None, Query(description="Included")] = None,
+    created_until: Annotated[BoundedDatetime | None, Query(description="Excluded")] = None,
 ) -> NotificationFilter:
     return NotificationFilter(
         state=state, purpose=purpose, created_from=created_from, created_until=created_until

@@ -114,6 +114,15 @@ class TestImoReadReceipt:
             assert answer.status_code == 404, token
         assert await states(db_session, notification, attempt) == ("sent", "sent")
 
+    @pytest.mark.parametrize("kind", ["notifications", "invitations"])
+    async def test_a_token_beyond_ascii_is_a_404_not_a_500(
+        self, api: httpx.AsyncClient, kind: str
+    ) -> None:
+        # Found auditing issue 11: hmac.compare_digest raised TypeError for its MAC.
+        for token in ("YQ.\u00e9", "MTIz.%C3%A9%C3%A9"):
+            answer = await api.post(f"/callbacks/imo/{kind}/{token}", json={"event": "x"})
+            assert answer.status_code == 404, (token, answer.text)
+
     async def test_a_post_id_of_another_message_is_refused(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:
@@ -456,6 +465,45 @@ class TestOneBadReportInABatch:
         answer = await twilio_post(api, attempt.id, status_params("S" * 101, "delivered"))
         assert answer.status_code == 400
         assert await states(db_session, notification, attempt) == ("sent", "sent")
+
+
+class TestNullCharacters:
+    """Found auditing issue 11: a null character in what Twilio hands over (PostgreSQL
+    stores none) was a 500, for that callback and every retry of it. Kept, replaced."""
+
+    async def test_in_a_status_s_error_the_report_stands(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        _notification, attempt = await sent_attempt(db_session, provider_message_id="SMnul1")
+        params = status_params("SMnul1", "undelivered", ErrorCode="300\x0008", ErrorMessage="x\x00")
+        answer = await twilio_post(api, attempt.id, params)
+        assert answer.status_code == 200, answer.text
+        await db_session.refresh(attempt)
+        assert (attempt.status, attempt.error_code) == ("failed", "300\ufffd08")
+        kept = await db_session.scalar(
+            select(DeliveryReport.error_message).where(DeliveryReport.attempt_id == attempt.id)
+        )
+        assert kept == "x\ufffd"
+
+    async def test_in_a_status_s_message_id_it_names_no_message(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        notification, attempt = await sent_attempt(db_session, provider_message_id="SMnul2")
+        answer = await twilio_post(api, attempt.id, status_params("SMnul2\x00", "delivered"))
+        assert answer.status_code == 404, answer.text
+        assert await states(db_session, notification, attempt) == ("sent", "sent")
+
+    async def test_in_a_patients_message_it_is_stored(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session)
+        assert patient.mobile_e164 is not None
+        sid = f"SM{uuid.uuid4().hex}"
+        params = {"MessageSid": sid + "\x00", "From": patient.mobile_e164, "Body": "a\x00b"}
+        answer = await inbound_post(api, params)
+        assert answer.status_code == 200, answer.text
+        [message] = await stored(db_session, sid + "\ufffd")
+        assert (message.patient_id, message.text) == (patient.id, "a\ufffdb")
 
 
 async def write(api: httpx.AsyncClient, number: str, text: str) -> httpx.Response:

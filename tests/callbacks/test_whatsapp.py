@@ -371,3 +371,83 @@ class TestInboundMessages:
     async def test_a_message_without_a_sender_is_a_400(self, client: httpx.AsyncClient) -> None:
         body = messages_webhook({"id": "wamid.y", "type": "text", "text": {"body": "hi"}})
         assert (await post(client, body)).status_code == 400
+
+
+class TestNullCharactersAndBigIds:
+    """Found auditing issue 11: a null character in a patient's message or a status's
+    error (PostgreSQL stores none), or an opaque id of 2**63 and up, was a 500 for the
+    whole webhook, and for each of Meta's retries of it."""
+
+    async def test_a_null_character_in_a_message_is_stored_replaced(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(
+            db_session, unique_mobile("+9198"), country="IN", locale="hi-IN"
+        )
+        digits = (patient.mobile_e164 or "").removeprefix("+")
+        message_id = f"wamid.{uuid.uuid4().hex}"
+        body = messages_webhook(
+            {
+                "from": digits,
+                "id": message_id + "\x00",
+                "timestamp": "1764870000",
+                "type": "image",
+                "image": {"id": "M\x00", "mime_type": "image/\x00", "caption": "a\x00b"},
+            }
+        )
+        answer = await post(client, body)
+        assert answer.status_code == 200, answer.text
+        [row] = (
+            await db_session.scalars(select(Message).where(Message.patient_id == patient.id))
+        ).all()
+        assert (row.provider_message_id, row.text) == (message_id + "\ufffd", "a\ufffdb")
+        assert row.media == [{"type": "image/\ufffd", "provider_media_id": "M\ufffd"}]
+
+    async def test_a_null_character_in_a_status_s_error_the_report_stands(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        _notification, attempt = await whatsapp_attempt(db_session, "wamid.N1", chain=["whatsapp"])
+        failed = status(attempt, "failed", errors=[{"code": "1\x003", "title": "t\x00"}])
+        answer = await post(client, webhook(failed))
+        assert answer.status_code == 200, answer.text
+        await db_session.refresh(attempt)
+        assert (attempt.status, attempt.error_code) == ("failed", "1\ufffd3")
+
+    @pytest.mark.parametrize("opaque", [str(2**63), str(2**64), "9" * 40, "\u00b2", "\u0663"])
+    async def test_an_opaque_id_that_cannot_be_ours_names_no_message(
+        self, client: httpx.AsyncClient, db_session: AsyncSession, opaque: str
+    ) -> None:
+        notification, attempt = await whatsapp_attempt(db_session, f"wamid.{uuid.uuid4().hex}")
+        answer = await post(
+            client, webhook(status(attempt, "read", biz_opaque_callback_data=opaque))
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["changed"] is False
+        assert await states(db_session, notification, attempt) == ("sent", "sent")
+
+    async def test_a_timestamp_past_year_9999_is_the_moment_we_heard(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        # 12 digits were taken, and 999999999999 is in the year 33658: a 400 for the
+        # whole webhook, every message of it lost.
+        patient = await make_patient_at(
+            db_session, unique_mobile("+9198"), country="IN", locale="hi-IN"
+        )
+        digits = (patient.mobile_e164 or "").removeprefix("+")
+        message = {"from": digits, "id": f"wamid.{uuid.uuid4().hex}", "type": "text"}
+        body = messages_webhook(
+            {**message, "timestamp": "999999999999", "text": {"body": "hi"}},
+            {
+                **message,
+                "id": f"wamid.{uuid.uuid4().hex}",
+                "timestamp": "\u00b2",
+                "text": {"body": "x"},
+            },
+        )
+        answer = await post(client, body)
+        assert answer.status_code == 200, answer.text
+        rows = (
+            await db_session.scalars(select(Message).where(Message.patient_id == patient.id))
+        ).all()
+        assert sorted(r.text for r in rows) == ["hi", "x"]
+        assert all(r.received_at.year < 9999 for r in rows)

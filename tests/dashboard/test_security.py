@@ -141,6 +141,24 @@ class TestRefusals:
         )
         assert (await dashboard.get("/dashboard/")).status_code == 303
 
+    async def test_tokens_beyond_ascii_are_refused_not_a_500(
+        self, dashboard: httpx.AsyncClient, make_operator: MakeOperator
+    ) -> None:
+        # Found auditing issue 11: hmac.compare_digest raises TypeError for a str with
+        # a character beyond ASCII, in a cookie, a form token or a callback token.
+        cookie = f"{SESSION_COOKIE}=Zm9yZ2Vk.\u00e9".encode()
+        assert (await dashboard.get("/dashboard/", headers={"Cookie": cookie})).status_code == 303
+        await dashboard.get("/dashboard/login")
+        email, password = await make_operator("viewer")
+        for token in ("Zm9yZ2Vk.\u00e9", "\u00e9"):
+            answer = await dashboard.post(
+                "/dashboard/login", data={"email": email, "password": password, "csrf_token": token}
+            )
+            assert answer.status_code == 403, token
+        await log_in(dashboard, email, password)
+        answer = await dashboard.post("/dashboard/logout", data={"csrf_token": "\u00e9"})
+        assert answer.status_code == 403
+
     async def test_a_post_without_or_with_a_wrong_csrf_token_is_refused(
         self, dashboard: httpx.AsyncClient, make_operator: MakeOperator
     ) -> None:

@@ -389,6 +389,25 @@ class TestInboundParse:
         )
         assert text == "Yes, I will come on Tuesday."
 
+    @pytest.mark.parametrize("prefix", ["reply+", "bounce+"])
+    async def test_a_null_character_in_the_envelope_is_kept_unmatched(
+        self, client: httpx.AsyncClient, db_session: AsyncSession, prefix: str
+    ) -> None:
+        # Found auditing issue 11: an envelope address that looked like ours but held a
+        # null character was stored as the email's recipient: a 500, retried for ever.
+        to = f"{prefix}abc\x00def@{DOMAIN}"
+        elsewhere = f"somebody@{DOMAIN}"
+        raw = (
+            mail.reply(sender=fresh(), to=elsewhere)
+            if prefix == "reply+"
+            else mail.dsn(fresh(), to=elsewhere)
+        )
+        answer = await client.post(
+            "/callbacks/email/inbound-parse", headers=AUTH, **self.form(raw, [to])
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outcome"] == "unmatched"
+
     async def test_credentials_are_required(self, client: httpx.AsyncClient) -> None:
         raw = mail.reply()
         for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"sendgrid:x").decode()},

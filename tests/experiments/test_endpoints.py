@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.delivery import repository as delivery_repository
 from app.delivery.types import Outcome
+from app.experiments import repository as experiment_repository
 from app.experiments.assignment import assign
 from app.models import ExperimentMembership, Notification, Patient
 from app.states import NotificationState
@@ -108,6 +109,21 @@ class TestCreate:
         created = await create_experiment(api)
         answer = await api.post("/v1/experiments", json=experiment_body(name=created["name"]))
         assert answer.status_code == 409
+
+    async def test_a_name_taken_by_a_racing_request_is_409_not_500(
+        self, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Found auditing issue 11: eight identical creates at once were one 201 and
+        # seven 500s (the unique constraint, after each had checked the name was free).
+        created = await create_experiment(api)
+
+        async def free(*_: object) -> bool:
+            return False  # as a racing request, which checked before the first committed
+
+        monkeypatch.setattr(experiment_repository, "name_taken", free)
+        answer = await api.post("/v1/experiments", json=experiment_body(name=created["name"]))
+        assert answer.status_code == 409, answer.text
+        assert (await api.get(f"/v1/experiments/{created['id']}")).status_code == 200
 
     @pytest.mark.parametrize(
         ("overrides", "field"),

@@ -40,6 +40,22 @@ async def test_a_taken_name_is_409_and_bad_fields_422(api: httpx.AsyncClient) ->
         assert (await api.post("/v1/gateways", json=body)).status_code == 422, body
 
 
+async def test_a_name_taken_by_a_racing_request_is_409_not_500(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found auditing issue 11: eight identical registrations at once were one 201, one
+    # 409 and six 500s (the unique constraint, after each had checked the name was free).
+    assert (await api.post("/v1/gateways", json={"name": "racing"})).status_code == 201
+
+    async def free(*_: object) -> bool:
+        return False  # as a racing request, which checked before the first committed
+
+    monkeypatch.setattr(gateway_repository, "name_taken", free)
+    answer = await api.post("/v1/gateways", json={"name": "racing"})
+    assert answer.status_code == 409, answer.text
+    assert [g["name"] for g in (await api.get("/v1/gateways")).json()["data"]] == ["racing"]
+
+
 async def test_the_list_shows_queue_depth_and_counts(
     api: httpx.AsyncClient, phone: Phone, db_session: AsyncSession
 ) -> None:

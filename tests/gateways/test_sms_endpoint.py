@@ -57,6 +57,16 @@ class TestAuthentication:
             assert response.json()["error"] is True
             assert response.headers["www-authenticate"].startswith("Basic")
 
+    @pytest.mark.parametrize("name", ["gw\x00", "\x00", "g" * 5000])
+    async def test_a_name_no_gateway_can_have_is_401_not_500(self, phone: Phone, name: str) -> None:
+        # Found auditing issue 11: a null character in the name reached PostgreSQL.
+        for encoding in ("utf-8", "latin-1"):
+            credentials = b64encode(f"{name}:{phone.secret}".encode(encoding)).decode()
+            response = await phone.client.get(
+                "/gateway/api/sms", headers={**APP_HEADERS, "Authorization": f"Basic {credentials}"}
+            )
+            assert response.status_code == 401, response.text
+
     async def test_credentials_in_iso_8859_1_as_the_app_encodes_them(
         self, phone: Phone, db_sessionmaker: async_sessionmaker[AsyncSession]
     ) -> None:
@@ -225,6 +235,50 @@ class TestUpdates:
         stored = await attempt_of(db_session, attempt.id)
         assert stored.status == "sent"
         assert [h["state"] for h in stored.state_history or []] == ["forwarded-to-gateway"]
+
+
+class TestNullCharacters:
+    """Found auditing issue 11: a null character in an id, a status or a reason a phone
+    sent (PostgreSQL stores none) was a 500 for the whole poll, and for every poll after
+    it: the phone sends its unacknowledged updates again."""
+
+    async def test_in_updates_they_are_kept_replaced_or_name_no_message(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        _, attempt = await queue_message(db_session)
+        await db_session.commit()
+        await phone.poll()
+        message_id = attempt.provider_message_id
+        updates = [
+            {"id": message_id + "\x00", "status": "SENT"},
+            {"id": message_id, "status": "WAIT\x00ING"},
+            {"id": message_id, "status": "FAILED", "reason": "no\x00credit"},
+        ]
+        response = await phone.poll({"updates": updates})
+        assert response.status_code == 200, response.text
+        stored = await attempt_of(db_session, attempt.id)
+        history = stored.state_history or []
+        assert [h["state"] for h in history] == ["forwarded-to-gateway", "unrecognised", "failed"]
+        assert (history[1]["status"], history[2]["reason"]) == ("WAIT\ufffdING", "no\ufffdcredit")
+        assert stored.status == "failed" and stored.error_message == "no\ufffdcredit"
+
+    async def test_in_a_message_it_is_stored_replaced(
+        self, phone: Phone, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient_at(db_session)
+        await db_session.commit()
+        message_id = str(uuid.uuid4())
+        sms = {"id": message_id + "\x00", "from": patient.mobile_e164, "content": "a\x00b"}
+        response = await phone.poll({"messages": [sms]})
+        assert response.status_code == 200, response.text
+        [row] = (
+            await db_session.scalars(
+                select(Message).where(
+                    Message.channel == "gateway", Message.patient_id == patient.id
+                )
+            )
+        ).all()
+        assert (row.provider_message_id, row.text) == (message_id + "\ufffd", "ab")
 
 
 class TestIncoming:
