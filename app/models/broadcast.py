@@ -15,8 +15,9 @@ BROADCAST_STATES = ("fanning_out", "fanned_out", "cancelled")
 
 class Broadcast(TimestampMixin, Base):
     """One message to every member of a group. The worker fans it out in chunks in
-    patient id order; `cursor` is the last patient id done, committed with its chunk,
-    so a killed worker resumes after it."""
+    patient id order, then (a static group) staff id order; `cursor` and `staff_cursor`
+    are the last ids done, committed with their chunk, so a killed worker resumes
+    after them."""
 
     __tablename__ = "broadcasts"
     __table_args__ = (
@@ -36,6 +37,9 @@ class Broadcast(TimestampMixin, Base):
     channel_chain: Mapped[list[str] | None] = mapped_column(ARRAY(String(20)))
     state: Mapped[str] = mapped_column(String(20))
     cursor: Mapped[str | None] = mapped_column(String(64))
+    # A static group's staff members come after its patients: the last staff id done,
+    # committed with its chunk; null while the patients are not done.
+    staff_cursor: Mapped[str | None] = mapped_column(String(64))
     members: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))

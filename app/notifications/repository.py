@@ -77,6 +77,7 @@ class NotificationFilter:
     purpose: str | None = None
     channel: str | None = None
     patient_id: str | None = None
+    staff_id: str | None = None
     # Where it came from: an event's trigger rules, a broadcast to a group.
     event_id: str | None = None
     group_name: str | None = None
@@ -96,7 +97,8 @@ async def search(
     """Notifications matching `where`, newest first, keyset-paginated on (created_at, id).
 
     Read along ix_notifications_created (or ..._state_created, ..._patient_created,
-    ..._group_created; an event's few along uq_notifications_event_rule); a
+    ..._staff_created, ..._group_created; an event's few along
+    uq_notifications_event_rule); a
     channel is an attempt over it, looked up per candidate by its notification's index.
     """
     query = select(Notification)
@@ -106,6 +108,8 @@ async def search(
         query = query.where(Notification.purpose == where.purpose)
     if where.patient_id is not None:
         query = query.where(Notification.patient_id == where.patient_id)
+    if where.staff_id is not None:
+        query = query.where(Notification.staff_id == where.staff_id)
     if where.event_id is not None:
         query = query.where(Notification.event_id == where.event_id)
     if where.group_name is not None:

@@ -1,4 +1,5 @@
-"""Message history of a group and of an event: newest first, filters, pages to the first."""
+"""Message history of a group, an event and a staff user: newest first, filters, pages
+to the first."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.factories import make_notification, make_patient, unique_id
+from tests.factories import make_notification, make_patient, make_staff, unique_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -86,3 +87,46 @@ class TestEventHistory:
         items = await all_pages(api, f"/v1/events/{event_id}/messages")
         assert sorted(item["id"] for item in items) == sorted(str(n.id) for n in mine)
         assert (await api.get("/v1/events/no-such/messages")).status_code == 404
+
+
+class TestStaffHistory:
+    async def test_newest_first_to_the_very_first_with_filters(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        nurse, other = await make_staff(db_session), await make_staff(db_session)
+        start = datetime.now(UTC) - timedelta(hours=1)
+        made = []
+        for n in range(5):
+            notification = await make_notification(
+                db_session,
+                patient,
+                patient_id=None,
+                staff_id=nurse.id,
+                purpose="rota" if n % 2 else "other",
+                state="sent" if n < 2 else "scheduled",
+                created_at=start + timedelta(minutes=n),
+            )
+            made.append(str(notification.id))
+        # Neither the patient's nor another staff member's.
+        await make_notification(db_session, patient)
+        await make_notification(db_session, patient, patient_id=None, staff_id=other.id)
+        url = f"/v1/staff/{nurse.id}/messages"
+
+        items = await all_pages(api, url)
+        assert [item["id"] for item in items] == made[::-1]
+        assert {(item["staff_id"], item["patient_id"]) for item in items} == {(nurse.id, None)}
+        sent = await all_pages(api, url, state="sent")
+        assert [item["id"] for item in sent] == made[:2][::-1]
+        rota = await all_pages(api, url, purpose="rota")
+        assert [item["id"] for item in rota] == [made[3], made[1]]
+        late = await all_pages(api, url, created_from=(start + timedelta(minutes=3)).isoformat())
+        assert [item["id"] for item in late] == [made[4], made[3]]
+
+    async def test_an_unknown_staff_user_is_a_404_and_a_bad_cursor_a_422(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        assert (await api.get("/v1/staff/no-such/messages")).status_code == 404
+        nurse = await make_staff(db_session)
+        bad = await api.get(f"/v1/staff/{nurse.id}/messages", params={"cursor": "nonsense"})
+        assert bad.status_code == 422
