@@ -5,6 +5,8 @@ then); the worker's job then schedules the members chunk by chunk, each chunk on
 INSERT ... SELECT committed with the cursor (the last patient id done), so a worker
 killed mid fan-out leaves the cursor at the last whole chunk and whoever resumes goes on
 from there: nobody twice (unique (broadcast_id, patient_id) as well), nobody skipped.
+A static group's staff members follow its patients the same way (`staff_cursor`,
+unique (broadcast_id, staff_id)); the dispatcher reaches them by email.
 The notifications are ordinary ones: the dispatcher applies consent, window, switches
 and rate limits to them as to any other.
 """
@@ -148,6 +150,7 @@ async def plan(session: AsyncSession, broadcast: Broadcast, settings: Settings) 
         window_end=settings.messaging_window_end,
         expiry_days=settings.expiry_days(broadcast.purpose),
         today=broadcast.created_at.date(),
+        staff_time_zone=settings.staff_time_zone,
     )
 
 
@@ -166,9 +169,10 @@ async def fan_out(
     on_chunk: Callable[[int], Awaitable[None]] | None = None,
 ) -> FanOutResult:
     """Schedule the broadcast's members after its cursor, a chunk per transaction, until
-    none is left or it is cancelled. Safe to run twice at once (the broadcast's row lock
+    none is left or it is cancelled: its patients, then (a static group) its staff
+    members after `staff_cursor`. Safe to run twice at once (the broadcast's row lock
     orders the chunks) and to resume after a crash. `on_chunk(members)` after each."""
-    statement: ChunkStatement | None = None
+    statements: dict[bool, ChunkStatement] = {}
     chunks = 0
     while True:
         async with sessionmaker() as session:
@@ -177,14 +181,21 @@ async def fan_out(
                 return FanOutResult("gone", 0, chunks)
             if broadcast.state != "fanning_out":
                 return FanOutResult(broadcast.state, broadcast.members, chunks)
-            if statement is None:
-                statement = ChunkStatement(await plan(session, broadcast, settings))
+            staff = broadcast.staff_cursor is not None
+            if staff not in statements:
+                fan_out_plan = await plan(session, broadcast, settings)
+                statements[staff] = ChunkStatement(fan_out_plan, staff=staff)
             size = settings.broadcast_chunk_size
-            last, members, made = await statement.run(session, broadcast.cursor or "", size)
-            if last is not None:
+            cursor = (broadcast.staff_cursor if staff else broadcast.cursor) or ""
+            last, members, made = await statements[staff].run(session, cursor, size)
+            if last is not None and staff:
+                broadcast.staff_cursor = last
+            elif last is not None:
                 broadcast.cursor = last
             broadcast.members += members
-            if members < size:
+            if members < size and not staff and broadcast.filter is None:
+                broadcast.staff_cursor = ""  # the patients are done: the staff next
+            elif members < size:
                 broadcast.state = "fanned_out"
             broadcast.updated_at = datetime.now(UTC)
             state, total = broadcast.state, broadcast.members
