@@ -317,7 +317,7 @@ _SETTLE = text(
                     CAST(:sent_ats AS timestamptz[]), CAST(:paused_bys AS text[]))
              AS v(id, state, chain, channel_index, due_at, retry_count, failure_reason, sent_at,
                   paused_by)
-        WHERE n.id = v.id AND {sql_in("n.state", _SETTLE_SOURCES)}
+        WHERE n.id = v.id AND {sql_in("n.state", _SETTLE_SOURCES, indexable=False)}
         RETURNING n.appointment_id, n.state
     )
     -- Failed on every channel: the experiment member whose reminder this was is evicted
@@ -889,7 +889,7 @@ _GIVE_UP = text(
         updated_at = now()
     FROM unnest(CAST(:ids AS bigint[]), CAST(:error_codes AS text[]),
                 CAST(:error_messages AS text[])) AS v(id, error_code, error_message)
-    WHERE a.id = v.id AND a.status = '{A.SENT}'
+    WHERE a.id = v.id AND {sql_in("a.status", [A.SENT], indexable=False)}
     """  # noqa: S608 - constants only
 )
 

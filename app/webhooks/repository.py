@@ -184,7 +184,9 @@ _RECORD = text(
                 CAST(:statuses AS integer[]), CAST(:errors AS text[]),
                 CAST(:next_attempts AS timestamptz[]))
          AS v(id, delivered, status, error, next_attempt_at)
-    WHERE d.id = v.id AND d.state = 'pending'
+    -- By primary key only: the state is checked on the row found (an outbox grown long
+    -- in an outage must not be walked by its `pending` index for each batch).
+    WHERE d.id = v.id AND (d.state = 'pending') IS TRUE
     """
 )
 
