@@ -79,3 +79,15 @@ async def test_settle_reads_its_batch_by_primary_key(db_session: AsyncSession) -
     indexes = index_names(plan)
     assert "pk_notifications" in indexes, plan
     assert "ix_notifications_state_created" not in indexes, plan
+
+
+async def test_the_claim_reads_patients_and_staff_by_primary_key(db_session: AsyncSession) -> None:
+    # Left joins for both kinds of recipient: each by its primary key, never a scan of
+    # patients or staff per batch (a staff member's patient, through the event, too).
+    await statistics_without_sent_rows(db_session)
+
+    plan = await generic_plan(db_session, delivery_repository._CLAIM, "500, NULL, 'UTC', 30")
+
+    indexes = index_names(plan)
+    assert {"pk_patients", "pk_staff"} <= indexes, plan
+    assert "Seq Scan" not in json.dumps(plan), plan
