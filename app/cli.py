@@ -224,20 +224,28 @@ def smtp_inbound(
     port: Annotated[int, typer.Option(help="Port to listen on (25 behind the MX).")] = 2525,
 ) -> None:
     """Receive email replies and bounces by SMTP (for EMAIL_INBOUND_DOMAIN only)."""
+    from arq import create_pool
+
     from app.db.session import create_engine_and_sessionmaker
     from app.email.smtp_receiver import serve
     from app.logs import configure_logging
+    from app.redis import redis_settings
 
-    database_url, _ = prepare_environment(redis=False)
+    database_url, redis_url = prepare_environment(redis=False)
     require_migrated(database_url)
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
 
     async def run() -> None:
         engine, sessionmaker = create_engine_and_sessionmaker(database_url, pool_size=5)
+        # With Redis configured, the answer to a STOP/START/HELP by email goes to a
+        # worker at once; without, the workers' cron finds it.
+        redis = await create_pool(redis_settings(redis_url)) if redis_url else None
         try:
-            await serve(settings, sessionmaker, host, port)
+            await serve(settings, sessionmaker, host, port, redis=redis)
         finally:
+            if redis is not None:
+                await redis.aclose()
             await engine.dispose()
 
     console.print(f"SMTP receiver for @{settings.email_inbound_domain} on {host}:{port}")
@@ -451,6 +459,13 @@ def fake_mail(
         Path | None, typer.Option(help="Where mail is kept; default DATA_DIR/mail.")
     ] = None,
     keep: Annotated[int, typer.Option(min=1, help="The newest messages kept.")] = 1000,
+    inbound_smtp: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of `notify smtp-inbound`: where POST /_fake/mail/ID/reply and "
+            "/bounce send a kept message's reply or bounce."
+        ),
+    ] = None,
 ) -> None:
     """Serve the embedded SMTP server: accepts every message, relays none, keeps the
     newest in a folder and shows them at http://HOST:PORT/_fake/mail."""
@@ -458,7 +473,13 @@ def fake_mail(
 
     if folder is None:
         folder = Path(get_settings().data_dir) / "mail"
-    mail.serve(folder, host, smtp_port, port, keep)
+    inbound = None
+    if inbound_smtp:
+        inbound_host, _, inbound_port = inbound_smtp.rpartition(":")
+        if not inbound_host or not inbound_port.isdigit():
+            raise typer.BadParameter("HOST:PORT", param_hint="--inbound-smtp")
+        inbound = (inbound_host, int(inbound_port))
+    mail.serve(folder, host, smtp_port, port, keep, inbound)
 
 
 @cli.command("webhook-sink")

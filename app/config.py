@@ -222,6 +222,10 @@ class Settings(BaseSettings):
     sendgrid_event_public_key: str = ""
     # A signed event post whose timestamp is further than this from now is a replay.
     sendgrid_event_max_age_seconds: int = Field(default=600, ge=10)
+    # A SendGrid `open` event makes its email's attempt (and notification) `read`. Off by
+    # default: opens are unreliable (mail scanners and Apple Mail's privacy protection
+    # fetch the tracking pixel unread; images blocked hide real reads).
+    email_opens_are_reads: bool = False
 
     sentry_dsn: str = ""
     # Outside production, only these numbers are messaged, whatever the provider's URL

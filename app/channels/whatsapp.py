@@ -8,10 +8,15 @@
   addresses, Content SID and ContentVariables); statuses come through Twilio's status
   callbacks like SMS's, `read` included.
 
-Outside the 24-hour customer-service window WhatsApp takes only pre-approved templates.
-Nothing tells us of that window yet (it needs inbound messages), so a message goes out as
-its template; one whose template has no WhatsApp mapping is refused before any request
-(`no_whatsapp_template`: the next channel is tried, nobody is alerted).
+Outside the 24-hour customer-service window WhatsApp takes only pre-approved templates:
+a message goes out as its template, and one whose template has no WhatsApp mapping is
+refused before any request (`no_whatsapp_template`: the next channel is tried, nobody is
+alerted). Inside the window (the claim found a WhatsApp message from the patient in the
+last 24 hours: `OutgoingMessage.free_text_allowed`) the text goes as it is; a Cloud API
+refusal for re-engagement (131047) then sends the template instead, when there is one.
+
+The Cloud API has no status look-up: its lost webhooks are not reconciled (Meta retries a
+webhook it could not deliver for up to 7 days). Through Twilio, `fetch_status` is SMS's.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 # Every patient messaged at the sender's number, and the one it matched: a STOP from a
-# family phone stops what goes to that phone, whoever the reminder is for.
+# family phone stops what goes to that phone, whoever the reminder is for. No phone (an
+# email, whose reply token names one patient): that patient alone.
 _PATIENTS_OF_SENDER = """
     SELECT id FROM patients
     WHERE id = CAST(:patient_id AS text) OR mobile_e164 = CAST(:phone AS text)
@@ -70,7 +71,7 @@ _OPT_OUT_MANY = text(
 
 
 async def opt_out_sender(
-    session: AsyncSession, patient_id: str, phone: str, channels: Collection[str]
+    session: AsyncSession, patient_id: str, phone: str | None, channels: Collection[str]
 ) -> list[str]:
     """Add `channels` to the opt-outs of the patients of this sender -> their ids."""
     rows = await session.execute(
@@ -80,7 +81,7 @@ async def opt_out_sender(
 
 
 async def opt_in_sender(
-    session: AsyncSession, patient_id: str, phone: str, channel: str
+    session: AsyncSession, patient_id: str, phone: str | None, channel: str
 ) -> list[str]:
     """Lift the every-channel opt-out and `channel`'s -> the patients' ids."""
     rows = await session.execute(

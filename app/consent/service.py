@@ -43,13 +43,15 @@ async def apply_keyword(
     *,
     patient_id: str,
     locale: str,
-    phone: str,
+    phone: str | None,
     channel: str,
 ) -> KeywordOutcome:
     """Act on a keyword a patient wrote from `phone` on `channel`. Flushes.
 
     STOP opts out every patient messaged at `phone` (on `channel`, or on every channel
     by OPT_OUT_SCOPE); on every channel, their reminders not yet sent end `denied`.
+    Without a phone (a reply by email, whose token names one patient's conversation),
+    the patient alone.
     START lifts it; HELP changes nothing. Each answers with its template's text.
     """
     changed: list[str] = []

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -121,7 +122,7 @@ class DevStack:
                 names = ", ".join(child.name for child in pending)
                 err_console.print(f"[red]not ready after {timeout:.0f}s:[/red] {names}")
                 return False
-            pending = [c for c in pending if not http_ok(c.ready_url or "", timeout=0.5)]
+            pending = [c for c in pending if not _ready(c.ready_url or "")]
             if pending:
                 self.stopping.wait(0.2)
         return True
@@ -133,6 +134,19 @@ class DevStack:
         for child in self.children:
             if child.reader is not None:
                 child.reader.join(timeout=2)
+
+
+def _ready(url: str) -> bool:
+    """`http://...`: answers 2xx; `tcp://HOST:PORT` (a server without HTTP, such as the
+    SMTP receiver): accepts a connection."""
+    if url.startswith("tcp://"):
+        host, _, port = url.removeprefix("tcp://").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            return False
+    return http_ok(url, timeout=0.5)
 
 
 def _dev_api_key(data_dir: Path, database_url: str) -> tuple[str, bool]:
@@ -333,7 +347,10 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
         env.update(WHATSAPP_TWILIO_FROM=FAKE_TWILIO_SMS_FROM)
     if not settings.smtp_host:
         # The embedded SMTP server: no mail leaves the laptop; it is kept in .data/mail.
+        # Beside it, the SMTP receiver of replies and bounces (`notify smtp-inbound`),
+        # where the fake mail sends a reply or a bounce of a kept message when asked.
         smtp_port, mail_port = embedded.free_port(), embedded.free_port()
+        inbound_port = embedded.free_port()
         mail_root = f"http://127.0.0.1:{mail_port}"
         env.update(
             SMTP_HOST="127.0.0.1",
@@ -353,12 +370,30 @@ def _run_children(host: str, port: int, data_dir: Path, database_url: str, redis
                     str(mail_port),
                     "--folder",
                     str(data_dir / "mail"),
+                    "--inbound-smtp",
+                    f"127.0.0.1:{inbound_port}",
                 ),
                 f"{mail_root}/_fake/stats",
                 "cyan",
             )
         )
+        children.append(
+            (
+                "smtp-in",
+                notify_command("smtp-inbound", "--host", "127.0.0.1", "--port", str(inbound_port)),
+                f"tcp://127.0.0.1:{inbound_port}",
+                "bright_cyan",
+            )
+        )
         urls.append(("Fake mail", f"{mail_root}/_fake/mail  (SMTP on 127.0.0.1:{smtp_port})"))
+        urls.append(
+            (
+                "Inbound mail",
+                f"smtp://127.0.0.1:{inbound_port}  (replies and bounces to "
+                f"@{settings.email_inbound_domain}; try one: POST "
+                f"{mail_root}/_fake/mail/ID/reply, docs/email.md)",
+            )
+        )
     # Anyone may be messaged only when every provider is a fake; with one real provider
     # configured, ALLOWED_RECIPIENTS holds for all of them.
     every_fake = not (

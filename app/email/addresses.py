@@ -6,6 +6,8 @@ them too); they are re-exported here for app/email's readers.
 
 from __future__ import annotations
 
+import re
+
 from app import email_address
 from app.reply_addresses import (
     BOUNCE_PREFIX,
@@ -59,3 +61,9 @@ def mask(address: str) -> str:
     head, dot, tld = domain.rpartition(".")
     masked_domain = f"{head[:1]}***{dot}{tld}" if head else f"{domain[:1]}***"
     return f"{local[:1]}***@{masked_domain}"
+
+
+def mask_in(text: str, address: str) -> str:
+    """`text` with every spelling of `address` in it (any case) masked: a bounce's reason
+    often quotes the address."""
+    return re.sub(re.escape(address), mask(address), text, flags=re.IGNORECASE)

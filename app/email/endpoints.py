@@ -7,7 +7,8 @@
   post that is not a readable form with the raw message, 413 past
   EMAIL_INBOUND_MAX_BYTES.
 - `POST /callbacks/email/events`: SendGrid's Event Webhook, its ECDSA signature checked
-  (403 when wrong, stale or not configured).
+  (403 when wrong, stale or not configured, and nothing changes): address statuses,
+  and the delivery attempts of the emails the events name (app/email/reports.py).
 - `GET /v1/email-status/{address}`, `DELETE /v1/email-status/{address}`,
   `GET /v1/inbound-emails` (the unmatched ones).
 """
@@ -27,7 +28,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from app.config import load_ec_public_key
 from app.db.session import DbSession
-from app.email import replies, sendgrid
+from app.email import replies, reports, sendgrid
 from app.email import status as email_status
 from app.email.parsing import parse
 from app.email.schemas import (
@@ -38,6 +39,7 @@ from app.email.schemas import (
     InboundEmailPage,
 )
 from app.errors import AppError, Forbidden, PayloadTooLarge, Unauthorized
+from app.messages import replies as patient_answers
 from app.observability import CALLBACKS
 from app.pagination import Cursor, Limit
 
@@ -88,6 +90,10 @@ async def sendgrid_inbound_parse(request: Request, session: DbSession) -> Inboun
         via="inbound_parse",
         envelope_recipients=post.envelope_recipients,
     )
+    if received.answer_id is not None:
+        # Committed before a worker is told: it must find the answer.
+        await session.commit()
+        await patient_answers.hand_on(request.app.state.redis, [received.answer_id])
     CALLBACKS.labels("sendgrid", f"inbound_{received.outcome}").inc()
     return InboundAccepted(outcome=received.outcome, reason=received.reason)
 
@@ -148,15 +154,20 @@ async def sendgrid_events(
         CALLBACKS.labels("sendgrid", "stale_signature").inc()
         raise Forbidden("the signed timestamp is too far from now (a replay?)")
     try:
-        batch = sendgrid.address_events(body)
+        batch = sendgrid.address_events(body, opens_are_reads=settings.email_opens_are_reads)
     except sendgrid.BadWebhook as exc:
         raise BadEmailWebhook(str(exc)) from exc
+    # Addresses first, then attempts (and their notifications): the order every post
+    # takes its locks in.
     recorded = await email_status.record(session, batch.events)
+    applied = await reports.apply(session, batch.reports)
     if batch.unreadable:
         # Reported, not swallowed: SendGrid's format changed, or a post was odd.
         log.warning("unreadable SendGrid events", extra={"count": batch.unreadable})
     CALLBACKS.labels("sendgrid", "events").inc()
-    return EventsAccepted(recorded=recorded, ignored=batch.ignored, unreadable=batch.unreadable)
+    return EventsAccepted(
+        recorded=recorded, reports=applied, ignored=batch.ignored, unreadable=batch.unreadable
+    )
 
 
 def _public_key(request: Request, text: str) -> Any:

@@ -7,8 +7,11 @@ so the message is first read here line by line from a file, and what is written 
 is a *skeleton*: every header block, and the bodies of the parts a reply is read from
 (plain text, HTML, delivery-status reports), each cut at `MAX_KEPT_PART_BYTES`. Every
 other part (attachments, forwarded messages) is decoded as it streams by into a size
-and a SHA-256 and kept by that reference only: its bytes are never held. The skeleton,
-small, then goes to the standard library (`app/email/parsing.py`).
+and a SHA-256 and kept by that reference only: its bytes are never held. A delivery
+report's returned email (`message/rfc822` inside `multipart/report`) keeps its header
+block too, which names the email that bounced (its Message-ID); its body is measured
+like an attachment's. The skeleton, small, then goes to the standard library
+(`app/email/parsing.py`).
 
 Memory is bounded by the kept text, whatever the message's size. No I/O but the reads.
 """
@@ -30,6 +33,8 @@ from app.email.text import single_line
 KEPT_TYPES = frozenset(
     {"text/plain", "text/html", "message/delivery-status", "text/rfc822-headers"}
 )
+# A delivery report's returned email: its headers are kept, its body is not.
+RETURNED_TYPES = frozenset({"message/rfc822", "message/global"})
 MAX_KEPT_PART_BYTES = 256 * 1024
 MAX_KEPT_TOTAL_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -223,9 +228,10 @@ class _Skimmer:
         self.truncated = False
         self.defects: list[str] = []
 
-    def entity(self, boundaries: list[bytes], depth: int) -> bytes | None:
+    def entity(self, boundaries: list[bytes], depth: int, in_report: bool = False) -> bytes | None:
         """Read one entity (header block, then body) up to a delimiter line of
-        `boundaries`, which is returned (None: the end of the message)."""
+        `boundaries`, which is returned (None: the end of the message). `in_report`: a
+        part of a `multipart/report`."""
         self.parts += 1
         if self.parts > MAX_PARTS:
             if self.parts == MAX_PARTS + 1:
@@ -242,10 +248,17 @@ class _Skimmer:
             if depth >= MAX_DEPTH:
                 self.defects.append("too_deeply_nested")
                 return self._skip(boundaries)
-            return self._multipart(boundaries, boundary, depth)
+            report = headers.get_content_type() == "multipart/report"
+            return self._multipart(boundaries, boundary, depth, report)
         content_type = headers.get_content_type()
         if content_type in KEPT_TYPES and headers.get_content_disposition() != "attachment":
             return self._kept(boundaries)
+        if in_report and content_type in RETURNED_TYPES:
+            # The returned email's own header block, then its body measured.
+            inner, ended = self._header_block(boundaries)
+            self.out += inner
+            if ended is not None:
+                return ended
         return self._attachment(boundaries, headers)
 
     def _header_block(self, boundaries: list[bytes]) -> tuple[bytes, bytes | None]:
@@ -271,7 +284,9 @@ class _Skimmer:
             block += b"\r\n"
         return bytes(block + b"\r\n")
 
-    def _multipart(self, boundaries: list[bytes], boundary: bytes, depth: int) -> bytes | None:
+    def _multipart(
+        self, boundaries: list[bytes], boundary: bytes, depth: int, report: bool = False
+    ) -> bytes | None:
         inner = [*boundaries, boundary]
         mine = len(inner) - 1
         found = self._skip(inner)  # the preamble
@@ -286,7 +301,7 @@ class _Skimmer:
             self.out += b"\r\n--" + boundary + (b"--\r\n" if closes else b"\r\n")
             if closes:
                 return self._skip(boundaries)  # the epilogue
-            found = self.entity(inner, depth + 1)
+            found = self.entity(inner, depth + 1, report)
         self.defects.append("unclosed_multipart")
         return None
 

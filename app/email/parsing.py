@@ -4,7 +4,8 @@ The raw message is skimmed first (app/email/mime.py); the skeleton that leaves, 
 is parsed with the standard library's `email` package (`policy.default`). The reply is
 the plain-text body (or the HTML one made text) with the quoted previous message and
 the signature removed by `mail-parser-reply`. A delivery status notification (RFC 3464:
-`multipart/report; report-type=delivery-status`) is read into its recipients' actions.
+`multipart/report; report-type=delivery-status`) is read into its recipients' actions
+and the Message-ID of the email it returns, when it quotes that email's headers.
 
 Nothing here raises on a message, however malformed: what cannot be read is absent,
 and named in `defects`.
@@ -17,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from html.parser import HTMLParser
 from typing import IO
 
@@ -33,6 +34,7 @@ MAX_SUBJECT_CHARS = 300
 # long input; a reply is read from its top).
 _REPLY_PARSE_CHARS = 32_000
 _PARSER = BytesParser(policy=policy.default)
+_HEADERS = BytesHeaderParser(policy=policy.default)
 # Read errors of the standard library on hostile headers.
 _HEADER_ERRORS = (ValueError, IndexError, TypeError, AttributeError, LookupError)
 _QUOTED_TAIL = re.compile(r"(?:\n[ \t]*>[^\n]*)+\s*\Z")
@@ -66,6 +68,9 @@ class ParsedEmail:
     auto_reply: bool
     truncated: bool
     dsn: list[DsnRecipient] | None = None
+    # A delivery status notification's returned email: its Message-ID (without angle
+    # brackets), from the report's `text/rfc822-headers` or `message/rfc822` part.
+    original_message_id: str | None = None
     defects: list[str] = field(default_factory=list)
 
     @property
@@ -91,6 +96,7 @@ def parse(source: IO[bytes], reply_languages: list[str]) -> ParsedEmail:
     defects = [*skimmed.defects, *(type(d).__name__ for d in message.defects)]
     senders = _addresses(message, ("from",), defects)
     body = _body_text(message, defects)
+    dsn = _dsn(message, defects)
     return ParsedEmail(
         message_id=_message_id(message),
         senders=senders,
@@ -106,7 +112,8 @@ def parse(source: IO[bytes], reply_languages: list[str]) -> ParsedEmail:
         size=skimmed.size,
         auto_reply=_auto_reply(message, defects),
         truncated=skimmed.truncated,
-        dsn=_dsn(message, defects),
+        dsn=dsn,
+        original_message_id=_returned_message_id(message) if dsn is not None else None,
         defects=defects,
     )
 
@@ -268,6 +275,44 @@ def _dsn(message: EmailMessage, defects: list[str]) -> list[DsnRecipient] | None
             if recipient is not None:
                 recipients.append(recipient)
     return recipients
+
+
+def _returned_message_id(message: EmailMessage) -> str | None:
+    """The Message-ID of the email a report returns: RFC 3462's third part, the email's
+    headers (`text/rfc822-headers`) or the email itself (`message/rfc822`, of which the
+    skim kept the headers). None when the report quotes neither, or no Message-ID."""
+    for part in message.walk():
+        try:
+            kind = part.get_content_type()
+            if kind == "text/rfc822-headers":
+                payload = part.get_payload(decode=True)
+                if not isinstance(payload, bytes):
+                    continue
+                value = _HEADERS.parsebytes(payload).get("message-id")
+            elif kind in ("message/rfc822", "message/global"):
+                inner = part.get_payload()
+                if not isinstance(inner, list) or not inner or not isinstance(inner[0], Message):
+                    continue
+                value = inner[0].get("message-id")
+            else:
+                continue
+        except _HEADER_ERRORS:
+            continue
+        found = _bare_message_id(str(value)) if value is not None else None
+        if found is not None:
+            return found
+    return None
+
+
+_MESSAGE_ID = re.compile(r"<([^<>\s]{1,250})>")
+
+
+def _bare_message_id(value: str) -> str | None:
+    match = _MESSAGE_ID.search(value)
+    if match is not None:
+        return match.group(1)
+    bare = value.strip()
+    return bare if bare and len(bare) <= 250 and not any(c.isspace() for c in bare) else None
 
 
 def _dsn_recipient(block: Message) -> DsnRecipient | None:

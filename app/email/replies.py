@@ -5,13 +5,20 @@ Whichever way it came (the SMTP receiver, SendGrid's Inbound Parse), a parsed em
 
 - a delivery status notification (RFC 3464) that arrived at the bounce address of the
   recipient it reports on (app/email/addresses.py) is applied to that address's
-  status (a permanent failure blocks it); one that did not is kept `unmatched`
-  (`unverified_bounce`): nobody blocks a patient's address by mailing us a report;
+  status (a permanent failure blocks it) and, when it quotes the returned email's
+  Message-ID, to that email's delivery attempt (`failed`, falling back to the next
+  channel; a delay is kept in the raw report log only); one that did not is kept
+  `unmatched` (`unverified_bounce`): nobody blocks a patient's address, or fails a
+  message, by mailing us a report;
 - a reply to `reply+<token>@EMAIL_INBOUND_DOMAIN` whose token verifies and whose one
-  From address is the conversation's patient's is filed on that conversation as the
-  patient's message (a closed conversation: a new one, opened by the patient, about
-  the same thing); from a staff member's address, it is sent to the patient as a
-  staff message would be (app/conversations: consent, blocked address, channel chain);
+  From address is the conversation's patient's: when its first line is a consent
+  keyword alone (STOP, START, HELP, as an SMS would be), it acts on the patient's
+  consent through the same path as an SMS (app/consent), is stored without a
+  conversation, and the answer goes back by email; otherwise it is filed on that
+  conversation as the patient's message (a closed conversation: a new one, opened by
+  the patient, about the same thing); from a staff member's address, it is sent to the
+  patient as a staff message would be (app/conversations: consent, blocked address,
+  channel chain);
 - anything else is kept `unmatched` with the reason, never attached: `not_a_reply`,
   `bad_token`, `unknown_conversation`, `no_sender`, `several_senders`,
   `unknown_sender`, `auto_reply` (an out-of-office answer), `not_sendable` (a staff
@@ -32,19 +39,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
 from app.config import Settings
+from app.consent import service as consent_service
+from app.consent.keywords import Keyword, keyword_of
+from app.consent.rules import opted_out_of
 from app.conversations import service as conversation_service
 from app.email import addresses
+from app.email import reports as email_reports
 from app.email import repository as email_repository
 from app.email import status as email_status
-from app.email.parsing import ParsedEmail
-from app.email.rules import AddressEvent, AddressEventKind
+from app.email.parsing import DsnRecipient, ParsedEmail
+from app.email.rules import AddressEvent, AddressEventKind, MessageReport
 from app.errors import AppError
+from app.messages import replies as patient_answers
 from app.models import Conversation, InboundEmail, Message, Patient, StaffMember
 from app.models.conversation import ConversationState
 from app.models.inbound_email import InboundOutcome
 from app.models.message import Direction
 from app.observability import INBOUND_MESSAGES
 from app.security import TokenSigner
+from app.states import AttemptStatus
 from app.webhooks import service as webhook_service
 from app.webhooks.events import EventType
 
@@ -62,6 +75,9 @@ class Received:
     reason: str | None = None
     conversation_id: uuid.UUID | None = None
     message_id: int | None = None
+    # The service's answer to a consent keyword, stored `pending`: the caller hands it to
+    # a worker once committed (app/messages/replies.py; a cron does, failing that).
+    answer_id: int | None = None
 
     @property
     def duplicate(self) -> bool:
@@ -77,6 +93,7 @@ class _Decision:
     patient: Patient | None = None
     staff_id: str | None = None
     events: tuple[AddressEvent, ...] = ()
+    reports: tuple[MessageReport, ...] = ()
 
 
 async def receive(
@@ -121,8 +138,12 @@ async def receive(
         return Received(None, "duplicate")
     if decision.events:
         await email_status.record(session, decision.events, now=now)
+    await email_reports.apply(session, decision.reports)
     if decision.outcome != InboundOutcome.ATTACHED:
         return await _kept(decision, inbound_id)
+    keyword = _consent_keyword(email, decision.patient, settings)
+    if keyword is not None:
+        return await _consent(session, settings, email, decision, keyword, inbound_id, now)
     try:
         message, conversation_id = await _attach(session, settings, email, decision, now)
     except AppError as refused:
@@ -144,6 +165,69 @@ async def receive(
     INBOUND_MESSAGES.labels(EMAIL_CHANNEL, "matched").inc()
     return Received(
         inbound_id, InboundOutcome.ATTACHED, conversation_id=conversation_id, message_id=message.id
+    )
+
+
+def first_line(text: str) -> str:
+    """The reply's first line that has anything on it: where a keyword is read. The
+    whole line must be the keyword, not only its first word: the keywords include YES
+    (START) and CANCEL (STOP), and "Yes, I will come" or "Cancel my Tuesday visit" are
+    answers for the clinic, not consent."""
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
+def _consent_keyword(
+    email: ParsedEmail, patient: Patient | None, settings: Settings
+) -> Keyword | None:
+    """The consent keyword a patient's reply is, if it is one: its first line alone.
+
+    START from a patient who has not opted out of email is no keyword here: the START
+    words include YES, and "Yes." is the usual answer to the question the email asked
+    (it is filed on the conversation). It lifts an opt-out as by SMS."""
+    if patient is None:
+        return None
+    keyword = keyword_of(first_line(email.text), settings)
+    if keyword is Keyword.START and not opted_out_of(patient.opted_out_channels, EMAIL_CHANNEL):
+        return None
+    return keyword
+
+
+async def _consent(
+    session: AsyncSession,
+    settings: Settings,
+    email: ParsedEmail,
+    decision: _Decision,
+    keyword: Keyword,
+    inbound_id: int,
+    now: datetime,
+) -> Received:
+    """A patient's STOP, START or HELP by email: acted on by the consent path every
+    channel's keywords take, the message stored without a conversation (as an SMS
+    keyword is), the answer stored to go back by email."""
+    patient = decision.patient
+    assert patient is not None
+    message = await _store_patient_message(session, email, patient, None, now)
+    outcome = await consent_service.apply_keyword(
+        session,
+        settings,
+        keyword,
+        patient_id=patient.id,
+        locale=patient.locale,
+        phone=None,
+        channel=EMAIL_CHANNEL,
+    )
+    answer_id = (
+        await patient_answers.record(session, message.id, outcome.reply) if outcome.reply else None
+    )
+    reason = f"keyword:{keyword.value}"
+    inbound = await session.get(InboundEmail, inbound_id)
+    assert inbound is not None
+    inbound.message_id = message.id
+    inbound.reason = reason
+    await session.flush()
+    INBOUND_MESSAGES.labels(EMAIL_CHANNEL, "matched").inc()
+    return Received(
+        inbound_id, InboundOutcome.ATTACHED, reason, message_id=message.id, answer_id=answer_id
     )
 
 
@@ -195,6 +279,7 @@ def _bounce(
         if (token := addresses.tagged(address, addresses.BOUNCE_PREFIX, domain)) is not None
     ]
     events: list[AddressEvent] = []
+    reports: list[MessageReport] = []
     recipient = tokens[0][0] if tokens else None
     for report in email.dsn or ():
         match = next(
@@ -217,9 +302,34 @@ def _bounce(
                 report.address, kind, "dsn", now, detail, provider_event_id=f"dsn:{event_id}"
             )
         )
+        if email.original_message_id is not None:
+            reports.append(_message_report(email.original_message_id, report))
     if not events:
         return _Decision(InboundOutcome.UNMATCHED, "unverified_bounce", recipient=recipient)
-    return _Decision(InboundOutcome.BOUNCE, recipient=recipient, events=tuple(events))
+    return _Decision(
+        InboundOutcome.BOUNCE, recipient=recipient, events=tuple(events), reports=tuple(reports)
+    )
+
+
+def _message_report(message_id: str, report: DsnRecipient) -> MessageReport:
+    """What a verified DSN says of the email it returns. `failed` (whatever its status
+    class: the server gave up on this email) fails it; `delivered` delivers it; a delay,
+    `relayed` or `expanded` prove nothing and are kept in the raw report log only."""
+    if report.action == "failed":
+        status = AttemptStatus.FAILED
+    elif report.action == "delivered":
+        status = AttemptStatus.DELIVERED
+    else:
+        status = AttemptStatus.SENT
+    return MessageReport(
+        message_id,
+        report.address,
+        status,
+        f"dsn:{report.action or 'unknown'}"[:50],
+        error_code=report.status or None,
+        detail=report.diagnostic or None,
+        failure="bounced",
+    )
 
 
 async def _reply(
@@ -305,35 +415,48 @@ async def _attach(
     if conversation.state != ConversationState.OPEN:
         conversation = await conversation_service.follow_up(session, conversation, now)
     assert decision.patient is not None
+    conversation.last_activity_at = now
+    message = await _store_patient_message(session, email, decision.patient, conversation.id, now)
+    return message, conversation.id
+
+
+async def _store_patient_message(
+    session: AsyncSession,
+    email: ParsedEmail,
+    patient: Patient,
+    conversation_id: uuid.UUID | None,
+    now: datetime,
+) -> Message:
+    """The patient's email as a message `in` (on `conversation_id`, if any), and its
+    `message.received`. Flushes."""
     message = Message(
         direction=Direction.IN,
         channel=EMAIL_CHANNEL,
         provider_message_id=f"email:{email.dedup_key}",
-        patient_id=decision.patient.id,
+        patient_id=patient.id,
         text=email.text,
         media=[a.as_json() for a in email.attachments],
         received_at=now,
-        conversation_id=conversation.id,
+        conversation_id=conversation_id,
     )
     session.add(message)
-    conversation.last_activity_at = now
     await session.flush()
     await webhook_service.emit(
         session,
         EventType.MESSAGE_RECEIVED,
-        decision.patient.id,
+        patient.id,
         {
             "message_id": message.id,
-            "patient_id": decision.patient.id,
+            "patient_id": patient.id,
             "channel": EMAIL_CHANNEL,
             "from": email.senders[0],
             "text": email.text,
             "media": [a.as_json() for a in email.attachments],
             "received_at": now.isoformat(),
-            "conversation_id": str(conversation.id),
+            "conversation_id": str(conversation_id) if conversation_id else None,
         },
     )
-    return message, conversation.id
+    return message
 
 
 async def unmatched(

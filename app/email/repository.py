@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -10,8 +10,9 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import EmailAddress, EmailAddressEvent, InboundEmail
+from app.models import DeliveryAttempt, EmailAddress, EmailAddressEvent, InboundEmail
 from app.models.email_address import EmailStatus
+from app.states import ChannelName
 
 
 async def insert_inbound(session: AsyncSession, values: dict[str, Any]) -> int | None:
@@ -108,3 +109,17 @@ async def unmatched_page(
         query.order_by(InboundEmail.received_at.desc(), InboundEmail.id.desc()).limit(limit + 1)
     )
     return rows.all()
+
+
+async def email_attempts(session: AsyncSession, message_ids: Collection[str]) -> dict[str, int]:
+    """Our Message-IDs -> the email attempts that recorded them (by the attempts'
+    unique (channel, provider_message_id) index); ids of no attempt are left out."""
+    if not message_ids:
+        return {}
+    rows = await session.execute(
+        select(DeliveryAttempt.provider_message_id, DeliveryAttempt.id).where(
+            DeliveryAttempt.channel == ChannelName.EMAIL,
+            DeliveryAttempt.provider_message_id.in_(list(message_ids)),
+        )
+    )
+    return {message_id: attempt_id for message_id, attempt_id in rows if message_id is not None}

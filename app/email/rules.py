@@ -8,6 +8,9 @@
   person unblocks it).
 - A soft bounce, a delay: history only.
 
+What the same events say of the one email they are about (`MessageReport`) is applied to
+its delivery attempt instead, by app/email/reports.py.
+
 No I/O here.
 """
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from app.models.email_address import EmailStatus
+from app.states import AttemptStatus
 
 
 class AddressEventKind(enum.StrEnum):
@@ -51,6 +55,28 @@ class AddressEvent:
     occurred_at: datetime
     detail: str | None = None
     provider_event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReport:
+    """What a provider event or a bounce email says of one email we sent, named by our
+    Message-ID (without its angle brackets), which the email channel recorded as the
+    attempt's provider id.
+
+    `status` as for any provider's report: `delivered`, `failed`, `read`, or `sent` for
+    what moves nothing and is kept in the raw report log only (a deferral, a delay).
+    `failure` says what became of a failed email (`bounced`, `dropped by SendGrid`), for
+    the notification's failure reason.
+    """
+
+    message_id: str
+    # The recipient (normalised): masked wherever the provider's text repeats it.
+    address: str
+    status: AttemptStatus
+    provider_status: str
+    error_code: str | None = None
+    detail: str | None = None
+    failure: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

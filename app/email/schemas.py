@@ -110,5 +110,9 @@ class InboundAccepted(BaseModel):
 class EventsAccepted(BaseModel):
     status: str = "ok"
     recorded: int = Field(description="Events new to us that concern an address's status")
-    ignored: int = Field(description="Events about nothing tracked (opens, clicks, ...)")
+    reports: int = Field(
+        description="Events about an email we sent (delivered, bounce, dropped, deferred, "
+        "open when EMAIL_OPENS_ARE_READS), applied to its delivery attempt"
+    )
+    ignored: int = Field(description="Events about nothing tracked (clicks, processed, ...)")
     unreadable: int = Field(description="Events without a readable address or time")

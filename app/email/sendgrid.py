@@ -4,7 +4,12 @@ Event Webhook: SendGrid signs `timestamp + body` with ECDSA P-256 / SHA-256 and 
 the base64 DER signature in `X-Twilio-Email-Event-Webhook-Signature`, the timestamp in
 `X-Twilio-Email-Event-Webhook-Timestamp`; the key to verify with is the one its
 settings show (SENDGRID_EVENT_PUBLIC_KEY). The events that say something about an
-address become `AddressEvent`s (app/email/rules.py); the others are counted.
+address become `AddressEvent`s (app/email/rules.py); those that say something about
+one email we sent (`delivered`, `bounce`, `dropped`, `deferred`, and `open` when
+EMAIL_OPENS_ARE_READS) become `MessageReport`s, named by `smtp-id`: the Message-ID
+the email went out with, in angle brackets, which the channel recorded as the
+attempt's provider id. (`sg_message_id` is SendGrid's own id for the message, which
+we never had: it names nothing of ours.) The rest are counted.
 
 Inbound Parse, with "POST the raw, full MIME message" on: a multipart form whose
 `email` field is the message and `envelope` the SMTP envelope (JSON). The body is
@@ -32,7 +37,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.email import addresses
-from app.email.rules import AddressEvent, AddressEventKind
+from app.email.rules import AddressEvent, AddressEventKind, MessageReport
+from app.states import AttemptStatus
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -42,6 +48,8 @@ _ADDRESS_DROPS = ("bounced address", "spam reporting address", "unsubscribed add
 SPOOL_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 64 * 1024
 RAW_FIELD = "email"
+# No Message-ID of ours is longer (the attempt's column): a longer one is not ours.
+MAX_MESSAGE_ID_CHARS = 100
 
 
 class BadWebhook(ValueError):
@@ -72,13 +80,15 @@ def timestamp_fresh(timestamp: str, now: datetime, max_age_seconds: int) -> bool
 @dataclass(slots=True)
 class EventBatch:
     events: list[AddressEvent] = field(default_factory=list)
-    # Events about nothing we track (opens, clicks, processed, deferred, ...).
+    # What the events say of the emails they are about.
+    reports: list[MessageReport] = field(default_factory=list)
+    # Events about nothing we track (clicks, processed, opens unless they count, ...).
     ignored: int = 0
     # Events we could not read (no address, not an object): counted, reported.
     unreadable: int = 0
 
 
-def address_events(body: bytes) -> EventBatch:
+def address_events(body: bytes, *, opens_are_reads: bool = False) -> EventBatch:
     """The events of a verified post. Raises BadWebhook for a body that is not a JSON
     array."""
     try:
@@ -93,15 +103,74 @@ def address_events(body: bytes) -> EventBatch:
             batch.unreadable += 1
             continue
         kind = _kind(item)
-        if kind is None:
-            batch.ignored += 1
-            continue
-        event = _event(item, kind)
-        if event is None:
+        event = _event(item, kind) if kind is not None else None
+        if kind is not None and event is None:
             batch.unreadable += 1
-        else:
+            continue
+        report = _message_report(item, opens_are_reads)
+        if event is not None:
             batch.events.append(event)
+        if report is not None:
+            batch.reports.append(report)
+        if event is None and report is None:
+            batch.ignored += 1
     return batch
+
+
+def _message_report(item: dict[str, Any], opens_are_reads: bool) -> MessageReport | None:
+    """What the event says of the one email it is about, if it names one of ours."""
+    name = item.get("event")
+    if name == "delivered":
+        status, failure = AttemptStatus.DELIVERED, None
+    elif name == "bounce":
+        # Either type: SendGrid gave up on this email (`blocked`, a refusal for now,
+        # does not block the address, but this message is not delivered).
+        status, failure = AttemptStatus.FAILED, "bounced"
+    elif name == "dropped":
+        status, failure = AttemptStatus.FAILED, "dropped by SendGrid"
+    elif name == "deferred":
+        # Still being tried: moves a `sent` attempt nowhere, kept in the raw report log
+        # (an `unconfirmed` one learns that SendGrid has it: `sent`).
+        status, failure = AttemptStatus.SENT, None
+    elif name == "open" and opens_are_reads:
+        status, failure = AttemptStatus.READ, None
+    else:
+        return None
+    message_id = message_id_of(item.get("smtp-id"))
+    if message_id is None:
+        return None
+    try:
+        address = addresses.normalise(str(item.get("email", "")))
+    except addresses.InvalidAddress:
+        return None
+    kind = item.get("type") if name == "bounce" else None
+    detail = " ".join(
+        str(item[key]) for key in ("reason", "response", "bounce_classification") if item.get(key)
+    )
+    code = item.get("status")
+    return MessageReport(
+        message_id,
+        address,
+        status,
+        f"{name}:{kind}" if isinstance(kind, str) and kind else str(name),
+        error_code=str(code)[:50] if code else None,
+        detail=detail[:500] or None,
+        failure=failure,
+    )
+
+
+def message_id_of(value: object) -> str | None:
+    """A Message-ID header's value (`<id@host>`, or bare) as the channel records it:
+    without angle brackets. None for what cannot be one of ours."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.startswith("<") and ">" in text:
+        text = text[1 : text.index(">")]
+    text = text.strip()
+    if not text or len(text) > MAX_MESSAGE_ID_CHARS or any(c in text for c in "<> \t\r\n"):
+        return None
+    return text
 
 
 def _kind(item: dict[str, Any]) -> AddressEventKind | None:

@@ -20,20 +20,30 @@ import tempfile
 from typing import IO, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.email import replies
 from app.email.parsing import parse
 from app.email.sendgrid import SPOOL_BYTES
+from app.messages import replies as patient_answers
 
 log = logging.getLogger(__name__)
 
 
 class InboundHandler:
-    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        redis: ArqRedis | None = None,
+    ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
+        # Where an answer to a consent keyword is handed to a worker; without it, the
+        # workers' cron finds the answer within a minute.
+        self.redis = redis
 
     async def handle_RCPT(
         self,
@@ -74,6 +84,8 @@ class InboundHandler:
                 "reason": received.reason,
             },
         )
+        if received.answer_id is not None and self.redis is not None:
+            await patient_answers.hand_on(self.redis, [received.answer_id])
         return "250 OK"
 
 
@@ -133,11 +145,12 @@ async def serve(
     *,
     listening: asyncio.Future[int] | None = None,
     stop: asyncio.Event | None = None,
+    redis: ArqRedis | None = None,
 ) -> None:
     """Run the receiver until `stop` is set; without one given, until SIGTERM or SIGINT.
     `listening` is given the port once it listens (port 0: any free one)."""
     loop = asyncio.get_running_loop()
-    handler = InboundHandler(settings, sessionmaker)
+    handler = InboundHandler(settings, sessionmaker, redis)
     server = await loop.create_server(
         lambda: StreamingSMTP(
             handler,

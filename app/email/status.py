@@ -3,10 +3,17 @@
 The rules are in app/email/rules.py; this applies them to the stored addresses, a
 batch at a time (a SendGrid post holds hundreds of events), with a few statements per
 batch whatever its size.
+
+An address that becomes `blocked`, or stops being, raises `email.blocked` or
+`email.unblocked` for webhooks, in the same transaction. The event never carries the
+address: its SHA-256 (of the normalised address, lower-case hex), which a clinic system
+can compute for the addresses it holds to find whose it is, and its masked form
+(`r***@e***.com`) for people to read; the reason has the address masked too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +28,8 @@ from app.email.rules import AddressEvent, AddressEventKind, AddressState, apply
 from app.errors import field_error
 from app.models import EmailAddressEvent
 from app.models.email_address import EmailStatus
+from app.webhooks import service as webhook_service
+from app.webhooks.events import EventType
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,7 @@ async def record(
     }
     seen: set[str] = set()
     stored: list[dict[str, object]] = []
+    announced: list[tuple[EventType, str | None, dict[str, object]]] = []
     for event in sorted(events, key=lambda e: e.occurred_at):
         if event.provider_event_id is not None:
             if event.provider_event_id in known or event.provider_event_id in seen:
@@ -91,6 +101,9 @@ async def record(
                     "source": event.source,
                 },
             )
+            webhook_event = _status_event(event, before, after)
+            if webhook_event is not None:
+                announced.append(webhook_event)
     await email_repository.insert_events(session, stored)
     for address, state in states.items():
         row = rows[address]
@@ -100,7 +113,45 @@ async def record(
             row.changed_at = now
         row.unblocked_at = state.unblocked_at
     await session.flush()
+    if announced:
+        await webhook_service.emit_many(session, announced)
     return len(stored)
+
+
+def address_hash(address: str) -> str:
+    """How a webhook names an address: SHA-256 of its normal form, lower-case hex."""
+    return hashlib.sha256(address.encode("utf-8")).hexdigest()
+
+
+def _status_event(
+    event: AddressEvent, before: AddressState, after: AddressState
+) -> tuple[EventType, str | None, dict[str, object]] | None:
+    """`email.blocked` / `email.unblocked` when `event` moved the address into or out of
+    `blocked`; None otherwise. No patient: an address may be several patients' or a
+    staff member's (and the events of no patient are delivered in no set order:
+    `occurred_at` orders them)."""
+    if after.status == before.status:
+        return None
+    if after.status == EmailStatus.BLOCKED:
+        kind = EventType.EMAIL_BLOCKED
+    elif before.status == EmailStatus.BLOCKED:
+        kind = EventType.EMAIL_UNBLOCKED
+    else:
+        return None
+    reason = after.reason if kind == EventType.EMAIL_BLOCKED else event.detail
+    return (
+        kind,
+        None,
+        {
+            "address_sha256": address_hash(event.address),
+            "address_masked": addresses.mask(event.address),
+            "status": after.status.value,
+            "event": event.kind.value,
+            "source": event.source,
+            "reason": addresses.mask_in(reason, event.address) if reason else None,
+            "occurred_at": event.occurred_at.isoformat(),
+        },
+    )
 
 
 async def status(session: AsyncSession, address: str, cursor: str | None, limit: int) -> StatusPage:

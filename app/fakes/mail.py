@@ -9,7 +9,14 @@ HTTP, on its own port like the other fakes:
   same as JSON, `?format=raw` the message as received (`message/rfc822`);
 - `GET /_fake/stats`, `POST /_fake/reset` (forgets and deletes every message), and
   `POST /_fake/config` `{"refuse": {"ADDRESS": CODE}}` to answer RCPT TO for ADDRESS with
-  CODE (a 5xx or 4xx, as a real server refusing or deferring it would).
+  CODE (a 5xx or 4xx, as a real server refusing or deferring it would), and
+  `{"inbound_smtp": "HOST:PORT"}` to say where replies and bounces go (below);
+- `POST /_fake/mail/{id}/reply` `{"text": "..."}`: the recipient answers a kept message,
+  as a mail client would (to its Reply-To, the message quoted under "On ... wrote:"),
+  and `POST /_fake/mail/{id}/bounce` `{"status": "5.1.1"}`: the recipient's server
+  returns it (an RFC 3464 report to its envelope sender, quoting its headers). Both are
+  sent by SMTP to the inbound server given (`--inbound-smtp HOST:PORT`, which `notify
+  dev` points at its `notify smtp-inbound`): replies and bounces tried end to end.
 
 No mail leaves the machine: nothing is relayed.
 """
@@ -25,15 +32,18 @@ import re
 import signal
 import ssl
 import time
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
+from email.utils import formatdate, parseaddr
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import orjson
 from aiohttp import web
 from aiosmtpd.smtp import SMTP as SMTPProtocol
@@ -59,6 +69,9 @@ class Summary:
     size: int
     received_at: float
     _headers: dict[str, str] | None = None
+    # The envelope sender (where a bounce goes); unknown for messages kept before a
+    # restart.
+    mail_from: str = ""
 
     def headers(self, folder: Path) -> dict[str, str]:
         if self._headers is None:
@@ -95,6 +108,8 @@ class MailStore:
     messages: deque[Summary] = field(default_factory=deque)
     counts: Counter[str] = field(default_factory=Counter)
     refuse: dict[str, int] = field(default_factory=dict)
+    # Where replies and bounces of kept messages are sent: (host, port), or None.
+    inbound: tuple[str, int] | None = None
     _sequence: itertools.count[int] = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
@@ -104,10 +119,10 @@ class MailStore:
                 stat = path.stat()
                 self.messages.append(Summary(path.stem, [], stat.st_size, stat.st_mtime))
 
-    def add(self, data: bytes, rcpt_tos: list[str]) -> Summary:
+    def add(self, data: bytes, rcpt_tos: list[str], mail_from: str = "") -> Summary:
         message_id = f"{time.time_ns():019d}-{next(self._sequence)}"
         (self.folder / f"{message_id}.eml").write_bytes(data)
-        summary = Summary(message_id, rcpt_tos, len(data), time.time())
+        summary = Summary(message_id, rcpt_tos, len(data), time.time(), mail_from=mail_from)
         self.messages.append(summary)
         self.counts["accepted"] += 1
         while len(self.messages) > self.keep:
@@ -119,6 +134,9 @@ class MailStore:
     def listed(self) -> list[dict[str, Any]]:
         """Every kept message, newest first."""
         return [summary.as_json(self.folder) for summary in reversed(self.messages)]
+
+    def summary(self, message_id: str) -> Summary | None:
+        return next((m for m in self.messages if m.id == message_id), None)
 
     def raw(self, message_id: str) -> bytes | None:
         if not _ID.fullmatch(message_id):
@@ -164,7 +182,7 @@ class AcceptEverything:
         data = envelope.original_content or b""
         if isinstance(envelope.content, bytes) and not data:
             data = envelope.content
-        summary = self.store.add(data, list(envelope.rcpt_tos))
+        summary = self.store.add(data, list(envelope.rcpt_tos), envelope.mail_from or "")
         return f"250 OK queued as {summary.id}"
 
 
@@ -216,9 +234,137 @@ def render_page(view: dict[str, Any]) -> str:
     )
 
 
+def _address(value: str) -> str:
+    return parseaddr(value)[1]
+
+
+def reply_to(raw: bytes, text: str) -> tuple[str, str, bytes]:
+    """The recipient's answer to `raw`, as a mail client writes one -> (from, to, message):
+    to the Reply-To (else the From), the new text above "On ... wrote:" and the quote."""
+    message = message_from_bytes(raw, policy=default_policy)
+    sender = _address(str(message.get("to", "")))
+    to = _address(str(message.get("reply-to") or message.get("from") or ""))
+    subject = str(message.get("subject", ""))
+    original_id = str(message.get("message-id", "")).strip()
+    quoted = "\r\n".join(f"> {line}" for line in (_part(message, "plain") or "").splitlines())
+    body = (
+        f"{text}\r\n\r\nOn {message.get('date', 'an earlier day')}, "
+        f"{message.get('from', '')} wrote:\r\n{quoted}\r\n"
+    )
+    head = (
+        f"From: {sender}\r\nTo: {to}\r\n"
+        f"Subject: {subject if subject.lower().startswith('re:') else 'Re: ' + subject}\r\n"
+        f"Date: {formatdate(usegmt=True)}\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@fake-mail.localhost>\r\n"
+        + (f"In-Reply-To: {original_id}\r\nReferences: {original_id}\r\n" if original_id else "")
+        + 'MIME-Version: 1.0\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    )
+    return sender, to, head.encode("utf-8") + body.encode("utf-8")
+
+
+def bounce_of(raw: bytes, recipient: str, status: str) -> bytes:
+    """A delivery status notification (RFC 3464) returning `raw`, whose `recipient` does
+    not take mail (`status`, 5.x.x: permanent), quoting its headers."""
+    headers = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    boundary = f"report-{uuid.uuid4().hex}"
+    permanent = status.startswith("5")
+    return (
+        (
+            "From: Mail Delivery System <MAILER-DAEMON@fake-mail.localhost>\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            f"Date: {formatdate(usegmt=True)}\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@fake-mail.localhost>\r\n"
+            "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/report; report-type=delivery-status;\r\n"
+            f' boundary="{boundary}"\r\n\r\n'
+            f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
+            "Your message could not be delivered (fake mail).\r\n"
+            f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; fake-mail.localhost\r\n\r\n"
+            f"Final-Recipient: rfc822; {recipient}\r\n"
+            f"Action: {'failed' if permanent else 'delayed'}\r\n"
+            f"Status: {status}\r\n"
+            f"Diagnostic-Code: smtp; {'550' if permanent else '450'} {status} "
+            "mailbox unavailable (fake bounce)\r\n\r\n"
+            f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        ).encode()
+        + headers
+        + f"\r\n\r\n--{boundary}--\r\n".encode()
+    )
+
+
 class FakeMail:
     def __init__(self, store: MailStore) -> None:
         self.store = store
+
+    async def reply(self, request: web.Request) -> web.Response:
+        found = await self._kept(request)
+        if isinstance(found, web.Response):
+            return found
+        _, raw, body = found
+        text = body.get("text", "Thank you, I will come.")
+        if not isinstance(text, str) or not text.strip():
+            return json_response({"error": '{"text": "..."}: the reply\'s text'}, status=400)
+        sender, to, message = reply_to(raw, text)
+        if not sender or not to:
+            return json_response({"error": "the message has no To or no Reply-To"}, status=409)
+        return await self._send(sender, to, message, "reply")
+
+    async def bounce(self, request: web.Request) -> web.Response:
+        found = await self._kept(request)
+        if isinstance(found, web.Response):
+            return found
+        summary, raw, body = found
+        status = body.get("status", "5.1.1")
+        if not isinstance(status, str) or not re.fullmatch(r"[45]\.[0-9]{1,3}\.[0-9]{1,3}", status):
+            return json_response({"error": '"status" is a 5.x.x or 4.x.x code'}, status=400)
+        if not summary.mail_from or not summary.rcpt_tos:
+            return json_response(
+                {"error": "its envelope is unknown (kept before a restart): nowhere to bounce"},
+                status=409,
+            )
+        message = bounce_of(raw, summary.rcpt_tos[0], status)
+        return await self._send("", summary.mail_from, message, "bounce")
+
+    async def _kept(
+        self, request: web.Request
+    ) -> web.Response | tuple[Summary, bytes, dict[str, Any]]:
+        message_id = request.match_info["id"]
+        summary = self.store.summary(message_id)
+        raw = self.store.raw(message_id)
+        if summary is None or raw is None:
+            return json_response({"error": f"no message {message_id!r}"}, status=404)
+        if self.store.inbound is None:
+            return json_response(
+                {"error": "no inbound SMTP server to send to (--inbound-smtp HOST:PORT)"},
+                status=409,
+            )
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return json_response({"error": "the body must be a JSON object"}, status=400)
+        return summary, raw, body
+
+    async def _send(self, sender: str, to: str, message: bytes, kind: str) -> web.Response:
+        assert self.store.inbound is not None
+        host, port = self.store.inbound
+        try:
+            # A client of its own: `aiosmtplib.send` refuses the null sender (`<>`) that
+            # a bounce comes from.
+            async with aiosmtplib.SMTP(hostname=host, port=port, timeout=30) as smtp:
+                _, answer = await smtp.sendmail(sender, [to], message)
+        except aiosmtplib.SMTPException as exc:
+            self.store.counts[f"{kind}_refused"] += 1
+            return json_response({"sent": False, "to": to, "answer": str(exc)}, status=502)
+        except OSError as exc:
+            return json_response(
+                {"sent": False, "to": to, "answer": f"{type(exc).__name__}: {exc}"}, status=502
+            )
+        self.store.counts[f"{kind}_sent"] += 1
+        return json_response({"sent": True, "to": to, "answer": answer})
 
     async def list_mail(self, request: web.Request) -> web.Response:
         to = request.query.get("to", "").lower()
@@ -259,9 +405,12 @@ class FakeMail:
             changes = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return json_response({"error": "the body must be a JSON object"}, status=400)
-        if not isinstance(changes, dict) or set(changes) - {"refuse"}:
-            return json_response({"error": 'only {"refuse": {ADDRESS: CODE}}'}, status=400)
-        refuse = changes.get("refuse", {})
+        if not isinstance(changes, dict) or set(changes) - {"refuse", "inbound_smtp"}:
+            return json_response(
+                {"error": 'only {"refuse": {ADDRESS: CODE}, "inbound_smtp": "HOST:PORT"}'},
+                status=400,
+            )
+        refuse = changes.get("refuse", self.store.refuse)
         if not isinstance(refuse, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and _REPLY_CODE.fullmatch(str(v))
             for k, v in refuse.items()
@@ -269,8 +418,20 @@ class FakeMail:
             return json_response(
                 {"error": "refuse maps addresses to SMTP codes 400-599"}, status=400
             )
+        inbound = self.store.inbound
+        if "inbound_smtp" in changes:
+            host, _, port = str(changes["inbound_smtp"] or "").rpartition(":")
+            if changes["inbound_smtp"] is not None and not (host and port.isdigit()):
+                return json_response({"error": "inbound_smtp is HOST:PORT, or null"}, status=400)
+            inbound = (host, int(port)) if changes["inbound_smtp"] is not None else None
         self.store.refuse = {k.lower(): v for k, v in refuse.items()}
-        return json_response({"refuse": self.store.refuse})
+        self.store.inbound = inbound
+        return json_response(
+            {
+                "refuse": self.store.refuse,
+                "inbound_smtp": f"{inbound[0]}:{inbound[1]}" if inbound else None,
+            }
+        )
 
 
 def http_app(store: MailStore) -> web.Application:
@@ -278,6 +439,8 @@ def http_app(store: MailStore) -> web.Application:
     app = web.Application()
     app.router.add_get("/_fake/mail", fake.list_mail)
     app.router.add_get("/_fake/mail/{id}", fake.show_mail)
+    app.router.add_post("/_fake/mail/{id}/reply", fake.reply)
+    app.router.add_post("/_fake/mail/{id}/bounce", fake.bounce)
     app.router.add_get("/_fake/stats", fake.stats)
     app.router.add_post("/_fake/reset", fake.reset)
     app.router.add_post("/_fake/config", fake.change_config)
@@ -309,11 +472,12 @@ async def start(
     keep: int = KEEP,
     starttls: ssl.SSLContext | None = None,
     implicit_tls: ssl.SSLContext | None = None,
+    inbound: tuple[str, int] | None = None,
 ) -> RunningMail:
     """Listen for SMTP and HTTP on `host` (0: free ports) in this event loop. With
     `starttls`, SMTP requires STARTTLS before MAIL; with `implicit_tls`, SMTP is TLS from
     the first byte (the tests of the channel's security modes)."""
-    store = MailStore(folder, keep=keep)
+    store = MailStore(folder, keep=keep, inbound=inbound)
     handler = AcceptEverything(store)
     loop = asyncio.get_running_loop()
 
@@ -335,12 +499,19 @@ async def start(
     return RunningMail(store, bound_smtp, bound_http, smtp, runner)
 
 
-def serve(folder: Path, host: str, smtp_port: int, http_port: int, keep: int) -> None:
+def serve(
+    folder: Path,
+    host: str,
+    smtp_port: int,
+    http_port: int,
+    keep: int,
+    inbound: tuple[str, int] | None = None,
+) -> None:
     """`notify fake-mail`: serve until SIGINT or SIGTERM."""
 
     async def main() -> None:
         running = await start(
-            folder, host=host, smtp_port=smtp_port, http_port=http_port, keep=keep
+            folder, host=host, smtp_port=smtp_port, http_port=http_port, keep=keep, inbound=inbound
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,8 +1,9 @@
 """The service's own answers to a patient (STOP's confirmation, HELP's text, the numbered
 list) where the provider takes no answer in its webhook's response: the WhatsApp Cloud
-API. Each is stored as an outgoing message (audience `reply`) in the transaction that
-handled the patient's message, then sent by a worker as free text: the patient's
-message just opened WhatsApp's 24-hour window.
+API, and email (a keyword in a reply by email is answered by email, to the patient's
+address, its first line as the subject). Each is stored as an outgoing message
+(audience `reply`) in the transaction that handled the patient's message, then sent by a
+worker as free text: the patient's message just opened WhatsApp's 24-hour window.
 
 At most once: a worker takes an answer (`pending` -> `sending`) before it sends, so a
 worker killed mid-send leaves it `sending`, never sent twice. A provider's refusal or
@@ -25,7 +26,8 @@ from app.channels.base import (
     TransientChannelError,
 )
 from app.config import Settings
-from app.logs import mask_phone, redact
+from app.logs import mask_email, mask_phone, redact
+from app.states import ChannelName
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,13 @@ _TAKE = text(
     UPDATE messages AS m SET send_state = 'sending', updated_at = now()
     WHERE m.id = :id AND m.send_state = 'pending'
     RETURNING m.phone_e164, m.text, m.channel,
-              coalesce((SELECT locale FROM patients WHERE id = m.patient_id), 'en') AS locale
+              coalesce((SELECT locale FROM patients WHERE id = m.patient_id), 'en') AS locale,
+              -- An answer by email goes to the patient's address (the one the keyword
+              -- came from: app/email matched it), unless the address is blocked.
+              (SELECT email FROM patients WHERE id = m.patient_id) AS email,
+              EXISTS (SELECT FROM patients AS p
+                      JOIN email_addresses AS ea ON ea.address = lower(p.email)
+                      WHERE p.id = m.patient_id AND ea.status = 'blocked') AS email_blocked
     """
 )
 
@@ -93,20 +101,28 @@ async def send(
     if row is None:
         return Sent("taken")
     channel = channels.get(row.channel)
+    by_email = row.channel == ChannelName.EMAIL
+    recipient = (row.email if by_email else row.phone_e164) or ""
     outcome: Sent
     provider_message_id = None
     if channel is None:
         outcome = Sent("failed", f"no {row.channel} channel is configured")
-    elif not settings.recipient_allowed(row.phone_e164):
+    elif not recipient:
+        outcome = Sent("failed", "the patient has no email address" if by_email else "no number")
+    elif by_email and row.email_blocked:
+        outcome = Sent("failed", "the patient's email address is blocked")
+    elif not settings.recipient_allowed(recipient):
         outcome = Sent("failed", "recipient not in ALLOWED_RECIPIENTS")
     else:
         message = OutgoingMessage(
-            phone_e164=row.phone_e164,
+            phone_e164=row.phone_e164 or "",
             text=row.text,
             locale=row.locale,
-            title="",
+            # An email's subject: the answer's first line.
+            title=_first_line(row.text) if by_email else "",
             callback_url="",
             free_text_allowed=True,
+            email=row.email or "" if by_email else "",
         )
         try:
             result = await channel.send(message)
@@ -135,11 +151,16 @@ async def send(
         extra={
             "message_id": answer_id,
             "channel": row.channel,
-            "recipient": mask_phone(row.phone_e164),
+            "recipient": mask_email(recipient) if by_email else mask_phone(recipient),
             "reason": redact(outcome.failure_reason or ""),
         },
     )
     return outcome
+
+
+def _first_line(text: str, limit: int = 78) -> str:
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "\u2026"
 
 
 SEND_JOB = "send_patient_answer"

@@ -1,7 +1,7 @@
 """Switch scopes and which messages they hold: pure rules, no I/O.
 
 A scope names what a switch covers: `all`, or one to three `key=value` parts joined by
-commas, with keys `country` (ISO 3166 alpha-2), `channel` (imo, whatsapp, sms) and
+commas, with keys `country` (ISO 3166 alpha-2), `channel` (any ChannelName) and
 `purpose` (as the API's notifications name it), each at most once, in any order:
 `country=IN`, `channel=whatsapp`, `country=IN,channel=whatsapp`,
 `country=BD,purpose=missed_visit`. It is stored in one canonical spelling (keys in that

@@ -18,6 +18,9 @@ class EventType(enum.StrEnum):
     NOTIFICATION_DENIED = "notification.denied"
     NOTIFICATION_EXPIRED = "notification.expired"
     IMO_SUBSCRIBED = "imo.subscribed"
+    # An email address's status became `blocked`, or stopped being (app/email/status.py).
+    EMAIL_BLOCKED = "email.blocked"
+    EMAIL_UNBLOCKED = "email.unblocked"
 
 
 EVENT_TYPES = tuple(e.value for e in EventType)

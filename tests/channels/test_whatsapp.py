@@ -509,6 +509,27 @@ class TestThroughTwilio:
         ]
 
     @pytest.mark.asyncio
+    @pytest.mark.parametrize("template", [TEMPLATE, None])
+    async def test_inside_the_window_the_text_goes_as_its_body(
+        self, http: aiohttp.ClientSession, template: WhatsAppTemplateMessage | None
+    ) -> None:
+        forms: list[dict[str, str]] = []
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            forms.append({k: str(v) for k, v in (await request.post()).items()})
+            return web.json_response({"sid": "SM" + "2" * 32, "status": "queued"}, status=201)
+
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", handle)
+        runner, base = await _serve(app)
+        try:
+            sent = await through_twilio(http, base).send(message(template=template, free_text=True))
+        finally:
+            await runner.cleanup()
+        assert sent.provider_message_id == "SM" + "2" * 32
+        assert forms == [{"To": f"whatsapp:{PHONE}", "From": "whatsapp:+15005550006", "Body": TEXT}]
+
+    @pytest.mark.asyncio
     async def test_twilio_rate_limit_for_the_sender_is_throttling(
         self, http: aiohttp.ClientSession, stub: Stub
     ) -> None:

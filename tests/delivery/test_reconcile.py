@@ -4,6 +4,7 @@ real socket sending no callbacks at all (every callback dropped)."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -11,13 +12,13 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.channels import registry as channel_registry
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.reconcile import MAX_CHECKS, NOT_FOUND, reconcilable, reconcile
-from app.models import DeliveryAttempt, Notification
+from app.models import DeliveryAttempt, Notification, Patient, Template
 from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import (
     due,
@@ -26,6 +27,7 @@ from tests.delivery.test_dispatcher import (
     reload,
     settings_for,
 )
+from tests.delivery.test_whatsapp_dispatch import VARIABLES, indian_patient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -206,3 +208,83 @@ class TestReconcile:
         started = time.monotonic()
         assert await run(dispatcher, db_sessionmaker) == {"moved": 1}
         assert time.monotonic() - started >= 0.9
+
+
+async def twilio_whatsapp_template(session: AsyncSession) -> str:
+    """A template mapped to a WhatsApp template that Twilio knows by its Content SID."""
+    key = f"test_{uuid.uuid4().hex[:10]}.whatsapp"
+    session.add(
+        Template(
+            key=key,
+            locale="en",
+            title="Reminder",
+            body="Dear {patient_name}, {facility_name} expects you on {appointment_date}.",
+            whatsapp={
+                "name": "visit_reminder",
+                "language": "en_US",
+                "parameters": ["appointment_date", "patient_name"],
+                "content_sid": "HX" + "b" * 32,
+            },
+        )
+    )
+    await session.flush()
+    return key
+
+
+class TestWhatsAppThroughTwilio:
+    async def test_lost_statuses_are_looked_up_and_a_number_without_whatsapp_falls_back(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        fakes: Fakes,
+        http: aiohttp.ClientSession,
+        redis: Redis,
+    ) -> None:
+        await fake_config(http, fakes, callback_delay=0.0)
+        try:
+            settings = settings_for(
+                fakes,
+                reconcile_after_minutes=30,
+                whatsapp_provider="twilio",
+                whatsapp_twilio_from="+15005550006",
+            )
+            dispatcher = make_dispatcher(
+                settings, db_sessionmaker, redis, channel_registry.build_channels(settings, http)
+            )
+            assert sorted(reconcilable(dispatcher.channels)) == ["sms", "whatsapp"]
+            key = await twilio_whatsapp_template(db_session)
+            # Digit 5: sent, delivered, read; digit 0: failed, 63003 (no WhatsApp).
+            read, no_account = [
+                await due(
+                    db_session,
+                    await indian_patient(db_session, digit),
+                    template_key=key,
+                    locale="en",
+                    variables=VARIABLES,
+                )
+                for digit in (45, 40)
+            ]
+            await dispatcher.dispatch_once()
+            for notification in (read, no_account):
+                await sent_minutes_ago(db_session, notification, 31)
+
+            assert await run(dispatcher, db_sessionmaker) == {"moved": 2}
+            fresh, [attempt] = await reload(db_session, read)
+            assert (fresh.state, attempt.channel, attempt.status) == ("read", "whatsapp", "read")
+            fresh, [attempt] = await reload(db_session, no_account)
+            assert (attempt.channel, attempt.status, attempt.error_code) == (
+                "whatsapp",
+                "failed",
+                "63003",
+            )
+            # As its callback would have: due again at once, on SMS, and the number
+            # is not tried on WhatsApp again for a while.
+            assert (fresh.state, fresh.channel_index) == ("scheduled", 1)
+            marked = await db_session.scalar(
+                select(Patient.whatsapp_no_account_at)
+                .where(Patient.id == fresh.patient_id)
+                .execution_options(populate_existing=True)
+            )
+            assert marked is not None
+        finally:
+            await fake_config(http, fakes, callback_delay=1.0)

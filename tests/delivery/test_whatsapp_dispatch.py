@@ -4,15 +4,17 @@ mapping, and each WhatsApp error's consequence, on real PostgreSQL and Redis."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
+import sentry_sdk
+from aiohttp import web
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import observability
@@ -26,17 +28,21 @@ from app.channels.whatsapp import NO_TEMPLATE
 from app.config import Settings
 from app.delivery import repository as delivery_repository
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.unread import hand_on_unread
 from app.fakes.whatsapp import FakeWhatsAppConfig, start_fake_whatsapp
-from app.models import Message, Patient, Template
+from app.models import Message, Notification, Patient, Template
+from app.states import AttemptStatus
 from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import (
     ScriptedChannel,
     due,
     make_dispatcher,
     reload,
+    report,
     settings_for,
 )
 from tests.factories import make_patient
+from tests.test_log_privacy import CapturingTransport
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -205,7 +211,7 @@ class TestCustomerServiceWindow:
     ) -> None:
         key = await template(db_session)
         cases = {"recent": (1.0, "whatsapp"), "old": (25.0, "whatsapp"), "sms": (1.0, "sms")}
-        notifications = {}
+        notifications: dict[str, uuid.UUID] = {}
         for name, (hours, channel) in cases.items():
             patient = await indian_patient(db_session, 60 + len(notifications))
             await wrote_on_whatsapp(
@@ -318,6 +324,33 @@ class TestErrors:
         await patient_repository.upsert_many(db_session, [record])
         assert await no_account_mark(db_session, patient) is None
 
+    async def test_the_mark_holds_for_whatsapp_retry_no_account_days(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        fakes: Fakes,
+        whatsapp_url: str,
+        redis: Redis,
+        http: aiohttp.ClientSession,
+    ) -> None:
+        settings = whatsapp_settings(fakes, whatsapp_url, whatsapp_retry_no_account_days=7)
+        dispatcher = make_dispatcher(
+            settings, db_sessionmaker, redis, channel_registry.build_channels(settings, http)
+        )
+        key = await template(db_session)
+        reminders = {}
+        for days, digit in ((6, 71), (8, 72)):
+            patient = await indian_patient(db_session, digit)
+            patient.whatsapp_no_account_at = datetime.now(UTC) - timedelta(days=days)
+            await db_session.flush()
+            reminders[days] = await reminder(db_session, patient, key)
+        await dispatcher.dispatch_once()
+        chains = {}
+        for days, notification in reminders.items():
+            fresh, attempts = await reload(db_session, notification)
+            chains[days] = (fresh.channel_chain, [a.channel for a in attempts])
+        assert chains == {6: (["sms"], ["sms"]), 8: (["whatsapp", "sms"], ["whatsapp"])}
+
     async def test_a_refused_template_fails_and_sentry_hears_once(
         self,
         db_session: AsyncSession,
@@ -329,9 +362,7 @@ class TestErrors:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         heard: list[str] = []
-        monkeypatch.setattr(
-            observability.sentry_sdk, "capture_message", lambda m, **_: heard.append(m)
-        )
+        monkeypatch.setattr(sentry_sdk, "capture_message", lambda m, **_: heard.append(m))
         template_name = f"missing_{uuid.uuid4().hex[:6]}/en_US"
         rejected = PermanentChannelError(
             "WhatsApp answered 404, code 132001: Template name does not exist",
@@ -374,3 +405,140 @@ class TestErrors:
         assert (fresh.state, fresh.retry_count) == ("scheduled", 1)
         other_worker = channel_registry.build_limiters(dispatcher.settings, redis)["whatsapp"]
         assert 0.5 < await other_worker.reserve(1) <= 1.0
+
+
+class TestUnreadFallback:
+    async def test_delivered_on_whatsapp_and_not_read_goes_once_more_on_sms(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        dispatcher: Dispatcher,
+    ) -> None:
+        notification = await reminder(
+            db_session, await indian_patient(db_session, 81), await template(db_session)
+        )
+        await dispatcher.dispatch_once()
+        _, [attempt] = await reload(db_session, notification)
+        await report(db_session, attempt.id, AttemptStatus.DELIVERED)
+        await db_session.execute(
+            update(Notification)
+            .where(Notification.id == notification.id)
+            .values(sent_at=datetime.now(UTC) - timedelta(hours=7))
+        )
+        await db_session.commit()
+
+        rules = dispatcher.settings.model_copy(update={"unread_fallback_hours": {"*": 6.0}})
+        assert await hand_on_unread(db_sessionmaker, rules) == 1
+        handed, _ = await reload(db_session, notification)
+        assert (handed.state, handed.channel_index) == ("scheduled", 1)
+        assert handed.failure_reason == "whatsapp: not read within 6 h"
+        await dispatcher.dispatch_once()
+        db_session.expire(attempt)  # loaded before its report
+        sent, attempts = await reload(db_session, notification)
+        assert sent.state == "sent"
+        assert [(a.channel, a.status) for a in attempts] == [
+            ("whatsapp", "delivered"),
+            ("sms", "sent"),
+        ]
+        assert await hand_on_unread(db_sessionmaker, rules) == 0
+
+
+class TestSharedLimit:
+    @pytest.mark.parametrize("provider", ["cloud", "twilio"])
+    async def test_the_number_has_its_own_limit_whichever_provider_carries_it(
+        self, redis: Redis, provider: str
+    ) -> None:
+        """WHATSAPP_RATE_LIMIT_PER_SECOND (80, the Cloud API's default per number) in one
+        Redis key shared by every worker: not Twilio's SMS limit, even through Twilio."""
+        headroom = 1 - channel_registry.LIMIT_HEADROOM
+        default = channel_registry.build_limiters(
+            Settings(app_env="test", whatsapp_provider=provider), redis
+        )
+        assert default["whatsapp"].key == "ratelimit:whatsapp" != default["sms"].key
+        assert default["whatsapp"].rate_per_second == pytest.approx(80 * headroom)
+        chosen = channel_registry.build_limiters(
+            Settings(app_env="test", whatsapp_provider=provider, whatsapp_rate_limit_per_second=20),
+            redis,
+        )
+        assert chosen["whatsapp"].rate_per_second == pytest.approx(20 * headroom)
+
+
+@pytest.fixture
+def sentry_events() -> Iterator[CapturingTransport]:
+    """Sentry on, its events kept in memory."""
+    transport = CapturingTransport()
+    settings = Settings(sentry_dsn="https://public@sentry.invalid/1")
+    observability.init_sentry(settings, component="worker", transport=transport)
+    try:
+        yield transport
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.init()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def echoing_cloud_api() -> AsyncIterator[str]:
+    """A Cloud API that answers every message with an error code WhatsApp never
+    documented, echoing the number and the parameters it was sent, as providers do."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        payload = await request.json()
+        values = [
+            parameter["text"]
+            for component in payload["template"]["components"]
+            for parameter in component["parameters"]
+        ]
+        text = f"(#987654) cannot send to {payload['to']} ({' / '.join(values)})"
+        return web.json_response({"error": {"message": text, "code": 987654}}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/{version}/{phone_number_id}/messages", refuse)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+class TestUnexpected:
+    async def test_an_unknown_answer_reaches_sentry_without_the_number_or_the_text(
+        self,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        fakes: Fakes,
+        echoing_cloud_api: str,
+        redis: Redis,
+        http: aiohttp.ClientSession,
+        sentry_events: CapturingTransport,
+    ) -> None:
+        settings = whatsapp_settings(fakes, echoing_cloud_api)
+        dispatcher = make_dispatcher(
+            settings, db_sessionmaker, redis, channel_registry.build_channels(settings, http)
+        )
+        patient = await indian_patient(db_session, 37)
+        notification = await reminder(db_session, patient, await template(db_session))
+        await dispatcher.dispatch_once()
+
+        fresh, attempts = await reload(db_session, notification)
+        assert [(a.channel, a.status, a.error_code) for a in attempts] == [
+            ("whatsapp", "failed", "unexpected"),
+            ("sms", "sent", None),
+        ]
+        events: list[dict[str, Any]] = [dict(e.get_event() or {}) for e in sentry_events.envelopes]
+        [event] = [e for e in events if "987654" in str(e.get("message"))]
+        # The provider's answer is there, with the request it answered (number masked).
+        exchange: dict[str, Any] = event["contexts"]["provider_exchange"]
+        assert exchange["response"]["status"] == 400
+        assert "987654" in exchange["response"]["body"]
+        assert exchange["request"]["to"] == "+9198******37"
+        assert exchange["request"]["template"]["parameters"] == 2
+        reported = sentry_events.text()
+        assert patient.mobile_e164 is not None
+        for secret in (
+            patient.mobile_e164,
+            patient.mobile_e164.removeprefix("+"),
+            fresh.body,
+            VARIABLES["patient_name"],
+            VARIABLES["appointment_date"],
+        ):
+            assert secret not in reported, (secret, reported[-2000:])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import smtplib
 import subprocess
 import tempfile
 import threading
@@ -192,6 +194,11 @@ class TestAnotherTerminal:
             imo_root = written["IMO_BASE_URL"].removesuffix("/api/simple")
             assert http_ok(f"{imo_root}/_fake/stats")
             assert written["PUBLIC_BASE_URL"].startswith("http://127.0.0.1:")
+            # The SMTP receiver of replies and bounces, beside the fake mail, answers.
+            inbound = re.search(r"Inbound mail\s+smtp://127\.0\.0\.1:(\d+)", banner)
+            assert inbound is not None, banner
+            with smtplib.SMTP("127.0.0.1", int(inbound.group(1)), timeout=10) as smtp:
+                assert smtp.noop()[0] == 250
             # The fake gateway phone polls the API out of the box.
             name = (data_dir / "dev-gateway").read_text().split()[0]
             assert "Fake gateway" in banner and name in banner

@@ -176,3 +176,53 @@ async def test_replies_bounce_block_and_refusal(
     )
     assert again.status_code == 201, again.text
     await notification_in(stack_api, again.json()["notification_id"], "sent")
+
+
+async def test_the_fake_mail_answers_and_returns_what_it_kept(
+    stack: Stack, stack_api: httpx.AsyncClient, smtp_inbound: int
+) -> None:
+    """What `notify dev` offers (docs/email.md, "Trying it in development"): the fake
+    mail's reply and bounce of a kept message, sent to `notify smtp-inbound`. The reply
+    lands on the conversation; the bounce blocks the address and fails the email's
+    attempt (the Message-ID it quotes), so the message goes on by SMS."""
+    address = f"karim.{uuid.uuid4().hex[:8]}@mail.example.org"
+    patient = await put_patient(stack_api, phone(4), email=address, locale="en")
+    opened = await stack_api.post(
+        "/v1/conversations", json={"patient_id": patient["id"], "subject": "Your results"}
+    )
+    conversation = opened.json()["id"]
+    async with httpx.AsyncClient(base_url=stack.mail_url) as fake_mail:
+        configured = await fake_mail.post(
+            "/_fake/config", json={"inbound_smtp": f"127.0.0.1:{smtp_inbound}"}
+        )
+        assert configured.status_code == 200, configured.text
+
+        written = await stack_api.post(
+            f"/v1/conversations/{conversation}/messages",
+            json={"text": "Your results are ready.", "broadcast_to": ["patient"]},
+        )
+        notification_id = written.json()["notification_id"]
+        await notification_in(stack_api, notification_id, "sent")
+        [kept] = await stack.mail(to=address)
+        replied = await fake_mail.post(
+            f"/_fake/mail/{kept['id']}/reply", json={"text": "Thank you, I will call."}
+        )
+        assert replied.json()["sent"] is True, replied.text
+        assert await texts_on(stack_api, conversation) == [
+            ("out", "Your results are ready."),
+            ("in", "Thank you, I will call."),
+        ]
+
+        bounced = await fake_mail.post(f"/_fake/mail/{kept['id']}/bounce", json={})
+        assert bounced.json()["sent"] is True, bounced.text
+    assert (await email_status(stack_api, address))["status"] == "blocked"
+    moved_on = await notification_in(stack_api, notification_id, "sent", "delivered")
+
+    async def on_sms() -> bool:
+        nonlocal moved_on
+        moved_on = (await stack_api.get(f"/v1/notifications/{notification_id}")).json()
+        return bool(moved_on["channel"] == "sms")
+
+    await wait_until(on_sms, timeout=20)
+    email_attempt = next(a for a in moved_on["attempts"] if a["channel"] == "email")
+    assert (email_attempt["status"], email_attempt["error_code"]) == ("failed", "5.1.1")

@@ -62,9 +62,15 @@ def dsn(
     action: str = "failed",
     status: str = "5.1.1",
     message_id: str | None = None,
+    original_message_id: str | None = None,
+    returned: str = "text/rfc822-headers",
 ) -> bytes:
-    """A delivery status notification (RFC 3464) about `recipient`, sent to `to`."""
+    """A delivery status notification (RFC 3464) about `recipient`, sent to `to`,
+    returning the email `original_message_id` (its headers as `returned`:
+    `text/rfc822-headers`, or `message/rfc822` with its body)."""
     message_id = message_id or f"<{uuid.uuid4().hex}@mx.example.net>"
+    original = f"Message-ID: <{original_message_id}>\r\n" if original_message_id else ""
+    body = "\r\nYour visit is on Tuesday.\r\n" if returned == "message/rfc822" else "\r\n"
     return (
         "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n"
         f"To: {to}\r\n"
@@ -83,10 +89,11 @@ def dsn(
         f"Status: {status}\r\n"
         f"Diagnostic-Code: smtp; 550 {status} mailbox unavailable\r\n"
         "\r\n"
-        "--R\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"--R\r\nContent-Type: {returned}\r\n\r\n"
         "From: clinic@clinic.example\r\n"
         f"To: {recipient}\r\n"
         "Subject: Your visit\r\n"
-        "\r\n"
+        f"{original}"
+        f"{body}"
         "--R--\r\n"
     ).encode()

@@ -24,10 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.conversations import service as conversation_service
 from app.email import addresses
+from app.email import status as email_status
 from app.email.sendgrid import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from app.models import InboundEmail, Message
 from app.security import TokenSigner
 from tests.email import mail
+from tests.email.attempts import raw_log, reloaded, sent_email
 from tests.factories import make_patient, running_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -104,7 +106,13 @@ class TestEventWebhook:
         )
         answer = await client.post("/callbacks/email/events", content=body, headers=signed(body))
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"status": "ok", "recorded": 5, "ignored": 1, "unreadable": 1}
+        assert answer.json() == {
+            "status": "ok",
+            "recorded": 5,
+            "reports": 0,
+            "ignored": 1,
+            "unreadable": 1,
+        }
         expected = {
             bounced: "blocked",
             complained: "blocked",
@@ -153,6 +161,196 @@ class TestEventWebhook:
                 "/callbacks/email/events", content=body, headers=signed(body)
             )
             assert answer.status_code == 400
+
+
+async def post_events(client: httpx.AsyncClient, *events: dict[str, Any]) -> dict[str, Any]:
+    body = orjson.dumps(list(events))
+    answer = await client.post("/callbacks/email/events", content=body, headers=signed(body))
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+class TestEventsOnAttempts:
+    """The Event Webhook's events about one email reach its attempt, named by `smtp-id`
+    (the Message-ID the channel recorded), through the provider-reports path."""
+
+    async def test_delivered_delivers_the_attempt_and_its_notification(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        address = fresh()
+        notification, attempt = await sent_email(db_session, address)
+        smtp_id = f"<{attempt.provider_message_id}>"
+        answer = await post_events(
+            client, sendgrid_event(address, "delivered", response="250 OK", **{"smtp-id": smtp_id})
+        )
+        assert (answer["recorded"], answer["reports"]) == (1, 1)
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, notification.state) == ("delivered", "delivered")
+        assert attempt.delivered_at is not None
+        assert await raw_log(db_session, attempt) == [("delivered", "delivered", True)]
+
+    @pytest.mark.parametrize(
+        ("event", "fields", "reason"),
+        [
+            ("bounce", {"type": "bounce", "status": "5.1.1"}, "bounced"),
+            ("bounce", {"type": "blocked", "status": "4.7.1"}, "bounced"),
+            ("dropped", {"reason": "Bounced Address {address}"}, "dropped by SendGrid"),
+        ],
+    )
+    async def test_a_bounce_or_a_drop_fails_it_and_falls_back_to_the_next_channel(
+        self,
+        client: httpx.AsyncClient,
+        db_session: AsyncSession,
+        event: str,
+        fields: dict[str, Any],
+        reason: str,
+    ) -> None:
+        address = fresh()
+        notification, attempt = await sent_email(db_session, address)
+        fields = {
+            "reason": "550 5.1.1 <{address}>: no such user",
+            **{k: v.format(address=address.upper()) for k, v in fields.items()},
+        }
+        fields["reason"] = fields["reason"].format(address=address.upper())
+        await post_events(
+            client,
+            sendgrid_event(
+                address, event, **{"smtp-id": f"<{attempt.provider_message_id}>"}, **fields
+            ),
+        )
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert attempt.status == "failed" and attempt.failed_at is not None
+        # Due again at once on SMS, the next channel, with why.
+        assert (notification.state, notification.channel_index) == ("scheduled", 1)
+        assert notification.failure_reason is not None
+        assert notification.failure_reason.startswith(f"email: {reason}")
+        # The address the reason quotes is masked wherever it is kept.
+        for text in (notification.failure_reason, attempt.error_message or ""):
+            assert address not in text.lower() and addresses.mask(address) in text
+
+    async def test_a_failure_with_no_channel_left_fails_the_notification(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        address = fresh()
+        notification, attempt = await sent_email(db_session, address, chain=("email",))
+        await post_events(
+            client,
+            sendgrid_event(
+                address,
+                "bounce",
+                type="bounce",
+                status="5.1.1",
+                **{"smtp-id": f"<{attempt.provider_message_id}>"},
+            ),
+        )
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, notification.state) == ("failed", "failed")
+        assert attempt.error_code == "5.1.1"
+
+    async def test_deferred_is_the_raw_log_only(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        address = fresh()
+        notification, attempt = await sent_email(db_session, address)
+        answer = await post_events(
+            client,
+            sendgrid_event(
+                address,
+                "deferred",
+                response="400 try again later",
+                attempt="5",
+                **{"smtp-id": f"<{attempt.provider_message_id}>"},
+            ),
+        )
+        assert (answer["recorded"], answer["reports"], answer["ignored"]) == (0, 1, 0)
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, notification.state) == ("sent", "sent")
+        assert attempt.provider_status == "250"
+        assert await raw_log(db_session, attempt) == [("sent", "deferred", False)]
+
+    async def test_an_open_is_not_a_read_by_default(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        address = fresh()
+        notification, attempt = await sent_email(db_session, address)
+        answer = await post_events(
+            client,
+            sendgrid_event(address, "open", **{"smtp-id": f"<{attempt.provider_message_id}>"}),
+        )
+        assert (answer["reports"], answer["ignored"]) == (0, 1)
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, notification.state) == ("sent", "sent")
+        assert await raw_log(db_session, attempt) == []
+
+    async def test_late_reports_change_nothing(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        """docs/reliability.md G10: `delivered` and `failed` are both final; whichever
+        came first stands, the other is kept in the raw log only (no fallback either)."""
+        address = fresh()
+        notification, attempt = await sent_email(db_session, address)
+        smtp_id = {"smtp-id": f"<{attempt.provider_message_id}>"}
+        await post_events(client, sendgrid_event(address, "delivered", **smtp_id))
+        await post_events(
+            client,
+            sendgrid_event(address, "bounce", type="bounce", status="5.1.1", **smtp_id),
+            sendgrid_event(address, "deferred", **smtp_id),
+        )
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, attempt.error_code, attempt.failed_at) == ("delivered", None, None)
+        assert (notification.state, notification.channel_index) == ("delivered", 0)
+        assert [(s, applied) for s, _, applied in await raw_log(db_session, attempt)] == [
+            ("delivered", True),
+            ("failed", False),
+            ("sent", False),
+        ]
+
+    async def test_an_email_of_no_attempt_changes_no_attempt(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        address = fresh()
+        notification, attempt = await sent_email(db_session, address)
+        answer = await post_events(
+            client,
+            # Another system's email through the same account; SendGrid's own id only.
+            sendgrid_event(address, "delivered", **{"smtp-id": "<other@elsewhere.example>"}),
+            sendgrid_event(
+                address, "bounce", type="bounce", sg_message_id=attempt.provider_message_id
+            ),
+        )
+        assert answer["reports"] == 0
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, notification.state) == ("sent", "sent")
+
+    async def test_a_forged_or_stale_signature_changes_nothing(
+        self, client: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        address = fresh()
+        notification, attempt = await sent_email(db_session, address)
+        body = orjson.dumps(
+            [
+                sendgrid_event(
+                    address,
+                    "bounce",
+                    type="bounce",
+                    status="5.1.1",
+                    **{"smtp-id": f"<{attempt.provider_message_id}>"},
+                )
+            ]
+        )
+        other_key = ec.generate_private_key(ec.SECP256R1())
+        for headers in (
+            signed(body, key=other_key),
+            signed(body, at=int(time.time()) - 3600),
+            {"Content-Type": "application/json"},
+        ):
+            answer = await client.post("/callbacks/email/events", content=body, headers=headers)
+            assert answer.status_code == 403, answer.text
+        notification, attempt = await reloaded(db_session, notification, attempt)
+        assert (attempt.status, notification.state) == ("sent", "sent")
+        assert await raw_log(db_session, attempt) == []
+        page = await email_status.status(db_session, address, None, 10)
+        assert (page.status, page.history) == ("unknown", [])
 
 
 class TestInboundParse:

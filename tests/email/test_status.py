@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.email import addresses
 from app.email import status as email_status
 from app.email.rules import AddressEvent, AddressEventKind, AddressState, apply
 from app.errors import InvalidInput
+from app.models import WebhookEvent
 from app.models.email_address import EmailStatus
 
 K = AddressEventKind
@@ -107,3 +111,64 @@ class TestRecord:
         assert await email_status.blocked(db_session, [address.upper(), fresh()]) == {
             address: "unsubscribed"
         }
+
+
+@pytestmark_db
+class TestStatusEvents:
+    """`email.blocked` / `email.unblocked` for webhooks when an address's status moves
+    into or out of `blocked`: the address hashed and masked, never whole."""
+
+    async def events_about(self, session: AsyncSession, address: str) -> list[WebhookEvent]:
+        digest = hashlib.sha256(address.encode()).hexdigest()
+        rows = await session.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.data["address_sha256"].astext == digest)
+            # One transaction's events share a time: `blocked` sorts before `unblocked`.
+            .order_by(WebhookEvent.type)
+        )
+        return list(rows)
+
+    async def test_blocked_then_unblocked_each_once(self, db_session: AsyncSession) -> None:
+        address = fresh()
+        bounce = event(
+            K.HARD_BOUNCE,
+            0,
+            address,
+            detail=f"550 5.1.1 <{address.upper()}> no such user",
+            provider_event_id=f"sg:{uuid.uuid4()}",
+        )
+        await email_status.record(db_session, [event(K.DELIVERED, -5, address), bounce])
+        # Blocked already: another bounce, a delivery, a repeat raise nothing.
+        await email_status.record(
+            db_session,
+            [bounce, event(K.COMPLAINT, 1, address), event(K.DELIVERED, 2, address)],
+        )
+        await email_status.unblock(db_session, address, by="api key 7")
+        events = await self.events_about(db_session, address)
+        assert [e.type for e in events] == ["email.blocked", "email.unblocked"]
+        blocked, unblocked = (e.data for e in events)
+        assert events[0].patient_id is None
+        assert blocked == {
+            "address_sha256": hashlib.sha256(address.encode()).hexdigest(),
+            "address_masked": addresses.mask(address),
+            "status": "blocked",
+            "event": "hard_bounce",
+            "source": "sendgrid",
+            "reason": f"hard bounce: 550 5.1.1 <{addresses.mask(address)}> no such user",
+            "occurred_at": T0.isoformat(),
+        }
+        assert (unblocked["status"], unblocked["event"], unblocked["source"]) == (
+            "unknown",
+            "unblocked",
+            "api",
+        )
+        assert unblocked["reason"] == "by api key 7"
+        for data in (blocked, unblocked):
+            assert address not in str(data).lower()
+
+    async def test_no_event_for_what_never_blocks(self, db_session: AsyncSession) -> None:
+        address = fresh()
+        await email_status.record(
+            db_session, [event(K.DELIVERED, 0, address), event(K.SOFT_BOUNCE, 1, address)]
+        )
+        assert await self.events_about(db_session, address) == []

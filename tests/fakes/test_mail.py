@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from app.email.parsing import parse
 from app.fakes import mail as fake_mail
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -113,3 +115,98 @@ class TestFakeMail:
             )
         assert caught.value.code == 552
         assert running.store.listed() == []
+
+
+SENT = (
+    b"From: Clinic <clinic@notify.test>\r\nTo: Rahim <rahim@example.org>\r\n"
+    b"Reply-To: reply+token@reply.localhost\r\nSubject: Your visit\r\n"
+    b"Date: Fri, 04 Dec 2026 10:00:00 GMT\r\n"
+    b"Message-ID: <m2@notify.test>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: text/plain; charset="utf-8"\r\n\r\n'
+    b"Can you come on Thursday?\r\n"
+)
+
+
+class TestRepliesAndBounces:
+    """A kept message answered or returned by its recipient, sent to the inbound SMTP
+    server given (here another fake mail, standing for `notify smtp-inbound`)."""
+
+    @pytest_asyncio.fixture(loop_scope="session")
+    async def pair(
+        self, tmp_path: Path
+    ) -> AsyncIterator[tuple[fake_mail.RunningMail, fake_mail.RunningMail]]:
+        inbound = await fake_mail.start(tmp_path / "inbound")
+        outbound = await fake_mail.start(
+            tmp_path / "outbound", inbound=("127.0.0.1", inbound.smtp_port)
+        )
+        try:
+            yield outbound, inbound
+        finally:
+            await outbound.stop()
+            await inbound.stop()
+
+    async def sent(self, outbound: fake_mail.RunningMail) -> str:
+        await aiosmtplib.send(
+            SENT,
+            sender="bounce+mac@reply.localhost",
+            recipients=["rahim@example.org"],
+            hostname="127.0.0.1",
+            port=outbound.smtp_port,
+        )
+        [item] = outbound.store.listed()
+        return str(item["id"])
+
+    async def test_a_reply_goes_to_the_reply_to_with_the_quote(
+        self, pair: tuple[fake_mail.RunningMail, fake_mail.RunningMail]
+    ) -> None:
+        outbound, inbound = pair
+        message_id = await self.sent(outbound)
+        async with http(outbound) as client:
+            answer = await client.post(
+                f"/_fake/mail/{message_id}/reply", json={"text": "Yes, Thursday is fine."}
+            )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["to"] == "reply+token@reply.localhost"
+        [item] = inbound.store.listed()
+        assert item["to"] == ["reply+token@reply.localhost"]
+        raw = inbound.store.raw(item["id"])
+        assert raw is not None and b"> Can you come on Thursday?" in raw
+        assert b"In-Reply-To: <m2@notify.test>" in raw
+        read = parse(io.BytesIO(raw), ["en"])
+        assert (read.senders, read.subject) == (["rahim@example.org"], "Re: Your visit")
+        assert read.text == "Yes, Thursday is fine."
+
+    async def test_a_bounce_goes_to_the_envelope_sender_naming_the_message(
+        self, pair: tuple[fake_mail.RunningMail, fake_mail.RunningMail]
+    ) -> None:
+        outbound, inbound = pair
+        message_id = await self.sent(outbound)
+        async with http(outbound) as client:
+            answer = await client.post(f"/_fake/mail/{message_id}/bounce", json={})
+        assert answer.status_code == 200, answer.text
+        [item] = inbound.store.listed()
+        assert item["to"] == ["bounce+mac@reply.localhost"]
+        raw = inbound.store.raw(item["id"])
+        assert raw is not None
+        read = parse(io.BytesIO(raw), ["en"])
+        assert read.dsn is not None
+        [recipient] = read.dsn
+        assert (recipient.address, recipient.hard_failure) == ("rahim@example.org", True)
+        assert read.original_message_id == "m2@notify.test"
+
+    async def test_without_an_inbound_server_or_with_bad_input(
+        self, running: fake_mail.RunningMail, tmp_path: Path
+    ) -> None:
+        await send(running)
+        [item] = running.store.listed()
+        async with http(running) as client:
+            nowhere = await client.post(f"/_fake/mail/{item['id']}/reply", json={"text": "x"})
+            assert nowhere.status_code == 409
+            assert (await client.post("/_fake/mail/1-1/reply", json={})).status_code == 404
+            configured = await client.post("/_fake/config", json={"inbound_smtp": "127.0.0.1:1"})
+            assert configured.json()["inbound_smtp"] == "127.0.0.1:1"
+            bad = await client.post(f"/_fake/mail/{item['id']}/bounce", json={"status": "2.0.0"})
+            assert bad.status_code == 400
+            # Nobody listens on port 1: the sender hears why.
+            refused = await client.post(f"/_fake/mail/{item['id']}/reply", json={"text": "x"})
+            assert refused.status_code == 502 and refused.json()["sent"] is False
