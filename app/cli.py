@@ -332,7 +332,7 @@ def experiments_report(
     """Print an experiment's results per group, as GET /v1/experiments/{id}/results."""
     from app.experiments import report
 
-    database_url, _ = prepare_environment(one_off=True)
+    database_url, _ = prepare_environment(redis=False, one_off=True)
     require_migrated(database_url)
     raise typer.Exit(asyncio.run(report.run_report(database_url, experiment, csv_path)))
 
@@ -342,7 +342,8 @@ def api_keys_list() -> None:
     """Every API key: name, prefix, created, last used (to the minute), revoked."""
     from app.auth import terminal
 
-    database_url, _ = prepare_environment(redis=False)
+    database_url, _ = prepare_environment(redis=False, one_off=True)
+    require_migrated(database_url)
     console.print(terminal.keys_table(asyncio.run(terminal.every_key(database_url))))
 
 
@@ -356,7 +357,8 @@ def api_keys_revoke(
     from app.auth import terminal
     from app.errors import AppError
 
-    database_url, _ = prepare_environment(redis=False)
+    database_url, _ = prepare_environment(redis=False, one_off=True)
+    require_migrated(database_url)
     try:
         revoked = asyncio.run(terminal.revoke(database_url, name_or_prefix))
     except AppError as exc:

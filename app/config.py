@@ -292,10 +292,13 @@ class Settings(BaseSettings):
     # a divisor of 60, as the sweeper is a cron job on the seconds of each minute).
     sweep_interval_seconds: int = Field(default=60, ge=1, le=60)
 
-    # A broadcast's fan-out: members per INSERT ... SELECT (one transaction each), and how
-    # long a fan-out may stand still before a worker's cron resumes it from its cursor.
+    # A broadcast's fan-out: members per INSERT ... SELECT (one transaction each), how
+    # long a fan-out may stand still before a worker's cron resumes it from its cursors,
+    # and into how many lanes (ranges of patient ids, fanned out at once on a connection
+    # each; fixed per broadcast when its fan-out starts) it is split.
     broadcast_chunk_size: int = Field(default=5_000, ge=1, le=100_000)
     broadcast_resume_after_seconds: int = Field(default=30, ge=1)
+    broadcast_fan_out_lanes: int = Field(default=2, ge=1, le=16)
 
     # Request bodies larger than this are refused with a 413 (a full batch of 1,000
     # patients is well under 2 MiB).

@@ -171,6 +171,8 @@ class HttpMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        # Routing writes into the scope; a mount even replaces its `app` and `root_path`.
+        arrived = dict(scope)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -181,36 +183,40 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = route_template(scope)
+            route = route_template(scope, arrived)
             HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
             HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
 
 
-def route_template(scope: Scope) -> str:
+def route_template(scope: Scope, arrived: Scope | None = None) -> str:
     """The template of the route that answered (`/v1/patients/{patient_id}`), read from
-    the scope after routing, or "unmatched" when no route did.
+    the scope after routing (`arrived`: a copy of it from before), or "unmatched" when no
+    route did.
 
     The router records the route it chose in `scope["route"]`. Depending on FastAPI's
     version that route's `path_format` holds the prefixes of the routers it was included
     through, or only its own router's part (`/patients/{patient_id}` for
     `/v1/patients/p-1`): the missing prefix is the literal part of the path before the
     piece that the route's pattern matches in full. Plain Starlette routes
-    (`/openapi.json`, `/docs`) are not recorded in the scope; they are top-level and few,
-    and matched again here.
+    (`/openapi.json`, `/docs`) and mounts (the static files of `/docs/assets/{path}` and
+    `/dashboard/static/{path}`) are not recorded in the scope; they are top-level and
+    few, and matched again here, on the scope as it arrived: a mount hands the request
+    to an app of its own, which replaces the scope's `app` and `root_path`.
     """
+    before = scope if arrived is None else arrived
     route = scope.get("route")
     template = getattr(route, "path_format", None)
     pattern = getattr(route, "path_regex", None)
     if isinstance(template, str) and isinstance(pattern, re.Pattern):
-        path: str = scope["path"].removeprefix(scope.get("root_path", ""))
+        path: str = before["path"].removeprefix(before.get("root_path", ""))
         for start, char in enumerate(path):
             if char == "/" and pattern.match(path[start:]):
                 return path[:start] + template
         return template
-    app = scope.get("app")
+    app = before.get("app")
     for candidate in getattr(getattr(app, "router", None), "routes", ()):
         path_format = getattr(candidate, "path_format", None)
-        if isinstance(path_format, str) and candidate.matches(scope)[0] is Match.FULL:
+        if isinstance(path_format, str) and candidate.matches(before)[0] is Match.FULL:
             return path_format
     return "unmatched"
 

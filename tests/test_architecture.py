@@ -3,6 +3,7 @@ imports a sibling that imports it back. CI runs this as part of `./scripts/test`
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tomllib
@@ -76,6 +77,22 @@ class TestLayers:
         assert {(d.importer, d.imported) for d in illegal} == {("app.models", "workers")}
 
 
+class TestCommandRoot:
+    def test_nothing_imports_the_command_root(self, graph: grimp.ImportGraph) -> None:
+        """app/cli.py is a root: no cycle can run through it (issue 10: bench, imo and
+        experiments imported it back, a circle of 10 files)."""
+        assert graph.find_modules_that_directly_import("app.cli") == set()
+
+    def test_only_the_command_root_imports_workers(self, graph: grimp.ImportGraph) -> None:
+        importers = {
+            importer
+            for module in graph.find_descendants("workers") | {"workers"}
+            for importer in graph.find_modules_that_directly_import(module)
+            if importer == "app" or importer.startswith("app.")
+        }
+        assert importers == {"app.cli"}
+
+
 class TestCycles:
     def test_no_package_imports_a_sibling_that_imports_it_back(
         self, graph: grimp.ImportGraph
@@ -90,3 +107,32 @@ class TestCycles:
         finally:
             graph.remove_import(importer="app.db.session", imported="app.models.notification")
         assert "app" in found
+
+
+def sql_imports(source: str) -> set[str]:
+    """What a module takes from SQLAlchemy to build statements with: anything but the
+    session types (`sqlalchemy.ext.asyncio`) and the errors (`sqlalchemy.exc`)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy"):
+            if node.module not in ("sqlalchemy.ext.asyncio", "sqlalchemy.exc"):
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("sqlalchemy")}
+    return found
+
+
+class TestSqlInRepositories:
+    """Services (and the invitation runner) call repositories for their SQL (issue 10,
+    item 3): the statements of a feature are in one place."""
+
+    def test_no_service_builds_a_statement(self) -> None:
+        modules = [*sorted((ROOT / "app").rglob("service.py")), ROOT / "app/imo/runner.py"]
+        found = {
+            str(path.relative_to(ROOT)): sorted(sql_imports(path.read_text())) for path in modules
+        }
+        assert {path: names for path, names in found.items() if names} == {}
+
+    def test_a_select_in_a_service_would_be_caught(self) -> None:
+        source = "from sqlalchemy import select, text\nfrom sqlalchemy.exc import IntegrityError\n"
+        assert sql_imports(source) == {"sqlalchemy.select", "sqlalchemy.text"}

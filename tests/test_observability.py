@@ -63,5 +63,14 @@ class TestRouteLabel:
         assert await counted_under(lambda: api.get("/healthz"), "GET", "/healthz", 200)
         assert await counted_under(lambda: api.get("/openapi.json"), "GET", "/openapi.json", 200)
 
+    async def test_static_files_are_labelled_with_their_mount(self, api: httpx.AsyncClient) -> None:
+        # Swagger UI's own assets were counted as "unmatched" requests answered 200.
+        assert await counted_under(
+            lambda: api.get("/docs/assets/swagger-ui.css"), "GET", "/docs/assets/{path}", 200
+        )
+        assert await counted_under(
+            lambda: api.get("/docs/assets/no-such-file.js"), "GET", "/docs/assets/{path}", 404
+        )
+
     async def test_an_unknown_path_is_unmatched(self, api: httpx.AsyncClient) -> None:
         assert await counted_under(lambda: api.get("/no/such/page"), "GET", "unmatched", 404)

@@ -1,5 +1,6 @@
-"""Worker side of broadcasts: the fan-out job, and a cron that resumes a fan-out whose
-worker died (its cursor says where). Both are safe to run twice and on every worker."""
+"""Worker side of broadcasts: the fan-out job (every lane at once, on connections of the
+worker's pool), and a cron that resumes a fan-out whose worker died (each lane's cursor
+says where). Both are safe to run twice and on every worker."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ Context = dict[str, Any]
 
 
 async def fan_out_broadcast(ctx: Context, broadcast_id: str) -> dict[str, Any]:
-    """Job: schedule the broadcast's members from its cursor on."""
+    """Job: schedule the broadcast's members, every lane from its cursor on."""
     result = await broadcast_service.fan_out(
         ctx["sessionmaker"], uuid.UUID(broadcast_id), ctx["settings"]
     )

@@ -58,7 +58,11 @@ def _answer(found: appointment_service.AppointmentView) -> AppointmentOut:
         200: {"description": "An appointment already known: unchanged or moved"},
         201: {"model": AppointmentOut, "description": "A new appointment"},
         409: {"description": "Another patient's, cancelled, or visited (and moved)"},
-        422: {"description": "A malformed body or an unknown patient"},
+        422: {
+            "description": "A malformed body, an unknown patient, or a variable that a "
+            "reminder's template needs and the appointment cannot fill (the default plan's "
+            "texts name the facility: give the appointment or its patient a `facility`)"
+        },
     },
 )
 async def upsert_appointment(

@@ -5,6 +5,8 @@ Measured: the fan-out rate (notifications scheduled per second, from the POST to
 `fanned_out`), the API's memory while it answers progress (peak vs at start), that
 progress never goes back and always equals what is scheduled, and the latency of the
 group's history pages (first page, and every page following the cursor) on that table.
+`--lanes 1 --lanes 2`: the fan-out split into that many lanes
+(BROADCAST_FAN_OUT_LANES), one worker started afresh for each, same patients.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from app.bench.common import (
     fakes_and_env,
     fresh_database,
     server_pid,
+    start_workers,
 )
 from app.bench.dispatch import set_count_triggers
 from app.config import get_settings
@@ -122,12 +125,17 @@ async def _fan_out_once(client: httpx.AsyncClient, api_pid: int, cpu: CpuSeconds
 
 
 async def measure(
-    n: int, chunk: int, pages: int, repeat: int, count_triggers: bool = True
+    n: int,
+    chunk: int,
+    pages: int,
+    repeat: int,
+    count_triggers: bool = True,
+    lanes: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """`repeat` broadcasts to the same N patients, each on an emptied notifications
-    table (the same start for each), then the history pages of the last one's.
-    `count_triggers=False`: the dashboard's counting triggers disabled after the seed
-    (what they cost the fan-out's inserts)."""
+    """For each number of `lanes` (a worker started with it), `repeat` broadcasts to the
+    same N patients, each on an emptied notifications table (the same start for each),
+    then the history pages of the last one's. `count_triggers=False`: the dashboard's
+    counting triggers disabled after the seed (what they cost the fan-out's inserts)."""
     database_url = await fresh_database(DATABASE)
     seeded_in = await seed(database_url, n)
     _, key = await auth_service.issue_api_key(database_url, "bench")
@@ -141,41 +149,52 @@ async def measure(
         api = processes.start("api", "api", "--port", str(port))
         base = f"http://127.0.0.1:{port}"
         processes.wait_http(f"{base}/healthz", timeout=120)
-        worker = processes.start("worker", "worker")
-        cpu = CpuSeconds(
-            [("api", api.pid), ("worker", worker.pid)],
-            database=DATABASE,
-            server=await server_pid(database_url),
-        )
         headers = {"Authorization": f"Bearer {key}"}
+        server = await server_pid(database_url)
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
             await client.get("/v1/groups/camp")  # warm the API up before its baseline
-            for run in range(repeat):
-                if run:
-                    async with engine.connect() as connection:
-                        await connection.execute(text("TRUNCATE notifications CASCADE"))
-                        await connection.execute(text("VACUUM ANALYZE notifications"))
-                row = await _fan_out_once(client, api.pid, cpu)
-                async with engine.connect() as connection:
-                    stored, once = (
-                        await connection.execute(
-                            text(
-                                "SELECT count(*), count(DISTINCT patient_id) FROM notifications "
-                                "WHERE broadcast_id = :id"
-                            ),
-                            {"id": row.pop("broadcast")},
-                        )
-                    ).one()
-                rows.append(
-                    {
-                        "count triggers": "on" if count_triggers else "off",
-                        "patients": n,
-                        "seed s": seeded_in,
-                        "chunk": chunk,
-                        **row,
-                        "each member once": stored == once == n,
-                    }
+            for lane_count in lanes or [get_settings().broadcast_fan_out_lanes]:
+                # A worker of its own per number of lanes, ready before the POST (its
+                # start is not the fan-out's time).
+                processes.env["BROADCAST_FAN_OUT_LANES"] = str(lane_count)
+                (processes.workdir / "worker-0.ready").unlink(missing_ok=True)
+                worker = (await start_workers(processes, 1))[0]
+                cpu = CpuSeconds(
+                    [("api", api.pid), ("worker", worker.pid)], database=DATABASE, server=server
                 )
+                for _ in range(repeat):
+                    if rows:
+                        async with engine.connect() as connection:
+                            await connection.execute(text("TRUNCATE notifications CASCADE"))
+                            await connection.execute(text("VACUUM ANALYZE notifications"))
+                    row = await _fan_out_once(client, api.pid, cpu)
+                    broadcast_id = row.pop("broadcast")
+                    async with engine.connect() as connection:
+                        stored, once = (
+                            await connection.execute(
+                                text(
+                                    "SELECT count(*), count(DISTINCT patient_id) "
+                                    "FROM notifications WHERE broadcast_id = :id"
+                                ),
+                                {"id": broadcast_id},
+                            )
+                        ).one()
+                        split = await connection.scalar(
+                            text("SELECT count(*) FROM broadcast_lanes WHERE broadcast_id = :id"),
+                            {"id": broadcast_id},
+                        )
+                    rows.append(
+                        {
+                            "count triggers": "on" if count_triggers else "off",
+                            "patients": n,
+                            "seed s": seeded_in,
+                            "chunk": chunk,
+                            "lanes": split,
+                            **row,
+                            "each member once": stored == once == n,
+                        }
+                    )
+                processes.stop([worker])
             first, deep = await _history(client, pages)
     in_db = await _history_in_process(async_sessionmaker(engine), pages)
     await engine.dispose()
@@ -242,29 +261,36 @@ def run(
     repeat: int,
     json_path: Path | None,
     count_triggers: list[bool] | None = None,
+    lanes: list[int] | None = None,
 ) -> Result:
     result = Result("broadcast: fan-out by a worker, progress and history through the API")
     rows = [
         row
         for triggers in count_triggers or [True]
-        for row in asyncio.run(measure(patients, chunk, pages, repeat, triggers))
+        for row in asyncio.run(measure(patients, chunk, pages, repeat, triggers, lanes))
     ]
     for row in rows:
         result.add(**row)
-    if len(rows) > 1:
-        result.add(
-            patients=patients,
-            **{
-                f"median {name}": statistics.median(row[name] for row in rows)
-                for name in (
-                    "fan-out s",
-                    "notifications/s",
-                    "postgresql us/notification",
-                    "worker us/notification",
-                    "api us/notification",
-                )
-            },
-        )
+    if repeat > 1:
+        # The median of each (triggers, lanes) variant's broadcasts.
+        variants: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for row in rows:
+            variants.setdefault((row["count triggers"], row["lanes"]), []).append(row)
+        for (triggers, lane_count), same in variants.items():
+            result.add(
+                patients=patients,
+                **{"count triggers": triggers, "lanes": lane_count},
+                **{
+                    f"median {name}": statistics.median(row[name] for row in same)
+                    for name in (
+                        "fan-out s",
+                        "notifications/s",
+                        "postgresql us/notification",
+                        "worker us/notification",
+                        "api us/notification",
+                    )
+                },
+            )
     result.show()
     result.write_json(json_path)
     return result

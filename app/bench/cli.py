@@ -100,6 +100,15 @@ def broadcast(
         int, typer.Option(help="Broadcasts, each on an emptied table; medians of them.")
     ] = 1,
     count_triggers: CountTriggers = ["on"],  # noqa: B006
+    lanes: Annotated[
+        list[int] | None,
+        typer.Option(
+            min=1,
+            max=16,
+            help="BROADCAST_FAN_OUT_LANES of the worker (default: the setting's); "
+            "`--lanes 1 --lanes 2` compares them in one run, on the same patients.",
+        ),
+    ] = None,
     json_path: JsonOption = None,
 ) -> None:
     """A broadcast to an N-patient filter group fanned out by a worker, its progress and
@@ -108,7 +117,9 @@ def broadcast(
     from app.devtools.environment import prepare_environment
 
     prepare_environment()
-    bench_broadcast.run(patients, chunk, pages, repeat, json_path, _on_off(count_triggers))
+    bench_broadcast.run(
+        patients, chunk, pages, repeat, json_path, _on_off(count_triggers), lanes or None
+    )
 
 
 @bench_cli.command("fanout")

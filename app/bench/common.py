@@ -55,12 +55,18 @@ class Result:
         self.rows.append(row)
 
     def show(self) -> None:
-        table = Table(title=self.name)
-        for column in self.rows[0] if self.rows else []:
-            table.add_column(column, justify="right")
+        """One table per set of columns (the measured rows, then e.g. their medians),
+        so that no value shows under another row's column."""
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row in self.rows:
-            table.add_row(*(_fmt(v) for v in row.values()))
-        console.print(table)
+            shapes.setdefault(tuple(row), []).append(row)
+        for columns, rows in shapes.items() or {(): []}.items():
+            table = Table(title=self.name)
+            for column in columns:
+                table.add_column(column, justify="right")
+            for row in rows:
+                table.add_row(*(_fmt(v) for v in row.values()))
+            console.print(table)
 
     def write_json(self, path: Path | None) -> None:
         if path is not None:

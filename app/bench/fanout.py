@@ -117,8 +117,6 @@ async def _broadcast(session: AsyncSession) -> uuid.UUID:
         send_at=datetime(2099, 1, 1, 6, tzinfo=UTC),
         channel_chain=None,
         state="fanning_out",
-        cursor="",
-        members=0,
     )
     session.add(broadcast)
     await session.commit()

@@ -93,11 +93,12 @@ def sink_process(fail_rate: float = 0.0) -> Iterator[tuple[str, str]]:
         stop_processes([sink])
 
 
-def run(events: int, fail_rate: float, batch: int, json_path: Path | None) -> None:
+def run(events: int, fail_rate: float, batch: int, json_path: Path | None) -> Result:
     result = Result(f"webhooks: {events} events, sink failing {fail_rate:.0%}")
     result.add(**asyncio.run(_measure(events, fail_rate, batch)))
     result.show()
     result.write_json(json_path)
+    return result
 
 
 async def _measure(events: int, fail_rate: float, batch: int) -> dict[str, object]:

@@ -27,10 +27,6 @@ class TwilioStatus:
     error_code: str | None = None
     error_message: str | None = None
 
-    @property
-    def normalised(self) -> str:
-        return normalised_status(self.message_status)
-
 
 def parse_status_callback(params: Mapping[str, str]) -> TwilioStatus:
     """A status callback's form. Raises ValueError without MessageSid or MessageStatus.

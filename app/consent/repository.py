@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Mapping
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Patient
 
 # Every patient messaged at the sender's number, and the one it matched: a STOP from a
 # family phone stops what goes to that phone, whoever the reminder is for. No phone (an
@@ -109,3 +111,13 @@ async def opt_out_many(session: AsyncSession, opt_outs: Mapping[str, str]) -> No
             _OPT_OUT_MANY,
             {"patient_ids": list(opt_outs), "channels": list(opt_outs.values())},
         )
+
+
+async def opted_out_channels(session: AsyncSession, patient_id: str) -> list[str]:
+    """The patient's opt-outs as they now stand (read again, not the session's copy)."""
+    opted_out = await session.scalar(
+        select(Patient.opted_out_channels)
+        .where(Patient.id == patient_id)
+        .execution_options(populate_existing=True)
+    )
+    return list(opted_out or ())

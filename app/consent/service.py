@@ -6,7 +6,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -14,7 +13,6 @@ from app.consent import repository as consent_repository
 from app.consent.keywords import Keyword
 from app.consent.rules import OPTED_OUT
 from app.errors import InvalidInput
-from app.models import Patient
 from app.models.patient import EVERY_CHANNEL
 from app.templates import service as template_service
 from app.webhooks import service as webhook_service
@@ -80,11 +78,7 @@ async def record_provider_opt_outs(session: AsyncSession, opt_outs: Mapping[str,
 
 async def _changed(session: AsyncSession, patient_id: str, source: str, channel: str) -> None:
     """`consent.changed`, with the patient's opt-outs as they now stand."""
-    opted_out = await session.scalar(
-        select(Patient.opted_out_channels)
-        .where(Patient.id == patient_id)
-        .execution_options(populate_existing=True)
-    )
+    opted_out = await consent_repository.opted_out_channels(session, patient_id)
     await webhook_service.emit(
         session,
         EventType.CONSENT_CHANGED,
@@ -93,7 +87,7 @@ async def _changed(session: AsyncSession, patient_id: str, source: str, channel:
             "patient_id": patient_id,
             "source": source,
             "channel": channel,
-            "opted_out_channels": list(opted_out or ()),
+            "opted_out_channels": opted_out,
         },
     )
 

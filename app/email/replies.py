@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
@@ -51,7 +50,7 @@ from app.email.parsing import DsnRecipient, ParsedEmail
 from app.email.rules import AddressEvent, AddressEventKind, MessageReport
 from app.errors import AppError
 from app.messages import replies as patient_answers
-from app.models import Conversation, InboundEmail, Message, Patient, StaffMember
+from app.models import Conversation, InboundEmail, Message, Patient
 from app.models.conversation import ConversationState
 from app.models.inbound_email import InboundOutcome
 from app.models.message import Direction
@@ -371,7 +370,7 @@ async def _reply(
         return _Decision(
             InboundOutcome.ATTACHED, recipient=recipient, conversation=conversation, patient=patient
         )
-    staff_id = await _staff_with(session, sender)
+    staff_id = await email_repository.staff_with_address(session, sender)
     if staff_id is not None:
         return _Decision(
             InboundOutcome.ATTACHED,
@@ -385,16 +384,6 @@ async def _reply(
 def _with_reason(decision: _Decision, reason: str) -> _Decision:
     return _Decision(
         decision.outcome, reason, recipient=decision.recipient, conversation=decision.conversation
-    )
-
-
-async def _staff_with(session: AsyncSession, sender: str) -> str | None:
-    """The staff member whose address `sender` (lower case) is, if one is."""
-    return await session.scalar(
-        select(StaffMember.id)
-        .where(func.lower(StaffMember.email) == sender)
-        .order_by(StaffMember.updated_at.desc(), StaffMember.id)
-        .limit(1)
     )
 
 

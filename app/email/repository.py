@@ -6,11 +6,17 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import DeliveryAttempt, EmailAddress, EmailAddressEvent, InboundEmail
+from app.models import (
+    DeliveryAttempt,
+    EmailAddress,
+    EmailAddressEvent,
+    InboundEmail,
+    StaffMember,
+)
 from app.models.email_address import EmailStatus
 from app.states import ChannelName
 
@@ -46,6 +52,17 @@ async def lock_addresses(
         .execution_options(populate_existing=True)
     )
     return {row.address: row for row in rows}
+
+
+async def staff_with_address(session: AsyncSession, address: str) -> str | None:
+    """The staff member whose email is `address` (lower case), if one is: the most
+    recently updated where two share it."""
+    return await session.scalar(
+        select(StaffMember.id)
+        .where(func.lower(StaffMember.email) == address)
+        .order_by(StaffMember.updated_at.desc(), StaffMember.id)
+        .limit(1)
+    )
 
 
 async def known_event_ids(session: AsyncSession, ids: Sequence[str]) -> set[str]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.channels.inbound import IncomingMessage
+from app.models import Message
 
 # The sender is matched by any of a patient's numbers (ix_patients_phone_numbers); a
 # number shared by several patients (a family phone) goes to the one whose messaging
@@ -107,3 +109,13 @@ async def insert_inbound_many(
         },
     )
     return {row.provider_message_id: StoredInbound(row.id, row.patient_id) for row in rows}
+
+
+async def conversations_of(
+    session: AsyncSession, message_ids: Sequence[int]
+) -> dict[int, uuid.UUID | None]:
+    """message id -> the conversation it was filed on (None: none), for those that exist."""
+    rows = await session.execute(
+        select(Message.id, Message.conversation_id).where(Message.id.in_(message_ids))
+    )
+    return {message_id: conversation_id for message_id, conversation_id in rows}

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.channels.inbound import IncomingMessage
@@ -176,12 +175,9 @@ async def _announce_many(
     where they were filed, one statement for the events."""
     if not messages:
         return
-    rows = await session.execute(
-        select(Message.id, Message.conversation_id).where(
-            Message.id.in_([message_id for message_id, _, _, _ in messages])
-        )
+    filed = await message_repository.conversations_of(
+        session, [message_id for message_id, _, _, _ in messages]
     )
-    filed = {message_id: conversation_id for message_id, conversation_id in rows}
     await webhook_service.emit_many(
         session,
         [

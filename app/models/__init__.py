@@ -2,7 +2,7 @@
 
 from app.models.api_key import ApiKey
 from app.models.appointment import Appointment
-from app.models.broadcast import Broadcast
+from app.models.broadcast import Broadcast, BroadcastLane
 from app.models.conversation import Conversation, ConversationRouting
 from app.models.delivery_report import DeliveryReport
 from app.models.dispatch_lease import DispatchLease
@@ -39,6 +39,7 @@ __all__ = [
     "ApiKey",
     "Appointment",
     "Broadcast",
+    "BroadcastLane",
     "Conversation",
     "ConversationRouting",
     "DeliveryAttempt",

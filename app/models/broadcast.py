@@ -4,7 +4,16 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -14,10 +23,10 @@ BROADCAST_STATES = ("fanning_out", "fanned_out", "cancelled")
 
 
 class Broadcast(TimestampMixin, Base):
-    """One message to every member of a group. The worker fans it out in chunks in
-    patient id order, then (a static group) staff id order; `cursor` and `staff_cursor`
-    are the last ids done, committed with their chunk, so a killed worker resumes
-    after them."""
+    """One message to every member of a group. The worker fans it out in lanes
+    (`BroadcastLane`: disjoint ranges of patient ids, run at once), each in chunks in
+    patient id order; a static group's staff members in one more lane (`staff`), in
+    staff id order, once every patient lane is done."""
 
     __tablename__ = "broadcasts"
     __table_args__ = (
@@ -36,10 +45,29 @@ class Broadcast(TimestampMixin, Base):
     send_at: Mapped[datetime]
     channel_chain: Mapped[list[str] | None] = mapped_column(ARRAY(String(20)))
     state: Mapped[str] = mapped_column(String(20))
-    cursor: Mapped[str | None] = mapped_column(String(64))
-    # A static group's staff members come after its patients: the last staff id done,
-    # committed with its chunk; null while the patients are not done.
-    staff_cursor: Mapped[str | None] = mapped_column(String(64))
-    members: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class BroadcastLane(Base):
+    """One range of a broadcast's members, fanned out on its own: the patient ids after
+    `lower_id` up to `upper_id` (included; none: no end). The ranges are computed once,
+    when the fan-out first runs, and kept: a resumed fan-out goes on in the same ranges.
+    `cursor` is the last patient id done, committed with its chunk (with `members`, the
+    members reached so far), so a killed worker resumes each lane after its own.
+    A staff lane (`staff`, a static group's only, numbered after the patient lanes)
+    holds staff ids instead: it runs once every patient lane is done."""
+
+    __tablename__ = "broadcast_lanes"
+
+    broadcast_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("broadcasts.id", ondelete="CASCADE"), primary_key=True
+    )
+    lane: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    lower_id: Mapped[str] = mapped_column(String(64))
+    upper_id: Mapped[str | None] = mapped_column(String(64))
+    cursor: Mapped[str] = mapped_column(String(64))
+    members: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    done: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    staff: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -117,6 +117,18 @@ class Notification(TimestampMixin, Base):
             "id",
             postgresql_where=text("group_name IS NOT NULL"),
         ),
+        # The same filtered by a state other than `scheduled` (failed, denied, ...: a
+        # page of a rare state is a range read, not a walk of the whole group). A row
+        # enters it only once it leaves `scheduled`: a broadcast's fan-out inserts pay
+        # nothing for it, each later move of a group's row one entry.
+        Index(
+            "ix_notifications_group_moved",
+            "group_name",
+            "state",
+            "created_at",
+            "id",
+            postgresql_where=text("group_name IS NOT NULL AND state <> 'scheduled'"),
+        ),
         # The unread fallback: reminders taken by Imo or WhatsApp, not read, not fallen
         # back, not expired (the set stays as small as what is still worth sending).
         Index(

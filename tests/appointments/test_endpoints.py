@@ -120,6 +120,28 @@ class TestSchedule:
         assert data["reminder_plan"] == "default" and data["reminders"] == []
         assert "'default'" in data["reminders_note"] and "passed" in data["reminders_note"]
 
+    async def test_without_a_facility_the_default_plan_refuses_it_naming_what_is_missing(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        # A newcomer's first appointment, with the least the schema asks for: the default
+        # plan's texts name the facility, so it is a 422 that says so, and the contract
+        # says it too.
+        patient = await daytime_patient(db_session, facility_id=None, facility_name=None)
+        appointment_id = unique_id("a")
+        answer = await api.put(
+            f"/v1/appointments/{appointment_id}",
+            json={"patient_id": patient.id, "scheduled_date": local_day(patient, 3)},
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["details"] == [
+            {"field": "variables.facility_name", "message": "required"}
+        ]
+        assert (await api.get(f"/v1/appointments/{appointment_id}")).status_code == 404
+        operation = (await api.get("/openapi.json")).json()["paths"][
+            "/v1/appointments/{appointment_id}"
+        ]["put"]
+        assert "facility" in operation["responses"]["422"]["description"]
+
     async def test_facility_defaults_to_the_patients(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.broadcasts import service as broadcast_service
 from app.config import Settings
-from app.models import Broadcast, Notification
+from app.models import Broadcast, BroadcastLane, Notification
 from tests.clock import daytime_zone, night_zone
 from tests.factories import make_patient, make_staff, unique_id
 
@@ -54,7 +54,9 @@ async def messages_of(session: AsyncSession, broadcast_id: str) -> list[Notifica
 
 
 def small_chunks() -> Settings:
-    return Settings().model_copy(update={"broadcast_chunk_size": 2})
+    # One lane: these tests' sessions share one connection, which can run one statement
+    # at a time (tests/broadcasts/test_lanes.py fans out in lanes on a pool).
+    return Settings().model_copy(update={"broadcast_chunk_size": 2, "broadcast_fan_out_lanes": 1})
 
 
 class TestFanOut:
@@ -137,7 +139,13 @@ class TestFanOut:
         await broadcast_service.fan_out(db_sessionmaker, broadcast_id, small_chunks())
         stored = await db_session.get(Broadcast, broadcast_id, populate_existing=True)
         assert stored is not None
-        stored.state, stored.cursor, stored.members = "fanning_out", f"{tag}-1", 2
+        (lane,) = await db_session.scalars(
+            select(BroadcastLane)
+            .where(BroadcastLane.broadcast_id == broadcast_id)
+            .execution_options(populate_existing=True)
+        )
+        stored.state = "fanning_out"
+        lane.cursor, lane.members, lane.done = f"{tag}-1", 2, False
         await db_session.flush()
         result = await broadcast_service.fan_out(db_sessionmaker, broadcast_id, small_chunks())
         assert result.members == 5
@@ -203,11 +211,25 @@ class TestStaffMembers:
             assert message.channel_chain is None
             local = message.due_at.astimezone(ZoneInfo("Asia/Dhaka")).time()
             assert Settings().messaging_window_start <= local < Settings().messaging_window_end
-        stored = await db_session.get(Broadcast, broadcast_id, populate_existing=True)
-        assert stored is not None and stored.staff_cursor == nurses[-1]
+        staff_lane = await db_session.scalar(
+            select(BroadcastLane)
+            .where(BroadcastLane.broadcast_id == broadcast_id, BroadcastLane.staff)
+            .execution_options(populate_existing=True)
+        )
+        # One more lane after the patients' one: the staff's, with its own cursor.
+        assert staff_lane is not None
+        assert (staff_lane.lane, staff_lane.cursor, staff_lane.members, staff_lane.done) == (
+            1,
+            nurses[-1],
+            2,
+            True,
+        )
 
         # Resumed from the start of the staff: nobody twice.
-        stored.state, stored.staff_cursor = "fanning_out", ""
+        stored = await db_session.get(Broadcast, broadcast_id, populate_existing=True)
+        assert stored is not None
+        stored.state = "fanning_out"
+        staff_lane.cursor, staff_lane.members, staff_lane.done = "", 0, False
         await db_session.flush()
         await broadcast_service.fan_out(db_sessionmaker, broadcast_id, settings)
         assert len(await messages_of(db_session, broadcast_id)) == 5
@@ -230,8 +252,10 @@ class TestStaffMembers:
         broadcast_id = started.json()["id"]
         result = await broadcast_service.fan_out(db_sessionmaker, broadcast_id, small_chunks())
         assert (result.members, result.chunks) == (1, 1)
-        stored = await db_session.get(Broadcast, broadcast_id, populate_existing=True)
-        assert stored is not None and stored.staff_cursor is None
+        lanes = await db_session.scalars(
+            select(BroadcastLane.staff).where(BroadcastLane.broadcast_id == broadcast_id)
+        )
+        assert list(lanes) == [False]
 
 
 class TestCancel:

@@ -178,6 +178,24 @@ class TestOneOffCommands:
         assert not embedded.postgres_running(fresh_data_dir)
         assert not (tmp_path / ".data").exists()  # nothing in the folder it ran from
 
+    def test_every_one_off_command_refuses_an_unmigrated_database_in_one_line(
+        self, fresh_data_dir: Path, tmp_path: Path
+    ) -> None:
+        """`api-keys list` and `revoke` crashed here with a 500-line traceback and left
+        the PostgreSQL they started running; `experiments report` started a Redis it
+        never used."""
+        for args in (
+            ("api-keys", "list"),
+            ("api-keys", "revoke", "cn_abc"),
+            ("experiments", "report", "some-name"),
+        ):
+            refused = self.run(fresh_data_dir, tmp_path, *args)
+            assert refused.returncode == 1, (args, refused.stderr)
+            assert "run `notify migrate` first" in refused.stderr, args
+            assert "Traceback" not in refused.stdout + refused.stderr, args
+            assert not embedded.postgres_running(fresh_data_dir), args
+        assert not (fresh_data_dir / "redis").exists()  # none of them needs Redis
+
     def test_leave_a_server_they_did_not_start_running(
         self, fresh_data_dir: Path, tmp_path: Path
     ) -> None:

@@ -5,6 +5,7 @@ connections at once) and the fakes over real sockets (`fake_imo`, `fake_twilio`)
 - `worker_settings`: what `get_settings()` answers during the test: `db`, the fakes, and
   short polls (arq's hooks read `get_settings()` themselves).
 - `context(**settings)`: a job context as arq's start-up leaves it, for tasks and crons.
+- `Queue`: arq's `ctx["redis"]` as far as crons use it, keeping the jobs they queue.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ from tests.stack import (
 
 Context = dict[str, Any]
 ContextFactory = Callable[..., Context]
+
+
+class Queue:
+    """arq's `ctx["redis"]` as far as a cron uses it: the jobs it was asked to queue."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, tuple[Any, ...], str | None]] = []
+
+    async def enqueue_job(self, name: str, *args: Any, _job_id: str | None = None) -> None:
+        self.jobs.append((name, args, _job_id))
 
 
 def environment(db: Database, imo: FakeImo, twilio: FakeTwilio) -> dict[str, str]:

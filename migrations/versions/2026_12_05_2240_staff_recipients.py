@@ -11,12 +11,13 @@
 - `uq_notifications_broadcast_staff`: a broadcast reaches each staff member once, as
   `uq_notifications_broadcast_patient` does each patient.
 - `group_staff_members`: the staff members of a static group, beside its patients.
-- `broadcasts.staff_cursor`: the fan-out's cursor over the group's staff members, once
-  its patients are done (null: not begun).
+- `broadcast_lanes.staff`: a static group's broadcast has one more lane, over its staff
+  members (staff ids, with its own cursor and members), run once every patient lane is
+  done.
 
 Revision ID: 20261205_staff_recipients
-Revises: 20261205_dispatch_fillfactor
-Create Date: 2026-12-05 22:20:00+00:00
+Revises: 20261205_group_moved_history
+Create Date: 2026-12-05 22:40:00+00:00
 """
 
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261205_staff_recipients"
-down_revision: str | None = "20261205_dispatch_fillfactor"
+down_revision: str | None = "20261205_group_moved_history"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -44,7 +45,10 @@ def upgrade() -> None:
         "ALTER TABLE notifications ADD CONSTRAINT ck_notifications_one_recipient "
         f"CHECK ({ONE_RECIPIENT}) NOT VALID"
     )
-    op.add_column("broadcasts", sa.Column("staff_cursor", sa.String(length=64), nullable=True))
+    op.add_column(
+        "broadcast_lanes",
+        sa.Column("staff", sa.Boolean(), server_default="false", nullable=False),
+    )
     op.create_table(
         "group_staff_members",
         sa.Column("group_name", sa.String(length=100), nullable=False),
@@ -93,7 +97,8 @@ def downgrade() -> None:
     op.drop_index("ix_notifications_staff_created", table_name="notifications")
     op.drop_index("ix_group_staff_members_staff", table_name="group_staff_members")
     op.drop_table("group_staff_members")
-    op.drop_column("broadcasts", "staff_cursor")
+    op.execute("DELETE FROM broadcast_lanes WHERE staff")
+    op.drop_column("broadcast_lanes", "staff")
     op.drop_constraint(op.f("ck_notifications_one_recipient"), "notifications", type_="check")
     op.alter_column("notifications", "patient_id", existing_type=sa.String(64), nullable=False)
     op.drop_constraint(op.f("fk_notifications_staff_id_staff"), "notifications", type_="foreignkey")
