@@ -12,6 +12,7 @@ from datetime import time
 from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -254,6 +255,10 @@ class Settings(BaseSettings):
     # Local hours in which patients may be messaged, in their own time zone.
     messaging_window_start: time = time(8, 0)
     messaging_window_end: time = time(20, 0)
+    # Staff have no time zone of their own: a staff member's message goes inside the
+    # window of the patient whose event made it, else (a broadcast, a message of their
+    # own) of this IANA time zone.
+    staff_time_zone: str = "UTC"
     # A reminder not sent this many days after it fell due ends `expired`; per purpose
     # (JSON, e.g. {"missed_visit": 7}) where a purpose stays useful longer or shorter.
     # A reminder due before its appointment also expires when the appointment's day ends.
@@ -348,6 +353,15 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("CHANNEL_CHAINS: " + "; ".join(problems))
         return chains
+
+    @field_validator("staff_time_zone")
+    @classmethod
+    def _iana_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ValueError, OSError, ZoneInfoNotFoundError) as exc:
+            raise ValueError(f"{name!r} is not an IANA time zone") from exc
+        return name
 
     @field_validator("allowed_recipients")
     @classmethod

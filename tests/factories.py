@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth import service as auth_service
 from app.config import Settings
 from app.main import create_app
-from app.models import Notification, Patient
+from app.models import Notification, Patient, StaffMember
 
 
 def unique_id(prefix: str = "p") -> str:
@@ -66,6 +66,21 @@ async def make_patient(session: AsyncSession, **overrides: Any) -> Patient:
     session.add(patient)
     await session.flush()
     return patient
+
+
+async def make_staff(session: AsyncSession, **overrides: Any) -> StaffMember:
+    staff_id = overrides.pop("id", None) or unique_id("s")
+    values: dict[str, Any] = {
+        "id": staff_id,
+        "name": "Nasrin Akter",
+        "email": f"{staff_id}@clinic.example.org",
+        "locale": "en",
+    }
+    values.update(overrides)
+    staff = StaffMember(**values)
+    session.add(staff)
+    await session.flush()
+    return staff
 
 
 def unique_mobile(prefix: str = "+88017") -> str:

@@ -89,6 +89,7 @@ OPERATION_IDS = {
     "GET /v1/switches": "list_switches",
     "PUT /v1/staff/{staff_id}": "upsert_staff",
     "GET /v1/staff/{staff_id}": "get_staff",
+    "GET /v1/staff/{staff_id}/messages": "list_staff_messages",
     "PUT /v1/webhooks/{name}": "put_webhook",
     "GET /v1/email-status/{address}": "get_email_status",
     "DELETE /v1/email-status/{address}": "unblock_email_address",

@@ -8,6 +8,10 @@ its cursor, in patient id order; one INSERT ... SELECT renders the text for all 
 in SQL (the template of each patient's locale, its `{variables}` replaced by constants
 or by the patient's own fields) and puts each due inside the messaging window of the
 patient's time zone.
+A static group's staff members have one more lane of their own (`staff`), run once
+every patient lane is done, by the same statement over group_staff_members and staff in
+staff id order (their name for `@name`, no facility or attributes, the window of
+STAFF_TIME_ZONE: staff have no time zone of their own).
 """
 
 from __future__ import annotations
@@ -135,25 +139,42 @@ async def lanes(session: AsyncSession, broadcast_id: uuid.UUID) -> Sequence[Broa
 
 
 async def add_lanes(
-    session: AsyncSession, broadcast_id: uuid.UUID, bounds: Sequence[tuple[str, str | None]]
+    session: AsyncSession,
+    broadcast_id: uuid.UUID,
+    bounds: Sequence[tuple[str, str | None]],
+    *,
+    staff: bool = False,
 ) -> None:
-    """Lanes over these (after, up to) ranges, each at the start of its range."""
-    await session.execute(
-        insert(BroadcastLane).values(
-            [
-                {
-                    "broadcast_id": broadcast_id,
-                    "lane": n,
-                    "lower_id": lower,
-                    "upper_id": upper,
-                    "cursor": lower,
-                    "members": 0,
-                    "done": False,
-                }
-                for n, (lower, upper) in enumerate(bounds)
-            ]
+    """Lanes over these (after, up to) ranges of patient ids, each at the start of its
+    range; `staff`: and after them one staff lane over every staff id (a static group's
+    staff members, fanned out once the patient lanes are done)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "broadcast_id": broadcast_id,
+            "lane": n,
+            "lower_id": lower,
+            "upper_id": upper,
+            "cursor": lower,
+            "members": 0,
+            "done": False,
+            "staff": False,
+        }
+        for n, (lower, upper) in enumerate(bounds)
+    ]
+    if staff:
+        rows.append(
+            {
+                "broadcast_id": broadcast_id,
+                "lane": len(bounds),
+                "lower_id": "",
+                "upper_id": None,
+                "cursor": "",
+                "members": 0,
+                "done": False,
+                "staff": True,
+            }
         )
-    )
+    await session.execute(insert(BroadcastLane).values(rows))
 
 
 async def lock_lane(
@@ -220,6 +241,7 @@ class FanOutPlan:
     window_end: time
     expiry_days: int
     today: date
+    staff_time_zone: str = "UTC"
 
 
 def _value_sql(kind: str, value: str, name: str, params: dict[str, Any]) -> str:
@@ -245,18 +267,40 @@ NEW_IDS = {
 }
 
 
+# A staff member as the chunk reads a member (over `staff` as p).
+_STAFF_MEMBER = (
+    "p.id, p.name AS full_name, CAST(NULL AS text) AS facility_name,"
+    " CAST('{}' AS jsonb) AS attributes, p.locale,"
+    " CAST(:staff_time_zone AS text) AS time_zone, CAST(NULL AS varchar(2)) AS country"
+)
+_PATIENT_MEMBER = (
+    "p.id, p.full_name, p.facility_name, p.attributes, p.locale, p.time_zone, p.country"
+)
+
+
 def _chunk_sql(
     plan: FanOutPlan,
     params: dict[str, Any],
     ids: str = "random",
     country: bool = True,
     bounded: bool = False,
+    staff: bool = False,
 ) -> str:
-    """The statement of one chunk, with its parameters put in `params`; `bounded`: the
-    members up to `:upper` only."""
+    """The statement of one chunk, with its parameters put in `params`: of patients, or
+    (`staff`) of a static group's staff members; `bounded`: the members up to `:upper`
+    only."""
     broadcast = plan.broadcast
 
-    if broadcast.filter is None:
+    member, recipient = _PATIENT_MEMBER, "patient_id"
+    if staff:
+        member, recipient = _STAFF_MEMBER, "staff_id"
+        params["staff_time_zone"] = plan.staff_time_zone
+        key = "m.staff_id"
+        source = (
+            "FROM group_staff_members m JOIN staff p ON p.id = m.staff_id "
+            "WHERE m.group_name = :group_name AND m.staff_id > :cursor"
+        )
+    elif broadcast.filter is None:
         key = "m.patient_id"
         source = (
             "FROM group_members m JOIN patients p ON p.id = m.patient_id "
@@ -315,25 +359,27 @@ def _chunk_sql(
     # spliced in.
     return f"""
 WITH chunk AS (
-  SELECT p.id, p.full_name, p.facility_name, p.attributes, p.locale, p.time_zone,
-    p.country
+  SELECT {member}
   {source}
   LIMIT :size
 ), zones AS (
   SELECT z.time_zone, {due} AS due FROM (SELECT DISTINCT time_zone FROM chunk) AS z
 ), made AS (
-  INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables,
+  INSERT INTO notifications (id, {recipient}, purpose, template_key, locale, variables,
     title, body, send_at, state, due_at, expires_at, channel_chain, channel_index,
     retry_count, broadcast_id, group_name, country)
   SELECT {NEW_IDS[ids]}, c.id, :purpose, :template, t.locale,
     CAST(:variables AS jsonb), left({title}, 200), {body}, :send_at, 'scheduled',
-    d.due, d.due + :expiry, CAST(:chain AS varchar(20)[]), 0, 0,
+    d.due, d.due + :expiry, {"NULL" if staff else "CAST(:chain AS varchar(20)[])"}, 0, 0,
     :broadcast_id, :group_name, {"c.country" if country else "NULL"}
   FROM chunk c
   JOIN (VALUES {values}) AS t(n, locale, title, body)
     ON t.n = CASE {exact} {language} ELSE {english} END
   JOIN zones d ON d.time_zone = c.time_zone
-  ON CONFLICT (broadcast_id, patient_id) WHERE broadcast_id IS NOT NULL DO NOTHING
+  ON CONFLICT (broadcast_id, {recipient})
+    WHERE {
+        "broadcast_id IS NOT NULL AND staff_id IS NOT NULL" if staff else "broadcast_id IS NOT NULL"
+    } DO NOTHING
   RETURNING 1
 )
 SELECT (SELECT max(id) FROM chunk), (SELECT count(*) FROM chunk), (SELECT count(*) FROM made)
@@ -350,12 +396,14 @@ class ChunkStatement:
         country: bool = True,
         *,
         upper: str | None = None,
+        staff: bool = False,
     ) -> None:
         """`ids`: a kind of NEW_IDS; `country`: written from the member (else left for
         the trigger to look up per row, as `notify bench fanout` compares); `upper`: the
-        last member key of the lane (none: every member after the cursor)."""
+        last member key of the lane (none: every member after the cursor); `staff`: of
+        the group's staff members instead of its patients (the staff lane)."""
         self.params: dict[str, Any] = {}
-        sql = _chunk_sql(plan, self.params, ids, country, bounded=upper is not None)
+        sql = _chunk_sql(plan, self.params, ids, country, bounded=upper is not None, staff=staff)
         self.params["variables"] = json.dumps(self.params["variables"])
         if upper is not None:
             self.params["upper"] = upper
@@ -364,7 +412,7 @@ class ChunkStatement:
     async def run(
         self, session: AsyncSession, cursor: str, size: int
     ) -> tuple[str | None, int, int]:
-        """(last patient id of the chunk, members in it, notifications made)."""
+        """(last patient (or staff) id of the chunk, members in it, notifications made)."""
         row = (
             await session.execute(self.statement, {**self.params, "cursor": cursor, "size": size})
         ).one()

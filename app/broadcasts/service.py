@@ -9,6 +9,9 @@ worker killed mid fan-out leaves every lane's cursor at its last whole chunk and
 whoever resumes goes on from there, lane by lane: nobody twice (unique (broadcast_id,
 patient_id) as well), nobody skipped. One statement at a time keeps one PostgreSQL
 backend busy; lanes keep as many busy (docs/benchmarks.md#broadcasts).
+A static group's staff members have one more lane (`staff`, unique (broadcast_id,
+staff_id)), run once every patient lane is done, chunk by chunk with its own cursor the
+same way; the dispatcher reaches them by email.
 The notifications are ordinary ones: the dispatcher applies consent, window, switches
 and rate limits to them as to any other.
 """
@@ -152,6 +155,7 @@ async def plan(session: AsyncSession, broadcast: Broadcast, settings: Settings) 
         window_end=settings.messaging_window_end,
         expiry_days=settings.expiry_days(broadcast.purpose),
         today=broadcast.created_at.date(),
+        staff_time_zone=settings.staff_time_zone,
     )
 
 
@@ -193,6 +197,7 @@ class _Lanes:
     state: str
     statements: dict[int, ChunkStatement]  # of the lanes not done, by lane
     reached: dict[int, int]  # members reached, by lane
+    staff: set[int]  # the staff lane (a static group's), run after the patient lanes
 
 
 async def _open_lanes(
@@ -212,7 +217,10 @@ async def _open_lanes(
             if not lanes:
                 began = time.perf_counter()
                 keys = await _split(session, broadcast, fan_out_plan.today, settings)
-                await broadcast_repository.add_lanes(session, broadcast_id, lane_bounds(keys))
+                # A static group's staff members: one more lane, after the patients'.
+                await broadcast_repository.add_lanes(
+                    session, broadcast_id, lane_bounds(keys), staff=broadcast.filter is None
+                )
                 lanes = await broadcast_repository.lanes(session, broadcast_id)
                 log.info(
                     "broadcast split into lanes",
@@ -223,11 +231,16 @@ async def _open_lanes(
                     },
                 )
             statements = {
-                lane.lane: ChunkStatement(fan_out_plan, upper=lane.upper_id)
+                lane.lane: ChunkStatement(fan_out_plan, upper=lane.upper_id, staff=lane.staff)
                 for lane in lanes
                 if not lane.done
             }
-        found = _Lanes(broadcast.state, statements, {lane.lane: lane.members for lane in lanes})
+        found = _Lanes(
+            broadcast.state,
+            statements,
+            {lane.lane: lane.members for lane in lanes},
+            {lane.lane for lane in lanes if lane.staff},
+        )
         await session.commit()
     return found
 
@@ -313,7 +326,8 @@ async def fan_out(
 ) -> FanOutResult:
     """Schedule the broadcast's members: every lane not done, at once (one connection
     each), from its cursor, a chunk per transaction, until none is left or it is
-    cancelled. Safe to run twice at once and to resume after a crash.
+    cancelled; then (a static group) its staff lane, once the patient lanes are done.
+    Safe to run twice at once and to resume after a crash.
     `on_chunk(members)` after each chunk, with the members of every lane reached so far.
     `sessionmaker` must give sessions on connections of their own (a pool) when the
     broadcast has more than one lane."""
@@ -335,13 +349,19 @@ async def fan_out(
             if on_chunk is not None:
                 await on_chunk(sum(lanes.reached.values()))
 
-    if len(lanes.statements) == 1:
-        for lane, statement in lanes.statements.items():
+    patients = {n: s for n, s in lanes.statements.items() if n not in lanes.staff}
+    if len(patients) == 1:
+        for lane, statement in patients.items():
             await run_lane(lane, statement)
-    else:
+    elif patients:
         async with asyncio.TaskGroup() as group:
-            for lane, statement in lanes.statements.items():
+            for lane, statement in patients.items():
                 group.create_task(run_lane(lane, statement))
+    # The staff phase: once every patient lane is done (each ran to its end above, or
+    # was done already; a cancel stops them all and the staff lane's first chunk).
+    for lane, statement in lanes.statements.items():
+        if lane in lanes.staff:
+            await run_lane(lane, statement)
     state, members = await _finish(sessionmaker, broadcast_id)
     return FanOutResult(state, members, chunks)
 

@@ -219,6 +219,7 @@ class Dispatcher:
                 self.settings.dispatch_batch_size,
                 no_whatsapp_days=self.settings.whatsapp_retry_no_account_days,
                 lease_id=lease,
+                staff_time_zone=self.settings.staff_time_zone,
             )
             gateway_numbers = (
                 await delivery_repository.gateway_numbers(session) if claimed else frozenset()
@@ -416,11 +417,12 @@ class Dispatcher:
                     (getattr(answer, "message", "") or str(answer))[:500],
                 )
             )
+            # A patient's: a staff member has no Imo account or consent to record.
             downgrade = policy.imo_downgrade(send.channel, answer)
-            if downgrade:
+            if downgrade and n.patient_id is not None:
                 downgrades[n.patient_id] = downgrade
             opted_out = policy.provider_opt_out(send.channel, answer)
-            if opted_out:
+            if opted_out and n.patient_id is not None:
                 opt_outs[n.patient_id] = opted_out
             if policy.no_whatsapp_account(send.channel, answer):
                 no_whatsapp.append(n.id)

@@ -21,6 +21,10 @@ S = NotificationState
 # What an Imo refusal says about the patient's authorisation.
 # Why a notification that outlived its `expires_at` unsent ends `expired`.
 EXPIRED_REASON = "not sent while still useful"
+# Staff are reached by email only (PUT /v1/staff/{id} has no phone).
+STAFF_CHAIN = (ChannelName.EMAIL.value,)
+STAFF_NO_EMAIL = "staff member has no email address: staff are reached by email only"
+STAFF_NO_EMAIL_CHANNEL = "email is not configured: staff are reached by email only"
 IMO_DOWNGRADES = {"not_subscribed": "not_subscribed", "nonexistent_user": "no_imo_account"}
 
 
@@ -112,6 +116,8 @@ def first_step(
     """What to do with a freshly claimed notification: refuse it, put it off, or send."""
     if now >= n.expires_at:
         return Outcome(S.EXPIRED, failure_reason=EXPIRED_REASON)
+    if n.staff_id is not None:
+        return staff_step(n, now=now, window=window, available=available)
     if n.reminder_consent != "granted":
         return Outcome(S.DENIED, failure_reason="no reminder consent")
     if opted_out_everywhere(n.opted_out_channels):
@@ -140,6 +146,35 @@ def first_step(
         if not chain and denial is not None and ChannelName.EMAIL in configured:
             return Outcome(S.DENIED, failure_reason=denial)
     return next_channel(n, chain, n.channel_index)
+
+
+def staff_step(
+    n: ClaimedNotification, *, now: datetime, window: MessagingWindow, available: set[str]
+) -> Outcome | SendOn:
+    """A staff member's notification: by email only, whatever CHANNEL_CHAINS says; a
+    patient's consent, opt-outs and deny rules (phone numbers) do not apply. Without an
+    address, or to a blocked one, it ends `denied` with the reason, never attempted;
+    outside the window (`n.time_zone`: the event's patient's, else STAFF_TIME_ZONE) it
+    waits."""
+    chain = list(STAFF_CHAIN)
+    if not n.email:
+        return Outcome(S.DENIED, failure_reason=STAFF_NO_EMAIL)
+    denial = email_denial(n)
+    if denial is not None:
+        return Outcome(S.DENIED, failure_reason=denial)
+    if not window.contains(now, n.time_zone):
+        return Outcome(
+            S.SCHEDULED,
+            channel_chain=n.channel_chain,
+            channel_index=n.channel_index,
+            due_at=window.next_moment(now, n.time_zone),
+            retry_count=n.retry_count,
+        )
+    if ChannelName.EMAIL not in available:
+        return Outcome(
+            S.FAILED, channel_chain=chain, channel_index=0, failure_reason=STAFF_NO_EMAIL_CHANNEL
+        )
+    return SendOn(chain, 0)
 
 
 def email_denial(n: ClaimedNotification) -> str | None:

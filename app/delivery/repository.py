@@ -56,21 +56,30 @@ _CLAIM = text(
         SET state = '{EVENT_TARGET[E.CLAIM]}', claimed_at = now(), updated_at = now(),
             lease_id = CAST(:lease_id AS uuid)
         FROM due WHERE n.id = due.id
-        RETURNING n.id, n.patient_id, n.purpose, n.title, n.body, n.locale, n.expires_at,
-                  n.channel_chain, n.channel_index, n.retry_count, n.claimed_at,
-                  n.template_key, n.variables
+        RETURNING n.id, n.patient_id, n.staff_id, n.purpose, n.title, n.body, n.locale,
+                  n.expires_at, n.channel_chain, n.channel_index, n.retry_count,
+                  n.claimed_at, n.template_key, n.variables, n.country, n.event_id
     )
-    SELECT c.id, c.patient_id, c.purpose, c.title, c.body, c.locale, c.expires_at,
-           c.channel_chain, c.channel_index, c.retry_count, c.claimed_at,
-           p.full_name, p.mobile_e164, p.email, p.country, p.time_zone, p.reminder_consent,
-           p.opted_out_channels,
+    -- A patient's notification reads its patient (p); a staff member's (by email only:
+    -- app/delivery/policy.py) its staff member (st), in the window of the patient whose
+    -- event made it, else of STAFF_TIME_ZONE. A left join each: an inner join would
+    -- leave the other kind claimed and never settled.
+    SELECT c.id, c.patient_id, c.staff_id, c.purpose, c.title, c.body, c.locale,
+           c.expires_at, c.channel_chain, c.channel_index, c.retry_count, c.claimed_at,
+           COALESCE(p.full_name, st.name, '') AS full_name, p.mobile_e164,
+           COALESCE(p.email, st.email) AS email,
+           COALESCE(p.country, c.country, '') AS country,
+           COALESCE(p.time_zone, st.time_zone, :staff_time_zone) AS time_zone,
+           COALESCE(p.reminder_consent, '') AS reminder_consent,
+           COALESCE(p.opted_out_channels, '{{}}') AS opted_out_channels,
            -- A staff message on a conversation: the conversation (its Reply-To, its
            -- subject as the email's), by ix_messages_notification.
            conv.id::text AS conversation_id, conv.subject AS conversation_subject,
            -- Why the patient's address may not be mailed (app/email: a hard bounce, a
            -- complaint, an unsubscribe), by its primary key; addresses are kept lower-case.
            (SELECT ea.reason FROM email_addresses AS ea
-            WHERE ea.address = lower(p.email) AND ea.status = 'blocked') AS email_blocked,
+            WHERE ea.address = lower(COALESCE(p.email, st.email))
+              AND ea.status = 'blocked') AS email_blocked,
            -- WhatsApp's customer-service window: the patient wrote on WhatsApp in the
            -- last 24 hours (ix_messages_patient_received), so free text may go.
            EXISTS (SELECT FROM messages AS m
@@ -90,7 +99,15 @@ _CLAIM = text(
                     WITH ORDINALITY AS x(name, position)
                ORDER BY x.position) END AS whatsapp_parameters
     FROM claimed AS c
-    JOIN patients AS p ON p.id = c.patient_id
+    LEFT JOIN patients AS p ON p.id = c.patient_id
+    -- By primary keys; a patient's notification (staff_id null) finds no row at once.
+    LEFT JOIN LATERAL (
+        SELECT s.name, s.email, ep.time_zone
+        FROM staff AS s
+        LEFT JOIN events AS e ON e.id = c.event_id
+        LEFT JOIN patients AS ep ON ep.id = e.patient_id
+        WHERE s.id = c.staff_id
+    ) AS st ON true
     LEFT JOIN imo_authorizations AS a ON a.patient_id = c.patient_id
     LEFT JOIN templates AS t ON t.key = c.template_key AND t.locale = c.locale
     LEFT JOIN LATERAL (
@@ -109,16 +126,25 @@ async def claim_due(
     *,
     no_whatsapp_days: int = 30,
     lease_id: uuid.UUID | None = None,
+    staff_time_zone: str = "UTC",
 ) -> list[ClaimedNotification]:
     """Move up to `limit` due notifications to `sending` for this worker alone, under
     its lease `lease_id` (None: no lease, stale after SENDING_STALE_AFTER_SECONDS).
 
     SKIP LOCKED lets any number of workers claim at once without waiting on or
     double-claiming each other's rows. A patient WhatsApp said has no account within
-    `no_whatsapp_days` comes `whatsapp_unavailable`.
+    `no_whatsapp_days` comes `whatsapp_unavailable`. A staff member's notification
+    comes with `staff_id`, their name and email, and the time zone of the patient whose
+    event made it, else `staff_time_zone`.
     """
     rows = await session.execute(
-        _CLAIM, {"limit": limit, "no_account_days": no_whatsapp_days, "lease_id": lease_id}
+        _CLAIM,
+        {
+            "limit": limit,
+            "no_account_days": no_whatsapp_days,
+            "lease_id": lease_id,
+            "staff_time_zone": staff_time_zone,
+        },
     )
     claimed = []
     for row in rows.mappings():

@@ -16,10 +16,12 @@ from app.validation import storable_text
 
 @dataclass(frozen=True, slots=True)
 class ClaimedNotification:
-    """A notification a worker has claimed, with what sending it needs of its patient."""
+    """A notification a worker has claimed, with what sending it needs of its patient,
+    or of its staff member (`staff_id` set, `patient_id` None: their name, email and
+    time zone in the patient fields; no mobile, no consent, no opt-outs)."""
 
     id: uuid.UUID
-    patient_id: str
+    patient_id: str | None
     purpose: str
     title: str
     body: str
@@ -52,6 +54,8 @@ class ClaimedNotification:
     # Why the patient's address may not be mailed (a hard bounce, a complaint), if it
     # may not: the per-address check (`policy.email_denial`) reads it.
     email_blocked: str | None = None
+    # A staff member's notification: reached by email only (`policy.first_step`).
+    staff_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,9 +45,11 @@ async def upsert_rule_notification(
     session: AsyncSession, values: dict[str, Any], unsent: Collection[str]
 ) -> None:
     """One notification per (event, rule): insert it, or rewrite it while it is unsent
-    (its state kept: a muted one stays muted)."""
+    (its state kept: a muted one stays muted), its recipient included (both columns at
+    once: a rule changed from patient to staff moves it whole)."""
     rewritten = ("title", "body", "variables", "locale", "template_key", "due_at",
-                 "expires_at", "send_at", "purpose")  # fmt: skip
+                 "expires_at", "send_at", "purpose", "patient_id", "staff_id",
+                 "country")  # fmt: skip
     statement = insert(Notification).values(values)
     statement = statement.on_conflict_do_update(
         index_elements=[Notification.event_id, Notification.rule_name],

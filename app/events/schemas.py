@@ -83,7 +83,11 @@ class TriggerRuleIn(InputModel):
         max_length=50,
         description="Template variable -> CEL expression (its value is the variable)",
     )
-    recipient: Literal["patient"] = "patient"
+    recipient: Literal["patient", "staff"] = Field(
+        default="patient",
+        description="`patient`: the event's patient; `staff`: the event's `staff_id`, by "
+        "email (an event without one records the rule's error on the event)",
+    )
     purpose: str = Field(pattern=PURPOSE_PATTERN)
     active: bool = True
 
@@ -102,7 +106,7 @@ class TriggerRuleOut(TriggerRuleIn):
             send_at=SendAt.model_validate(rule.send_at),
             template=rule.template,
             parameters=rule.parameters,
-            recipient="patient",
+            recipient="staff" if rule.recipient == "staff" else "patient",
             purpose=rule.purpose,
             active=rule.active,
             created_at=rule.created_at,

@@ -21,7 +21,7 @@ from app.errors import Conflict, InvalidInput, NotFound
 from app.events import repository as event_repository
 from app.events.expressions import ExpressionError, compile_expression, context_of
 from app.events.schemas import EventIn, SendAt, TriggerRuleIn
-from app.models import Event, Patient, TriggerRule
+from app.models import Event, Patient, StaffMember, TriggerRule
 from app.notifications import service as notification_service
 from app.notifications.window import MessagingWindow, zone
 from app.observability import NOTIFICATIONS_SCHEDULED, TRIGGER_RULE_ERRORS
@@ -37,6 +37,11 @@ UNSENT = tuple(EVENT_SOURCES[NotificationEvent.CANCEL])
 CLEARED = EVENT_TARGET[NotificationEvent.CANCEL]
 # Filled for every patient without the rule naming them (notifications' standard ones).
 STANDARD_VARIABLES = frozenset({"patient_name", "facility_name"})
+
+
+class RecipientError(LookupError):
+    """A staff rule's event names no staff member, or one that does not exist: the
+    rule's evaluation error, recorded on the event."""
 
 
 # Rules ---------------------------------------------------------------------------------
@@ -132,9 +137,17 @@ async def _evaluate_rules(
     window = notification_service.window_of(settings)
     errors: dict[str, str] = {}
     not_holding: list[str] = []
-    for rule in await event_repository.active_rules(session, event.type):
+    rules = await event_repository.active_rules(session, event.type)
+    staff = (
+        await session.get(StaffMember, event.staff_id)
+        if event.staff_id is not None and any(r.recipient == "staff" for r in rules)
+        else None
+    )
+    for rule in rules:
         try:
-            values = await _notification_of(session, rule, event, patient, context, window, now)
+            values = await _notification_of(
+                session, rule, event, patient, staff, context, window, now
+            )
         except Exception as exc:  # a rule's failure is the rule's: recorded
             # Kept in JSONB: CEL's errors may quote what an expression made (a null too).
             errors[rule.name] = storable_text(f"{type(exc).__name__}: {exc}"[:500])
@@ -159,16 +172,31 @@ async def _notification_of(
     rule: TriggerRule,
     event: Event,
     patient: Patient,
+    staff: StaffMember | None,
     context: dict[str, Any],
     window: MessagingWindow,
     now: datetime,
 ) -> dict[str, Any] | None:
-    """The notification `rule` makes of `event`, or None when its condition is false."""
+    """The notification `rule` makes of `event`, or None when its condition is false.
+
+    A staff rule's goes to the event's staff member (`staff`, looked up once per event),
+    in their locale, inside the messaging window of the patient's time zone (staff have
+    none of their own), with the patient's country; it raises RecipientError when the
+    event names no staff member or an unknown one."""
     holds = compile_expression(rule.condition).evaluate(context)
     if not isinstance(holds, bool):
         raise TypeError(f"the condition gave {type(holds).__name__}, not a bool")
     if not holds:
         return None
+    locale: str = patient.locale
+    patient_id: str | None = patient.id
+    staff_id: str | None = None
+    if rule.recipient == "staff":
+        if event.staff_id is None:
+            raise RecipientError("the rule's recipient is staff and the event has no staff_id")
+        if staff is None:
+            raise RecipientError(f"no staff member '{event.staff_id}' (PUT /v1/staff/{{id}})")
+        locale, patient_id, staff_id = staff.locale, None, staff.id
     given = {
         name: _text(compile_expression(source).evaluate(context))
         for name, source in rule.parameters.items()
@@ -177,11 +205,13 @@ async def _notification_of(
     # API's own variables, a rule's failure, not a 500 or an override in a message.
     check_storable(given, "parameters")
     variables = {**notification_service.standard_variables(patient), **given}
-    rendered = await template_service.render(session, rule.template, patient.locale, variables)
+    rendered = await template_service.render(session, rule.template, locale, variables)
     send_at = send_moment(SendAt.model_validate(rule.send_at), event.occurred_at, patient)
     return {
         "id": uuid.uuid4(),
-        "patient_id": patient.id,
+        "patient_id": patient_id,
+        "staff_id": staff_id,
+        "country": patient.country,
         "purpose": rule.purpose,
         "template_key": rendered.key,
         "locale": rendered.locale,

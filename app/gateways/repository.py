@@ -71,6 +71,8 @@ class Offered:
     content: str
 
 
+# An inner join with patients, here and below, drops no row: a gateway attempt is an
+# SMS, and staff notifications (no patient) go by email only.
 _OFFERED = f"""
     SELECT a.provider_message_id AS id, p.mobile_e164 AS to, n.body AS content
     FROM delivery_attempts AS a

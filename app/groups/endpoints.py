@@ -26,52 +26,58 @@ GroupName = Annotated[str, Path(pattern=GROUP_NAME_PATTERN)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, wrong or revoked API key"}
 }
-_SIZE = f"at most {MAX_MEMBERS_PER_REQUEST:,} patient ids a request"
+_SIZE = f"at most {MAX_MEMBERS_PER_REQUEST:,} patient and staff ids a request"
 
 
 @router.put(
     "/{name}",
     summary="Create or replace a group: a static member list or a filter over patients",
-    description=f"`members` ({_SIZE}; add more with POST .../members) or `filter`. A "
-    "filter is evaluated when a broadcast starts.",
-    responses={**_ERRORS, 422: {"description": "Both or neither, unknown patients, too many"}},
+    description=f"`members` (patients) and/or `staff` ({_SIZE}; add more with POST "
+    ".../members), or `filter` (patients only). A filter is evaluated when a broadcast "
+    "starts; staff members are reached by email.",
+    responses={
+        **_ERRORS,
+        422: {"description": "Both kinds or neither, unknown patients or staff, too many"},
+    },
 )
 async def upsert_group(
     name: GroupName, body: PatientGroupIn, session: DbSession
 ) -> PatientGroupOut:
-    group, members = await group_service.put_group(session, name, body)
-    return PatientGroupOut.from_model(group, members)
+    return _out(await group_service.put_group(session, name, body))
 
 
 @router.get(
     "/{name}",
-    summary="A group and how many patients are in it now",
+    summary="A group and how many patients and staff are in it now",
     responses={**_ERRORS, 404: {"description": "No such group"}},
 )
 async def get_group(name: GroupName, session: DbSession) -> PatientGroupOut:
     group = await group_service.get_group(session, name)
-    return PatientGroupOut.from_model(group, await group_service.count(session, group))
+    return _out(await group_service.counts(session, group))
 
 
 @router.post(
     "/{name}/members",
-    summary=f"Add a batch of patients to a static group ({_SIZE})",
+    summary=f"Add a batch of patients and/or staff to a static group ({_SIZE})",
     responses={
         **_ERRORS,
         404: {"description": "No such group"},
-        422: {"description": "A filter group, unknown patients, too many"},
+        422: {"description": "A filter group, unknown patients or staff, too many"},
     },
 )
 async def add_group_members(
     name: GroupName, body: MembersIn, session: DbSession
 ) -> PatientGroupOut:
-    group, members = await group_service.change_members(session, name, body.patient_ids, add=True)
-    return PatientGroupOut.from_model(group, members)
+    return _out(
+        await group_service.change_members(
+            session, name, body.patient_ids, body.staff_ids, add=True
+        )
+    )
 
 
 @router.delete(
     "/{name}/members",
-    summary=f"Remove a batch of patients from a static group ({_SIZE})",
+    summary=f"Remove a batch of patients and/or staff from a static group ({_SIZE})",
     responses={
         **_ERRORS,
         404: {"description": "No such group"},
@@ -81,8 +87,11 @@ async def add_group_members(
 async def remove_group_members(
     name: GroupName, body: MembersIn, session: DbSession
 ) -> PatientGroupOut:
-    group, members = await group_service.change_members(session, name, body.patient_ids, add=False)
-    return PatientGroupOut.from_model(group, members)
+    return _out(
+        await group_service.change_members(
+            session, name, body.patient_ids, body.staff_ids, add=False
+        )
+    )
 
 
 @router.get(
@@ -106,3 +115,7 @@ async def list_group_messages(
 ) -> NotificationPage:
     await group_service.get_group(session, name)
     return await history.page(session, history.of_group(where, name), limit=limit, cursor=cursor)
+
+
+def _out(found: group_service.GroupCounts) -> PatientGroupOut:
+    return PatientGroupOut.from_model(found.group, found.patients, found.staff)

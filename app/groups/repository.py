@@ -1,4 +1,5 @@
-"""SQL for groups: members, and a filter as a WHERE clause over patients."""
+"""SQL for groups: members (patients and staff), and a filter as a WHERE clause over
+patients."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Group, GroupMember, Patient
+from app.models import Group, GroupMember, GroupStaffMember, Patient, StaffMember
 
 
 async def upsert(session: AsyncSession, name: str, filter_: dict[str, Any] | None) -> Group:
@@ -33,6 +34,37 @@ async def get(session: AsyncSession, name: str) -> Group | None:
 async def unknown_patients(session: AsyncSession, patient_ids: Collection[str]) -> list[str]:
     known = set(await session.scalars(select(Patient.id).where(Patient.id.in_(list(patient_ids)))))
     return sorted(set(patient_ids) - known)
+
+
+async def unknown_staff(session: AsyncSession, staff_ids: Collection[str]) -> list[str]:
+    known = set(
+        await session.scalars(select(StaffMember.id).where(StaffMember.id.in_(list(staff_ids))))
+    )
+    return sorted(set(staff_ids) - known)
+
+
+async def add_staff(session: AsyncSession, name: str, staff_ids: Collection[str]) -> None:
+    rows = [{"group_name": name, "staff_id": staff_id} for staff_id in sorted(staff_ids)]
+    if rows:
+        await session.execute(insert(GroupStaffMember).values(rows).on_conflict_do_nothing())
+
+
+async def remove_staff(
+    session: AsyncSession, name: str, staff_ids: Collection[str] | None = None
+) -> None:
+    """Remove these staff members, or every one when `staff_ids` is None."""
+    statement = delete(GroupStaffMember).where(GroupStaffMember.group_name == name)
+    if staff_ids is not None:
+        statement = statement.where(GroupStaffMember.staff_id.in_(list(staff_ids)))
+    await session.execute(statement)
+
+
+async def count_staff(session: AsyncSession, group: Group) -> int:
+    """A static group's staff members (a filter group has none: it filters patients)."""
+    if group.filter is not None:
+        return 0
+    counted = select(func.count()).where(GroupStaffMember.group_name == group.name)
+    return int(await session.scalar(counted) or 0)
 
 
 async def add_members(session: AsyncSession, name: str, patient_ids: Collection[str]) -> None:

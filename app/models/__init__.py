@@ -13,7 +13,7 @@ from app.models.experiment_enrolment_day import ExperimentEnrolmentDay
 from app.models.experiment_group import ExperimentGroup
 from app.models.experiment_membership import ExperimentMembership
 from app.models.gateway import Gateway
-from app.models.group import Group, GroupMember
+from app.models.group import Group, GroupMember, GroupStaffMember
 from app.models.imo_authorization import ImoAuthorization
 from app.models.imo_invitation_batch import ImoInvitationBatch
 from app.models.imo_invitation_round import ImoInvitationRound
@@ -61,6 +61,7 @@ __all__ = [
     "Gateway",
     "Group",
     "GroupMember",
+    "GroupStaffMember",
     "ImoAuthorization",
     "ImoInvitationBatch",
     "ImoInvitationRound",

@@ -25,7 +25,8 @@ BROADCAST_STATES = ("fanning_out", "fanned_out", "cancelled")
 class Broadcast(TimestampMixin, Base):
     """One message to every member of a group. The worker fans it out in lanes
     (`BroadcastLane`: disjoint ranges of patient ids, run at once), each in chunks in
-    patient id order."""
+    patient id order; a static group's staff members in one more lane (`staff`), in
+    staff id order, once every patient lane is done."""
 
     __tablename__ = "broadcasts"
     __table_args__ = (
@@ -53,7 +54,9 @@ class BroadcastLane(Base):
     `lower_id` up to `upper_id` (included; none: no end). The ranges are computed once,
     when the fan-out first runs, and kept: a resumed fan-out goes on in the same ranges.
     `cursor` is the last patient id done, committed with its chunk (with `members`, the
-    members reached so far), so a killed worker resumes each lane after its own."""
+    members reached so far), so a killed worker resumes each lane after its own.
+    A staff lane (`staff`, a static group's only, numbered after the patient lanes)
+    holds staff ids instead: it runs once every patient lane is done."""
 
     __tablename__ = "broadcast_lanes"
 
@@ -66,4 +69,5 @@ class BroadcastLane(Base):
     cursor: Mapped[str] = mapped_column(String(64))
     members: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     done: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    staff: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

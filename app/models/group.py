@@ -10,8 +10,8 @@ from app.db.base import Base, TimestampMixin
 
 
 class Group(TimestampMixin, Base):
-    """Patients a broadcast goes to: a static member list (`filter` null) or a filter over
-    patient attributes, evaluated when a broadcast starts."""
+    """Who a broadcast goes to: a static member list of patients and staff (`filter`
+    null) or a filter over patient attributes, evaluated when a broadcast starts."""
 
     __tablename__ = "groups"
 
@@ -28,4 +28,19 @@ class GroupMember(Base):
     )
     patient_id: Mapped[str] = mapped_column(
         ForeignKey("patients.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class GroupStaffMember(Base):
+    """A staff member of a static group: broadcasts reach them (by email) after the
+    group's patients."""
+
+    __tablename__ = "group_staff_members"
+    __table_args__ = (Index("ix_group_staff_members_staff", "staff_id"),)
+
+    group_name: Mapped[str] = mapped_column(
+        ForeignKey("groups.name", ondelete="CASCADE"), primary_key=True
+    )
+    staff_id: Mapped[str] = mapped_column(
+        ForeignKey("staff.id", ondelete="CASCADE"), primary_key=True
     )

@@ -38,11 +38,14 @@ UNREAD_CANDIDATES = (
 
 
 class Notification(TimestampMixin, Base):
-    """One message to one patient, from scheduling to its final state."""
+    """One message to one patient or one staff member, from scheduling to its final
+    state."""
 
     __tablename__ = "notifications"
     __table_args__ = (
         CheckConstraint(f"state IN {STORED_STATES}", name="state"),
+        # To a patient or to a staff member (by email), never both, never neither.
+        CheckConstraint("(patient_id IS NULL) <> (staff_id IS NULL)", name="one_recipient"),
         # Idempotency keys are the client's own: scoped by the API key that sent them.
         # Partial, as is every index most rows would hold only a null in: each index
         # entry is paid by every insert, a broadcast's million included.
@@ -58,6 +61,14 @@ class Notification(TimestampMixin, Base):
         # The sweeper: rows a dead worker left in `sending`.
         Index("ix_notifications_sending", "claimed_at", postgresql_where=text("state = 'sending'")),
         Index("ix_notifications_patient_created", "patient_id", "created_at", "id"),
+        # GET /v1/staff/{id}/messages: newest first. Partial: patient rows pay no entry.
+        Index(
+            "ix_notifications_staff_created",
+            "staff_id",
+            "created_at",
+            "id",
+            postgresql_where=text("staff_id IS NOT NULL"),
+        ),
         # GET /v1/notifications: newest first, of every state or of one.
         Index("ix_notifications_created", "created_at", "id"),
         Index("ix_notifications_state_created", "state", "created_at", "id"),
@@ -81,6 +92,14 @@ class Notification(TimestampMixin, Base):
             "patient_id",
             unique=True,
             postgresql_where=text("broadcast_id IS NOT NULL"),
+        ),
+        # ... and each staff member of its group once.
+        Index(
+            "uq_notifications_broadcast_staff",
+            "broadcast_id",
+            "staff_id",
+            unique=True,
+            postgresql_where=text("broadcast_id IS NOT NULL AND staff_id IS NOT NULL"),
         ),
         # A broadcast's progress: its notifications that left `scheduled` are counted,
         # the rest are scheduled (a million-member broadcast's poll need not count them).
@@ -129,7 +148,10 @@ class Notification(TimestampMixin, Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
-    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    # Exactly one of the two (ck_notifications_one_recipient): staff are reached by
+    # email only (app/delivery/policy.py).
+    patient_id: Mapped[str | None] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    staff_id: Mapped[str | None] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"))
     purpose: Mapped[str] = mapped_column(String(50))
     template_key: Mapped[str] = mapped_column(String(100))
     locale: Mapped[str] = mapped_column(String(20))
@@ -142,7 +164,8 @@ class Notification(TimestampMixin, Base):
 
     state: Mapped[str] = mapped_column(String(20))
     # The patient's country when it was scheduled: filled in by a trigger on insert, for
-    # the dashboard's counts (app/models/notification_count.py).
+    # the dashboard's counts (app/models/notification_count.py). A staff member's
+    # notification has the country of the patient whose event made it, if any.
     country: Mapped[str | None] = mapped_column(String(2))
     due_at: Mapped[datetime]
     # Past this moment the message is no longer useful: it ends `expired`.

@@ -37,8 +37,17 @@ _ACT_ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    summary="Schedule one message to a patient",
-    responses={**_ERRORS, 422: {"description": "Bad body, unknown template or variable"}},
+    summary="Schedule one message to a patient or a staff user",
+    description="`patient_id` or `staff_id`, one of them. A staff user is reached by "
+    "email only, in their locale, inside the messaging window of `STAFF_TIME_ZONE`; "
+    "templates may use `{staff_name}`.",
+    responses={
+        **_ERRORS,
+        422: {
+            "description": "Bad body (both or neither of patient_id and staff_id), unknown "
+            "patient, staff user, template or variable"
+        },
+    },
 )
 async def schedule_notification(
     body: NotificationIn,
@@ -72,7 +81,7 @@ async def schedule_notification(
 
 @router.get(
     "",
-    summary="Find notifications by state, purpose, channel, patient or time",
+    summary="Find notifications by state, purpose, channel, patient, staff user or time",
     description="Every filter given narrows the search; none lists every notification. "
     "Newest first (by `created_at`), a page at a time. Time ranges include their `_from` "
     "and exclude their `_until`; `due_*` is the time the message is scheduled to go.",
@@ -86,6 +95,7 @@ async def list_notifications(
         ChannelName | None, Query(description="Notifications with an attempt over it")
     ] = None,
     patient_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    staff_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     created_from: BoundedDatetime | None = None,
     created_until: BoundedDatetime | None = None,
     due_from: BoundedDatetime | None = None,
@@ -98,6 +108,7 @@ async def list_notifications(
         purpose=purpose,
         channel=channel,
         patient_id=patient_id,
+        staff_id=staff_id,
         created_from=created_from,
         created_until=created_until,
         due_from=due_from,

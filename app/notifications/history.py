@@ -1,6 +1,7 @@
-"""The message history of a group or an event (and any other owner of messages): the
-query parameters every such list takes, read through the one keyset-paginated search of
-notifications (`notification_service.search`), newest first, to the very first message.
+"""The message history of a group, an event or a staff member (and any other owner of
+messages): the query parameters every such list takes, read through the one
+keyset-paginated search of notifications (`notification_service.search`), newest first,
+to the very first message.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def of_event(where: NotificationFilter, event_id: str) -> NotificationFilter:
 
 def of_group(where: NotificationFilter, group_name: str) -> NotificationFilter:
     return replace(where, group_name=group_name)
+
+
+def of_staff(where: NotificationFilter, staff_id: str) -> NotificationFilter:
+    return replace(where, staff_id=staff_id)
 
 
 async def page(

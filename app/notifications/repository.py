@@ -77,6 +77,7 @@ class NotificationFilter:
     purpose: str | None = None
     channel: str | None = None
     patient_id: str | None = None
+    staff_id: str | None = None
     # Where it came from: an event's trigger rules, a broadcast to a group.
     event_id: str | None = None
     group_name: str | None = None
@@ -103,8 +104,8 @@ def search_query(
     """The statement of `search`.
 
     Read along ix_notifications_created (or ..._state_created, ..._patient_created,
-    ..._group_created, ..._group_moved for a group's state other than `scheduled`; an
-    event's few along uq_notifications_event_rule); a
+    ..._staff_created, ..._group_created, ..._group_moved for a group's state other than
+    `scheduled`; an event's few along uq_notifications_event_rule); a
     channel is an attempt over it, looked up per candidate by its notification's index.
     """
     query = select(Notification)
@@ -114,6 +115,8 @@ def search_query(
         query = query.where(Notification.purpose == where.purpose)
     if where.patient_id is not None:
         query = query.where(Notification.patient_id == where.patient_id)
+    if where.staff_id is not None:
+        query = query.where(Notification.staff_id == where.staff_id)
     if where.event_id is not None:
         query = query.where(Notification.event_id == where.event_id)
     if where.group_name is not None:

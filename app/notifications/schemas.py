@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -18,7 +18,15 @@ PURPOSE_PATTERN = r"^[a-z][a-z0-9_]{0,49}$"
 
 
 class NotificationIn(InputModel):
-    patient_id: str = Field(min_length=1, max_length=64)
+    """One message to a patient (`patient_id`) or to a staff user (`staff_id`, by email
+    only, in their locale, inside the window of STAFF_TIME_ZONE): one of the two."""
+
+    # Added after patient_id: left out of the Idempotency-Key's hash while null, so a
+    # request stored before keeps its hash (`notification_service.request_hash`).
+    HASHED_ONLY_WHEN_SET: ClassVar[tuple[str, ...]] = ("staff_id",)
+
+    patient_id: str | None = Field(default=None, min_length=1, max_length=64)
+    staff_id: str | None = Field(default=None, min_length=1, max_length=64)
     purpose: str = Field(pattern=PURPOSE_PATTERN, examples=["appointment_reminder"])
     template: str = Field(pattern=_SLUG, examples=["appointment_reminder.basic"])
     variables: dict[str, SingleLine | int | float] = Field(default_factory=dict, max_length=50)
@@ -32,6 +40,10 @@ class NotificationIn(InputModel):
 
     @model_validator(mode="after")
     def _one_moment(self) -> Self:
+        if (self.patient_id is None) == (self.staff_id is None):
+            raise ValueError("give patient_id or staff_id, one of them")
+        if self.staff_id is not None and self.appointment_id is not None:
+            raise ValueError("appointment_id is a patient's: not with staff_id")
         if self.remind_on is not None and self.send_at is not None:
             raise ValueError("give remind_on or send_at, not both")
         for name, value in self.variables.items():
@@ -80,7 +92,10 @@ class DeliveryAttemptOut(BaseModel):
 
 class NotificationOut(BaseModel):
     id: uuid.UUID
-    patient_id: str
+    patient_id: str | None = Field(description="The patient it goes to; null for a staff member")
+    staff_id: str | None = Field(
+        description="The staff member it goes to (by email); null for a patient"
+    )
     purpose: str
     template: str
     locale: str
@@ -118,6 +133,7 @@ class NotificationOut(BaseModel):
         return cls(
             id=notification.id,
             patient_id=notification.patient_id,
+            staff_id=notification.staff_id,
             purpose=notification.purpose,
             template=notification.template_key,
             locale=notification.locale,

@@ -17,7 +17,7 @@ from app import pagination
 from app.config import Settings
 from app.consent.rules import OPTED_OUT, opted_out_everywhere
 from app.errors import Conflict, InvalidInput, NotFound, field_error
-from app.models import Appointment, DeliveryAttempt, Notification, Patient
+from app.models import Appointment, DeliveryAttempt, Notification, Patient, StaffMember
 from app.notifications import repository as notification_repository
 from app.notifications.repository import NotificationFilter
 from app.notifications.schemas import NotificationIn
@@ -42,31 +42,38 @@ def window_of(settings: Settings) -> MessagingWindow:
 
 
 def request_hash(request: BaseModel) -> str:
-    """SHA-256 of a request body, to refuse an Idempotency-Key reused with another."""
-    canonical = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    """SHA-256 of a request body, to refuse an Idempotency-Key reused with another.
+
+    A field added to a body later (NotificationIn's `staff_id`) counts only when given:
+    a retry of a request stored before it was added still matches its first hash."""
+    body = request.model_dump(mode="json")
+    for name in getattr(request, "HASHED_ONLY_WHEN_SET", ()):
+        if body.get(name) is None:
+            body.pop(name, None)
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
 def due_moment(
-    request: NotificationIn, patient: Patient, window: MessagingWindow, now: datetime
+    request: NotificationIn, time_zone: str, window: MessagingWindow, now: datetime
 ) -> datetime:
-    """When the notification falls due, inside the window of the patient's time zone."""
+    """When the notification falls due, inside the window of the recipient's time zone."""
     if request.remind_on is not None:
-        moment = window.moment_on(request.remind_on, patient.time_zone, now)
+        moment = window.moment_on(request.remind_on, time_zone, now)
         if moment is None:
             raise field_error(
                 "remind_on", f"the messaging window of {request.remind_on} has closed already"
             )
         return moment
     wanted = max(request.send_at, now) if request.send_at is not None else now
-    return window.next_moment(wanted, patient.time_zone)
+    return window.next_moment(wanted, time_zone)
 
 
 def expiry_moment(
     settings: Settings,
     purpose: str,
     due_at: datetime,
-    patient: Patient,
+    time_zone: str,
     appointment: Appointment | None,
 ) -> datetime:
     """When the notification stops being worth sending: `expiry_days(purpose)` after it
@@ -75,7 +82,7 @@ def expiry_moment(
     expires_at = due_at + timedelta(days=settings.expiry_days(purpose))
     if appointment is not None:
         day_after = appointment.scheduled_date + timedelta(days=1)
-        day_ends = datetime.combine(day_after, time(0), tzinfo=zone(patient.time_zone))
+        day_ends = datetime.combine(day_after, time(0), tzinfo=zone(time_zone))
         if due_at < day_ends:
             expires_at = min(expires_at, day_ends)
     return expires_at
@@ -103,7 +110,8 @@ async def schedule(
     A repeated `idempotency_key` of the same API key (`api_key_id`) with the same body
     returns the first notification; with another body it is an InvalidInput. Another
     key's `idempotency_key` never matches: clients cannot see each other's. Raises
-    InvalidInput for an unknown patient, template or missing variable. Flushes.
+    InvalidInput for an unknown patient or staff user, template or missing variable.
+    Flushes.
     """
     digest = request_hash(request)
     if idempotency_key is not None:
@@ -112,25 +120,27 @@ async def schedule(
             return existing, False
 
     now = now or datetime.now(UTC)
-    patient = await session.get(Patient, request.patient_id)
-    if patient is None:
-        raise field_error("patient_id", f"no patient '{request.patient_id}'")
-    variables = {**standard_variables(patient), **{k: str(v) for k, v in request.variables.items()}}
-    rendered = await template_service.render(session, request.template, patient.locale, variables)
-    due_at = due_moment(request, patient, window_of(settings), now)
+    recipient = await _recipient_of(session, request, settings)
+    given = {k: str(v) for k, v in request.variables.items()}
+    variables = {**recipient.standard_variables, **given}
+    rendered = await template_service.render(session, request.template, recipient.locale, variables)
+    due_at = due_moment(request, recipient.time_zone, window_of(settings), now)
     appointment = (
         await session.get(Appointment, request.appointment_id)
         if request.appointment_id is not None
         else None
     )
-    if appointment is not None and appointment.patient_id != patient.id:
+    if appointment is not None and appointment.patient_id != request.patient_id:
         appointment = None
 
     # A patient who opted out of every channel is refused now, as the dispatcher would.
-    opted_out = opted_out_everywhere(patient.opted_out_channels)
+    opted_out = recipient.patient is not None and opted_out_everywhere(
+        recipient.patient.opted_out_channels
+    )
     notification = Notification(
         id=uuid.uuid4(),
-        patient_id=patient.id,
+        patient_id=request.patient_id,
+        staff_id=request.staff_id,
         purpose=request.purpose,
         template_key=rendered.key,
         locale=rendered.locale,
@@ -143,7 +153,9 @@ async def schedule(
         state=S.DENIED if opted_out else S.SCHEDULED,
         failure_reason=OPTED_OUT if opted_out else None,
         due_at=due_at,
-        expires_at=expiry_moment(settings, request.purpose, due_at, patient, appointment),
+        expires_at=expiry_moment(
+            settings, request.purpose, due_at, recipient.time_zone, appointment
+        ),
         channel_index=0,
         retry_count=0,
         api_key_id=api_key_id,
@@ -167,6 +179,33 @@ async def schedule(
         await webhook_service.notifications_changed(session, [notification.id])
     NOTIFICATIONS_SCHEDULED.inc()
     return notification, True
+
+
+@dataclass(frozen=True, slots=True)
+class _Recipient:
+    """Who a scheduled message goes to, and what scheduling it needs of them."""
+
+    patient: Patient | None
+    locale: str
+    time_zone: str
+    standard_variables: dict[str, str]
+
+
+async def _recipient_of(
+    session: AsyncSession, request: NotificationIn, settings: Settings
+) -> _Recipient:
+    """The request's patient, or its staff user (their locale, STAFF_TIME_ZONE: staff
+    have no time zone of their own; `staff_name` filled). Raises InvalidInput naming
+    an unknown one."""
+    if request.staff_id is not None:
+        staff = await session.get(StaffMember, request.staff_id)
+        if staff is None:
+            raise field_error("staff_id", f"no staff user '{request.staff_id}'")
+        return _Recipient(None, staff.locale, settings.staff_time_zone, {"staff_name": staff.name})
+    patient = await session.get(Patient, request.patient_id)
+    if patient is None:
+        raise field_error("patient_id", f"no patient '{request.patient_id}'")
+    return _Recipient(patient, patient.locale, patient.time_zone, standard_variables(patient))
 
 
 async def _replay(

@@ -8,6 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response, status
 
 from app.db.session import DbSession
+from app.notifications import history
+from app.notifications.history import HistoryFilter
+from app.notifications.schemas import NotificationPage
+from app.pagination import Cursor, Limit
 from app.staff import service as staff_service
 from app.staff.schemas import STAFF_ID_PATTERN, StaffIn, StaffOut
 
@@ -56,3 +60,28 @@ async def upsert_staff(
 )
 async def get_staff(staff_id: StaffIdPath, session: DbSession) -> StaffOut:
     return StaffOut.from_model(await staff_service.get_staff(session, staff_id))
+
+
+@router.get(
+    "/{staff_id}/messages",
+    summary="The messages to a staff user, newest first",
+    description="Sent and scheduled (trigger rules with `recipient: staff`, broadcasts "
+    "to groups they are in), each with its state, channel (email) and attempts; filter "
+    "by state, purpose and creation time; a page at a time to the very first.",
+    responses={
+        **_ERRORS,
+        404: {"description": "No such staff user"},
+        422: {"description": "A bad filter, limit or cursor"},
+    },
+)
+async def list_staff_messages(
+    staff_id: StaffIdPath,
+    where: HistoryFilter,
+    session: DbSession,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> NotificationPage:
+    await staff_service.get_staff(session, staff_id)
+    return await history.page(
+        session, history.of_staff(where, staff_id), limit=limit, cursor=cursor
+    )

@@ -261,6 +261,7 @@ _NOTIFICATION_EVENTS = text(
                jsonb_build_object(
                    'notification_id', n.id,
                    'patient_id', n.patient_id,
+                   'staff_id', n.staff_id,
                    'appointment_id', n.appointment_id,
                    'purpose', n.purpose,
                    'state', n.state,

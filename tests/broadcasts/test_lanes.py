@@ -1,7 +1,8 @@
 """A broadcast's fan-out in lanes: how the members are split (evenly by member, never
 an empty lane), the lanes fanned out at once on a pool (filter and static groups), a
 fan-out killed in the middle resumed lane by lane, cancel stopping every lane, and
-progress right at every chunk."""
+progress right at every chunk; a static group's staff members in one more lane after
+the patients'."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from app.broadcasts.service import lane_bounds, lane_keys, lane_rows
 from app.config import Settings
 from app.groups import repository as group_repository
 from app.models import Broadcast, BroadcastLane
-from tests.factories import make_patient, unique_id
+from tests.factories import make_patient, make_staff, unique_id
 from tests.stack import Database
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -114,11 +115,13 @@ async def start(db: Database, group: str) -> uuid.UUID:
 
 
 async def reached(db: Database, broadcast_id: uuid.UUID) -> list[str]:
-    """The patients with a notification of the broadcast, one entry per notification."""
+    """The patients with a notification of the broadcast, one entry per notification
+    (a staff member's, which has no patient, not among them)."""
     async with db.sessionmaker() as session:
         rows = await session.scalars(
             text(
-                "SELECT patient_id FROM notifications WHERE broadcast_id = :id ORDER BY patient_id"
+                "SELECT patient_id FROM notifications WHERE broadcast_id = :id "
+                "AND patient_id IS NOT NULL ORDER BY patient_id"
             ),
             {"id": broadcast_id},
         )
@@ -138,6 +141,7 @@ async def stored_lanes(db: Database, broadcast_id: uuid.UUID) -> list[dict[str, 
                 "upper": lane.upper_id,
                 "members": lane.members,
                 "done": lane.done,
+                **({"staff": True} if lane.staff else {}),
             }
             for lane in rows
         ]
@@ -230,6 +234,7 @@ class TestFanOutInLanes:
             ("s-02", 3),
             ("s-05", 3),
             (None, 3),
+            (None, 0),  # the staff lane: a static group's, none in this one
         ]
 
     async def test_a_fan_out_killed_mid_way_resumes_every_lane_from_its_cursor(
@@ -283,6 +288,144 @@ class TestFanOutInLanes:
         assert await reached(db, broadcast_id) == ids
         assert len(await stored_lanes(db, broadcast_id)) == 2
         assert await progress_right(db, broadcast_id) == 40
+
+
+async def reached_staff(db: Database, broadcast_id: uuid.UUID) -> list[str]:
+    """The staff members with a notification of the broadcast, one entry per one."""
+    async with db.sessionmaker() as session:
+        rows = await session.scalars(
+            text(
+                "SELECT staff_id FROM notifications WHERE broadcast_id = :id "
+                "AND staff_id IS NOT NULL ORDER BY staff_id"
+            ),
+            {"id": broadcast_id},
+        )
+        return list(rows)
+
+
+class TestStaffAfterTheLanes:
+    """A static group with patients and staff: the patients in lanes at once, the staff
+    in one more lane once every patient lane is done; killed in either, resumed."""
+
+    async def seed_both(
+        self, db: Database, patients: int, staff: int
+    ) -> tuple[str, list[str], list[str]]:
+        """A static group of these many patients and staff members: (name, patient ids,
+        staff ids), each in id order."""
+        tag = unique_id("n")
+        ids = [f"{tag}-p{n:02d}" for n in range(patients)]
+        async with db.sessionmaker() as session:
+            group = await seed(session, ids)
+            nurses = [(await make_staff(session, id=f"{tag}-s{n:02d}")).id for n in range(staff)]
+            await group_repository.add_staff(session, group, nurses)
+            await session.commit()
+        return group, ids, nurses
+
+    async def test_every_patient_and_staff_member_once_through_two_kills(
+        self, db: Database
+    ) -> None:
+        group, ids, nurses = await self.seed_both(db, 9, 5)
+        broadcast_id = await start(db, group)
+        seen: list[tuple[int, int, int]] = []
+
+        class Killed(Exception):
+            pass
+
+        async def check(members: int, *, die_at: int | None = None) -> None:
+            # Progress is right at every chunk (one snapshot: members == scheduled), and
+            # no staff member is reached before every patient is (one snapshot too: the
+            # other lanes commit meanwhile).
+            progress = await progress_right(db, broadcast_id)
+            async with db.sessionmaker() as session:
+                patients, staff = (
+                    await session.execute(
+                        text(
+                            "SELECT count(patient_id), count(staff_id) FROM notifications "
+                            "WHERE broadcast_id = :id"
+                        ),
+                        {"id": broadcast_id},
+                    )
+                ).one()
+            assert staff == 0 or patients == len(ids), (patients, staff)
+            seen.append((progress, patients, staff))
+            if die_at is not None and members >= die_at:
+                raise Killed
+
+        async def die_in_the_patient_lanes(members: int) -> None:
+            await check(members, die_at=4)
+
+        async def die_in_the_staff_lane(members: int) -> None:
+            await check(members, die_at=len(ids) + 2)
+
+        # Killed while the patient lanes run (three lanes at once).
+        with pytest.raises(ExceptionGroup) as killed:
+            await broadcast_service.fan_out(
+                db.sessionmaker, broadcast_id, lanes_of(3), on_chunk=die_in_the_patient_lanes
+            )
+        assert killed.group_contains(Killed)
+        assert await reached_staff(db, broadcast_id) == []
+        lanes = await stored_lanes(db, broadcast_id)
+        assert len(lanes) == 4 and lanes[-1] == {
+            "lower": "",
+            "upper": None,
+            "members": 0,
+            "done": False,
+            "staff": True,
+        }
+
+        # Resumed, then killed after the staff lane's first chunk (2 of 5 staff).
+        with pytest.raises(Killed):
+            await broadcast_service.fan_out(
+                db.sessionmaker, broadcast_id, lanes_of(3), on_chunk=die_in_the_staff_lane
+            )
+        assert await reached(db, broadcast_id) == ids
+        assert await reached_staff(db, broadcast_id) == nurses[:2]
+        lanes = await stored_lanes(db, broadcast_id)
+        assert all(lane["done"] for lane in lanes[:-1])
+        assert (lanes[-1]["members"], lanes[-1]["done"]) == (2, False)
+        assert await progress_right(db, broadcast_id) == len(ids) + 2
+
+        # Resumed again: the staff lane from its cursor; everybody exactly once.
+        result = await broadcast_service.fan_out(
+            db.sessionmaker, broadcast_id, lanes_of(3), on_chunk=check
+        )
+        assert (result.state, result.members) == ("fanned_out", len(ids) + len(nurses))
+        assert await reached(db, broadcast_id) == ids
+        assert await reached_staff(db, broadcast_id) == nurses
+        assert [lane["members"] for lane in await stored_lanes(db, broadcast_id)] == [3, 3, 3, 5]
+        assert await progress_right(db, broadcast_id) == len(ids) + len(nurses)
+        assert seen[-1] == (14, 9, 5)
+
+    async def test_cancel_in_the_staff_lane_stops_it_and_clears_its_messages(
+        self, db: Database
+    ) -> None:
+        group, _, nurses = await self.seed_both(db, 4, 6)
+        broadcast_id = await start(db, group)
+
+        async def cancel_at_the_first_staff_chunk(members: int) -> None:
+            if members == 6:  # 4 patients, then the staff lane's first chunk of 2
+                async with db.sessionmaker() as session:
+                    await broadcast_service.cancel(session, broadcast_id)
+                    await session.commit()
+
+        result = await broadcast_service.fan_out(
+            db.sessionmaker,
+            broadcast_id,
+            lanes_of(2),
+            on_chunk=cancel_at_the_first_staff_chunk,
+        )
+        assert (result.state, result.members) == ("cancelled", 6)
+        assert await reached_staff(db, broadcast_id) == nurses[:2]
+        async with db.sessionmaker() as session:
+            states = set(
+                await session.scalars(
+                    text("SELECT state FROM notifications WHERE broadcast_id = :id"),
+                    {"id": broadcast_id},
+                )
+            )
+        assert states == {"cleared"}
+        again = await broadcast_service.fan_out(db.sessionmaker, broadcast_id, lanes_of(2))
+        assert (again.state, again.members, again.chunks) == ("cancelled", 6, 0)
 
 
 class TestCancelInLanes:

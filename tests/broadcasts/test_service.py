@@ -15,7 +15,7 @@ from app.broadcasts import service as broadcast_service
 from app.config import Settings
 from app.models import Broadcast, BroadcastLane, Notification
 from tests.clock import daytime_zone, night_zone
-from tests.factories import make_patient, unique_id
+from tests.factories import make_patient, make_staff, unique_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -168,6 +168,94 @@ class TestFanOut:
         patients = [m.patient_id for m in await messages_of(db_session, broadcast_id)]
         assert patients == sorted(ids)
         assert {m.group_name for m in await messages_of(db_session, broadcast_id)} == {group}
+
+
+class TestStaffMembers:
+    """A static group's staff members: fanned out after its patients, by the same
+    statement, each once, in their locale and the window of STAFF_TIME_ZONE."""
+
+    async def test_after_the_patients_each_staff_member_once(
+        self,
+        api: httpx.AsyncClient,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        await put_template(api, "camp.invite", "en", "{patient_name}: camp in {area} on {day}")
+        await put_template(api, "camp.invite", "bn", "{patient_name}: {area} শিবির {day}")
+        patients = [(await make_patient(db_session)).id for _ in range(3)]
+        tag = unique_id("s")
+        nurses = [
+            (await make_staff(db_session, id=f"{tag}-{n}", name=f"Nurse {n}", locale=locale)).id
+            for n, locale in enumerate(["bn-BD", "en"])
+        ]
+        group = unique_id("g")
+        put = await api.put(f"/v1/groups/{group}", json={"members": patients, "staff": nurses})
+        assert put.status_code == 200, put.text
+        started = await api.post("/v1/broadcasts", json=broadcast(group))
+        broadcast_id = started.json()["id"]
+        settings = small_chunks().model_copy(update={"staff_time_zone": "Asia/Dhaka"})
+
+        result = await broadcast_service.fan_out(db_sessionmaker, broadcast_id, settings)
+
+        # Patients 2 + 1, staff 2 + 0: four chunks, five members.
+        assert (result.state, result.members, result.chunks) == ("fanned_out", 5, 4)
+        messages = await messages_of(db_session, broadcast_id)
+        assert sorted(m.patient_id for m in messages if m.patient_id) == sorted(patients)
+        to_staff = sorted((m for m in messages if m.staff_id), key=lambda m: str(m.staff_id))
+        assert [(m.staff_id, m.patient_id, m.locale, m.body) for m in to_staff] == [
+            (nurses[0], None, "bn", "Nurse 0:  শিবির Friday"),
+            (nurses[1], None, "en", "Nurse 1: camp in  on Friday"),
+        ]
+        for message in to_staff:
+            # Staff go by email whatever the broadcast's chain: the dispatcher fixes it.
+            assert message.channel_chain is None
+            local = message.due_at.astimezone(ZoneInfo("Asia/Dhaka")).time()
+            assert Settings().messaging_window_start <= local < Settings().messaging_window_end
+        staff_lane = await db_session.scalar(
+            select(BroadcastLane)
+            .where(BroadcastLane.broadcast_id == broadcast_id, BroadcastLane.staff)
+            .execution_options(populate_existing=True)
+        )
+        # One more lane after the patients' one: the staff's, with its own cursor.
+        assert staff_lane is not None
+        assert (staff_lane.lane, staff_lane.cursor, staff_lane.members, staff_lane.done) == (
+            1,
+            nurses[-1],
+            2,
+            True,
+        )
+
+        # Resumed from the start of the staff: nobody twice.
+        stored = await db_session.get(Broadcast, broadcast_id, populate_existing=True)
+        assert stored is not None
+        stored.state = "fanning_out"
+        staff_lane.cursor, staff_lane.members, staff_lane.done = "", 0, False
+        await db_session.flush()
+        await broadcast_service.fan_out(db_sessionmaker, broadcast_id, settings)
+        assert len(await messages_of(db_session, broadcast_id)) == 5
+
+        history = await api.get(f"/v1/staff/{nurses[0]}/messages")
+        assert history.status_code == 200, history.text
+        [item] = history.json()["items"]
+        assert (item["staff_id"], item["patient_id"]) == (nurses[0], None)
+
+    async def test_a_filter_group_has_no_staff_phase(
+        self,
+        api: httpx.AsyncClient,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        await put_template(api, "camp.invite", "en", "{patient_name}: camp in {area} on {day}")
+        tag = unique_id("t")
+        await make_patient(db_session, tags=[tag])
+        started = await api.post("/v1/broadcasts", json=broadcast(await group_of(api, tag)))
+        broadcast_id = started.json()["id"]
+        result = await broadcast_service.fan_out(db_sessionmaker, broadcast_id, small_chunks())
+        assert (result.members, result.chunks) == (1, 1)
+        lanes = await db_session.scalars(
+            select(BroadcastLane.staff).where(BroadcastLane.broadcast_id == broadcast_id)
+        )
+        assert list(lanes) == [False]
 
 
 class TestCancel:

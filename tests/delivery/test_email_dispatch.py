@@ -18,11 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.channels import registry as channel_registry
 from app.delivery.dispatcher import Dispatcher
 from app.fakes import mail as fake_mail
-from app.models import Conversation, Message
+from app.models import Conversation, EmailAddress, Event, Message, Notification, StaffMember
 from app.models.conversation import ConversationState
 from app.models.message import Direction
+from tests.clock import daytime_zone, night_zone
 from tests.delivery.conftest import Fakes
 from tests.delivery.test_dispatcher import due, make_dispatcher, patient_with, reload, settings_for
+from tests.factories import make_staff, unique_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -202,3 +204,119 @@ class TestConversationMessageByEmail:
         assert [(a.channel, a.status) for a in attempts] == [("email", "sent")]
         [kept] = smtp.store.listed()
         assert kept["subject"] == "Your test results"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def staff_dispatcher(
+    fakes: Fakes,
+    smtp: fake_mail.RunningMail,
+    http: aiohttp.ClientSession,
+    redis: Redis,
+    db_sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[Dispatcher]:
+    """Staff have no time zone: STAFF_TIME_ZONE is one where it is daytime now."""
+    settings = email_settings(fakes, smtp, staff_time_zone=daytime_zone())
+    channels = channel_registry.build_channels(settings, http)
+    try:
+        yield make_dispatcher(settings, db_sessionmaker, redis, channels)
+    finally:
+        await channel_registry.close_channels(channels)
+
+
+class TestStaffRecipients:
+    """A staff member's notification (no patient) through the real claim and dispatcher:
+    email only, to their address; denied without an attempt when it may not be mailed."""
+
+    async def staff_due(
+        self, session: AsyncSession, **staff: Any
+    ) -> tuple[StaffMember, Notification]:
+        member = await make_staff(session, **staff)
+        anyone = await patient_with(session, 3)  # the factory's template; not the recipient
+        notification = await due(
+            session, anyone, patient_id=None, staff_id=member.id, locale="en", title="Ward duty"
+        )
+        return member, notification
+
+    async def test_goes_by_email_to_the_staff_member_despite_the_phone_chain(
+        self, db_session: AsyncSession, staff_dispatcher: Dispatcher, smtp: fake_mail.RunningMail
+    ) -> None:
+        member, notification = await self.staff_due(db_session, name="Nasrin Akter")
+
+        assert await staff_dispatcher.dispatch_once() >= 1
+
+        fresh, attempts = await reload(db_session, notification)
+        assert fresh.state == "sent", fresh.failure_reason
+        assert fresh.channel_chain == ["email"]
+        assert [(a.channel, a.status) for a in attempts] == [("email", "sent")]
+        [kept] = smtp.store.listed()
+        assert kept["to"] == [member.email]
+        assert kept["subject"] == "Ward duty"
+        assert kept["message_id"] == attempts[0].provider_message_id
+
+    async def test_a_blocked_address_is_denied_and_never_attempted(
+        self, db_session: AsyncSession, staff_dispatcher: Dispatcher, smtp: fake_mail.RunningMail
+    ) -> None:
+        member, notification = await self.staff_due(db_session)
+        db_session.add(
+            EmailAddress(
+                address=member.email.lower(),
+                status="blocked",
+                reason="hard bounce",
+                changed_at=datetime.now(UTC),
+            )
+        )
+        await db_session.commit()
+
+        await staff_dispatcher.dispatch_once()
+
+        fresh, attempts = await reload(db_session, notification)
+        assert fresh.state == "denied"
+        assert fresh.failure_reason == "email address blocked: hard bounce"
+        assert not attempts
+        assert not smtp.store.messages
+
+    async def test_an_inner_join_would_leave_it_claimed_forever(
+        self, db_session: AsyncSession, staff_dispatcher: Dispatcher, smtp: fake_mail.RunningMail
+    ) -> None:
+        # Claimed and settled in one batch with a patient's: neither is left `sending`.
+        _, for_staff = await self.staff_due(db_session)
+        patient = await patient_with(db_session, 3, email=ADDRESS)
+        for_patient = await due(db_session, patient)
+
+        await staff_dispatcher.dispatch_once()
+
+        assert (await reload(db_session, for_staff))[0].state == "sent"
+        assert (await reload(db_session, for_patient))[0].state == "sent"
+
+    async def test_timed_in_the_zone_of_the_patient_whose_event_made_it(
+        self, db_session: AsyncSession, staff_dispatcher: Dispatcher, smtp: fake_mail.RunningMail
+    ) -> None:
+        # STAFF_TIME_ZONE is in daytime; the event's patient is at night: it waits.
+        member = await make_staff(db_session)
+        patient = await patient_with(db_session, 3, time_zone=night_zone())
+        event = Event(
+            id=unique_id("e"),
+            type="enrolment",
+            patient_id=patient.id,
+            staff_id=member.id,
+            occurred_at=datetime.now(UTC),
+            data={},
+            rule_errors={},
+        )
+        db_session.add(event)
+        notification = await due(
+            db_session,
+            patient,
+            patient_id=None,
+            staff_id=member.id,
+            locale="en",
+            event_id=event.id,
+            rule_name="tell-the-nurse",
+        )
+
+        await staff_dispatcher.dispatch_once()
+
+        fresh, attempts = await reload(db_session, notification)
+        assert fresh.state == "scheduled" and not attempts
+        assert fresh.due_at > datetime.now(UTC)
+        assert not smtp.store.messages

@@ -87,3 +87,59 @@ class TestPerAddressCheck:
         assert policy.email_denial(claimed(email=EMAIL, email_blocked="complaint")) == (
             "email address blocked: complaint"
         )
+
+
+class TestStaffRecipients:
+    """A staff member's notification: by email only, denied (never attempted) without a
+    usable address; a patient's consent and opt-outs do not apply."""
+
+    STAFF = {
+        "patient_id": None,
+        "staff_id": "nurse-7",
+        "mobile_e164": None,
+        "email": "nasrin@clinic.example.org",
+        "reminder_consent": "",
+        "imo_status": None,
+        "country": "",
+    }
+
+    def staff(self, available: set[str] = AVAILABLE, **overrides: Any) -> Outcome | SendOn:
+        return first(available, **{**self.STAFF, **overrides})
+
+    def test_with_an_address_goes_by_email_whatever_the_chains(self) -> None:
+        # BD's chain is Imo then SMS: staff are reached by email all the same.
+        assert self.staff(country="BD") == SendOn(["email"], 0)
+
+    def test_without_an_address_is_denied_never_attempted(self) -> None:
+        for missing in (None, ""):
+            step = self.staff(email=missing)
+            assert isinstance(step, Outcome)
+            assert step.state is S.DENIED
+            assert step.failure_reason == policy.STAFF_NO_EMAIL
+
+    def test_a_blocked_address_is_denied_with_the_reason(self) -> None:
+        step = self.staff(email_blocked="hard bounce: 5.1.1")
+        assert isinstance(step, Outcome)
+        assert step.state is S.DENIED
+        assert step.failure_reason == "email address blocked: hard bounce: 5.1.1"
+
+    def test_patient_consent_and_opt_outs_do_not_apply(self) -> None:
+        step = self.staff(reminder_consent="denied", opted_out_channels=["*"])
+        assert step == SendOn(["email"], 0)
+
+    def test_outside_the_window_of_their_time_zone_it_waits(self) -> None:
+        # 06:00 UTC is 00:00 in Mexico City: put off to 08:00 there (14:00 UTC).
+        step = self.staff(time_zone="America/Mexico_City")
+        assert isinstance(step, Outcome)
+        assert step.state is S.SCHEDULED
+        assert step.due_at is not None and step.due_at.hour == 14
+
+    def test_email_not_configured_fails_with_why(self) -> None:
+        step = self.staff({"imo", "sms"})
+        assert isinstance(step, Outcome)
+        assert step.state is S.FAILED
+        assert step.failure_reason == policy.STAFF_NO_EMAIL_CHANNEL
+
+    def test_an_expired_one_ends_expired_first(self) -> None:
+        step = self.staff(expires_at=NOW)
+        assert isinstance(step, Outcome) and step.state is S.EXPIRED

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.consent import service as consent_service
 from app.consent.keywords import Keyword
 from app.delivery.dispatcher import Dispatcher, sweep
+from app.delivery.policy import STAFF_NO_EMAIL
 from app.imo import service as imo_service
 from app.models import (
     DeliveryAttempt,
@@ -27,6 +28,7 @@ from app.models import (
 from app.states import HELD_STATE, AttemptStatus
 from app.webhooks import service as webhook_service
 from tests.delivery.test_dispatcher import dispatcher, due, patient_with, report
+from tests.factories import make_staff
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -98,6 +100,22 @@ class TestNotificationEvents:
         assert [e.type for e in events] == ["notification.delivered", "notification.sent"]
         assert events[0].data["delivered_at"] is not None
         assert sorted(await owed_to(db_session, endpoint)) == sorted(e.id for e in events)
+
+    async def test_a_staff_members_carries_staff_id_and_no_patient(
+        self, db_session: AsyncSession, dispatcher: Dispatcher
+    ) -> None:
+        await subscribe(db_session, "notification.denied")
+        member = await make_staff(db_session, email="")  # no address: denied at once
+        notification = await due(
+            db_session, await patient_with(db_session, 3), patient_id=None, staff_id=member.id
+        )
+        await dispatcher.dispatch_once()
+
+        [event] = await events_about(db_session, "notification_id", str(notification.id))
+        assert event.type == "notification.denied"
+        assert event.patient_id is None
+        assert (event.data["staff_id"], event.data["patient_id"]) == (member.id, None)
+        assert event.data["failure_reason"] == STAFF_NO_EMAIL
 
     async def test_only_the_types_subscribed(
         self, db_session: AsyncSession, dispatcher: Dispatcher

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.delivery import repository as delivery_repository
-from tests.factories import make_notification, make_patient
+from tests.factories import make_notification, make_patient, make_staff
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -54,6 +54,24 @@ async def statistics_without_sent_rows(session: AsyncSession) -> None:
     await session.execute(text("ANALYZE notifications"))
 
 
+async def many_like(session: AsyncSession, table: str, row_id: str, copies: int) -> None:
+    """`copies` more rows of `table` like row `row_id`, each with an id of its own, and
+    the table analysed: a planner that sees a small table may rightly scan it whole."""
+    await session.execute(
+        text(
+            f"""
+            INSERT INTO {table}
+            SELECT (jsonb_populate_record(
+                NULL::{table}, to_jsonb(t) || jsonb_build_object('id', t.id || '-' || n))).*
+            FROM {table} AS t, generate_series(1, :copies) AS n
+            WHERE t.id = :id
+            """
+        ),
+        {"id": row_id, "copies": copies},
+    )
+    await session.execute(text(f"ANALYZE {table}"))
+
+
 async def generic_plan(session: AsyncSession, statement: Any, arguments: str) -> Any:
     """EXPLAIN of `statement`'s generic plan (the one a prepared statement settles on)."""
     sql = str(statement.compile(dialect=asyncpg.dialect()))  # type: ignore[no-untyped-call]
@@ -79,3 +97,17 @@ async def test_settle_reads_its_batch_by_primary_key(db_session: AsyncSession) -
     indexes = index_names(plan)
     assert "pk_notifications" in indexes, plan
     assert "ix_notifications_state_created" not in indexes, plan
+
+
+async def test_the_claim_reads_patients_and_staff_by_primary_key(db_session: AsyncSession) -> None:
+    # Left joins for both kinds of recipient: each by its primary key, never a scan of
+    # patients or staff per batch (a staff member's patient, through the event, too).
+    await statistics_without_sent_rows(db_session)
+    await many_like(db_session, "patients", (await make_patient(db_session)).id, 5000)
+    await many_like(db_session, "staff", (await make_staff(db_session)).id, 5000)
+
+    plan = await generic_plan(db_session, delivery_repository._CLAIM, "500, NULL, 'UTC', 30")
+
+    indexes = index_names(plan)
+    assert {"pk_patients", "pk_staff"} <= indexes, plan
+    assert "Seq Scan" not in json.dumps(plan), plan

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -145,3 +146,47 @@ class TestReminderChainWithEmail:
         reminder = await schedule(stack_api, patient["id"])
         done = await notification_in(stack_api, reminder["id"], "sent", "delivered")
         assert [a["channel"] for a in done["attempts"]] == ["sms"]
+
+
+class TestStaffRecipient:
+    async def test_a_staff_rule_reaches_the_events_staff_member_by_email(
+        self, stack: Stack, stack_api: httpx.AsyncClient
+    ) -> None:
+        staff_id, nurse_address = f"nurse-{uuid.uuid4().hex[:8]}", address()
+        put = await stack_api.put(
+            f"/v1/staff/{staff_id}",
+            json={"name": "Nasrin Akter", "email": nurse_address, "locale": "en"},
+        )
+        assert put.status_code == 201, put.text
+        template = await stack_api.put(
+            "/v1/templates/anc.nurse/en",
+            json={"title": "New enrolment", "body": "{patient_name} enrolled, week {week}"},
+        )
+        assert template.status_code == 200, template.text
+        event_type = f"enrolment_{uuid.uuid4().hex[:8]}"
+        rule = await stack_api.put(
+            f"/v1/trigger-rules/nurse-{event_type}",
+            json={"event_type": event_type, "template": "anc.nurse", "purpose": "anc",
+                  "parameters": {"week": "string(event.data.week)"}, "recipient": "staff"},
+        )  # fmt: skip
+        assert rule.status_code == 200, rule.text
+        # The patient has a phone only: the staff member's email is no patient channel.
+        patient = await put_patient(stack_api, phone(4))
+        posted = await stack_api.post(
+            "/v1/events",
+            json={"id": f"e-{uuid.uuid4().hex}", "type": event_type,
+                  "patient_id": patient["id"], "staff_id": staff_id,
+                  "occurred_at": datetime.now(UTC).isoformat(), "data": {"week": 30}},
+        )  # fmt: skip
+        assert posted.status_code == 201, posted.text
+        assert posted.json()["rule_errors"] == {}
+
+        [kept] = await mail_to(stack, put.json()["email"])
+        assert kept["subject"] == "New enrolment"
+        shown = await stack.mail_message(kept["id"])
+        assert shown["text"].strip() == "Rahim Uddin enrolled, week 30"
+
+        [message] = (await stack_api.get(f"/v1/staff/{staff_id}/messages")).json()["items"]
+        sent = await notification_in(stack_api, message["id"], "sent")
+        assert (sent["staff_id"], sent["patient_id"], sent["channel"]) == (staff_id, None, "email")
+        assert sent["attempts"][0]["provider_message_id"] == kept["message_id"]

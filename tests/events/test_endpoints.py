@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.models import Notification
 from tests.clock import daytime_zone
-from tests.factories import make_patient, unique_id
+from tests.factories import make_patient, make_staff, unique_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -232,3 +232,93 @@ class TestSandbox:
         expression = compile_expression("event.data.__class__")
         with pytest.raises(KeyError):
             expression.evaluate({"event": {"data": {}}})
+
+
+class TestStaffRecipient:
+    """`recipient: staff`: the event's staff member, in their locale; an event without
+    one is the rule's evaluation error, recorded, and the other rules go on."""
+
+    async def staff_rule(self, api: httpx.AsyncClient, event_type: str, name: str) -> None:
+        await put_template(api, "anc.nurse", "{patient_name} enrolled, week {week}")
+        bengali = await api.put(
+            "/v1/templates/anc.nurse/bn",
+            json={"title": "ক্লিনিক", "body": "{patient_name} নথিভুক্ত, সপ্তাহ {week}"},
+        )
+        assert bengali.status_code == 200, bengali.text
+        answer = await api.put(
+            f"/v1/trigger-rules/{name}",
+            json=rule(event_type=event_type, template="anc.nurse", recipient="staff"),
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["recipient"] == "staff"
+        assert (await api.get(f"/v1/trigger-rules/{name}")).json()["recipient"] == "staff"
+
+    async def test_goes_to_the_events_staff_member_in_their_locale(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        event_type, name = unique_id("t").replace("-", "_"), unique_id("nurse")
+        await self.staff_rule(api, event_type, name)
+        nurse = await make_staff(db_session, locale="bn-BD")
+        patient = await make_patient(db_session, time_zone=daytime_zone(), locale="en")
+        answer = await api.post(
+            "/v1/events", json=event(patient.id, type=event_type, staff_id=nurse.id)
+        )
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["rule_errors"] == {}
+        [message] = await messages_of(db_session, answer.json()["id"])
+        assert (message.patient_id, message.staff_id) == (None, nurse.id)
+        assert message.body == "Rahim Uddin নথিভুক্ত, সপ্তাহ 30"
+        assert message.country == patient.country
+
+        listed = await api.get(f"/v1/events/{answer.json()['id']}/messages")
+        [item] = listed.json()["items"]
+        assert (item["patient_id"], item["staff_id"]) == (None, nurse.id)
+
+    @pytest.mark.parametrize("staff_id", [None, "nobody-by-this-id"])
+    async def test_no_staff_member_is_the_rules_error_and_the_others_go_on(
+        self, api: httpx.AsyncClient, db_session: AsyncSession, staff_id: str | None
+    ) -> None:
+        event_type = unique_id("t").replace("-", "_")
+        to_staff, to_patient = "a-" + unique_id("nurse"), "b-" + unique_id("welcome")
+        await self.staff_rule(api, event_type, to_staff)
+        await put_template(api, "anc.welcome", "Welcome {patient_name}, week {week}")
+        await api.put(f"/v1/trigger-rules/{to_patient}", json=rule(event_type=event_type))
+        patient = await make_patient(db_session, locale="en")
+        body = event(patient.id, type=event_type)
+        if staff_id is not None:
+            body["staff_id"] = staff_id
+        answer = await api.post("/v1/events", json=body)
+        assert answer.status_code == 201, answer.text
+        errors = answer.json()["rule_errors"]
+        assert list(errors) == [to_staff]
+        assert errors[to_staff].startswith("RecipientError: ")
+        assert ("no staff_id" if staff_id is None else staff_id) in errors[to_staff]
+        [message] = await messages_of(db_session, answer.json()["id"])
+        assert (message.rule_name, message.patient_id) == (to_patient, patient.id)
+
+    async def test_a_corrected_staff_id_or_recipient_moves_the_unsent_message(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        event_type, name = unique_id("t").replace("-", "_"), unique_id("nurse")
+        await self.staff_rule(api, event_type, name)
+        first, second = await make_staff(db_session), await make_staff(db_session)
+        patient = await make_patient(db_session, locale="en")
+        body = event(patient.id, type=event_type, staff_id=first.id)
+        assert (await api.post("/v1/events", json=body)).status_code == 201
+
+        corrected = await api.post("/v1/events", json={**body, "staff_id": second.id})
+        assert corrected.status_code == 201, corrected.text  # changed: evaluated again
+        [message] = await messages_of(db_session, body["id"])
+        assert (message.patient_id, message.staff_id) == (None, second.id)
+
+        # The rule now for the patient: the one message moves whole (never both set: the
+        # CHECK holds, and the answer is no 500).
+        changed = await api.put(
+            f"/v1/trigger-rules/{name}",
+            json=rule(event_type=event_type, template="anc.nurse", recipient="patient"),
+        )
+        assert changed.status_code == 200, changed.text
+        again = await api.post("/v1/events", json={**body, "data": {"gestational_week": 31}})
+        assert again.status_code == 201, again.text
+        [message] = await messages_of(db_session, body["id"])
+        assert (message.patient_id, message.staff_id) == (patient.id, None)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.groups.schemas import MAX_MEMBERS_PER_REQUEST
-from tests.factories import make_patient, unique_id
+from tests.factories import make_patient, make_staff, unique_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -104,3 +104,49 @@ class TestFilterGroup:
         answer = await api.put(f"/v1/groups/{name}", json={"filter": group_filter})
         assert answer.status_code == 200, answer.text
         assert (answer.json()["kind"], answer.json()["members"]) == ("filter", 1)
+
+
+class TestStaffMembers:
+    async def test_staff_are_added_and_removed_beside_patients(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        nurses = [(await make_staff(db_session)).id for _ in range(3)]
+        name = unique_id("g")
+        answer = await api.put(
+            f"/v1/groups/{name}", json={"members": [patient.id], "staff": nurses[:1]}
+        )
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["members"], answer.json()["staff"]) == (1, 1)
+        added = await api.post(f"/v1/groups/{name}/members", json={"staff_ids": nurses[1:]})
+        assert added.status_code == 200, added.text
+        assert (added.json()["members"], added.json()["staff"]) == (1, 3)
+        removed = await api.request(
+            "DELETE", f"/v1/groups/{name}/members", json={"staff_ids": nurses[:2]}
+        )
+        assert (removed.json()["members"], removed.json()["staff"]) == (1, 1)
+        # Replacing the group replaces its staff too; a staff-only group is static.
+        only_staff = await api.put(f"/v1/groups/{name}", json={"staff": nurses[:2]})
+        assert (only_staff.json()["kind"], only_staff.json()["members"]) == ("static", 0)
+        assert only_staff.json()["staff"] == 2
+
+    @pytest.mark.parametrize(
+        "body",
+        [{"staff": ["nobody"]}, {"staff": [], "filter": {"country": ["BD"]}}],
+    )
+    async def test_unknown_staff_or_staff_in_a_filter_group_is_a_422(
+        self, api: httpx.AsyncClient, body: dict[str, object]
+    ) -> None:
+        answer = await api.put(f"/v1/groups/{unique_id('g')}", json=body)
+        assert answer.status_code == 422, answer.text
+
+    async def test_an_oversize_batch_counts_patients_and_staff_together(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        half = MAX_MEMBERS_PER_REQUEST // 2 + 1
+        body = {"patient_ids": [f"p{n}" for n in range(half)],
+                "staff_ids": [f"s{n}" for n in range(half)]}  # fmt: skip
+        answer = await api.post(f"/v1/groups/{unique_id('g')}/members", json=body)
+        assert answer.status_code == 422
+        empty = await api.post(f"/v1/groups/{unique_id('g')}/members", json={})
+        assert empty.status_code == 422

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import DeliveryAttempt
+from app.errors import install_error_handlers
+from app.models import DeliveryAttempt, Notification
+from app.notifications.schemas import NotificationIn
+from app.notifications.service import request_hash
 from tests.clock import daytime_zone, night_zone
-from tests.factories import api_client, make_notification, make_patient
+from tests.factories import api_client, make_notification, make_patient, make_staff
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -330,3 +335,86 @@ class TestSearch:
         answer = await api.get("/v1/notifications", params=params)
         assert answer.status_code == 422, answer.text
         assert [d["field"] for d in answer.json()["error"]["details"]] == list(params)
+
+
+class TestStaffRecipient:
+    """`staff_id` instead of `patient_id`: one of the two, never both, never neither."""
+
+    async def test_a_staff_user_gets_it_in_their_locale_with_their_name(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        put = await api.put(
+            "/v1/templates/staff.duty/en",
+            json={"title": "Ward duty", "body": "{staff_name}: ward duty on {day}"},
+        )
+        assert put.status_code == 200, put.text
+        nurse = await make_staff(db_session, name="Nasrin Akter", locale="bn-BD")
+        answer = await api.post(
+            "/v1/notifications",
+            json={"staff_id": nurse.id, "purpose": "rota", "template": "staff.duty",
+                  "variables": {"day": "Friday"}},
+        )  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        data = answer.json()
+        assert (data["patient_id"], data["staff_id"]) == (None, nurse.id)
+        assert data["text"] == "Nasrin Akter: ward duty on Friday"
+        listed = await api.get("/v1/notifications", params={"staff_id": nurse.id})
+        assert [n["id"] for n in listed.json()["items"]] == [data["id"]]
+
+    @pytest.mark.parametrize(
+        "recipients",
+        [{}, {"patient_id": "p-1", "staff_id": "s-1"},
+         {"staff_id": "s-1", "appointment_id": "a-1"}],
+    )  # fmt: skip
+    async def test_both_neither_or_a_staff_appointment_is_a_422(
+        self, api: httpx.AsyncClient, recipients: dict[str, str]
+    ) -> None:
+        values = {"purpose": "rota", "template": "staff.duty", **recipients}
+        answer = await api.post("/v1/notifications", json=values)
+        assert answer.status_code == 422, answer.text
+
+    async def test_an_unknown_staff_user_is_a_422_naming_it(self, api: httpx.AsyncClient) -> None:
+        answer = await api.post(
+            "/v1/notifications",
+            json={"staff_id": "nobody", "purpose": "rota", "template": "staff.duty"},
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["details"][0]["field"] == "staff_id"
+
+    async def test_a_patient_requests_idempotency_hash_is_as_before_staff_id(self) -> None:
+        # Keys stored before staff_id existed still match a retry of the same body.
+        request = NotificationIn(patient_id="p-1", purpose="rota", template="staff.duty")
+        before = request.model_dump(mode="json")
+        del before["staff_id"]
+        canonical = orjson.dumps(before, option=orjson.OPT_SORT_KEYS)
+        assert request_hash(request) == hashlib.sha256(canonical).hexdigest()
+        to_staff = NotificationIn(staff_id="s-1", purpose="rota", template="staff.duty")
+        assert request_hash(to_staff) != request_hash(request)
+
+    async def test_a_check_violation_validation_missed_is_a_422_never_a_500(
+        self, db_sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        app = FastAPI()
+        install_error_handlers(app)
+
+        @app.post("/neither")
+        async def neither() -> None:
+            # What validation would have refused, written anyway: PostgreSQL's CHECK.
+            now = datetime.now(UTC)
+            async with db_sessionmaker() as session:
+                session.add(
+                    Notification(
+                        id=uuid.uuid4(), patient_id=None, staff_id=None, purpose="rota",
+                        template_key="t", locale="en", variables={}, title="t", body="b",
+                        state="scheduled", due_at=now, expires_at=now, channel_index=0,
+                        retry_count=0,
+                    )
+                )  # fmt: skip
+                await session.flush()
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answer = await client.post("/neither")
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["code"] == "invalid_input"
+        assert "ck_notifications_one_recipient" in answer.json()["error"]["message"]

@@ -1,6 +1,7 @@
 """A worker SIGKILLed in the middle of a broadcast's fan-out in lanes: another worker
 resumes every unfinished lane from its cursor, in the ranges split at the start, and
-every member ends with exactly one notification; for a filter group and a static one."""
+every member ends with exactly one notification; for a filter group and a static one
+(whose staff members, in one more lane after the patients', each get one too)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.asyncio(loop_scope="session")]
 
 MEMBERS = 60_000
 LANES = 3
+STAFF = 1_200  # of the static group: its staff lane, after the patient lanes
 ENV = {
     # Small chunks: the kill lands between many commits, mid fan-out, in every lane.
     "BROADCAST_CHUNK_SIZE": "500",
@@ -51,6 +53,18 @@ async def seed_patients(connection: asyncpg.Connection, count: int, group: str) 
         await connection.execute(
             "INSERT INTO group_members (group_name, patient_id) SELECT 'camp', id FROM patients"
         )
+        await connection.execute(
+            """
+            INSERT INTO staff (id, name, email, locale)
+            SELECT 's' || lpad(n::text, 5, '0'), 'Nurse ' || n,
+                   'nurse' || n || '@clinic.example.org', 'en'
+            FROM generate_series(1, $1) AS n
+            """,
+            STAFF,
+        )
+        await connection.execute(
+            "INSERT INTO group_staff_members (group_name, staff_id) SELECT 'camp', id FROM staff"
+        )
     await connection.execute(
         "INSERT INTO templates (key, locale, title, body) "
         "VALUES ('camp.invite', 'en', 'Camp', '{patient_name}: camp on {day}')"
@@ -59,7 +73,10 @@ async def seed_patients(connection: asyncpg.Connection, count: int, group: str) 
 
 LANES_SQL = (
     "SELECT lane, lower_id, upper_id, members, done FROM broadcast_lanes "
-    "WHERE broadcast_id = $1 ORDER BY lane"
+    "WHERE broadcast_id = $1 AND NOT staff ORDER BY lane"
+)
+STAFF_LANE_SQL = (
+    "SELECT lane, cursor, members, done FROM broadcast_lanes WHERE broadcast_id = $1 AND staff"
 )
 
 
@@ -106,6 +123,14 @@ async def test_a_killed_fan_out_resumes_and_reaches_everyone_once(
                 # Split evenly by member, and killed with every lane under way.
                 assert len(split) == LANES
                 assert not any(lane["done"] for lane in split), split
+                staff_lane = await connection.fetch(STAFF_LANE_SQL, broadcast_id)
+                staff = STAFF if group == "static" else 0
+                if staff:
+                    # Not begun while the patient lanes are under way.
+                    [begun] = staff_lane
+                    assert (begun["lane"], begun["members"], begun["done"]) == (LANES, 0, False)
+                else:
+                    assert staff_lane == []
                 # While nobody fans out, progress says what is done, and stays put.
                 progress = (await api.get(f"/v1/broadcasts/{broadcast_id}")).json()
                 assert progress["state"] == "fanning_out"
@@ -137,13 +162,17 @@ async def test_a_killed_fan_out_resumes_and_reaches_everyone_once(
                 assert all(r["done"] for r in after)
                 sizes = [r["members"] for r in after]
                 assert sum(sizes) == MEMBERS and min(sizes) > MEMBERS // (2 * LANES), sizes
-                total, distinct = await connection.fetchrow(
-                    "SELECT count(*), count(DISTINCT patient_id) FROM notifications "
-                    "WHERE broadcast_id = $1",
+                if staff:
+                    [ended] = await connection.fetch(STAFF_LANE_SQL, broadcast_id)
+                    assert (ended["members"], ended["done"]) == (STAFF, True)
+                    assert ended["cursor"] == f"s{STAFF:05d}"
+                total, distinct, distinct_staff = await connection.fetchrow(
+                    "SELECT count(*), count(DISTINCT patient_id), count(DISTINCT staff_id) "
+                    "FROM notifications WHERE broadcast_id = $1",
                     broadcast_id,
                 )
-                assert (total, distinct) == (MEMBERS, MEMBERS)
+                assert (total, distinct, distinct_staff) == (MEMBERS + staff, MEMBERS, staff)
                 final = (await api.get(f"/v1/broadcasts/{broadcast_id}")).json()["progress"]
-                assert (final["members"], final["scheduled"]) == (MEMBERS, MEMBERS)
+                assert (final["members"], final["scheduled"]) == (MEMBERS + staff, MEMBERS + staff)
         finally:
             await connection.close()
