@@ -129,13 +129,7 @@ def first_step(
         if rule is not None:
             return Outcome(S.DENIED, failure_reason=f"recipient denied by {rule}")
     if not window.contains(now, n.time_zone):
-        return Outcome(
-            S.SCHEDULED,
-            channel_chain=n.channel_chain,
-            channel_index=n.channel_index,
-            due_at=window.next_moment(now, n.time_zone),
-            retry_count=n.retry_count,
-        )
+        return _until_the_window_opens(n, now, window)
     chain = n.channel_chain
     if chain is None:
         configured = channel_chain(
@@ -146,6 +140,19 @@ def first_step(
         if not chain and denial is not None and ChannelName.EMAIL in configured:
             return Outcome(S.DENIED, failure_reason=denial)
     return next_channel(n, chain, n.channel_index)
+
+
+def _until_the_window_opens(
+    n: ClaimedNotification, now: datetime, window: MessagingWindow
+) -> Outcome:
+    """Back to `scheduled`, due when the recipient's messaging window next opens."""
+    return Outcome(
+        S.SCHEDULED,
+        channel_chain=n.channel_chain,
+        channel_index=n.channel_index,
+        due_at=window.next_moment(now, n.time_zone),
+        retry_count=n.retry_count,
+    )
 
 
 def staff_step(
@@ -163,13 +170,7 @@ def staff_step(
     if denial is not None:
         return Outcome(S.DENIED, failure_reason=denial)
     if not window.contains(now, n.time_zone):
-        return Outcome(
-            S.SCHEDULED,
-            channel_chain=n.channel_chain,
-            channel_index=n.channel_index,
-            due_at=window.next_moment(now, n.time_zone),
-            retry_count=n.retry_count,
-        )
+        return _until_the_window_opens(n, now, window)
     if ChannelName.EMAIL not in available:
         return Outcome(
             S.FAILED, channel_chain=chain, channel_index=0, failure_reason=STAFF_NO_EMAIL_CHANNEL
