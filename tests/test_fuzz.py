@@ -535,7 +535,10 @@ def test_every_write_with_a_body_is_in_the_hostile_list(http: httpx.Client, seed
     request that would otherwise go through."""
     for method, path, body in write_operations(seeded):
         answer = http.request(method, path, json=body)
-        assert answer.status_code < 300, (method, path, answer.text[:500])
+        # One round at a time: a round an earlier request of the suite started may still
+        # run, and then a valid request to start one is a 409 saying so.
+        running = path == "/v1/imo/invitations/run" and "round_running" in answer.text
+        assert answer.status_code < 300 or running, (method, path, answer.text[:500])
     for path, params in query_operations(seeded):
         answer = http.get(path, params=params)
         assert answer.status_code == 200, (path, answer.text[:500])

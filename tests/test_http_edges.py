@@ -105,10 +105,17 @@ class TestAgainstTheRealServer:
         # logged "Exception in ASGI application" with the whole traceback (~12 KB) too.
         api_key = await stack.create_api_key("one-line")
         engine = create_async_engine(stack.database_url)
-        refuse = "ALTER TABLE staff ADD CONSTRAINT edges_refuse CHECK (false) NOT VALID"
+        # A database error that is the server's (a broken CHECK would be a 422).
+        refuse = (
+            "CREATE FUNCTION edges_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+            "CREATE TRIGGER edges_refuse BEFORE INSERT OR UPDATE ON staff "
+            "FOR EACH ROW EXECUTE FUNCTION edges_refuse()",
+        )
         try:
             async with engine.begin() as conn:
-                await conn.execute(text(refuse))
+                for statement in refuse:
+                    await conn.execute(text(statement))
             offsets = stack.log_offsets()
             async with stack.client(api_key) as client:
                 answer = await client.put(
@@ -118,7 +125,8 @@ class TestAgainstTheRealServer:
                 )
         finally:
             async with engine.begin() as conn:
-                await conn.execute(text("ALTER TABLE staff DROP CONSTRAINT IF EXISTS edges_refuse"))
+                await conn.execute(text("DROP TRIGGER IF EXISTS edges_refuse ON staff"))
+                await conn.execute(text("DROP FUNCTION IF EXISTS edges_refuse()"))
             await engine.dispose()
         assert answer.status_code == 500 and answer.headers["Connection"] == "close"
         await asyncio.sleep(0.5)  # the log is written by another process

@@ -124,6 +124,12 @@ async def every_list(api: httpx.AsyncClient) -> dict[str, str]:
     assert posted.is_success, posted.text
     opened = await api.post("/v1/conversations", json={"patient_id": patient_id, "subject": "x"})
     assert opened.is_success, opened.text
+    staff_id = unique_id("s")
+    staffed = await api.put(
+        f"/v1/staff/{staff_id}",
+        json={"name": "Nurse", "email": "nurse@example.org", "locale": "en"},
+    )
+    assert staffed.is_success, staffed.text
     urls = {
         "/v1/patients": "/v1/patients",
         "/v1/patients/{patient_id}/notifications": f"/v1/patients/{patient_id}/notifications",
@@ -136,6 +142,7 @@ async def every_list(api: httpx.AsyncClient) -> dict[str, str]:
         "/v1/conversations/{conversation_id}": f"/v1/conversations/{opened.json()['id']}",
         "/v1/email-status/{address}": "/v1/email-status/someone@example.org",
         "/v1/inbound-emails": "/v1/inbound-emails",
+        "/v1/staff/{staff_id}/messages": f"/v1/staff/{staff_id}/messages",
     }
     # A list added later is named here, or this fails: each must be tried.
     assert set(urls) == lists_of_the_api()

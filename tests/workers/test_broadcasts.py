@@ -24,7 +24,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 def context(sessionmaker: async_sessionmaker[AsyncSession]) -> Context:
-    settings = Settings().model_copy(update={"broadcast_chunk_size": 2})
+    # One lane: lanes run on connections of their own, and this sessionmaker is one
+    # connection (tests/broadcasts/test_lanes.py runs lanes on a committing database).
+    settings = Settings().model_copy(
+        update={"broadcast_chunk_size": 2, "broadcast_fan_out_lanes": 1}
+    )
     return {"settings": settings, "sessionmaker": sessionmaker, "redis": Queue()}
 
 
