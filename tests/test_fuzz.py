@@ -192,6 +192,10 @@ HOSTILE_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", str(2**64)
 HOSTILE_NUMBERS += ["-0", "0", "1e-400", str(2**63 - 1), "4.9e-324"]
 
 
+# A staff user the seeding makes, whose (empty) history the list checks read.
+FUZZ_STAFF = "fz-staff"
+
+
 @dataclass(frozen=True)
 class Seeded:
     """What the hostile requests refer to, made once through the API."""
@@ -384,6 +388,7 @@ def query_operations(seeded: Seeded) -> list[tuple[str, dict[str, str]]]:
         ("/v1/inbound-emails", {"limit": "5"}),
         ("/v1/experiments", {"limit": "5"}),
         ("/v1/reminder-plans", {"limit": "5"}),
+        (f"/v1/staff/{FUZZ_STAFF}/messages", history),
     ]
 
 
@@ -506,6 +511,11 @@ async def seeded(stack: Stack, api_key: str) -> Seeded:
         }
         await made("POST", "/v1/events", event)
         gateway = await made("POST", "/v1/gateways", {"name": f"fz-{tag}", "country": "BD"})
+        await made(
+            "PUT",
+            f"/v1/staff/{FUZZ_STAFF}",
+            {"name": "Dr. Nasrin", "email": "nasrin@clinic.example.org", "locale": "bn-BD"},
+        )
     return Seeded(
         patient_id=patient_id,
         plan=plan,
