@@ -135,50 +135,74 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> N
     raise RuntimeError(f"pgbouncer did not listen: {log.read_text(errors='replace')}")
 
 
-async def _many_clients(database_url: str, *, statement_cache: bool) -> None:
-    """Eight engines (eight processes' worth of clients) run distinct statements at once:
-    behind two server connections their transactions interleave on the same ones."""
-    engines = [
-        create_engine_and_sessionmaker(database_url, pool_size=2, statement_cache=statement_cache)[
+async def _statement_reused_on_another_server_connection(
+    database_url: str, *, statement_cache: bool
+) -> None:
+    """A client runs a statement, then runs it again in a later transaction that PgBouncer
+    gives, for certain, another server connection: the one it first ran on is held by a
+    second client meanwhile. (Left to chance, as with many clients at once, the pooler may
+    open one server connection only, on which every named statement lives.)"""
+    client, _ = create_engine_and_sessionmaker(
+        database_url, pool_size=1, statement_cache=statement_cache
+    )
+    others = [
+        create_engine_and_sessionmaker(database_url, pool_size=1, statement_cache=statement_cache)[
             0
         ]
-        for _ in range(8)
+        for _ in range(2)
     ]
-
-    async def work(index: int) -> None:
-        engine = engines[index % len(engines)]
-        for round_ in range(5):
-            async with engine.begin() as connection:
-                got = await connection.scalar(
-                    text(f"SELECT CAST(:v AS int) + {index} + {round_}"), {"v": 1}
-                )
-                assert got == 1 + index + round_
-                await connection.scalar(text("SELECT count(*) FROM notifications"))
-
+    statement = text("SELECT count(*) + CAST(:v AS int) FROM notifications")
     try:
-        await asyncio.gather(*(work(i) for i in range(16)))
+        async with client.begin() as connection:
+            first = await connection.scalar(text("SELECT pg_backend_pid()"))
+            await connection.scalar(statement, {"v": 1})
+        # Transactions held open until one sits on the client's server connection: with
+        # two server connections at most, the second does if the first did not.
+        held = []
+        for other in others:
+            connection = await other.connect()
+            await connection.begin()
+            held.append(connection)
+            if await connection.scalar(text("SELECT pg_backend_pid()")) == first:
+                break
+        else:
+            raise AssertionError("no other client got the first server connection")
+        for connection in held[:-1]:
+            await connection.rollback()
+            await connection.close()
+        try:
+            async with client.begin() as connection:
+                assert await connection.scalar(text("SELECT pg_backend_pid()")) != first
+                await connection.scalar(statement, {"v": 2})
+        finally:
+            await held[-1].rollback()
+            await held[-1].close()
     finally:
-        for engine in engines:
+        for engine in (client, *others):
             await engine.dispose()
 
 
 class TestStatements:
-    # The failed engines' connections (broken mid-statement by the pooler) are dropped,
-    # not closed: collected here, their warning belongs to this test and is expected.
+    # The failed engine's connection (broken mid-statement by the pooler) is dropped, not
+    # closed: collected here, its warning belongs to this test and is expected.
     @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
     async def test_named_cached_statements_break_behind_transaction_pooling(
         self, services: Services, pgbouncer: PgBouncer
     ) -> None:
-        """Why the setting exists: asyncpg's default names its statements per
-        connection (__asyncpg_stmt_1__, ...), and clients collide on the server's."""
+        """Why the setting exists: asyncpg names the statements it caches, and a named
+        statement lives on the server connection it was prepared on only."""
         with pytest.raises(DBAPIError, match="prepared statement"):
-            await _many_clients(pgbouncer.url(services.database_url), statement_cache=True)
+            await _statement_reused_on_another_server_connection(
+                pgbouncer.url(services.database_url), statement_cache=True
+            )
         gc.collect()
 
     async def test_unnamed_statements_work_behind_transaction_pooling(
         self, services: Services, pgbouncer: PgBouncer
     ) -> None:
-        await _many_clients(pgbouncer.url(services.database_url), statement_cache=False)
+        await _statement_reused_on_another_server_connection(
+            pgbouncer.url(services.database_url), statement_cache=False
+        )
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

@@ -58,8 +58,11 @@ FINAL = frozenset({"sent", "delivered", "read"})
 
 
 # A victim: a worker with at least this many sends in flight (an attempt written, the
-# provider's answer not yet), so that some still are when the kill lands.
+# provider's answer not yet), and at least WAITING claims not yet tried, so that it is
+# still sending when the kill lands (at the tail of its batch, its last sends could all
+# be answered between the look and the kill).
 IN_FLIGHT = 10
+WAITING = 50
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Holder:
     lease: uuid.UUID
     claimed: int
     in_flight: int
+    waiting: int
 
 
 async def test_ten_kills_mid_send_at_default_settings_all_final_within_a_minute(
@@ -144,7 +148,7 @@ async def test_ten_kills_mid_send_at_default_settings_all_final_within_a_minute(
 
 async def sending(stack: Stack) -> list[Holder]:
     """The live workers (by the pid in their lease's holder) with IN_FLIGHT sends or more
-    in flight."""
+    in flight and WAITING claims or more still to try."""
     pids = {
         child.process.pid: index
         for index, child in enumerate(stack.workers)
@@ -155,7 +159,10 @@ async def sending(stack: Stack) -> list[Holder]:
             text(
                 """
                 SELECT l.id, substring(l.holder FROM '[0-9]+$')::int AS pid,
-                       count(DISTINCT n.id) AS claimed, count(a.id) AS in_flight
+                       count(DISTINCT n.id) AS claimed, count(a.id) AS in_flight,
+                       count(DISTINCT n.id) FILTER (WHERE NOT EXISTS (
+                           SELECT FROM delivery_attempts AS t WHERE t.notification_id = n.id
+                       )) AS waiting
                 FROM notifications AS n
                 JOIN dispatch_leases AS l ON l.id = n.lease_id AND l.expires_at > now()
                 LEFT JOIN delivery_attempts AS a
@@ -166,9 +173,9 @@ async def sending(stack: Stack) -> list[Holder]:
             )
         )
         return [
-            Holder(pids[row.pid], row.id, row.claimed, row.in_flight)
+            Holder(pids[row.pid], row.id, row.claimed, row.in_flight, row.waiting)
             for row in rows
-            if row.pid in pids and row.in_flight >= IN_FLIGHT
+            if row.pid in pids and row.in_flight >= IN_FLIGHT and row.waiting >= WAITING
         ]
 
 
