@@ -70,6 +70,14 @@ def dispatch(
     history: History = [0],  # noqa: B006
     reuse_history: ReuseHistory = False,
     repeat: Repeat = 1,
+    ids: Annotated[
+        list[str],
+        typer.Option(
+            help="The due reminders' ids: time-ordered (uuid v7, what the service makes) or"
+            " random (uuid v4, as before 20261206); `--ids random --ids time-ordered`"
+            " compares them in one run."
+        ),
+    ] = ["time-ordered"],  # noqa: B006
     json_path: JsonOption = None,
 ) -> None:
     """N due reminders (half Imo, half SMS by default) sent by real workers vs a bare
@@ -93,6 +101,7 @@ def dispatch(
         history,
         reuse_history,
         repeat,
+        ids,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from app.bench.common import (
     server_pid,
     start_workers,
 )
+from app.broadcasts.repository import NEW_IDS
 from app.config import get_settings
 from app.delivery import loop_guard
 
@@ -62,7 +64,8 @@ _VARIABLES = """jsonb_build_object('patient_name', 'Patient ' || i,
                        'facility_name', 'Dhaka Medical', 'appointment_date', '2026-12-01')"""
 
 
-def seed_statements(mix: str) -> list[str]:
+def seed_statements(mix: str, ids: str = "time-ordered") -> list[str]:
+    """`ids`: a kind of NEW_IDS, the due reminders' ids."""
     number = _NUMBER[mix]
     country = "IN" if mix == "whatsapp" else "BD"
     template, variables = (
@@ -84,7 +87,7 @@ def seed_statements(mix: str) -> list[str]:
         INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables,
                                    title, body, state, due_at, expires_at, channel_index,
                                    retry_count)
-        SELECT gen_random_uuid(), 'b-' || i, 'appointment_reminder', '{template}',
+        SELECT {NEW_IDS[ids]}, 'b-' || i, 'appointment_reminder', '{template}',
                'en', {variables}, 'Appointment Reminder',
                'Dear Patient, your next visit to Dhaka Medical is on 2026-12-01.',
                'scheduled', now() + interval '1 day', now() + interval '5 days', 0, 0
@@ -101,9 +104,11 @@ def seed_statements(mix: str) -> list[str]:
     return statements
 
 
-async def seed(engine: AsyncEngine, n: int, mix: str = "imo-sms") -> None:
+async def seed(
+    engine: AsyncEngine, n: int, mix: str = "imo-sms", ids: str = "time-ordered"
+) -> None:
     async with engine.begin() as connection:
-        for statement in seed_statements(mix):
+        for statement in seed_statements(mix, ids):
             await connection.execute(text(statement), {"n": n})
     async with engine.connect() as connection:
         await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -194,6 +199,7 @@ async def measure(
     count_triggers: bool = True,
     webhooks: bool = False,
     history: tuple[int, str | None] = (0, None),
+    ids: str = "time-ordered",
 ) -> dict[str, object]:
     """`measured` < n: time only the first `measured` sends of n due reminders (memory
     and rate on a large table without waiting for all of it). `count_triggers=False`:
@@ -201,7 +207,8 @@ async def measure(
     `webhooks`: an endpoint (the webhook sink, in another process) wants every
     `notification.*` event, so the workers record and deliver one per reminder besides
     sending it. `history`: (rows, template) the database is copied from
-    (`history.older_history`), or (0, None): an empty database."""
+    (`history.older_history`), or (0, None): an empty database. `ids`: the due reminders'
+    ids, a kind of NEW_IDS (random: as the service made them before 20261206)."""
     measured = min(n, measured or n)
     older, template = history
     database_url = await fresh_database(DATABASE, template)
@@ -212,7 +219,7 @@ async def measure(
         # What this run writes, apart from the history (older rows, created before).
         since = await connection.scalar(text("SELECT now()"))
     started = time.perf_counter()
-    await seed(engine, n, mix)
+    await seed(engine, n, mix, ids)
     console.print(f"seeded {n:,} reminders in {time.perf_counter() - started:.1f}s")
     if not count_triggers:
         await set_count_triggers(engine, enabled=False)
@@ -306,6 +313,7 @@ async def measure(
         "measured": measured,
         "workers": workers,
         "history": older,
+        "ids": ids,
         "seconds": seconds,
         "sent/s": rate,
         "baseline/s": baseline["rate"],
@@ -343,12 +351,17 @@ def run(
     histories: list[int] | None = None,
     reuse_history: bool = False,
     repeat: int = 1,
+    ids: list[str] | None = None,
 ) -> Result:
     """One row per combination of the lists (history innermost: rows that differ only in
     it run back to back), `repeat` times over. With several workers or histories, a
     table of each configuration's medians next to the first workers' and the first
     history's (e.g. `us/msg pg` with 4 workers / with 1; on 10,000,000 older rows / on
     an empty table)."""
+    kinds = ids or ["time-ordered"]
+    for kind in kinds:
+        if kind not in NEW_IDS:
+            raise ValueError(f"unknown ids {kind!r}: one of {', '.join(NEW_IDS)}")
     for mix in mixes or ["imo-sms"]:
         if mix not in MIXES:
             raise ValueError(f"unknown mix {mix!r}: one of {', '.join(MIXES)}")
@@ -366,7 +379,7 @@ def run(
                 for count in workers:
                     for triggers in count_triggers or [True]:
                         for subscribed in webhooks or [False]:
-                            for older in histories:
+                            for older, kind in itertools.product(histories, kinds):
                                 row = asyncio.run(
                                     measure(
                                         n,
@@ -378,6 +391,7 @@ def run(
                                         triggers,
                                         subscribed,
                                         (older, templates.get(older)),
+                                        kind,
                                     )
                                 )
                                 result.add(**row)
@@ -387,10 +401,10 @@ def run(
     if templates:  # the last copy of a history: gigabytes (the template stays)
         asyncio.run(drop_database(DATABASE))
     result.show()
-    keys = ("mix", "reminders", "workers", "count triggers", "webhooks", "history")
+    keys = ("mix", "reminders", "workers", "count triggers", "webhooks", "history", "ids")
     comparisons = [
         compare(result.rows, keys=keys, vary=vary, figures=FIGURES)
-        for vary in ("workers", "history")
+        for vary in ("workers", "history", "ids")
         if len({row[vary] for row in result.rows}) > 1
     ]
     for comparison in comparisons:

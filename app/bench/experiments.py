@@ -95,7 +95,7 @@ _SEED = [
     INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables,
         title, body, appointment_id, remind_on, state, due_at, expires_at, channel_index,
         retry_count)
-    SELECT gen_random_uuid(), a.patient_id,
+    SELECT time_ordered_uuid(), a.patient_id,
            CASE WHEN r.k = 3 THEN 'missed_visit' ELSE 'appointment_reminder' END,
            'appointment_reminder.basic', 'bn-BD', '{}'::jsonb, 'Reminder', 'Text',
            a.id, a.scheduled_date + r.offset_days,

@@ -38,7 +38,7 @@ _SEED = text(
         VALUES ('bench', :url, ARRAY['message.received'], :secret, true)
     ), events AS (
         INSERT INTO webhook_events (id, type, patient_id, data, occurred_at)
-        SELECT gen_random_uuid(), 'message.received', 'p-' || i,
+        SELECT time_ordered_uuid(), 'message.received', 'p-' || i,
                jsonb_build_object('message_id', i, 'text', 'bench'), now()
         FROM generate_series(1, :n) AS i
         RETURNING id, patient_id, occurred_at

@@ -253,18 +253,10 @@ def _value_sql(kind: str, value: str, name: str, params: dict[str, Any]) -> str:
     return f"coalesce(c.attributes ->> :{name}, '')"
 
 
-# Ids of the notifications a chunk makes. Random (version 4) ones land all over the
-# primary key's pages; time-ordered ones (version 7: the milliseconds since 1970 in the
-# first 48 bits, then random bits; PostgreSQL 18's uuidv7(), written out for older ones)
-# land at its right edge.
-NEW_IDS = {
-    "random": "gen_random_uuid()",
-    "time-ordered": (
-        "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING "
-        "substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) "
-        "FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"
-    ),
-}
+# Ids of the notifications a chunk makes: time-ordered (version 7, app/ids.py), landing
+# at the right edge of the primary key; random (version 4) ones, which land all over its
+# pages, only for `notify bench fanout` to compare.
+NEW_IDS = {"time-ordered": "time_ordered_uuid()", "random": "gen_random_uuid()"}
 
 
 # A staff member as the chunk reads a member (over `staff` as p).
@@ -281,7 +273,7 @@ _PATIENT_MEMBER = (
 def _chunk_sql(
     plan: FanOutPlan,
     params: dict[str, Any],
-    ids: str = "random",
+    ids: str = "time-ordered",
     country: bool = True,
     bounded: bool = False,
     staff: bool = False,
@@ -392,7 +384,7 @@ class ChunkStatement:
     def __init__(
         self,
         plan: FanOutPlan,
-        ids: str = "random",
+        ids: str = "time-ordered",
         country: bool = True,
         *,
         upper: str | None = None,

@@ -10,7 +10,6 @@ recorded on the event and counted, and the other rules go on.
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +20,7 @@ from app.errors import Conflict, InvalidInput, NotFound
 from app.events import repository as event_repository
 from app.events.expressions import ExpressionError, compile_expression, context_of
 from app.events.schemas import EventIn, SendAt, TriggerRuleIn
+from app.ids import time_ordered_uuid
 from app.models import Event, Patient, StaffMember, TriggerRule
 from app.notifications import service as notification_service
 from app.notifications.window import MessagingWindow, zone
@@ -208,7 +208,7 @@ async def _notification_of(
     rendered = await template_service.render(session, rule.template, locale, variables)
     send_at = send_moment(SendAt.model_validate(rule.send_at), event.occurred_at, patient)
     return {
-        "id": uuid.uuid4(),
+        "id": time_ordered_uuid(),
         "patient_id": patient_id,
         "staff_id": staff_id,
         "country": patient.country,

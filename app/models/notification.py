@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, TimestampMixin
+from app.ids import time_ordered_uuid
 from app.states import (
     EVENT_SOURCES,
     READ_RECEIPT_CHANNELS,
@@ -147,7 +148,7 @@ class Notification(TimestampMixin, Base):
         {"postgresql_with": {"fillfactor": 70}},
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=time_ordered_uuid)
     # Exactly one of the two (ck_notifications_one_recipient): staff are reached by
     # email only (app/delivery/policy.py).
     patient_id: Mapped[str | None] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))

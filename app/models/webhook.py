@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, TimestampMixin
+from app.ids import time_ordered_uuid
 
 
 class WebhookEndpoint(TimestampMixin, Base):
@@ -44,7 +45,7 @@ class WebhookEvent(Base):
     __tablename__ = "webhook_events"
     __table_args__ = (Index("ix_webhook_events_occurred", "occurred_at"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=time_ordered_uuid)
     type: Mapped[str] = mapped_column(String(40))
     patient_id: Mapped[str | None] = mapped_column(String(64))
     data: Mapped[dict[str, Any]] = mapped_column(JSONB)

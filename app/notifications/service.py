@@ -17,6 +17,7 @@ from app import pagination
 from app.config import Settings
 from app.consent.rules import OPTED_OUT, opted_out_everywhere
 from app.errors import Conflict, InvalidInput, NotFound, field_error
+from app.ids import time_ordered_uuid
 from app.models import Appointment, DeliveryAttempt, Notification, Patient, StaffMember
 from app.notifications import repository as notification_repository
 from app.notifications.repository import NotificationFilter
@@ -138,7 +139,7 @@ async def schedule(
         recipient.patient.opted_out_channels
     )
     notification = Notification(
-        id=uuid.uuid4(),
+        id=time_ordered_uuid(),
         patient_id=request.patient_id,
         staff_id=request.staff_id,
         purpose=request.purpose,

@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.ids import time_ordered_uuid
 from app.states import sql_in
 
 # The event, and one delivery for every active endpoint that wants its type.
@@ -33,7 +34,7 @@ _EMIT = text(
 async def emit(
     session: AsyncSession, type_: str, patient_id: str | None, data: dict[str, Any]
 ) -> uuid.UUID:
-    event_id = uuid.uuid4()
+    event_id = time_ordered_uuid()
     await session.execute(
         _EMIT,
         {
@@ -71,7 +72,7 @@ async def emit_many(
     """`emit` for each (type, patient id, data), in one statement."""
     if not events:
         return []
-    event_ids = [uuid.uuid4() for _ in events]
+    event_ids = [time_ordered_uuid() for _ in events]
     await session.execute(
         _EMIT_MANY,
         {
