@@ -95,14 +95,15 @@ class TestStop:
             assert len(children) >= 4, children  # fake-imo, fake-twilio, api, worker
             assert embedded.postgres_running(data_dir)
 
+            # Named before the signal: a child may be gone by the time it is asked after.
+            named = {
+                p.pid: " ".join(p.cmdline()[-4:]) for p in [psutil.Process(dev.pid), *children]
+            }
             assert dev.stdout is not None
             dev.stdout.close()  # the reader of the pipe (tee) is gone
             began = time.monotonic()
             dev.send_signal(signal.SIGINT)
 
-            named = {
-                p.pid: " ".join(p.cmdline()[-4:]) for p in [psutil.Process(dev.pid), *children]
-            }
             alive = gone_within([psutil.Process(dev.pid), *children], STOP_WITHIN)
             took = time.monotonic() - began
             assert alive == [], f"alive {took:.1f}s after Ctrl-C: {[named[p.pid] for p in alive]}"
