@@ -13,6 +13,7 @@ from app.events.schemas import TEMPLATE_PATTERN
 from app.groups.schemas import GROUP_NAME_PATTERN
 from app.models import Broadcast
 from app.notifications.schemas import PURPOSE_PATTERN
+from app.templates.service import FREE_TEXT_TEMPLATE, FREE_TEXT_VARIABLE
 from app.validation import BoundedDatetime, InputModel
 
 ParameterValue = Annotated[str, StringConstraints(max_length=500)]
@@ -20,13 +21,28 @@ ParameterValue = Annotated[str, StringConstraints(max_length=500)]
 
 class BroadcastIn(InputModel):
     group: str = Field(pattern=GROUP_NAME_PATTERN)
-    template: str = Field(pattern=TEMPLATE_PATTERN)
+    template: str | None = Field(
+        default=None,
+        pattern=TEMPLATE_PATTERN,
+        description="The template every member's message is rendered from, in their "
+        "language; this or `text`",
+    )
+    text: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="Instead of a template: one text, sent to every member as written "
+        "(as a staff member's message is, in the template `conversation.staff_message`). "
+        "WhatsApp takes a text only from a patient who wrote on WhatsApp in the last 24 "
+        "hours; for the others the next channel of the chain carries it",
+        examples=["The clinic is closed on Friday 12 December; come on Saturday."],
+    )
     parameters: dict[str, ParameterValue] = Field(
         default_factory=dict,
         max_length=50,
         description="Template variable -> text; `@name` is the recipient's name, "
         "`@facility_name` their facility's, `@<attribute>` their attribute of that name "
-        "(empty when they have none)",
+        "(empty when they have none). With a template only",
         examples=[{"camp_day": "Friday", "area": "@area"}],
     )
     purpose: str = Field(pattern=PURPOSE_PATTERN)
@@ -44,10 +60,25 @@ class BroadcastIn(InputModel):
 
     @model_validator(mode="after")
     def _names(self) -> Self:
+        if (self.template is None) == (self.text is None):
+            raise ValueError("give a template or a text, one of the two")
+        if self.text is not None and self.parameters:
+            raise ValueError("parameters fill a template's variables; a text goes as written")
         for name in self.parameters:
             if not name.isidentifier() or len(name) > 64:
                 raise ValueError(f"parameter name '{name[:64]}' is not an identifier")
         return self
+
+    @property
+    def template_key(self) -> str:
+        """The template the members' messages are rendered from (a text's: the template
+        of texts written by hand)."""
+        return FREE_TEXT_TEMPLATE if self.template is None else self.template
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """The template's parameters (a text: the text, its one variable)."""
+        return {FREE_TEXT_VARIABLE: self.text} if self.text is not None else self.parameters
 
 
 class BroadcastProgress(BaseModel):
@@ -66,6 +97,7 @@ class BroadcastOut(BaseModel):
     id: uuid.UUID
     group: str
     template: str
+    text: str | None = Field(description="The broadcast's text, when it was sent as one")
     parameters: dict[str, str]
     purpose: str
     send_at: datetime
@@ -84,7 +116,10 @@ class BroadcastOut(BaseModel):
             id=broadcast.id,
             group=broadcast.group_name,
             template=broadcast.template,
-            parameters=broadcast.parameters,
+            text=broadcast.parameters.get(FREE_TEXT_VARIABLE)
+            if broadcast.template == FREE_TEXT_TEMPLATE
+            else None,
+            parameters={} if broadcast.template == FREE_TEXT_TEMPLATE else broadcast.parameters,
             purpose=broadcast.purpose,
             send_at=broadcast.send_at,
             channel_chain=broadcast.channel_chain,

@@ -42,7 +42,14 @@ from app.observability import BROADCAST_NOTIFICATIONS
 from app.states import EVENT_SOURCES, EVENT_TARGET, NotificationEvent
 from app.templates import repository as template_repository
 from app.templates.placeholders import variables_of
-from app.templates.service import FALLBACK_LOCALE, RenderedTemplate, locale_candidates, render_text
+from app.templates.service import (
+    FALLBACK_LOCALE,
+    FREE_TEXT_TEMPLATE,
+    FREE_TEXT_VARIABLE,
+    RenderedTemplate,
+    locale_candidates,
+    render_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +80,14 @@ async def start(
         if existing is not None:
             return existing, False
     group = await group_service.get_group(session, request.group)
-    templates = await template_repository.with_keys(session, [request.template])
+    templates = await template_repository.with_keys(session, [request.template_key])
     _check_template(request, templates)
     broadcast = Broadcast(
         id=uuid.uuid4(),
         group_name=group.name,
         filter=group.filter,
-        template=request.template,
-        parameters=request.parameters,
+        template=request.template_key,
+        parameters=request.variables,
         purpose=request.purpose,
         send_at=request.send_at or now or datetime.now(UTC),
         channel_chain=None if request.channel_chain is None else list(request.channel_chain),
@@ -103,21 +110,22 @@ async def start(
 
 
 def _check_template(request: BroadcastIn, templates: Sequence[Template]) -> None:
+    key = request.template_key
     if not templates:
-        raise field_error("template", f"no template '{request.template}'")
+        raise field_error("template", f"no template '{key}'")
     if not any(t.locale == FALLBACK_LOCALE for t in templates):
         raise field_error(
             "template",
-            f"template '{request.template}' has no '{FALLBACK_LOCALE}' text for the "
+            f"template '{key}' has no '{FALLBACK_LOCALE}' text for the "
             "recipients whose language it lacks",
         )
-    filled = STANDARD.keys() | request.parameters.keys()
+    filled = STANDARD.keys() | request.variables.keys()
     missing = sorted(
         {v for t in templates for v in variables_of(t.title) | variables_of(t.body)} - filled
     )
     if missing:
         raise InvalidInput(
-            f"template '{request.template}' needs parameters: {', '.join(missing)}",
+            f"template '{key}' needs parameters: {', '.join(missing)}",
             details=[{"field": f"parameters.{name}", "message": "required"} for name in missing],
         )
 
@@ -132,11 +140,14 @@ async def _replay(session: AsyncSession, key: str, digest: str) -> Broadcast | N
     return existing
 
 
-def variable_sources(parameters: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """{variable: ("constant", text) | ("field", column) | ("attribute", name)}."""
+def variable_sources(template: str, parameters: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{variable: ("constant", text) | ("field", column) | ("attribute", name)}: a
+    text written by hand (FREE_TEXT_TEMPLATE's) is a constant whatever it holds."""
     sources: dict[str, tuple[str, str]] = {}
     for variable, value in {**STANDARD, **parameters}.items():
-        if value.startswith("@") and value[1:].isidentifier():
+        if template == FREE_TEXT_TEMPLATE and variable == FREE_TEXT_VARIABLE:
+            sources[variable] = ("constant", value)
+        elif value.startswith("@") and value[1:].isidentifier():
             name = value[1:]
             field = PATIENT_FIELDS.get(name)
             sources[variable] = ("field", field) if field else ("attribute", name)
@@ -150,7 +161,7 @@ async def plan(session: AsyncSession, broadcast: Broadcast, settings: Settings) 
     return FanOutPlan(
         broadcast=broadcast,
         texts=[LocaleText(t.locale, t.title, t.body) for t in templates],
-        variables=variable_sources(broadcast.parameters),
+        variables=variable_sources(broadcast.template, broadcast.parameters),
         window_start=settings.messaging_window_start,
         window_end=settings.messaging_window_end,
         expiry_days=settings.expiry_days(broadcast.purpose),
@@ -422,10 +433,10 @@ async def dry_run(session: AsyncSession, request: BroadcastIn) -> DryRun:
     """The member count and three members' texts, rendered as the fan-out would (in
     Python here), without storing anything. Raises as `start` does."""
     group = await group_service.get_group(session, request.group)
-    templates = await template_repository.with_keys(session, [request.template])
+    templates = await template_repository.with_keys(session, [request.template_key])
     _check_template(request, templates)
     by_locale = {t.locale: t for t in templates}
-    sources = variable_sources(request.parameters)
+    sources = variable_sources(request.template_key, request.variables)
     samples = []
     for patient in await sample_members(session, group, group_service.today(), 3):
         template = next(by_locale[c] for c in locale_candidates(patient.locale) if c in by_locale)

@@ -40,9 +40,9 @@ from app.webhooks.events import EventType
 log = logging.getLogger(__name__)
 
 IDLE_CLOSE_BATCH = 1000
-# Staff messages to patients travel as notifications of this purpose and template.
+# Staff messages to patients travel as notifications of this purpose, in the template
+# of texts written by hand (template_service.FREE_TEXT_TEMPLATE).
 STAFF_MESSAGE_PURPOSE = "conversation"
-STAFF_MESSAGE_TEMPLATE = "conversation.staff_message"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +180,7 @@ async def write(
         request = NotificationIn(
             patient_id=conversation.patient_id,
             purpose=STAFF_MESSAGE_PURPOSE,
-            template=STAFF_MESSAGE_TEMPLATE,
+            template=template_service.FREE_TEXT_TEMPLATE,
         )
         # Staff write letters: their lines reach the patient (email and SMS carry them).
         # The one-line rule is for the clinic system's template variables; this text

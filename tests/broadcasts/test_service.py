@@ -98,6 +98,37 @@ class TestFanOut:
         assert progress["state"] == "fanned_out"
         assert progress["progress"]["members"] == 3 and progress["progress"]["scheduled"] == 3
 
+    async def test_a_text_goes_to_every_member_as_written(
+        self,
+        api: httpx.AsyncClient,
+        db_session: AsyncSession,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        tag = unique_id("t")
+        for n, locale in enumerate(["bn-BD", "en"]):
+            await make_patient(
+                db_session, id=f"{tag}-{n}", locale=locale, tags=[tag], time_zone=daytime_zone()
+            )
+        group = await group_of(api, tag)
+        # Neither a field (`@name`) nor a placeholder in a text is filled: it is a text.
+        text = "Closed on Friday.\nCome on Saturday, @name {patient_name}."
+        started = await api.post(
+            "/v1/broadcasts",
+            json={"group": group, "text": text, "purpose": "announcement"},
+        )
+        assert started.status_code == 202, started.text
+        assert (started.json()["text"], started.json()["parameters"]) == (text, {})
+        assert started.json()["template"] == "conversation.staff_message"
+
+        result = await broadcast_service.fan_out(
+            db_sessionmaker, started.json()["id"], small_chunks()
+        )
+        assert (result.state, result.members) == ("fanned_out", 2)
+        messages = await messages_of(db_session, started.json()["id"])
+        assert [(m.body, m.template_key) for m in messages] == [
+            (text, "conversation.staff_message")
+        ] * 2
+
     async def test_due_inside_each_members_window(
         self,
         api: httpx.AsyncClient,
@@ -362,6 +393,12 @@ class TestStart:
             ({"parameters": {"day": "Friday"}}, 422, "parameters.area"),
             ({"group": "no-such-group"}, 404, None),
             ({"channel_chain": ["pigeon"]}, 422, "channel_chain[0]"),
+            # A template or a text, one of the two; a text takes no parameters.
+            ({"text": "Closed on Friday"}, 422, "body"),
+            ({"template": None}, 422, "body"),
+            ({"template": None, "text": "Closed on Friday"}, 422, "body"),
+            ({"template": None, "text": ""}, 422, "text"),
+            ({"template": None, "text": "x" * 501, "parameters": {}}, 422, "text"),
         ],
     )
     async def test_a_bad_broadcast_is_refused(
