@@ -190,10 +190,25 @@ async def patient_lookup(
     return render(request, "patients.html", signed, active="patients", q=q, error=error)
 
 
+PATIENT_PAGE = 50
+
+
 @router.get("/patients/{patient_id}")
 async def patient_page(
-    request: Request, session: DbSession, signed: Operator, patient_id: str
+    request: Request,
+    session: DbSession,
+    signed: Operator,
+    patient_id: str,
+    sent: Annotated[
+        str | None, Query(max_length=500, description="cursor of messages sent")
+    ] = None,
+    exchange: Annotated[
+        str | None, Query(max_length=500, description="cursor of messages both ways")
+    ] = None,
 ) -> Response:
+    """The patient, their messages sent and their messages both ways, newest first,
+    PATIENT_PAGE of each at a time: `sent` and `exchange` are the cursors of the older
+    pages (the API's), each list paged on its own back to the first message."""
     try:
         patient, authorization = await patient_service.get_patient_with_authorization(
             session, patient_id
@@ -208,8 +223,23 @@ async def patient_page(
             q=patient_id,
             error="no patient has this id",
         )
-    history = await patient_service.notifications_of(session, patient_id, limit=50, cursor=None)
-    messages, _ = await conversation_service.patient_messages(session, patient_id, None, 50)
+    try:
+        history = await patient_service.notifications_of(
+            session, patient_id, limit=PATIENT_PAGE, cursor=sent
+        )
+        messages, older_exchange = await conversation_service.patient_messages(
+            session, patient_id, exchange, PATIENT_PAGE
+        )
+    except AppError:
+        return render(
+            request,
+            "patients.html",
+            signed,
+            status_code=400,
+            active="patients",
+            q=patient_id,
+            error="this link to older messages is broken: open the patient again",
+        )
     shows_phone = operator_service.role_allows(signed.operator.role, "support")
     return render(
         request,
@@ -222,7 +252,17 @@ async def patient_page(
         shows_phone=shows_phone,
         history=history,
         messages=[message for message, _ in messages],
+        sent=sent,
+        exchange=exchange,
+        older_sent=_page_link(history.next_cursor, exchange) if history.next_cursor else None,
+        older_exchange=_page_link(sent, older_exchange) if older_exchange else None,
+        page_size=PATIENT_PAGE,
     )
+
+
+def _page_link(sent: str | None, exchange: str | None) -> str:
+    """The query of the patient page at these two cursors."""
+    return "?" + urlencode({k: v for k, v in (("sent", sent), ("exchange", exchange)) if v})
 
 
 PAUSE_NAMES = {

@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.dashboard.endpoints import masked
 from app.imo import repository as imo_repository
-from app.models import DeliveryAttempt, ImoAuthorization, ImoInvitationRound, Notification
+from app.models import (
+    DeliveryAttempt,
+    ImoAuthorization,
+    ImoInvitationRound,
+    Message,
+    Notification,
+)
 from tests.appointments.helpers import create_experiment, put_plan
 from tests.dashboard.conftest import MakeOperator, form_token, log_in
 from tests.experiments.test_results import WINDOW
@@ -150,6 +156,53 @@ class TestPatients:
         assert missing.status_code == 200 and "no patient has this id" in missing.text
         unknown = await dashboard.get("/dashboard/patients/nobody")
         assert unknown.status_code == 404
+
+    async def test_both_histories_page_back_to_the_first_message(
+        self,
+        dashboard: httpx.AsyncClient,
+        make_operator: MakeOperator,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr("app.dashboard.endpoints.PATIENT_PAGE", 1)
+        patient_id = await seed(db_sessionmaker)  # a read and a failed notification
+        async with db_sessionmaker() as session:
+            for n, direction in enumerate(["in", "out"]):
+                session.add(
+                    Message(
+                        direction=direction,
+                        channel="sms",
+                        patient_id=patient_id,
+                        text=f"exchange {n}",
+                        received_at=datetime.now(UTC) - timedelta(minutes=10 - n),
+                    )
+                )
+            await session.commit()
+        await log_in(dashboard, *await make_operator("viewer"))
+        first = await dashboard.get(f"/dashboard/patients/{patient_id}")
+        assert first.status_code == 200
+        assert "exchange 1" in first.text and "exchange 0" not in first.text  # the newest
+        assert first.text.count('<article class="message">') == 1
+        older = re.findall(r'href="(\?[^"#]*)#(sent|exchange)"', first.text)
+        links = {anchor: link.replace("&amp;", "&") for link, anchor in older}
+        assert set(links) == {"sent", "exchange"}
+
+        sent = await dashboard.get(f"/dashboard/patients/{patient_id}{links['sent']}")
+        assert sent.status_code == 200
+        assert (
+            sent.text.count('<article class="message">') == 1
+            and "Newest messages sent" in sent.text
+        )
+        # The two notifications (the failed one has the 30006), one on each page.
+        assert ("30006" in first.text) != ("30006" in sent.text)
+        assert "exchange 1" in sent.text  # the other list stays where it was
+        assert "Older messages sent" not in sent.text  # the first message reached
+
+        exchange = await dashboard.get(f"/dashboard/patients/{patient_id}{links['exchange']}")
+        assert "exchange 0" in exchange.text and "exchange 1" not in exchange.text
+
+        broken = await dashboard.get(f"/dashboard/patients/{patient_id}", params={"sent": "x"})
+        assert broken.status_code == 400 and "broken" in broken.text
 
 
 def test_masking_keeps_the_country_code_and_two_digits() -> None:
