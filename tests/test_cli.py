@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from sqlalchemy import delete
@@ -39,6 +40,21 @@ class TestHelp:
         commands = ("dev", "migrate", "api", "worker", "api-keys", "fake-imo", "fake-twilio")
         for name in (*commands, "fake-whatsapp"):
             assert name in result.output
+
+    def test_every_command_the_readme_names_exists(self) -> None:
+        """README's table of commands is the contract: `notify X Y|Z` must each run
+        (`notify bench ratelimit` was named there and did not)."""
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        named = re.findall(
+            r"^\| `notify ([a-z-]+(?: [a-z][a-z-]*(?:\\\|[a-z][a-z-]*)*)?)", readme, re.M
+        )
+        assert named, "no command found in README's table"
+        for entry in named:
+            group, _, subcommands = entry.partition(" ")
+            for sub in subcommands.split("\\|") if subcommands else [""]:
+                args = [group, sub, "--help"] if sub else [group, "--help"]
+                result = runner.invoke(cli, args)
+                assert result.exit_code == 0, (args, result.output)
 
 
 class TestSetOptions:

@@ -227,6 +227,27 @@ def webhooks(
     bench_webhooks.run(events, fail_rate, batch, json_path)
 
 
+@bench_cli.command("ratelimit")
+def ratelimit(
+    rate: Annotated[float, typer.Option(help="The limit, per second.")] = 500.0,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Processes.")] = 4,
+    seconds: Annotated[float, typer.Option(help="How long each process asks.")] = 3.0,
+    batch: Annotated[int, typer.Option(help="n per acquire(n).")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Tasks per process.")] = 1,
+    redis_url: Annotated[
+        str, typer.Option(help="Redis to use (default REDIS_URL; else a throwaway server).")
+    ] = "",
+) -> None:
+    """The Redis rate limiter shared by W processes: the aggregate rate, the most grants in
+    any one-second window, Redis round trips per second."""
+    import os
+
+    from app.bench import ratelimit as bench_ratelimit
+
+    url = redis_url or os.environ.get("REDIS_URL", "")
+    bench_ratelimit.show(bench_ratelimit.measure(url, rate, workers, seconds, batch, concurrency))
+
+
 @bench_cli.command("invitations")
 def invitations(
     patients: Annotated[list[int], typer.Option("--patients", "-n")] = [100_000],  # noqa: B006

