@@ -66,6 +66,11 @@ SELECT 'h' || lpad(k::text, 8, '0'), 'Patient ' || k, '[]'::jsonb,
        ARRAY['camp'], '{}'::jsonb
 FROM generate_series(0, :patients - 1) AS k
 """
+STAFF = """
+INSERT INTO staff (id, name, email, locale)
+SELECT 's' || lpad(k::text, 8, '0'), 'Staff ' || k, 'staff' || k || '@clinic.example', 'en'
+FROM generate_series(0, :staff - 1) AS k
+"""
 EVENTS = """
 INSERT INTO events (id, type, patient_id, occurred_at, data, rule_errors)
 SELECT 'e' || k, 'enrolment', 'h' || lpad((k % :patients)::text, 8, '0'),
@@ -75,19 +80,23 @@ FROM generate_series(0, :n / 10) AS k
 """
 # Row i: created at start + i * step. i % 10 in (0, 1, 2): the group's (a broadcast per
 # `patients` consecutive rows: each member once); 3, 4: event i / 10's two rules; 5 with
-# i % 500 = 5: the heavy patient's; otherwise patient i % patients.
+# i % 500 = 5: the heavy patient's; 6: staff member (i / 10) % staff's (by email);
+# otherwise patient i % patients.
 NOTIFICATIONS = """
-INSERT INTO notifications (id, patient_id, purpose, template_key, locale, variables,
+INSERT INTO notifications (id, patient_id, staff_id, purpose, template_key, locale, variables,
   title, body, send_at, state, country, due_at, expires_at, channel_chain,
   channel_index, retry_count, sent_at, delivered_at, read_at, failure_reason,
   created_at, updated_at, event_id, rule_name, broadcast_id, group_name)
 SELECT md5(i::text)::uuid,
+  CASE WHEN i % 10 <> 6 THEN
   'h' || lpad((CASE WHEN i % 500 = 5 THEN 0
                     WHEN i % 10 IN (3, 4) THEN (i / 10) % :patients
-                    ELSE i % :patients END)::text, 8, '0'),
+                    ELSE i % :patients END)::text, 8, '0') END,
+  CASE WHEN i % 10 = 6 THEN 's' || lpad(((i / 10) % :staff)::text, 8, '0') END,
   (ARRAY['anc_followup', 'health_camp', 'appointment_reminder', 'missed_visit'])[1 + i % 4],
   'bench.message', 'en', '{}'::jsonb, 'Clinic', 'Message number ' || i, t, st, 'BD',
-  t, t + interval '4 days', ARRAY['sms']::varchar(20)[], 0, 0,
+  t, t + interval '4 days',
+  CASE WHEN i % 10 = 6 THEN ARRAY['email'] ELSE ARRAY['sms'] END::varchar(20)[], 0, 0,
   CASE WHEN st IN ('sent', 'delivered', 'read', 'failed') THEN t END,
   CASE WHEN st IN ('delivered', 'read') THEN t END,
   CASE WHEN st = 'read' THEN t END,
@@ -111,7 +120,8 @@ ATTEMPTS = """
 INSERT INTO delivery_attempts (notification_id, channel, status, provider_message_id,
                                sent_at, delivered_at, read_at, failed_at, created_at,
                                updated_at, reconcile_checks, reconciled_at, error_code)
-SELECT id, 'sms', state, 'SM' || replace(id::text, '-', ''), sent_at, delivered_at, read_at,
+SELECT id, channel_chain[1], state, 'SM' || replace(id::text, '-', ''), sent_at, delivered_at,
+       read_at,
        CASE WHEN state = 'failed' THEN sent_at END, sent_at, sent_at,
        CASE WHEN state = 'sent' THEN :checks ELSE 0 END,
        CASE WHEN state = 'sent' THEN sent_at + interval '3 hours' END,
@@ -146,6 +156,11 @@ def patients_of(n: int) -> int:
     return max(1_000, n // 100)
 
 
+def staff_of(n: int) -> int:
+    """How many staff members (`s00000000` ...): about 100 messages each."""
+    return max(10, n // 1_000)
+
+
 async def seed(database_url: str, n: int) -> dict[str, float]:
     """Seed N notifications; returns the seconds of each step."""
     patients = patients_of(n)
@@ -165,11 +180,18 @@ async def seed(database_url: str, n: int) -> dict[str, float]:
         for table in tables:
             await connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
         took["patients s"] = await _execute(connection, PATIENTS, patients=patients)
+        took["staff s"] = await _execute(connection, STAFF, staff=staff_of(n))
         took["events s"] = await _execute(
             connection, EVENTS, patients=patients, n=n, start=start, step=step
         )
         took["notifications s"] = await _execute(
-            connection, NOTIFICATIONS, patients=patients, n=n, start=start, step=step
+            connection,
+            NOTIFICATIONS,
+            patients=patients,
+            staff=staff_of(n),
+            n=n,
+            start=start,
+            step=step,
         )
         took["attempts s"] = await _execute(connection, ATTEMPTS, checks=reconcile.MAX_CHECKS)
         await connection.execute(
@@ -186,7 +208,7 @@ async def seed(database_url: str, n: int) -> dict[str, float]:
             await connection.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
         took["indexes s"] = time.perf_counter() - began
         took["vacuum analyze s"] = await _execute(
-            connection, "VACUUM ANALYZE patients, events, notifications, delivery_attempts"
+            connection, "VACUUM ANALYZE patients, staff, events, notifications, delivery_attempts"
         )
     await engine.dispose()
     return took
@@ -195,7 +217,7 @@ async def seed(database_url: str, n: int) -> dict[str, float]:
 # `older_history`: the template databases, one per N, and what marks one complete. Bump
 # SEED_VERSION when the seed's rows change: a template of another version is seeded again.
 OLDER = "clinic_notify_bench_older_{n}"
-SEED_VERSION = 1
+SEED_VERSION = 2
 
 
 def _older_marker(n: int) -> str:
@@ -356,6 +378,10 @@ async def measure(n: int, requests: int) -> dict[str, Any]:
             figures["patient: purpose filter (heavy patient)"] = await _time(
                 requests,
                 lambda k: get("/v1/patients/h00000000/notifications", purpose="missed_visit"),
+            )
+            figures["staff: first page (random staff member)"] = await _time(
+                requests,
+                lambda k: get(f"/v1/staff/s{str(rng.randrange(staff_of(n))).zfill(8)}/messages"),
             )
             figures["event: messages (random event)"] = await _time(
                 requests, lambda k: get(f"/v1/events/e{rng.randrange(n // 10)}/messages")
