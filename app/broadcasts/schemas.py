@@ -13,7 +13,7 @@ from app.events.schemas import TEMPLATE_PATTERN
 from app.groups.schemas import GROUP_NAME_PATTERN
 from app.models import Broadcast
 from app.notifications.schemas import PURPOSE_PATTERN
-from app.templates.service import FREE_TEXT_TEMPLATE, FREE_TEXT_VARIABLE
+from app.templates.placeholders import FREE_TEXT_TEMPLATE, FREE_TEXT_VARIABLE
 from app.validation import BoundedDatetime, InputModel
 
 ParameterValue = Annotated[str, StringConstraints(max_length=500)]

@@ -41,11 +41,9 @@ from app.notifications.service import request_hash
 from app.observability import BROADCAST_NOTIFICATIONS
 from app.states import EVENT_SOURCES, EVENT_TARGET, NotificationEvent
 from app.templates import repository as template_repository
-from app.templates.placeholders import variables_of
+from app.templates.placeholders import FREE_TEXT_TEMPLATE, FREE_TEXT_VARIABLE, variables_of
 from app.templates.service import (
     FALLBACK_LOCALE,
-    FREE_TEXT_TEMPLATE,
-    FREE_TEXT_VARIABLE,
     RenderedTemplate,
     locale_candidates,
     render_text,

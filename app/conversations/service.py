@@ -34,6 +34,7 @@ from app.models.message import Direction
 from app.notifications import service as notification_service
 from app.notifications.schemas import NotificationIn
 from app.templates import service as template_service
+from app.templates.placeholders import FREE_TEXT_TEMPLATE
 from app.webhooks import service as webhook_service
 from app.webhooks.events import EventType
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 IDLE_CLOSE_BATCH = 1000
 # Staff messages to patients travel as notifications of this purpose, in the template
-# of texts written by hand (template_service.FREE_TEXT_TEMPLATE).
+# of texts written by hand (FREE_TEXT_TEMPLATE).
 STAFF_MESSAGE_PURPOSE = "conversation"
 
 
@@ -180,7 +181,7 @@ async def write(
         request = NotificationIn(
             patient_id=conversation.patient_id,
             purpose=STAFF_MESSAGE_PURPOSE,
-            template=template_service.FREE_TEXT_TEMPLATE,
+            template=FREE_TEXT_TEMPLATE,
         )
         # Staff write letters: their lines reach the patient (email and SMS carry them).
         # The one-line rule is for the clinic system's template variables; this text

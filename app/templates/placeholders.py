@@ -7,6 +7,12 @@ import string
 
 _FORMATTER = string.Formatter()
 
+# The template a text written by hand travels in (a staff member's message, a
+# broadcast's text): its body is `{text}`, the text as written
+# (migration 20261204_staff_message_template).
+FREE_TEXT_TEMPLATE = "conversation.staff_message"
+FREE_TEXT_VARIABLE = "text"
+
 
 def variables_of(text: str) -> set[str]:
     """The `{names}` a text uses. Raises ValueError for a malformed text."""

@@ -18,11 +18,6 @@ from app.templates import repository as template_repository
 from app.templates.placeholders import variables_of
 
 FALLBACK_LOCALE = "en"
-# The template a text written by hand travels in (a staff member's message, a
-# broadcast's text): its body is `{text}`, the text as written
-# (migration 20261204_staff_message_template).
-FREE_TEXT_TEMPLATE = "conversation.staff_message"
-FREE_TEXT_VARIABLE = "text"
 # A title is a heading (Imo's `title`); a long variable must not overflow it.
 MAX_TITLE_LENGTH = 200
 
