@@ -384,15 +384,24 @@ _RECORD_BATCH = text(
 )
 
 # A subscription that arrived (by callback) after the patient was picked is newer than
-# any answer to the invitation: it stands.
+# any answer to the invitation: it stands. Returns the patients who are subscribed now and
+# were not (Imo answered that they already were), with their authorisation as it stood
+# before (status, when it changed: None for none), which keys their `imo.subscribed`.
 _UPSERT_AUTHORIZATIONS = text(
     """
+    WITH v AS (
+        SELECT v.patient_id, v.status, v.invited_at
+        FROM unnest(CAST(:patient_ids AS varchar[]), CAST(:statuses AS varchar[]),
+                    CAST(:invited_at AS timestamptz[])) AS v(patient_id, status, invited_at)
+        JOIN patients AS p ON p.id = v.patient_id
+    ), before AS (
+        SELECT a.patient_id, a.status, a.updated_at
+        FROM imo_authorizations AS a JOIN v ON v.patient_id = a.patient_id
+    ), after AS (
     INSERT INTO imo_authorizations (patient_id, status, last_invited_at, subscribed_at)
     SELECT v.patient_id, v.status, v.invited_at,
            CASE WHEN v.status = 'subscribed' THEN v.invited_at END
-    FROM unnest(CAST(:patient_ids AS varchar[]), CAST(:statuses AS varchar[]),
-                CAST(:invited_at AS timestamptz[])) AS v(patient_id, status, invited_at)
-    JOIN patients AS p ON p.id = v.patient_id
+    FROM v
     ON CONFLICT (patient_id) DO UPDATE SET
         status = CASE WHEN imo_authorizations.status = 'subscribed' THEN 'subscribed'
                       ELSE excluded.status END,
@@ -402,6 +411,11 @@ _UPSERT_AUTHORIZATIONS = text(
                                            excluded.subscribed_at)
                              ELSE imo_authorizations.subscribed_at END,
         updated_at = now()
+    RETURNING patient_id, status
+    )
+    SELECT after.patient_id, before.status, before.updated_at
+    FROM after LEFT JOIN before ON before.patient_id = after.patient_id
+    WHERE after.status = 'subscribed' AND before.status IS DISTINCT FROM 'subscribed'
     """
 )
 
@@ -421,11 +435,12 @@ class BatchRecord:
 
 async def record(
     session: AsyncSession, batch_id: int, owner: str, lease_seconds: float, rec: BatchRecord
-) -> bool:
+) -> list[tuple[str, tuple[str, str]]] | None:
     """Write a batch's answers: its counters, lease and state (1 statement) and the
-    patients' authorisations (1 statement). False, writing nothing, when `owner` no
-    longer holds the batch (its lease ran out and another worker took it over): the
-    caller rolls back and stops."""
+    patients' authorisations (1 statement). Returns the patients the answers made
+    subscribed, each with their authorisation as it stood before (`lock_authorization`'s
+    shape). None, writing nothing, when `owner` no longer holds the batch (its lease ran
+    out and another worker took it over): the caller rolls back and stops."""
     params: dict[str, Any] = {name: rec.counters.get(name, 0) for name in BATCH_COUNTERS}
     params.update(
         id=batch_id,
@@ -436,18 +451,19 @@ async def record(
         not_before=rec.not_before,
     )
     if await session.scalar(_RECORD_BATCH, params) is None:
-        return False
-    if rec.authorizations:
-        assert {s for s, _ in rec.authorizations.values()} <= set(IMO_AUTHORIZATION_STATUSES)
-        await session.execute(
-            _UPSERT_AUTHORIZATIONS,
-            {
-                "patient_ids": list(rec.authorizations),
-                "statuses": [status for status, _ in rec.authorizations.values()],
-                "invited_at": [at for _, at in rec.authorizations.values()],
-            },
-        )
-    return True
+        return None
+    if not rec.authorizations:
+        return []
+    assert {s for s, _ in rec.authorizations.values()} <= set(IMO_AUTHORIZATION_STATUSES)
+    rows = await session.execute(
+        _UPSERT_AUTHORIZATIONS,
+        {
+            "patient_ids": list(rec.authorizations),
+            "statuses": [status for status, _ in rec.authorizations.values()],
+            "invited_at": [at for _, at in rec.authorizations.values()],
+        },
+    )
+    return [(row.patient_id, _as_it_stood(row.status, row.updated_at)) for row in rows]
 
 
 # ---------------------------------------------------------------------------- reading
@@ -485,9 +501,15 @@ async def lock_authorization(session: AsyncSession, patient_id: str) -> tuple[st
             .with_for_update()
         )
     ).first()
-    if row is None:
+    return _as_it_stood(*row) if row is not None else _as_it_stood(None, None)
+
+
+def _as_it_stood(status: str | None, updated_at: datetime | None) -> tuple[str, str]:
+    """An authorisation as `imo.subscribed` is keyed by: (status, when it last changed),
+    ("none", "") for none."""
+    if status is None or updated_at is None:
         return ("none", "")
-    return (row.status, row.updated_at.isoformat())
+    return (status, updated_at.isoformat())
 
 
 async def mark_subscribed(

@@ -180,16 +180,17 @@ class _BatchWriter:
         self.authorizations, self.counters, self.skip_ids = {}, Counter(), []
         self._last_write = time.monotonic()
         async with self.runner.sessionmaker() as session:
-            held = await imo_repository.record(
+            subscribed = await imo_repository.record(
                 session,
                 self.claim.batch_id,
                 self.claim.owner,
                 self.runner.settings.imo_invitation_lease_seconds,
                 rec,
             )
-            if not held:
+            if subscribed is None:
                 await session.rollback()
                 raise LeaseLost(f"batch {self.claim.batch_id} was taken over")
+            await imo_service.found_subscribed(session, subscribed)
             await session.commit()
         for outcome, count in rec.counters.items():
             INVITATIONS.labels(outcome).inc(count)

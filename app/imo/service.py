@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -63,6 +64,17 @@ async def mark_subscribed(
     if before is not None and before[0] != "subscribed":
         await webhook_service.imo_subscribed(session, patient_id, ":".join(before))
     return Accept.APPLIED
+
+
+async def found_subscribed(
+    session: AsyncSession, subscribed: Sequence[tuple[str, tuple[str, str]]]
+) -> None:
+    """`imo.subscribed` for the patients a round's answers made subscribed (Imo said
+    they already were), each keyed by their authorisation as it stood before, as an
+    accept is: the round and an accept of the same invitation make one event."""
+    if subscribed and await webhook_service.imo_subscription_wanted(session):
+        for patient_id, before in subscribed:
+            await webhook_service.imo_subscribed(session, patient_id, ":".join(before))
 
 
 # ---------------------------------------------------------------------------- rounds

@@ -5,6 +5,7 @@ pause, a dead worker's batch, and several runners on one round."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -15,16 +16,18 @@ from aiohttp import web
 from sqlalchemy import select, text
 
 from app.channels.base import Invitation
+from app.config import Settings
 from app.imo import repository as imo_repository
 from app.imo import runner as runner_module
 from app.imo import service as imo_service
 from app.imo.repository import Candidate
 from app.imo.runner import _Pacer
 from app.imo.service import ClaimedBatch, Idle
-from app.models import ImoInvitationBatch, ImoRoundPause
+from app.models import ImoInvitationBatch, ImoRoundPause, WebhookEvent
 from app.notifications.window import MessagingWindow
 from app.switches import service as switch_service
 from app.switches.scope import parse_scope
+from app.webhooks import service as webhook_service
 from tests.clock import daytime_zone, night_zone
 from tests.fake_servers import FakeImo
 from tests.imo.conftest import RunnerFactory, round_settings
@@ -89,6 +92,45 @@ class TestAnswers:
         # The patient Imo failed is left for the next round, after one retry here.
         assert fake_imo.requests_per_phone()[phones["imo_fails"]] == 2
         assert await round_state(db, round_id) == "completed"
+
+    async def test_a_patient_imo_says_is_subscribed_raises_imo_subscribed_once(
+        self, db: Database, fake_imo: FakeImo, make_runner: RunnerFactory
+    ) -> None:
+        phone = invite_phone(6, 4)
+        async with db.engine.begin() as connection:
+            [patient_id] = await seed_patients(connection, [phone])
+        name = f"clinic-{uuid.uuid4().hex[:8]}"
+        settings = Settings(app_env="test", webhook_allow_private=True)
+        async with db.sessionmaker() as session:
+            await webhook_service.put_endpoint(
+                session, settings, name, "http://127.0.0.1:9/", ["imo.subscribed"], True
+            )
+            await session.commit()
+        try:
+            fake_imo.configure(callback_delay=0.0)
+            runner = make_runner(round_settings(db, fake_imo))
+            # The fake knows this number accepted an earlier invitation (not recorded here).
+            await runner.imo.invite(invitation(phone))
+            round_id = await start_round(db, runner.settings)
+            assert (await runner.work(round_id, asyncio.Event())).reason == "completed"
+            async with db.sessionmaker() as session:
+                # That earlier invitation's accept, arriving now: no second event.
+                await imo_service.mark_subscribed(session, patient_id)
+                await session.commit()
+                events = (
+                    await session.scalars(
+                        select(WebhookEvent).where(WebhookEvent.patient_id == patient_id)
+                    )
+                ).all()
+            assert [(e.type, e.data["patient_id"]) for e in events] == [
+                ("imo.subscribed", patient_id)
+            ]
+        finally:
+            async with db.sessionmaker() as session:
+                await webhook_service.put_endpoint(
+                    session, settings, name, "http://127.0.0.1:9/", ["imo.subscribed"], False
+                )
+                await session.commit()
 
     async def test_unexpected_answers_are_reported_counted_and_left_for_the_next_round(
         self,
@@ -444,7 +486,7 @@ class TestDeadWorker:
         now = datetime.now(UTC)
         async with db.sessionmaker() as session:
             assert await imo_repository.reserve(session, claim.batch_id, "dead", ids[3], 1)
-            assert await imo_repository.record(
+            assert None is not await imo_repository.record(
                 session,
                 claim.batch_id,
                 "dead",
