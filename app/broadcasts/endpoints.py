@@ -41,14 +41,15 @@ async def start_broadcast(
         str | None,
         Header(
             description="Retrying with the same key returns the first broadcast instead of "
-            "sending twice; the same key with another body is a 422.",
+            "sending twice; the same key with another body is a 422. Keys are scoped to the "
+            "API key that sent them: another API key's `Idempotency-Key` never matches yours.",
         ),
     ] = None,
 ) -> BroadcastOut:
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise field_error("Idempotency-Key", "must be 1 to 255 characters")
     broadcast, created = await broadcast_service.start(
-        session, body, idempotency_key=idempotency_key
+        session, body, api_key_id=request.state.api_key_id, idempotency_key=idempotency_key
     )
     if created:
         # Committed before the job is queued: the worker must find the row.

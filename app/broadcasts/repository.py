@@ -38,8 +38,14 @@ async def lock(session: AsyncSession, broadcast_id: uuid.UUID) -> Broadcast | No
     )
 
 
-async def find_by_idempotency_key(session: AsyncSession, key: str) -> Broadcast | None:
-    return await session.scalar(select(Broadcast).where(Broadcast.idempotency_key == key))
+async def find_by_idempotency_key(
+    session: AsyncSession, api_key_id: int | None, key: str
+) -> Broadcast | None:
+    return await session.scalar(
+        select(Broadcast).where(
+            Broadcast.api_key_id == api_key_id, Broadcast.idempotency_key == key
+        )
+    )
 
 
 async def stale(session: AsyncSession, before: datetime) -> Sequence[uuid.UUID]:

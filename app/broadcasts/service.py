@@ -65,16 +65,18 @@ async def start(
     session: AsyncSession,
     request: BroadcastIn,
     *,
+    api_key_id: int | None = None,
     idempotency_key: str | None = None,
     now: datetime | None = None,
 ) -> tuple[Broadcast, bool]:
     """Check and store a broadcast; returns it and whether it was created now (the
     caller then enqueues its fan-out). Raises NotFound for an unknown group, InvalidInput
     for an unknown template, one without an `en` text, or a variable no parameter fills.
-    A repeated key returns the first broadcast; with another body, InvalidInput. Flushes."""
+    A repeated key of the same API key (`api_key_id`) returns the first broadcast; with
+    another body, InvalidInput; another API key's never matches. Flushes."""
     digest = request_hash(request)
     if idempotency_key is not None:
-        existing = await _replay(session, idempotency_key, digest)
+        existing = await _replay(session, api_key_id, idempotency_key, digest)
         if existing is not None:
             return existing, False
     group = await group_service.get_group(session, request.group)
@@ -90,6 +92,7 @@ async def start(
         send_at=request.send_at or now or datetime.now(UTC),
         channel_chain=None if request.channel_chain is None else list(request.channel_chain),
         state="fanning_out",
+        api_key_id=api_key_id,
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
@@ -99,7 +102,7 @@ async def start(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = await _replay(session, idempotency_key, digest)
+        existing = await _replay(session, api_key_id, idempotency_key, digest)
         if existing is None:
             raise
         return existing, False
@@ -128,8 +131,10 @@ def _check_template(request: BroadcastIn, templates: Sequence[Template]) -> None
         )
 
 
-async def _replay(session: AsyncSession, key: str, digest: str) -> Broadcast | None:
-    existing = await broadcast_repository.find_by_idempotency_key(session, key)
+async def _replay(
+    session: AsyncSession, api_key_id: int | None, key: str, digest: str
+) -> Broadcast | None:
+    existing = await broadcast_repository.find_by_idempotency_key(session, api_key_id, key)
     if existing is not None and existing.request_hash != digest:
         raise InvalidInput(
             "this Idempotency-Key was used with a different request body",

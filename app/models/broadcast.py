@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     ForeignKey,
@@ -31,7 +32,8 @@ class Broadcast(TimestampMixin, Base):
     __tablename__ = "broadcasts"
     __table_args__ = (
         CheckConstraint(f"state IN {BROADCAST_STATES}", name="state"),
-        UniqueConstraint("idempotency_key"),
+        # Idempotency keys are each API key's own (migration 20261206_broadcast_key_scoping).
+        UniqueConstraint("api_key_id", "idempotency_key"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
@@ -45,6 +47,11 @@ class Broadcast(TimestampMixin, Base):
     send_at: Mapped[datetime]
     channel_chain: Mapped[list[str] | None] = mapped_column(ARRAY(String(20)))
     state: Mapped[str] = mapped_column(String(20))
+    # The API key that started it (null: `notify broadcast`, or started before the keys
+    # were scoped).
+    api_key_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
 

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,7 +16,7 @@ from app.broadcasts import service as broadcast_service
 from app.config import Settings
 from app.models import Broadcast, BroadcastLane, Notification
 from tests.clock import daytime_zone, night_zone
-from tests.factories import make_patient, make_staff, unique_id
+from tests.factories import api_client, make_patient, make_staff, unique_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -384,6 +385,36 @@ class TestStart:
             select(func.count()).select_from(Broadcast).where(Broadcast.group_name == group)
         )
         assert count == 1
+
+    async def test_keys_are_scoped_per_api_key(
+        self,
+        api: httpx.AsyncClient,
+        api_app: FastAPI,
+        db_sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        """Client B reusing client A's key, with A's body or another, starts its own
+        broadcast and never sees A's."""
+        await put_template(api, "camp.invite", "en", "{patient_name}: camp in {area} on {day}")
+        group = await group_of(api, unique_id("t"))
+        headers = {"Idempotency-Key": unique_id("camp")}
+        first = await api.post("/v1/broadcasts", json=broadcast(group), headers=headers)
+        async with api_client(api_app, db_sessionmaker) as other_client:
+            other = await other_client.post(
+                "/v1/broadcasts", json=broadcast(group), headers=headers
+            )
+            again = await other_client.post(
+                "/v1/broadcasts", json=broadcast(group), headers=headers
+            )
+            changed = await other_client.post(
+                "/v1/broadcasts", json=broadcast(group, purpose="other"), headers=headers
+            )
+        assert first.status_code == other.status_code == again.status_code == 202
+        assert other.json()["id"] != first.json()["id"]
+        assert "Idempotent-Replayed" not in other.headers
+        assert again.json()["id"] == other.json()["id"]
+        # Against B's own first body, not A's: a 422 naming the key, about B's broadcast.
+        assert changed.status_code == 422
+        assert changed.json()["error"]["details"][0]["field"] == "Idempotency-Key"
 
     @pytest.mark.parametrize(
         ("overrides", "status", "field"),
