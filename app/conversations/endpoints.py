@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Header, Request, Response, status
 
 from app.conversations import service as conversation_service
 from app.conversations.schemas import (
@@ -17,6 +17,7 @@ from app.conversations.schemas import (
     StaffMessageIn,
 )
 from app.db.session import DbSession
+from app.errors import field_error
 from app.pagination import Cursor, Limit
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
@@ -68,15 +69,41 @@ async def get_conversation(
     responses={
         **_UNKNOWN,
         409: {"description": "The conversation is closed"},
-        422: {"description": "Bad body, or the patient's email address is blocked"},
+        422: {
+            "description": "Bad body, the patient's email address is blocked, or an "
+            "Idempotency-Key reused with another text"
+        },
     },
 )
 async def write_message(
-    conversation_id: uuid.UUID, body: StaffMessageIn, request: Request, session: DbSession
+    conversation_id: uuid.UUID,
+    body: StaffMessageIn,
+    request: Request,
+    response: Response,
+    session: DbSession,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="For a message to the patient: retrying with the same key returns "
+            "the first message instead of sending it twice; the same key with another text "
+            "is a 422. Keys are the API key's own, and each conversation's. A note for "
+            "staff (no `broadcast_to`) is not deduplicated.",
+        ),
+    ] = None,
 ) -> MessageOut:
-    message, state = await conversation_service.write(
-        session, request.app.state.settings, conversation_id, body.text, body.broadcast_to
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+        raise field_error("Idempotency-Key", "must be 1 to 200 characters")
+    message, state, written = await conversation_service.write(
+        session,
+        request.app.state.settings,
+        conversation_id,
+        body.text,
+        body.broadcast_to,
+        api_key_id=request.state.api_key_id,
+        idempotency_key=idempotency_key,
     )
+    if not written:
+        response.headers["Idempotent-Replayed"] = "true"
     return MessageOut.from_model(message, state)
 
 

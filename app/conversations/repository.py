@@ -128,6 +128,11 @@ async def close_idle(
     return [(row.id, row.patient_id) for row in rows]
 
 
+async def message_of(session: AsyncSession, notification_id: uuid.UUID) -> Message | None:
+    """The staff message a notification carries to the patient."""
+    return await session.scalar(select(Message).where(Message.notification_id == notification_id))
+
+
 async def email_blocked(session: AsyncSession, address: str) -> str | None:
     """Why `address` may not be mailed (app/email keeps each address's status, lower
     case), or None."""

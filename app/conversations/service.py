@@ -162,14 +162,19 @@ async def write(
     text: str,
     broadcast_to: Sequence[str],
     *,
+    api_key_id: int | None = None,
+    idempotency_key: str | None = None,
     now: datetime | None = None,
-) -> tuple[Message, str | None]:
-    """Staff write on a conversation -> the message and its notification's state.
+) -> tuple[Message, str | None, bool]:
+    """Staff write on a conversation -> the message, its notification's state, and
+    whether it was written now.
 
     Without `broadcast_to` it is a note for staff only. With `patient` it goes to the
     patient as a notification (template `conversation.staff_message`), through the
-    dispatcher like any other: consent, opt-outs, window, allow-list, channel chain.
-    Raises NotFound, or Conflict for a closed conversation. Flushes.
+    dispatcher like any other: consent, opt-outs, window, allow-list, channel chain; an
+    `idempotency_key` (the API key's, `api_key_id`) makes a retry of it return the first
+    message instead of messaging the patient twice (another text under the same key:
+    InvalidInput). Raises NotFound, or Conflict for a closed conversation. Flushes.
     """
     now = now or datetime.now(UTC)
     conversation = await get(session, conversation_id)
@@ -187,7 +192,20 @@ async def write(
         # The one-line rule is for the clinic system's template variables; this text
         # was checked as a StaffMessageIn (storable, at most 500 characters).
         request = request.model_copy(update={"variables": {"text": text}})
-        notification, _ = await notification_service.schedule(session, request, settings, now=now)
+        notification, created = await notification_service.schedule(
+            session,
+            request,
+            settings,
+            api_key_id=api_key_id,
+            idempotency_key=None
+            if idempotency_key is None
+            else f"conversation:{conversation.id}:{idempotency_key}",
+            now=now,
+        )
+        if not created:
+            first = await conversation_repository.message_of(session, notification.id)
+            if first is not None:
+                return first, notification.state, False
     message = Message(
         direction=Direction.OUT,
         patient_id=conversation.patient_id,
@@ -201,7 +219,7 @@ async def write(
     session.add(message)
     conversation.last_activity_at = now
     await session.flush()
-    return message, notification.state if notification is not None else None
+    return message, notification.state if notification is not None else None, True
 
 
 async def _refuse_blocked_email(session: AsyncSession, settings: Settings, patient_id: str) -> None:

@@ -400,7 +400,7 @@ async def _attach(
     conversation = decision.conversation
     assert conversation is not None
     if decision.staff_id is not None:
-        message, _ = await conversation_service.write(
+        message, _, _ = await conversation_service.write(
             session, settings, conversation.id, email.text, ["patient"], now=now
         )
         return message, conversation.id

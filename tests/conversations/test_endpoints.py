@@ -116,6 +116,35 @@ class TestStaffMessages:
             (sent["id"], "scheduled")
         ]
 
+    async def test_a_retried_message_with_its_key_reaches_the_patient_once(
+        self, api: httpx.AsyncClient, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        conversation = await conversation_of(api, patient.id)
+        url = f"/v1/conversations/{conversation}/messages"
+        body = {"text": "Please come on Thursday instead", "broadcast_to": ["patient"]}
+        headers = {"Idempotency-Key": "staff-reply-1"}
+        first = await api.post(url, json=body, headers=headers)
+        again = await api.post(url, json=body, headers=headers)
+        assert (first.status_code, again.status_code) == (201, 201), again.text
+        assert again.json()["id"] == first.json()["id"]
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert "Idempotent-Replayed" not in first.headers
+        sent = (await api.get(f"/v1/patients/{patient.id}/notifications")).json()["items"]
+        assert [n["id"] for n in sent] == [first.json()["notification_id"]]
+        exchange = (await api.get(f"/v1/conversations/{conversation}")).json()
+        assert [m["id"] for m in exchange["messages"]] == [first.json()["id"]]
+        # The same key with another text: refused, nothing sent.
+        other = await api.post(url, json={**body, "text": "Friday, then"}, headers=headers)
+        assert other.status_code == 422
+        assert other.json()["error"]["details"][0]["field"] == "Idempotency-Key"
+        # The same key on another conversation is that conversation's own.
+        elsewhere = await conversation_of(api, patient.id)
+        own = await api.post(f"/v1/conversations/{elsewhere}/messages", json=body, headers=headers)
+        assert own.status_code == 201 and own.json()["id"] != first.json()["id"]
+        too_long = await api.post(url, json=body, headers={"Idempotency-Key": "k" * 201})
+        assert too_long.status_code == 422
+
     async def test_a_message_of_several_lines_keeps_them(
         self, api: httpx.AsyncClient, db_session: AsyncSession
     ) -> None:

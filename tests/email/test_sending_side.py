@@ -61,7 +61,7 @@ async def test_a_staff_message_to_a_blocked_address_is_a_422(db_session: AsyncSe
     assert "blocked (hard bounce: 5.1.1 no such user)" in refused.value.message
     assert refused.value.details[0]["field"] == "broadcast_to"
     # A note for staff is not sent anywhere: allowed.
-    note, state = await conversation_service.write(
+    note, state, _ = await conversation_service.write(
         db_session, SETTINGS, conversation.id, "Tried to reach them", []
     )
     assert note.audience == "note" and state is None
