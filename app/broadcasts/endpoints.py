@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
+from app import idempotency
 from app.broadcasts import service as broadcast_service
 from app.broadcasts.schemas import BroadcastIn, BroadcastOut
 from app.db.session import DbSession
-from app.errors import field_error
+from app.idempotency import IdempotencyKey
 
 router = APIRouter(prefix="/broadcasts", tags=["broadcasts"])
 
@@ -37,19 +38,13 @@ async def start_broadcast(
     request: Request,
     response: Response,
     session: DbSession,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            description="Retrying with the same key returns the first broadcast instead of "
-            "sending twice; the same key with another body is a 422. Keys are scoped to the "
-            "API key that sent them: another API key's `Idempotency-Key` never matches yours.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> BroadcastOut:
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise field_error("Idempotency-Key", "must be 1 to 255 characters")
     broadcast, created = await broadcast_service.start(
-        session, body, api_key_id=request.state.api_key_id, idempotency_key=idempotency_key
+        session,
+        body,
+        api_key_id=request.state.api_key_id,
+        idempotency_key=idempotency.checked(idempotency_key),
     )
     if created:
         # Committed before the job is queued: the worker must find the row.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
+from app import idempotency
 from app.conversations import service as conversation_service
 from app.conversations.schemas import (
     ConversationExchange,
@@ -17,7 +18,7 @@ from app.conversations.schemas import (
     StaffMessageIn,
 )
 from app.db.session import DbSession
-from app.errors import field_error
+from app.idempotency import IdempotencyKey
 from app.pagination import Cursor, Limit
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
@@ -81,18 +82,10 @@ async def write_message(
     request: Request,
     response: Response,
     session: DbSession,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            description="For a message to the patient: retrying with the same key returns "
-            "the first message instead of sending it twice; the same key with another text "
-            "is a 422. Keys are the API key's own, and each conversation's. A note for "
-            "staff (no `broadcast_to`) is not deduplicated.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> MessageOut:
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
-        raise field_error("Idempotency-Key", "must be 1 to 200 characters")
+    """An `Idempotency-Key` (at most 200 characters here) applies to a message to the
+    patient, per conversation; a note for staff is not deduplicated."""
     message, state, written = await conversation_service.write(
         session,
         request.app.state.settings,
@@ -100,7 +93,7 @@ async def write_message(
         body.text,
         body.broadcast_to,
         api_key_id=request.state.api_key_id,
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency.checked(idempotency_key, longest=200),
     )
     if not written:
         response.headers["Idempotent-Replayed"] = "true"

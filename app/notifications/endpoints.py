@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
+from app import idempotency
 from app.channels.base import ChannelName
 from app.db.session import DbSession
-from app.errors import field_error
+from app.idempotency import IdempotencyKey
 from app.notifications import service as notification_service
 from app.notifications.repository import NotificationFilter
 from app.notifications.schemas import (
@@ -54,24 +55,14 @@ async def schedule_notification(
     request: Request,
     response: Response,
     session: DbSession,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            description="Retrying with the same key returns the first answer instead of "
-            "scheduling twice; the same key with another body is a 422. Keys are scoped "
-            "to the API key that sent them: another API key's `Idempotency-Key` never "
-            "matches yours.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> NotificationOut:
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise field_error("Idempotency-Key", "must be 1 to 255 characters")
     notification, created = await notification_service.schedule(
         session,
         body,
         request.app.state.settings,
         api_key_id=request.state.api_key_id,
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency.checked(idempotency_key),
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
