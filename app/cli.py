@@ -281,7 +281,13 @@ def invite(
 @cli.command()
 def broadcast(
     group: Annotated[str, typer.Argument(help="The group's name.")],
-    template: Annotated[str, typer.Argument(help="The template's key.")],
+    template: Annotated[
+        str | None, typer.Argument(help="The template's key (or --text instead).")
+    ] = None,
+    text: Annotated[
+        str | None,
+        typer.Option(help="Instead of a template: one text, sent to every member as written."),
+    ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -293,8 +299,8 @@ def broadcast(
         bool, typer.Option("--dry-run", help="Only count the members and show three texts.")
     ] = False,
 ) -> None:
-    """Send a template to every member of a group, with a progress bar while it is
-    scheduled (the workers send it); --dry-run shows the count and three samples."""
+    """Send a template (or a --text) to every member of a group, with a progress bar while
+    it is scheduled (the workers send it); --dry-run shows the count and three samples."""
     from pydantic import ValidationError
 
     from app.broadcasts import terminal
@@ -310,7 +316,7 @@ def broadcast(
         parameters[name] = value
     try:
         request = BroadcastIn(
-            group=group, template=template, parameters=parameters, purpose=purpose
+            group=group, template=template, text=text, parameters=parameters, purpose=purpose
         )
     except ValidationError as invalid:
         err_console.print(f"[red]error:[/red] {invalid}")

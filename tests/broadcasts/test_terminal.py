@@ -43,6 +43,24 @@ class TestBroadcastCommand:
         async with db.sessionmaker() as session:
             assert await session.scalar(select(func.count()).select_from(Notification)) == 0
 
+    async def test_a_text_instead_of_a_template(self, db: Database) -> None:
+        await a_group_of_five(db)
+        result = await asyncio.to_thread(
+            run_notify,
+            "broadcast", "cli-group", "--text", "Closed on Friday", "--dry-run",
+            env={"DATABASE_URL": db.url},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert [line for line in result.stdout.splitlines() if line.startswith("- ")] == [
+            f"- cli-{n} (en): Closed on Friday" for n in range(3)
+        ]
+        both = await asyncio.to_thread(
+            run_notify,
+            "broadcast", "cli-group", "cli.camp", "--text", "Closed", "--dry-run",
+            env={"DATABASE_URL": db.url},
+        )  # fmt: skip
+        assert both.returncode == 2 and "one of the two" in both.stderr
+
     async def test_a_run_schedules_every_member(self, db: Database) -> None:
         await a_group_of_five(db)
         result = await asyncio.to_thread(
