@@ -112,14 +112,14 @@ class BroadcastOut(BaseModel):
         def count(*states: str) -> int:
             return sum(counts.get(state, 0) for state in states)
 
+        # A text travels as the one parameter of the free-text template.
+        is_text = broadcast.template == FREE_TEXT_TEMPLATE
         return cls(
             id=broadcast.id,
             group=broadcast.group_name,
             template=broadcast.template,
-            text=broadcast.parameters.get(FREE_TEXT_VARIABLE)
-            if broadcast.template == FREE_TEXT_TEMPLATE
-            else None,
-            parameters={} if broadcast.template == FREE_TEXT_TEMPLATE else broadcast.parameters,
+            text=broadcast.parameters.get(FREE_TEXT_VARIABLE) if is_text else None,
+            parameters={} if is_text else broadcast.parameters,
             purpose=broadcast.purpose,
             send_at=broadcast.send_at,
             channel_chain=broadcast.channel_chain,

@@ -62,7 +62,7 @@ async def mark_subscribed(
     if not applied:
         return Accept.STALE
     if before is not None and before[0] != "subscribed":
-        await webhook_service.imo_subscribed(session, patient_id, ":".join(before))
+        await webhook_service.imo_subscribed(session, [(patient_id, before)])
     return Accept.APPLIED
 
 
@@ -73,8 +73,7 @@ async def found_subscribed(
     they already were), each keyed by their authorisation as it stood before, as an
     accept is: the round and an accept of the same invitation make one event."""
     if subscribed and await webhook_service.imo_subscription_wanted(session):
-        for patient_id, before in subscribed:
-            await webhook_service.imo_subscribed(session, patient_id, ":".join(before))
+        await webhook_service.imo_subscribed(session, subscribed)
 
 
 # ---------------------------------------------------------------------------- rounds

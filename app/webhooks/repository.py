@@ -306,12 +306,12 @@ _IMO_SUBSCRIBED = text(
     """
     WITH event AS (
         INSERT INTO webhook_events (id, type, patient_id, data, occurred_at)
-        VALUES (CAST(md5(concat_ws(':', 'imo.subscribed', CAST(:patient_id AS text),
-                                   CAST(:since AS text))) AS uuid),
-                'imo.subscribed', :patient_id,
-                jsonb_build_object('patient_id', CAST(:patient_id AS text),
-                                   'subscribed_at', now()),
-                now())
+        SELECT CAST(md5(concat_ws(':', 'imo.subscribed', v.patient_id, v.since)) AS uuid),
+               'imo.subscribed', v.patient_id,
+               jsonb_build_object('patient_id', v.patient_id, 'subscribed_at', now()),
+               now()
+        FROM unnest(CAST(:patient_ids AS text[]), CAST(:sinces AS text[]))
+             AS v(patient_id, since)
         ON CONFLICT (id) DO NOTHING
         RETURNING id, type, patient_id, occurred_at
     )
@@ -323,7 +323,13 @@ _IMO_SUBSCRIBED = text(
 )
 
 
-async def emit_imo_subscribed(session: AsyncSession, patient_id: str, since: str) -> None:
-    """`imo.subscribed` for the patient, once per `since` (what their authorisation was
-    before: its status and when it last changed)."""
-    await session.execute(_IMO_SUBSCRIBED, {"patient_id": patient_id, "since": since})
+async def emit_imo_subscribed(session: AsyncSession, subscribed: Sequence[tuple[str, str]]) -> None:
+    """`imo.subscribed` for each (patient, since), in one statement: once per `since`
+    (what their authorisation was before: its status and when it last changed)."""
+    await session.execute(
+        _IMO_SUBSCRIBED,
+        {
+            "patient_ids": [patient_id for patient_id, _ in subscribed],
+            "sinces": [since for _, since in subscribed],
+        },
+    )

@@ -122,11 +122,17 @@ async def imo_subscription_wanted(session: AsyncSession) -> bool:
     return EventType.IMO_SUBSCRIBED.value in await SUBSCRIPTIONS.wanted(session)
 
 
-async def imo_subscribed(session: AsyncSession, patient_id: str, before: str) -> None:
-    """Record `imo.subscribed` in the caller's transaction, once for the authorisation
-    as it stood `before` (its status and when it changed: a replayed accept is not a
-    second event, a subscription after Imo dropped the patient is)."""
-    await webhook_repository.emit_imo_subscribed(session, patient_id, before)
+async def imo_subscribed(
+    session: AsyncSession, subscribed: Sequence[tuple[str, tuple[str, str]]]
+) -> None:
+    """Record `imo.subscribed` in the caller's transaction for each (patient, their
+    authorisation as it stood before: status, when it changed), once per such state: a
+    replayed accept is not a second event, a subscription after Imo dropped the patient
+    is. One statement for all of them."""
+    if subscribed:
+        await webhook_repository.emit_imo_subscribed(
+            session, [(patient_id, ":".join(before)) for patient_id, before in subscribed]
+        )
 
 
 async def emit_many(
