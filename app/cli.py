@@ -73,7 +73,7 @@ def api(
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     require_redis(settings.redis_url, settings.redis_start_timeout_seconds)
-    http_server.serve(settings, host=host, port=port, workers=workers)
+    http_server.serve(host=host, port=port, workers=workers)
 
 
 def require_redis(redis_url: str, wait_seconds: float) -> None:

@@ -177,7 +177,8 @@ class ReportBatcher:
         raise AssertionError("unreachable")
 
 
-def report_batcher(request: Request) -> ReportBatcher:
-    """The API process's batcher (built in the app's lifespan): a FastAPI dependency."""
+async def report_batcher(request: Request) -> ReportBatcher:
+    """The API process's batcher (built in the app's lifespan): a FastAPI dependency
+    (async: a plain function would be run in a thread, a hop per callback)."""
     batcher: ReportBatcher = request.app.state.report_batcher
     return batcher

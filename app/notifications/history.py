@@ -19,7 +19,7 @@ from app.states import NotificationState
 from app.validation import BoundedDatetime
 
 
-def history_filter(
+async def history_filter(
     state: Annotated[
         NotificationState | None,
         Query(description="`pending`: due and not sent yet; `scheduled`: not yet due"),
