@@ -7,9 +7,10 @@ from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, func, select, text, tuple_, update
+from sqlalchemy import Select, Table, func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import DeliveryAttempt, Notification
@@ -17,6 +18,29 @@ from app.models import DeliveryAttempt, Notification
 
 async def get(session: AsyncSession, notification_id: uuid.UUID) -> Notification | None:
     return await session.get(Notification, notification_id)
+
+
+async def insert_unless_keyed(
+    session: AsyncSession, columns: dict[str, Any]
+) -> Notification | None:
+    """Inserts one notification in one Core statement; None if its (api_key_id,
+    idempotency_key) is taken (by a request that raced this one). No unit of work and no
+    savepoint (three of a keyed request's seven round trips). The row returned is not in
+    the session: it is the answer, not something to change."""
+    table = cast(Table, Notification.__table__)
+    statement = (
+        insert(table)
+        .values(columns)
+        .on_conflict_do_nothing(
+            index_elements=[table.c.api_key_id, table.c.idempotency_key],
+            index_where=table.c.idempotency_key.is_not(None),
+        )
+        .returning(table.c.created_at, table.c.updated_at)
+    )
+    stamps = (await session.execute(statement)).one_or_none()
+    if stamps is None:
+        return None
+    return Notification(**columns, created_at=stamps.created_at, updated_at=stamps.updated_at)
 
 
 async def find_by_idempotency_key(

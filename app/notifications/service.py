@@ -10,7 +10,6 @@ from datetime import UTC, datetime, time, timedelta
 
 import orjson
 from pydantic import BaseModel
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
@@ -138,7 +137,7 @@ async def schedule(
     opted_out = recipient.patient is not None and opted_out_everywhere(
         recipient.patient.opted_out_channels
     )
-    notification = Notification(
+    columns = dict(
         id=time_ordered_uuid(),
         patient_id=request.patient_id,
         staff_id=request.staff_id,
@@ -163,19 +162,13 @@ async def schedule(
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
-    if idempotency_key is None:
-        session.add(notification)
-        await session.flush()
-    else:
-        # Two requests with one key racing: the unique constraint picks the winner.
-        try:
-            async with session.begin_nested():
-                session.add(notification)
-        except IntegrityError:
-            existing = await _replay(session, api_key_id, idempotency_key, digest)
-            if existing is None:
-                raise
-            return existing, False
+    notification = await notification_repository.insert_unless_keyed(session, columns)
+    if notification is None:
+        # Two requests with one key racing: the unique index picked the other one.
+        existing = await _replay(session, api_key_id, idempotency_key or "", digest)
+        if existing is None:
+            raise AssertionError("an idempotency key conflicted with no notification")
+        return existing, False
     if opted_out:
         await webhook_service.notifications_changed(session, [notification.id])
     NOTIFICATIONS_SCHEDULED.inc()

@@ -13,8 +13,10 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.auth.service import create_api_key
 from app.errors import install_error_handlers
 from app.models import DeliveryAttempt, Notification
+from app.notifications import repository as notification_repository
 from app.notifications.schemas import NotificationIn
 from app.notifications.service import request_hash
 from tests.clock import daytime_zone, night_zone
@@ -146,6 +148,51 @@ class TestIdempotency:
         answer = await api.post("/v1/notifications", json=other, headers=headers)
         assert answer.status_code == 422
         assert answer.json()["error"]["details"][0]["field"] == "Idempotency-Key"
+
+    async def test_a_key_taken_by_a_racing_request_replays_it(
+        self, api: httpx.AsyncClient, db_session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A retry racing its first try: it checked the key before the first committed,
+        # so its insert meets the unique index, inserts nothing, and replays the first.
+        patient = await make_patient(db_session)
+        headers = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+        first = await api.post("/v1/notifications", json=body(patient.id), headers=headers)
+        looked_up = notification_repository.find_by_idempotency_key
+        calls = []
+
+        async def missed_once(*args: Any) -> Notification | None:
+            calls.append(args)
+            return None if len(calls) == 1 else await looked_up(*args)
+
+        monkeypatch.setattr(notification_repository, "find_by_idempotency_key", missed_once)
+        again = await api.post("/v1/notifications", json=body(patient.id), headers=headers)
+        assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+        assert again.headers["Idempotent-Replayed"] == "true" and len(calls) == 2
+        other = body(patient.id, variables={"appointment_date": "2027-01-01"})
+        calls.clear()
+        refused = await api.post("/v1/notifications", json=other, headers=headers)
+        assert refused.status_code == 422, refused.text
+        listed = await api.get(f"/v1/patients/{patient.id}/notifications")
+        assert len(listed.json()["items"]) == 1
+
+    async def test_an_insert_under_a_taken_key_inserts_nothing(
+        self, db_session: AsyncSession
+    ) -> None:
+        patient = await make_patient(db_session)
+        api_key, _ = await create_api_key(db_session, f"keyed-{uuid.uuid4()}")
+        first = await make_notification(
+            db_session, patient, api_key_id=api_key.id, idempotency_key="taken"
+        )
+        columns = {
+            column.key: getattr(first, column.key)
+            for column in Notification.__table__.columns
+            if column.key not in ("created_at", "updated_at")
+        }
+        columns["id"] = uuid.uuid4()
+        assert await notification_repository.insert_unless_keyed(db_session, columns) is None
+        columns["idempotency_key"] = "free"
+        inserted = await notification_repository.insert_unless_keyed(db_session, columns)
+        assert inserted is not None and inserted.created_at is not None
 
     async def test_keys_are_scoped_per_api_key(
         self,
