@@ -169,7 +169,8 @@ _INSERT_ATTEMPTS = text(
         FROM unnest(CAST(:notification_ids AS uuid[]), CAST(:channels AS text[]),
                     CAST(:claimed_ats AS timestamptz[])) AS v(notification_id, channel, claimed_at)
         JOIN notifications AS n ON n.id = v.notification_id
-        WHERE n.state = '{HELD_STATE}' AND n.claimed_at = v.claimed_at
+        -- By primary key: read by state, the generic plan walked every held row per chunk.
+        WHERE {sql_in("n.state", [HELD_STATE], indexable=False)} AND n.claimed_at = v.claimed_at
         -- In id order, as every other writer of several notifications: no deadlocks.
         ORDER BY n.id
         FOR UPDATE OF n
@@ -407,7 +408,7 @@ def _stale_claim(n: str) -> str:
 
 def _batch_claim(n: str) -> str:
     """SQL: notification `n` is still held under one of the claims (:ids, :claimed_ats)."""
-    return f"""{n}.state = '{HELD_STATE}'
+    return f"""{sql_in(f"{n}.state", [HELD_STATE], indexable=False)}
         AND ({n}.id, {n}.claimed_at) IN (
             SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:claimed_ats AS timestamptz[])))"""  # noqa: S608 - constants only
 

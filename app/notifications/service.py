@@ -164,8 +164,10 @@ async def schedule(
     )
     notification = await notification_repository.insert_unless_keyed(session, columns)
     if notification is None:
-        # Two requests with one key racing: the unique index picked the other one.
-        existing = await _replay(session, api_key_id, idempotency_key or "", digest)
+        # Two requests with one key racing: the unique index picked the other one (only
+        # a keyed row can meet it), committed by now: the insert waited for it.
+        assert idempotency_key is not None
+        existing = await _replay(session, api_key_id, idempotency_key, digest)
         if existing is None:
             raise AssertionError("an idempotency key conflicted with no notification")
         return existing, False

@@ -111,3 +111,16 @@ async def test_the_claim_reads_patients_and_staff_by_primary_key(db_session: Asy
     indexes = index_names(plan)
     assert {"pk_patients", "pk_staff"} <= indexes, plan
     assert "Seq Scan" not in json.dumps(plan), plan
+
+
+async def test_attempts_find_their_notifications_by_primary_key(db_session: AsyncSession) -> None:
+    # Read by state, the generic plan walked every held (`sending`) notification for each
+    # chunk of attempts: PostgreSQL's CPU per message doubled, on a 10,000,000-row history,
+    # in one run of two (docs/benchmarks.md, "The attempts' plan").
+    await statistics_without_sent_rows(db_session)
+
+    plan = await generic_plan(db_session, delivery_repository._INSERT_ATTEMPTS, "'{}', '{}', '{}'")
+
+    indexes = index_names(plan)
+    assert "pk_notifications" in indexes, plan
+    assert not indexes & {"ix_notifications_sending", "ix_notifications_state_created"}, plan
