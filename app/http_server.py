@@ -2,8 +2,9 @@
 
 - The request head (request line and headers) is at most `MAX_HEADER_BYTES` (64 KiB):
   more is a 400 and the connection is closed. httptools has no limit of its own (a 64 MiB
-  header took 5.9 s and 160 MB), so the bytes a head has taken are counted here; the
-  parser holds at most the limit plus one read (256 KiB) before the answer.
+  header took 5.9 s and 160 MB), so the bytes a head has taken are counted here, read by
+  read (a read may also hold whole requests before it, never counted); the parser holds
+  at most the limit plus two reads (of 256 KiB) before the answer.
 - A request head must arrive within `REQUEST_HEAD_TIMEOUT_SECONDS` of the connection
   opening, or of the previous request on a kept-alive connection; a client that trickles
   its headers (slow loris) is disconnected then. uvicorn has no such timer of its own:
@@ -39,9 +40,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_timeout = settings.request_head_timeout_seconds
         self.max_head_bytes = settings.max_header_bytes
         self.head_deadline: asyncio.TimerHandle | None = None
-        # Between requests or inside a head; the bytes that head has taken so far.
-        self.reading_head = True
+        # A request's head has begun and is not complete; the bytes it has taken so far.
+        self.head_open = False
         self.head_bytes = 0
+        self.messages_ended = 0
 
     def _await_head(self) -> None:
         self._stop_waiting()
@@ -52,9 +54,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.head_deadline.cancel()
             self.head_deadline = None
 
+    def _idle(self) -> bool:
+        """No request is being answered: the connection waits for (the rest of) a head."""
+        return self.cycle is None or self.cycle.response_complete
+
     def _head_too_slow(self) -> None:
         self.head_deadline = None
-        if self.reading_head and not self.transport.is_closing():
+        if self._idle() and not self.transport.is_closing():
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -62,29 +68,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._await_head()
 
     def data_received(self, data: bytes) -> None:
-        in_head = self.reading_head
+        was_open, ended = self.head_open, self.messages_ended
         super().data_received(data)
-        # All of `data` was head if a head was being read before and still is after (a
-        # head completed inside it reset the count).
-        if in_head and self.reading_head and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if not self.head_open:
+            self.head_bytes = 0
+            return
+        # A head is open after this read. All of the read was head if that head was open
+        # before it, or began it (no message ended inside it); else the read also held
+        # the end of an earlier message, and this head's share of it is unknown: counted
+        # from the next read.
+        if was_open:
             self.head_bytes += len(data)
-            if self.head_bytes > self.max_head_bytes:
-                self.logger.warning("Request head too large.")
-                self.send_400_response("Request head too large.")
+        else:
+            self.head_bytes = len(data) if self.messages_ended == ended else 0
+        if self.head_bytes > self.max_head_bytes:
+            self.logger.warning("Request head too large.")
+            self.send_400_response("Request head too large.")
+
+    def on_message_begin(self) -> None:
+        self.head_open = True
+        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self.reading_head = False
-        self.head_bytes = 0
+        self.head_open = False
         self._stop_waiting()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self.reading_head = True
+        self.messages_ended += 1
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.reading_head:
+        if not self.transport.is_closing() and self._idle():
             self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -82,6 +83,20 @@ class TestAgainstTheRealServer:
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         answer, _ = await asyncio.to_thread(exchange, api_address(stack), large_body, 10.0)
         assert answer.startswith(b"HTTP/1.1 405"), answer[:200]  # read whole, then refused
+
+    async def test_whole_requests_in_one_read_are_never_counted_as_a_head(
+        self, stack: Stack
+    ) -> None:
+        # A read may hold whole requests, bodies and all, and the start of the next one:
+        # only a head still incomplete after a read is counted against MAX_HEADER_BYTES.
+        body = b"x" * (100 * 1024)
+        post = b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        pipelined = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 900 + b"\r\n\r\n"
+        last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        burst = post + body + pipelined * 100 + last
+        answer, _ = await asyncio.to_thread(exchange, api_address(stack), burst, 10.0)
+        statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+        assert statuses == [b"405"] + [b"200"] * 101, (statuses[:5], answer[:300])
 
     async def test_a_client_trickling_its_headers_is_disconnected(self, stack: Stack) -> None:
         def slow_loris(first: bytes) -> float:
