@@ -94,6 +94,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.head_open = False
         self._stop_waiting()
+        # RFC 9112 3.2: an HTTP/1.1 request without Host is a 400 (as h11 answered). An
+        # error raised here is the parser's: uvicorn answers 400 and closes.
+        if self.parser.get_http_version() == "1.1" and not any(
+            name == b"host" for name, _ in self.headers
+        ):
+            raise ValueError("HTTP/1.1 request without a Host header")
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -84,6 +84,22 @@ class TestAgainstTheRealServer:
         answer, _ = await asyncio.to_thread(exchange, api_address(stack), large_body, 10.0)
         assert answer.startswith(b"HTTP/1.1 405"), answer[:200]  # read whole, then refused
 
+    @pytest.mark.parametrize(
+        "head",
+        [
+            b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",  # no Host
+            b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # smuggling's two framings
+            b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",  # obsolete folding
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A : a\r\n\r\n",  # space before the colon
+        ],
+    )
+    async def test_a_malformed_head_is_a_400_and_a_close(self, stack: Stack, head: bytes) -> None:
+        answer, took = await asyncio.to_thread(exchange, api_address(stack), head, 10.0)
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"400"], answer[:300]
+        assert took < 5  # closed by the server, not by the client's timeout
+
     async def test_whole_requests_in_one_read_are_never_counted_as_a_head(
         self, stack: Stack
     ) -> None:
