@@ -75,14 +75,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.head_open:
             self.head_bytes = 0
             return
-        # A head is open after this read. All of the read was head if that head was open
-        # before it, or began it (no message ended inside it); else the read also held
-        # the end of an earlier message, and this head's share of it is unknown: counted
-        # from the next read.
-        if was_open:
-            self.head_bytes += len(data)
+        # A head is open after this read. If no message ended inside the read, all of it
+        # was this head's (begun before it or at its start); else the read also held the
+        # end of an earlier message, and this head's share of it is unknown: it is
+        # counted from the next read on.
+        if self.messages_ended == ended:
+            self.head_bytes = (self.head_bytes if was_open else 0) + len(data)
         else:
-            self.head_bytes = len(data) if self.messages_ended == ended else 0
+            self.head_bytes = 0
         if self.head_bytes > self.max_head_bytes:
             self.logger.warning("Request head too large.")
             self.send_400_response("Request head too large.")

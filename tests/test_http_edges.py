@@ -114,6 +114,31 @@ class TestAgainstTheRealServer:
         statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
         assert statuses == [b"405"] + [b"200"] * 101, (statuses[:5], answer[:300])
 
+    async def test_a_head_finished_with_a_body_and_the_next_head_begun_is_not_counted(
+        self, stack: Stack
+    ) -> None:
+        # Three writes: a head begun; its end, 100 KiB of body and the next head begun;
+        # that head's end. The middle read is not all head.
+        body = b"x" * (100 * 1024)
+        writes = [
+            b"POST /healthz HTTP/1.1\r\nHost: x\r\n",
+            b"Content-Length: %d\r\n\r\n" % len(body) + body + b"GET /healthz HTTP/1.1\r\n",
+            b"Host: x\r\nConnection: close\r\n\r\n",
+        ]
+
+        def in_three_writes() -> bytes:
+            with socket.create_connection(api_address(stack), timeout=10) as sock:
+                for data in writes:
+                    sock.sendall(data)
+                    time.sleep(0.2)  # each its own read on the server
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+            return received
+
+        answer = await asyncio.to_thread(in_three_writes)
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"405", b"200"], answer[:300]
+
     async def test_a_client_trickling_its_headers_is_disconnected(self, stack: Stack) -> None:
         def slow_loris(first: bytes) -> float:
             """Send `first` (a whole request, or nothing), then trickle a head."""
