@@ -20,7 +20,7 @@ async def get(session: AsyncSession, notification_id: uuid.UUID) -> Notification
     return await session.get(Notification, notification_id)
 
 
-async def insert_unless_keyed(
+async def insert_unless_key_taken(
     session: AsyncSession, columns: dict[str, Any]
 ) -> Notification | None:
     """Inserts one notification in one Core statement; None if its (api_key_id,

@@ -162,7 +162,7 @@ async def schedule(
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
-    notification = await notification_repository.insert_unless_keyed(session, columns)
+    notification = await notification_repository.insert_unless_key_taken(session, columns)
     if notification is None:
         # Two requests with one key racing: the unique index picked the other one (only
         # a keyed row can meet it), committed by now: the insert waited for it.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,32 +20,27 @@ from tests.factories import make_notification, make_patient, make_staff
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-def index_names(plan: Any) -> set[str]:
-    """Every index a plan (EXPLAIN's JSON) reads."""
-    found: set[str] = set()
+def plan_nodes(plan: Any) -> Iterator[dict[str, Any]]:
+    """Every node of a plan (EXPLAIN's JSON), at any depth."""
     if isinstance(plan, dict):
-        if "Index Name" in plan:
-            found.add(plan["Index Name"])
+        yield plan
         for value in plan.values():
-            found |= index_names(value)
+            yield from plan_nodes(value)
     elif isinstance(plan, list):
         for item in plan:
-            found |= index_names(item)
-    return found
+            yield from plan_nodes(item)
+
+
+def index_names(plan: Any) -> set[str]:
+    """Every index a plan reads."""
+    return {node["Index Name"] for node in plan_nodes(plan) if "Index Name" in node}
 
 
 def seq_scanned(plan: Any) -> set[str]:
-    """Every table a plan (EXPLAIN's JSON) reads whole."""
-    found: set[str] = set()
-    if isinstance(plan, dict):
-        if plan.get("Node Type") == "Seq Scan":
-            found.add(plan["Relation Name"])
-        for value in plan.values():
-            found |= seq_scanned(value)
-    elif isinstance(plan, list):
-        for item in plan:
-            found |= seq_scanned(item)
-    return found
+    """Every table a plan reads whole."""
+    return {
+        node["Relation Name"] for node in plan_nodes(plan) if node.get("Node Type") == "Seq Scan"
+    }
 
 
 async def statistics_without_sent_rows(session: AsyncSession) -> None:

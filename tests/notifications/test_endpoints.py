@@ -189,9 +189,9 @@ class TestIdempotency:
             if column.key not in ("created_at", "updated_at")
         }
         columns["id"] = uuid.uuid4()
-        assert await notification_repository.insert_unless_keyed(db_session, columns) is None
+        assert await notification_repository.insert_unless_key_taken(db_session, columns) is None
         columns["idempotency_key"] = "free"
-        inserted = await notification_repository.insert_unless_keyed(db_session, columns)
+        inserted = await notification_repository.insert_unless_key_taken(db_session, columns)
         assert inserted is not None and inserted.created_at is not None
 
     async def test_keys_are_scoped_per_api_key(
