@@ -217,12 +217,8 @@ class DeliveryAttempt(TimestampMixin, Base):
     __table_args__ = (
         CheckConstraint(f"status IN {tuple(s.value for s in AttemptStatus)}", name="status"),
         UniqueConstraint("channel", "provider_message_id"),
+        # A notification's attempts; also how the sweeper finds a dead worker's.
         Index("ix_delivery_attempts_notification", "notification_id", "id"),
-        Index(
-            "ix_delivery_attempts_sending",
-            "created_at",
-            postgresql_where=text("status = 'sending'"),
-        ),
         # The gateway phones' pool (queued, no phone yet) and what each phone was offered
         # and has not acknowledged: what a poll answers, oldest first.
         Index(
