@@ -8,9 +8,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth import service as auth_service
+from app.auth.repository import PresentedKey
 from app.db.session import DbSession
 from app.errors import Unauthorized
-from app.models import ApiKey
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `notify api-keys create`")
 
@@ -19,7 +19,7 @@ async def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     session: DbSession,
-) -> ApiKey:
+) -> PresentedKey:
     """Checks the key in the request's own unit of work (FastAPI hands the endpoint the
     same session): one pool checkout per request, not two. A checkout costs a pre-ping
     and a transaction, as many round trips as scheduling a notification itself."""

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import repository as api_key_repository
+from app.auth.repository import PresentedKey
 from app.db.session import standalone_session
 from app.errors import Conflict, NotFound
 from app.models import ApiKey
@@ -51,7 +52,7 @@ async def api_key_is_live(database_url: str, plaintext: str) -> bool:
         return await authenticate(session, plaintext) is not None
 
 
-async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:
+async def authenticate(session: AsyncSession, presented: str) -> PresentedKey | None:
     """The live key matching `presented`, or None (unknown, revoked or malformed)."""
     if not presented.startswith(KEY_PREFIX) or len(presented) > 200:
         return None
@@ -66,7 +67,7 @@ async def authenticate(session: AsyncSession, presented: str) -> ApiKey | None:
     return api_key
 
 
-async def _touch(session: AsyncSession, api_key: ApiKey) -> None:
+async def _touch(session: AsyncSession, api_key: PresentedKey) -> None:
     """Write `last_used_at` when it is a minute old or more: one cheap write a minute."""
     used = api_key.last_used_at
     if used is None or (datetime.now(UTC) - used).total_seconds() >= LAST_USED_RESOLUTION_SECONDS:

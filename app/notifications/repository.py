@@ -20,6 +20,19 @@ async def get(session: AsyncSession, notification_id: uuid.UUID) -> Notification
     return await session.get(Notification, notification_id)
 
 
+_NOTIFICATIONS = cast(Table, Notification.__table__)
+# Built once, its columns given at execution: `.values()` per request coerced every
+# column anew.
+_INSERT_UNLESS_KEY_TAKEN = (
+    insert(_NOTIFICATIONS)
+    .on_conflict_do_nothing(
+        index_elements=[_NOTIFICATIONS.c.api_key_id, _NOTIFICATIONS.c.idempotency_key],
+        index_where=_NOTIFICATIONS.c.idempotency_key.is_not(None),
+    )
+    .returning(_NOTIFICATIONS.c.created_at, _NOTIFICATIONS.c.updated_at)
+)
+
+
 async def insert_unless_key_taken(
     session: AsyncSession, columns: dict[str, Any]
 ) -> Notification | None:
@@ -27,20 +40,34 @@ async def insert_unless_key_taken(
     idempotency_key) is taken (by a request that raced this one). No unit of work and no
     savepoint (three of a keyed request's seven round trips). The row returned is not in
     the session: it is the answer, not something to change."""
-    table = cast(Table, Notification.__table__)
-    statement = (
-        insert(table)
-        .values(columns)
-        .on_conflict_do_nothing(
-            index_elements=[table.c.api_key_id, table.c.idempotency_key],
-            index_where=table.c.idempotency_key.is_not(None),
-        )
-        .returning(table.c.created_at, table.c.updated_at)
-    )
-    stamps = (await session.execute(statement)).one_or_none()
+    stamps = (await session.execute(_INSERT_UNLESS_KEY_TAKEN, columns)).one_or_none()
     if stamps is None:
         return None
     return Notification(**columns, created_at=stamps.created_at, updated_at=stamps.updated_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Addressee:
+    """What scheduling a message to a patient reads of them."""
+
+    full_name: str
+    facility_name: str | None
+    locale: str
+    time_zone: str
+    opted_out_channels: list[str]
+
+
+_ADDRESSEE = text(
+    "SELECT full_name, facility_name, locale, time_zone, opted_out_channels"
+    " FROM patients WHERE id = :id"
+)
+
+
+async def addressee(session: AsyncSession, patient_id: str) -> Addressee | None:
+    """Scheduling's read of a patient: five columns, not the ORM entity (every
+    scheduled message reads one)."""
+    row = (await session.execute(_ADDRESSEE, {"id": patient_id})).one_or_none()
+    return None if row is None else Addressee(*row)
 
 
 async def find_by_idempotency_key(

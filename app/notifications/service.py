@@ -19,7 +19,7 @@ from app.errors import Conflict, InvalidInput, NotFound, field_error
 from app.ids import time_ordered_uuid
 from app.models import Appointment, DeliveryAttempt, Notification, Patient, StaffMember
 from app.notifications import repository as notification_repository
-from app.notifications.repository import NotificationFilter
+from app.notifications.repository import Addressee, NotificationFilter
 from app.notifications.schemas import NotificationIn
 from app.notifications.window import MessagingWindow, zone
 from app.observability import NOTIFICATIONS_SCHEDULED
@@ -88,7 +88,7 @@ def expiry_moment(
     return expires_at
 
 
-def standard_variables(patient: Patient) -> dict[str, str]:
+def standard_variables(patient: Patient | Addressee) -> dict[str, str]:
     """Variables every template may use without the caller sending them."""
     variables = {"patient_name": patient.full_name}
     if patient.facility_name:
@@ -134,9 +134,7 @@ async def schedule(
         appointment = None
 
     # A patient who opted out of every channel is refused now, as the dispatcher would.
-    opted_out = recipient.patient is not None and opted_out_everywhere(
-        recipient.patient.opted_out_channels
-    )
+    opted_out = opted_out_everywhere(recipient.opted_out_channels)
     columns = dict(
         id=time_ordered_uuid(),
         patient_id=request.patient_id,
@@ -181,10 +179,11 @@ async def schedule(
 class _Recipient:
     """Who a scheduled message goes to, and what scheduling it needs of them."""
 
-    patient: Patient | None
     locale: str
     time_zone: str
     standard_variables: dict[str, str]
+    # A patient's; a staff user has none (reached by email, app/delivery/policy.py).
+    opted_out_channels: list[str]
 
 
 async def _recipient_of(
@@ -197,11 +196,14 @@ async def _recipient_of(
         staff = await session.get(StaffMember, request.staff_id)
         if staff is None:
             raise field_error("staff_id", f"no staff user '{request.staff_id}'")
-        return _Recipient(None, staff.locale, settings.staff_time_zone, {"staff_name": staff.name})
-    patient = await session.get(Patient, request.patient_id)
+        return _Recipient(staff.locale, settings.staff_time_zone, {"staff_name": staff.name}, [])
+    assert request.patient_id is not None  # one of the two: NotificationIn's rule
+    patient = await notification_repository.addressee(session, request.patient_id)
     if patient is None:
         raise field_error("patient_id", f"no patient '{request.patient_id}'")
-    return _Recipient(patient, patient.locale, patient.time_zone, standard_variables(patient))
+    return _Recipient(
+        patient.locale, patient.time_zone, standard_variables(patient), patient.opted_out_channels
+    )
 
 
 async def _replay(

@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Template
 
 
+@dataclass(frozen=True, slots=True)
+class TemplateText:
+    key: str
+    locale: str
+    title: str
+    body: str
+
+
+# Every scheduled message reads one: its columns, not an ORM entity (no identity map,
+# no instance state to build).
+_TEXTS_FOR_LOCALES = text(
+    "SELECT key, locale, title, body FROM templates"
+    " WHERE key = :key AND locale = ANY(CAST(:locales AS text[]))"
+)
+
+
 async def find_for_locales(
     session: AsyncSession, key: str, locales: Sequence[str]
-) -> list[Template]:
-    """Templates `key` in any of `locales`, in the order of `locales`."""
-    rows = (
-        await session.scalars(
-            select(Template).where(Template.key == key, Template.locale.in_(locales))
-        )
-    ).all()
+) -> list[TemplateText]:
+    """The text of template `key` in any of `locales`, in the order of `locales`."""
+    rows = await session.execute(_TEXTS_FOR_LOCALES, {"key": key, "locales": list(locales)})
     order = {locale: position for position, locale in enumerate(locales)}
-    return sorted(rows, key=lambda template: order[template.locale])
+    return sorted((TemplateText(*row) for row in rows), key=lambda template: order[template.locale])
 
 
 async def with_keys(session: AsyncSession, keys: Collection[str]) -> Sequence[Template]:
