@@ -21,8 +21,8 @@ async def require_api_key(
     session: DbSession,
 ) -> PresentedKey:
     """Checks the key in the request's own unit of work (FastAPI hands the endpoint the
-    same session): one pool checkout per request, not two. A checkout costs a pre-ping
-    and a transaction, as many round trips as scheduling a notification itself."""
+    same session): one pool checkout and one transaction per request, not two (a
+    transaction's BEGIN and COMMIT are two round trips of a scheduling request's six)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     api_key = await auth_service.authenticate(session, credentials.credentials)
