@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,17 +209,21 @@ class CpuSeconds:
     """CPU seconds (user + system) that named processes spend between `start()` and
     `stop()`: tells which process a figure is limited by. PostgreSQL backends are
     found by their process title, which names their database, under `server` (the
-    postmaster: test suites elsewhere on the machine use the same database names)."""
+    postmaster: test suites elsewhere on the machine use the same database names);
+    `left_out`: backends of the bench's own (its progress polls), counted apart as
+    "postgresql (bench)", not as the service's."""
 
     def __init__(
         self,
         processes: list[tuple[str, int]],
         database: str | None = None,
         server: int | None = None,
+        left_out: Collection[int] = (),
     ) -> None:
         self.processes = processes
         self.database = database
         self.server = server
+        self.left_out = frozenset(left_out)
         self._before: dict[int, float] = {}
         self.seconds: dict[str, float] = {}
 
@@ -233,7 +237,8 @@ class CpuSeconds:
                 title = " ".join(process.info["cmdline"] or [])
                 ours = self.server is None or process.info["ppid"] == self.server
                 if ours and title.startswith("postgres:") and f" {self.database} " in f"{title} ":
-                    pids.add(("postgresql", process.pid))
+                    bench = process.pid in self.left_out
+                    pids.add(("postgresql (bench)" if bench else "postgresql", process.pid))
         cpu: dict[tuple[str, int], float] = {}
         for name, pid in pids:
             with contextlib.suppress(psutil.Error):

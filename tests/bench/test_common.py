@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from app.bench.common import compare
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.bench.common import CpuSeconds, compare
 
 
 def test_compare_shows_each_configurations_medians_next_to_the_first_value() -> None:
@@ -31,3 +35,25 @@ def test_compare_shows_each_configurations_medians_next_to_the_first_value() -> 
         rows, keys=("mix", "workers", "history"), vary="workers", figures=["us/msg pg"]
     )
     assert [r["us/msg pg vs 1"] for r in by_workers.rows] == [1.0, 1.0, 0.455]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_benchs_own_backend_is_counted_apart_from_the_services(
+    db_connection: AsyncConnection,
+) -> None:
+    """`notify bench dispatch` polls its progress on a connection of its own: that
+    backend's CPU is the bench's, not the service's ("us/msg pg")."""
+    backend = await db_connection.scalar(text("SELECT pg_backend_pid()"))
+    database = await db_connection.scalar(text("SELECT current_database()"))
+    burn = text("SELECT count(*) FROM generate_series(1, 3000000)")
+
+    apart = CpuSeconds([], database=database, left_out=[backend])
+    apart.start()
+    await db_connection.scalar(burn)
+    assert apart.stop().get("postgresql (bench)", 0.0) >= 0.05
+
+    counted = CpuSeconds([], database=database)
+    counted.start()
+    await db_connection.scalar(burn)
+    used = counted.stop()
+    assert "postgresql (bench)" not in used and used["postgresql"] >= 0.05
