@@ -121,14 +121,12 @@ _UNSETTLED = text(
 )
 
 
-async def unsettled(connectable: AsyncEngine | AsyncConnection) -> int:
-    """Scheduled or sending: read from the two partial indexes, cheap as they shrink."""
-    if isinstance(connectable, AsyncConnection):
-        count = await connectable.scalar(_UNSETTLED)
-        await connectable.commit()  # the next poll sees what was settled since
-    else:
-        async with connectable.connect() as connection:
-            count = await connection.scalar(_UNSETTLED)
+async def unsettled(connection: AsyncConnection) -> int:
+    """Scheduled or sending: read from the two partial indexes, cheap as they shrink.
+    Polled on one connection: each poll ends its transaction, so the next one sees what
+    was settled since."""
+    count = await connection.scalar(_UNSETTLED)
+    await connection.commit()
     return int(count or 0)
 
 
@@ -245,29 +243,28 @@ async def measure(
         await checkpoint(engine)
         # The progress polls run on a connection of their own, whose backend is left out
         # of PostgreSQL's CPU: the bench's counting is not the service's work.
-        poller = await engine.connect()
-        cpu = CpuSeconds(
-            [("workers" if c in children else "fakes", c.pid) for c in processes.children],
-            database=DATABASE,
-            server=await server_pid(database_url),
-            left_out=[await poller.scalar(text("SELECT pg_backend_pid()"))],
-        )
-        await poller.commit()
-        async with engine.begin() as connection:
-            await connection.execute(
-                text("UPDATE notifications SET due_at = now() WHERE state = 'scheduled'")
+        async with engine.connect() as poller:
+            cpu = CpuSeconds(
+                [("workers" if c in children else "fakes", c.pid) for c in processes.children],
+                database=DATABASE,
+                server=await server_pid(database_url),
+                left_out=[await poller.scalar(text("SELECT pg_backend_pid()"))],
             )
-        wal_before = await wal_position(engine)
-        cpu.start()
-        t0 = time.perf_counter()
-        while (left := await unsettled(poller)) > n - measured:
-            # Rarely while most are left: the polls' reads still cost the server's cores.
-            await asyncio.sleep(0.5 if left - (n - measured) > measured // 10 else 0.05)
-            if time.perf_counter() - t0 > 3600:
-                raise RuntimeError(f"{left:,} of {n:,} still unsettled after an hour")
-        seconds = time.perf_counter() - t0
-        used = cpu.stop()
-        await poller.close()
+            await poller.commit()
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text("UPDATE notifications SET due_at = now() WHERE state = 'scheduled'")
+                )
+            wal_before = await wal_position(engine)
+            cpu.start()
+            t0 = time.perf_counter()
+            while (left := await unsettled(poller)) > n - measured:
+                # Rarely while most are left: the polls' reads still cost the server's cores.
+                await asyncio.sleep(0.5 if left - (n - measured) > measured // 10 else 0.05)
+                if time.perf_counter() - t0 > 3600:
+                    raise RuntimeError(f"{left:,} of {n:,} still unsettled after an hour")
+            seconds = time.perf_counter() - t0
+            used = cpu.stop()
         wal_bytes = await wal_since(engine, wal_before)
         for memory in memories:
             memory.__exit__()

@@ -101,10 +101,11 @@ async def measure(n: int, workers: int, batch: int, pause_at: float) -> dict[str
 
             released = await _put(engine, paused=False)
             resumed_at = time.perf_counter()
-            while await unsettled(engine):
-                await asyncio.sleep(0.05)
-                if time.perf_counter() - resumed_at > 600:
-                    raise RuntimeError("reminders still unsettled 10 minutes after the resume")
+            async with engine.connect() as poller:
+                while await unsettled(poller):
+                    await asyncio.sleep(0.05)
+                    if time.perf_counter() - resumed_at > 600:
+                        raise RuntimeError("reminders still unsettled 10 minutes after the resume")
             stats = (await fake.get("/_fake/stats")).json()
         final = await _states(engine)
     await engine.dispose()
